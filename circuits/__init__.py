@@ -1,0 +1,1 @@
+from circuits.induction import attention_scores, head_scores

@@ -1,0 +1,311 @@
+"""Run configuration: one dataclass per concept, nested in :class:`RunConfig`.
+
+Every run saves its fully resolved config as ``config.json``, so a notebook that
+opens a finished run sees exactly what produced it. Presets are named configs,
+not code paths: ``paper`` is SPEC section 1 (the configuration of "Internalization
+of gradients"), ``tiny`` is the same code path at CPU size, tuned so that
+induction heads form within the default run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+ACT_FNS = ("gelu", "relu", "gelu_new", "silu", "solu_ln")
+NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
+CORPORA = ("auto", "wikitext", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that cannot work; the message names the field."""
+
+
+def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}={value!r} is invalid: {fix}")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the `HookedTransformer` (SPEC section 1)."""
+
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 128
+    d_mlp: int = 512  # ignored when attn_only
+    n_ctx: int = 64
+    act_fn: str = "gelu"
+    normalization_type: str | None = "LN"
+    attn_only: bool = False
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_heads", "d_model", "d_mlp", "n_ctx"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value > 0, f"model.{name}", value, "must be a positive integer")
+        _check(
+            self.d_model % self.n_heads == 0,
+            "model.n_heads",
+            self.n_heads,
+            f"must divide model.d_model={self.d_model} (d_head = d_model / n_heads)",
+        )
+        _check(self.act_fn in ACT_FNS, "model.act_fn", self.act_fn, f"choose one of {ACT_FNS}")
+        _check(
+            self.normalization_type in NORMALIZATIONS,
+            "model.normalization_type",
+            self.normalization_type,
+            f"choose one of {NORMALIZATIONS}",
+        )
+        _check(self.n_ctx >= 8, "model.n_ctx", self.n_ctx, "must be at least 8 (probe sequences need room)")
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer and the probe set (SPEC section 3).
+
+    ``vocab_size=None`` keeps GPT-2's full 50,257-token vocabulary (the paper).
+    An integer builds a compact BPE vocabulary from the corpus: GPT-2's 256 byte
+    tokens, ``<|endoftext|>``, and the most frequent GPT-2 tokens of the corpus with
+    their merge ancestors, merges restricted to it. Every text still encodes (no
+    unknown token) and frequent words tokenize exactly as in GPT-2; on a CPU the
+    50,257-wide unembedding otherwise dominates the cost.
+
+    ``copy_prob`` mixes copied spans into the training stream: with that
+    probability a sequence gets one span of ``copy_min_len..copy_max_len`` tokens
+    copied from a random earlier position to a random later one. At random
+    offsets and lengths, position alone cannot solve the copy, so an induction
+    head is the cheapest solution.
+    """
+
+    corpus: str = "auto"  # auto: WikiText-2 if data_dir or the hub gives it, else synthetic
+    data_dir: str | None = None  # holds wiki.{train,valid,test}.raw
+    vocab_size: int | None = None
+    copy_prob: float = 0.0
+    copy_min_len: int = 6
+    copy_max_len: int = 24
+    data_seed: int = 0  # probe set and synthetic corpus
+    probe_batches: int = 64  # B, batches that build G
+    heldout_batches: int = 16  # batches not used to build G
+    probe_batch_size: int = 8
+    repeated_batches: int = 4  # [BOS] r r sequences for induction tests
+    synthetic_tokens: int = 400_000
+
+    def __post_init__(self) -> None:
+        _check(self.corpus in CORPORA, "data.corpus", self.corpus, f"choose one of {CORPORA}")
+        if self.vocab_size is not None:
+            _check(
+                isinstance(self.vocab_size, int) and 300 <= self.vocab_size <= 50257,
+                "data.vocab_size",
+                self.vocab_size,
+                "use None for GPT-2's full vocabulary or an integer in [300, 50257] (it holds 257 byte/special tokens)",
+            )
+        _check(0.0 <= self.copy_prob <= 1.0, "data.copy_prob", self.copy_prob, "must be a probability in [0, 1]")
+        _check(1 <= self.copy_min_len <= self.copy_max_len, "data.copy_min_len", self.copy_min_len, "need 1 <= copy_min_len <= copy_max_len")
+        for name in ("probe_batches", "heldout_batches", "probe_batch_size", "repeated_batches", "synthetic_tokens"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value > 0, f"data.{name}", value, "must be a positive integer")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and checkpointing (SPEC sections 1 and 3)."""
+
+    steps: int = 100_000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    n_seeds: int = 16
+    first_seed: int = 0  # seeds are first_seed .. first_seed + n_seeds - 1
+    checkpoint_every: int = 1_000
+    bf16: bool = True  # bfloat16 autocast for training; every measurement is float32
+    device: str = "cpu"
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.n_seeds))
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _check(isinstance(self.steps, int) and self.steps >= 0, "train.steps", self.steps, "must be a non-negative integer")
+        _check(isinstance(self.batch_size, int) and self.batch_size > 0, "train.batch_size", self.batch_size, "must be a positive integer")
+        _check(self.lr > 0, "train.lr", self.lr, "must be positive")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be non-negative")
+        _check(isinstance(self.n_seeds, int) and self.n_seeds > 0, "train.n_seeds", self.n_seeds, "must be a positive integer")
+        _check(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every > 0,
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            "must be a positive integer",
+        )
+        _check(
+            self.steps == 0 or self.checkpoint_every <= self.steps,
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            f"must not exceed train.steps={self.steps}, or no checkpoint after step 0 would be written",
+        )
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
+            "train.device",
+            self.device,
+            "use 'cpu', 'cuda' or 'cuda:N'",
+        )
+
+
+@dataclass
+class RecordConfig:
+    """Hook-based activation recording (SPEC section 3).
+
+    At every checkpoint the first ``n_batches`` probe batches (``probe`` names the
+    set: ``lm`` or ``repeated``) are run with the named TransformerLens hooks and
+    the activations saved. Names ending in ``_grad`` record backward hooks on the
+    LM loss. ``every`` > 0 also records every that many training steps;
+    ``max_bytes`` bounds one recording (the run refuses to start beyond it).
+    """
+
+    hooks: list[str] = field(default_factory=list)
+    probe: Literal["lm", "repeated"] = "lm"
+    n_batches: int = 4
+    every: int = 0
+    max_bytes: int = 512 * 2**20
+
+    def __post_init__(self) -> None:
+        self.hooks = list(self.hooks)
+        _check(self.probe in ("lm", "repeated"), "record.probe", self.probe, "choose 'lm' or 'repeated'")
+        _check(isinstance(self.n_batches, int) and self.n_batches > 0, "record.n_batches", self.n_batches, "must be a positive integer")
+        _check(isinstance(self.every, int) and self.every >= 0, "record.every", self.every, "must be >= 0 (0 records only at checkpoints)")
+        _check(self.max_bytes > 0, "record.max_bytes", self.max_bytes, "must be positive")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as ``config.json``."""
+
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        payload = self.to_dict()
+        if extra:
+            payload["provenance"] = extra
+        _atomic_write_text(Path(path), json.dumps(payload, indent=2))
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "RunConfig":
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "record": RecordConfig}
+        kwargs: dict[str, Any] = {"preset": payload.get("preset", "custom")}
+        for name, klass in sections.items():
+            kwargs[name] = _build(klass, payload.get(name, {}), name)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(klass: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(klass)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(section + '.' + u for u in unknown)}; valid fields: {sorted(known)}")
+    return klass(**values)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def paper_preset() -> RunConfig:
+    """SPEC section 1, exactly."""
+    return RunConfig(preset="paper")
+
+
+def tiny_preset() -> RunConfig:
+    """A CPU-sized run on which induction heads form on every seed.
+
+    2 layers x 4 heads, d_model 64, MLP 256, context 64, a compact 2,048-token
+    vocabulary, batch 32, AdamW 1e-3. Every training sequence carries one copied
+    span of 6-24 tokens at a random offset (``copy_prob=1``), the rest is corpus
+    text. Numbers measured on a 2-core CPU are in docs/tiny_preset.md.
+    """
+    return RunConfig(
+        preset="tiny",
+        model=ModelConfig(n_layers=2, n_heads=4, d_model=64, d_mlp=256, n_ctx=64),
+        data=DataConfig(
+            vocab_size=2048,
+            copy_prob=1.0,
+            copy_min_len=6,
+            copy_max_len=24,
+            probe_batches=16,
+            heldout_batches=4,
+            probe_batch_size=8,
+            repeated_batches=2,
+        ),
+        train=TrainConfig(
+            steps=3000,
+            batch_size=32,
+            lr=1e-3,
+            weight_decay=0.01,
+            n_seeds=2,
+            checkpoint_every=250,
+            bf16=False,
+        ),
+        record=RecordConfig(hooks=[], n_batches=2),
+    )
+
+
+PRESETS = {"paper": paper_preset, "tiny": tiny_preset}
+
+
+def get_preset(name: str) -> RunConfig:
+    """Return a fresh copy of the named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def override(config: RunConfig, **changes: Any) -> RunConfig:
+    """Return a copy with ``section__field=value`` changes applied and re-validated.
+
+    Example: ``override(cfg, train__steps=200, record__hooks=["blocks.0.hook_resid_post"])``.
+    """
+    payload = config.to_dict()
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if "__" not in key:
+            raise ConfigError(f"override key {key!r} must look like section__field, e.g. train__steps")
+        section, name = key.split("__", 1)
+        if section not in payload or not isinstance(payload[section], dict):
+            raise ConfigError(f"unknown config section {section!r}; valid: model, data, train, record")
+        payload[section][name] = value
+    return RunConfig.from_dict(payload)
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "PRESETS",
+    "RecordConfig",
+    "RunConfig",
+    "TrainConfig",
+    "get_preset",
+    "override",
+    "paper_preset",
+    "tiny_preset",
+]

@@ -1,0 +1,70 @@
+"""Model construction, in one place.
+
+Every `HookedTransformer` the suite makes comes from :func:`build_model`, so a
+later move to TransformerLens 4's ``TransformerBridge`` touches this module only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from interp_ext.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def hooked_config(cfg: ModelConfig, d_vocab: int, device: str = "cpu") -> HookedTransformerConfig:
+    """The `HookedTransformerConfig` for a model config and vocabulary size."""
+    return HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        d_model=cfg.d_model,
+        d_head=cfg.d_head,
+        d_mlp=None if cfg.attn_only else cfg.d_mlp,
+        d_vocab=d_vocab,
+        n_ctx=cfg.n_ctx,
+        act_fn=None if cfg.attn_only else cfg.act_fn,
+        normalization_type=cfg.normalization_type,
+        attn_only=cfg.attn_only,
+        positional_embedding_type="standard",
+        device=device,
+        default_prepend_bos=True,
+    )
+
+
+def build_model(
+    cfg: ModelConfig,
+    d_vocab: int,
+    seed: int | None = None,
+    device: str = "cpu",
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
+) -> HookedTransformer:
+    """A freshly initialised `HookedTransformer`.
+
+    Args:
+        cfg: model shape.
+        d_vocab: vocabulary size (embedding and unembedding width).
+        seed: init seed; the global torch RNG is left untouched.
+        device: torch device.
+        tokenizer: optional tokenizer attached with ``set_tokenizer``.
+    """
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = HookedTransformer(hooked_config(cfg, d_vocab, device="cpu"), move_to_device=False)
+    if torch.device(device) != torch.device("cpu"):
+        model.to(device, print_details=False)
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
+    return model
+
+
+def param_names(model: torch.nn.Module) -> list[str]:
+    """Trainable parameter names in the fixed order used for flattening."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,293 @@
+"""Multi-seed training as one stacked ensemble (SPEC section 3).
+
+All seeds train in one process: their parameters are stacked with
+``torch.func.stack_module_state`` and the `HookedTransformer` forward is vmapped
+over the seed dimension with ``functional_call``, so on a GPU 16 seeds cost one
+kernel launch per op. AdamW acts elementwise, so one ``torch.optim.AdamW`` over
+the stacked tensors is exactly one AdamW per seed. Each seed's trajectory equals
+training that seed alone with a plain `HookedTransformer` (tested).
+
+Read top to bottom: :func:`train` prepares the run directory, then
+:class:`StackedTrainer` runs the loop, checkpoints and records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from interp_ext.config import ConfigError, RunConfig
+from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
+from interp_ext.hooks import ActivationRecorder, validate_hooks
+from interp_ext.models import build_model, param_names
+from interp_ext.store import (
+    Run,
+    atomic_save_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger("interp_ext")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the last checkpoint is intact."""
+
+
+def _provenance() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("interp-ext", "torch", "transformer-lens", "sae-lens", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _autocast(cfg: RunConfig):
+    if not cfg.train.bf16:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(cfg.train.device).type, dtype=torch.bfloat16)
+
+
+def last_complete_step(out: Path, seeds: list[int]) -> int | None:
+    """Largest step with a checkpoint for every seed, or None."""
+    run_steps = None
+    for s in seeds:
+        folder = out / "checkpoints" / f"seed={s}"
+        steps = {int(p.name[5:-12]) for p in folder.glob("step=*.safetensors")} if folder.is_dir() else set()
+        run_steps = steps if run_steps is None else run_steps & steps
+    return max(run_steps) if run_steps else None
+
+
+class StackedTrainer:
+    """Trains ``cfg.train.n_seeds`` seeds of one model config side by side.
+
+    Args:
+        cfg: the run config.
+        out: run directory (prepared by :func:`prepare_run`).
+        data: token streams and tokenizer.
+        probe: the probe set (recordings run on it).
+    """
+
+    def __init__(self, cfg: RunConfig, out: Path, data: TokenData, probe: dict[str, torch.Tensor]):
+        self.cfg, self.out, self.data, self.probe = cfg, Path(out), data, probe
+        self.device = torch.device(cfg.train.device)
+        self.seeds = cfg.train.seeds
+        models = [build_model(cfg.model, data.d_vocab, seed=s, device=cfg.train.device) for s in self.seeds]
+        self.template = models[0]
+        self.names = param_names(self.template)
+        params, _ = stack_module_state(models)
+        self.params = {k: params[k] for k in self.names}
+        self.buffers = {k: v for k, v in self.template.named_buffers()}
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+        self.recorder = ActivationRecorder(validate_hooks(self.template, cfg.record.hooks))
+        self._check_record_budget()
+        self._vloss = vmap(self._loss, in_dims=(0, None, 0))
+
+    def _make_optimizer(self) -> torch.optim.AdamW:
+        t = self.cfg.train
+        return torch.optim.AdamW(
+            [self.params[k] for k in self.names], lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+        )
+
+    def _loss(self, params, buffers, tokens):
+        return functional_call(self.template, (params, buffers), (tokens,), kwargs={"return_type": "loss"})
+
+    def _check_record_budget(self) -> None:
+        if not self.recorder.hooks:
+            return
+        n_seq = self.cfg.record.n_batches * self.probe[self.cfg.record.probe].shape[1]
+        seq_len = self.probe[self.cfg.record.probe].shape[-1]
+        per = self.recorder.bytes_per_sequence(self.template, seq_len)
+        if per * n_seq > self.cfg.record.max_bytes:
+            raise ConfigError(
+                f"record.n_batches={self.cfg.record.n_batches} records {per * n_seq / 2**20:.1f} MiB per seed and step, "
+                f"over record.max_bytes={self.cfg.record.max_bytes / 2**20:.1f} MiB; record fewer batches or hooks, or raise the bound"
+            )
+
+    # ------------------------------------------------------------------ state
+    def seed_params(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: self.params[k][i].detach() for k in self.names}
+
+    def seed_model(self, i: int):
+        """The template `HookedTransformer` loaded with seed ``i``'s current weights."""
+        with torch.no_grad():
+            for name, p in self.template.named_parameters():
+                p.copy_(self.params[name][i])
+        return self.template
+
+    def save(self) -> None:
+        state = self.optimizer.state
+        for i, s in enumerate(self.seeds):
+            ps = [self.params[k] for k in self.names]
+            has_state = all(p in state for p in ps)
+            save_checkpoint(
+                self.out / "checkpoints" / f"seed={s}" / f"step={self.step}.safetensors",
+                self.seed_params(i),
+                seed=s,
+                step=self.step,
+                exp_avg={k: state[self.params[k]]["exp_avg"][i] for k in self.names} if has_state else None,
+                exp_avg_sq={k: state[self.params[k]]["exp_avg_sq"][i] for k in self.names} if has_state else None,
+                adam_step=float(state[ps[0]]["step"]) if has_state else 0.0,
+            )
+
+    def load(self, step: int) -> None:
+        """Restore params and AdamW state of every seed from checkpoints at ``step``."""
+        ckpts = [load_checkpoint(self.out / "checkpoints" / f"seed={s}" / f"step={step}.safetensors") for s in self.seeds]
+        with torch.no_grad():
+            for k in self.names:
+                self.params[k].copy_(torch.stack([c["params"][k] for c in ckpts]).to(self.device))
+        self.optimizer = self._make_optimizer()
+        if ckpts[0]["exp_avg"]:
+            sd = self.optimizer.state_dict()
+            sd["state"] = {
+                idx: {
+                    "step": torch.tensor(ckpts[0]["adam_step"], dtype=torch.float32),
+                    "exp_avg": torch.stack([c["exp_avg"][k] for c in ckpts]).to(self.device),
+                    "exp_avg_sq": torch.stack([c["exp_avg_sq"][k] for c in ckpts]).to(self.device),
+                }
+                for idx, k in enumerate(self.names)
+            }
+            self.optimizer.load_state_dict(sd)
+        if ckpts[0]["rng"] is not None:
+            torch.set_rng_state(ckpts[0]["rng"])
+        self.step = step
+
+    def record(self) -> None:
+        if not self.recorder.hooks:
+            return
+        probe = self.probe[self.cfg.record.probe][: self.cfg.record.n_batches]
+        tokens = probe.reshape(-1, probe.shape[-1]).to(self.device)
+        for i, s in enumerate(self.seeds):
+            acts = self.recorder.record(self.seed_model(i), tokens)
+            atomic_save_safetensors(
+                acts, self.out / "activations" / f"seed={s}" / f"step={self.step}.safetensors", {"step": str(self.step), "seed": str(s)}
+            )
+
+    # ------------------------------------------------------------------ loop
+    def batch(self) -> torch.Tensor:
+        t, m = self.cfg.train, self.cfg.model
+        toks = [training_batch(self.data.train, s, self.step, t.batch_size, m.n_ctx, self.data.bos, self.cfg.data) for s in self.seeds]
+        return torch.stack(toks).to(self.device)
+
+    def train_step(self) -> torch.Tensor:
+        """One AdamW step for every seed; returns the per-seed losses [n_seeds]."""
+        tokens = self.batch()
+        with _autocast(self.cfg):
+            losses = self._vloss(self.params, self.buffers, tokens)
+        losses = losses.float()
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = [(self.seeds[i], float(losses[i].detach())) for i in range(len(self.seeds)) if not bool(finite[i])]
+            last = last_complete_step(self.out, self.seeds)
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
+                f"the last good checkpoint is step {last} in {self.out / 'checkpoints'}; lower train.lr or turn off bf16, then resume"
+            )
+        losses.sum().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return losses.detach()
+
+    def run(self, progress: bool = True) -> None:
+        cfg = self.cfg.train
+        run = Run(self.out)
+        tokens_per_step = cfg.n_seeds * cfg.batch_size * self.cfg.model.n_ctx
+        window: list[torch.Tensor] = []
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+        t0, s0 = time.perf_counter(), self.step
+        while self.step < cfg.steps:
+            losses = self.train_step()
+            window.append(losses)
+            bar.update(1)
+            if self.step % 10 == 0 or self.step == cfg.steps:
+                rate = (self.step - s0) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{float(losses.mean()):.3f}", min=f"{float(losses.min()):.3f}", max=f"{float(losses.max()):.3f}", tok_s=f"{rate:,.0f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+                self.record()
+                mean = torch.stack(window).mean(0)
+                run.append_metrics(
+                    {"seed": s, "step": self.step, "family": "train", "metric": "loss", "component": "", "value": float(mean[i])}
+                    for i, s in enumerate(self.seeds)
+                )
+                window = []
+            elif self.cfg.record.every and self.step % self.cfg.record.every == 0:
+                self.record()
+        bar.close()
+
+
+def prepare_run(cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = None) -> tuple[TokenData, dict[str, torch.Tensor]]:
+    """Create the run directory: config, tokenizer, token streams and probe set."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg.data, out / "tokenizer", cache_dir)
+    (out / "data").mkdir(exist_ok=True)
+    for name, arr in (("train", data.train), ("heldout", data.heldout)):
+        tmp = out / "data" / f"{name}.tmp.npy"
+        np.save(tmp, arr)
+        tmp.replace(out / "data" / f"{name}.npy")
+    probe = make_probe_set(data, cfg.data, cfg.model)
+    atomic_save_safetensors(probe, out / "probe_set.safetensors")
+    info = {"d_vocab": data.d_vocab, "bos": data.bos, "corpus": data.corpus, "corpus_note": data.note}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    cfg.save(out / "config.json", extra=_provenance())
+    return data, probe
+
+
+def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:
+    run = Run(out)
+    info = json.loads((out / "run_info.json").read_text())
+    data = TokenData(run.tokenizer(), run.train_tokens(), run.heldout_tokens(), info["bos"], info["d_vocab"], info["corpus"], info["corpus_note"])
+    return data, run.probe_set()
+
+
+def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None) -> Run:
+    """Train every seed of ``cfg`` into run directory ``out`` and return the opened run.
+
+    With ``resume=True`` and checkpoints present, training continues from the
+    last step checkpointed for every seed, using the run's saved data and probe
+    set; ``cfg.train.steps`` may be larger than the original to extend a run.
+    Without ``resume``, an existing run directory with checkpoints is an error.
+    """
+    out = Path(out)
+    start = last_complete_step(out, cfg.train.seeds) if (out / "config.json").exists() else None
+    if start is not None and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out")
+    if start is not None:
+        saved = RunConfig.load(out / "config.json")
+        if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
+            raise ConfigError(f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings")
+        cfg.save(out / "config.json", extra=json.loads((out / "config.json").read_text()).get("provenance"))
+        data, probe = _load_prepared(out)
+    else:
+        data, probe = prepare_run(cfg, out, cache_dir)
+    trainer = StackedTrainer(cfg, out, data, probe)
+    if start is not None:
+        trainer.load(start)
+        log.info("resumed %s at step %d", out, start)
+    else:
+        trainer.save()
+        trainer.record()
+    trainer.run(progress=progress)
+    return Run(out)

@@ -1,0 +1,158 @@
+"""Stacked trainer: equivalence with plain training, bit-exact resume, recording, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp_ext.config import ConfigError
+from interp_ext.data import training_batch
+from interp_ext.models import build_model
+from interp_ext.store import CheckpointError, RunError, open_run
+from interp_ext.training import NonFiniteLossError, StackedTrainer, train
+
+from tests.conftest import micro_config
+
+
+def test_run_layout(micro_run):
+    run = micro_run
+    assert run.seeds == [0, 1]
+    assert run.steps == [0, 2, 4, 6]
+    for s in run.seeds:
+        for t in run.steps:
+            assert run.checkpoint_path(s, t).exists()
+            assert run.activation_path(s, t).exists()
+    assert set(run.probe_set()) == {"lm", "heldout", "repeated"}
+    assert run.probe_set()["lm"].shape == (4, 3, 16)
+    assert (run.path / "config.json").exists() and (run.path / "tokenizer" / "tokenizer.json").exists()
+    losses = run.metrics("train")
+    assert len(losses) == 2 * 3 and losses["value"].notna().all()
+
+
+def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
+    """Seed trajectories of the stacked ensemble == a plain HookedTransformer + torch.optim.AdamW."""
+    run = micro_run
+    cfg = run.config
+    train_tokens = run.train_tokens()
+    bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
+    for seed in run.seeds:
+        model = build_model(cfg.model, run.d_vocab, seed=seed)
+        expected0 = run.state_dict(seed, 0)
+        for name, p in model.named_parameters():
+            assert torch.equal(p.detach(), expected0[name]), f"init of {name} differs for seed {seed}"
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+        for step in range(cfg.train.steps):
+            tokens = training_batch(train_tokens, seed, step, cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data)
+            loss = model(tokens, return_type="loss")
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        actual = run.state_dict(seed, cfg.train.steps)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(actual[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"{name} seed {seed}")
+
+
+def test_resume_after_crash_is_bit_exact(tmp_path, cache_dir, monkeypatch, micro_run):
+    cfg = micro_config()
+    original = StackedTrainer.train_step
+
+    def crash_at_5(self):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(StackedTrainer, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "r", progress=False, cache_dir=cache_dir)
+    monkeypatch.setattr(StackedTrainer, "train_step", original)
+    partial = open_run(tmp_path / "r")
+    assert partial.steps == [0, 2, 4]  # the crash lost nothing before the last checkpoint
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "r", progress=False, cache_dir=cache_dir)
+    resumed = train(micro_config(), tmp_path / "r", resume=True, progress=False, cache_dir=cache_dir)
+    assert resumed.steps == [0, 2, 4, 6]
+    for seed in resumed.seeds:
+        a = resumed.checkpoint(seed, 6)
+        b = micro_run.checkpoint(seed, 6)  # same config trained without interruption
+        for kind in ("params", "exp_avg", "exp_avg_sq"):
+            for name in b[kind]:
+                assert torch.equal(a[kind][name], b[kind][name]), f"{kind} {name} seed {seed}"
+
+
+def test_recorded_activations_equal_run_with_cache(micro_run):
+    run = micro_run
+    probe = run.probe_set()["lm"][: run.config.record.n_batches]
+    tokens = probe.reshape(-1, probe.shape[-1])
+    for seed in run.seeds:
+        for step in (0, 6):
+            model = run.model(seed, step)
+            recorded = run.activations(seed, step)
+            _, cache = model.run_with_cache(tokens, incl_bwd=True, return_type="loss")
+            for name in run.config.record.hooks:
+                torch.testing.assert_close(recorded[name], cache[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert recorded["blocks.0.attn.hook_pattern"].shape == (6, 2, 16, 16)
+
+
+def test_unknown_hook_fails_before_training_with_valid_names(tmp_path, cache_dir):
+    cfg = micro_config()
+    cfg.record.hooks = ["blocks.0.attn.hook_patern"]
+    with pytest.raises(ConfigError, match="blocks.0.attn.hook_pattern"):
+        train(cfg, tmp_path / "bad", progress=False, cache_dir=cache_dir)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_recording_bound_is_enforced(tmp_path, cache_dir):
+    cfg = micro_config()
+    cfg.record.hooks = ["blocks.0.attn.hook_pattern"]
+    cfg.record.max_bytes = 100
+    with pytest.raises(ConfigError, match="record.max_bytes"):
+        train(cfg, tmp_path / "big", progress=False, cache_dir=cache_dir)
+
+
+def test_record_every_n_steps(tmp_path, cache_dir):
+    cfg = micro_config(steps=4, checkpoint_every=4)
+    cfg.record.hooks = ["blocks.1.hook_resid_post"]
+    cfg.record.every = 1
+    run = train(cfg, tmp_path / "every", progress=False, cache_dir=cache_dir)
+    assert run.steps == [0, 4]
+    assert sorted(int(p.stem[5:]) for p in (run.path / "activations" / "seed=0").glob("*.safetensors")) == [0, 1, 2, 3, 4]
+
+
+def test_non_finite_loss_names_seed_and_step_and_keeps_checkpoint(tmp_path, cache_dir, monkeypatch):
+    cfg = micro_config()
+    original = StackedTrainer.train_step
+
+    def poison(self):
+        if self.step == 3:
+            with torch.no_grad():
+                self.params["unembed.W_U"][1].fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(StackedTrainer, "train_step", poison)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 for seed\(s\) \[1\]"):
+        train(cfg, tmp_path / "nan", progress=False, cache_dir=cache_dir)
+    run = open_run(tmp_path / "nan")
+    assert run.steps == [0, 2]
+    assert torch.isfinite(run.model(1, 2)(run.probe_set()["lm"][0], return_type="loss"))
+
+
+def test_corrupt_checkpoint_names_the_file(micro_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_run.path, copy)
+    target = copy / "checkpoints" / "seed=1" / "step=4.safetensors"
+    target.write_bytes(target.read_bytes()[:100])
+    run = open_run(copy)
+    with pytest.raises(CheckpointError, match="step=4.safetensors"):
+        run.model(1, 4)
+    with pytest.raises(RunError, match=r"available steps: \[0, 2, 4, 6\]"):
+        run.model(1, 5)
+
+
+def test_model_has_tokenizer_that_decodes(micro_run):
+    model = micro_run.model(0)
+    tokens = model.to_tokens("Hello there.")
+    assert tokens[0, 0].item() == micro_run.tokenizer().bos_token_id
+    assert model.to_string(tokens[0, 1:]) == "Hello there."
+    assert tokens.max().item() < model.cfg.d_vocab
