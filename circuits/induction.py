@@ -1,37 +1,80 @@
-"""Induction-head scores (Olsson et al. 2022; Elhage et al. 2021), SPEC section 7.
+"""Induction heads over training (Olsson et al. 2022; Elhage et al. 2021), SPEC section 7.
 
-On sequences [BOS] + r + r with |r| = S, each attention score is the mean over
-the S query positions of the second copy (and the batch) of the attention paid
+Attention scores on sequences [BOS] + r + r with |r| = S are means over the S
+query positions q of the second copy (and over the batch) of the attention paid
 to one key position:
 
-* induction (prefix matching): the token right after the query token's earlier
-  occurrence, key = q - S + 1;
-* previous token: key = q - 1;
-* duplicate token: the earlier occurrence itself, key = q - S.
+* ``induction_score`` (prefix matching): the token right after the query
+  token's earlier occurrence, key = q - S + 1;
+* ``prev_token_score``: key = q - 1;
+* ``duplicate_score``: the earlier occurrence itself, key = q - S.
+
+Weight-based scores: ``copying_score`` = sum(eig) / sum(|eig|) of the full OV
+circuit W_E W_V W_O W_U restricted to the top-N frequent tokens, and
+``k_composition`` between an earlier head h and a later head h' (TransformerLens'
+``all_composition_scores("K")``) with a random-matrix baseline.
+
+Model-level: ``icl_score`` (mean loss over the last 8 predicted positions minus
+the mean over positions 6..13, on held-out text: negative when later tokens are
+predicted better thanks to context) and ``repeat_loss_drop`` (loss on the first
+copy of r minus loss on the second copy).
+
+Detection: heads (layer >= 1) whose induction score exceeds ``threshold``
+(default 0.4); formation step: where the best head's score rises fastest.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
+from transformer_lens import FactoredMatrix, HookedTransformer
+
+from circuits.circuit import Circuit, random_heads
+
+if TYPE_CHECKING:
+    from interp_ext.store import Run
+
+log = logging.getLogger("interp_ext")
 
 ATTENTION_SCORES = ("induction_score", "prev_token_score", "duplicate_score")
+DEFAULT_THRESHOLD = 0.4
+DEFAULT_PREV_THRESHOLD = 0.3
 
 
 def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def parse_head(name: str) -> tuple[int, int]:
+    layer, head = name[1:].split("H")
+    return int(layer), int(head)
+
+
 def check_repeated(tokens: Int[torch.Tensor, "batch pos"]) -> int:
     """Validate the [BOS] + r + r layout and return S."""
-    if tokens.ndim != 2 or (tokens.shape[1] - 1) % 2 != 0 or tokens.shape[1] < 3:
+    if tokens.ndim != 2 or tokens.shape[1] < 3 or (tokens.shape[1] - 1) % 2 != 0:
         raise ValueError(f"repeated tokens must be [batch, 1 + 2S] laid out as [BOS] + r + r; got shape {tuple(tokens.shape)}")
     s = (tokens.shape[1] - 1) // 2
     if not torch.equal(tokens[:, 1 : 1 + s], tokens[:, 1 + s :]):
         raise ValueError("tokens are not [BOS] + r + r: the second half differs from the first (build them with interp_ext.data.repeated_tokens)")
     return s
+
+
+def _needs_two_layers(model: HookedTransformer) -> bool:
+    if model.cfg.n_layers < 2:
+        log.warning("induction heads need two layers (a previous-token head feeding a later head); this model has %d: empty result", model.cfg.n_layers)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- scores
 
 
 @torch.no_grad()
@@ -51,22 +94,283 @@ def attention_scores(
     return out
 
 
-def scores_frame(scores: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Long table (component, metric, value) from per-head score tensors."""
+@torch.no_grad()
+def copying_scores(model: HookedTransformer, token_ids: torch.Tensor | None = None, top_n: int = 500) -> Float[torch.Tensor, "layer head_index"]:
+    """sum(eig) / sum(|eig|) of W_E[tok] W_V W_O W_U[:, tok] per head.
+
+    The non-zero eigenvalues of the [N, N] circuit are those of a d_head x
+    d_head product (TransformerLens' `FactoredMatrix.eigenvalues`).
+
+    Args:
+        token_ids: the tokens to restrict to (default: the first ``top_n`` ids,
+            pass the run's most frequent tokens for the SPEC definition).
+    """
+    if token_ids is None:
+        token_ids = torch.arange(min(top_n, model.cfg.d_vocab))
+    token_ids = token_ids.to(model.W_E.device)
+    w_e = model.W_E[token_ids].float()
+    w_u = model.W_U[:, token_ids].float()
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            left = w_e @ model.W_V[layer, head].float()
+            right = model.W_O[layer, head].float() @ w_u
+            eig = FactoredMatrix(left, right).eigenvalues
+            out[layer, head] = (eig.sum().real / eig.abs().sum().clamp_min(1e-30)).float().cpu()
+    return out
+
+
+@torch.no_grad()
+def k_composition(model: HookedTransformer) -> Float[torch.Tensor, "layer head_index layer head_index"]:
+    """K-composition scores [earlier layer, head, later layer, head] (TransformerLens)."""
+    return model.all_composition_scores("K").float().cpu()
+
+
+@lru_cache(maxsize=16)
+def composition_baseline(d_model: int, d_head: int, draws: int = 32, seed: int = 0) -> float:
+    """Mean K-composition score of random Gaussian weights of the same shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(draws):
+        wq, wk, wv = (torch.randn(d_model, d_head, generator=gen) for _ in range(3))
+        wo = torch.randn(d_head, d_model, generator=gen)
+        qk = FactoredMatrix(wq, wk.T)
+        ov = FactoredMatrix(wv, wo)
+        vals.append(float((qk.T @ ov).norm() / (qk.norm() * ov.norm())))
+    return float(np.mean(vals))
+
+
+@torch.no_grad()
+def repeat_loss_drop(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> tuple[float, float]:
+    """(loss on the first copy) - (loss on the second copy), and the second-half loss."""
+    s = check_repeated(tokens)
+    loss = model(tokens.to(model.cfg.device), return_type="loss", loss_per_token=True).float().cpu()  # [batch, pos-1]
+    first = loss[:, 1:s].mean()  # predictions of r[1..S-1] from the first copy
+    second = loss[:, s : 2 * s].mean()  # predictions of the second copy
+    return float(first - second), float(second)
+
+
+@torch.no_grad()
+def icl_score(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> float:
+    """Mean loss on the last 8 predicted positions minus positions 6..13 (held-out text)."""
+    loss = model(tokens.to(model.cfg.device), return_type="loss", loss_per_token=True).float().cpu()
+    return float(loss[:, -8:].mean() - loss[:, 6:14].mean())
+
+
+def head_scores(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], token_ids: torch.Tensor | None = None) -> pd.DataFrame:
+    """Per-head scores on repeated sequences [batch, 1 + 2S] laid out as [BOS] + r + r.
+
+    Returns:
+        DataFrame with columns ``component`` (``L1H2`` or ``L0H3->L1H2``),
+        ``metric`` and ``value``: induction, previous-token, duplicate and copying
+        scores per head, and K-composition for every (earlier, later) head pair.
+    """
+    if not _needs_two_layers(model):
+        return pd.DataFrame(columns=["component", "metric", "value"])
+    scores = attention_scores(model, tokens)
+    scores["copying_score"] = copying_scores(model, token_ids)
     rows = []
     for metric, values in scores.items():
         for layer in range(values.shape[0]):
             for head in range(values.shape[1]):
                 rows.append({"component": head_name(layer, head), "metric": metric, "value": float(values[layer, head])})
+    comp = k_composition(model)
+    for l1 in range(model.cfg.n_layers):
+        for h1 in range(model.cfg.n_heads):
+            for l2 in range(l1 + 1, model.cfg.n_layers):
+                for h2 in range(model.cfg.n_heads):
+                    rows.append({"component": f"L{l1}H{h1}->L{l2}H{h2}", "metric": "k_composition", "value": float(comp[l1, h1, l2, h2])})
     return pd.DataFrame(rows, columns=["component", "metric", "value"])
 
 
-def head_scores(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> pd.DataFrame:
-    """Per-head attention scores on repeated sequences as a (component, metric, value) table."""
-    return scores_frame(attention_scores(model, tokens))
+def model_scores(model: HookedTransformer, repeated: torch.Tensor, heldout: torch.Tensor) -> dict[str, float]:
+    """Model-level scores: ``icl_score``, ``repeat_loss_drop``, ``repeat_second_half_loss``."""
+    drop, second = repeat_loss_drop(model, repeated)
+    return {"icl_score": icl_score(model, heldout), "repeat_loss_drop": drop, "repeat_second_half_loss": second}
 
 
-def best_induction_score(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> float:
-    """The highest induction score over heads in layers >= 1."""
-    scores = attention_scores(model, tokens)["induction_score"]
-    return float(scores[1:].max()) if scores.shape[0] > 1 else float("nan")
+# --------------------------------------------------------------------------- detection
+
+
+def detect_induction_heads(scores: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """Heads in layer >= 1 whose induction score exceeds ``threshold``, best first."""
+    ind = scores[scores["metric"] == "induction_score"]
+    ind = ind[ind["component"].map(lambda c: parse_head(c)[0] >= 1)]
+    ind = ind[ind["value"] > threshold].sort_values("value", ascending=False)
+    return ind["component"].tolist()
+
+
+def previous_token_partners(scores: pd.DataFrame, induction_heads: list[str], prev_threshold: float = DEFAULT_PREV_THRESHOLD) -> list[str]:
+    """Earlier-layer heads feeding the induction heads: for each induction head, the
+    earlier head maximising K-composition x previous-token score, kept if its
+    previous-token score exceeds ``prev_threshold``."""
+    prev = scores[scores["metric"] == "prev_token_score"].set_index("component")["value"]
+    comp = scores[scores["metric"] == "k_composition"]
+    partners: list[str] = []
+    for head in induction_heads:
+        rows = comp[comp["component"].str.endswith("->" + head)]
+        if rows.empty:
+            continue
+        senders = rows["component"].str.split("->").str[0]
+        weight = rows["value"].to_numpy() * prev.reindex(senders).to_numpy()
+        best = senders.iloc[int(np.nanargmax(weight))]
+        if prev.get(best, 0.0) > prev_threshold and best not in partners:
+            partners.append(best)
+    return partners
+
+
+def formation_step(steps: np.ndarray, best_scores: np.ndarray) -> float:
+    """The step where the best head's induction score rises fastest.
+
+    The rise rate is the score difference between consecutive checkpoints per
+    step; the midpoint of the steepest interval is returned.
+    """
+    steps, best_scores = np.asarray(steps, float), np.asarray(best_scores, float)
+    if len(steps) < 2:
+        return float("nan")
+    rate = np.diff(best_scores) / np.diff(steps)
+    i = int(np.nanargmax(rate))
+    return float((steps[i] + steps[i + 1]) / 2)
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval across seeds."""
+    from scipy import stats
+
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return (mean, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return (mean, mean - half, mean + half)
+
+
+# --------------------------------------------------------------------------- ablation
+
+
+@torch.no_grad()
+def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], heads: list[str]) -> float:
+    """Second-half loss on [BOS] r r with ``heads`` mean-ablated.
+
+    Each head's output (``hook_z``) is replaced by its mean over the batch and
+    positions of ``tokens`` (the probe set).
+    """
+    s = check_repeated(tokens)
+    tokens = tokens.to(model.cfg.device)
+    by_layer: dict[int, list[int]] = {}
+    for name in heads:
+        layer, head = parse_head(name)
+        by_layer.setdefault(layer, []).append(head)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_z"), return_type=None)
+
+    def make_hook(layer: int, hs: list[int]):
+        mean = cache["z", layer].mean(dim=(0, 1))  # [head_index, d_head]
+
+        def hook(z, hook):
+            z[:, :, hs] = mean[hs]
+            return z
+
+        return hook
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", make_hook(layer, hs)) for layer, hs in by_layer.items()]
+    loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks).float().cpu()
+    return float(loss[:, s : 2 * s].mean())
+
+
+def ablation_check(model: HookedTransformer, tokens: torch.Tensor, heads: list[str], n_random: int = 5, seed: int = 0) -> dict[str, float]:
+    """Loss increase from mean-ablating ``heads`` vs as many random heads (layer >= 1 excluded none).
+
+    Returns:
+        ``detected`` (loss increase for the heads), ``random`` (mean over
+        ``n_random`` draws of random heads outside ``heads``) and ``clean_loss``.
+    """
+    _, clean = repeat_loss_drop(model, tokens)
+    if not heads:
+        return {"detected": math.nan, "random": math.nan, "clean_loss": clean}
+    detected = mean_ablation_loss(model, tokens, heads) - clean
+    gen = torch.Generator().manual_seed(seed)
+    rand = [mean_ablation_loss(model, tokens, random_heads(model, len(heads), exclude=heads, generator=gen)) - clean for _ in range(n_random)]
+    return {"detected": detected, "random": float(np.mean(rand)), "clean_loss": clean}
+
+
+# --------------------------------------------------------------------------- over a run
+
+
+def _frequent_tokens(run: "Run", top_n: int = 500) -> torch.Tensor:
+    counts = np.bincount(run.train_tokens(), minlength=run.d_vocab)
+    return torch.from_numpy(np.argsort(-counts, kind="stable")[:top_n].copy())
+
+
+def measure_run(run: "Run", seeds: list[int] | None = None, steps: list[int] | None = None, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> pd.DataFrame:
+    """Scores of every head at every checkpoint, detection, formation step and ablation.
+
+    Appends ``family="induction"`` rows to the run's metrics table and returns them.
+    """
+    from tqdm.auto import tqdm
+
+    seeds = run.seeds if seeds is None else seeds
+    steps = run.steps if steps is None else steps
+    probe = run.probe_set()
+    repeated = probe["repeated"].reshape(-1, probe["repeated"].shape[-1])
+    heldout = probe["heldout"].reshape(-1, probe["heldout"].shape[-1])
+    if run.config.model.n_layers < 2:
+        log.warning("induction heads need two layers; run %s has %d: nothing measured", run.path, run.config.model.n_layers)
+        return pd.DataFrame()
+    token_ids = _frequent_tokens(run)
+    rows: list[dict] = []
+    best: dict[int, list[float]] = {}
+    for seed in seeds:
+        for step in tqdm(steps, desc=f"induction seed {seed}", disable=not progress, leave=False):
+            model = run.model(seed, step)
+            frame = head_scores(model, repeated, token_ids)
+            rows += [{"seed": seed, "step": step, "family": "induction", **r} for r in frame.to_dict("records")]
+            rows += [{"seed": seed, "step": step, "family": "induction", "metric": k, "component": "", "value": v} for k, v in model_scores(model, repeated, heldout).items()]
+            later = frame[(frame.metric == "induction_score") & frame.component.map(lambda c: parse_head(c)[0] >= 1)]
+            best.setdefault(seed, []).append(float(later["value"].max()))
+            rows.append({"seed": seed, "step": step, "family": "induction", "metric": "best_induction_score", "component": "", "value": best[seed][-1]})
+        baseline = composition_baseline(run.config.model.d_model, run.config.model.d_head)
+        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "k_composition_baseline", "component": "", "value": baseline})
+        form = formation_step(np.array(steps), np.array(best[seed]))
+        rows.append({"seed": seed, "step": -1, "family": "induction", "metric": "formation_step", "component": "", "value": form})
+        final = pd.DataFrame([r for r in rows if r["seed"] == seed and r["step"] == steps[-1]])
+        heads = detect_induction_heads(final, threshold)
+        partners = previous_token_partners(final, heads)
+        rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
+        rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_prev_token_head", "component": h, "value": 1.0} for h in partners]
+        abl = ablation_check(run.model(seed, steps[-1]), repeated, heads)
+        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]})
+        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]})
+    forms = [r["value"] for r in rows if r["metric"] == "formation_step"]
+    mean, lo, hi = mean_ci(np.array(forms))
+    for name, value in (("formation_step_mean", mean), ("formation_step_lo", lo), ("formation_step_hi", hi)):
+        rows.append({"seed": -1, "step": -1, "family": "induction", "metric": name, "component": "", "value": value})
+    df = pd.DataFrame(rows)
+    run.append_metrics(df)
+    return df
+
+
+def induction_circuit(run: "Run", seed: int, step: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> Circuit:
+    """The induction circuit of one seed: its induction heads and previous-token partners.
+
+    Detected on the checkpoint ``step`` (default: the last), from the scores in the
+    metrics table when present, else computed now. If no head passes the
+    threshold, the best layer >= 1 head is used (and logged) so Stream 3 always
+    has a circuit to follow.
+    """
+    step = run.steps_for(seed)[-1] if step is None else step
+    m = run.metrics("induction")
+    frame = m[(m.seed == seed) & (m.step == step)] if len(m) else m
+    if frame.empty or "k_composition" not in set(frame["metric"]):
+        probe = run.probe_set()["repeated"]
+        frame = head_scores(run.model(seed, step), probe.reshape(-1, probe.shape[-1]), _frequent_tokens(run))
+    heads = detect_induction_heads(frame, threshold)
+    if not heads:
+        ind = frame[(frame.metric == "induction_score") & frame.component.map(lambda c: "->" not in c and parse_head(c)[0] >= 1)]
+        heads = [ind.sort_values("value").iloc[-1]["component"]]
+        log.warning("seed %d step %d: no head above induction threshold %.2f; using the best head %s", seed, step, threshold, heads[0])
+    partners = previous_token_partners(frame, heads)
+    roles = {h: "induction" for h in heads} | {p: "prev_token" for p in partners}
+    return Circuit(f"induction-seed{seed}", heads + partners, roles)

@@ -107,6 +107,83 @@ def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     typer.echo(f"metrics   {summary['metric_families'] or 'none yet'}")
 
 
+def _parse_list(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        _fail(f"expected a comma-separated list of integers, got {text!r}")
+        return None
+
+
+def _open(run_dir: Path):
+    from interp_ext.store import RunError, open_run
+
+    try:
+        return open_run(run_dir)
+    except RunError as err:
+        _fail(str(err))
+
+
+@measure_app.command("induction")
+def measure_induction(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
+    threshold: float = typer.Option(0.4, help="Induction-score threshold for detection."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Induction/previous-token/duplicate/copying scores, K-composition, detection, formation step, ablation."""
+    from circuits.induction import measure_run
+    from interp_ext.store import RunError
+
+    run = _open(run_dir)
+    try:
+        df = measure_run(run, _parse_list(seeds), _parse_list(steps), threshold=threshold, progress=not quiet)
+    except RunError as err:
+        _fail(str(err))
+        return
+    if df.empty:
+        typer.echo("no induction measurement: the model needs at least two layers")
+        return
+    for seed in sorted(df.seed.unique()):
+        if seed < 0:
+            continue
+        d = df[df.seed == seed]
+        heads = d[d.metric == "detected_induction_head"].component.tolist()
+        prev = d[d.metric == "detected_prev_token_head"].component.tolist()
+        form = d[d.metric == "formation_step"].value.iloc[0]
+        best = d[d.metric == "best_induction_score"].sort_values("step")
+        abl = d[d.metric == "ablation_loss_increase"].set_index("component").value
+        typer.echo(
+            f"seed {seed}: best induction score {best.value.iloc[0]:.2f} (step {best.step.iloc[0]}) -> {best.value.iloc[-1]:.2f} "
+            f"(step {best.step.iloc[-1]}); induction heads {heads or 'none'}, previous-token heads {prev or 'none'}; "
+            f"formation step ~{form:.0f}; ablation loss increase {abl.get('detected', float('nan')):.3f} vs random {abl.get('random', float('nan')):.3f}"
+        )
+    m = df[df.metric.str.startswith("formation_step_")].set_index("metric").value
+    typer.echo(f"formation step across seeds: {m['formation_step_mean']:.0f} (95% CI {m['formation_step_lo']:.0f} .. {m['formation_step_hi']:.0f})")
+
+
+@measure_app.command("patching")
+def measure_patching(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    step: int = typer.Option(..., "--step", help="Checkpoint step."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: first)."),
+) -> None:
+    """Activation patching sweeps (residual x position, head outputs) and path patching into induction heads."""
+    from circuits.patching import measure_patching as run_patching
+    from interp_ext.store import RunError
+
+    run = _open(run_dir)
+    try:
+        summary = run_patching(run, seed if seed is not None else run.seeds[0], step)
+    except RunError as err:
+        _fail(str(err))
+        return
+    typer.echo(summary)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -312,12 +312,16 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 # --------------------------------------------------------------------------- batches
 
 
-def insert_copies(seqs: np.ndarray, rng: np.random.Generator, prob: float, min_len: int, max_len: int) -> None:
+def insert_copies(
+    seqs: np.ndarray, rng: np.random.Generator, prob: float, min_len: int, max_len: int, random_vocab: int | None = None, bos: int | None = None
+) -> None:
     """In place: with probability ``prob`` copy one span of each row to a later position.
 
     Position 0 (BOS) is never touched. Span length is uniform in
     [min_len, max_len] (clipped to fit twice), source and destination offsets are
-    uniform with the copy strictly after the source span.
+    uniform with the copy strictly after the source span. With ``random_vocab``
+    the source span is first overwritten by uniform random tokens (never ``bos``),
+    so nothing but the earlier occurrence predicts the copy.
     """
     n = seqs.shape[1] - 1
     hi = min(max_len, n // 2)
@@ -330,6 +334,9 @@ def insert_copies(seqs: np.ndarray, rng: np.random.Generator, prob: float, min_l
         length = int(rng.integers(lo, hi + 1))
         src = int(rng.integers(1, n - 2 * length + 2))
         dst = int(rng.integers(src + length, n - length + 2))
+        if random_vocab is not None:
+            span = rng.integers(0, random_vocab - 1, size=length)
+            row[src : src + length] = span + (span >= bos) if bos is not None else span
         row[dst : dst + length] = row[src : src + length].copy()
 
 
@@ -376,13 +383,18 @@ def prepare_data(cfg: DataConfig, tokenizer_dir: str | Path, cache_dir: str | Pa
 
 
 def training_batch(
-    stream: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, bos: int, data_cfg: DataConfig
+    stream: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, bos: int, data_cfg: DataConfig, d_vocab: int | None = None
 ) -> Int[torch.Tensor, "batch pos"]:
     """The training batch of one seed at one step: a pure function of (seed, step)."""
     rng = np.random.default_rng([0xDA7A, seed, step])
     seqs = sample_sequences(stream, batch_size, n_ctx, bos, rng)
-    insert_copies(seqs, rng, data_cfg.copy_prob, data_cfg.copy_min_len, data_cfg.copy_max_len)
+    _copies(seqs, rng, data_cfg, d_vocab, bos)
     return torch.from_numpy(seqs)
+
+
+def _copies(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int) -> None:
+    random_vocab = d_vocab if cfg.copy_source == "random" else None
+    insert_copies(seqs, rng, cfg.copy_prob, cfg.copy_min_len, cfg.copy_max_len, random_vocab, bos)
 
 
 def repeated_tokens(n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.Generator) -> np.ndarray:
@@ -404,9 +416,9 @@ def make_probe_set(data: TokenData, data_cfg: DataConfig, model_cfg: ModelConfig
     rng = np.random.default_rng([0x9B0E, data_cfg.data_seed])
     b, bs, n_ctx = data_cfg.probe_batches, data_cfg.probe_batch_size, model_cfg.n_ctx
     lm = sample_sequences(data.train, b * bs, n_ctx, data.bos, rng)
-    insert_copies(lm, rng, data_cfg.copy_prob, data_cfg.copy_min_len, data_cfg.copy_max_len)
+    _copies(lm, rng, data_cfg, data.d_vocab, data.bos)
     held = sample_sequences(data.heldout, data_cfg.heldout_batches * bs, n_ctx, data.bos, rng)
-    insert_copies(held, rng, data_cfg.copy_prob, data_cfg.copy_min_len, data_cfg.copy_max_len)
+    _copies(held, rng, data_cfg, data.d_vocab, data.bos)
     rep = repeated_tokens(data_cfg.repeated_batches * bs, n_ctx, data.d_vocab, data.bos, rng)
     return {
         "lm": torch.from_numpy(lm).reshape(b, bs, n_ctx),

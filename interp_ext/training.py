@@ -88,7 +88,8 @@ class StackedTrainer:
     """
 
     def __init__(self, cfg: RunConfig, out: Path, data: TokenData, probe: dict[str, torch.Tensor]):
-        self.cfg, self.out, self.data, self.probe = cfg, Path(out), data, probe
+        self.cfg, self.data, self.probe = cfg, data, probe
+        self.out = Path(out) if out is not None else None
         self.device = torch.device(cfg.train.device)
         self.seeds = cfg.train.seeds
         models = [build_model(cfg.model, data.d_vocab, seed=s, device=cfg.train.device) for s in self.seeds]
@@ -186,7 +187,7 @@ class StackedTrainer:
     # ------------------------------------------------------------------ loop
     def batch(self) -> torch.Tensor:
         t, m = self.cfg.train, self.cfg.model
-        toks = [training_batch(self.data.train, s, self.step, t.batch_size, m.n_ctx, self.data.bos, self.cfg.data) for s in self.seeds]
+        toks = [training_batch(self.data.train, s, self.step, t.batch_size, m.n_ctx, self.data.bos, self.cfg.data, self.data.d_vocab) for s in self.seeds]
         return torch.stack(toks).to(self.device)
 
     def train_step(self) -> torch.Tensor:

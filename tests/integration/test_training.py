@@ -42,7 +42,7 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
             assert torch.equal(p.detach(), expected0[name]), f"init of {name} differs for seed {seed}"
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
         for step in range(cfg.train.steps):
-            tokens = training_batch(train_tokens, seed, step, cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data)
+            tokens = training_batch(train_tokens, seed, step, cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab)
             loss = model(tokens, return_type="loss")
             loss.backward()
             opt.step()

@@ -1,0 +1,124 @@
+"""Training throughput: stacked multi-seed trainer vs a Python loop of plain models.
+
+Measures, in one process and one run, training steps/s of the paper preset
+(SPEC section 1: 4 layers, d_model 128, GPT-2 vocabulary, batch 8 x 64, AdamW)
+with 1, 4 and 16 seeds, for
+
+* ``stacked``: the `StackedTrainer` step (vmap over seeds, one AdamW), and
+* ``loop``: one plain `HookedTransformer` + `torch.optim.AdamW` per seed,
+  stepped one after the other,
+
+and the cost of recording hooks at a checkpoint relative to the training time of
+one checkpoint interval. Token content does not change the cost, so batches are
+uniform random tokens.
+
+Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from interp_ext.config import get_preset
+from interp_ext.data import TokenData
+from interp_ext.hooks import ActivationRecorder
+from interp_ext.models import build_model
+from interp_ext.training import StackedTrainer, _autocast
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_stacked(cfg, n_seeds: int, steps: int, device: str) -> float:
+    cfg.train.n_seeds = n_seeds
+    data = TokenData(None, None, None, 50256, 50257, "random", "random tokens")
+    probe = {"lm": torch.randint(0, 50257, (64, 8, 64))}
+    trainer = StackedTrainer(cfg, out=None, data=data, probe=probe)
+    gen = torch.Generator().manual_seed(0)
+    trainer.batch = lambda: torch.randint(0, 50257, (n_seeds, 8, 64), generator=gen).to(device)
+    trainer.train_step()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_loop(cfg, n_seeds: int, steps: int, device: str) -> float:
+    models = [build_model(cfg.model, 50257, seed=s, device=device) for s in range(n_seeds)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay) for m in models]
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        for m, o in zip(models, opts):
+            tokens = torch.randint(0, 50257, (8, 64), generator=gen).to(device)
+            with _autocast(cfg):
+                loss = m(tokens, return_type="loss")
+            loss.backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_recording(cfg, device: str, hooks: list[str]) -> float:
+    """Seconds to record ``hooks`` on 4 probe batches for one seed."""
+    model = build_model(cfg.model, 50257, seed=0, device=device)
+    rec = ActivationRecorder(hooks)
+    tokens = torch.randint(0, 50257, (32, 64)).to(device)
+    rec.record(model, tokens)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(3):
+        rec.record(model, tokens)
+    sync(device)
+    return (time.perf_counter() - start) / 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
+    args = parser.parse_args()
+    cfg = get_preset("paper")
+    cfg.train.device = args.device
+    cfg.train.bf16 = not args.no_bf16
+    torch.manual_seed(0)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
+    print(f"paper preset: 4 layers, d_model 128, d_vocab 50257, batch 8 x 64, bf16 autocast {cfg.train.bf16}")
+    print(f"{'seeds':>5} | {'stacked steps/s':>15} | {'loop steps/s':>12} | {'stacked/loop':>12} | {'seed-steps/s stacked':>20}")
+    per_step_time = None
+    for n in args.seeds:
+        stacked = bench_stacked(cfg, n, args.steps, args.device)
+        loop = bench_loop(cfg, n, args.steps, args.device)
+        if n == 1:
+            per_step_time = 1 / stacked
+        print(f"{n:>5} | {stacked:>15.3f} | {loop:>12.3f} | {stacked / loop:>11.2f}x | {stacked * n:>20.2f}")
+    hooks = ["blocks.1.attn.hook_pattern", "blocks.3.hook_resid_post"]
+    rec = bench_recording(cfg, args.device, hooks)
+    per_step_time = per_step_time or 1 / bench_stacked(cfg, 1, args.steps, args.device)
+    interval = cfg.train.checkpoint_every
+    print(
+        f"recording {hooks} on 4 probe batches: {rec:.3f} s per seed and checkpoint; "
+        f"{interval} training steps of one seed take {interval * per_step_time:.1f} s -> "
+        f"recording adds {100 * rec / (interval * per_step_time):.2f}% at the paper's checkpoint interval"
+    )
+
+
+if __name__ == "__main__":
+    main()

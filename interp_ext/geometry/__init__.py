@@ -1,0 +1,41 @@
+"""Gradient geometry of "Internalization of gradients": the dashboard (SPEC section 4),
+Stream 1 (subspace drift), Stream 2 (cross-seed alignment), the beta fit and
+transition detection (SPEC section 5).
+
+Notebook use on any `HookedTransformer`::
+
+    from interp_ext.geometry import measure_checkpoint
+    metrics = measure_checkpoint(model, batches, k=4, heldout=held, params="all")
+"""
+
+from interp_ext.geometry.dashboard import DASHBOARD, function_space_alignment, measure_checkpoint, measure_run
+from interp_ext.geometry.gradients import GROUPS, param_group, per_batch_gradients, select_params
+from interp_ext.geometry.streams import (
+    beta_fit,
+    cross_seed_alignment,
+    detect_transition,
+    fit_saturating,
+    match_units,
+    measure_beta_and_transition,
+    measure_stream2,
+    permute_params,
+)
+
+__all__ = [
+    "DASHBOARD",
+    "GROUPS",
+    "beta_fit",
+    "cross_seed_alignment",
+    "detect_transition",
+    "fit_saturating",
+    "function_space_alignment",
+    "match_units",
+    "measure_beta_and_transition",
+    "measure_checkpoint",
+    "measure_run",
+    "measure_stream2",
+    "param_group",
+    "per_batch_gradients",
+    "permute_params",
+    "select_params",
+]

@@ -1,0 +1,146 @@
+"""Per-batch gradients of a `HookedTransformer` with ``torch.func`` and parameter groups.
+
+``per_batch_gradients`` returns the [B, n_params] matrix of mean-LM-loss gradients,
+one row per probe batch, float32, parameters flattened in ``named_parameters``
+order (restricted to the selected groups). It uses ``vmap(grad(...))`` over
+chunks of batches, so memory stays O(chunk x activations + B x n_params).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch.func import functional_call, grad, vmap
+from transformer_lens import HookedTransformer
+
+GROUPS = ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed")
+
+
+def param_group(name: str) -> str:
+    """The Stream 2 group of a parameter name (SPEC section 5)."""
+    if name.startswith(("embed.", "pos_embed.")):
+        return "embed"
+    if name.startswith("unembed."):
+        return "unembed"
+    if ".ln" in name or name.startswith("ln_final."):
+        return "ln"
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"):
+        return "attn_qkv"
+    if leaf in ("W_O", "b_O"):
+        return "attn_out"
+    if leaf in ("W_in", "b_in"):
+        return "mlp_in"
+    if leaf in ("W_out", "b_out"):
+        return "mlp_out"
+    raise ValueError(f"parameter {name!r} belongs to no group of {GROUPS}")
+
+
+def param_layer(name: str) -> int | None:
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def select_params(model: HookedTransformer, params: str | Sequence[str] = "all") -> list[str]:
+    """Parameter names entering G: ``"all"``, ``"blocks"`` (no embed/unembed) or a list of groups."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if params == "all":
+        return names
+    if params == "blocks":
+        return [n for n in names if param_group(n) not in ("embed", "unembed")]
+    groups = [params] if isinstance(params, str) else list(params)
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        raise ValueError(f"params={params!r}: unknown group(s) {bad}; use 'all', 'blocks' or groups from {GROUPS}")
+    return [n for n in names if param_group(n) in groups]
+
+
+def params_label(params: str | Sequence[str]) -> str:
+    return params if isinstance(params, str) else "+".join(params)
+
+
+def group_slices(model: HookedTransformer, names: list[str]) -> dict[str, slice]:
+    """Parameter name -> slice of the flattened vector built from ``names``."""
+    shapes = dict(model.named_parameters())
+    out, start = {}, 0
+    for n in names:
+        size = shapes[n].numel()
+        out[n] = slice(start, start + size)
+        start += size
+    return out
+
+
+def loss_function(model: HookedTransformer, names: list[str]):
+    """loss(params_subset, tokens) with the other parameters and buffers frozen."""
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
+    buffers = dict(model.named_buffers())
+
+    def loss(sub: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, ({**frozen, **sub}, buffers), (tokens,), kwargs={"return_type": "loss"})
+
+    return loss
+
+
+def measure_dtype(model: HookedTransformer) -> torch.dtype:
+    """float32 for measurements, float64 when the model itself is float64 (tests)."""
+    return torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
+
+
+def current_params(model: HookedTransformer, names: list[str]) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    return {n: named[n].detach().to(measure_dtype(model)) for n in names}
+
+
+def flatten(tensors: dict[str, torch.Tensor], names: list[str], batch_dims: int = 0) -> torch.Tensor:
+    return torch.cat([tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in names], dim=-1)
+
+
+def unflatten(vector: torch.Tensor, model: HookedTransformer, names: list[str]) -> dict[str, torch.Tensor]:
+    shapes = dict(model.named_parameters())
+    out, start = {}, 0
+    for n in names:
+        size = shapes[n].numel()
+        out[n] = vector[start : start + size].reshape(shapes[n].shape)
+        start += size
+    return out
+
+
+def per_batch_gradients(
+    model: HookedTransformer,
+    batches: Int[torch.Tensor, "B batch pos"],
+    params: str | Sequence[str] = "all",
+    chunk: int | None = 8,
+) -> Float[torch.Tensor, "B n_params"]:
+    """g_b = grad of the mean LM loss on batch b, flattened, float32 on CPU (float64 for a float64 model).
+
+    Args:
+        chunk: batches per ``vmap`` call (None: all at once).
+    """
+    if batches.ndim != 3:
+        raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
+    names = select_params(model, params)
+    loss = loss_function(model, names)
+    sub = current_params(model, names)
+    per_batch = vmap(grad(loss), in_dims=(None, 0))
+    rows = []
+    step = chunk or batches.shape[0]
+    for start in range(0, batches.shape[0], step):
+        toks = batches[start : start + step].to(model.cfg.device)
+        g = per_batch(sub, toks)
+        rows.append(flatten(g, names, batch_dims=1).to(measure_dtype(model)).cpu())
+    return torch.cat(rows)
+
+
+def group_names(names: list[str], per_layer: bool = False) -> dict[str, list[str]]:
+    """Group label -> parameter names (``ln``, ``attn_qkv`` ... or ``blocks.2.attn_qkv``)."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        group = param_group(n)
+        out.setdefault(group, []).append(n)
+        layer = param_layer(n)
+        if per_layer and layer is not None:
+            out.setdefault(f"blocks.{layer}.{group}", []).append(n)
+    return out

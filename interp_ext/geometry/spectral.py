@@ -1,0 +1,131 @@
+"""Pure math of the gradient covariance G (SPEC section 4), on synthetic-friendly tensors.
+
+G = (1/B) sum_b g_b g_b^T is never formed: its non-zero spectrum is the spectrum of
+the B x B Gram matrix K_ab = g_a . g_b / B, and with eigenpairs (lambda_i, v_i) of
+K the eigenvectors of G are u_i = sum_b v_ib g_b / sqrt(B lambda_i).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+
+EPS = 1e-30
+
+
+def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of K = g g^T / B, eigenvalues descending and clamped at 0.
+
+    Returns:
+        (lambda [B], V [B, B]) with V's columns the eigenvectors.
+    """
+    g = grads.double()
+    if centered:
+        g = g - g.mean(0, keepdim=True)
+    k = g @ g.T / g.shape[0]
+    evals, evecs = torch.linalg.eigh(k)
+    order = torch.argsort(evals, descending=True)
+    return evals[order].clamp_min(0.0), evecs[:, order]
+
+
+def top_eigenvectors(
+    grads: Float[torch.Tensor, "B n_params"], evals: torch.Tensor, evecs: torch.Tensor, k: int, centered: bool = False
+) -> Float[torch.Tensor, "n_params k"]:
+    """u_i = sum_b v_ib g_b / sqrt(B lambda_i) for the top ``k`` (orthonormal columns)."""
+    g = grads.double()
+    if centered:
+        g = g - g.mean(0, keepdim=True)
+    b = g.shape[0]
+    k = min(k, int((evals > evals[0] * 1e-12).sum()) if evals[0] > 0 else 0) or 1
+    scale = (b * evals[:k]).clamp_min(EPS).sqrt()
+    return (g.T @ evecs[:, :k]) / scale
+
+
+def effective_rank(evals: torch.Tensor) -> float:
+    """exp(entropy of p), p_i = lambda_i / sum lambda (Roy and Vetterli)."""
+    p = evals.double() / evals.sum().clamp_min(EPS)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def participation_ratio(evals: torch.Tensor) -> float:
+    """(sum lambda)^2 / sum lambda^2."""
+    e = evals.double()
+    return float(e.sum() ** 2 / (e**2).sum().clamp_min(EPS))
+
+
+def topk_variance(evals: torch.Tensor, k: int) -> float:
+    """sum of the top-k eigenvalues / sum of all."""
+    e = evals.double()
+    return float(e[:k].sum() / e.sum().clamp_min(EPS))
+
+
+def energy_in_subspace(basis: Float[torch.Tensor, "n_params k"], grads: Float[torch.Tensor, "H n_params"]) -> float:
+    """mean over rows h of ||U^T g_h||^2 / ||g_h||^2."""
+    g = grads.double()
+    proj = (g @ basis.double()).pow(2).sum(1)
+    return float((proj / g.pow(2).sum(1).clamp_min(EPS)).mean())
+
+
+def mean_pairwise_cosine(grads: Float[torch.Tensor, "B n_params"]) -> float:
+    """Mean cosine over distinct pairs (a != b)."""
+    g = grads.double()
+    g = g / g.norm(dim=1, keepdim=True).clamp_min(EPS)
+    c = g @ g.T
+    b = g.shape[0]
+    return float((c.sum() - c.diagonal().sum()) / (b * (b - 1)))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(EPS))
+
+
+def subspace_overlap(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> float:
+    """||U^T V||_F^2 / k, in [0, 1] for orthonormal columns."""
+    k = max(u.shape[1], v.shape[1])
+    return float((u.double().T @ v.double()).pow(2).sum() / k)
+
+
+def top_vector_similarity(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> float:
+    """|u_1 . v_1|."""
+    return float((u[:, 0].double() @ v[:, 0].double()).abs())
+
+
+def principal_angles(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> torch.Tensor:
+    """Principal angles (radians, ascending) between the column spans of u and v."""
+    qu, _ = torch.linalg.qr(u.double())
+    qv, _ = torch.linalg.qr(v.double())
+    s = torch.linalg.svdvals(qu.T @ qv).clamp(-1.0, 1.0)
+    return torch.sort(torch.arccos(s)).values
+
+
+def drift_rate(u: torch.Tensor, v: torch.Tensor, delta_steps: int) -> float:
+    """Stream 1: mean principal angle between U_t and U_{t - Delta}, per step."""
+    return float(principal_angles(u, v).mean()) / delta_steps
+
+
+def spectrum_metrics(evals: torch.Tensor, k: int) -> dict[str, float]:
+    return {
+        "effective_rank": effective_rank(evals),
+        "participation_ratio": participation_ratio(evals),
+        "topk_variance": topk_variance(evals, k),
+        "top1_variance": topk_variance(evals, 1),
+    }
+
+
+__all__ = [
+    "cosine",
+    "drift_rate",
+    "effective_rank",
+    "energy_in_subspace",
+    "gram_eigen",
+    "mean_pairwise_cosine",
+    "participation_ratio",
+    "principal_angles",
+    "spectrum_metrics",
+    "subspace_overlap",
+    "top_eigenvectors",
+    "top_vector_similarity",
+    "topk_variance",
+]

@@ -1,0 +1,294 @@
+"""Stream 2 (cross-seed alignment), the beta fit and transition detection (SPEC section 5).
+
+* Cross-seed alignment of group P: mean over seed pairs of cos(gbar_s[P], gbar_s'[P]),
+  gbar the mean gradient on the shared probe batches. The permutation-invariant
+  variant first matches heads and MLP neurons of seed s' to seed s by Hungarian
+  matching (``scipy.optimize.linear_sum_assignment``) on weight cosine similarity
+  and permutes s' gradients accordingly: raw cosines of permutable units are ~0
+  by symmetry alone.
+* Beta fit: sim(t) = sim* (1 - exp(-gamma (t - t0))) by non-linear least squares
+  (``scipy.optimize.curve_fit``), with bootstrap intervals over seeds.
+* Transitions: a change point per metric series (the split minimising the
+  two-segment squared error), then the window where several metrics agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import curve_fit, linear_sum_assignment
+from transformer_lens import HookedTransformer
+
+from interp_ext.geometry.gradients import group_names, params_label, per_batch_gradients, select_params, unflatten
+from interp_ext.geometry.spectral import cosine
+
+log = logging.getLogger("interp_ext")
+
+
+# --------------------------------------------------------------------------- unit matching
+
+
+def _unit_features(model: HookedTransformer) -> dict[tuple[int, str], torch.Tensor]:
+    """Per layer: a feature row per head (Q, K, V, O weights) and per MLP neuron (in and out)."""
+    feats = {}
+    for layer, block in enumerate(model.blocks):
+        a = block.attn
+        heads = torch.cat([a.W_Q.flatten(1), a.W_K.flatten(1), a.W_V.flatten(1), a.W_O.transpose(1, 2).flatten(1)], dim=1)
+        feats[(layer, "heads")] = heads.detach().float()
+        if not model.cfg.attn_only:
+            neurons = torch.cat([block.mlp.W_in.T, block.mlp.W_out], dim=1)
+            feats[(layer, "neurons")] = neurons.detach().float()
+    return feats
+
+
+def match_units(reference: HookedTransformer, other: HookedTransformer) -> dict[tuple[int, str], np.ndarray]:
+    """Permutation of ``other``'s heads / neurons per layer best matching ``reference``.
+
+    Returns:
+        (layer, "heads" | "neurons") -> perm with ``other`` unit ``perm[i]``
+        matched to ``reference`` unit ``i``.
+    """
+    ref, oth = _unit_features(reference), _unit_features(other)
+    out = {}
+    for key in ref:
+        a = ref[key] / ref[key].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        b = oth[key] / oth[key].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        rows, cols = linear_sum_assignment(-(a @ b.T).numpy())
+        perm = np.empty(len(rows), dtype=np.int64)
+        perm[rows] = cols
+        out[key] = perm
+    return out
+
+
+def permute_params(tensors: dict[str, torch.Tensor], perms: dict[tuple[int, str], np.ndarray]) -> dict[str, torch.Tensor]:
+    """Reorder heads / neurons of parameter-shaped tensors (weights or gradients)."""
+    out = dict(tensors)
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if parts[0] != "blocks":
+            continue
+        layer, leaf = int(parts[1]), parts[-1]
+        if leaf in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V") and (layer, "heads") in perms:
+            out[name] = t[torch.as_tensor(perms[(layer, "heads")])]
+        elif (layer, "neurons") in perms:
+            idx = torch.as_tensor(perms[(layer, "neurons")])
+            if leaf == "W_in":
+                out[name] = t[:, idx]
+            elif leaf in ("b_in", "W_out"):
+                out[name] = t[idx]
+    return out
+
+
+# --------------------------------------------------------------------------- Stream 2
+
+
+def cross_seed_alignment(
+    models: Sequence[HookedTransformer],
+    batches: torch.Tensor,
+    params: str | Sequence[str] = "all",
+    mean_grads: Sequence[torch.Tensor] | None = None,
+) -> pd.DataFrame:
+    """Raw and permutation-invariant cross-seed alignment per group and per layer.
+
+    Args:
+        models: one model per seed, same architecture.
+        batches: shared probe batches [B, batch, pos].
+        mean_grads: precomputed gbar per model (flattened over ``params``).
+
+    Returns:
+        DataFrame (metric, component, value) with metrics ``cross_seed_alignment``
+        and ``cross_seed_alignment_perm``.
+    """
+    if len(models) < 2:
+        raise ValueError(f"Stream 2 compares seeds and needs >= 2 of them; got {len(models)}")
+    names = select_params(models[0], params)
+    if mean_grads is None:
+        mean_grads = [per_batch_gradients(m, batches, params).mean(0) for m in models]
+    grads = [unflatten(g, models[0], names) for g in mean_grads]
+    groups = group_names(names, per_layer=True)
+    sums: dict[tuple[str, str], list[float]] = {}
+    for i, j in itertools.combinations(range(len(models)), 2):
+        perms = match_units(models[i], models[j])
+        gj_perm = permute_params(grads[j], perms)
+        for group, members in groups.items():
+            gi = torch.cat([grads[i][n].flatten() for n in members])
+            for metric, gj in (("cross_seed_alignment", grads[j]), ("cross_seed_alignment_perm", gj_perm)):
+                sums.setdefault((metric, group), []).append(cosine(gi, torch.cat([gj[n].flatten() for n in members])))
+    return pd.DataFrame([{"metric": m, "component": g, "value": float(np.mean(v))} for (m, g), v in sums.items()])
+
+
+def measure_stream2(run, steps: list[int] | None = None, seeds: list[int] | None = None, n_batches: int | None = None, params: str | Sequence[str] = "all", progress: bool = True) -> pd.DataFrame:
+    """Stream 2 rows (``family="stream2"``) at each step, over the run's seeds."""
+    from tqdm.auto import tqdm
+
+    seeds = run.seeds if seeds is None else seeds
+    if len(seeds) < 2:
+        log.warning("Stream 2 (cross-seed alignment) needs >= 2 seeds; run %s has %s: skipped", run.path, seeds)
+        return pd.DataFrame()
+    steps = run.steps if steps is None else steps
+    lm = run.probe_set()["lm"]
+    lm = lm[:n_batches] if n_batches else lm
+    frames = []
+    for step in tqdm(steps, desc="stream 2", disable=not progress, leave=False):
+        models = [run.model(s, step) for s in seeds]
+        df = cross_seed_alignment(models, lm, params)
+        df["seed"], df["step"], df["family"], df["params"] = -1, step, "stream2", params_label(params)
+        run.append_metrics(df)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- beta fit
+
+
+def saturating(t: np.ndarray, sim_star: float, gamma: float, t0: float) -> np.ndarray:
+    """sim(t) = sim* (1 - exp(-gamma (t - t0)))."""
+    return sim_star * (1.0 - np.exp(-gamma * (np.asarray(t, float) - t0)))
+
+
+def fit_saturating(t: np.ndarray, sim: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares (sim*, gamma, t0); NaNs if the fit fails."""
+    t, sim = np.asarray(t, float), np.asarray(sim, float)
+    ok = np.isfinite(t) & np.isfinite(sim)
+    t, sim = t[ok], sim[ok]
+    if len(t) < 4:
+        return (math.nan, math.nan, math.nan)
+    span = max(t.max() - t.min(), 1.0)
+    p0 = (float(sim.max()), 3.0 / span, float(t.min() - 0.05 * span))
+    try:
+        popt, _ = curve_fit(saturating, t, sim, p0=p0, maxfev=20000, bounds=([-np.inf, 1e-12, -np.inf], [np.inf, np.inf, t.max()]))
+    except (RuntimeError, ValueError) as err:
+        log.warning("beta fit failed: %s", err)
+        return (math.nan, math.nan, math.nan)
+    return tuple(float(x) for x in popt)
+
+
+def beta_fit(curves: dict[int, tuple[np.ndarray, np.ndarray]], n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Fit the seed-mean curve; bootstrap over seeds for intervals.
+
+    The interval is point +- t_{n-1} x (bootstrap standard error x sqrt(n / (n - 1))),
+    n the number of seeds: with the handful of seeds a run has, percentile
+    intervals of a non-linear fit cover the truth far less often than stated.
+
+    Args:
+        curves: seed -> (steps, similarity).
+
+    Returns:
+        ``sim_star``, ``gamma``, ``t0`` and their ``_lo`` / ``_hi`` bounds.
+    """
+    from scipy import stats
+
+    seeds = sorted(curves)
+    frame = pd.concat([pd.DataFrame({"seed": s, "t": curves[s][0], "sim": curves[s][1]}) for s in seeds])
+    mean = frame.groupby("t")["sim"].mean()
+    point = fit_saturating(mean.index.to_numpy(), mean.to_numpy())
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot if len(seeds) > 1 else 0):
+        pick = rng.choice(seeds, size=len(seeds), replace=True)
+        sample = pd.concat([frame[frame.seed == s] for s in pick]).groupby("t")["sim"].mean()
+        boots.append(fit_saturating(sample.index.to_numpy(), sample.to_numpy()))
+    out = dict(zip(("sim_star", "gamma", "t0"), point))
+    boots_arr = np.array(boots) if boots else np.full((1, 3), np.nan)
+    n = len(seeds)
+    t_q = stats.t.ppf(0.5 + level / 2, n - 1) if n > 1 else math.nan
+    for i, name in enumerate(("sim_star", "gamma", "t0")):
+        col = boots_arr[:, i][np.isfinite(boots_arr[:, i])]
+        se = float(col.std(ddof=1) * math.sqrt(n / (n - 1))) if len(col) > 1 and n > 1 else math.nan
+        out[f"{name}_lo"], out[f"{name}_hi"] = point[i] - t_q * se, point[i] + t_q * se
+    return out
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def change_point(steps: np.ndarray, values: np.ndarray, min_size: int = 2) -> tuple[float, float]:
+    """Best single split of a series into two constant segments.
+
+    Returns:
+        (step at which the second segment starts, relative SSE reduction in [0, 1]).
+    """
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    ok = np.isfinite(values)
+    steps, values = steps[ok], values[ok]
+    n = len(values)
+    if n < 2 * min_size:
+        return (math.nan, 0.0)
+    total = float(((values - values.mean()) ** 2).sum())
+    best, best_i = math.inf, -1
+    for i in range(min_size, n - min_size + 1):
+        a, b = values[:i], values[i:]
+        sse = float(((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
+        if sse < best:
+            best, best_i = sse, i
+    gain = 1.0 - best / total if total > 0 else 0.0
+    return (float(steps[best_i]), gain)
+
+
+def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain: float = 0.5, window: float | None = None) -> dict:
+    """Change point of each metric, then the window where most of them agree.
+
+    Args:
+        series: metric -> (steps, seed-mean values).
+        min_gain: a metric votes only if its split explains this share of variance.
+        window: agreement tolerance in steps (default: 2 checkpoint intervals).
+
+    Returns:
+        ``start``, ``end`` (steps), ``agreeing`` (metric names), ``points`` (metric -> step).
+    """
+    points = {}
+    for metric, (steps, values) in series.items():
+        step, gain = change_point(steps, values)
+        if math.isfinite(step) and gain >= min_gain:
+            points[metric] = step
+    if not points:
+        return {"start": math.nan, "end": math.nan, "agreeing": [], "points": {}}
+    all_steps = np.unique(np.concatenate([np.asarray(s, float) for s, _ in series.values()]))
+    interval = float(np.median(np.diff(all_steps))) if len(all_steps) > 1 else 1.0
+    window = window or 2 * interval
+    values = np.array(list(points.values()))
+    # the step with the most change points within +-window
+    counts = [(np.abs(values - v) <= window).sum() for v in values]
+    centre = values[int(np.argmax(counts))]
+    agreeing = [m for m, v in points.items() if abs(v - centre) <= window]
+    agree_vals = np.array([points[m] for m in agreeing])
+    return {"start": float(agree_vals.min() - interval), "end": float(agree_vals.max()), "agreeing": agreeing, "points": points}
+
+
+def measure_beta_and_transition(run, lag_metric: str = "subspace_similarity", metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Beta fit over seeds and the transition window from the run's geometry rows."""
+    geo = run.metrics("geometry")
+    rows = []
+    if len(geo):
+        sub = geo[(geo.metric == lag_metric) & (geo.component == "")]
+        curves = {int(s): (g.step.to_numpy(), g.value.to_numpy()) for s, g in sub.groupby("seed")}
+        if curves:
+            fit = beta_fit(curves)
+            rows += [{"seed": -1, "step": -1, "family": "beta", "metric": k, "component": lag_metric, "value": v} for k, v in fit.items()]
+        metrics = metrics or ["effective_rank", "participation_ratio", "topk_variance", "grad_cosine", "overlap_prev", "energy_in_subspace"]
+        series = {}
+        for m in metrics:
+            sel = geo[(geo.metric == m) & (geo.component == "")]
+            if len(sel):
+                mean = sel.groupby("step")["value"].mean()
+                series[m] = (mean.index.to_numpy(), mean.to_numpy())
+        tr = detect_transition(series)
+        agreeing = ",".join(tr["agreeing"])
+        rows += [
+            {"seed": -1, "step": -1, "family": "transition", "metric": "start", "component": agreeing, "value": tr["start"]},
+            {"seed": -1, "step": -1, "family": "transition", "metric": "end", "component": agreeing, "value": tr["end"]},
+            {"seed": -1, "step": -1, "family": "transition", "metric": "n_agreeing", "component": agreeing, "value": float(len(tr["agreeing"]))},
+        ]
+        rows += [{"seed": -1, "step": -1, "family": "transition", "metric": "change_point", "component": m, "value": v} for m, v in tr["points"].items()]
+    if rows:
+        run.append_metrics(rows)
+    return pd.DataFrame(rows)
+
+
+
