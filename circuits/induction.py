@@ -328,7 +328,8 @@ def measure_run(run: "Run", seeds: list[int] | None = None, steps: list[int] | N
             frame = head_scores(model, repeated, token_ids)
             rows += [{"seed": seed, "step": step, "family": "induction", **r} for r in frame.to_dict("records")]
             rows += [{"seed": seed, "step": step, "family": "induction", "metric": k, "component": "", "value": v} for k, v in model_scores(model, repeated, heldout).items()]
-            later = frame[(frame.metric == "induction_score") & frame.component.map(lambda c: parse_head(c)[0] >= 1)]
+            ind = frame[frame.metric == "induction_score"]
+            later = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
             best.setdefault(seed, []).append(float(later["value"].max()))
             rows.append({"seed": seed, "step": step, "family": "induction", "metric": "best_induction_score", "component": "", "value": best[seed][-1]})
         baseline = composition_baseline(run.config.model.d_model, run.config.model.d_head)
@@ -368,7 +369,8 @@ def induction_circuit(run: "Run", seed: int, step: int | None = None, threshold:
         frame = head_scores(run.model(seed, step), probe.reshape(-1, probe.shape[-1]), _frequent_tokens(run))
     heads = detect_induction_heads(frame, threshold)
     if not heads:
-        ind = frame[(frame.metric == "induction_score") & frame.component.map(lambda c: "->" not in c and parse_head(c)[0] >= 1)]
+        ind = frame[frame.metric == "induction_score"]
+        ind = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
         heads = [ind.sort_values("value").iloc[-1]["component"]]
         log.warning("seed %d step %d: no head above induction threshold %.2f; using the best head %s", seed, step, threshold, heads[0])
     partners = previous_token_partners(frame, heads)

@@ -90,6 +90,7 @@ class DataConfig:
     copy_min_len: int = 6
     copy_max_len: int = 24
     copy_source: str = "text"  # text: copy a span of the sequence; random: a random-token span, then its copy
+    random_seq_prob: float = 0.0  # share of sequences made of uniform random tokens instead of corpus text
     data_seed: int = 0  # probe set and synthetic corpus
     probe_batches: int = 64  # B, batches that build G
     heldout_batches: int = 16  # batches not used to build G
@@ -106,6 +107,7 @@ class DataConfig:
                 self.vocab_size,
                 "use None for GPT-2's full vocabulary or an integer in [300, 50257] (it holds 257 byte/special tokens)",
             )
+        _check(0.0 <= self.random_seq_prob <= 1.0, "data.random_seq_prob", self.random_seq_prob, "must be a probability in [0, 1]")
         _check(0.0 <= self.copy_prob <= 1.0, "data.copy_prob", self.copy_prob, "must be a probability in [0, 1]")
         _check(self.copy_source in ("text", "random"), "data.copy_source", self.copy_source, "choose 'text' or 'random'")
         _check(1 <= self.copy_min_len <= self.copy_max_len, "data.copy_min_len", self.copy_min_len, "need 1 <= copy_min_len <= copy_max_len")

@@ -388,8 +388,20 @@ def training_batch(
     """The training batch of one seed at one step: a pure function of (seed, step)."""
     rng = np.random.default_rng([0xDA7A, seed, step])
     seqs = sample_sequences(stream, batch_size, n_ctx, bos, rng)
+    _randomize(seqs, rng, data_cfg, d_vocab, bos)
     _copies(seqs, rng, data_cfg, d_vocab, bos)
     return torch.from_numpy(seqs)
+
+
+def _randomize(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int) -> None:
+    """In place: with probability ``random_seq_prob`` a row becomes uniform random tokens (BOS kept)."""
+    if cfg.random_seq_prob <= 0:
+        return
+    if d_vocab is None:
+        raise ValueError("random sequences need the vocabulary size")
+    pick = rng.random(len(seqs)) < cfg.random_seq_prob
+    fresh = rng.integers(0, d_vocab - 1, size=(int(pick.sum()), seqs.shape[1] - 1))
+    seqs[pick, 1:] = fresh + (fresh >= bos)
 
 
 def _copies(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int) -> None:
@@ -416,8 +428,10 @@ def make_probe_set(data: TokenData, data_cfg: DataConfig, model_cfg: ModelConfig
     rng = np.random.default_rng([0x9B0E, data_cfg.data_seed])
     b, bs, n_ctx = data_cfg.probe_batches, data_cfg.probe_batch_size, model_cfg.n_ctx
     lm = sample_sequences(data.train, b * bs, n_ctx, data.bos, rng)
+    _randomize(lm, rng, data_cfg, data.d_vocab, data.bos)
     _copies(lm, rng, data_cfg, data.d_vocab, data.bos)
     held = sample_sequences(data.heldout, data_cfg.heldout_batches * bs, n_ctx, data.bos, rng)
+    _randomize(held, rng, data_cfg, data.d_vocab, data.bos)
     _copies(held, rng, data_cfg, data.d_vocab, data.bos)
     rep = repeated_tokens(data_cfg.repeated_batches * bs, n_ctx, data.d_vocab, data.bos, rng)
     return {

@@ -1,0 +1,381 @@
+"""Stream 3: the autocatalytic condition dG_ii/dtheta_j > 0 on identified circuits
+("Internalization of gradients", sections 9-10; SPEC section 6).
+
+With g_b the gradient of batch b's mean loss and G_ii = (1/B) sum_b g_b,i^2, the
+gradient energy of a component A (a set of coordinates) is E_A = sum_{i in A} G_ii
+and
+
+    grad E_A = (2/B) sum_b H_b (P_A g_b),
+
+H_b the Hessian of batch b's loss. The component matrix
+
+    K[A, B] = d/d eps E_A(theta + eps d_B) |_{eps=0} = (2/B) sum_b (P_A g_b) . H_b d_B
+
+uses one Hessian-vector product per batch and per component B (``torch.func``:
+forward-mode ``jvp`` of the reverse-mode ``grad``, vmapped over batches), never a
+Jacobian and never finite differences. d_B is B's own update restricted to B:
+``sgd`` (-P_B gbar) or ``optimizer`` (P_B of AdamW's actual step from the
+checkpoint's state). ``K_norm = K / (E_A ||d_B||)``.
+
+The component ``rest`` (every parameter outside the circuit) completes a
+partition, so sum_B K[A, B] along the optimizer update is the derivative of E_A
+along the whole step, checked against the observed change over one real step.
+
+Metric rows (``family="autocatalysis"``) carry two extra columns: ``direction``
+(``sgd`` | ``optimizer``) and ``circuit`` (``circuit``, ``control_random_<i>``,
+``control_group``); ``component`` is ``A|B`` (``C|C`` is the whole circuit, rest
+excluded, against itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch.func import grad, jvp, vmap
+from transformer_lens import HookedTransformer
+
+from circuits.circuit import REST, Circuit
+from interp_ext.geometry.gradients import current_params, loss_function
+
+log = logging.getLogger("interp_ext")
+
+WHOLE = "C"
+
+
+# --------------------------------------------------------------------------- generic machinery
+
+
+class EnergyProbe:
+    """Gradients and Hessian-vector products of a loss over probe batches.
+
+    Args:
+        loss_fn: loss(params: dict, batch) -> scalar, differentiable by torch.func.
+        theta: parameters (a dict of tensors) at which everything is measured.
+        batches: a tensor whose first dimension indexes probe batches.
+        chunk: batches per vmap call.
+    """
+
+    def __init__(self, loss_fn: Callable, theta: dict[str, torch.Tensor], batches: torch.Tensor, chunk: int | None = 8):
+        self.loss_fn, self.theta, self.batches = loss_fn, theta, batches
+        self.names = list(theta)
+        self.chunk = chunk or batches.shape[0]
+        self.n_batches = batches.shape[0]
+        self._grads: torch.Tensor | None = None
+
+    def flat(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+        return torch.cat([tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in self.names], dim=-1)
+
+    def unflat(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for n in self.names:
+            size = self.theta[n].numel()
+            out[n] = vector[start : start + size].reshape(self.theta[n].shape)
+            start += size
+        return out
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """g_b flattened, [B, n_params]."""
+        if self._grads is None:
+            per = vmap(grad(self.loss_fn), in_dims=(None, 0))
+            rows = [self.flat(per(self.theta, self.batches[i : i + self.chunk]), 1) for i in range(0, self.n_batches, self.chunk)]
+            self._grads = torch.cat(rows)
+        return self._grads
+
+    def hvps(self, tangent: torch.Tensor) -> torch.Tensor:
+        """H_b v for every batch b, [B, n_params]."""
+        v = self.unflat(tangent)
+
+        def one(batch):
+            _, hv = jvp(lambda p: grad(self.loss_fn)(p, batch), (self.theta,), (v,))
+            return hv
+
+        per = vmap(one)
+        return torch.cat([self.flat(per(self.batches[i : i + self.chunk]), 1) for i in range(0, self.n_batches, self.chunk)])
+
+    def energy(self, mask: torch.Tensor) -> float:
+        """E_A = (1/B) sum_b ||P_A g_b||^2."""
+        return float(self.grads[:, mask].double().pow(2).sum(1).mean())
+
+
+def component_matrix_flat(
+    probe: EnergyProbe, masks: dict[str, torch.Tensor], direction: torch.Tensor
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """K[A, B] for flattened component masks and a full update direction d.
+
+    d_B = P_B d. Returns (DataFrame A, B, K, K_norm, E_A, d_norm, energies).
+    """
+    g = probe.grads
+    energies = {a: probe.energy(m) for a, m in masks.items()}
+    rows = []
+    for b, mb in masks.items():
+        d_b = torch.where(mb, direction, torch.zeros_like(direction))
+        d_norm = float(d_b.double().norm())
+        hv = probe.hvps(d_b)
+        contrib = (g.double() * hv.double()).sum(0) * (2.0 / probe.n_batches)  # sum_b g_b * H_b d_B
+        for a, ma in masks.items():
+            k = float(contrib[ma].sum())
+            denom = energies[a] * d_norm
+            rows.append({"A": a, "B": b, "K": k, "K_norm": k / denom if denom > 0 else math.nan, "E_A": energies[a], "d_norm": d_norm})
+    return pd.DataFrame(rows), energies
+
+
+def sgd_direction(probe: EnergyProbe) -> torch.Tensor:
+    """-gbar, the mean gradient over the probe batches, negated."""
+    return -probe.grads.mean(0)
+
+
+def entry_terms(probe: EnergyProbe, rows: Sequence[int], circuit_mask: torch.Tensor) -> torch.Tensor:
+    """Per-batch terms 2 g_b,i (H_b e_i)_j for rows i and circuit columns j: [m, B, |C|].
+
+    Their mean over batches is the entry dG_ii/dtheta_j.
+    """
+    g = probe.grads
+    out = []
+    for i in rows:
+        e = torch.zeros(g.shape[1], dtype=g.dtype)
+        e[i] = 1.0
+        hv = probe.hvps(e)[:, circuit_mask]
+        out.append(2.0 * g[:, i, None].double() * hv.double())
+    return torch.stack(out)
+
+
+def sample_entries(
+    probe: EnergyProbe, circuit_mask: torch.Tensor, m: int = 32, seed: int = 0, n_boot: int = 500, level: float = 0.95
+) -> dict[str, float]:
+    """m sampled rows of dG_ii/dtheta_j (i, j in the circuit) with bootstrap CIs over batches.
+
+    Row i: dG_ii/dtheta = (2/B) sum_b g_b,i H_b e_i, one HVP per batch. The per-batch
+    terms r_b = 2 g_b,i (H_b e_i) restricted to the circuit average to the row, so
+    resampling batches gives the intervals of the fraction of positive entries and
+    their mean.
+    """
+    idx = torch.nonzero(circuit_mask).flatten()
+    gen = torch.Generator().manual_seed(seed)
+    picks = idx[torch.randperm(len(idx), generator=gen)[: min(m, len(idx))]]
+    terms = entry_terms(probe, picks.tolist(), circuit_mask)
+
+    def stats(t: torch.Tensor) -> tuple[float, float]:
+        rows = t.mean(1)
+        return float((rows > 0).double().mean()), float(rows.mean())
+
+    frac, mean = stats(terms)
+    rng = np.random.default_rng(seed)
+    boots = np.array([stats(terms[:, torch.as_tensor(rng.integers(0, terms.shape[1], terms.shape[1]))]) for _ in range(n_boot)])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return {
+        "entry_frac_positive": frac, "entry_frac_positive_lo": float(lo[0]), "entry_frac_positive_hi": float(hi[0]),
+        "entry_mean": mean, "entry_mean_lo": float(lo[1]), "entry_mean_hi": float(hi[1]), "entry_rows": float(len(picks)),
+    }
+
+
+# --------------------------------------------------------------------------- HookedTransformer API
+
+
+def model_probe(model: HookedTransformer, batches: torch.Tensor, chunk: int | None = 8) -> EnergyProbe:
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    theta = current_params(model, names)
+    return EnergyProbe(loss_function(model, names), theta, batches.to(model.cfg.device), chunk)
+
+
+def _circuit_of(components: Circuit | Sequence[str]) -> Circuit:
+    return components if isinstance(components, Circuit) else Circuit("custom", list(components))
+
+
+def component_matrix(
+    model: HookedTransformer,
+    batches: Int[torch.Tensor, "n_batches batch pos"],
+    components: Circuit | Sequence[str],
+    direction: str = "sgd",
+    update: dict[str, torch.Tensor] | None = None,
+    include_rest: bool = False,
+    chunk: int | None = 8,
+) -> pd.DataFrame:
+    """K[A, B] for the components of a circuit on a plain `HookedTransformer`.
+
+    G is the uncentered mean over the given batches, each batch's loss the mean
+    LM loss.
+
+    Args:
+        components: a `circuits.Circuit` or a list of its component names.
+        direction: ``"sgd"`` (d = -gbar) or ``"optimizer"`` (needs ``update``,
+            the optimizer's step theta_{t+1} - theta_t as a parameter dict).
+        include_rest: add the ``rest`` component (every other parameter).
+
+    Returns:
+        DataFrame with columns ``A``, ``B``, ``K``, ``K_norm`` (and ``E_A``, ``d_norm``).
+    """
+    if batches.ndim != 3:
+        raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
+    circuit = _circuit_of(components)
+    if include_rest:
+        circuit = circuit.with_rest()
+    probe = model_probe(model, batches, chunk)
+    masks = circuit.flat_masks(model)
+    if direction == "sgd":
+        d = sgd_direction(probe)
+    elif direction == "optimizer":
+        if update is None:
+            raise ValueError("direction='optimizer' needs update= (theta_{t+1} - theta_t per parameter); from a run use interp_ext.optim_step.optimizer_step_direction")
+        d = probe.flat({n: update[n].to(probe.theta[n].dtype) for n in probe.names})
+    else:
+        raise ValueError(f"direction={direction!r}: choose 'sgd' or 'optimizer'")
+    frame, _ = component_matrix_flat(probe, masks, d)
+    return frame
+
+
+def whole_circuit_terms(frame: pd.DataFrame, energies: dict[str, float], d_norms: dict[str, float], direction: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """K[C, C] of the circuit as a whole (rest excluded): bilinear, so a sum of entries."""
+    inside = [c for c in masks if c != REST]
+    sel = frame[frame.A.isin(inside) & frame.B.isin(inside)]
+    k = float(sel.K.sum())
+    e = sum(energies[c] for c in inside)
+    union = torch.zeros_like(next(iter(masks.values())))
+    for c in inside:
+        union |= masks[c]
+    d_norm = float(torch.where(union, direction, torch.zeros_like(direction)).double().norm())
+    return {"K": k, "K_norm": k / (e * d_norm) if e * d_norm > 0 else math.nan, "E": e}
+
+
+# --------------------------------------------------------------------------- over a run
+
+
+def _controls(model: HookedTransformer, circuit: Circuit, n_random: int, seed: int) -> dict[str, Circuit]:
+    from circuits.circuit import random_heads
+
+    heads = [c for c in circuit.components if c.startswith("L") and "H" in c and c != REST]
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(n_random):
+        try:
+            picks = random_heads(model, len(heads), exclude=heads, generator=gen)
+        except ValueError:
+            break
+        out[f"control_random_{i}"] = Circuit(f"random-{i}", picks)
+    last = model.cfg.n_layers - 1
+    group = f"L{last}MLP" if not model.cfg.attn_only else "EMBED"
+    out["control_group"] = Circuit("group", [group])
+    return out
+
+
+def measure_checkpoint_rows(
+    run, seed: int, step: int, circuit: Circuit, directions: Sequence[str], n_batches: int | None, rows_m: int, n_random: int, chunk: int | None
+) -> list[dict]:
+    """Every Stream 3 row of one (seed, checkpoint)."""
+    from interp_ext.optim_step import optimizer_step_direction
+
+    model = run.model(seed, step)
+    lm = run.probe_set()["lm"]
+    batches = lm[:n_batches] if n_batches else lm
+    probe = model_probe(model, batches, chunk)
+    base = {"seed": seed, "step": step, "family": "autocatalysis"}
+    out: list[dict] = []
+    update = None
+    circuits = {"circuit": circuit} | _controls(model, circuit, n_random, seed)
+    for direction in directions:
+        if direction == "sgd":
+            d = sgd_direction(probe)
+        else:
+            theta, upd, _ = optimizer_step_direction(run, seed, step)
+            update = upd
+            d = probe.flat({n: upd[n].float() for n in probe.names})
+        for tag, circ in circuits.items():
+            masks = circ.with_rest().flat_masks(model)
+            frame, energies = component_matrix_flat(probe, masks, d)
+            for r in frame.itertuples():
+                out.append({**base, "metric": "K", "component": f"{r.A}|{r.B}", "value": r.K, "direction": direction, "circuit": tag})
+                out.append({**base, "metric": "K_norm", "component": f"{r.A}|{r.B}", "value": r.K_norm, "direction": direction, "circuit": tag})
+            whole = whole_circuit_terms(frame, energies, {}, d, masks)
+            out.append({**base, "metric": "K", "component": "C|C", "value": whole["K"], "direction": direction, "circuit": tag})
+            out.append({**base, "metric": "K_norm", "component": "C|C", "value": whole["K_norm"], "direction": direction, "circuit": tag})
+            if direction == directions[0]:
+                out += [{**base, "metric": "energy", "component": a, "value": e, "direction": "", "circuit": tag} for a, e in energies.items()]
+                out.append({**base, "metric": "energy", "component": WHOLE, "value": whole["E"], "direction": "", "circuit": tag})
+            if direction == "optimizer" and tag == "circuit":
+                out += budget_rows(run, seed, step, circuit, frame, energies, update, batches, base, chunk)
+    masks = circuit.flat_masks(model)
+    union = torch.zeros_like(next(iter(masks.values())))
+    for c, m in masks.items():
+        union |= m
+    entries = sample_entries(probe, union, m=rows_m, seed=seed)
+    out += [{**base, "metric": k, "component": WHOLE, "value": v, "direction": "", "circuit": "circuit"} for k, v in entries.items()]
+    return out
+
+
+def budget_rows(run, seed, step, circuit, frame, energies, update, batches, base, chunk) -> list[dict]:
+    """sum_B K[A, B] (optimizer) vs the observed change of E_A over the real step."""
+    model = run.model(seed, step)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.add_(update[n])
+    after = model_probe(model, batches, chunk)
+    masks = circuit.with_rest().flat_masks(model)
+    rows = []
+    errors = []
+    for a, mask in masks.items():
+        predicted = float(frame[frame.A == a].K.sum())
+        observed = after.energy(mask) - energies[a]
+        rel = abs(predicted - observed) / max(abs(observed), 1e-30)
+        errors.append(rel)
+        rows += [
+            {**base, "metric": "budget_predicted", "component": a, "value": predicted, "direction": "optimizer", "circuit": "circuit"},
+            {**base, "metric": "budget_observed", "component": a, "value": observed, "direction": "optimizer", "circuit": "circuit"},
+            {**base, "metric": "budget_error", "component": a, "value": rel, "direction": "optimizer", "circuit": "circuit"},
+        ]
+    rows.append({**base, "metric": "budget_error", "component": "", "value": float(np.median(errors)), "direction": "optimizer", "circuit": "circuit"})
+    return rows
+
+
+def resolve_circuit(run, seed: int, spec: str | Circuit = "induction") -> Circuit:
+    """The circuit a seed is followed with: detected (``induction``), a JSON file, or given."""
+    if isinstance(spec, Circuit):
+        return spec
+    if spec == "induction":
+        from circuits.induction import induction_circuit
+
+        return induction_circuit(run, seed)
+    return Circuit.from_json(spec)
+
+
+def measure_run(
+    run,
+    circuit: str | Circuit = "induction",
+    directions: Sequence[str] = ("sgd", "optimizer"),
+    seeds: list[int] | None = None,
+    steps: list[int] | None = None,
+    n_batches: int | None = None,
+    rows: int = 32,
+    n_random: int = 3,
+    chunk: int | None = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Stream 3 over training: one circuit per seed (fixed), measured at every checkpoint.
+
+    Idempotent and resumable per checkpoint: a (seed, step) whose rows exist is
+    skipped; rows are appended as each checkpoint finishes.
+    """
+    from tqdm.auto import tqdm
+
+    seeds = run.seeds if seeds is None else seeds
+    steps = run.steps if steps is None else steps
+    for d in directions:
+        if d not in ("sgd", "optimizer"):
+            raise ValueError(f"direction {d!r}: choose 'sgd' or 'optimizer'")
+    existing = run.metrics("autocatalysis")
+    done = set(zip(existing.seed, existing.step)) if len(existing) else set()
+    bar = tqdm(total=len(seeds) * len(steps), desc="stream 3", disable=not progress, dynamic_ncols=True)
+    for seed in seeds:
+        circ = resolve_circuit(run, seed, circuit)
+        run.append_metrics([{"seed": seed, "step": -1, "family": "autocatalysis", "metric": "circuit_member", "component": c, "value": 1.0, "direction": "", "circuit": circ.roles.get(c, "member")} for c in circ.components])
+        for step in steps:
+            if (seed, step) not in done:
+                run.append_metrics(measure_checkpoint_rows(run, seed, step, circ, list(directions), n_batches, rows, n_random, chunk))
+            bar.update(1)
+    bar.close()
+    return run.metrics("autocatalysis")
