@@ -85,6 +85,48 @@ def train(
 
 
 @app.command()
+def reproduce(
+    preset: str = typer.Option("tiny", help="'tiny' (CPU, minutes) or 'paper' (GPU scale)."),
+    out: Path = typer.Option(Path("runs/tiny"), "--out", help="Run directory."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Directory with wiki.*.raw (WikiText-2); default: the hub, else the synthetic corpus."),
+    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default: the preset's)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed reproduction; finished stages are skipped."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train, measure everything (induction, patching, geometry, Streams 1-3, SAEs) and write the report."""
+    from interp_ext.config import ConfigError
+    from interp_ext.data import DataError
+    from interp_ext.pipeline import reproduce as run_reproduce
+    from interp_ext.training import NonFiniteLossError
+
+    _setup_logging()
+    if (out / "config.json").exists() and not resume:
+        typer.secho(f"{out} exists: continuing it (finished stages are skipped)", fg=typer.colors.YELLOW, err=True)
+        resume = True
+    try:
+        run, report, timings = run_reproduce(out, preset, str(data_dir) if data_dir else None, seeds, steps, device, resume, progress=not quiet)
+    except (ConfigError, DataError, NonFiniteLossError) as err:
+        _fail(str(err))
+        return
+    typer.echo("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    typer.echo(f"\nreport: {report}")
+    typer.echo(f"figures: {report.parent}/*.png (interactive: *.html)")
+    typer.echo(f"in Python: from interp_ext import open_run; run = open_run({str(run.path)!r})")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Write RUN/report/report.md and its PNG + HTML figures from the metrics table."""
+    from interp_ext.report import write_report
+
+    run = _open(run_dir)
+    path = write_report(run)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
 def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Seeds, steps, config summary and metric families of a run."""
     from interp_ext.store import RunError, open_run
@@ -182,6 +224,104 @@ def measure_patching(
         _fail(str(err))
         return
     typer.echo(summary)
+
+
+@measure_app.command("geometry")
+def measure_geometry(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
+    batches: Optional[int] = typer.Option(None, "--batches", help="Probe batches B that build G (default: all of the probe set)."),
+    k: int = typer.Option(4, "--k", help="Size of the top eigenspace U."),
+    params: str = typer.Option("all", help="'all', 'blocks' or comma-separated groups (ln, attn_qkv, attn_out, mlp_in, mlp_out, embed, unembed)."),
+    centered: bool = typer.Option(False, help="Subtract the mean gradient before forming G."),
+    lag: int = typer.Option(10, help="Checkpoints between U_t and U_{t-lag} (subspace_similarity)."),
+    delta: Optional[int] = typer.Option(None, help="Stream 1 Delta in steps (default: lag checkpoint intervals)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Dashboard (SPEC 4), Stream 1 drift, Stream 2 cross-seed alignment, beta fit and transition."""
+    from interp_ext.geometry import measure_beta_and_transition, measure_run, measure_stream2
+    from interp_ext.store import RunError
+
+    run = _open(run_dir)
+    groups = params if params in ("all", "blocks") else [g.strip() for g in params.split(",")]
+    seed_list = _parse_list(seeds)
+    try:
+        measure_run(run, seed_list, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet)
+        if len(seed_list or run.seeds) < 2:
+            typer.secho("Stream 2 needs >= 2 seeds: skipped (the other metrics are computed)", fg=typer.colors.YELLOW, err=True)
+        else:
+            measure_stream2(run, _parse_list(steps), seed_list, batches, groups, progress=not quiet)
+        measure_beta_and_transition(run)
+    except (RunError, ValueError) as err:
+        _fail(str(err))
+        return
+    geo = run.metrics("geometry")
+    last = geo[(geo.step == geo.step.max()) & (geo.component == "")].groupby("metric")["value"].mean()
+    typer.echo(f"geometry at step {geo.step.max()} (seed mean): " + ", ".join(f"{m} {last[m]:.3f}" for m in ("effective_rank", "participation_ratio", "topk_variance", "overlap_prev") if m in last))
+    tr = run.metrics("transition")
+    if len(tr):
+        t = tr.set_index("metric").value
+        typer.echo(f"transition window: steps {t.get('start', float('nan')):.0f} .. {t.get('end', float('nan')):.0f}")
+
+
+@measure_app.command("autocatalysis")
+def measure_autocatalysis(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    circuit: str = typer.Option("induction", help="'induction' (detected per seed at the last checkpoint) or a Circuit JSON file."),
+    direction: str = typer.Option("both", help="sgd, optimizer or both."),
+    rows: int = typer.Option(32, "--rows", help="Sampled rows of dG_ii/dtheta_j."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
+    batches: Optional[int] = typer.Option(None, "--batches", help="Probe batches (default: all)."),
+    controls: int = typer.Option(3, help="Random-head control circuits per checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Stream 3: K[A,B] = dE_A/d(eps d_B) on the circuit, controls, entries and the energy budget."""
+    from interp_ext import autocatalysis
+    from interp_ext.store import RunError
+
+    run = _open(run_dir)
+    directions = ("sgd", "optimizer") if direction == "both" else (direction,)
+    try:
+        df = autocatalysis.measure_run(run, circuit, directions, _parse_list(seeds), _parse_list(steps), batches, rows, controls, progress=not quiet)
+    except (RunError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+        return
+    cc = df[(df.metric == "K_norm") & (df.component == "C|C")]
+    summary = cc.groupby(["circuit", "direction"])["value"].agg(["mean", "min", "max"])
+    typer.echo("normalised K[C,C] over checkpoints and seeds:")
+    typer.echo(summary.to_string())
+
+
+@measure_app.command("sae")
+def measure_sae(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    hook: str = typer.Option(..., "--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
+    width: int = typer.Option(256, help="SAE latents (d_sae)."),
+    k: int = typer.Option(8, help="TopK active latents per token."),
+    source: str = typer.Option("auto", help="recorded (the run's recordings only), generate (run the checkpoint on corpus text) or auto."),
+    threshold: float = typer.Option(0.7, help="Similarity threshold for a match."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train an SAE per (seed, checkpoint), match features across checkpoints and seeds, relate them to induction."""
+    from interp_ext.sae_tracking import track_run
+    from interp_ext.sae_tracking.tracking import HookNotRecordedError
+    from interp_ext.store import RunError
+
+    run = _open(run_dir)
+    try:
+        df = track_run(run, hook, _parse_list(steps), _parse_list(seeds), width, k, source, threshold=threshold, progress=not quiet)
+    except (HookNotRecordedError, RunError, ValueError) as err:
+        _fail(str(err))
+        return
+    q = df[df.metric.isin(["l0", "explained_variance", "dead_fraction", "ce_recovered"])].groupby("metric")["value"].mean()
+    typer.echo("SAE quality (mean over seeds and checkpoints): " + ", ".join(f"{m} {v:.3f}" for m, v in q.items()))
+    birth = df[df.metric == "induction_feature_birth_step"].value
+    if len(birth):
+        typer.echo(f"birth step of the most induction-related feature: {birth.mean():.0f} (mean over seeds)")
 
 
 def main() -> None:  # pragma: no cover - console entry

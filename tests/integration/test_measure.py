@@ -57,3 +57,30 @@ def test_stream3_rows_and_energy_budget(micro_run):
     assert len(run.metrics("autocatalysis")) == n
     entries = rows[rows.metric == "entry_frac_positive"]
     assert ((entries.value >= 0) & (entries.value <= 1)).all()
+
+
+def test_sae_tracking_on_a_run(micro_run):
+    from interp_ext.sae_tracking import track_run
+    from interp_ext.sae_tracking.tracking import HookNotRecordedError
+
+    hook = "blocks.1.hook_resid_post"  # recorded by the micro run
+    df = track_run(micro_run, hook, steps=[0, 6], width=16, k=2, source="generate", n_tokens=2048, progress=False)
+    assert {"l0", "explained_variance", "dead_fraction", "ce_recovered", "n_persisted", "universality", "induction_feature_birth_step"} <= set(df.metric)
+    assert (micro_run.path / "saes" / "seed=0" / "step=6" / hook / "cfg.json").exists()
+    assert (micro_run.path / "saes" / "seed=1" / f"lineage_{hook}.parquet").exists()
+    counts = df[df.metric.isin(["n_persisted", "n_born", "n_split"])].groupby("seed")["value"].sum()
+    assert (counts > 0).all()
+    with pytest.raises(HookNotRecordedError, match="recorded hooks"):
+        track_run(micro_run, "blocks.0.hook_resid_mid", steps=[0], width=16, source="recorded", progress=False)
+
+
+def test_report_writes_figures(micro_run):
+    from interp_ext.report import write_report
+
+    path = write_report(micro_run)
+    text = path.read_text()
+    for section in ("Induction heads", "Gradient-geometry dashboard", "Stream 3", "Next to the paper"):
+        assert section in text
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    assert {"dashboard.png", "induction_formation.png", "stream3_K.png"} <= set(pngs)
+    assert all((path.parent / p.replace(".png", ".html")).exists() for p in pngs)
