@@ -230,7 +230,7 @@ def component_matrix(
     return frame
 
 
-def whole_circuit_terms(frame: pd.DataFrame, energies: dict[str, float], d_norms: dict[str, float], direction: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+def whole_circuit_terms(frame: pd.DataFrame, energies: dict[str, float], direction: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
     """K[C, C] of the circuit as a whole (rest excluded): bilinear, so a sum of entries."""
     inside = [c for c in masks if c != REST]
     sel = frame[frame.A.isin(inside) & frame.B.isin(inside)]
@@ -291,7 +291,7 @@ def measure_checkpoint_rows(
             for r in frame.itertuples():
                 out.append({**base, "metric": "K", "component": f"{r.A}|{r.B}", "value": r.K, "direction": direction, "circuit": tag})
                 out.append({**base, "metric": "K_norm", "component": f"{r.A}|{r.B}", "value": r.K_norm, "direction": direction, "circuit": tag})
-            whole = whole_circuit_terms(frame, energies, {}, d, masks)
+            whole = whole_circuit_terms(frame, energies, d, masks)
             out.append({**base, "metric": "K", "component": "C|C", "value": whole["K"], "direction": direction, "circuit": tag})
             out.append({**base, "metric": "K_norm", "component": "C|C", "value": whole["K_norm"], "direction": direction, "circuit": tag})
             if direction == directions[0]:

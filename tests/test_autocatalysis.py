@@ -112,3 +112,19 @@ def test_bad_direction_and_missing_update(setup):
         component_matrix(model, batches, circuit, direction="optimizer")
     with pytest.raises(ValueError, match="'sgd' or 'optimizer'"):
         component_matrix(model, batches, circuit, direction="adam")
+
+
+def test_whole_circuit_term_is_the_merged_component(setup):
+    from interp_ext.autocatalysis import whole_circuit_terms
+
+    model, batches, circuit = setup
+    probe = model_probe(model, batches)
+    masks = circuit.flat_masks(model)
+    d = sgd_direction(probe)
+    frame, energies = component_matrix_flat(probe, masks, d)
+    whole = whole_circuit_terms(frame, energies, d, masks)
+    union = masks["L1H0"] | masks["L0H1"]
+    merged, merged_e = component_matrix_flat(probe, {"C": union}, d)
+    assert whole["K"] == pytest.approx(float(merged.K.iloc[0]), rel=1e-9)
+    assert whole["K_norm"] == pytest.approx(float(merged.K_norm.iloc[0]), rel=1e-9)
+    assert whole["E"] == pytest.approx(merged_e["C"], rel=1e-12)

@@ -1,0 +1,40 @@
+# %% [markdown]
+# # The gradient-geometry dashboard
+#
+# G = E[grad L grad L^T] over probe batches, measured without ever forming G:
+# effective rank, participation ratio, top-k variance, subspace overlaps, Stream 1
+# drift and Stream 2 cross-seed alignment. First on a plain model, then over a run.
+
+# %%
+import os
+
+from interp_ext import open_run
+from interp_ext.geometry import measure_beta_and_transition, measure_checkpoint, measure_run, measure_stream2
+from interp_ext.report import write_report
+
+FAST = os.environ.get("DEMO_FAST") == "1"
+run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))  # made by 01_train_and_explore.py
+probe = run.probe_set()
+
+# %% [markdown]
+# ## One checkpoint, any `HookedTransformer`
+
+# %%
+model = run.model(seed=0, step=run.steps[-1])
+metrics = measure_checkpoint(model, probe["lm"], k=4, heldout=probe["heldout"], params="all")
+for name, value in metrics.items():
+    print(f"{name:>22}: {value:.4f}")
+
+# %% [markdown]
+# ## Over training (rows go to the run's metrics table)
+
+# %%
+measure_run(run, k=4, lag=2 if FAST else 4, progress=not FAST)
+measure_stream2(run, progress=not FAST)
+measure_beta_and_transition(run)
+geo = run.metrics("geometry")
+print(geo[geo.component == ""].pivot_table(index="step", columns="metric", values="value")[["effective_rank", "topk_variance", "overlap_prev"]])
+
+# %%
+report = write_report(run)
+print("figures in", report.parent)

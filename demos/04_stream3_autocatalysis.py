@@ -1,0 +1,38 @@
+# %% [markdown]
+# # Stream 3: is the induction circuit autocatalytic?
+#
+# K[A, B] = d/d eps E_A(theta + eps d_B): how component B's own update changes the
+# gradient energy E_A = sum_{i in A} G_ii. K[C, C] > 0 means the circuit's descent
+# step raises its own gradient energy (self-reinforcement).
+
+# %%
+import os
+
+from circuits import induction_circuit
+from interp_ext import autocatalysis, open_run
+from interp_ext.optim_step import optimizer_step_direction
+
+FAST = os.environ.get("DEMO_FAST") == "1"
+run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))
+lm = run.probe_set()["lm"]
+
+# %% [markdown]
+# ## On one checkpoint (a plain `HookedTransformer`)
+
+# %%
+step = run.steps[len(run.steps) // 2]
+model = run.model(seed=0, step=step)
+circuit = induction_circuit(run, seed=0)
+print(autocatalysis.component_matrix(model, lm, circuit, direction="sgd", include_rest=True).round(5))
+_, update, _ = optimizer_step_direction(run, seed=0, step=step)
+print(autocatalysis.component_matrix(model, lm, circuit, direction="optimizer", update=update, include_rest=True).round(5))
+
+# %% [markdown]
+# ## Over training, with controls (random heads, a non-circuit group) and the energy budget
+
+# %%
+steps = run.steps[:3] if FAST else run.steps
+rows = autocatalysis.measure_run(run, "induction", steps=steps, rows=4 if FAST else 16, n_random=1 if FAST else 3, progress=not FAST)
+cc = rows[(rows.metric == "K_norm") & (rows.component == "C|C")]
+print(cc.pivot_table(index="step", columns=["direction", "circuit"], values="value").round(4))
+print("budget error:", rows[(rows.metric == "budget_error") & (rows.component == "")].value.describe()[["mean", "max"]].round(4).to_dict())

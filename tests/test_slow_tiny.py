@@ -1,0 +1,28 @@
+"""The tiny preset on WikiText-2: induction heads form, detection and ablation hold (minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from circuits.induction import measure_run
+from interp_ext import get_preset, override, train
+
+WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1"
+
+
+@pytest.mark.slow
+def test_tiny_preset_forms_induction_heads(tmp_path):
+    data_dir = str(WIKITEXT) if WIKITEXT.exists() else None  # else the synthetic corpus
+    cfg = override(get_preset("tiny"), data__data_dir=data_dir)
+    run = train(cfg, tmp_path / "tiny", progress=False)
+    rows = measure_run(run, progress=False)
+    for seed in run.seeds:
+        best = rows[(rows.seed == seed) & (rows.metric == "best_induction_score")].sort_values("step")
+        assert best.value.iloc[0] < 0.1, best
+        assert best.value.iloc[-1] > 0.5, best
+        heads = rows[(rows.seed == seed) & (rows.metric == "detected_induction_head")]
+        assert len(heads) >= 1
+        abl = rows[(rows.seed == seed) & (rows.metric == "ablation_loss_increase")].set_index("component").value
+        assert abl["detected"] > 0.5 and abl["detected"] > 3 * abs(abl["random"])
