@@ -243,11 +243,20 @@ def measure_geometry(
     from interp_ext.geometry import measure_beta_and_transition, measure_run, measure_stream2
     from interp_ext.store import RunError
 
+    from interp_ext import distributed
+
     run = _open(run_dir)
     groups = params if params in ("all", "blocks") else [g.strip() for g in params.split(",")]
     seed_list = _parse_list(seeds)
+    distributed.init()
+    rank, _ = distributed.world()
     try:
-        measure_run(run, seed_list, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet)
+        # under torchrun each rank measures its own seeds; cross-seed metrics read every seed after a barrier
+        mine = distributed.my_seeds(seed_list or run.seeds) if distributed.is_distributed() else seed_list
+        measure_run(run, mine, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet and rank == 0)
+        distributed.barrier()
+        if rank != 0:
+            return
         if len(seed_list or run.seeds) < 2:
             typer.secho("Stream 2 needs >= 2 seeds: skipped (the other metrics are computed)", fg=typer.colors.YELLOW, err=True)
         else:

@@ -242,7 +242,7 @@ def tiny_preset() -> RunConfig:
     """A CPU-sized run on which induction heads form on every seed.
 
     2 attention-only layers (with LayerNorm) x 4 heads, d_model 64, context 64,
-    a compact 512-token vocabulary, batch 32, AdamW 1e-3, 4,000 steps,
+    a compact 512-token vocabulary, batch 32, AdamW 2e-3, 4,000 steps,
     checkpoints every 250. Data mix: 25% of the training sequences are corpus
     text, 75% uniform random tokens (``random_seq_prob=0.75``); every sequence
     carries one random-token span of 12-31 tokens copied to a later random
@@ -268,7 +268,7 @@ def tiny_preset() -> RunConfig:
         train=TrainConfig(
             steps=4000,
             batch_size=32,
-            lr=1e-3,
+            lr=2e-3,
             weight_decay=0.01,
             n_seeds=2,
             checkpoint_every=250,

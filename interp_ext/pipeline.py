@@ -42,7 +42,7 @@ class ReproduceSettings:
 
 def settings_for(preset: str) -> ReproduceSettings:
     if preset == "tiny":
-        return ReproduceSettings(geometry_k=4, geometry_lag=4, stream3_rows=8, stream3_controls=2, stream3_every=1, sae_hook="blocks.0.hook_resid_post", sae_width=128, sae_every=2)
+        return ReproduceSettings(geometry_k=4, geometry_lag=4, stream3_rows=8, stream3_controls=2, stream3_every=2, sae_hook="blocks.0.hook_resid_post", sae_width=128, sae_every=2)
     return ReproduceSettings(sae_hook="blocks.1.hook_resid_post", sae_width=512, stream3_every=5, sae_every=10)
 
 

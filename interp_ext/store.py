@@ -217,7 +217,10 @@ class Run:
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.parquet"
+        """The file this process appends to (a per-rank part file under torchrun)."""
+        from interp_ext.distributed import metrics_part
+
+        return self.path / metrics_part()
 
     def _steps_in(self, folder: Path) -> list[int]:
         if not folder.is_dir():
@@ -314,8 +317,16 @@ class Run:
         return np.load(self.path / "data" / "heldout.npy")
 
     def metrics(self, family: str | None = None) -> pd.DataFrame:
-        """The tidy metrics table (optionally one family)."""
-        df = read_metrics(self.metrics_path)
+        """The tidy metrics table (optionally one family), per-rank part files merged."""
+        parts = [self.path / "metrics.parquet"] + sorted(self.path.glob("metrics.rank*.parquet"))
+        frames = [read_metrics(p) for p in parts if p.exists()]
+        if len(frames) > 1:
+            df = pd.concat(frames, ignore_index=True)
+            key = [c for c in df.columns if c != "value"]
+            df[key] = df[key].fillna("")
+            df = df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+        else:
+            df = frames[0] if frames else read_metrics(self.path / "metrics.parquet")
         return df[df["family"] == family].reset_index(drop=True) if family else df
 
     def append_metrics(self, rows: pd.DataFrame | Iterable[dict]) -> pd.DataFrame:

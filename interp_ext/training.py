@@ -78,20 +78,21 @@ def last_complete_step(out: Path, seeds: list[int]) -> int | None:
 
 
 class StackedTrainer:
-    """Trains ``cfg.train.n_seeds`` seeds of one model config side by side.
+    """Trains seeds of one model config side by side.
 
     Args:
         cfg: the run config.
         out: run directory (prepared by :func:`prepare_run`).
         data: token streams and tokenizer.
         probe: the probe set (recordings run on it).
+        seeds: the seeds this process trains (default: all of ``cfg.train.seeds``).
     """
 
-    def __init__(self, cfg: RunConfig, out: Path, data: TokenData, probe: dict[str, torch.Tensor]):
+    def __init__(self, cfg: RunConfig, out: Path | None, data: TokenData, probe: dict[str, torch.Tensor], seeds: list[int] | None = None):
         self.cfg, self.data, self.probe = cfg, data, probe
         self.out = Path(out) if out is not None else None
         self.device = torch.device(cfg.train.device)
-        self.seeds = cfg.train.seeds
+        self.seeds = cfg.train.seeds if seeds is None else list(seeds)
         models = [build_model(cfg.model, data.d_vocab, seed=s, device=cfg.train.device) for s in self.seeds]
         self.template = models[0]
         self.names = param_names(self.template)
@@ -213,7 +214,7 @@ class StackedTrainer:
     def run(self, progress: bool = True) -> None:
         cfg = self.cfg.train
         run = Run(self.out)
-        tokens_per_step = cfg.n_seeds * cfg.batch_size * self.cfg.model.n_ctx
+        tokens_per_step = len(self.seeds) * cfg.batch_size * self.cfg.model.n_ctx
         window: list[torch.Tensor] = []
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
         t0, s0 = time.perf_counter(), self.step
@@ -270,25 +271,37 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     last step checkpointed for every seed, using the run's saved data and probe
     set; ``cfg.train.steps`` may be larger than the original to extend a run.
     Without ``resume``, an existing run directory with checkpoints is an error.
+
+    Under ``torchrun`` each rank trains its share of the seeds (see
+    :mod:`interp_ext.distributed`); rank 0 prepares the run directory first.
     """
+    from interp_ext import distributed
+
     out = Path(out)
-    start = last_complete_step(out, cfg.train.seeds) if (out / "config.json").exists() else None
-    if start is not None and not resume:
-        raise FileExistsError(f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out")
-    if start is not None:
-        saved = RunConfig.load(out / "config.json")
-        if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
-            raise ConfigError(f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings")
-        cfg.save(out / "config.json", extra=json.loads((out / "config.json").read_text()).get("provenance"))
-        data, probe = _load_prepared(out)
-    else:
-        data, probe = prepare_run(cfg, out, cache_dir)
-    trainer = StackedTrainer(cfg, out, data, probe)
+    distributed.init(cfg.train.device)
+    seeds = distributed.my_seeds(cfg.train.seeds)
+    rank, _ = distributed.world()
+    with distributed.rank_zero_first():
+        existing = (out / "config.json").exists()
+        start = last_complete_step(out, seeds) if existing else None
+        if start is not None and not resume:
+            raise FileExistsError(f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out")
+        if existing:
+            saved = RunConfig.load(out / "config.json")
+            if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
+                raise ConfigError(f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings")
+            if rank == 0:
+                cfg.save(out / "config.json", extra=json.loads((out / "config.json").read_text()).get("provenance"))
+            data, probe = _load_prepared(out)
+        else:
+            data, probe = prepare_run(cfg, out, cache_dir)
+    trainer = StackedTrainer(cfg, out, data, probe, seeds=seeds)
     if start is not None:
         trainer.load(start)
-        log.info("resumed %s at step %d", out, start)
+        log.info("resumed %s at step %d (seeds %s)", out, start, seeds)
     else:
         trainer.save()
         trainer.record()
-    trainer.run(progress=progress)
+    trainer.run(progress=progress and rank == 0)
+    distributed.barrier()
     return Run(out)

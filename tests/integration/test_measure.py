@@ -52,6 +52,8 @@ def test_stream3_rows_and_energy_budget(micro_run):
     assert len(budget) == len(run.seeds)
     # first-order prediction of one real AdamW step vs its observed effect on E_A
     assert float(budget.value.max()) < 0.2, budget
+    small = rows[(rows.metric == "budget_error_eps") & (rows.component == "")]
+    assert float(small.value.max()) < 0.05, small  # first order closes the budget on a small step
     n = len(rows)
     autocatalysis.measure_run(run, circuit=circuit, steps=[4], rows=4, n_random=1, progress=False)
     assert len(run.metrics("autocatalysis")) == n

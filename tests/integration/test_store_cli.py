@@ -20,14 +20,20 @@ def test_metrics_append_replaces_rows_with_the_same_key(tmp_path):
     assert set(df["direction"]) == {"", "sgd"} and len(df) == 3
 
 
-def test_cli_train_and_info(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setenv("HOME", str(cache_dir))
-    out = tmp_path / "cli-run"
-    data = tmp_path / "wt"
+def small_wikitext(root):
+    """A WikiText-shaped folder without the train split."""
+    data = root / "wt"
     data.mkdir()
     text = "".join(f" = Title {i} = \n The cat sat on the mat number {i} , and the dog ran . \n" for i in range(400))
     (data / "wiki.valid.raw").write_text(text)
     (data / "wiki.test.raw").write_text(text[::-1])
+    return data
+
+
+def test_cli_train_and_info(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("HOME", str(cache_dir))
+    out = tmp_path / "cli-run"
+    data = small_wikitext(tmp_path)
     result = runner.invoke(
         app,
         ["train", "--preset", "tiny", "--seeds", "2", "--steps", "4", "--checkpoint-every", "2", "--out", str(out),

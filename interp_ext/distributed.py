@@ -1,0 +1,72 @@
+"""Scale-out with ``torch.distributed`` (launched by ``torchrun``), SPEC section 3.
+
+Seeds are partitioned across ranks (rank r trains seeds[r::world_size] as its own
+stacked ensemble); every rank writes only its own seeds' checkpoint and
+activation files, and its metric rows go to its own part file
+``metrics.rank<r>.parquet``, merged on read. Rank 0 prepares the run directory
+(tokenizer, token streams, probe set, config) while the others wait at a
+barrier. Cross-seed measurements read every seed's checkpoints from the shared
+run directory after a barrier.
+
+Single-process use (no ``WORLD_SIZE`` in the environment, or 1) is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside a distributed launch."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_distributed() -> bool:
+    return world()[1] > 1
+
+
+def init(device: str = "cpu") -> None:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA)."""
+    if not is_distributed() or dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def my_seeds(seeds: list[int]) -> list[int]:
+    """This rank's share of the seeds."""
+    rank, size = world()
+    if size > len(seeds):
+        raise ValueError(f"{size} processes for {len(seeds)} seeds: each rank needs at least one seed; launch at most {len(seeds)} processes")
+    return seeds[rank::size]
+
+
+def metrics_part() -> str:
+    """File name this rank appends metric rows to."""
+    rank, size = world()
+    return "metrics.parquet" if size == 1 else f"metrics.rank{rank}.parquet"
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[bool]:
+    """Rank 0 runs the block first; the others wait, then run it (yields is_rank_zero)."""
+    rank, _ = world()
+    if rank != 0:
+        barrier()
+    yield rank == 0
+    if rank == 0:
+        barrier()
