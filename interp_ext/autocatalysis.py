@@ -139,11 +139,11 @@ def entry_terms(probe: EnergyProbe, rows: Sequence[int], circuit_mask: torch.Ten
     g = probe.grads
     out = []
     for i in rows:
-        e = torch.zeros(g.shape[1], dtype=g.dtype)
+        e = torch.zeros(g.shape[1], dtype=g.dtype, device=g.device)
         e[i] = 1.0
-        hv = probe.hvps(e)[:, circuit_mask]
+        hv = probe.hvps(e)[:, circuit_mask.to(g.device)]
         out.append(2.0 * g[:, i, None].double() * hv.double())
-    return torch.stack(out)
+    return torch.stack(out).cpu()
 
 
 def sample_entries(

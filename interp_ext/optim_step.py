@@ -16,17 +16,16 @@ from interp_ext.training import _autocast
 def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.AdamW:
     """A `torch.optim.AdamW` over ``model``'s parameters holding the checkpoint's state."""
     t = run.config.train
-    names = [n for n, _ in model.named_parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     if checkpoint["exp_avg"]:
         sd = opt.state_dict()
         sd["state"] = {
             i: {
                 "step": torch.tensor(checkpoint["adam_step"], dtype=torch.float32),
-                "exp_avg": checkpoint["exp_avg"][n].clone(),
-                "exp_avg_sq": checkpoint["exp_avg_sq"][n].clone(),
+                "exp_avg": checkpoint["exp_avg"][n].to(p.device, copy=True),
+                "exp_avg_sq": checkpoint["exp_avg_sq"][n].to(p.device, copy=True),
             }
-            for i, n in enumerate(names)
+            for i, (n, p) in enumerate(model.named_parameters())
         }
         opt.load_state_dict(sd)
     return opt
@@ -39,11 +38,12 @@ def step_batch(run, seed: int, step: int) -> torch.Tensor:
     return training_batch(run.train_tokens(), seed, step, cfg.train.batch_size, cfg.model.n_ctx, info_bos, cfg.data, run.d_vocab)
 
 
-def optimizer_step_direction(run, seed: int, step: int, device: str = "cpu") -> tuple[dict, dict, torch.Tensor]:
+def optimizer_step_direction(run, seed: int, step: int, device: str | None = None) -> tuple[dict, dict, torch.Tensor]:
     """(theta_t, d = theta_{t+1} - theta_t, batch) for the real step after checkpoint ``step``.
 
     The step reproduces training exactly (same batch, AdamW state and autocast).
     """
+    device = device or run.device
     model = run.model(seed, step, device=device)
     ckpt = run.checkpoint(seed, step)
     opt = optimizer_for(model, run, ckpt)

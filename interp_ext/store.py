@@ -276,14 +276,23 @@ class Run:
         step = self._check_step(seed, step)
         return load_checkpoint(self.checkpoint_path(seed, step))
 
-    def model(self, seed: int | None = None, step: int | None = None, device: str = "cpu"):
+    @property
+    def device(self) -> str:
+        """Where measurements run: the training device when it is available here, else the CPU."""
+        dev = self.config.train.device
+        return dev if dev == "cpu" or (dev.startswith("cuda") and torch.cuda.is_available()) else "cpu"
+
+    def model(self, seed: int | None = None, step: int | None = None, device: str | None = None):
         """A ready `HookedTransformer` (with the run's tokenizer) at a checkpoint.
 
         Args:
             seed: defaults to the first seed.
             step: defaults to the last checkpoint of that seed.
+            device: defaults to :attr:`device`.
         """
         from interp_ext.models import build_model
+
+        device = device or self.device
 
         seed = self.seeds[0] if seed is None else seed
         state = self.state_dict(seed, step)

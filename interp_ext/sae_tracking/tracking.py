@@ -47,7 +47,7 @@ def hook_activations(model, tokens: torch.Tensor, hook: str, batch: int = 64) ->
     for i in range(0, tokens.shape[0], batch):
         _, cache = model.run_with_cache(tokens[i : i + batch], names_filter=[hook], return_type=None)
         act = cache[hook][:, 1:]
-        out.append(act.reshape(-1, act.shape[-1]).float())
+        out.append(act.reshape(-1, act.shape[-1]).float().cpu())
     return torch.cat(out)
 
 
@@ -63,7 +63,8 @@ def activations_for(run, seed: int, step: int, hook: str, source: str, n_tokens:
         acts = acts[:, 1:].reshape(-1, acts.shape[-1]) if acts.ndim == 3 else acts.reshape(-1, acts.shape[-1])
         if source == "recorded" or acts.shape[0] >= settings.min_tokens_per_latent * settings.width:
             return acts.float()
-    return hook_activations(run.model(seed, step), token_set(run, n_tokens), hook)
+    model = run.model(seed, step)
+    return hook_activations(model, token_set(run, n_tokens).to(model.cfg.device), hook)
 
 
 def earlier_occurrence(tokens: torch.Tensor) -> torch.Tensor:
@@ -129,12 +130,12 @@ def track_run(
                 trained = train_sae(acts, settings, hook)
                 save_sae(trained, path)
                 sae = load_sae(path)
-            eval_acts = hook_activations(model, eval_tokens, hook)
+            eval_acts = hook_activations(model, eval_tokens.to(model.cfg.device), hook)
             q = sae_quality(sae, eval_acts)
-            q["ce_recovered"] = ce_recovered(model, sae, eval_tokens[:32], hook)
+            q["ce_recovered"] = ce_recovered(model, sae, eval_tokens[:32].to(model.cfg.device), hook)
             f_eval = encode(sae, eval_acts)
             feats_eval[(seed, step)] = f_eval
-            f_probe = encode(sae, hook_activations(model, probe, hook))
+            f_probe = encode(sae, hook_activations(model, probe.to(model.cfg.device), hook))
             corr = activation_correlation(f_probe, indicator[:, None])[:, 0]
             best = int(np.argmax(corr))
             best_feature_by_step[step] = best

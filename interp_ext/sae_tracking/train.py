@@ -126,7 +126,7 @@ def ce_recovered(model, sae, tokens: torch.Tensor, hook: str) -> float:
     clean = float(model(tokens, return_type="loss"))
 
     def splice(act, hook):
-        return sae.decode(sae.encode(act.float())).to(act.dtype)
+        return sae.decode(sae.encode(act.float().cpu())).to(act.device, act.dtype)
 
     def zero(act, hook):
         return torch.zeros_like(act)
