@@ -21,7 +21,7 @@ from interp_ext.autocatalysis import component_matrix_flat, model_probe, sgd_dir
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=16)
-    p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--chunk", type=int, default=None, help="batches per vmap (default: automatic, 1 on CPU)")
     args = p.parse_args()
     model = paper_model()
     batches = random_batches(args.batches)

@@ -5,7 +5,7 @@ Gram eigenproblem, top-k eigenvectors, held-out energy) relative to B (+ H
 held-out) plain forward + backward passes on the same batches, and peak memory
 growth relative to B x n_params x 4 bytes.
 
-Usage: python benchmarks/geometry.py [--batches 64] [--heldout 16] [--chunk 8]
+Usage: python benchmarks/geometry.py [--batches 64] [--heldout 16] [--chunk N]
 Run it in its own process: peak memory is the process's peak RSS.
 """
 
@@ -23,7 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=64)
     p.add_argument("--heldout", type=int, default=16)
-    p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--chunk", type=int, default=None, help="batches per vmap (default: automatic, 1 on CPU)")
     args = p.parse_args()
     model = paper_model()
     n_params = sum(q.numel() for q in model.parameters())
@@ -37,7 +37,7 @@ def main() -> None:
     t_plain_held = plain_passes(model, held)
     g_bytes = args.batches * n_params * 4 / 2**20
     print(f"machine: {machine()}")
-    print(f"paper preset: {n_params:,} parameters, B = {args.batches}, held-out H = {args.heldout}, vmap chunk {args.chunk}")
+    print(f"paper preset: {n_params:,} parameters, B = {args.batches}, held-out H = {args.heldout}, vmap chunk {args.chunk or 'automatic (1 on CPU)'}")
     print(f"measure_checkpoint: {t_geo.seconds:.1f} s; B plain fwd+bwd: {t_plain:.1f} s; B + H plain: {t_plain + t_plain_held:.1f} s")
     print(f"ratio to B passes: {t_geo.seconds / t_plain:.2f}x; ratio to B + H passes (same work): {t_geo.seconds / (t_plain + t_plain_held):.2f}x")
     print(f"peak RSS growth: {geo_rss - base_rss:.0f} MiB vs B x n_params x 4 bytes = {g_bytes:.0f} MiB -> {(geo_rss - base_rss) / g_bytes:.2f}x")

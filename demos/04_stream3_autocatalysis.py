@@ -31,7 +31,7 @@ print(autocatalysis.component_matrix(model, lm, circuit, direction="optimizer", 
 # ## Over training, with controls (random heads, a non-circuit group) and the energy budget
 
 # %%
-steps = run.steps[:3] if FAST else run.steps
+steps = run.steps[-2:] if FAST else run.steps
 rows = autocatalysis.measure_run(run, "induction", steps=steps, rows=4 if FAST else 16, n_random=1 if FAST else 3, progress=not FAST)
 cc = rows[(rows.metric == "K_norm") & (rows.component == "C|C")]
 print(cc.pivot_table(index="step", columns=["direction", "circuit"], values="value").round(4))

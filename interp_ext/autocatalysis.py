@@ -58,13 +58,15 @@ class EnergyProbe:
         loss_fn: loss(params: dict, batch) -> scalar, differentiable by torch.func.
         theta: parameters (a dict of tensors) at which everything is measured.
         batches: a tensor whose first dimension indexes probe batches.
-        chunk: batches per vmap call.
+        chunk: batches per vmap call (default: 8 on a GPU, 1 on a CPU, as for
+            :func:`interp_ext.geometry.per_batch_gradients`).
     """
 
-    def __init__(self, loss_fn: Callable, theta: dict[str, torch.Tensor], batches: torch.Tensor, chunk: int | None = 8):
+    def __init__(self, loss_fn: Callable, theta: dict[str, torch.Tensor], batches: torch.Tensor, chunk: int | None = None):
         self.loss_fn, self.theta, self.batches = loss_fn, theta, batches
         self.names = list(theta)
-        self.chunk = chunk or batches.shape[0]
+        on_gpu = next(iter(theta.values())).device.type == "cuda"
+        self.chunk = chunk or (8 if on_gpu else 1)
         self.n_batches = batches.shape[0]
         self._grads: torch.Tensor | None = None
 
@@ -178,7 +180,7 @@ def sample_entries(
 # --------------------------------------------------------------------------- HookedTransformer API
 
 
-def model_probe(model: HookedTransformer, batches: torch.Tensor, chunk: int | None = 8) -> EnergyProbe:
+def model_probe(model: HookedTransformer, batches: torch.Tensor, chunk: int | None = None) -> EnergyProbe:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     theta = current_params(model, names)
     return EnergyProbe(loss_function(model, names), theta, batches.to(model.cfg.device), chunk)
@@ -195,7 +197,7 @@ def component_matrix(
     direction: str = "sgd",
     update: dict[str, torch.Tensor] | None = None,
     include_rest: bool = False,
-    chunk: int | None = 8,
+    chunk: int | None = None,
 ) -> pd.DataFrame:
     """K[A, B] for the components of a circuit on a plain `HookedTransformer`.
 
@@ -361,7 +363,7 @@ def measure_run(
     n_batches: int | None = None,
     rows: int = 32,
     n_random: int = 3,
-    chunk: int | None = 8,
+    chunk: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Stream 3 over training: one circuit per seed (fixed), measured at every checkpoint.

@@ -185,8 +185,9 @@ def write_report(run, out: Path | None = None) -> Path:
     m = run.metrics()
     lines = [f"# Report: {run.name}", "", f"Preset `{run.config.preset}`, seeds {run.seeds}, checkpoints {run.steps[:1]}..{run.steps[-1:]} "
              f"(every {run.config.train.checkpoint_every} steps). Corpus: {run.info()['corpus']}.", ""]
-    tr = m[m.family == "transition"].set_index("metric")["value"] if len(m) else pd.Series(dtype=float)
-    window = (tr.get("start", math.nan), tr.get("end", math.nan)) if len(tr) else None
+    trans = m[m.family == "transition"] if len(m) else m
+    tr = trans[trans.metric.isin(["start", "end"])].drop_duplicates("metric", keep="last").set_index("metric")["value"] if len(trans) else pd.Series(dtype=float)
+    window = (float(tr.get("start", math.nan)), float(tr.get("end", math.nan))) if len(tr) else None
     ind = m[m.family == "induction"]
     form = float(ind[ind.metric == "formation_step_mean"].value.iloc[0]) if (ind.metric == "formation_step_mean").any() else math.nan
     marks = {"induction formation": form}
@@ -263,7 +264,10 @@ def write_report(run, out: Path | None = None) -> Path:
             if math.isfinite(a) or math.isfinite(b):
                 lines.append(f"| {metric} | {a:.3f} | {b:.3f} |")
         if window:
-            lines += ["", f"Transition window (change points agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; agreeing metrics: {tr.index.size and m[(m.family == 'transition') & (m.metric == 'start')].component.iloc[0]}."]
+            agreeing = trans[trans.metric == "start"].component.iloc[-1] if (trans.metric == "start").any() else ""
+            points = trans[trans.metric == "change_point"]
+            lines += ["", f"Transition window (change points agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; agreeing metrics: {agreeing or 'none'}. "
+                      f"Change points: {', '.join(f'{c} {v:.0f}' for c, v in zip(points.component, points.value)) or 'none'}."]
         lines += ["Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.", ""]
     s1 = m[m.family == "stream1"]
     if len(s1):

@@ -184,6 +184,17 @@ def append_metrics(path: Path, rows: pd.DataFrame | Iterable[dict], run_name: st
     return combined
 
 
+def drop_metrics(path: Path, family: str) -> None:
+    """Remove every row of one family (for measurements whose keys change between runs)."""
+    if not path.exists():
+        return
+    with _locked(path):
+        df = read_metrics(path)
+        tmp = path.with_name(path.name + ".tmp")
+        df[df["family"] != family].to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -341,6 +352,10 @@ class Run:
     def append_metrics(self, rows: pd.DataFrame | Iterable[dict]) -> pd.DataFrame:
         """Append rows (dicts or a DataFrame) to ``metrics.parquet``; same key replaces."""
         return append_metrics(self.metrics_path, rows, run_name=self.name)
+
+    def drop_metrics(self, family: str) -> None:
+        """Remove a family's rows from this process's metrics file (before re-measuring it)."""
+        drop_metrics(self.metrics_path, family)
 
     def info(self) -> dict:
         df = self.metrics()

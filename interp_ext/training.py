@@ -191,25 +191,39 @@ class StackedTrainer:
         toks = [training_batch(self.data.train, s, self.step, t.batch_size, m.n_ctx, self.data.bos, self.cfg.data, self.data.d_vocab) for s in self.seeds]
         return torch.stack(toks).to(self.device)
 
+    def seed_chunk(self) -> int:
+        """Seeds per vmapped forward/backward (``train.seed_chunk``; 0 = all seeds at once).
+
+        All seeds in one vmap is the point on a GPU (one kernel launch per op for
+        all of them) and measured fastest on the CPU too (docs/benchmarks.md);
+        smaller chunks bound activation memory. Either way the parameters stay
+        stacked and one AdamW steps them all.
+        """
+        return self.cfg.train.seed_chunk or len(self.seeds)
+
     def train_step(self) -> torch.Tensor:
         """One AdamW step for every seed; returns the per-seed losses [n_seeds]."""
         tokens = self.batch()
-        with _autocast(self.cfg):
-            losses = self._vloss(self.params, self.buffers, tokens)
-        losses = losses.float()
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = [(self.seeds[i], float(losses[i].detach())) for i in range(len(self.seeds)) if not bool(finite[i])]
-            last = last_complete_step(self.out, self.seeds)
-            raise NonFiniteLossError(
-                f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
-                f"the last good checkpoint is step {last} in {self.out / 'checkpoints'}; lower train.lr or turn off bf16, then resume"
-            )
-        losses.sum().backward()
+        chunk = self.seed_chunk()
+        losses = []
+        for start in range(0, len(self.seeds), chunk):
+            part = {k: v[start : start + chunk] for k, v in self.params.items()}
+            with _autocast(self.cfg):
+                loss = self._vloss(part, self.buffers, tokens[start : start + chunk]).float()
+            finite = torch.isfinite(loss)
+            if not bool(finite.all()):
+                bad = [(self.seeds[start + i], float(loss[i].detach())) for i in range(len(loss)) if not bool(finite[i])]
+                last = last_complete_step(self.out, self.seeds) if self.out is not None else None
+                raise NonFiniteLossError(
+                    f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
+                    f"the last good checkpoint is step {last} in {self.out / 'checkpoints' if self.out else 'the run'}; lower train.lr or turn off bf16, then resume"
+                )
+            loss.sum().backward()
+            losses.append(loss.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return losses.detach()
+        return torch.cat(losses)
 
     def run(self, progress: bool = True) -> None:
         cfg = self.cfg.train

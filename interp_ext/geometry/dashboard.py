@@ -58,22 +58,23 @@ def _geometry(model, batches, k, heldout, params, centered, chunk) -> Checkpoint
         nan = {m: math.nan for m in ("effective_rank", "participation_ratio", "topk_variance", "top1_variance", "energy_in_subspace", "energy_outside", "grad_cosine")}
         n = grads.shape[1]
         return CheckpointGeometry(nan, torch.full((n, k), math.nan, dtype=torch.float64), torch.full((n,), math.nan), {}, {})
-    evals, evecs = spectral.gram_eigen(grads, centered)
+    raw = spectral.gram(grads)
+    evals, evecs = spectral.gram_eigen(grads, centered, spectral.gram(grads, centered) if centered else raw)
     basis = spectral.top_eigenvectors(grads, evals, evecs, k, centered)
     metrics = spectral.spectrum_metrics(evals, k)
     if heldout is not None:
         held = per_batch_gradients(model, heldout, params, chunk)
         metrics["energy_in_subspace"] = spectral.energy_in_subspace(basis, held)
         metrics["energy_outside"] = 1.0 - metrics["energy_in_subspace"]
-    metrics["grad_cosine"] = spectral.mean_pairwise_cosine(grads)
+    metrics["grad_cosine"] = spectral.mean_pairwise_cosine(grads, raw)
     names = select_params(model, params)
     slices = group_slices(model, names)
     mean = grads.mean(0)
     norms, trace = {}, {}
     for group, members in group_names(names, per_layer=True).items():
-        idx = torch.cat([torch.arange(slices[n].start, slices[n].stop) for n in members])
-        norms[group] = float(mean[idx].norm())
-        trace[group] = float(grads[:, idx].double().pow(2).sum(1).mean())  # sum of G's diagonal over the group
+        norms[group] = math.sqrt(sum(float(mean[slices[n]].double().pow(2).sum()) for n in members))
+        # sum of G's diagonal over the group, without copying the gradient columns
+        trace[group] = sum(float(torch.einsum("bi,bi->b", grads[:, slices[n]], grads[:, slices[n]]).double().mean()) for n in members)
     return CheckpointGeometry(metrics, basis, mean, norms, trace)
 
 
@@ -84,7 +85,7 @@ def measure_checkpoint(
     heldout: Int[torch.Tensor, "H batch pos"] | None = None,
     params: str | Sequence[str] = "all",
     centered: bool = False,
-    chunk: int | None = 8,
+    chunk: int | None = None,
 ) -> dict[str, float]:
     """Every dashboard metric that needs no other checkpoint.
 
@@ -140,7 +141,7 @@ def measure_run(
     lag: int = 10,
     drift_delta: int | None = None,
     progress: bool = True,
-    chunk: int | None = 8,
+    chunk: int | None = None,
 ):
     """Dashboard and Stream 1 rows for every (seed, checkpoint); idempotent and resumable.
 

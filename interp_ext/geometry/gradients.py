@@ -112,26 +112,37 @@ def per_batch_gradients(
     model: HookedTransformer,
     batches: Int[torch.Tensor, "B batch pos"],
     params: str | Sequence[str] = "all",
-    chunk: int | None = 8,
+    chunk: int | None = None,
 ) -> Float[torch.Tensor, "B n_params"]:
     """g_b = grad of the mean LM loss on batch b, flattened, float32 on CPU (float64 for a float64 model).
 
     Args:
-        chunk: batches per ``vmap`` call (None: all at once).
+        chunk: batches per ``vmap`` call. Default: 8 on a GPU; 1 on a CPU, where
+            the activations of several batches (the 50,257-wide logits above all)
+            overflow the caches and a wide vmap costs several times more time and
+            memory than one batch at a time.
     """
+    if chunk is None:
+        chunk = 8 if batches.device.type == "cuda" or model.cfg.device.startswith("cuda") else 1
     if batches.ndim != 3:
         raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
     names = select_params(model, params)
     loss = loss_function(model, names)
     sub = current_params(model, names)
     per_batch = vmap(grad(loss), in_dims=(None, 0))
-    rows = []
+    n_params = sum(t.numel() for t in sub.values())
+    out = torch.empty(batches.shape[0], n_params, dtype=measure_dtype(model))  # filled in place: no second copy
     step = chunk or batches.shape[0]
     for start in range(0, batches.shape[0], step):
         toks = batches[start : start + step].to(model.cfg.device)
         g = per_batch(sub, toks)
-        rows.append(flatten(g, names, batch_dims=1).to(measure_dtype(model)).cpu())
-    return torch.cat(rows)
+        col = 0
+        for n in names:
+            flat = g[n].reshape(g[n].shape[0], -1)
+            out[start : start + flat.shape[0], col : col + flat.shape[1]] = flat.to(out.dtype).cpu()
+            col += flat.shape[1]
+        del g
+    return out
 
 
 def group_names(names: list[str], per_layer: bool = False) -> dict[str, list[str]]:

@@ -13,16 +13,26 @@ from jaxtyping import Float
 EPS = 1e-30
 
 
-def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def gram(grads: Float[torch.Tensor, "B n_params"], centered: bool = False) -> Float[torch.Tensor, "B B"]:
+    """g g^T (float64), optionally of the mean-centred rows, without copying the gradients.
+
+    The product runs in the gradients' dtype; only the B x B result is promoted.
+    """
+    k = (grads @ grads.T).double()
+    if centered:
+        b = k.shape[0]
+        h = torch.eye(b, dtype=k.dtype) - 1.0 / b
+        k = h @ k @ h
+    return k
+
+
+def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False, gram_matrix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of K = g g^T / B, eigenvalues descending and clamped at 0.
 
     Returns:
         (lambda [B], V [B, B]) with V's columns the eigenvectors.
     """
-    g = grads.double()
-    if centered:
-        g = g - g.mean(0, keepdim=True)
-    k = g @ g.T / g.shape[0]
+    k = (gram(grads, centered) if gram_matrix is None else gram_matrix) / grads.shape[0]
     evals, evecs = torch.linalg.eigh(k)
     order = torch.argsort(evals, descending=True)
     return evals[order].clamp_min(0.0), evecs[:, order]
@@ -32,13 +42,13 @@ def top_eigenvectors(
     grads: Float[torch.Tensor, "B n_params"], evals: torch.Tensor, evecs: torch.Tensor, k: int, centered: bool = False
 ) -> Float[torch.Tensor, "n_params k"]:
     """u_i = sum_b v_ib g_b / sqrt(B lambda_i) for the top ``k`` (orthonormal columns)."""
-    g = grads.double()
-    if centered:
-        g = g - g.mean(0, keepdim=True)
-    b = g.shape[0]
+    b = grads.shape[0]
     k = min(k, int((evals > evals[0] * 1e-12).sum()) if evals[0] > 0 else 0) or 1
+    v = evecs[:, :k]
+    if centered:  # sum_b v_b (g_b - gbar) = sum_b (v_b - mean v) g_b
+        v = v - v.mean(0, keepdim=True)
     scale = (b * evals[:k]).clamp_min(EPS).sqrt()
-    return (g.T @ evecs[:, :k]) / scale
+    return (grads.T @ v.to(grads.dtype)).double() / scale
 
 
 def effective_rank(evals: torch.Tensor) -> float:
@@ -62,17 +72,17 @@ def topk_variance(evals: torch.Tensor, k: int) -> float:
 
 def energy_in_subspace(basis: Float[torch.Tensor, "n_params k"], grads: Float[torch.Tensor, "H n_params"]) -> float:
     """mean over rows h of ||U^T g_h||^2 / ||g_h||^2."""
-    g = grads.double()
-    proj = (g @ basis.double()).pow(2).sum(1)
-    return float((proj / g.pow(2).sum(1).clamp_min(EPS)).mean())
+    proj = (grads @ basis.to(grads.dtype)).double().pow(2).sum(1)
+    norms = torch.einsum("hi,hi->h", grads, grads).double()
+    return float((proj / norms.clamp_min(EPS)).mean())
 
 
-def mean_pairwise_cosine(grads: Float[torch.Tensor, "B n_params"]) -> float:
-    """Mean cosine over distinct pairs (a != b)."""
-    g = grads.double()
-    g = g / g.norm(dim=1, keepdim=True).clamp_min(EPS)
-    c = g @ g.T
-    b = g.shape[0]
+def mean_pairwise_cosine(grads: Float[torch.Tensor, "B n_params"], gram_matrix: torch.Tensor | None = None) -> float:
+    """Mean cosine over distinct pairs (a != b), from the Gram matrix g g^T."""
+    k = gram(grads) if gram_matrix is None else gram_matrix
+    d = k.diagonal().clamp_min(EPS).sqrt()
+    c = k / (d[:, None] * d[None, :])
+    b = k.shape[0]
     return float((c.sum() - c.diagonal().sum()) / (b * (b - 1)))
 
 

@@ -231,7 +231,7 @@ def change_point(steps: np.ndarray, values: np.ndarray, min_size: int = 2) -> tu
     return (float(steps[best_i]), gain)
 
 
-def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain: float = 0.5, window: float | None = None) -> dict:
+def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain: float = 0.25, window: float | None = None) -> dict:
     """Change point of each metric, then the window where most of them agree.
 
     Args:
@@ -287,6 +287,9 @@ def measure_beta_and_transition(run, lag_metric: str = "subspace_similarity", me
         ]
         rows += [{"seed": -1, "step": -1, "family": "transition", "metric": "change_point", "component": m, "value": v} for m, v in tr["points"].items()]
     if rows:
+        # the agreeing-metrics label is part of the row key: replace the whole families
+        run.drop_metrics("beta")
+        run.drop_metrics("transition")
         run.append_metrics(rows)
     return pd.DataFrame(rows)
 
