@@ -101,6 +101,31 @@ class EnergyProbe:
         per = vmap(one)
         return torch.cat([self.flat(per(self.batches[i : i + self.chunk]), 1) for i in range(0, self.n_batches, self.chunk)])
 
+    def hvp_contributions(self, tangents: torch.Tensor) -> torch.Tensor:
+        """sum_b g_b * (H_b v_m) for every tangent v_m at once: [m, n_params].
+
+        The m tangents are vmapped inside one forward-over-reverse pass per
+        batch, so the primal forward and backward are shared by all of them.
+        """
+        g = self.grads
+        vs = {}
+        start = 0
+        for n in self.names:
+            size = self.theta[n].numel()
+            vs[n] = tangents[:, start : start + size].reshape(tangents.shape[0], *self.theta[n].shape)
+            start += size
+
+        def one(batch, v):
+            _, hv = jvp(lambda p: grad(self.loss_fn)(p, batch), (self.theta,), (v,))
+            return hv
+
+        per = vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, None))  # batches x tangents
+        out = torch.zeros(tangents.shape[0], g.shape[1], dtype=torch.float64, device=g.device)
+        for i in range(0, self.n_batches, self.chunk):
+            hv = self.flat(per(self.batches[i : i + self.chunk], vs), 2)  # [chunk, m, n]
+            out += torch.einsum("cmn,cn->mn", hv.double(), g[i : i + self.chunk].double())
+        return out
+
     def energy(self, mask: torch.Tensor) -> float:
         """E_A = (1/B) sum_b ||P_A g_b||^2."""
         return float(self.grads[:, mask].double().pow(2).sum(1).mean())
@@ -113,14 +138,14 @@ def component_matrix_flat(
 
     d_B = P_B d. Returns (DataFrame A, B, K, K_norm, E_A, d_norm, energies).
     """
-    g = probe.grads
     energies = {a: probe.energy(m) for a, m in masks.items()}
+    names = list(masks)
+    tangents = torch.stack([torch.where(masks[b], direction, torch.zeros_like(direction)) for b in names])
+    contribs = probe.hvp_contributions(tangents) * (2.0 / probe.n_batches)  # (2/B) sum_b g_b * H_b d_B
     rows = []
-    for b, mb in masks.items():
-        d_b = torch.where(mb, direction, torch.zeros_like(direction))
-        d_norm = float(d_b.double().norm())
-        hv = probe.hvps(d_b)
-        contrib = (g.double() * hv.double()).sum(0) * (2.0 / probe.n_batches)  # sum_b g_b * H_b d_B
+    for j, b in enumerate(names):
+        d_norm = float(tangents[j].double().norm())
+        contrib = contribs[j]
         for a, ma in masks.items():
             k = float(contrib[ma].sum())
             denom = energies[a] * d_norm
