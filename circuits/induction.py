@@ -280,8 +280,14 @@ def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batc
     return float(loss[:, s : 2 * s].mean())
 
 
-def ablation_check(model: HookedTransformer, tokens: torch.Tensor, heads: list[str], n_random: int = 5, seed: int = 0) -> dict[str, float]:
-    """Loss increase from mean-ablating ``heads`` vs as many random heads (layer >= 1 excluded none).
+def ablation_check(
+    model: HookedTransformer, tokens: torch.Tensor, heads: list[str], n_random: int = 5, seed: int = 0, exclude: list[str] | None = None
+) -> dict[str, float]:
+    """Loss increase from mean-ablating ``heads`` vs as many random heads.
+
+    Random heads are drawn outside ``exclude`` (default: ``heads``); pass the
+    whole circuit (induction heads and their previous-token partners) so the
+    control does not knock out the circuit's other half.
 
     Returns:
         ``detected`` (loss increase for the heads), ``random`` (mean over
@@ -292,7 +298,8 @@ def ablation_check(model: HookedTransformer, tokens: torch.Tensor, heads: list[s
         return {"detected": math.nan, "random": math.nan, "clean_loss": clean}
     detected = mean_ablation_loss(model, tokens, heads) - clean
     gen = torch.Generator().manual_seed(seed)
-    rand = [mean_ablation_loss(model, tokens, random_heads(model, len(heads), exclude=heads, generator=gen)) - clean for _ in range(n_random)]
+    outside = list(heads) + [h for h in (exclude or []) if h not in heads]
+    rand = [mean_ablation_loss(model, tokens, random_heads(model, len(heads), exclude=outside, generator=gen)) - clean for _ in range(n_random)]
     return {"detected": detected, "random": float(np.mean(rand)), "clean_loss": clean}
 
 
@@ -341,7 +348,7 @@ def measure_run(run: "Run", seeds: list[int] | None = None, steps: list[int] | N
         partners = previous_token_partners(final, heads)
         rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
         rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_prev_token_head", "component": h, "value": 1.0} for h in partners]
-        abl = ablation_check(run.model(seed, steps[-1]), repeated, heads)
+        abl = ablation_check(run.model(seed, steps[-1]), repeated, heads, exclude=heads + partners)
         rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]})
         rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]})
     forms = [r["value"] for r in rows if r["metric"] == "formation_step"]

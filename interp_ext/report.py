@@ -398,9 +398,11 @@ def stream3_section(auto: pd.DataFrame, out: Path, marks: dict[str, float], form
 def sae_section(m: pd.DataFrame, out: Path, marks: dict[str, float]) -> list[str]:
     sae = m[m.family == "sae"]
     lines = ["## SAE features across checkpoints", ""]
-    quality = [q for q in ("l0", "explained_variance", "dead_fraction", "ce_recovered") if q in set(sae.metric)]
+    quality = [q for q in ("l0", "explained_variance", "dead_fraction", "ce_recovered", "induction_feature_corr") if q in set(sae.metric)]
     q = sae[sae.metric.isin(quality) & (sae.component == sae.component.iloc[0])]
-    files = series_panels(q, quality, out, "sae_quality", "SAE quality over training", {"l0": "active features / token", "explained_variance": "fraction", "dead_fraction": "fraction", "ce_recovered": "fraction"}, None, marks, ncols=2)
+    units = {"l0": "active features / token", "explained_variance": "fraction", "dead_fraction": "fraction", "ce_recovered": "fraction",
+             "induction_feature_corr": "corr. with 'token seen earlier'"}
+    files = series_panels(q, quality, out, "sae_quality", "SAE quality and the induction-feature timeline over training", units, None, marks, ncols=3)
     lines += [f"![quality]({files[0]}) ([interactive]({files[1]}))", ""]
     events = sae[sae.metric.isin(["n_persisted", "n_born", "n_died", "n_split", "n_merged"])]
     if len(events):
@@ -420,7 +422,9 @@ def sae_section(m: pd.DataFrame, out: Path, marks: dict[str, float]) -> list[str
         ax.tick_params(axis="x", rotation=90)
         html.update_layout(barmode="stack", title="Feature lineage", xaxis_title="checkpoint step", yaxis_title="features")
         files = _save(fig, html, out, "sae_lineage")
-        lines += [f"![lineage]({files[0]}) ([interactive]({files[1]}))", ""]
+        sankey = lineage_sankey(e, seed0)
+        sankey.write_html(out / "sae_lineage_sankey.html", include_plotlyjs="cdn")
+        lines += [f"![lineage]({files[0]}) ([interactive]({files[1]}); flow diagram: [sae_lineage_sankey.html](sae_lineage_sankey.html))", ""]
     uni = sae[sae.metric == "universality"]
     if len(uni):
         lines += [f"Feature universality across seeds (matched fraction): {uni.value.mean():.3f}."]
@@ -429,6 +433,36 @@ def sae_section(m: pd.DataFrame, out: Path, marks: dict[str, float]) -> list[str
         lines += [f"Birth step of the most induction-related features: {birth.value.mean():.0f} (mean over seeds), next to the induction formation step {marks.get('induction formation', math.nan):.0f}."]
     lines += ["Reading: features that track 'this token appeared earlier' should be born near the induction transition.", ""]
     return lines
+
+
+def lineage_sankey(events: pd.DataFrame, seed: int) -> go.Figure:
+    """Alluvial view of feature flows between consecutive SAE checkpoints.
+
+    One column of nodes per checkpoint; persisted and split features flow on to
+    the next checkpoint, died ones into a sink, born ones from a source.
+    """
+    steps = list(events.index)
+    labels, index = [], {}
+
+    def node(name: str) -> int:
+        if name not in index:
+            index[name] = len(labels)
+            labels.append(name)
+        return index[name]
+
+    src, dst, val = [], [], []
+    for prev, step in zip([None] + steps[:-1], steps):
+        row = events.loc[step]
+        before = f"step {prev}" if prev is not None else f"first SAE (before {step})"
+        kept = row.get("n_persisted", 0) + row.get("n_split", 0)
+        for a, b, v in ((before, f"step {step}", kept), (before, f"died before {step}", row.get("n_died", 0)), (f"born at {step}", f"step {step}", row.get("n_born", 0))):
+            if v > 0:
+                src.append(node(a))
+                dst.append(node(b))
+                val.append(float(v))
+    fig = go.Figure(go.Sankey(node=dict(label=labels, pad=12), link=dict(source=src, target=dst, value=val)))
+    fig.update_layout(title=f"SAE feature lineage, seed {seed}: persisted + split flow on, died and born branch off")
+    return fig
 
 
 def paper_comparison(m: pd.DataFrame, run) -> list[str]:

@@ -84,5 +84,6 @@ def test_report_writes_figures(micro_run):
     for section in ("Induction heads", "Gradient-geometry dashboard", "Stream 3", "Next to the paper"):
         assert section in text
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
-    assert {"dashboard.png", "induction_formation.png", "stream3_K.png"} <= set(pngs)
+    assert {"dashboard.png", "induction_formation.png", "stream3_K.png", "sae_quality.png", "sae_lineage.png"} <= set(pngs)
+    assert (path.parent / "sae_lineage_sankey.html").exists()
     assert all((path.parent / p.replace(".png", ".html")).exists() for p in pngs)
