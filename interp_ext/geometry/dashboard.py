@@ -63,8 +63,9 @@ def _geometry(model, batches, k, heldout, params, centered, chunk) -> Checkpoint
     basis = spectral.top_eigenvectors(grads, evals, evecs, k, centered)
     metrics = spectral.spectrum_metrics(evals, k)
     if heldout is not None:
-        held = per_batch_gradients(model, heldout, params, chunk)
-        metrics["energy_in_subspace"] = spectral.energy_in_subspace(basis, held)
+        # one held-out gradient in memory at a time
+        ratios = [spectral.energy_in_subspace(basis, per_batch_gradients(model, heldout[i : i + 1], params, chunk)) for i in range(heldout.shape[0])]
+        metrics["energy_in_subspace"] = float(sum(ratios) / len(ratios))
         metrics["energy_outside"] = 1.0 - metrics["energy_in_subspace"]
     metrics["grad_cosine"] = spectral.mean_pairwise_cosine(grads, raw)
     names = select_params(model, params)

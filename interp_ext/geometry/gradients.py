@@ -127,11 +127,23 @@ def per_batch_gradients(
     if batches.ndim != 3:
         raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
     names = select_params(model, params)
+    named = dict(model.named_parameters())
+    n_params = sum(named[n].numel() for n in names)
+    out = torch.empty(batches.shape[0], n_params, dtype=measure_dtype(model))  # filled in place: no second copy
+    if chunk == 1 and model.cfg.dtype == measure_dtype(model):
+        # one batch at a time: a plain reverse pass is the same gradient without vmap's overhead
+        leaves = [named[n] for n in names]
+        for b in range(batches.shape[0]):
+            loss = model(batches[b].to(model.cfg.device), return_type="loss")
+            grads = torch.autograd.grad(loss, leaves)
+            col = 0
+            for g_n in grads:
+                out[b, col : col + g_n.numel()] = g_n.reshape(-1).to(out.dtype).cpu()
+                col += g_n.numel()
+        return out
     loss = loss_function(model, names)
     sub = current_params(model, names)
     per_batch = vmap(grad(loss), in_dims=(None, 0))
-    n_params = sum(t.numel() for t in sub.values())
-    out = torch.empty(batches.shape[0], n_params, dtype=measure_dtype(model))  # filled in place: no second copy
     step = chunk or batches.shape[0]
     for start in range(0, batches.shape[0], step):
         toks = batches[start : start + step].to(model.cfg.device)
