@@ -314,50 +314,62 @@ def _frequent_tokens(run: "Run", top_n: int = 500) -> torch.Tensor:
 def measure_run(run: "Run", seeds: list[int] | None = None, steps: list[int] | None = None, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> pd.DataFrame:
     """Scores of every head at every checkpoint, detection, formation step and ablation.
 
-    Appends ``family="induction"`` rows to the run's metrics table and returns them.
+    Appends ``family="induction"`` rows to the run's metrics table and returns
+    the induction rows of ``seeds`` at ``steps`` (plus the cross-seed
+    formation-step interval). Under ``torchrun`` each rank measures its share
+    of the seeds; rank 0 then forms the interval over all of them.
     """
-    from tqdm.auto import tqdm
+    from interp_ext import distributed
 
-    seeds = run.seeds if seeds is None else seeds
-    steps = run.steps if steps is None else steps
-    probe = run.probe_set()
-    repeated = probe["repeated"].reshape(-1, probe["repeated"].shape[-1])
-    heldout = probe["heldout"].reshape(-1, probe["heldout"].shape[-1])
+    seeds = run.seeds if seeds is None else list(seeds)
+    steps = run.steps if steps is None else list(steps)
     if run.config.model.n_layers < 2:
         log.warning("induction heads need two layers; run %s has %d: nothing measured", run.path, run.config.model.n_layers)
         return pd.DataFrame()
+    for seed in distributed.shard(seeds, run.device):
+        run.append_metrics(measure_seed(run, seed, steps, threshold, progress))
+    with distributed.on_rank_zero() as zero:
+        if zero:
+            m = run.metrics("induction")
+            forms = m[(m.metric == "formation_step") & m.seed.isin(seeds)].sort_values("seed").value.to_numpy()
+            mean, lo, hi = mean_ci(forms)
+            run.append_metrics([{"seed": -1, "step": -1, "family": "induction", "metric": name, "component": "", "value": value} for name, value in (("formation_step_mean", mean), ("formation_step_lo", lo), ("formation_step_hi", hi))])
+    m = run.metrics("induction")
+    return m[(m.seed.isin(seeds) & m.step.isin(steps + [-1])) | ((m.seed == -1) & m.metric.str.startswith("formation_step_"))].reset_index(drop=True)
+
+
+def measure_seed(run: "Run", seed: int, steps: list[int], threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> list[dict]:
+    """One seed's induction rows over ``steps`` (scores, best score, formation step, detection, ablation)."""
+    from tqdm.auto import tqdm
+
+    probe = run.probe_set()
+    repeated = probe["repeated"].reshape(-1, probe["repeated"].shape[-1])
+    heldout = probe["heldout"].reshape(-1, probe["heldout"].shape[-1])
     token_ids = _frequent_tokens(run)
     rows: list[dict] = []
-    best: dict[int, list[float]] = {}
-    for seed in seeds:
-        for step in tqdm(steps, desc=f"induction seed {seed}", disable=not progress, leave=False):
-            model = run.model(seed, step)
-            frame = head_scores(model, repeated, token_ids)
-            rows += [{"seed": seed, "step": step, "family": "induction", **r} for r in frame.to_dict("records")]
-            rows += [{"seed": seed, "step": step, "family": "induction", "metric": k, "component": "", "value": v} for k, v in model_scores(model, repeated, heldout).items()]
-            ind = frame[frame.metric == "induction_score"]
-            later = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
-            best.setdefault(seed, []).append(float(later["value"].max()))
-            rows.append({"seed": seed, "step": step, "family": "induction", "metric": "best_induction_score", "component": "", "value": best[seed][-1]})
-        baseline = composition_baseline(run.config.model.d_model, run.config.model.d_head)
-        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "k_composition_baseline", "component": "", "value": baseline})
-        form = formation_step(np.array(steps), np.array(best[seed]))
-        rows.append({"seed": seed, "step": -1, "family": "induction", "metric": "formation_step", "component": "", "value": form})
-        final = pd.DataFrame([r for r in rows if r["seed"] == seed and r["step"] == steps[-1]])
-        heads = detect_induction_heads(final, threshold)
-        partners = previous_token_partners(final, heads)
-        rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
-        rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_prev_token_head", "component": h, "value": 1.0} for h in partners]
-        abl = ablation_check(run.model(seed, steps[-1]), repeated, heads, exclude=heads + partners)
-        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]})
-        rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]})
-    forms = [r["value"] for r in rows if r["metric"] == "formation_step"]
-    mean, lo, hi = mean_ci(np.array(forms))
-    for name, value in (("formation_step_mean", mean), ("formation_step_lo", lo), ("formation_step_hi", hi)):
-        rows.append({"seed": -1, "step": -1, "family": "induction", "metric": name, "component": "", "value": value})
-    df = pd.DataFrame(rows)
-    run.append_metrics(df)
-    return df
+    best: list[float] = []
+    for step in tqdm(steps, desc=f"induction seed {seed}", disable=not progress, leave=False):
+        model = run.model(seed, step)
+        frame = head_scores(model, repeated, token_ids)
+        rows += [{"seed": seed, "step": step, "family": "induction", **r} for r in frame.to_dict("records")]
+        rows += [{"seed": seed, "step": step, "family": "induction", "metric": k, "component": "", "value": v} for k, v in model_scores(model, repeated, heldout).items()]
+        ind = frame[frame.metric == "induction_score"]
+        later = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
+        best.append(float(later["value"].max()))
+        rows.append({"seed": seed, "step": step, "family": "induction", "metric": "best_induction_score", "component": "", "value": best[-1]})
+    baseline = composition_baseline(run.config.model.d_model, run.config.model.d_head)
+    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "k_composition_baseline", "component": "", "value": baseline})
+    form = formation_step(np.array(steps), np.array(best))
+    rows.append({"seed": seed, "step": -1, "family": "induction", "metric": "formation_step", "component": "", "value": form})
+    final = pd.DataFrame([r for r in rows if r["step"] == steps[-1]])
+    heads = detect_induction_heads(final, threshold)
+    partners = previous_token_partners(final, heads)
+    rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
+    rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_prev_token_head", "component": h, "value": 1.0} for h in partners]
+    abl = ablation_check(run.model(seed, steps[-1]), repeated, heads, exclude=heads + partners)
+    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]})
+    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]})
+    return rows
 
 
 def induction_circuit(run: "Run", seed: int, step: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> Circuit:

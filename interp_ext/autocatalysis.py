@@ -398,6 +398,8 @@ def measure_run(
     """
     from tqdm.auto import tqdm
 
+    from interp_ext import distributed
+
     seeds = run.seeds if seeds is None else seeds
     steps = run.steps if steps is None else steps
     for d in directions:
@@ -405,8 +407,10 @@ def measure_run(
             raise ValueError(f"direction {d!r}: choose 'sgd' or 'optimizer'")
     existing = run.metrics("autocatalysis")
     done = set(zip(existing.seed, existing.step)) if len(existing) else set()
-    bar = tqdm(total=len(seeds) * len(steps), desc="stream 3", disable=not progress, dynamic_ncols=True)
-    for seed in seeds:
+    # under torchrun each rank measures its share of the seeds (SPEC section 3)
+    mine = distributed.shard(seeds, run.device)
+    bar = tqdm(total=len(mine) * len(steps), desc="stream 3", disable=not progress, dynamic_ncols=True)
+    for seed in mine:
         circ = resolve_circuit(run, seed, circuit)
         run.append_metrics([{"seed": seed, "step": -1, "family": "autocatalysis", "metric": "circuit_member", "component": c, "value": 1.0, "direction": "", "circuit": circ.roles.get(c, "member")} for c in circ.components])
         for step in steps:
@@ -414,4 +418,6 @@ def measure_run(
                 run.append_metrics(measure_checkpoint_rows(run, seed, step, circ, list(directions), n_batches, rows, n_random, chunk))
             bar.update(1)
     bar.close()
-    return run.metrics("autocatalysis")
+    distributed.barrier()
+    m = run.metrics("autocatalysis")
+    return m[m.seed.isin(seeds) & m.step.isin(list(steps) + [-1])].reset_index(drop=True)

@@ -92,6 +92,7 @@ def reproduce(
     seeds: Optional[int] = typer.Option(None, help="Number of seeds (default: the preset's)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: the preset's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed reproduction; finished stages are skipped."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -101,14 +102,17 @@ def reproduce(
     from interp_ext.pipeline import reproduce as run_reproduce
     from interp_ext.training import NonFiniteLossError
 
+    from interp_ext import distributed
+
     _setup_logging()
-    if (out / "config.json").exists() and not resume:
-        typer.secho(f"{out} exists: continuing it (finished stages are skipped)", fg=typer.colors.YELLOW, err=True)
-        resume = True
     try:
-        run, report, timings = run_reproduce(out, preset, str(data_dir) if data_dir else None, seeds, steps, device, resume, progress=not quiet)
+        run, report, timings = run_reproduce(
+            out, preset, str(data_dir) if data_dir else None, seeds, steps, device, resume, progress=not quiet, checkpoint_every=checkpoint_every
+        )
     except (ConfigError, DataError, NonFiniteLossError) as err:
         _fail(str(err))
+        return
+    if distributed.world()[0] != 0:
         return
     typer.echo("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     typer.echo(f"\nreport: {report}")
@@ -159,6 +163,14 @@ def _parse_list(text: Optional[str]) -> Optional[list[int]]:
         return None
 
 
+def _rank_zero(run) -> bool:
+    """Join torchrun's process group (if launched by it); True on the process that prints summaries."""
+    from interp_ext import distributed
+
+    distributed.init(run.device)
+    return distributed.world()[0] == 0
+
+
 def _open(run_dir: Path):
     from interp_ext.store import RunError, open_run
 
@@ -181,10 +193,13 @@ def measure_induction(
     from interp_ext.store import RunError
 
     run = _open(run_dir)
+    zero = _rank_zero(run)
     try:
-        df = measure_run(run, _parse_list(seeds), _parse_list(steps), threshold=threshold, progress=not quiet)
+        df = measure_run(run, _parse_list(seeds), _parse_list(steps), threshold=threshold, progress=not quiet and zero)
     except RunError as err:
         _fail(str(err))
+        return
+    if not zero:
         return
     if df.empty:
         typer.echo("no induction measurement: the model needs at least two layers")
@@ -243,27 +258,23 @@ def measure_geometry(
     from interp_ext.geometry import measure_beta_and_transition, measure_run, measure_stream2
     from interp_ext.store import RunError
 
-    from interp_ext import distributed
-
     run = _open(run_dir)
     groups = params if params in ("all", "blocks") else [g.strip() for g in params.split(",")]
     seed_list = _parse_list(seeds)
-    distributed.init()
-    rank, _ = distributed.world()
+    zero = _rank_zero(run)
     try:
         # under torchrun each rank measures its own seeds; cross-seed metrics read every seed after a barrier
-        mine = distributed.my_seeds(seed_list or run.seeds) if distributed.is_distributed() else seed_list
-        measure_run(run, mine, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet and rank == 0)
-        distributed.barrier()
-        if rank != 0:
-            return
+        measure_run(run, seed_list, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet and zero)
         if len(seed_list or run.seeds) < 2:
-            typer.secho("Stream 2 needs >= 2 seeds: skipped (the other metrics are computed)", fg=typer.colors.YELLOW, err=True)
+            if zero:
+                typer.secho("Stream 2 needs >= 2 seeds: skipped (the other metrics are computed)", fg=typer.colors.YELLOW, err=True)
         else:
-            measure_stream2(run, _parse_list(steps), seed_list, batches, groups, progress=not quiet)
+            measure_stream2(run, _parse_list(steps), seed_list, batches, groups, progress=not quiet and zero)
         measure_beta_and_transition(run)
     except (RunError, ValueError) as err:
         _fail(str(err))
+        return
+    if not zero:
         return
     geo = run.metrics("geometry")
     last = geo[(geo.step == geo.step.max()) & (geo.component == "")].groupby("metric")["value"].mean()
@@ -291,11 +302,14 @@ def measure_autocatalysis(
     from interp_ext.store import RunError
 
     run = _open(run_dir)
+    zero = _rank_zero(run)
     directions = ("sgd", "optimizer") if direction == "both" else (direction,)
     try:
-        df = autocatalysis.measure_run(run, circuit, directions, _parse_list(seeds), _parse_list(steps), batches, rows, controls, progress=not quiet)
+        df = autocatalysis.measure_run(run, circuit, directions, _parse_list(seeds), _parse_list(steps), batches, rows, controls, progress=not quiet and zero)
     except (RunError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
+        return
+    if not zero:
         return
     cc = df[(df.metric == "K_norm") & (df.component == "C|C")]
     summary = cc.groupby(["circuit", "direction"])["value"].agg(["mean", "min", "max"])
@@ -321,10 +335,13 @@ def measure_sae(
     from interp_ext.store import RunError
 
     run = _open(run_dir)
+    zero = _rank_zero(run)
     try:
-        df = track_run(run, hook, _parse_list(steps), _parse_list(seeds), width, k, source, threshold=threshold, progress=not quiet)
+        df = track_run(run, hook, _parse_list(steps), _parse_list(seeds), width, k, source, threshold=threshold, progress=not quiet and zero)
     except (HookNotRecordedError, RunError, ValueError) as err:
         _fail(str(err))
+        return
+    if not zero:
         return
     q = df[df.metric.isin(["l0", "explained_variance", "dead_fraction", "ce_recovered"])].groupby("metric")["value"].mean()
     typer.echo("SAE quality (mean over seeds and checkpoints): " + ", ".join(f"{m} {v:.3f}" for m, v in q.items()))

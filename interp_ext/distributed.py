@@ -55,6 +55,36 @@ def my_seeds(seeds: list[int]) -> list[int]:
     return seeds[rank::size]
 
 
+def shard(seeds: list[int], device: str = "cpu") -> list[int]:
+    """The seeds this process measures: its share under torchrun, all of them otherwise.
+
+    Joins the process group first, so a measurement launched by ``torchrun``
+    can synchronise with :func:`on_rank_zero` afterwards.
+    """
+    init(device)
+    return my_seeds(list(seeds)) if is_distributed() else list(seeds)
+
+
+def share(items: list) -> list:
+    """Round-robin share of a work list (e.g. checkpoint steps of a cross-seed metric); may be empty."""
+    rank, size = world()
+    return list(items)[rank::size]
+
+
+@contextmanager
+def on_rank_zero() -> Iterator[bool]:
+    """Wait for every rank, let rank 0 alone run the block, then release all (yields is_rank_zero).
+
+    For summaries over all seeds (confidence intervals, fits) once each rank has
+    written its own seeds' rows.
+    """
+    barrier()
+    try:
+        yield world()[0] == 0
+    finally:
+        barrier()
+
+
 def metrics_part() -> str:
     """File name this rank appends metric rows to."""
     rank, size = world()

@@ -47,7 +47,12 @@ def settings_for(preset: str) -> ReproduceSettings:
 
 
 def _has(run, family: str) -> bool:
-    return bool(len(run.metrics(family)))
+    """Whether a stage's rows exist; under torchrun every rank decides before any rank writes."""
+    from interp_ext import distributed
+
+    has = bool(len(run.metrics(family)))
+    distributed.barrier()
+    return has
 
 
 def reproduce(
@@ -60,9 +65,16 @@ def reproduce(
     resume: bool = False,
     progress: bool = True,
     skip: tuple[str, ...] = (),
+    checkpoint_every: int | None = None,
 ):
-    """Run every stage on ``out`` and return (run, report path)."""
+    """Run every stage on ``out`` and return (run, report path, stage timings).
+
+    Under ``torchrun`` every rank trains and measures its share of the seeds;
+    cross-seed measurements gather through the run directory and rank 0 writes
+    the report.
+    """
     from circuits.induction import measure_run as measure_induction
+    from interp_ext import distributed
     from circuits.patching import measure_patching
     from interp_ext import autocatalysis
     from interp_ext.geometry import measure_beta_and_transition, measure_run as measure_geometry, measure_stream2
@@ -72,15 +84,21 @@ def reproduce(
 
     out = Path(out)
     s = settings_for(preset)
-    if resume and (out / "config.json").exists():
+    distributed.init(device or get_preset(preset).train.device)
+    existed = (out / "config.json").exists()
+    distributed.barrier()  # every rank sees the same starting state
+    if existed and not resume:
+        log.warning("%s exists: continuing it (finished stages are skipped)", out)
+    if existed:
         cfg = override(RunConfig.load(out / "config.json"), train__steps=steps)
     else:
         cfg = override(
             get_preset(preset), train__n_seeds=seeds, train__steps=steps, train__device=device,
-            data__data_dir=data_dir, record__hooks=[s.sae_hook],
+            train__checkpoint_every=checkpoint_every, data__data_dir=data_dir, record__hooks=[s.sae_hook],
         )
     stages = ["train", "induction", "patching", "geometry", "stream3", "sae", "report"]
     stages = [st for st in stages if st not in skip]
+    progress = progress and distributed.world()[0] == 0
     bar = tqdm(stages, desc="reproduce", unit="stage", disable=not progress, position=0, dynamic_ncols=True)
     timings: dict[str, float] = {}
     run = None
@@ -90,13 +108,15 @@ def reproduce(
         if stage == "train":
             from interp_ext.training import last_complete_step
 
-            done = (out / "config.json").exists() and last_complete_step(out, cfg.train.seeds) == cfg.train.steps
-            run = open_run(out) if done else train(cfg, out, resume=resume or (out / "config.json").exists(), progress=progress)
+            done = existed and last_complete_step(out, cfg.train.seeds) == cfg.train.steps
+            distributed.barrier()
+            run = open_run(out) if done else train(cfg, out, resume=existed, progress=progress)
         elif stage == "induction" and not _has(run, "induction"):
             measure_induction(run, progress=progress)
         elif stage == "patching" and not _has(run, "patching"):
-            for seed in run.seeds:
+            for seed in distributed.shard(run.seeds, run.device):
                 log.info(measure_patching(run, seed, run.steps[-1]))
+            distributed.barrier()
         elif stage == "geometry":
             measure_geometry(run, k=s.geometry_k, lag=s.geometry_lag, progress=progress)
             if len(run.seeds) >= 2 and not _has(run, "stream2"):
@@ -116,7 +136,9 @@ def reproduce(
                 steps_sae = run.steps[:: s.sae_every]
                 track_run(run, hook=s.sae_hook, steps=steps_sae, width=s.sae_width, progress=progress)
         elif stage == "report":
-            write_report(run)
+            with distributed.on_rank_zero() as zero:
+                if zero:
+                    write_report(run)
         timings[stage] = time.perf_counter() - t0
     bar.close()
     log.info("stage timings (s): %s", {k: round(v, 1) for k, v in timings.items()})

@@ -157,6 +157,7 @@ def measure_run(
     """
     from tqdm.auto import tqdm
 
+    from interp_ext import distributed
     from interp_ext.optim_step import optimizer_step_direction
 
     seeds = run.seeds if seeds is None else seeds
@@ -177,8 +178,10 @@ def measure_run(
     done = set(zip(existing.seed, existing.step)) if len(existing) else set()
     if len(existing) and "params" in existing:
         done = set(zip(existing[existing.params == label].seed, existing[existing.params == label].step))
-    bar = tqdm(total=len(seeds) * len(steps), desc="geometry", disable=not progress, dynamic_ncols=True)
-    for seed in seeds:
+    # under torchrun each rank measures its share of the seeds
+    mine = distributed.shard(seeds, run.device)
+    bar = tqdm(total=len(mine) * len(steps), desc="geometry", disable=not progress, dynamic_ncols=True)
+    for seed in mine:
         history: deque[tuple[int, torch.Tensor]] = deque(maxlen=max(lag, 1) + 1)
         by_step: dict[int, torch.Tensor] = {}
         init_basis, prev = None, None
@@ -234,4 +237,5 @@ def measure_run(
             run.append_metrics(rows)
             bar.update(1)
     bar.close()
+    distributed.barrier()
     return run.metrics("geometry")

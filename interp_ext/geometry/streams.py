@@ -124,8 +124,14 @@ def cross_seed_alignment(
 
 
 def measure_stream2(run, steps: list[int] | None = None, seeds: list[int] | None = None, n_batches: int | None = None, params: str | Sequence[str] = "all", progress: bool = True) -> pd.DataFrame:
-    """Stream 2 rows (``family="stream2"``) at each step, over the run's seeds."""
+    """Stream 2 rows (``family="stream2"``) at each step, over the run's seeds.
+
+    Every seed's checkpoint is read from the run directory; under ``torchrun``
+    each rank takes a share of the steps.
+    """
     from tqdm.auto import tqdm
+
+    from interp_ext import distributed
 
     seeds = run.seeds if seeds is None else seeds
     if len(seeds) < 2:
@@ -135,12 +141,18 @@ def measure_stream2(run, steps: list[int] | None = None, seeds: list[int] | None
     lm = run.probe_set()["lm"]
     lm = lm[:n_batches] if n_batches else lm
     frames = []
-    for step in tqdm(steps, desc="stream 2", disable=not progress, leave=False):
+    distributed.init(run.device)
+    distributed.barrier()  # every rank's checkpoints are written
+    for step in tqdm(distributed.share(steps), desc="stream 2", disable=not progress, leave=False):
         models = [run.model(s, step) for s in seeds]
         df = cross_seed_alignment(models, lm, params)
         df["seed"], df["step"], df["family"], df["params"] = -1, step, "stream2", params_label(params)
         run.append_metrics(df)
         frames.append(df)
+    distributed.barrier()
+    if distributed.is_distributed():
+        m = run.metrics("stream2")
+        return m[m.step.isin(steps)].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -262,7 +274,20 @@ def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain
 
 
 def measure_beta_and_transition(run, lag_metric: str = "subspace_similarity", metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Beta fit over seeds and the transition window from the run's geometry rows."""
+    """Beta fit over seeds and the transition window from the run's geometry rows.
+
+    Under ``torchrun`` rank 0 fits once every rank's rows are written; the others return its rows.
+    """
+    from interp_ext import distributed
+
+    distributed.init(run.device)
+    with distributed.on_rank_zero() as zero:
+        if zero:
+            _beta_and_transition(run, lag_metric, metrics)
+    return pd.concat([run.metrics("beta"), run.metrics("transition")], ignore_index=True)
+
+
+def _beta_and_transition(run, lag_metric: str, metrics: Sequence[str] | None) -> None:
     geo = run.metrics("geometry")
     rows = []
     if len(geo):
@@ -291,7 +316,6 @@ def measure_beta_and_transition(run, lag_metric: str = "subspace_similarity", me
         run.drop_metrics("beta")
         run.drop_metrics("transition")
         run.append_metrics(rows)
-    return pd.DataFrame(rows)
 
 
 

@@ -104,19 +104,23 @@ def track_run(
     """
     from tqdm.auto import tqdm
 
+    from interp_ext import distributed
+
     settings = SAESettings(width=width, k=k)
-    seeds = run.seeds if seeds is None else seeds
-    steps = run.steps if steps is None else steps
+    seeds = run.seeds if seeds is None else list(seeds)
+    steps = run.steps if steps is None else list(steps)
     if source not in ("auto", "recorded", "generate"):
         raise ValueError(f"source={source!r}: choose 'auto', 'recorded' or 'generate'")
     eval_tokens = token_set(run, 4096, seed=1)
     probe = run.probe_set()["lm"]
     probe = probe.reshape(-1, probe.shape[-1])[:64]
     indicator = earlier_occurrence(probe).flatten()
-    rows: list[dict] = []
     feats_eval: dict[tuple[int, int], torch.Tensor] = {}
-    bar = tqdm(total=len(seeds) * len(steps), desc=f"SAEs {hook}", disable=not progress, dynamic_ncols=True)
-    for seed in seeds:
+    # under torchrun each rank trains and tracks its share of the seeds
+    mine = distributed.shard(seeds, run.device)
+    bar = tqdm(total=len(mine) * len(steps), desc=f"SAEs {hook}", disable=not progress, dynamic_ncols=True)
+    for seed in mine:
+        rows: list[dict] = []
         prev = None
         lineage = []
         best_feature_by_step: dict[int, int] = {}
@@ -155,15 +159,28 @@ def track_run(
             table.to_parquet(out, index=False)
             birth = birth_step(table, steps[-1], best_feature_by_step[steps[-1]], steps[0])
             rows.append({"seed": seed, "step": -1, "family": "sae", "metric": "induction_feature_birth_step", "component": hook, "value": birth})
+        run.append_metrics(rows)
     bar.close()
-    for step in steps:
-        present = [s for s in seeds if (s, step) in feats_eval]
-        vals = [universality(activation_correlation(feats_eval[(a, step)], feats_eval[(b, step)]), threshold) for i, a in enumerate(present) for b in present[i + 1 :]]
+    # universality needs every seed's SAE at a step: once all ranks saved theirs, each rank takes a share of the steps
+    distributed.barrier()
+    rows = []
+    for step in distributed.share(steps):
+        present = [s for s in seeds if (s, step) in feats_eval or (sae_dir(run, s, step, hook) / "cfg.json").exists()]
+        feats = {s: feats_eval[(s, step)] if (s, step) in feats_eval else eval_features(run, s, step, hook, eval_tokens) for s in present}
+        vals = [universality(activation_correlation(feats[a], feats[b]), threshold) for i, a in enumerate(present) for b in present[i + 1 :]]
         if vals:
             rows.append({"seed": -1, "step": step, "family": "sae", "metric": "universality", "component": hook, "value": float(np.mean(vals))})
-    df = pd.DataFrame(rows)
-    run.append_metrics(df)
-    return df
+    run.append_metrics(rows)
+    distributed.barrier()
+    m = run.metrics("sae")
+    m = m[(m.component == hook) & m.seed.isin(seeds + [-1]) & m.step.isin(steps + [-1])]
+    return m.reset_index(drop=True)
+
+
+def eval_features(run, seed: int, step: int, hook: str, eval_tokens: torch.Tensor) -> torch.Tensor:
+    """Latent activations of the saved SAE of (seed, step) on the evaluation tokens."""
+    model = run.model(seed, step)
+    return encode(load_sae(sae_dir(run, seed, step, hook)), hook_activations(model, eval_tokens.to(model.cfg.device), hook))
 
 
 def birth_step(lineage: pd.DataFrame, step: int, feature: int, first_step: int) -> float:

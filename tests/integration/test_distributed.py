@@ -1,11 +1,20 @@
-"""Two gloo processes under torchrun == one process, bit for bit; a dead rank resumes exactly."""
+"""Two gloo processes under torchrun == one process, bit for bit; a dead rank resumes exactly.
+
+Training, then every measurement of ``reproduce`` (induction, patching,
+geometry and Stream 2, Stream 3, SAE tracking with cross-seed universality,
+the formation-step interval over seeds, the beta fit): each rank measures its
+own seeds and the cross-seed rows gather through the run directory.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -50,3 +59,38 @@ def test_two_process_gloo_run_equals_single_process(tmp_path, cache_dir):
     again = _torchrun(["train", "--steps", "6", "--out", str(tmp_path / "dist"), "--resume", "--quiet"], env)
     assert again.returncode == 0, again.stderr[-3000:]
     _same_checkpoints(open_run(tmp_path / "dist"), b, 6)
+
+
+def _table(run) -> pd.DataFrame:
+    m = run.metrics().drop(columns=["run"])
+    key = [c for c in m.columns if c != "value"]
+    return m.sort_values(key).reset_index(drop=True)
+
+
+def test_two_process_measurements_equal_single_process(tmp_path, cache_dir):
+    from interp_ext.cli import app
+    from tests.integration import measure_all
+
+    data = small_wikitext(tmp_path)
+    trained = runner.invoke(app, ["train", "--preset", "tiny", "--seeds", "4", "--steps", "6", "--checkpoint-every", "1", "--data-dir", str(data), "--quiet", "--out", str(tmp_path / "single")])
+    assert trained.exit_code == 0, trained.output
+    shutil.copytree(tmp_path / "single", tmp_path / "dist")
+    # same thread count in both, so float reductions run in the same order
+    env = dict(os.environ, HOME=str(cache_dir), OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    alone = subprocess.run([sys.executable, measure_all.__file__, str(tmp_path / "single")], capture_output=True, text=True, env=env, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518", measure_all.__file__, str(tmp_path / "dist")]
+    dist = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    a, b = open_run(tmp_path / "dist"), open_run(tmp_path / "single")
+    ta, tb = _table(a), _table(b)
+    families = {"train", "induction", "geometry", "stream1", "stream2", "beta", "transition", "autocatalysis", "sae"}
+    assert families <= set(tb.family), set(tb.family)
+    # each rank wrote its own part: rank 1 holds seeds 1 and 3 only
+    part1 = pd.read_parquet(tmp_path / "dist" / "metrics.rank1.parquet")
+    assert set(part1[part1.family.isin(["induction", "geometry", "autocatalysis", "sae"]) & (part1.seed >= 0)].seed) == {1, 3}
+    # cross-seed rows: formation-step interval, universality per step, Stream 2
+    assert {"formation_step_mean", "universality", "cross_seed_alignment_perm"} <= set(ta[ta.seed == -1].metric)
+    pd.testing.assert_frame_equal(ta.drop(columns="value"), tb.drop(columns="value"))
+    same = (ta.value.to_numpy() == tb.value.to_numpy()) | (np.isnan(ta.value.to_numpy()) & np.isnan(tb.value.to_numpy()))
+    assert same.all(), ta[~same].assign(single=tb.value[~same]).head(20).to_string()
