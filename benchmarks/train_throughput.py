@@ -18,6 +18,7 @@ Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--
 from __future__ import annotations
 
 import argparse
+import statistics
 import platform
 import time
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; ratios are taken within a round, the median reported")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
     args = parser.parse_args()
     cfg = get_preset("paper")
@@ -102,17 +104,25 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
     print(f"paper preset: 4 layers, d_model 128, d_vocab 50257, batch 8 x 64, bf16 autocast {cfg.train.bf16}")
-    print("stacked = StackedTrainer step (all seeds in one vmap); chunk-1 = the same with one seed per vmap (train.seed_chunk=1);")
-    print("loop = one plain HookedTransformer + torch.optim.AdamW per seed, stepped in turn")
-    print(f"{'seeds':>5} | {'stacked steps/s':>15} | {'chunk-1 steps/s':>15} | {'loop steps/s':>12} | {'stacked/loop':>12} | {'chunk-1/loop':>12}")
+    print("stacked = StackedTrainer step with its default seed_chunk (all seeds in one vmap on a GPU, one at a time on a CPU);")
+    print("one-vmap = the same with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed")
+    print(f"{'seeds':>5} | {'round':>5} | {'stacked steps/s':>15} | {'one-vmap steps/s':>16} | {'loop steps/s':>12} | {'stacked/loop':>12} | {'one-vmap/loop':>13}")
     per_step_time = None
+    summary = []
     for n in args.seeds:
-        stacked = bench_stacked(cfg, n, args.steps, args.device)
-        narrow = bench_stacked(cfg, n, args.steps, args.device, chunk=1)
-        loop = bench_loop(cfg, n, args.steps, args.device)
-        if n == 1:
-            per_step_time = 1 / stacked
-        print(f"{n:>5} | {stacked:>15.3f} | {narrow:>15.3f} | {loop:>12.3f} | {stacked / loop:>11.2f}x | {narrow / loop:>11.2f}x")
+        ratios, ratios_vmap = [], []
+        for r in range(args.rounds):
+            stacked = bench_stacked(cfg, n, args.steps, args.device)
+            wide = bench_stacked(cfg, n, args.steps, args.device, chunk=n)
+            loop = bench_loop(cfg, n, args.steps, args.device)
+            if n == 1 and per_step_time is None:
+                per_step_time = 1 / stacked
+            ratios.append(stacked / loop)
+            ratios_vmap.append(wide / loop)
+            print(f"{n:>5} | {r + 1:>5} | {stacked:>15.3f} | {wide:>16.3f} | {loop:>12.3f} | {ratios[-1]:>11.2f}x | {ratios_vmap[-1]:>12.2f}x", flush=True)
+        summary.append((n, statistics.median(ratios), statistics.median(ratios_vmap)))
+    for n, a, b in summary:
+        print(f"{n:>2} seeds: stacked/loop median {a:.2f}x, one-vmap/loop median {b:.2f}x")
     hooks = ["blocks.1.attn.hook_pattern", "blocks.3.hook_resid_post"]
     rec = bench_recording(cfg, args.device, hooks)
     per_step_time = per_step_time or 1 / bench_stacked(cfg, 1, args.steps, args.device)

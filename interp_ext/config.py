@@ -130,7 +130,7 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     bf16: bool = True  # bfloat16 autocast for training; every measurement is float32
     device: str = "cpu"
-    seed_chunk: int = 0  # seeds per vmapped forward/backward; 0: all at once (smaller bounds activation memory)
+    seed_chunk: int = 0  # seeds per forward/backward; 0: automatic (all in one vmap on a GPU, one at a time on a CPU)
 
     @property
     def seeds(self) -> list[int]:
@@ -155,7 +155,7 @@ class TrainConfig:
             self.checkpoint_every,
             f"must not exceed train.steps={self.steps}, or no checkpoint after step 0 would be written",
         )
-        _check(isinstance(self.seed_chunk, int) and self.seed_chunk >= 0, "train.seed_chunk", self.seed_chunk, "must be >= 0 (0 = all seeds in one vmap)")
+        _check(isinstance(self.seed_chunk, int) and self.seed_chunk >= 0, "train.seed_chunk", self.seed_chunk, "must be >= 0 (0 = automatic: all seeds in one vmap on a GPU, one at a time on a CPU)")
         _check(
             self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
             "train.device",

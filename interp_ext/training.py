@@ -104,6 +104,7 @@ class StackedTrainer:
         self.recorder = ActivationRecorder(validate_hooks(self.template, cfg.record.hooks))
         self._check_record_budget()
         self._vloss = vmap(self._loss, in_dims=(0, None, 0))
+        self._grads: dict[str, torch.Tensor] | None = None
 
     def _make_optimizer(self) -> torch.optim.AdamW:
         t = self.cfg.train
@@ -192,34 +193,73 @@ class StackedTrainer:
         return torch.stack(toks).to(self.device)
 
     def seed_chunk(self) -> int:
-        """Seeds per vmapped forward/backward (``train.seed_chunk``; 0 = all seeds at once).
+        """Seeds per forward/backward (``train.seed_chunk``; 0 = automatic).
 
-        All seeds in one vmap is the point on a GPU (one kernel launch per op for
-        all of them) and measured fastest on the CPU too (docs/benchmarks.md);
-        smaller chunks bound activation memory. Either way the parameters stay
-        stacked and one AdamW steps them all.
+        Automatic: every seed in one vmap on a GPU (one kernel launch per op for
+        all of them); one seed at a time on a CPU, where the stacked activations
+        of many seeds (the 50,257-wide logits above all) overflow the caches and
+        one vmap over 16 seeds runs at half the speed (docs/benchmarks.md).
+        Either way the parameters stay stacked and one AdamW steps them all.
         """
-        return self.cfg.train.seed_chunk or len(self.seeds)
+        if self.cfg.train.seed_chunk:
+            return min(self.cfg.train.seed_chunk, len(self.seeds))
+        return len(self.seeds) if self.device.type == "cuda" else 1
+
+    def _grad_buffers(self) -> dict[str, torch.Tensor]:
+        """Stacked gradient tensors that each chunk's gradients are written into (reused every step)."""
+        if self._grads is None:
+            self._grads = {k: torch.empty_like(v) for k, v in self.params.items()}
+        return self._grads
+
+    def _check_finite(self, loss: torch.Tensor, start: int) -> None:
+        finite = torch.isfinite(loss)
+        if not bool(finite.all()):
+            bad = [(self.seeds[start + i], float(loss[i].detach())) for i in range(len(loss)) if not bool(finite[i])]
+            last = last_complete_step(self.out, self.seeds) if self.out is not None else None
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
+                f"the last good checkpoint is step {last} in {self.out / 'checkpoints' if self.out else 'the run'}; lower train.lr or turn off bf16, then resume"
+            )
 
     def train_step(self) -> torch.Tensor:
         """One AdamW step for every seed; returns the per-seed losses [n_seeds]."""
         tokens = self.batch()
         chunk = self.seed_chunk()
-        losses = []
-        for start in range(0, len(self.seeds), chunk):
-            part = {k: v[start : start + chunk] for k, v in self.params.items()}
+        n = len(self.seeds)
+        if chunk >= n:
+            # every seed in one vmap; backward fills the stacked leaves' .grad
             with _autocast(self.cfg):
-                loss = self._vloss(part, self.buffers, tokens[start : start + chunk]).float()
-            finite = torch.isfinite(loss)
-            if not bool(finite.all()):
-                bad = [(self.seeds[start + i], float(loss[i].detach())) for i in range(len(loss)) if not bool(finite[i])]
-                last = last_complete_step(self.out, self.seeds) if self.out is not None else None
-                raise NonFiniteLossError(
-                    f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
-                    f"the last good checkpoint is step {last} in {self.out / 'checkpoints' if self.out else 'the run'}; lower train.lr or turn off bf16, then resume"
-                )
+                loss = self._vloss(self.params, self.buffers, tokens).float()
+            self._check_finite(loss, 0)
             loss.sum().backward()
-            losses.append(loss.detach())
+            losses = [loss.detach()]
+        else:
+            # a chunk of seeds at a time, differentiated w.r.t. its own views of the stacked
+            # parameters: backward touches only that chunk (through the leaves it would
+            # zero-fill the whole stacked gradient once per chunk)
+            grads = self._grad_buffers()
+            losses = []
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                if chunk == 1:
+                    part = {k: v[start] for k, v in self.params.items()}
+                    with _autocast(self.cfg):
+                        loss = self._loss(part, self.buffers, tokens[start]).float().reshape(1)
+                else:
+                    part = {k: v[start:stop] for k, v in self.params.items()}
+                    with _autocast(self.cfg):
+                        loss = self._vloss(part, self.buffers, tokens[start:stop]).float()
+                self._check_finite(loss, start)
+                gs = torch.autograd.grad(loss.sum(), [part[k] for k in self.names])
+                with torch.no_grad():
+                    for k, g in zip(self.names, gs):
+                        if chunk == 1:
+                            grads[k][start].copy_(g)
+                        else:
+                            grads[k][start:stop].copy_(g)
+                losses.append(loss.detach())
+            for k in self.names:
+                self.params[k].grad = grads[k]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1

@@ -44,7 +44,7 @@ class CheckpointGeometry:
     """What one checkpoint's measurement keeps for comparisons with other checkpoints."""
 
     metrics: dict[str, float]
-    basis: torch.Tensor  # U_t [n_params, k] float64
+    basis: torch.Tensor  # U_t [n_params, k], the gradients' dtype (float32; float64 for a float64 model)
     mean_grad: torch.Tensor  # gbar [n_params] float32
     group_norms: dict[str, float]
     group_trace: dict[str, float]
@@ -52,14 +52,14 @@ class CheckpointGeometry:
 
 def _geometry(model, batches, k, heldout, params, centered, chunk) -> CheckpointGeometry:
     grads = per_batch_gradients(model, batches, params, chunk)
-    finite = bool(torch.isfinite(grads).all())
-    if not finite:
+    raw = spectral.gram(grads)
+    # a non-finite entry makes its row's squared norm (G's diagonal) non-finite: no elementwise pass over the gradients
+    if not bool(torch.isfinite(raw.diagonal()).all()):
         warnings.warn("non-finite gradients at this checkpoint: its geometry rows are NaN", RuntimeWarning, stacklevel=3)
         nan = {m: math.nan for m in ("effective_rank", "participation_ratio", "topk_variance", "top1_variance", "energy_in_subspace", "energy_outside", "grad_cosine")}
         n = grads.shape[1]
-        return CheckpointGeometry(nan, torch.full((n, k), math.nan, dtype=torch.float64), torch.full((n,), math.nan), {}, {})
-    raw = spectral.gram(grads)
-    evals, evecs = spectral.gram_eigen(grads, centered, spectral.gram(grads, centered) if centered else raw)
+        return CheckpointGeometry(nan, torch.full((n, k), math.nan, dtype=grads.dtype), torch.full((n,), math.nan), {}, {})
+    evals, evecs = spectral.gram_eigen(grads, centered, spectral.center_gram(raw) if centered else raw)
     basis = spectral.top_eigenvectors(grads, evals, evecs, k, centered)
     metrics = spectral.spectrum_metrics(evals, k)
     if heldout is not None:
@@ -71,11 +71,14 @@ def _geometry(model, batches, k, heldout, params, centered, chunk) -> Checkpoint
     names = select_params(model, params)
     slices = group_slices(model, names)
     mean = grads.mean(0)
+    # squared norm of every parameter's block of every row: contiguous dot products, no copy of gradient columns
+    sq = torch.tensor([[float(grads[b, slices[n]] @ grads[b, slices[n]]) for n in names] for b in range(grads.shape[0])], dtype=torch.float64)
+    column = {n: i for i, n in enumerate(names)}
     norms, trace = {}, {}
     for group, members in group_names(names, per_layer=True).items():
-        norms[group] = math.sqrt(sum(float(mean[slices[n]].double().pow(2).sum()) for n in members))
-        # sum of G's diagonal over the group, without copying the gradient columns
-        trace[group] = sum(float(torch.einsum("bi,bi->b", grads[:, slices[n]], grads[:, slices[n]]).double().mean()) for n in members)
+        norms[group] = math.sqrt(sum(float(mean[slices[n]] @ mean[slices[n]]) for n in members))
+        # sum of G's diagonal over the group
+        trace[group] = float(sq[:, [column[n] for n in members]].sum(1).mean())
     return CheckpointGeometry(metrics, basis, mean, norms, trace)
 
 

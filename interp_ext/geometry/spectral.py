@@ -19,11 +19,14 @@ def gram(grads: Float[torch.Tensor, "B n_params"], centered: bool = False) -> Fl
     The product runs in the gradients' dtype; only the B x B result is promoted.
     """
     k = (grads @ grads.T).double()
-    if centered:
-        b = k.shape[0]
-        h = torch.eye(b, dtype=k.dtype) - 1.0 / b
-        k = h @ k @ h
-    return k
+    return center_gram(k) if centered else k
+
+
+def center_gram(k: Float[torch.Tensor, "B B"]) -> Float[torch.Tensor, "B B"]:
+    """The Gram matrix of the mean-centred rows, H K H with H = I - 11^T / B, from K itself."""
+    b = k.shape[0]
+    h = torch.eye(b, dtype=k.dtype) - 1.0 / b
+    return h @ k @ h
 
 
 def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False, gram_matrix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,14 +44,15 @@ def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False,
 def top_eigenvectors(
     grads: Float[torch.Tensor, "B n_params"], evals: torch.Tensor, evecs: torch.Tensor, k: int, centered: bool = False
 ) -> Float[torch.Tensor, "n_params k"]:
-    """u_i = sum_b v_ib g_b / sqrt(B lambda_i) for the top ``k`` (orthonormal columns)."""
+    """u_i = sum_b v_ib g_b / sqrt(B lambda_i) for the top ``k`` (orthonormal columns, the gradients' dtype)."""
     b = grads.shape[0]
     k = min(k, int((evals > evals[0] * 1e-12).sum()) if evals[0] > 0 else 0) or 1
     v = evecs[:, :k]
     if centered:  # sum_b v_b (g_b - gbar) = sum_b (v_b - mean v) g_b
         v = v - v.mean(0, keepdim=True)
     scale = (b * evals[:k]).clamp_min(EPS).sqrt()
-    return (grads.T @ v.to(grads.dtype)).double() / scale
+    # in the gradients' dtype: a float64 copy of an n_params x k matrix would double its memory
+    return (grads.T @ v.to(grads.dtype)).div_(scale.to(grads.dtype))
 
 
 def effective_rank(evals: torch.Tensor) -> float:
@@ -94,12 +98,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def subspace_overlap(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> float:
     """||U^T V||_F^2 / k, in [0, 1] for orthonormal columns."""
     k = max(u.shape[1], v.shape[1])
-    return float((u.double().T @ v.double()).pow(2).sum() / k)
+    return float((u.T @ v.to(u.dtype)).double().pow(2).sum() / k)
 
 
 def top_vector_similarity(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> float:
     """|u_1 . v_1|."""
-    return float((u[:, 0].double() @ v[:, 0].double()).abs())
+    return float((u[:, 0] @ v[:, 0].to(u.dtype)).abs())
 
 
 def principal_angles(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> torch.Tensor:

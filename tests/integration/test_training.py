@@ -52,6 +52,20 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
             torch.testing.assert_close(actual[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"{name} seed {seed}")
 
 
+@pytest.mark.parametrize("chunk", [2, 3])
+def test_seed_chunking_does_not_change_trajectories(tmp_path, cache_dir, micro_run, chunk):
+    """One vmap over all seeds (chunk 3), a vmap over a part (2 + 1) and the CPU default (one seed at a
+    time, no vmap) step the same stacked AdamW state to the same weights."""
+    cfg = micro_config(n_seeds=3, seed_chunk=chunk)
+    ref = train(micro_config(n_seeds=3), tmp_path / "default", progress=False, cache_dir=cache_dir)
+    run = train(cfg, tmp_path / f"chunk{chunk}", progress=False, cache_dir=cache_dir)
+    for seed in run.seeds:
+        a, b = run.checkpoint(seed, cfg.train.steps), ref.checkpoint(seed, cfg.train.steps)
+        for kind in ("params", "exp_avg", "exp_avg_sq"):
+            for name in b[kind]:
+                torch.testing.assert_close(a[kind][name], b[kind][name], rtol=1e-5, atol=1e-7, msg=f"{kind} {name} seed {seed}")
+
+
 def test_resume_after_crash_is_bit_exact(tmp_path, cache_dir, monkeypatch, micro_run):
     cfg = micro_config()
     original = StackedTrainer.train_step
