@@ -34,7 +34,7 @@ def main() -> None:
     base_rss = peak_rss_mib()
     print(f"machine: {machine()}")
     print(f"paper preset: {n_params:,} parameters, B = {args.batches}, held-out H = {args.heldout} (SPEC section 4), vmap chunk {args.chunk or 'automatic (1 on CPU)'}")
-    ratios, ratios_same = [], []
+    ratios, ratios_same, ratios_g = [], [], []
     for r in range(args.rounds):
         with timer() as t_geo:
             metrics = measure_checkpoint(model, lm, k=4, heldout=held, chunk=args.chunk)
@@ -42,14 +42,19 @@ def main() -> None:
             geo_rss = peak_rss_mib()
         t_plain = plain_passes(model, lm)
         t_plain_held = plain_passes(model, held)
+        with timer() as t_g:
+            measure_checkpoint(model, lm, k=4, heldout=None, chunk=args.chunk)
         ratios.append(t_geo.seconds / t_plain)
         ratios_same.append(t_geo.seconds / (t_plain + t_plain_held))
+        ratios_g.append(t_g.seconds / t_plain)
         print(
             f"round {r + 1}: measure_checkpoint {t_geo.seconds:.1f} s; B plain fwd+bwd {t_plain:.1f} s; H plain {t_plain_held:.1f} s -> "
-            f"{ratios[-1]:.2f}x B passes, {ratios_same[-1]:.2f}x B + H passes (same number of gradients)"
+            f"{ratios[-1]:.2f}x B passes, {ratios_same[-1]:.2f}x B + H passes (same number of gradients); "
+            f"without held-out batches {t_g.seconds:.1f} s -> {ratios_g[-1]:.2f}x B passes"
         )
     g_bytes = args.batches * n_params * 4 / 2**20
     print(f"time: median {statistics.median(ratios):.2f}x B plain passes; {statistics.median(ratios_same):.2f}x the B + H passes it needs (floor {(args.batches + args.heldout) / args.batches:.2f}x)")
+    print(f"G alone (no held-out energy): median {statistics.median(ratios_g):.2f}x B plain passes")
     print(f"peak RSS growth: {geo_rss - base_rss:.0f} MiB vs B x n_params x 4 bytes = {g_bytes:.0f} MiB -> {(geo_rss - base_rss) / g_bytes:.2f}x")
     print("metrics:", {k: round(v, 4) for k, v in metrics.items()})
 

@@ -18,6 +18,7 @@ Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import platform
 import time
@@ -94,8 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; ratios are taken within a round, the median reported")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; ratios are taken within a round, the median reported")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
     args = parser.parse_args()
     cfg = get_preset("paper")
@@ -112,8 +113,11 @@ def main() -> None:
     for n in args.seeds:
         ratios, ratios_vmap = [], []
         for r in range(args.rounds):
+            gc.collect()
             stacked = bench_stacked(cfg, n, args.steps, args.device)
+            gc.collect()
             wide = bench_stacked(cfg, n, args.steps, args.device, chunk=n)
+            gc.collect()
             loop = bench_loop(cfg, n, args.steps, args.device)
             if n == 1 and per_step_time is None:
                 per_step_time = 1 / stacked

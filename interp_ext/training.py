@@ -226,7 +226,7 @@ class StackedTrainer:
         tokens = self.batch()
         chunk = self.seed_chunk()
         n = len(self.seeds)
-        if chunk >= n:
+        if chunk >= n and chunk > 1:
             # every seed in one vmap; backward fills the stacked leaves' .grad
             with _autocast(self.cfg):
                 loss = self._vloss(self.params, self.buffers, tokens).float()
@@ -237,7 +237,7 @@ class StackedTrainer:
             # a chunk of seeds at a time, differentiated w.r.t. its own views of the stacked
             # parameters: backward touches only that chunk (through the leaves it would
             # zero-fill the whole stacked gradient once per chunk)
-            grads = self._grad_buffers()
+            grads = self._grad_buffers() if n > 1 else {}
             losses = []
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
@@ -253,7 +253,9 @@ class StackedTrainer:
                 gs = torch.autograd.grad(loss.sum(), [part[k] for k in self.names])
                 with torch.no_grad():
                     for k, g in zip(self.names, gs):
-                        if chunk == 1:
+                        if n == 1:
+                            grads[k] = g.unsqueeze(0)  # the stacked gradient is this seed's: no copy
+                        elif chunk == 1:
                             grads[k][start].copy_(g)
                         else:
                             grads[k][start:stop].copy_(g)

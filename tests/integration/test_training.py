@@ -170,3 +170,14 @@ def test_model_has_tokenizer_that_decodes(micro_run):
     assert tokens[0, 0].item() == micro_run.tokenizer().bos_token_id
     assert model.to_string(tokens[0, 1:]) == "Hello there."
     assert tokens.max().item() < model.cfg.d_vocab
+
+
+def test_single_seed_run_follows_the_same_trajectory(tmp_path, cache_dir, micro_run):
+    """A 1-seed run (its gradient is the seed's own, no stacked buffer) == seed 0 of the 2-seed run."""
+    cfg = micro_config(n_seeds=1)
+    cfg.record.hooks = list(micro_run.config.record.hooks)
+    run = train(cfg, tmp_path / "one", progress=False, cache_dir=cache_dir)
+    a, b = run.checkpoint(0, cfg.train.steps), micro_run.checkpoint(0, cfg.train.steps)
+    for kind in ("params", "exp_avg", "exp_avg_sq"):
+        for name in b[kind]:
+            torch.testing.assert_close(a[kind][name], b[kind][name], rtol=1e-6, atol=1e-8, msg=f"{kind} {name}")
