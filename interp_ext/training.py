@@ -254,7 +254,9 @@ class StackedTrainer:
                 with torch.no_grad():
                     for k, g in zip(self.names, gs):
                         if n == 1:
-                            grads[k] = g.unsqueeze(0)  # the stacked gradient is this seed's: no copy
+                            # the stacked gradient is this seed's; like AccumulateGrad, give it the parameter's
+                            # layout (some come back transposed, and AdamW on mixed strides runs at half speed)
+                            grads[k] = g.contiguous().unsqueeze(0)
                         elif chunk == 1:
                             grads[k][start].copy_(g)
                         else:
