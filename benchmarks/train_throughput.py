@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after one warm-up); at least 16 / seeds")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; ratios are taken within a round, the median reported")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
     args = parser.parse_args()
@@ -106,19 +106,26 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
     print(f"paper preset: 4 layers, d_model 128, d_vocab 50257, batch 8 x 64, bf16 autocast {cfg.train.bf16}")
     print("stacked = StackedTrainer step with its default seed_chunk (all seeds in one vmap on a GPU, one at a time on a CPU);")
-    print("one-vmap = the same with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed")
+    print("one-vmap = the same with every seed in one vmap (train.seed_chunk = n; with 1 seed the same code as stacked); loop = one plain HookedTransformer + torch.optim.AdamW per seed")
     print(f"{'seeds':>5} | {'round':>5} | {'stacked steps/s':>15} | {'one-vmap steps/s':>16} | {'loop steps/s':>12} | {'stacked/loop':>12} | {'one-vmap/loop':>13}")
     per_step_time = None
     summary = []
     for n in args.seeds:
         ratios, ratios_vmap = [], []
+        steps = max(args.steps, 16 // n)  # cheap small ensembles get more timed steps (less noise)
+        runs = {
+            "stacked": lambda: bench_stacked(cfg, n, steps, args.device),
+            "wide": lambda: bench_stacked(cfg, n, steps, args.device, chunk=n),
+            "loop": lambda: bench_loop(cfg, n, steps, args.device),
+        }
         for r in range(args.rounds):
-            gc.collect()
-            stacked = bench_stacked(cfg, n, args.steps, args.device)
-            gc.collect()
-            wide = bench_stacked(cfg, n, args.steps, args.device, chunk=n)
-            gc.collect()
-            loop = bench_loop(cfg, n, args.steps, args.device)
+            # the order rotates from round to round: the first measurement of a round tends to run slower
+            order = list(runs)[r % 3 :] + list(runs)[: r % 3]
+            rate = {}
+            for name in order:
+                gc.collect()
+                rate[name] = runs[name]()
+            stacked, wide, loop = rate["stacked"], rate["wide"], rate["loop"]
             if n == 1 and per_step_time is None:
                 per_step_time = 1 / stacked
             ratios.append(stacked / loop)
