@@ -49,10 +49,10 @@ def barrier() -> None:
 
 def my_seeds(seeds: list[int]) -> list[int]:
     """This rank's share of the seeds."""
-    rank, size = world()
+    _, size = world()
     if size > len(seeds):
         raise ValueError(f"{size} processes for {len(seeds)} seeds: each rank needs at least one seed; launch at most {len(seeds)} processes")
-    return seeds[rank::size]
+    return share(seeds)
 
 
 def shard(seeds: list[int], device: str = "cpu") -> list[int]:

@@ -206,7 +206,11 @@ class StackedTrainer:
         return len(self.seeds) if self.device.type == "cuda" else 1
 
     def _grad_buffers(self) -> dict[str, torch.Tensor]:
-        """Stacked gradient tensors that each chunk's gradients are written into (reused every step)."""
+        """Stacked gradient tensors that each chunk's gradients are written into (reused every step).
+
+        Like AccumulateGrad, the copy gives every gradient its parameter's layout: some
+        come back transposed, and AdamW on mixed strides runs at half speed.
+        """
         if self._grads is None:
             self._grads = {k: torch.empty_like(v) for k, v in self.params.items()}
         return self._grads
@@ -237,7 +241,7 @@ class StackedTrainer:
             # a chunk of seeds at a time, differentiated w.r.t. its own views of the stacked
             # parameters: backward touches only that chunk (through the leaves it would
             # zero-fill the whole stacked gradient once per chunk)
-            grads = self._grad_buffers() if n > 1 else {}
+            grads = self._grad_buffers()
             losses = []
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
@@ -253,14 +257,7 @@ class StackedTrainer:
                 gs = torch.autograd.grad(loss.sum(), [part[k] for k in self.names])
                 with torch.no_grad():
                     for k, g in zip(self.names, gs):
-                        if n == 1:
-                            # the stacked gradient is this seed's; like AccumulateGrad, give it the parameter's
-                            # layout (some come back transposed, and AdamW on mixed strides runs at half speed)
-                            grads[k] = g.contiguous().unsqueeze(0)
-                        elif chunk == 1:
-                            grads[k][start].copy_(g)
-                        else:
-                            grads[k][start:stop].copy_(g)
+                        grads[k][start:stop].copy_(g)  # one seed's gradient broadcasts over its length-1 slice
                 losses.append(loss.detach())
             for k in self.names:
                 self.params[k].grad = grads[k]
