@@ -29,9 +29,10 @@ excluded, against itself).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ from torch.func import grad, jvp, vmap
 from transformer_lens import HookedTransformer
 
 from circuits.circuit import REST, Circuit
-from interp_ext.geometry.gradients import current_params, loss_function
+from interp_ext.geometry.gradients import current_params, flatten, loss_function
 
 log = logging.getLogger("interp_ext")
 
@@ -71,13 +72,14 @@ class EnergyProbe:
         self._grads: torch.Tensor | None = None
 
     def flat(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
-        return torch.cat([tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in self.names], dim=-1)
+        return flatten(tensors, self.names, batch_dims)
 
     def unflat(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split the last dimension into the parameters (leading dimensions are kept)."""
         out, start = {}, 0
         for n in self.names:
             size = self.theta[n].numel()
-            out[n] = vector[start : start + size].reshape(self.theta[n].shape)
+            out[n] = vector[..., start : start + size].reshape(*vector.shape[:-1], *self.theta[n].shape)
             start += size
         return out
 
@@ -108,12 +110,7 @@ class EnergyProbe:
         batch, so the primal forward and backward are shared by all of them.
         """
         g = self.grads
-        vs = {}
-        start = 0
-        for n in self.names:
-            size = self.theta[n].numel()
-            vs[n] = tangents[:, start : start + size].reshape(tangents.shape[0], *self.theta[n].shape)
-            start += size
+        vs = self.unflat(tangents)
 
         def one(batch, v):
             _, hv = jvp(lambda p: grad(self.loss_fn)(p, batch), (self.theta,), (v,))
@@ -257,15 +254,18 @@ def component_matrix(
     return frame
 
 
+def union_mask(masks: Iterable[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The coordinates in any of the components (the circuit as a whole); none for no components."""
+    return functools.reduce(torch.logical_or, masks, torch.zeros_like(like, dtype=torch.bool))
+
+
 def whole_circuit_terms(frame: pd.DataFrame, energies: dict[str, float], direction: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
     """K[C, C] of the circuit as a whole (rest excluded): bilinear, so a sum of entries."""
     inside = [c for c in masks if c != REST]
     sel = frame[frame.A.isin(inside) & frame.B.isin(inside)]
     k = float(sel.K.sum())
     e = sum(energies[c] for c in inside)
-    union = torch.zeros_like(next(iter(masks.values())))
-    for c in inside:
-        union |= masks[c]
+    union = union_mask((masks[c] for c in inside), like=direction)
     d_norm = float(torch.where(union, direction, torch.zeros_like(direction)).double().norm())
     return {"K": k, "K_norm": k / (e * d_norm) if e * d_norm > 0 else math.nan, "E": e}
 
@@ -327,10 +327,7 @@ def measure_checkpoint_rows(
             if direction == "optimizer" and tag == "circuit":
                 out += budget_rows(run, seed, step, circuit, frame, energies, update, batches, base, chunk)
     masks = circuit.flat_masks(model)
-    union = torch.zeros_like(next(iter(masks.values())))
-    for c, m in masks.items():
-        union |= m
-    entries = sample_entries(probe, union, m=rows_m, seed=seed)
+    entries = sample_entries(probe, union_mask(masks.values(), like=next(iter(masks.values()))), m=rows_m, seed=seed)
     out += [{**base, "metric": k, "component": WHOLE, "value": v, "direction": "", "circuit": "circuit"} for k, v in entries.items()]
     return out
 

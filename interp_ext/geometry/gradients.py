@@ -135,11 +135,7 @@ def per_batch_gradients(
         leaves = [named[n] for n in names]
         for b in range(batches.shape[0]):
             loss = model(batches[b].to(model.cfg.device), return_type="loss")
-            grads = torch.autograd.grad(loss, leaves)
-            col = 0
-            for g_n in grads:
-                out[b, col : col + g_n.numel()] = g_n.reshape(-1).to(out.dtype).cpu()
-                col += g_n.numel()
+            _fill_rows(out[b : b + 1], torch.autograd.grad(loss, leaves))
         return out
     loss = loss_function(model, names)
     sub = current_params(model, names)
@@ -148,13 +144,18 @@ def per_batch_gradients(
     for start in range(0, batches.shape[0], step):
         toks = batches[start : start + step].to(model.cfg.device)
         g = per_batch(sub, toks)
-        col = 0
-        for n in names:
-            flat = g[n].reshape(g[n].shape[0], -1)
-            out[start : start + flat.shape[0], col : col + flat.shape[1]] = flat.to(out.dtype).cpu()
-            col += flat.shape[1]
+        _fill_rows(out[start : start + toks.shape[0]], [g[n] for n in names])
         del g
     return out
+
+
+def _fill_rows(rows: torch.Tensor, grads: Sequence[torch.Tensor]) -> None:
+    """Write per-parameter gradients (leading dims = the rows) side by side into ``rows`` in place."""
+    col = 0
+    for g in grads:
+        flat = g.reshape(rows.shape[0], -1)
+        rows[:, col : col + flat.shape[1]] = flat.to(rows.dtype).cpu()
+        col += flat.shape[1]
 
 
 def group_names(names: list[str], per_layer: bool = False) -> dict[str, list[str]]:
