@@ -4,20 +4,27 @@ Measures, in one process and one run, training steps/s of the paper preset
 (SPEC section 1: 4 layers, d_model 128, GPT-2 vocabulary, batch 8 x 64, AdamW)
 with 1, 4 and 16 seeds, for
 
-* ``stacked``: the `StackedTrainer` step (vmap over seeds, one AdamW), and
+* ``stacked``: the `StackedTrainer` step with its automatic ``seed_chunk``
+  (parameters and AdamW moments stacked, one AdamW; forward/backward of all
+  seeds in one vmap on a GPU, one seed at a time on a CPU),
+* ``one-vmap``: the same trainer with every seed in one vmap, and
 * ``loop``: one plain `HookedTransformer` + `torch.optim.AdamW` per seed,
-  stepped one after the other,
+  stepped one after the other, and
+* ``loop-fused``: the same loop with ``AdamW(fused=True)``, the trainer's
+  default optimizer, to show what the optimizer alone accounts for,
 
 and the cost of recording hooks at a checkpoint relative to the training time of
-one checkpoint interval. Token content does not change the cost, so batches are
+one checkpoint interval. Single steps of the three variants alternate, so slow
+drifts of the machine's speed hit all of them alike. Token content does not change the cost, so batches are
 uniform random tokens.
 
-Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--steps 3]
+Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--rounds 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import statistics
 import platform
@@ -37,26 +44,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_stacked(cfg, n_seeds: int, steps: int, device: str, chunk: int = 0) -> float:
+def make_stacked(cfg, n_seeds: int, device: str):
+    """The `StackedTrainer` step; ``trainer.cfg.train.seed_chunk`` picks how seeds are batched."""
+    cfg = copy.deepcopy(cfg)
     cfg.train.n_seeds = n_seeds
-    cfg.train.seed_chunk = chunk
     data = TokenData(None, None, None, 50256, 50257, "random", "random tokens")
     probe = {"lm": torch.randint(0, 50257, (64, 8, 64))}
     trainer = StackedTrainer(cfg, out=None, data=data, probe=probe)
     gen = torch.Generator().manual_seed(0)
     trainer.batch = lambda: torch.randint(0, 50257, (n_seeds, 8, 64), generator=gen).to(device)
-    trainer.train_step()  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    sync(device)
-    return steps / (time.perf_counter() - start)
+    return trainer
 
 
-def bench_loop(cfg, n_seeds: int, steps: int, device: str) -> float:
+def make_loop(cfg, n_seeds: int, device: str, fused: bool | None = None):
+    """One step of a Python loop over plain `HookedTransformer`s, each with its own AdamW."""
     models = [build_model(cfg.model, 50257, seed=s, device=device) for s in range(n_seeds)]
-    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay) for m in models]
+    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused) for m in models]
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -68,13 +71,15 @@ def bench_loop(cfg, n_seeds: int, steps: int, device: str) -> float:
             o.step()
             o.zero_grad(set_to_none=True)
 
-    step()
+    return step
+
+
+def timed(step, device: str) -> float:
     sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    step()
     sync(device)
-    return steps / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
 def bench_recording(cfg, device: str, hooks: list[str]) -> float:
@@ -95,8 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement (after one warm-up); at least 16 / seeds")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; ratios are taken within a round, the median reported")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of one step of each variant (4 x as many with 1 seed); medians reported")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
     args = parser.parse_args()
     cfg = get_preset("paper")
@@ -105,38 +109,50 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
     print(f"paper preset: 4 layers, d_model 128, d_vocab 50257, batch 8 x 64, bf16 autocast {cfg.train.bf16}")
-    print("stacked = StackedTrainer step with its default seed_chunk (all seeds in one vmap on a GPU, one at a time on a CPU);")
-    print("one-vmap = the same with every seed in one vmap (train.seed_chunk = n; with 1 seed the same code as stacked); loop = one plain HookedTransformer + torch.optim.AdamW per seed")
-    print(f"{'seeds':>5} | {'round':>5} | {'stacked steps/s':>15} | {'one-vmap steps/s':>16} | {'loop steps/s':>12} | {'stacked/loop':>12} | {'one-vmap/loop':>13}")
+    print("stacked = StackedTrainer step with its defaults (seed_chunk automatic: all seeds in one vmap on a GPU, one at a time on a CPU; fused AdamW);")
+    print("one-vmap = the same trainer with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed;")
+    print("loop-fused = that loop with AdamW(fused=True)")
+    print(f"single steps of the four alternate (order rotating), {args.rounds} rounds per seed count (4x as many with 1 seed); steps/s from the median step time")
+    cols = ["stacked", "one-vmap", "loop", "loop-fused"]
+    print(f"{'seeds':>5} | {'rounds':>6} | " + " | ".join(f"{c:>10}" for c in cols) + " | stacked/loop | one-vmap/loop | stacked/loop-fused | stacked faster than loop")
     per_step_time = None
-    summary = []
     for n in args.seeds:
-        ratios, ratios_vmap = [], []
-        steps = max(args.steps, 16 // n)  # cheap small ensembles get more timed steps (less noise)
-        runs = {
-            "stacked": lambda: bench_stacked(cfg, n, steps, args.device),
-            "wide": lambda: bench_stacked(cfg, n, steps, args.device, chunk=n),
-            "loop": lambda: bench_loop(cfg, n, steps, args.device),
-        }
-        for r in range(args.rounds):
-            # the order rotates from round to round: the first measurement of a round tends to run slower
-            order = list(runs)[r % 3 :] + list(runs)[: r % 3]
-            rate = {}
-            for name in order:
-                gc.collect()
-                rate[name] = runs[name]()
-            stacked, wide, loop = rate["stacked"], rate["wide"], rate["loop"]
-            if n == 1 and per_step_time is None:
-                per_step_time = 1 / stacked
-            ratios.append(stacked / loop)
-            ratios_vmap.append(wide / loop)
-            print(f"{n:>5} | {r + 1:>5} | {stacked:>15.3f} | {wide:>16.3f} | {loop:>12.3f} | {ratios[-1]:>11.2f}x | {ratios_vmap[-1]:>12.2f}x", flush=True)
-        summary.append((n, statistics.median(ratios), statistics.median(ratios_vmap)))
-    for n, a, b in summary:
-        print(f"{n:>2} seeds: stacked/loop median {a:.2f}x, one-vmap/loop median {b:.2f}x")
+        trainer = make_stacked(cfg, n, args.device)
+
+        def stacked(chunk: int):
+            def step() -> None:
+                trainer.cfg.train.seed_chunk = chunk
+                trainer.train_step()
+
+            return step
+
+        steps = dict(zip(cols, [stacked(0), stacked(n), make_loop(cfg, n, args.device), make_loop(cfg, n, args.device, fused=True)]))
+        rounds = max(args.rounds, 4 * args.rounds // n)  # cheap small ensembles get more rounds (less noise)
+        for step in steps.values():  # warm-up
+            step()
+        times = {k: [] for k in steps}
+        for r in range(rounds):
+            # the order rotates from round to round: no variant always runs first or after the same one
+            for name in cols[r % 4 :] + cols[: r % 4]:
+                times[name].append(timed(steps[name], args.device))
+            gc.collect()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        wins = sum(a < b for a, b in zip(times["stacked"], times["loop"]))
+        if n == 1:
+            per_step_time = med["stacked"]
+        print(
+            f"{n:>5} | {rounds:>6} | " + " | ".join(f"{1 / med[c]:>10.3f}" for c in cols)
+            + f" | {med['loop'] / med['stacked']:>11.2f}x | {med['loop'] / med['one-vmap']:>12.2f}x | {med['loop-fused'] / med['stacked']:>17.2f}x | {wins:>6} of {rounds} rounds",
+            flush=True,
+        )
+        del trainer, steps
+        gc.collect()
     hooks = ["blocks.1.attn.hook_pattern", "blocks.3.hook_resid_post"]
     rec = bench_recording(cfg, args.device, hooks)
-    per_step_time = per_step_time or 1 / bench_stacked(cfg, 1, args.steps, args.device)
+    if per_step_time is None:
+        trainer = make_stacked(cfg, 1, args.device)
+        trainer.train_step()
+        per_step_time = statistics.median(timed(trainer.train_step, args.device) for _ in range(5))
     interval = cfg.train.checkpoint_every
     print(
         f"recording {hooks} on 4 probe batches: {rec:.3f} s per seed and checkpoint; "

@@ -131,6 +131,7 @@ class TrainConfig:
     bf16: bool = True  # bfloat16 autocast for training; every measurement is float32
     device: str = "cpu"
     seed_chunk: int = 0  # seeds per forward/backward; 0: automatic (all in one vmap on a GPU, one at a time on a CPU)
+    fused_adamw: bool = True  # torch.optim.AdamW(fused=True) on CPU/CUDA: one pass per tensor; False: torch's per-op default
 
     @property
     def seeds(self) -> list[int]:

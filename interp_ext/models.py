@@ -68,3 +68,22 @@ def build_model(
 def param_names(model: torch.nn.Module) -> list[str]:
     """Trainable parameter names in the fixed order used for flattening."""
     return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def share_parameters(model: torch.nn.Module, stacked: dict[str, torch.Tensor], index: int) -> torch.nn.Module:
+    """Point ``model``'s parameters at slice ``index`` of stacked tensors, sharing their storage.
+
+    ``stacked`` maps parameter names to tensors with a leading seed dimension (as
+    from ``torch.func.stack_module_state``). Afterwards the model is an ordinary
+    `HookedTransformer` whose weights *are* that seed's slice: in-place updates of
+    the stacked tensors show in the model and vice versa, and ``backward`` fills
+    each parameter's ``.grad`` as for any module. Returns the model.
+    """
+    for name, old in list(model.named_parameters()):
+        new = stacked[name].detach()[index]
+        if new.shape != old.shape:
+            raise ValueError(f"stacked[{name!r}][{index}] has shape {tuple(new.shape)}, the model's parameter {tuple(old.shape)}")
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        owner.register_parameter(attr, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+    return model

@@ -10,24 +10,15 @@ from __future__ import annotations
 import torch
 
 from interp_ext.data import training_batch
-from interp_ext.training import _autocast
+from interp_ext.training import _autocast, adamw, set_adamw_state
 
 
 def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.AdamW:
-    """A `torch.optim.AdamW` over ``model``'s parameters holding the checkpoint's state."""
-    t = run.config.train
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    """The run's AdamW (as the trainer builds it) over ``model``'s parameters, holding the checkpoint's state."""
+    opt = adamw(model.parameters(), run.config.train)
     if checkpoint["exp_avg"]:
-        sd = opt.state_dict()
-        sd["state"] = {
-            i: {
-                "step": torch.tensor(checkpoint["adam_step"], dtype=torch.float32),
-                "exp_avg": checkpoint["exp_avg"][n].to(p.device, copy=True),
-                "exp_avg_sq": checkpoint["exp_avg_sq"][n].to(p.device, copy=True),
-            }
-            for i, (n, p) in enumerate(model.named_parameters())
-        }
-        opt.load_state_dict(sd)
+        names = [n for n, _ in model.named_parameters()]
+        set_adamw_state(opt, [(checkpoint["adam_step"], checkpoint["exp_avg"][n], checkpoint["exp_avg_sq"][n]) for n in names])
     return opt
 
 
