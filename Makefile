@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # a range the CPU build 2.13.0 satisfies; installed first so nothing pulls a newer CUDA build
-TORCH_SPEC ?= torch>=2.2,<2.14
+TORCH_SPEC ?= torch>=2.4,<2.14
 RUN ?= runs/tiny
 DATA_DIR ?=
 PYTEST_ARGS ?=

@@ -4,10 +4,10 @@ All seeds train in one process: their parameters are stacked with
 ``torch.func.stack_module_state`` and the `HookedTransformer` forward is vmapped
 over the seed dimension with ``functional_call``, so on a GPU 16 seeds cost one
 kernel launch per op. On a CPU each seed instead runs through its own
-`HookedTransformer` whose weights are views of the stacked tensors. One
-``torch.optim.AdamW`` steps every seed's views; AdamW acts elementwise, so this
-is exactly one AdamW per seed. Each seed's trajectory equals training that seed
-alone with a plain `HookedTransformer` (tested).
+`HookedTransformer` whose weights are views of the stacked tensors. Each seed's
+``torch.optim.AdamW`` (fused kernels by default) steps its views, so checkpoints
+and measurements read one stacked tensor per parameter. Each seed's trajectory
+equals training that seed alone with a plain `HookedTransformer` (tested).
 
 Read top to bottom: :func:`train` prepares the run directory, then
 :class:`StackedTrainer` runs the loop, checkpoints and records.
@@ -134,19 +134,24 @@ class StackedTrainer:
         params, _ = stack_module_state(models)
         self.params = {k: params[k] for k in self.names}
         # each seed's model keeps its hooks and forward but its weights become views of the stacked
-        # tensors: one seed at a time runs as a plain module (see train_step), and one AdamW steps
-        # every seed's views, so a seed's gradient never has to be copied into a stacked buffer
+        # tensors: one seed at a time runs as a plain module (see train_step), and the seed's AdamW
+        # steps its views, so a gradient never has to be copied into a stacked buffer
         self.models = [share_parameters(m, self.params, i) for i, m in enumerate(models)]
         self.views = [dict(m.named_parameters()) for m in self.models]
         self.buffers = {k: v for k, v in self.template.named_buffers()}
-        self.optimizer = self._make_optimizer()
+        self.optimizers = self._make_optimizers()
         self.step = 0
         self.recorder = ActivationRecorder(validate_hooks(self.template, cfg.record.hooks))
         self._check_record_budget()
         self._vloss = vmap(self._loss, in_dims=(0, None, 0))
 
-    def _make_optimizer(self) -> torch.optim.AdamW:
-        return adamw([v[k] for v in self.views for k in self.names], self.cfg.train)
+    def _make_optimizers(self) -> list[torch.optim.AdamW]:
+        """One AdamW per seed over its views of the stacked parameters.
+
+        A seed steps as soon as its gradient exists and frees it: holding every seed's
+        gradient for one AdamW at the end made 4 seeds 25% slower on the CPU.
+        """
+        return [adamw([v[k] for k in self.names], self.cfg.train) for v in self.views]
 
     def _loss(self, params, buffers, tokens):
         return functional_call(self.template, (params, buffers), (tokens,), kwargs={"return_type": "loss"})
@@ -172,9 +177,8 @@ class StackedTrainer:
         return self.models[i]
 
     def save(self) -> None:
-        state = self.optimizer.state
         for i, s in enumerate(self.seeds):
-            own = [state.get(self.views[i][k]) for k in self.names]
+            own = [self.optimizers[i].state.get(self.views[i][k]) for k in self.names]
             has_state = all(own)
             save_checkpoint(
                 self.out / "checkpoints" / f"seed={s}" / f"step={self.step}.safetensors",
@@ -192,10 +196,10 @@ class StackedTrainer:
         with torch.no_grad():
             for k in self.names:
                 self.params[k].copy_(torch.stack([c["params"][k] for c in ckpts]).to(self.device))
-        self.optimizer = self._make_optimizer()
-        if ckpts[0]["exp_avg"]:
-            # parameter order of _make_optimizer: seed-major, then self.names
-            set_adamw_state(self.optimizer, [(c["adam_step"], c["exp_avg"][k], c["exp_avg_sq"][k]) for c in ckpts for k in self.names])
+        self.optimizers = self._make_optimizers()
+        for opt, c in zip(self.optimizers, ckpts):
+            if c["exp_avg"]:
+                set_adamw_state(opt, [(c["adam_step"], c["exp_avg"][k], c["exp_avg_sq"][k]) for k in self.names])
         if ckpts[0]["rng"] is not None:
             torch.set_rng_state(ckpts[0]["rng"])
         self.step = step
@@ -224,7 +228,7 @@ class StackedTrainer:
         all of them); one seed at a time on a CPU, where the stacked activations
         of many seeds (the 50,257-wide logits above all) overflow the caches and
         one vmap over 16 seeds runs at half the speed (docs/benchmarks.md).
-        Either way the parameters stay stacked and one AdamW steps them all.
+        Either way the parameters stay stacked and each seed's AdamW steps its views.
         """
         if self.cfg.train.seed_chunk:
             return min(self.cfg.train.seed_chunk, len(self.seeds))
@@ -250,23 +254,33 @@ class StackedTrainer:
                 f"the last good checkpoint is step {last} in {self.out / 'checkpoints' if self.out else 'the run'}; lower train.lr or turn off bf16, then resume"
             )
 
-    def _seed_backward(self, i: int, tokens: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of seed ``i`` alone, through its own module: ``.grad`` lands on its views."""
+    def _seed_step(self, i: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Seed ``i`` alone through its own module (``.grad`` lands on its views), then its AdamW step."""
         with _autocast(self.cfg):
             loss = self.models[i](tokens, return_type="loss").float().reshape(1)
         self._check_finite(loss, i)
         loss.backward()
+        self._adamw_steps(i, i + 1)
         return loss.detach()
 
+    def _adamw_steps(self, start: int, stop: int) -> None:
+        for opt in self.optimizers[start:stop]:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
     def train_step(self) -> torch.Tensor:
-        """One AdamW step for every seed; returns the per-seed losses [n_seeds]."""
+        """One AdamW step for every seed; returns the per-seed losses [n_seeds].
+
+        A non-finite loss raises before its seed (or vmapped chunk) steps; seeds before it
+        have stepped already, so continue from the last checkpoint (``--resume``).
+        """
         tokens = self.batch()
         chunk = self.seed_chunk()
         n = len(self.seeds)
         if chunk == 1:
             # one seed at a time through its own module, whose weights are views of the stacked
             # parameters: the forward, backward and gradient layout of a plain model, no copies
-            losses = [self._seed_backward(i, tokens[i]) for i in range(n)]
+            losses = [self._seed_step(i, tokens[i]) for i in range(n)]
         else:
             # chunks of seeds vmapped over their views of the stacked parameters (one chunk = every
             # seed in one vmap): backward touches only that chunk
@@ -279,9 +293,8 @@ class StackedTrainer:
                 self._check_finite(loss, start)
                 gs = torch.autograd.grad(loss.sum(), [part[k] for k in self.names])
                 self._set_seed_grads(start, dict(zip(self.names, gs)))
+                self._adamw_steps(start, stop)
                 losses.append(loss.detach())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return torch.cat(losses)
 
