@@ -4,8 +4,8 @@ Measures, in one process and one run, training steps/s of the paper preset
 (SPEC section 1: 4 layers, d_model 128, GPT-2 vocabulary, batch 8 x 64, AdamW)
 with 1, 4 and 16 seeds, for
 
-* ``stacked``: the `StackedTrainer` step with its automatic ``seed_chunk``
-  (parameters and AdamW moments stacked, one AdamW; forward/backward of all
+* ``stacked``: the `StackedTrainer` step with its defaults (parameters stacked,
+  each seed's fused AdamW stepping its views of them; forward/backward of all
   seeds in one vmap on a GPU, one seed at a time on a CPU),
 * ``one-vmap``: the same trainer with every seed in one vmap, and
 * ``loop``: one plain `HookedTransformer` + `torch.optim.AdamW` per seed,
@@ -14,7 +14,7 @@ with 1, 4 and 16 seeds, for
   default optimizer, to show what the optimizer alone accounts for,
 
 and the cost of recording hooks at a checkpoint relative to the training time of
-one checkpoint interval. Single steps of the three variants alternate, so slow
+one checkpoint interval. Single steps of the four variants alternate, so slow
 drifts of the machine's speed hit all of them alike. Token content does not change the cost, so batches are
 uniform random tokens.
 
@@ -45,7 +45,7 @@ def sync(device: str) -> None:
 
 
 def make_stacked(cfg, n_seeds: int, device: str):
-    """The `StackedTrainer` step; ``trainer.cfg.train.seed_chunk`` picks how seeds are batched."""
+    """A `StackedTrainer` on random batches; its ``cfg.train.seed_chunk`` picks how seeds are batched."""
     cfg = copy.deepcopy(cfg)
     cfg.train.n_seeds = n_seeds
     data = TokenData(None, None, None, 50256, 50257, "random", "random tokens")

@@ -237,12 +237,12 @@ class StackedTrainer:
     def _set_seed_grads(self, start: int, grads: dict[str, torch.Tensor]) -> None:
         """Hand rows of stacked gradients [chunk, ...] to seeds ``start, start + 1, ...`` as views.
 
-        Gradients that come back transposed are made contiguous, as AccumulateGrad
-        would: AdamW on mixed strides runs at half speed.
+        Gradients that come back transposed are made contiguous (a copy only for those),
+        as AccumulateGrad would: AdamW on mixed strides runs at half speed.
         """
         for k, g in grads.items():
             for j in range(g.shape[0]):
-                self.views[start + j][k].grad = g[j] if g[j].is_contiguous() else g[j].contiguous()
+                self.views[start + j][k].grad = g[j].contiguous()
 
     def _check_finite(self, loss: torch.Tensor, start: int) -> None:
         finite = torch.isfinite(loss)
