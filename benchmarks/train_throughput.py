@@ -11,14 +11,19 @@ with 1, 4 and 16 seeds, for
 * ``loop``: one plain `HookedTransformer` + `torch.optim.AdamW` per seed,
   stepped one after the other, and
 * ``loop-fused``: the same loop with ``AdamW(fused=True)``, the trainer's
-  default optimizer, to show what the optimizer alone accounts for,
+  default optimizer, to show what the optimizer alone accounts for, and
+* ``nondet``: the trainer's default step with ``train.deterministic`` off, to
+  show what bit-for-bit repeatability (``torch.use_deterministic_algorithms``,
+  the default) costs,
 
 and the cost of recording hooks at a checkpoint relative to the training time of
-one checkpoint interval. Single steps of the four variants alternate, so slow
+one checkpoint interval. ``--preset tiny`` measures the tiny preset instead
+(512-token vocabulary, batch 32), where the CPU's parallel embedding backward,
+the operation the deterministic setting replaces, is taken. Single steps of the variants alternate, so slow
 drifts of the machine's speed hit all of them alike. Token content does not change the cost, so batches are
 uniform random tokens.
 
-Usage: python benchmarks/train_throughput.py [--device cpu] [--seeds 1 4 16] [--rounds 10]
+Usage: python benchmarks/train_throughput.py [--preset paper|tiny] [--device cpu] [--seeds 1 4 16] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -44,27 +49,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def make_stacked(cfg, n_seeds: int, device: str):
+def vocab(cfg) -> int:
+    return cfg.data.vocab_size or 50257
+
+
+def make_stacked(cfg, n_seeds: int, device: str, deterministic: bool = True):
     """A `StackedTrainer` on random batches; its ``cfg.train.seed_chunk`` picks how seeds are batched."""
     cfg = copy.deepcopy(cfg)
     cfg.train.n_seeds = n_seeds
-    data = TokenData(None, None, None, 50256, 50257, "random", "random tokens")
-    probe = {"lm": torch.randint(0, 50257, (64, 8, 64))}
+    cfg.train.deterministic = deterministic
+    v, b, n_ctx = vocab(cfg), cfg.train.batch_size, cfg.model.n_ctx
+    data = TokenData(None, None, None, v - 1, v, "random", "random tokens")
+    probe = {"lm": torch.randint(0, v, (4, b, n_ctx))}
     trainer = StackedTrainer(cfg, out=None, data=data, probe=probe)
     gen = torch.Generator().manual_seed(0)
-    trainer.batch = lambda: torch.randint(0, 50257, (n_seeds, 8, 64), generator=gen).to(device)
+    trainer.batch = lambda: torch.randint(0, v, (n_seeds, b, n_ctx), generator=gen).to(device)
     return trainer
 
 
 def make_loop(cfg, n_seeds: int, device: str, fused: bool | None = None):
     """One step of a Python loop over plain `HookedTransformer`s, each with its own AdamW."""
-    models = [build_model(cfg.model, 50257, seed=s, device=device) for s in range(n_seeds)]
+    v, b, n_ctx = vocab(cfg), cfg.train.batch_size, cfg.model.n_ctx
+    models = [build_model(cfg.model, v, seed=s, device=device) for s in range(n_seeds)]
     opts = [torch.optim.AdamW(m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused) for m in models]
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
         for m, o in zip(models, opts):
-            tokens = torch.randint(0, 50257, (8, 64), generator=gen).to(device)
+            tokens = torch.randint(0, v, (b, n_ctx), generator=gen).to(device)
             with _autocast(cfg):
                 loss = m(tokens, return_type="loss")
             loss.backward()
@@ -84,9 +96,9 @@ def timed(step, device: str) -> float:
 
 def bench_recording(cfg, device: str, hooks: list[str]) -> float:
     """Seconds to record ``hooks`` on 4 probe batches for one seed."""
-    model = build_model(cfg.model, 50257, seed=0, device=device)
+    model = build_model(cfg.model, vocab(cfg), seed=0, device=device)
     rec = ActivationRecorder(hooks)
-    tokens = torch.randint(0, 50257, (32, 64)).to(device)
+    tokens = torch.randint(0, vocab(cfg), (32, cfg.model.n_ctx)).to(device)
     rec.record(model, tokens)
     sync(device)
     start = time.perf_counter()
@@ -98,26 +110,32 @@ def bench_recording(cfg, device: str, hooks: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", choices=["paper", "tiny"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rounds", type=int, default=10, help="rounds of one step of each variant (4 x as many with 1 seed); medians reported")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
     args = parser.parse_args()
-    cfg = get_preset("paper")
+    cfg = get_preset(args.preset)
     cfg.train.device = args.device
-    cfg.train.bf16 = not args.no_bf16
+    cfg.train.bf16 = cfg.train.bf16 and not args.no_bf16
     torch.manual_seed(0)
+    m = cfg.model
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
-    print(f"paper preset: 4 layers, d_model 128, d_vocab 50257, batch 8 x 64, bf16 autocast {cfg.train.bf16}")
-    print("stacked = StackedTrainer step with its defaults (seed_chunk automatic: all seeds in one vmap on a GPU, one at a time on a CPU; fused AdamW);")
+    print(f"{args.preset} preset: {m.n_layers} layers{' (attention only)' if m.attn_only else ''}, d_model {m.d_model}, d_vocab {vocab(cfg)}, batch {cfg.train.batch_size} x {m.n_ctx}, bf16 autocast {cfg.train.bf16}")
+    print("stacked = StackedTrainer step with its defaults (seed_chunk automatic: all seeds in one vmap on a GPU, one at a time on a CPU; fused AdamW; deterministic algorithms);")
     print("one-vmap = the same trainer with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed;")
-    print("loop-fused = that loop with AdamW(fused=True)")
-    print(f"single steps of the four alternate (order rotating), {args.rounds} rounds per seed count (4x as many with 1 seed); steps/s from the median step time")
-    cols = ["stacked", "one-vmap", "loop", "loop-fused"]
-    print(f"{'seeds':>5} | {'rounds':>6} | " + " | ".join(f"{c:>10}" for c in cols) + " | stacked/loop | one-vmap/loop | stacked/loop-fused | stacked faster than loop")
+    print("loop-fused = that loop with AdamW(fused=True); nondet = stacked with train.deterministic off")
+    cols = ["stacked", "one-vmap", "loop", "loop-fused", "nondet"]
+    print(f"single steps of the {len(cols)} alternate (order rotating), {args.rounds} rounds per seed count (4x as many with 1 seed); steps/s from the median step time")
+    print(
+        f"{'seeds':>5} | {'rounds':>6} | " + " | ".join(f"{c:>10}" for c in cols)
+        + " | stacked/loop | one-vmap/loop | stacked/loop-fused | stacked faster than loop | deterministic cost (stacked/nondet time)"
+    )
     per_step_time = None
     for n in args.seeds:
         trainer = make_stacked(cfg, n, args.device)
+        nondet = make_stacked(cfg, n, args.device, deterministic=False)
 
         def stacked(chunk: int):
             def step() -> None:
@@ -126,14 +144,15 @@ def main() -> None:
 
             return step
 
-        steps = dict(zip(cols, [stacked(0), stacked(n), make_loop(cfg, n, args.device), make_loop(cfg, n, args.device, fused=True)]))
+        variants = [stacked(0), stacked(n), make_loop(cfg, n, args.device), make_loop(cfg, n, args.device, fused=True), nondet.train_step]
+        steps = dict(zip(cols, variants))
         rounds = max(args.rounds, 4 * args.rounds // n)  # cheap small ensembles get more rounds (less noise)
         for step in steps.values():  # warm-up
             step()
         times = {k: [] for k in steps}
         for r in range(rounds):
             # the order rotates from round to round: no variant always runs first or after the same one
-            for name in cols[r % 4 :] + cols[: r % 4]:
+            for name in cols[r % len(cols) :] + cols[: r % len(cols)]:
                 times[name].append(timed(steps[name], args.device))
             gc.collect()
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -142,12 +161,13 @@ def main() -> None:
             per_step_time = med["stacked"]
         print(
             f"{n:>5} | {rounds:>6} | " + " | ".join(f"{1 / med[c]:>10.3f}" for c in cols)
-            + f" | {med['loop'] / med['stacked']:>11.2f}x | {med['loop'] / med['one-vmap']:>12.2f}x | {med['loop-fused'] / med['stacked']:>17.2f}x | {wins:>6} of {rounds} rounds",
+            + f" | {med['loop'] / med['stacked']:>11.2f}x | {med['loop'] / med['one-vmap']:>12.2f}x | {med['loop-fused'] / med['stacked']:>17.2f}x | {wins:>6} of {rounds} rounds"
+            + f" | {med['stacked'] / med['nondet']:.3f}x",
             flush=True,
         )
-        del trainer, steps
+        del trainer, nondet, steps
         gc.collect()
-    hooks = ["blocks.1.attn.hook_pattern", "blocks.3.hook_resid_post"]
+    hooks = ["blocks.1.attn.hook_pattern", f"blocks.{cfg.model.n_layers - 1}.hook_resid_post"]
     rec = bench_recording(cfg, args.device, hooks)
     if per_step_time is None:
         trainer = make_stacked(cfg, 1, args.device)
@@ -157,7 +177,7 @@ def main() -> None:
     print(
         f"recording {hooks} on 4 probe batches: {rec:.3f} s per seed and checkpoint; "
         f"{interval} training steps of one seed take {interval * per_step_time:.1f} s -> "
-        f"recording adds {100 * rec / (interval * per_step_time):.2f}% at the paper's checkpoint interval"
+        f"recording adds {100 * rec / (interval * per_step_time):.2f}% at the preset's checkpoint interval"
     )
 
 

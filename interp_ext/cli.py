@@ -45,6 +45,10 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="auto | wikitext | synthetic."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast for training (measurements stay float32)."),
+    deterministic: Optional[bool] = typer.Option(
+        None, "--deterministic/--no-deterministic",
+        help="torch.use_deterministic_algorithms while training (default on): repeats and resumes are equal bit for bit on the same device type and thread count.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of every seed."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -58,7 +62,7 @@ def train(
     try:
         if resume and (out / "config.json").exists():
             base = RunConfig.load(out / "config.json")
-            changes = dict(train__steps=steps)
+            changes = dict(train__steps=steps, train__deterministic=deterministic)
         else:
             base = get_preset(preset)
             changes = dict(
@@ -68,6 +72,7 @@ def train(
                 train__checkpoint_every=checkpoint_every,
                 train__device=device,
                 train__bf16=bf16,
+                train__deterministic=deterministic,
                 data__data_dir=str(data_dir) if data_dir else None,
                 data__corpus=corpus,
                 record__hooks=list(record) or None,

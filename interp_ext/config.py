@@ -132,6 +132,9 @@ class TrainConfig:
     device: str = "cpu"
     seed_chunk: int = 0  # seeds per forward/backward; 0: automatic (all in one vmap on a GPU, one at a time on a CPU)
     fused_adamw: bool = True  # torch.optim.AdamW(fused=True) on CPU/CUDA: one pass per tensor; False: torch's per-op default
+    # torch.use_deterministic_algorithms during training, recording and replay: a repeat of the run (same
+    # thread count, same device type) is equal bit for bit; off, CPU embedding backward sums in thread order
+    deterministic: bool = True
 
     @property
     def seeds(self) -> list[int]:
@@ -214,7 +217,10 @@ class RunConfig:
         sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "record": RecordConfig}
         kwargs: dict[str, Any] = {"preset": payload.get("preset", "custom")}
         for name, klass in sections.items():
-            kwargs[name] = _build(klass, payload.get(name, {}), name)
+            values = dict(payload.get(name, {}))
+            if name == "train" and values and "deterministic" not in values:
+                values["deterministic"] = False  # saved before the setting existed: trained without it
+            kwargs[name] = _build(klass, values, name)
         return cls(**kwargs)
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from interp_ext.data import training_batch
-from interp_ext.training import _autocast, adamw, set_adamw_state
+from interp_ext.training import _autocast, adamw, deterministic_algorithms, set_adamw_state
 
 
 def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.AdamW:
@@ -41,9 +41,10 @@ def optimizer_step_direction(run, seed: int, step: int, device: str | None = Non
     batch = step_batch(run, seed, step).to(device)
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    with _autocast(run.config):
-        loss = model(batch, return_type="loss")
-    loss.float().backward()
-    opt.step()
+    with deterministic_algorithms(run.config.train.deterministic, device):
+        with _autocast(run.config):
+            loss = model(batch, return_type="loss")
+        loss.float().backward()
+        opt.step()
     direction = {n: (p.detach() - theta[n]) for n, p in model.named_parameters()}
     return theta, direction, batch

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the last checkpoint is intact."""
 
 
-def _provenance() -> dict:
+def _provenance(cfg: RunConfig) -> dict:
     import importlib.metadata as md
 
     versions = {}
@@ -60,7 +62,38 @@ def _provenance() -> dict:
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         sha = None
-    return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "numerics": numerics(cfg)}
+
+
+def numerics(cfg: RunConfig) -> dict:
+    """What decides whether a repeat of this training is equal bit for bit: the
+    deterministic-algorithms setting, the device type and the CPU thread count."""
+    return {
+        "deterministic": cfg.train.deterministic,
+        "device_type": torch.device(cfg.train.device).type,
+        "threads": torch.get_num_threads(),
+    }
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, device: str = "cpu") -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` inside the block, the caller's setting restored after.
+
+    On a CPU the only nondeterministic operation of a `HookedTransformer` step is the
+    embedding backward (its parallel accumulation sums in thread order); the
+    deterministic path costs about 1% of a tiny-preset step (docs/benchmarks.md).
+    On CUDA, cuBLAS is deterministic only with a fixed workspace:
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` is set here if the environment has no value
+    (it must be set before the process's first cuBLAS call to take effect).
+    """
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if enabled and device.startswith("cuda") and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _autocast(cfg: RunConfig):
@@ -210,7 +243,8 @@ class StackedTrainer:
         probe = self.probe[self.cfg.record.probe][: self.cfg.record.n_batches]
         tokens = probe.reshape(-1, probe.shape[-1]).to(self.device)
         for i, s in enumerate(self.seeds):
-            acts = self.recorder.record(self.seed_model(i), tokens)
+            with deterministic_algorithms(self.cfg.train.deterministic, self.cfg.train.device):
+                acts = self.recorder.record(self.seed_model(i), tokens)
             atomic_save_safetensors(
                 acts, self.out / "activations" / f"seed={s}" / f"step={self.step}.safetensors", {"step": str(self.step), "seed": str(s)}
             )
@@ -274,6 +308,10 @@ class StackedTrainer:
         A non-finite loss raises before its seed (or vmapped chunk) steps; seeds before it
         have stepped already, so continue from the last checkpoint (``--resume``).
         """
+        with deterministic_algorithms(self.cfg.train.deterministic, self.cfg.train.device):
+            return self._train_step()
+
+    def _train_step(self) -> torch.Tensor:
         tokens = self.batch()
         chunk = self.seed_chunk()
         n = len(self.seeds)
@@ -340,8 +378,27 @@ def prepare_run(cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = 
     atomic_save_safetensors(probe, out / "probe_set.safetensors")
     info = {"d_vocab": data.d_vocab, "bos": data.bos, "corpus": data.corpus, "corpus_note": data.note}
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
-    cfg.save(out / "config.json", extra=_provenance())
+    cfg.save(out / "config.json", extra=_provenance(cfg))
     return data, probe
+
+
+def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: int) -> None:
+    """Warn when a resume cannot continue the run bit for bit (setting, device type or threads changed)."""
+    history = [provenance.get("numerics")] + [{k: r.get(k) for k in ("deterministic", "device_type", "threads")} for r in provenance.get("resumed", [])]
+    last = next((h for h in reversed(history) if h), None)
+    now = numerics(cfg)
+    if last is None:
+        if cfg.train.deterministic:
+            log.warning("resuming %s at step %d with deterministic algorithms on; the run's steps before it were trained without the setting (a run made before it existed), so it does not continue bit for bit", out, start)
+        return
+    changed = {k: (last.get(k), v) for k, v in now.items() if last.get(k) != v}
+    if changed:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+        log.warning(
+            "resuming %s at step %d with %s: training continues, but not bit for bit as the uninterrupted run would have "
+            "(that needs the same deterministic setting, device type and thread count; set torch.set_num_threads / OMP_NUM_THREADS or train.deterministic as before)",
+            out, start, what,
+        )
 
 
 def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:
@@ -377,8 +434,12 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             saved = RunConfig.load(out / "config.json")
             if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
                 raise ConfigError(f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings")
+            provenance = json.loads((out / "config.json").read_text()).get("provenance") or {}
+            if start is not None:
+                _warn_numerics_changed(provenance, cfg, out, start)
+                provenance.setdefault("resumed", []).append({"step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **numerics(cfg)})
             if rank == 0:
-                cfg.save(out / "config.json", extra=json.loads((out / "config.json").read_text()).get("provenance"))
+                cfg.save(out / "config.json", extra=provenance)
             data, probe = _load_prepared(out)
         else:
             data, probe = prepare_run(cfg, out, cache_dir)
