@@ -23,10 +23,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _LAYER = re.compile(r"^L(\d+)(MLP|LN1|LN2|ATTN_OUT)$")
@@ -37,10 +38,59 @@ class CircuitError(ValueError):
     """A component name that does not exist in the model."""
 
 
+class Head(NamedTuple):
+    """One attention head; its name is ``L{layer}H{head}`` (parsed and formatted only here).
+
+    Example:
+        >>> Head.parse("L1H2")
+        Head(layer=1, head=2)
+        >>> str(Head(1, 2))
+        'L1H2'
+    """
+
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Head":
+        m = _HEAD.match(str(name).strip())
+        if not m:
+            raise CircuitError(f"{name!r} is not a head name; heads are written L<layer>H<head>, e.g. L1H2")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    @staticmethod
+    def is_head(name: str) -> bool:
+        return bool(_HEAD.match(str(name)))
+
+    def check(self, model: HookedTransformer) -> "Head":
+        """The head itself, or an error naming the model's layers and heads."""
+        n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+        if not (0 <= self.layer < n_l and 0 <= self.head < n_h):
+            raise CircuitError(f"head {self} does not exist: the model has layers 0..{n_l - 1} and heads 0..{n_h - 1} per layer (L0H0 .. L{n_l - 1}H{n_h - 1})")
+        return self
+
+    def hook(self, name: str) -> str:
+        """This head's layer's hook point, e.g. ``Head(1, 2).hook("pattern")`` -> ``blocks.1.attn.hook_pattern``."""
+        return get_act_name(name, self.layer)
+
+
+def all_heads(model: HookedTransformer, min_layer: int = 0) -> list[Head]:
+    return [Head(l, h) for l in range(min_layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def parse_heads(text: str, model: HookedTransformer | None = None) -> list[Head]:
+    """``"L1H2,L0H3"`` -> heads (checked against ``model`` when given)."""
+    heads = [Head.parse(part) for part in str(text).replace(" ", ",").split(",") if part]
+    return [h.check(model) for h in heads] if model is not None else heads
+
+
 def valid_components(model: HookedTransformer) -> list[str]:
     """Every component name valid for this model (``rest`` aside)."""
     cfg = model.cfg
-    names = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    names = [str(h) for h in all_heads(model)]
     for l in range(cfg.n_layers):
         names.append(f"L{l}ATTN_OUT")
         if not cfg.attn_only:
@@ -55,8 +105,8 @@ def valid_components(model: HookedTransformer) -> list[str]:
 def _params_of(model: HookedTransformer, name: str) -> dict[str, tuple]:
     """Parameter name -> index into that parameter (``()`` = whole tensor)."""
     params = dict(model.named_parameters())
-    if m := _HEAD.match(name):
-        layer, head = int(m.group(1)), int(m.group(2))
+    if Head.is_head(name):
+        layer, head = Head.parse(name)
         out = {}
         for p in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
             key = f"blocks.{layer}.attn.{p}"
@@ -79,18 +129,22 @@ def _params_of(model: HookedTransformer, name: str) -> dict[str, tuple]:
 
 
 def _hooks_of(name: str) -> list[str]:
-    if m := _HEAD.match(name):
-        layer = int(m.group(1))
-        return [f"blocks.{layer}.attn.hook_{h}" for h in ("q", "k", "v", "pattern", "z")]
+    if Head.is_head(name):
+        layer = Head.parse(name).layer
+        return [get_act_name(h, layer) for h in ("q", "k", "v", "pattern", "z")]
     if m := _LAYER.match(name):
         layer, kind = int(m.group(1)), m.group(2)
         return {
-            "MLP": [f"blocks.{layer}.mlp.hook_pre", f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"],
-            "LN1": [f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln1.hook_normalized"],
-            "LN2": [f"blocks.{layer}.ln2.hook_scale", f"blocks.{layer}.ln2.hook_normalized"],
-            "ATTN_OUT": [f"blocks.{layer}.hook_attn_out"],
+            "MLP": [get_act_name(h, layer) for h in ("pre", "post", "mlp_out")],
+            "LN1": [get_act_name(h, layer, "ln1") for h in ("scale", "normalized")],
+            "LN2": [get_act_name(h, layer, "ln2") for h in ("scale", "normalized")],
+            "ATTN_OUT": [get_act_name("attn_out", layer)],
         }[kind]
-    return {"LN_FINAL": ["ln_final.hook_scale", "ln_final.hook_normalized"], "EMBED": ["hook_embed", "hook_pos_embed"], "UNEMBED": []}.get(name, [])
+    return {
+        "LN_FINAL": [get_act_name("scale"), get_act_name("normalized")],
+        "EMBED": [get_act_name("embed"), get_act_name("pos_embed")],
+        "UNEMBED": [],
+    }.get(name, [])
 
 
 @dataclass
@@ -122,13 +176,6 @@ class Circuit:
         return Circuit(self.name, [c for c in self.components if c != REST] + [REST], dict(self.roles))
 
     # -- parameters
-    def param_slices(self, model: HookedTransformer, component: str) -> dict[str, tuple]:
-        """Parameter name -> index tuple of one component."""
-        self.validate(model)
-        if component == REST:
-            raise CircuitError("'rest' has no slices of its own; use masks()")
-        return _params_of(model, component)
-
     def masks(self, model: HookedTransformer) -> dict[str, dict[str, torch.Tensor]]:
         """component -> {parameter name -> bool mask shaped like the parameter}.
 
@@ -195,8 +242,8 @@ class Circuit:
 
 def random_heads(model: HookedTransformer, n: int, exclude: Iterable[str] = (), generator: torch.Generator | None = None, min_layer: int = 0) -> list[str]:
     """``n`` random head names (layers >= ``min_layer``), none of ``exclude``."""
-    cfg = model.cfg
-    pool = [f"L{l}H{h}" for l in range(min_layer, cfg.n_layers) for h in range(cfg.n_heads) if f"L{l}H{h}" not in set(exclude)]
+    excluded = {str(e) for e in exclude}
+    pool = [str(h) for h in all_heads(model, min_layer) if str(h) not in excluded]
     if n > len(pool):
         raise CircuitError(f"asked for {n} random heads but only {len(pool)} heads are available outside {list(exclude)}")
     idx = torch.randperm(len(pool), generator=generator)[:n]

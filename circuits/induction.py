@@ -28,33 +28,21 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from transformer_lens import FactoredMatrix, HookedTransformer
+from transformer_lens.utilities import get_act_name
 
-from circuits.circuit import Circuit, random_heads
+from circuits.circuit import Circuit, Head, random_heads
 
-if TYPE_CHECKING:
-    from interp_ext.store import Run
-
-log = logging.getLogger("interp_ext")
+log = logging.getLogger("circuits")
 
 ATTENTION_SCORES = ("induction_score", "prev_token_score", "duplicate_score")
 DEFAULT_THRESHOLD = 0.4
 DEFAULT_PREV_THRESHOLD = 0.1  # 5x the ~0.02 a uniform head pays one key at this context length
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def parse_head(name: str) -> tuple[int, int]:
-    layer, head = name[1:].split("H")
-    return int(layer), int(head)
 
 
 def check_repeated(tokens: Int[torch.Tensor, "batch pos"]) -> int:
@@ -173,13 +161,13 @@ def head_scores(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]
     for metric, values in scores.items():
         for layer in range(values.shape[0]):
             for head in range(values.shape[1]):
-                rows.append({"component": head_name(layer, head), "metric": metric, "value": float(values[layer, head])})
+                rows.append({"component": str(Head(layer, head)), "metric": metric, "value": float(values[layer, head])})
     comp = k_composition(model)
     for l1 in range(model.cfg.n_layers):
         for h1 in range(model.cfg.n_heads):
             for l2 in range(l1 + 1, model.cfg.n_layers):
                 for h2 in range(model.cfg.n_heads):
-                    rows.append({"component": f"L{l1}H{h1}->L{l2}H{h2}", "metric": "k_composition", "value": float(comp[l1, h1, l2, h2])})
+                    rows.append({"component": f"{Head(l1, h1)}->{Head(l2, h2)}", "metric": "k_composition", "value": float(comp[l1, h1, l2, h2])})
     return pd.DataFrame(rows, columns=["component", "metric", "value"])
 
 
@@ -195,7 +183,7 @@ def model_scores(model: HookedTransformer, repeated: torch.Tensor, heldout: torc
 def detect_induction_heads(scores: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
     """Heads in layer >= 1 whose induction score exceeds ``threshold``, best first."""
     ind = scores[scores["metric"] == "induction_score"]
-    ind = ind[ind["component"].map(lambda c: parse_head(c)[0] >= 1)]
+    ind = ind[ind["component"].map(lambda c: Head.parse(c).layer >= 1)]
     ind = ind[ind["value"] > threshold].sort_values("value", ascending=False)
     return ind["component"].tolist()
 
@@ -233,21 +221,6 @@ def formation_step(steps: np.ndarray, best_scores: np.ndarray) -> float:
     return float((steps[i] + steps[i + 1]) / 2)
 
 
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval across seeds."""
-    from scipy import stats
-
-    values = np.asarray(values, float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return (mean, math.nan, math.nan)
-    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return (mean, mean - half, mean + half)
-
-
 # --------------------------------------------------------------------------- ablation
 
 
@@ -262,7 +235,7 @@ def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batc
     tokens = tokens.to(model.cfg.device)
     by_layer: dict[int, list[int]] = {}
     for name in heads:
-        layer, head = parse_head(name)
+        layer, head = Head.parse(name)
         by_layer.setdefault(layer, []).append(head)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_z"), return_type=None)
 
@@ -275,7 +248,7 @@ def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batc
 
         return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", make_hook(layer, hs)) for layer, hs in by_layer.items()]
+    hooks = [(get_act_name("z", layer), make_hook(layer, hs)) for layer, hs in by_layer.items()]
     loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks).float().cpu()
     return float(loss[:, s : 2 * s].mean())
 
@@ -303,95 +276,33 @@ def ablation_check(
     return {"detected": detected, "random": float(np.mean(rand)), "clean_loss": clean}
 
 
-# --------------------------------------------------------------------------- over a run
+# --------------------------------------------------------------------------- the circuit
 
 
-def _frequent_tokens(run: "Run", top_n: int = 500) -> torch.Tensor:
-    counts = np.bincount(run.train_tokens(), minlength=run.d_vocab)
+def frequent_tokens(tokens: np.ndarray, d_vocab: int, top_n: int = 500) -> torch.Tensor:
+    """The ``top_n`` most frequent token ids of a token stream (for :func:`copying_scores`)."""
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=d_vocab)
     return torch.from_numpy(np.argsort(-counts, kind="stable")[:top_n].copy())
 
 
-def measure_run(run: "Run", seeds: list[int] | None = None, steps: list[int] | None = None, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> pd.DataFrame:
-    """Scores of every head at every checkpoint, detection, formation step and ablation.
+def best_induction_score(scores: pd.DataFrame) -> float:
+    """The highest induction score of a head in layer >= 1."""
+    ind = scores[scores.metric == "induction_score"]
+    return float(ind[ind.component.map(lambda c: Head.parse(c).layer >= 1)]["value"].max())
 
-    Appends ``family="induction"`` rows to the run's metrics table and returns
-    the induction rows of ``seeds`` at ``steps`` (plus the cross-seed
-    formation-step interval). Under ``torchrun`` each rank measures its share
-    of the seeds; rank 0 then forms the interval over all of them.
+
+def circuit_from_scores(scores: pd.DataFrame, name: str = "induction", threshold: float = DEFAULT_THRESHOLD, prev_threshold: float = DEFAULT_PREV_THRESHOLD) -> Circuit:
+    """The induction circuit a set of head scores (:func:`head_scores`) points to.
+
+    Induction heads above ``threshold`` and their previous-token partners; if no head
+    passes the threshold, the best layer >= 1 head (logged), so a circuit always exists.
     """
-    from interp_ext import distributed
-
-    seeds = run.seeds if seeds is None else list(seeds)
-    steps = run.steps if steps is None else list(steps)
-    if run.config.model.n_layers < 2:
-        log.warning("induction heads need two layers; run %s has %d: nothing measured", run.path, run.config.model.n_layers)
-        return pd.DataFrame()
-    for seed in distributed.shard(seeds, run.device):
-        run.append_metrics(measure_seed(run, seed, steps, threshold, progress))
-    with distributed.on_rank_zero() as zero:
-        if zero:
-            m = run.metrics("induction")
-            forms = m[(m.metric == "formation_step") & m.seed.isin(seeds)].sort_values("seed").value.to_numpy()
-            mean, lo, hi = mean_ci(forms)
-            run.append_metrics([{"seed": -1, "step": -1, "family": "induction", "metric": name, "component": "", "value": value} for name, value in (("formation_step_mean", mean), ("formation_step_lo", lo), ("formation_step_hi", hi))])
-    m = run.metrics("induction")
-    return m[(m.seed.isin(seeds) & m.step.isin(steps + [-1])) | ((m.seed == -1) & m.metric.str.startswith("formation_step_"))].reset_index(drop=True)
-
-
-def measure_seed(run: "Run", seed: int, steps: list[int], threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> list[dict]:
-    """One seed's induction rows over ``steps`` (scores, best score, formation step, detection, ablation)."""
-    from tqdm.auto import tqdm
-
-    probe = run.probe_set()
-    repeated = probe["repeated"].reshape(-1, probe["repeated"].shape[-1])
-    heldout = probe["heldout"].reshape(-1, probe["heldout"].shape[-1])
-    token_ids = _frequent_tokens(run)
-    rows: list[dict] = []
-    best: list[float] = []
-    for step in tqdm(steps, desc=f"induction seed {seed}", disable=not progress, leave=False):
-        model = run.model(seed, step)
-        frame = head_scores(model, repeated, token_ids)
-        rows += [{"seed": seed, "step": step, "family": "induction", **r} for r in frame.to_dict("records")]
-        rows += [{"seed": seed, "step": step, "family": "induction", "metric": k, "component": "", "value": v} for k, v in model_scores(model, repeated, heldout).items()]
-        ind = frame[frame.metric == "induction_score"]
-        later = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
-        best.append(float(later["value"].max()))
-        rows.append({"seed": seed, "step": step, "family": "induction", "metric": "best_induction_score", "component": "", "value": best[-1]})
-    baseline = composition_baseline(run.config.model.d_model, run.config.model.d_head)
-    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "k_composition_baseline", "component": "", "value": baseline})
-    form = formation_step(np.array(steps), np.array(best))
-    rows.append({"seed": seed, "step": -1, "family": "induction", "metric": "formation_step", "component": "", "value": form})
-    final = pd.DataFrame([r for r in rows if r["step"] == steps[-1]])
-    heads = detect_induction_heads(final, threshold)
-    partners = previous_token_partners(final, heads)
-    rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
-    rows += [{"seed": seed, "step": steps[-1], "family": "induction", "metric": "detected_prev_token_head", "component": h, "value": 1.0} for h in partners]
-    abl = ablation_check(run.model(seed, steps[-1]), repeated, heads, exclude=heads + partners)
-    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]})
-    rows.append({"seed": seed, "step": steps[-1], "family": "induction", "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]})
-    return rows
-
-
-def induction_circuit(run: "Run", seed: int, step: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> Circuit:
-    """The induction circuit of one seed: its induction heads and previous-token partners.
-
-    Detected on the checkpoint ``step`` (default: the last), from the scores in the
-    metrics table when present, else computed now. If no head passes the
-    threshold, the best layer >= 1 head is used (and logged) so Stream 3 always
-    has a circuit to follow.
-    """
-    step = run.steps_for(seed)[-1] if step is None else step
-    m = run.metrics("induction")
-    frame = m[(m.seed == seed) & (m.step == step)] if len(m) else m
-    if frame.empty or "k_composition" not in set(frame["metric"]):
-        probe = run.probe_set()["repeated"]
-        frame = head_scores(run.model(seed, step), probe.reshape(-1, probe.shape[-1]), _frequent_tokens(run))
-    heads = detect_induction_heads(frame, threshold)
+    heads = detect_induction_heads(scores, threshold)
     if not heads:
-        ind = frame[frame.metric == "induction_score"]
-        ind = ind[ind.component.map(lambda c: parse_head(c)[0] >= 1)]
+        ind = scores[scores.metric == "induction_score"]
+        ind = ind[ind.component.map(lambda c: Head.parse(c).layer >= 1)]
         heads = [ind.sort_values("value").iloc[-1]["component"]]
-        log.warning("seed %d step %d: no head above induction threshold %.2f; using the best head %s", seed, step, threshold, heads[0])
-    partners = previous_token_partners(frame, heads)
+        log.warning("%s: no head above induction threshold %.2f; using the best head %s", name, threshold, heads[0])
+    partners = previous_token_partners(scores, heads, prev_threshold)
     roles = {h: "induction" for h in heads} | {p: "prev_token" for p in partners}
-    return Circuit(f"induction-seed{seed}", heads + partners, roles)
+    return Circuit(name, heads + partners, roles)

@@ -23,8 +23,10 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens import patching as tl_patching
+from transformer_lens.utilities import get_act_name
 
-from circuits.induction import check_repeated, parse_head
+from circuits.circuit import Head
+from circuits.induction import check_repeated
 
 
 @dataclass
@@ -87,7 +89,7 @@ def patch_heads(model: HookedTransformer, task: InductionTask) -> Float[torch.Te
 
 
 def _sender_delta(model: HookedTransformer, task: InductionTask, sender: str) -> torch.Tensor:
-    layer, head = parse_head(sender)
+    layer, head = Head.parse(sender)
     dz = task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]  # [batch, pos, d_head]
     return dz @ model.W_O[layer, head]  # [batch, pos, d_model]
 
@@ -111,17 +113,17 @@ def path_patch(
     Returns:
         The normalised metric of the patched run (0 = corrupted, 1 = clean).
     """
-    s_layer, _ = parse_head(sender)
+    s_layer, _ = Head.parse(sender)
     delta = _sender_delta(model, task, sender)
     hooks: list[tuple[str, Callable]] = []
     per_layer: dict[tuple[int, str], list[int]] = {}
     for receiver, kind in receivers:
         if receiver == "resid_final":
-            hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda x, hook: x + delta))
+            hooks.append((get_act_name("resid_post", model.cfg.n_layers - 1), lambda x, hook: x + delta))
             continue
         if kind not in ("q", "k", "v"):
             raise ValueError(f"receiver input must be 'q', 'k' or 'v'; got {kind!r} for {receiver}")
-        r_layer, r_head = parse_head(receiver)
+        r_layer, r_head = Head.parse(receiver)
         if r_layer <= s_layer:
             continue
         per_layer.setdefault((r_layer, kind), []).append(r_head)
@@ -130,7 +132,7 @@ def path_patch(
             x[:, :, heads] = x[:, :, heads] + delta[:, :, None]
             return x
 
-        hooks.append((f"blocks.{r_layer}.hook_{kind}_input", hook))
+        hooks.append((get_act_name(f"{kind}_input", r_layer), hook))
     previous = model.cfg.use_split_qkv_input
     model.set_use_split_qkv_input(True)
     try:
@@ -149,38 +151,5 @@ def path_patch_matrix(model: HookedTransformer, task: InductionTask, kind: str =
         for sh in range(n_h):
             for rl in range(sl + 1, n_l):
                 for rh in range(n_h):
-                    out[sl, sh, rl, rh] = path_patch(model, task, f"L{sl}H{sh}", [(f"L{rl}H{rh}", kind)])
+                    out[sl, sh, rl, rh] = path_patch(model, task, str(Head(sl, sh)), [(str(Head(rl, rh)), kind)])
     return out
-
-
-def measure_patching(run, seed: int, step: int, seed_task: int = 0) -> str:
-    """Run every sweep on one checkpoint, append ``family="patching"`` rows, and return a summary.
-
-    Rows: ``resid_pre`` (component ``L{layer}P{pos}``), ``head_out``
-    (``L{layer}H{head}``) and ``path_k``/``path_q``/``path_v`` (``L0H1->L1H2``).
-    """
-    import pandas as pd
-
-    model = run.model(seed, step)
-    rep = run.probe_set()["repeated"]
-    task = induction_task(model, rep.reshape(-1, rep.shape[-1]), seed=seed_task)
-    rows = []
-    resid = patch_residual(model, task)
-    rows += [{"metric": "resid_pre", "component": f"L{l}P{p}", "value": float(resid[l, p])} for l in range(resid.shape[0]) for p in range(resid.shape[1])]
-    heads = patch_heads(model, task)
-    rows += [{"metric": "head_out", "component": f"L{l}H{h}", "value": float(heads[l, h])} for l in range(heads.shape[0]) for h in range(heads.shape[1])]
-    for kind in "qkv":
-        mat = path_patch_matrix(model, task, kind)
-        for idx in zip(*np.where(np.isfinite(mat))):
-            sl, sh, rl, rh = (int(i) for i in idx)
-            rows.append({"metric": f"path_{kind}", "component": f"L{sl}H{sh}->L{rl}H{rh}", "value": float(mat[idx])})
-    df = pd.DataFrame(rows)
-    df["seed"], df["step"], df["family"] = seed, step, "patching"
-    run.append_metrics(df)
-    top = df[df.metric == "head_out"].sort_values("value", ascending=False).head(3)
-    path = df[df.metric == "path_k"].sort_values("value", ascending=False).head(3)
-    return (
-        f"seed {seed} step {step}: LD clean {task.ld_clean:.2f}, corrupted {task.ld_corrupted:.2f}; "
-        f"heads restoring most: {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}; "
-        f"strongest key paths: {', '.join(f'{c} {v:.2f}' for c, v in zip(path.component, path.value))}"
-    )

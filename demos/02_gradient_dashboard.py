@@ -8,8 +8,9 @@
 # %%
 import os
 
-from interp_ext import open_run
-from interp_ext.geometry import measure_beta_and_transition, measure_checkpoint, measure_run, measure_stream2
+from interp_ext import measure, open_run
+from interp_ext.families import BetaSettings, GeometrySettings, Stream2Settings
+from interp_ext.geometry import measure_checkpoint
 from interp_ext.report import write_report
 
 FAST = os.environ.get("DEMO_FAST") == "1"
@@ -26,13 +27,17 @@ for name, value in metrics.items():
     print(f"{name:>22}: {value:.4f}")
 
 # %% [markdown]
-# ## Over training (rows go to the run's metrics table)
+# ## Over training (rows go to the run's metrics table, keyed by their settings)
+#
+# `measure` runs a family over every seed and checkpoint; re-running it with the
+# same settings measures nothing, other settings add rows beside the old ones.
 
 # %%
-measure_run(run, k=4, lag=2 if FAST else 4, progress=not FAST)
-measure_stream2(run, progress=not FAST)
-measure_beta_and_transition(run)
-geo = run.metrics("geometry")
+settings = GeometrySettings(k=4, lag=2 if FAST else 4)
+measure(run, settings, progress=not FAST)
+measure(run, Stream2Settings(), progress=not FAST)
+measure(run, BetaSettings(), progress=not FAST)
+geo = run.metrics("geometry", settings=settings)
 print(geo[geo.component == ""].pivot_table(index="step", columns="metric", values="value")[["effective_rank", "topk_variance", "overlap_prev"]])
 
 # %%

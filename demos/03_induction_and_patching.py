@@ -4,10 +4,10 @@
 # %%
 import os
 
-from circuits import induction_circuit
-from circuits.induction import head_scores, measure_run
+from circuits.induction import head_scores
 from circuits.patching import induction_task, patch_heads, path_patch
-from interp_ext import open_run
+from interp_ext import measure, open_run
+from interp_ext.families import InductionSettings, induction_circuit
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))
@@ -25,7 +25,7 @@ print(scores.pivot_table(index="component", columns="metric", values="value").dr
 # ## Over training: detection, formation step, ablation
 
 # %%
-rows = measure_run(run, progress=not FAST)
+rows = measure(run, InductionSettings(), progress=not FAST)
 best = rows[rows.metric == "best_induction_score"].pivot_table(index="step", columns="seed", values="value")
 print(best.round(3))
 circuit = induction_circuit(run, seed=0)

@@ -8,8 +8,8 @@
 # %%
 import os
 
-from circuits import induction_circuit
-from interp_ext import autocatalysis, open_run
+from interp_ext import autocatalysis, measure, open_run
+from interp_ext.families import AutocatalysisSettings, induction_circuit
 from interp_ext.optim_step import optimizer_step_direction
 
 FAST = os.environ.get("DEMO_FAST") == "1"
@@ -32,7 +32,7 @@ print(autocatalysis.component_matrix(model, lm, circuit, direction="optimizer", 
 
 # %%
 steps = run.steps[-2:] if FAST else run.steps
-rows = autocatalysis.measure_run(run, "induction", steps=steps, rows=4 if FAST else 16, n_random=1 if FAST else 3, progress=not FAST)
-cc = rows[(rows.metric == "K_norm") & (rows.component == "C|C")]
+rows = measure(run, AutocatalysisSettings(rows=4 if FAST else 16, controls=1 if FAST else 3), steps=steps, progress=not FAST)
+cc = rows[(rows.metric == "K_norm") & (rows.component == "C|C") & (rows.seed >= 0)]
 print(cc.pivot_table(index="step", columns=["direction", "circuit"], values="value").round(4))
-print("budget error:", rows[(rows.metric == "budget_error") & (rows.component == "")].value.describe()[["mean", "max"]].round(4).to_dict())
+print("budget error (median over seeds and checkpoints):", rows[rows.metric == "budget_error/median"].value.round(4).tolist())

@@ -7,8 +7,9 @@
 # %%
 import os
 
-from interp_ext import open_run
-from interp_ext.sae_tracking import load_sae, track_run
+from interp_ext import measure, open_run
+from interp_ext.families import SAETrackingSettings
+from interp_ext.sae_tracking import load_sae
 from interp_ext.sae_tracking.tracking import sae_dir
 
 FAST = os.environ.get("DEMO_FAST") == "1"
@@ -17,7 +18,9 @@ hook = "blocks.0.hook_resid_post"
 
 # %%
 steps = run.steps[:: max(1, len(run.steps) // 4)]
-rows = track_run(run, hook, steps=steps, width=32 if FAST else 128, k=4, n_tokens=4096 if FAST else 32768, progress=not FAST)
+settings = SAETrackingSettings(hook=hook, width=32 if FAST else 128, k=4, n_tokens=4096 if FAST else 32768)
+rows = measure(run, settings, steps=steps, progress=not FAST)
+rows = rows[rows.seed >= 0]
 print(rows[rows.metric.isin(["l0", "explained_variance", "ce_recovered", "induction_feature_corr"])].pivot_table(index="step", columns="metric", values="value").round(3))
 print(rows[rows.metric.str.startswith("n_")].pivot_table(index="step", columns="metric", values="value"))
 
@@ -25,5 +28,5 @@ print(rows[rows.metric.str.startswith("n_")].pivot_table(index="step", columns="
 # Each SAE is saved in sae-lens' own format and loads with sae-lens:
 
 # %%
-sae = load_sae(sae_dir(run, run.seeds[0], steps[-1], hook))
+sae = load_sae(sae_dir(run, settings.id, run.seeds[0], steps[-1]))
 print(type(sae).__name__, sae.cfg.d_in, "->", sae.cfg.d_sae)

@@ -11,6 +11,10 @@ Typical notebook use::
     run = open_run("runs/tiny")
     model = run.model(seed=0, step=run.steps[-1])   # a plain HookedTransformer
     logits, cache = model.run_with_cache(run.probe_set()["repeated"][0])
+
+    from interp_ext import measure
+    from interp_ext.families import GeometrySettings
+    rows = measure(run, GeometrySettings(k=4))      # keyed by its settings; re-running measures nothing
 """
 
 from interp_ext.config import ConfigError, RunConfig, get_preset, override
@@ -18,7 +22,14 @@ from interp_ext.store import CheckpointError, Run, RunError, open_run
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "Run", "RunConfig", "RunError", "get_preset", "open_run", "override", "train"]
+__all__ = ["CheckpointError", "ConfigError", "Run", "RunConfig", "RunError", "get_preset", "measure", "open_run", "override", "train"]
+
+
+def measure(run, settings, seeds=None, steps=None, progress=True):
+    """Measure a family on a run's checkpoints; see :func:`interp_ext.runner.measure`."""
+    from interp_ext.runner import measure as _measure
+
+    return _measure(run, settings, seeds=seeds, steps=steps, progress=progress)
 
 
 def train(cfg, out, resume=False, progress=True):

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch circuits form during training (TransformerLens).")
-measure_app = typer.Typer(no_args_is_help=True, help="Measure a trained run; results go to RUN/metrics.parquet.")
+measure_app = typer.Typer(no_args_is_help=True, help="Measure a trained run: `interp-ext measure FAMILY RUN`; rows go to RUN/metrics/, keyed by their settings.")
 app.add_typer(measure_app, name="measure")
 
 
@@ -114,7 +115,7 @@ def reproduce(
         run, report, timings = run_reproduce(
             out, preset, str(data_dir) if data_dir else None, seeds, steps, device, resume, progress=not quiet, checkpoint_every=checkpoint_every
         )
-    except (ConfigError, DataError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, NonFiniteLossError, FileExistsError) as err:
         _fail(str(err))
         return
     if distributed.world()[0] != 0:
@@ -168,14 +169,6 @@ def _parse_list(text: Optional[str]) -> Optional[list[int]]:
         return None
 
 
-def _rank_zero(run) -> bool:
-    """Join torchrun's process group (if launched by it); True on the process that prints summaries."""
-    from interp_ext import distributed
-
-    distributed.init(run.device)
-    return distributed.world()[0] == 0
-
-
 def _open(run_dir: Path):
     from interp_ext.store import RunError, open_run
 
@@ -185,174 +178,112 @@ def _open(run_dir: Path):
         _fail(str(err))
 
 
-@measure_app.command("induction")
-def measure_induction(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
-    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
-    threshold: float = typer.Option(0.4, help="Induction-score threshold for detection."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Induction/previous-token/duplicate/copying scores, K-composition, detection, formation step, ablation."""
-    from circuits.induction import measure_run
+# --------------------------------------------------------------------------- measure FAMILY
+
+
+def _cli_type(f) -> type:
+    """The command-line type of a settings field (tuples are given comma-separated)."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for name, cli in (("bool", bool), ("int", int), ("float", float)):
+        if kind.startswith(name):
+            return cli
+    return str
+
+
+def _settings_value(f, raw):
+    if raw is None:
+        return None
+    parse = f.metadata.get("parse")
+    if parse:
+        return parse(raw)
+    if "tuple" in str(f.type):
+        return tuple(x.strip() for x in str(raw).split(",") if x.strip())
+    return raw
+
+
+def _family_command(name: str):
+    """``interp-ext measure NAME RUN``: options from the family's settings fields."""
+    import inspect
+    from dataclasses import MISSING, fields
+
+    from interp_ext.runner import get_family
+
+    fam = get_family(name)
+    settings_fields = [f for f in fields(fam.settings)]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=typer.Argument(..., help="Run directory."), annotation=Path),
+        inspect.Parameter("seeds", kw, default=typer.Option(None, help="Comma-separated seeds (default: all)."), annotation=Optional[str]),
+        inspect.Parameter("steps", kw, default=typer.Option(None, help="Comma-separated checkpoint steps (default: the family's choice, usually all)."), annotation=Optional[str]),
+        inspect.Parameter("quiet", kw, default=typer.Option(False, "--quiet", help="No progress bar."), annotation=bool),
+    ]
+    for f in settings_fields:
+        flag = f.metadata.get("cli", "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not MISSING else None
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f.metadata.get("help", "")
+        help_text += "" if "default" in help_text or shown in (None, "") else f" (default: {shown})"
+        decls = (flag, f"--no-{flag[2:]}") if _cli_type(f) is bool else (flag,)
+        params.append(inspect.Parameter(f.name, kw, default=typer.Option(None, "/".join(decls) if len(decls) > 1 else decls[0], help=help_text, show_default=False), annotation=Optional[_cli_type(f)]))
+
+    def command(run_dir: Path, seeds: Optional[str], steps: Optional[str], quiet: bool, **values) -> None:
+        _measure(name, run_dir, seeds, steps, quiet, {f.name: _settings_value(f, values[f.name]) for f in settings_fields if values[f.name] is not None})
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    doc = (inspect.getmodule(type(fam)).__doc__ or name).strip().split("\n\n")[0].replace("\n", " ")
+    command.__doc__ = doc.split(": ", 1)[-1] if doc.startswith("``") else doc
+    return command
+
+
+def _measure(name: str, run_dir: Path, seeds: Optional[str], steps: Optional[str], quiet: bool, values: dict) -> None:
+    from circuits.circuit import CircuitError
+    from interp_ext import distributed
+    from interp_ext.data import DataError
+    from interp_ext.runner import MeasureError, get_family, measure
     from interp_ext.store import RunError
 
     run = _open(run_dir)
-    zero = _rank_zero(run)
     try:
-        df = measure_run(run, _parse_list(seeds), _parse_list(steps), threshold=threshold, progress=not quiet and zero)
-    except RunError as err:
-        _fail(str(err))
+        fam = get_family(name)
+        settings = fam.settings.from_dict(values)
+        distributed.init(run.device)
+        zero = distributed.world()[0] == 0
+        rows = measure(run, settings, _parse_list(seeds), _parse_list(steps), progress=not quiet and zero)
+    except (MeasureError, RunError, CircuitError, DataError) as err:
+        _fail(str(err).splitlines()[0])
         return
     if not zero:
         return
-    if df.empty:
-        typer.echo("no induction measurement: the model needs at least two layers")
-        return
-    for seed in sorted(df.seed.unique()):
-        if seed < 0:
-            continue
-        d = df[df.seed == seed]
-        heads = d[d.metric == "detected_induction_head"].component.tolist()
-        prev = d[d.metric == "detected_prev_token_head"].component.tolist()
-        form = d[d.metric == "formation_step"].value.iloc[0]
-        best = d[d.metric == "best_induction_score"].sort_values("step")
-        abl = d[d.metric == "ablation_loss_increase"].set_index("component").value
-        typer.echo(
-            f"seed {seed}: best induction score {best.value.iloc[0]:.2f} (step {best.step.iloc[0]}) -> {best.value.iloc[-1]:.2f} "
-            f"(step {best.step.iloc[-1]}); induction heads {heads or 'none'}, previous-token heads {prev or 'none'}; "
-            f"formation step ~{form:.0f}; ablation loss increase {abl.get('detected', float('nan')):.3f} vs random {abl.get('random', float('nan')):.3f}"
-        )
-    m = df[df.metric.str.startswith("formation_step_")].set_index("metric").value
-    typer.echo(f"formation step across seeds: {m['formation_step_mean']:.0f} (95% CI {m['formation_step_lo']:.0f} .. {m['formation_step_hi']:.0f})")
+    counts = rows.attrs.get("measured", {})
+    typer.echo(f"{name}: settings {rows.attrs.get('settings')} ({sum(counts.values())} units measured now; {len(rows)} rows)")
+    for line in fam.describe(rows):
+        typer.echo(line)
 
 
-@measure_app.command("patching")
-def measure_patching(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    step: int = typer.Option(..., "--step", help="Checkpoint step."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: first)."),
-) -> None:
-    """Activation patching sweeps (residual x position, head outputs) and path patching into induction heads."""
-    from circuits.patching import measure_patching as run_patching
-    from interp_ext.store import RunError
+class _FamilyGroup(typer.core.TyperGroup):
+    """``measure``'s subcommands, one per registered family, built when asked for (a family's
+    module is imported only then); an unknown family is a one-line error listing the valid ones."""
 
-    run = _open(run_dir)
-    try:
-        summary = run_patching(run, seed if seed is not None else run.seeds[0], step)
-    except RunError as err:
-        _fail(str(err))
-        return
-    typer.echo(summary)
+    def list_commands(self, ctx):
+        from interp_ext.runner import family_names
 
+        return family_names()
 
-@measure_app.command("geometry")
-def measure_geometry(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
-    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
-    batches: Optional[int] = typer.Option(None, "--batches", help="Probe batches B that build G (default: all of the probe set)."),
-    k: int = typer.Option(4, "--k", help="Size of the top eigenspace U."),
-    params: str = typer.Option("all", help="'all', 'blocks' or comma-separated groups (ln, attn_qkv, attn_out, mlp_in, mlp_out, embed, unembed)."),
-    centered: bool = typer.Option(False, help="Subtract the mean gradient before forming G."),
-    lag: int = typer.Option(10, help="Checkpoints between U_t and U_{t-lag} (subspace_similarity)."),
-    delta: Optional[int] = typer.Option(None, help="Stream 1 Delta in steps (default: lag checkpoint intervals)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Dashboard (SPEC 4), Stream 1 drift, Stream 2 cross-seed alignment, beta fit and transition."""
-    from interp_ext.geometry import measure_beta_and_transition, measure_run, measure_stream2
-    from interp_ext.store import RunError
+    def get_command(self, ctx, cmd_name):
+        import click
 
-    run = _open(run_dir)
-    groups = params if params in ("all", "blocks") else [g.strip() for g in params.split(",")]
-    seed_list = _parse_list(seeds)
-    zero = _rank_zero(run)
-    try:
-        # under torchrun each rank measures its own seeds; cross-seed metrics read every seed after a barrier
-        measure_run(run, seed_list, _parse_list(steps), batches, k, groups, centered, lag, delta, progress=not quiet and zero)
-        if len(seed_list or run.seeds) < 2:
-            if zero:
-                typer.secho("Stream 2 needs >= 2 seeds: skipped (the other metrics are computed)", fg=typer.colors.YELLOW, err=True)
-        else:
-            measure_stream2(run, _parse_list(steps), seed_list, batches, groups, progress=not quiet and zero)
-        measure_beta_and_transition(run)
-    except (RunError, ValueError) as err:
-        _fail(str(err))
-        return
-    if not zero:
-        return
-    geo = run.metrics("geometry")
-    last = geo[(geo.step == geo.step.max()) & (geo.component == "")].groupby("metric")["value"].mean()
-    typer.echo(f"geometry at step {geo.step.max()} (seed mean): " + ", ".join(f"{m} {last[m]:.3f}" for m in ("effective_rank", "participation_ratio", "topk_variance", "overlap_prev") if m in last))
-    tr = run.metrics("transition")
-    if len(tr):
-        t = tr.set_index("metric").value
-        typer.echo(f"transition window: steps {t.get('start', float('nan')):.0f} .. {t.get('end', float('nan')):.0f}")
+        from interp_ext.runner import MeasureError, closest_first, family_names
+
+        if cmd_name in family_names():
+            single = typer.Typer(add_completion=False)
+            single.command(cmd_name)(_family_command(cmd_name))
+            return typer.main.get_command(single)
+        message = str(MeasureError(f"unknown measurement family {cmd_name!r}; valid families: {closest_first(cmd_name, family_names())}"))
+        return click.Command(cmd_name, callback=lambda: _fail(message), context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
-@measure_app.command("autocatalysis")
-def measure_autocatalysis(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    circuit: str = typer.Option("induction", help="'induction' (detected per seed at the last checkpoint) or a Circuit JSON file."),
-    direction: str = typer.Option("both", help="sgd, optimizer or both."),
-    rows: int = typer.Option(32, "--rows", help="Sampled rows of dG_ii/dtheta_j."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
-    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
-    batches: Optional[int] = typer.Option(None, "--batches", help="Probe batches (default: all)."),
-    controls: int = typer.Option(3, help="Random-head control circuits per checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Stream 3: K[A,B] = dE_A/d(eps d_B) on the circuit, controls, entries and the energy budget."""
-    from interp_ext import autocatalysis
-    from interp_ext.store import RunError
-
-    run = _open(run_dir)
-    zero = _rank_zero(run)
-    directions = ("sgd", "optimizer") if direction == "both" else (direction,)
-    try:
-        df = autocatalysis.measure_run(run, circuit, directions, _parse_list(seeds), _parse_list(steps), batches, rows, controls, progress=not quiet and zero)
-    except (RunError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
-        return
-    if not zero:
-        return
-    cc = df[(df.metric == "K_norm") & (df.component == "C|C")]
-    summary = cc.groupby(["circuit", "direction"])["value"].agg(["mean", "min", "max"])
-    typer.echo("normalised K[C,C] over checkpoints and seeds:")
-    typer.echo(summary.to_string())
-
-
-@measure_app.command("sae")
-def measure_sae(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    hook: str = typer.Option(..., "--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post."),
-    steps: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps (default: all)."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: all)."),
-    width: int = typer.Option(256, help="SAE latents (d_sae)."),
-    k: int = typer.Option(8, help="TopK active latents per token."),
-    source: str = typer.Option("auto", help="recorded (the run's recordings only), generate (run the checkpoint on corpus text) or auto."),
-    threshold: float = typer.Option(0.7, help="Similarity threshold for a match."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Train an SAE per (seed, checkpoint), match features across checkpoints and seeds, relate them to induction."""
-    from interp_ext.sae_tracking import track_run
-    from interp_ext.sae_tracking.tracking import HookNotRecordedError
-    from interp_ext.store import RunError
-
-    run = _open(run_dir)
-    zero = _rank_zero(run)
-    try:
-        df = track_run(run, hook, _parse_list(steps), _parse_list(seeds), width, k, source, threshold=threshold, progress=not quiet and zero)
-    except (HookNotRecordedError, RunError, ValueError) as err:
-        _fail(str(err))
-        return
-    if not zero:
-        return
-    q = df[df.metric.isin(["l0", "explained_variance", "dead_fraction", "ce_recovered"])].groupby("metric")["value"].mean()
-    typer.echo("SAE quality (mean over seeds and checkpoints): " + ", ".join(f"{m} {v:.3f}" for m, v in q.items()))
-    birth = df[df.metric == "induction_feature_birth_step"].value
-    if len(birth):
-        typer.echo(f"birth step of the most induction-related feature: {birth.mean():.0f} (mean over seeds)")
+measure_app.info.cls = _FamilyGroup
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -193,6 +193,39 @@ class RecordConfig:
         _check(self.max_bytes > 0, "record.max_bytes", self.max_bytes, "must be positive")
 
 
+def _paper_plan() -> dict[str, dict[str, Any]]:
+    return {
+        "induction": {},
+        "patching": {},
+        "geometry": {"k": 4, "lag": 10},
+        "stream2": {},
+        "beta": {},
+        "autocatalysis": {"rows": 32, "controls": 3},
+        "sae": {"hook": "blocks.1.hook_resid_post", "width": 512},
+    }
+
+
+@dataclass
+class MeasureConfig:
+    """What ``interp-ext reproduce`` measures after training, saved with the run.
+
+    ``plan`` maps a measurement family to its settings (overrides of the family's
+    defaults; see ``interp-ext measure FAMILY --help``), measured in this order;
+    ``every`` measures a family at every n-th checkpoint only (the last one
+    always included). The settings are validated by the families themselves
+    (:func:`interp_ext.pipeline.plan_settings`) before any training starts.
+    """
+
+    plan: dict[str, dict[str, Any]] = field(default_factory=_paper_plan)
+    every: dict[str, int] = field(default_factory=lambda: {"autocatalysis": 5, "sae": 10})
+
+    def __post_init__(self) -> None:
+        self.plan = {str(k): dict(v) for k, v in self.plan.items()}
+        for name, n in self.every.items():
+            _check(isinstance(n, int) and n >= 1, f"measure.every[{name!r}]", n, "must be a positive integer (1 = every checkpoint)")
+            _check(name in self.plan, f"measure.every[{name!r}]", n, f"names a family that is not in measure.plan {sorted(self.plan)}")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; saved as ``config.json``."""
@@ -202,6 +235,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,7 +248,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "RunConfig":
-        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "record": RecordConfig}
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "record": RecordConfig, "measure": MeasureConfig}
         kwargs: dict[str, Any] = {"preset": payload.get("preset", "custom")}
         for name, klass in sections.items():
             values = dict(payload.get(name, {}))
@@ -284,6 +318,18 @@ def tiny_preset() -> RunConfig:
             bf16=False,
         ),
         record=RecordConfig(hooks=[], n_batches=2),
+        measure=MeasureConfig(
+            plan={
+                "induction": {},
+                "patching": {},
+                "geometry": {"k": 4, "lag": 4},
+                "stream2": {},
+                "beta": {},
+                "autocatalysis": {"rows": 8, "controls": 2},
+                "sae": {"hook": "blocks.0.hook_resid_post", "width": 128},
+            },
+            every={"autocatalysis": 2, "sae": 2},
+        ),
     )
 
 
@@ -310,7 +356,7 @@ def override(config: RunConfig, **changes: Any) -> RunConfig:
             raise ConfigError(f"override key {key!r} must look like section__field, e.g. train__steps")
         section, name = key.split("__", 1)
         if section not in payload or not isinstance(payload[section], dict):
-            raise ConfigError(f"unknown config section {section!r}; valid: model, data, train, record")
+            raise ConfigError(f"unknown config section {section!r}; valid: model, data, train, record, measure")
         payload[section][name] = value
     return RunConfig.from_dict(payload)
 
@@ -318,6 +364,7 @@ def override(config: RunConfig, **changes: Any) -> RunConfig:
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "MeasureConfig",
     "ModelConfig",
     "PRESETS",
     "RecordConfig",

@@ -2,8 +2,8 @@
 
 Seeds are partitioned across ranks (rank r trains seeds[r::world_size] as its own
 stacked ensemble); every rank writes only its own seeds' checkpoint and
-activation files, and its metric rows go to its own part file
-``metrics.rank<r>.parquet``, merged on read. Rank 0 prepares the run directory
+activation files, and its metric rows are parts of the append-only metrics
+store that no other rank writes. Rank 0 prepares the run directory
 (tokenizer, token streams, probe set, config) while the others wait at a
 barrier. Cross-seed measurements read every seed's checkpoints from the shared
 run directory after a barrier.
@@ -83,12 +83,6 @@ def on_rank_zero() -> Iterator[bool]:
         yield world()[0] == 0
     finally:
         barrier()
-
-
-def metrics_part() -> str:
-    """File name this rank appends metric rows to."""
-    rank, size = world()
-    return "metrics.parquet" if size == 1 else f"metrics.rank{rank}.parquet"
 
 
 @contextmanager

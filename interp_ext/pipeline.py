@@ -1,58 +1,61 @@
 """``interp-ext reproduce``: the autocatalysis experiment end to end.
 
-Stages, each skipped when its rows are already in the run (and each resumable
-per checkpoint), so a killed reproduction continues with ``--resume``:
-
-1. train (with recording of the hooks SAE tracking needs),
-2. induction scores, detection, formation step, ablation,
-3. activation and path patching at the last checkpoint,
-4. gradient geometry: dashboard, Stream 1, Stream 2, beta fit, transition,
-5. Stream 3 on each seed's detected circuit, with controls,
-6. SAE feature tracking,
-7. the report.
+Training (with recording of the hooks SAE tracking needs), then every family of
+the run's measurement plan (``config.measure``: induction, patching, geometry,
+Stream 2, the beta fit, Stream 3, SAE tracking) through the one runner, then the
+report. Every stage is resumable: training from its last checkpoint, each
+measurement per unit of work (the same settings measure nothing twice), so a
+killed reproduction continues with ``--resume``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from interp_ext.config import RunConfig, get_preset, override
+from interp_ext.config import ConfigError, MeasureConfig, RunConfig, get_preset, override
 
 log = logging.getLogger("interp_ext")
 
 
-@dataclass
-class ReproduceSettings:
-    """Measurement settings per preset (training settings live in the preset)."""
+def plan_settings(plan: MeasureConfig) -> dict:
+    """family -> its settings object, built (and validated) from the plan."""
+    from interp_ext.runner import MeasureError, get_family
 
-    geometry_k: int = 4
-    geometry_lag: int = 10
-    stream3_rows: int = 32
-    stream3_controls: int = 3
-    stream3_every: int = 1  # measure Stream 3 at every n-th checkpoint
-    sae_hook: str = "blocks.0.hook_resid_post"
-    sae_width: int = 256
-    sae_every: int = 1
-
-
-def settings_for(preset: str) -> ReproduceSettings:
-    if preset == "tiny":
-        return ReproduceSettings(geometry_k=4, geometry_lag=4, stream3_rows=8, stream3_controls=2, stream3_every=2, sae_hook="blocks.0.hook_resid_post", sae_width=128, sae_every=2)
-    return ReproduceSettings(sae_hook="blocks.1.hook_resid_post", sae_width=512, stream3_every=5, sae_every=10)
+    out = {}
+    for name, values in plan.plan.items():
+        try:
+            out[name] = get_family(name).settings.from_dict(values)
+        except MeasureError as err:
+            raise ConfigError(f"measure.plan[{name!r}]: {err}") from err
+    return out
 
 
-def _has(run, family: str) -> bool:
-    """Whether a stage's rows exist; under torchrun every rank decides before any rank writes."""
-    from interp_ext import distributed
+def plan_steps(run, plan: MeasureConfig, family: str) -> list[int] | None:
+    """Every ``plan.every[family]``-th checkpoint, the last one always included; None: the family's default."""
+    if family not in plan.every:
+        return None
+    steps = run.steps[:: plan.every[family]]
+    return steps if run.steps[-1] in steps else steps + run.steps[-1:]
 
-    has = bool(len(run.metrics(family)))
-    distributed.barrier()
-    return has
+
+def reproduce_config(out: Path, preset: str, resume: bool, **changes) -> tuple[RunConfig, bool]:
+    """The run's config (saved one when resuming) and whether the run directory exists."""
+    existed = (out / "config.json").exists()
+    if existed and not resume:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it (finished measurements are skipped) or choose another --out")
+    if existed:
+        return override(RunConfig.load(out / "config.json"), train__steps=changes.get("steps")), True
+    cfg = get_preset(preset)
+    hooks = sorted({v["hook"] for k, v in cfg.measure.plan.items() if k == "sae" and v.get("hook")} | set(cfg.record.hooks))
+    cfg = override(
+        cfg, train__n_seeds=changes.get("seeds"), train__steps=changes.get("steps"), train__device=changes.get("device"),
+        train__checkpoint_every=changes.get("checkpoint_every"), data__data_dir=changes.get("data_dir"), record__hooks=hooks,
+    )
+    return cfg, False
 
 
 def reproduce(
@@ -67,79 +70,50 @@ def reproduce(
     skip: tuple[str, ...] = (),
     checkpoint_every: int | None = None,
 ):
-    """Run every stage on ``out`` and return (run, report path, stage timings).
+    """Train, measure the run's plan and write the report; returns (run, report path, stage timings).
 
     Under ``torchrun`` every rank trains and measures its share of the seeds;
     cross-seed measurements gather through the run directory and rank 0 writes
     the report.
     """
-    from circuits.induction import measure_run as measure_induction
     from interp_ext import distributed
-    from circuits.patching import measure_patching
-    from interp_ext import autocatalysis
-    from interp_ext.geometry import measure_beta_and_transition, measure_run as measure_geometry, measure_stream2
+    from interp_ext.runner import measure
     from interp_ext.report import write_report
     from interp_ext.store import open_run
-    from interp_ext.training import train
+    from interp_ext.training import last_complete_step, train
 
     out = Path(out)
-    s = settings_for(preset)
     distributed.init(device or get_preset(preset).train.device)
-    existed = (out / "config.json").exists()
-    distributed.barrier()  # every rank sees the same starting state
-    if existed and not resume:
-        log.warning("%s exists: continuing it (finished stages are skipped)", out)
-    if existed:
-        cfg = override(RunConfig.load(out / "config.json"), train__steps=steps)
-    else:
-        cfg = override(
-            get_preset(preset), train__n_seeds=seeds, train__steps=steps, train__device=device,
-            train__checkpoint_every=checkpoint_every, data__data_dir=data_dir, record__hooks=[s.sae_hook],
-        )
-    stages = ["train", "induction", "patching", "geometry", "stream3", "sae", "report"]
-    stages = [st for st in stages if st not in skip]
+    cfg, existed = reproduce_config(out, preset, resume, data_dir=data_dir, seeds=seeds, steps=steps, device=device, checkpoint_every=checkpoint_every)
+    settings = plan_settings(cfg.measure)  # every measurement's settings checked before training starts
+    distributed.barrier()
+    stages = [s for s in ["train", *settings, "report"] if s not in skip]
     progress = progress and distributed.world()[0] == 0
     bar = tqdm(stages, desc="reproduce", unit="stage", disable=not progress, position=0, dynamic_ncols=True)
     timings: dict[str, float] = {}
-    run = None
+    run = open_run(out) if existed else None
     for stage in bar:
         bar.set_postfix(stage=stage)
         t0 = time.perf_counter()
         if stage == "train":
-            from interp_ext.training import last_complete_step
-
             done = existed and last_complete_step(out, cfg.train.seeds) == cfg.train.steps
             distributed.barrier()
             run = open_run(out) if done else train(cfg, out, resume=existed, progress=progress)
-        elif stage == "induction" and not _has(run, "induction"):
-            measure_induction(run, progress=progress)
-        elif stage == "patching" and not _has(run, "patching"):
-            for seed in distributed.shard(run.seeds, run.device):
-                log.info(measure_patching(run, seed, run.steps[-1]))
-            distributed.barrier()
-        elif stage == "geometry":
-            measure_geometry(run, k=s.geometry_k, lag=s.geometry_lag, progress=progress)
-            if len(run.seeds) >= 2 and not _has(run, "stream2"):
-                measure_stream2(run, progress=progress)
-            measure_beta_and_transition(run)
-        elif stage == "stream3":
-            steps3 = run.steps[:: s.stream3_every]
-            if run.steps[-1] not in steps3:
-                steps3.append(run.steps[-1])
-            autocatalysis.measure_run(run, "induction", ("sgd", "optimizer"), steps=steps3, rows=s.stream3_rows, n_random=s.stream3_controls, progress=progress)
-        elif stage == "sae" and not _has(run, "sae"):
-            try:
-                from interp_ext.sae_tracking import track_run
-            except ImportError as err:  # pragma: no cover - optional stage
-                log.warning("SAE tracking unavailable: %s", err)
-            else:
-                steps_sae = run.steps[:: s.sae_every]
-                track_run(run, hook=s.sae_hook, steps=steps_sae, width=s.sae_width, progress=progress)
         elif stage == "report":
             with distributed.on_rank_zero() as zero:
                 if zero:
                     write_report(run)
+        elif get_min_seeds(stage) > len(run.seeds):
+            log.warning("%s compares seeds and needs >= %d; the run has %s: skipped", stage, get_min_seeds(stage), run.seeds)
+        else:
+            measure(run, settings[stage], steps=plan_steps(run, cfg.measure, stage), progress=progress)
         timings[stage] = time.perf_counter() - t0
     bar.close()
     log.info("stage timings (s): %s", {k: round(v, 1) for k, v in timings.items()})
     return run, (run.path / "report" / "report.md"), timings
+
+
+def get_min_seeds(family: str) -> int:
+    from interp_ext.runner import get_family
+
+    return get_family(family).min_seeds

@@ -1,9 +1,12 @@
-"""Figures and ``report.md`` for a run (SPEC section 10). Reads metric rows only:
-no report computes a measurement.
+"""Figures and ``report.md`` for a run (SPEC section 10).
 
-Every figure is written twice, as PNG (matplotlib) and interactive HTML (plotly),
-under ``RUN/report/``; ``report.md`` lists each with the numbers behind it and a
-one-line reading.
+The report draws; it never computes. Every number it prints and every band it
+shades is a metric row: per-seed values as the families wrote them, and the
+summaries over seeds (``<metric>/seed_mean``, ``/seed_lo``, ``/seed_hi``,
+``/seed_n``: t-intervals over per-seed values, :mod:`interp_ext.stats`) that the
+families emit. Each figure is one :class:`interp_ext.figures.Figure`, saved as
+PNG and interactive HTML; ``report.md`` lists each with the numbers behind it and
+a one-line reading. Rows of the latest settings of each family are used.
 """
 
 from __future__ import annotations
@@ -11,18 +14,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
+from circuits.circuit import Head
+from interp_ext.figures import PALETTE, Figure, Heatmap, Panel, Trace, save
+from interp_ext.geometry.dashboard import DASHBOARD
 
-from interp_ext.geometry.dashboard import DASHBOARD  # noqa: E402
-
-SEED_COLORS = plt.get_cmap("tab10").colors
+BAND = "seed mean, 95% t-interval over seeds"
 DASHBOARD_UNITS = {
     "effective_rank": "exp(entropy), <= B",
     "participation_ratio": "(sum l)^2 / sum l^2, <= B",
@@ -42,407 +41,283 @@ DASHBOARD_UNITS = {
 }
 
 
-def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(255 * c):02x}" for c in rgb[:3])
+# --------------------------------------------------------------------------- reading rows
 
 
-def _shade(ax, window) -> None:
-    if window and all(math.isfinite(v) for v in window):
-        ax.axvspan(window[0], window[1], color="orange", alpha=0.15, label="transition")
+def select(rows: pd.DataFrame, **where) -> pd.DataFrame:
+    """Rows whose columns equal the given values."""
+    keep = np.ones(len(rows), dtype=bool)
+    for col, value in where.items():
+        keep &= (rows[col] == value).to_numpy()
+    return rows[keep]
 
 
-def _save(fig_mpl, fig_html, out: Path, name: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    fig_mpl.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-    plt.close(fig_mpl)
-    fig_html.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-    return [f"{name}.png", f"{name}.html"]
+def one(rows: pd.DataFrame, default: float = math.nan, **where) -> float:
+    sel = select(rows, **where)
+    return float(sel.value.iloc[-1]) if len(sel) else default
 
 
-def series_panels(
-    frame: pd.DataFrame, metrics: list[str], out: Path, name: str, title: str, ylabels: dict[str, str] | None = None,
-    window: tuple[float, float] | None = None, marks: dict[str, float] | None = None, ncols: int = 3,
-) -> list[str]:
-    """One panel per metric vs step: seeds thin, seed mean bold, transition shaded."""
-    metrics = [m for m in metrics if m in set(frame.metric)]
-    if not metrics:
+def summary(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
+    """The seed_mean / seed_lo / seed_hi rows of a metric as columns by step."""
+    parts = {s: select(rows, metric=f"{metric}/seed_{s}", seed=-1, **where).set_index("step").value for s in ("mean", "lo", "hi")}
+    frame = pd.DataFrame(parts).sort_index()
+    return frame[frame.index >= 0]
+
+
+def seed_traces(rows: pd.DataFrame, metric: str, legend: bool = True, color: str | None = None, **where) -> list[Trace]:
+    """One thin line per seed."""
+    sel = select(rows, metric=metric, **where)
+    sel = sel[(sel.seed >= 0) & (sel.step >= 0)]
+    out = []
+    for i, (seed, g) in enumerate(sel.groupby("seed")):
+        g = g.sort_values("step")
+        out.append(Trace(g.step.tolist(), g.value.tolist(), f"seed {seed}", color or PALETTE[i % 10], 0.8, 0.6, legend=legend))
+    return out
+
+
+def band_trace(rows: pd.DataFrame, metric: str, label: str = BAND, color: str = "#000000", **where) -> list[Trace]:
+    s = summary(rows, metric, **where)
+    if s.empty:
         return []
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
-    html = make_subplots(rows=nrows, cols=ncols, subplot_titles=metrics)
-    for i, metric in enumerate(metrics):
-        ax = axes[i // ncols][i % ncols]
-        sel = frame[frame.metric == metric]
-        for j, (seed, g) in enumerate(sel.groupby("seed")):
-            g = g.sort_values("step")
-            color = SEED_COLORS[j % 10]
-            ax.plot(g.step, g.value, lw=0.8, alpha=0.6, color=color, label=f"seed {seed}")
-            html.add_trace(go.Scatter(x=g.step, y=g.value, mode="lines", line=dict(width=1, color=_hex(color)), name=f"seed {seed}", legendgroup=str(seed), showlegend=i == 0), row=i // ncols + 1, col=i % ncols + 1)
-        mean = sel.groupby("step")["value"].mean()
-        ax.plot(mean.index, mean.values, lw=2.4, color="black", label="seed mean")
-        html.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines", line=dict(width=3, color="black"), name="seed mean", legendgroup="mean", showlegend=i == 0), row=i // ncols + 1, col=i % ncols + 1)
-        _shade(ax, window)
-        for label, step in (marks or {}).items():
-            if math.isfinite(step):
-                ax.axvline(step, color="red", ls="--", lw=1, label=label)
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel((ylabels or {}).get(metric, "value"))
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7, loc="best")
-    for j in range(len(metrics), nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    html.update_layout(title=title, height=320 * nrows, width=460 * ncols)
-    html.update_xaxes(title_text="training step")
-    return _save(fig, html, out, name)
+    return [Trace(s.index.tolist(), s["mean"].tolist(), label, color, 2.4, lo=s["lo"].tolist(), hi=s["hi"].tolist())]
 
 
-def heatmap(matrix: np.ndarray, xlabels: list[str], ylabels: list[str], out: Path, name: str, title: str, xlabel: str, ylabel: str, cbar: str, center: bool = True) -> list[str]:
-    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(xlabels) + 2), max(3, 0.45 * len(ylabels) + 1.5)))
-    vmax = np.nanmax(np.abs(matrix)) if center and np.isfinite(matrix).any() else None
-    im = ax.imshow(matrix, aspect="auto", cmap="RdBu_r" if center else "viridis", vmin=-vmax if vmax else None, vmax=vmax)
-    ax.set_xticks(range(len(xlabels)))
-    ax.set_xticklabels(xlabels, rotation=90 if len(xlabels) > 8 else 0, fontsize=7)
-    ax.set_yticks(range(len(ylabels)))
-    ax.set_yticklabels(ylabels, fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=cbar)
-    html = go.Figure(go.Heatmap(z=matrix, x=xlabels, y=ylabels, colorscale="RdBu" if center else "Viridis", reversescale=center, zmid=0 if center else None, colorbar=dict(title=cbar)))
-    html.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel)
-    return _save(fig, html, out, name)
+def metric_panel(rows: pd.DataFrame, metric: str, ylabel: str, context: dict, title: str | None = None, **where) -> Panel:
+    traces = seed_traces(rows, metric, **where) + band_trace(rows, metric, **where)
+    return Panel(title or metric, traces, ylabel=ylabel, window=context["window"], marks=context["marks"])
 
 
-def band_plot(curves: dict[str, pd.DataFrame], out: Path, name: str, title: str, ylabel: str, marks: dict[str, float] | None = None, ncols: int = 2) -> list[str]:
-    """Panels of (label -> frame with seed, step, value, kind) where kind is circuit or control."""
-    labels = list(curves)
-    nrows = math.ceil(len(labels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 3.6 * nrows), squeeze=False)
-    html = make_subplots(rows=nrows, cols=ncols, subplot_titles=labels)
-    for i, label in enumerate(labels):
-        ax = axes[i // ncols][i % ncols]
-        frame = curves[label]
-        for kind, color in (("control", "grey"), ("circuit", "tab:blue")):
-            sel = frame[frame.kind == kind]
-            if sel.empty:
-                continue
-            if kind == "circuit":
-                for seed, g in sel.groupby("seed"):
-                    g = g.sort_values("step")
-                    ax.plot(g.step, g.value, lw=0.8, alpha=0.5, color=color)
-            stats = sel.groupby("step")["value"].agg(["mean", "std", "count"])
-            half = 1.96 * stats["std"].fillna(0) / np.sqrt(stats["count"].clip(lower=1))
-            ax.plot(stats.index, stats["mean"], lw=2.4 if kind == "circuit" else 1.6, color=color, label=f"{kind} mean (95% CI)")
-            ax.fill_between(stats.index, stats["mean"] - half, stats["mean"] + half, color=color, alpha=0.2)
-            html.add_trace(go.Scatter(x=stats.index, y=stats["mean"], mode="lines", name=f"{label}: {kind}", line=dict(color=matplotlib.colors.to_hex(color))), row=i // ncols + 1, col=i % ncols + 1)
-        ax.axhline(0, color="black", lw=0.6)
-        for mark, step in (marks or {}).items():
-            if math.isfinite(step):
-                ax.axvline(step, color="red", ls="--", lw=1, label=mark)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for j in range(len(labels), nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    html.update_layout(title=title, height=360 * nrows, width=600 * ncols)
-    return _save(fig, html, out, name)
+def context_of(m: pd.DataFrame) -> dict:
+    """The transition window and the formation step (both rows) that every time-series figure marks."""
+    tr = select(m, family="transition")
+    window = (one(tr, metric="start"), one(tr, metric="end")) if len(tr) else None
+    form = one(m, family="induction", metric="formation_step/seed_mean")
+    return {"window": window, "marks": {"induction formation (seed mean)": form}}
+
+
+def image(files: list[str], alt: str) -> str:
+    return f"![{alt}]({files[0]}) ([interactive]({files[1]}))"
 
 
 # --------------------------------------------------------------------------- sections
 
 
-PAPER = [
-    ("effective_rank", "~48 early -> 40-42 after the transition", "B = 64 bounds it; a smaller B bounds it lower"),
-    ("participation_ratio", "~30-38 -> 24-29", ""),
-    ("topk_variance", "~0.22 -> 0.26-0.30 (k = 4)", ""),
-    ("overlap_prev", "~0.5 -> 0.85-0.90", "depends on the checkpoint spacing"),
-    ("cross_seed_alignment ln", "0.25-0.40", "LayerNorm parameters are not permutable"),
-    ("cross_seed_alignment blocks", "~0", "raw cosines of permutable units"),
-]
+def loss_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    loss = select(m, family="train", metric="loss")
+    if loss.empty:
+        return []
+    fig = Figure("Training loss (mean over each checkpoint interval)", [metric_panel(loss, "loss", "cross-entropy (nats/token)", ctx)])
+    files = save(fig, out, "train_loss")
+    last = loss[loss.step == loss.step.max()].sort_values("seed")
+    per_seed = ", ".join(f"seed {int(r.seed)} {r.value:.3f}" for r in last.itertuples())
+    return ["## Training loss", "", image(files, "loss"), "", f"Loss at the last checkpoint: {per_seed} nats/token. Reading: a plateau followed by a drop marks the induction transition.", ""]
 
 
-def _value_range(df: pd.DataFrame, metric: str, component: str = "") -> tuple[float, float]:
-    sel = df[(df.metric == metric) & (df.component == component)]
-    if sel.empty:
-        return (math.nan, math.nan)
-    mean = sel.groupby("step")["value"].mean().sort_index()
-    n = max(1, len(mean) // 5)
-    return float(mean.iloc[:n].mean()), float(mean.iloc[-n:].mean())
+def induction_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    ind = select(m, family="induction")
+    if ind.empty:
+        return []
+    files = save(Figure("Best induction score (layer >= 1) over training", [metric_panel(ind, "best_induction_score", "attention to induction target", ctx)]), out, "induction_formation")
+    last = int(ind[ind.metric == "induction_score"].step.max())
+    panels = []
+    for seed in sorted(s for s in ind.seed.unique() if s >= 0)[:4]:
+        final = ind[(ind.seed == seed) & (ind.step == last) & ind.metric.isin(["induction_score", "prev_token_score", "duplicate_score", "copying_score"])]
+        piv = final.pivot_table(index="metric", columns="component", values="value")
+        panels.append(Panel(f"seed {seed}", heatmap=Heatmap(piv.to_numpy(), list(piv.columns), list(piv.index), "score", centered=False), xlabel="head"))
+    files2 = save(Figure(f"Head scores at step {last}", panels, ncols=min(2, len(panels))), out, "head_scores")
+    lines = ["## Induction heads", "", image(files, "induction"), "", image(files2, "head scores"), "", "| seed | formation step | induction heads | previous-token heads | ablation: detected | ablation: random |", "|---|---|---|---|---|---|"]
+    for seed in sorted(s for s in ind.seed.unique() if s >= 0):
+        d = ind[ind.seed == seed]
+        heads = ", ".join(d[d.metric == "detected_induction_head"].component) or "none"
+        prev = ", ".join(d[d.metric == "detected_prev_token_head"].component) or "none"
+        lines.append(f"| {seed} | {one(d, metric='formation_step'):.0f} | {heads} | {prev} | {one(d, metric='ablation_loss_increase', component='detected'):+.3f} | {one(d, metric='ablation_loss_increase', component='random'):+.3f} |")
+    n = one(ind, metric="formation_step/seed_n")
+    lines += ["", f"Formation step over seeds: {one(ind, metric='formation_step/seed_mean'):.0f} (95% t-interval over {n:.0f} seeds: {one(ind, metric='formation_step/seed_lo'):.0f} .. {one(ind, metric='formation_step/seed_hi'):.0f}). "
+              "Ablation: loss increase (nats) on the second copy when the detected heads, or as many random heads outside the circuit, are mean-ablated.",
+              "Reading: an induction head forms when the best score jumps; the ablation gap says the detected heads carry the copying.", ""]
+    return lines
 
 
-def write_report(run, out: Path | None = None) -> Path:
-    """Write every figure the run's rows allow and ``report.md``; returns its path."""
-    out = Path(out or run.path / "report")
-    out.mkdir(parents=True, exist_ok=True)
-    m = run.metrics()
-    lines = [f"# Report: {run.name}", "", f"Preset `{run.config.preset}`, seeds {run.seeds}, checkpoints {run.steps[:1]}..{run.steps[-1:]} "
-             f"(every {run.config.train.checkpoint_every} steps). Corpus: {run.info()['corpus']}.", ""]
-    trans = m[m.family == "transition"] if len(m) else m
-    tr = trans[trans.metric.isin(["start", "end"])].drop_duplicates("metric", keep="last").set_index("metric")["value"] if len(trans) else pd.Series(dtype=float)
-    window = (float(tr.get("start", math.nan)), float(tr.get("end", math.nan))) if len(tr) else None
-    ind = m[m.family == "induction"]
-    form = float(ind[ind.metric == "formation_step_mean"].value.iloc[0]) if (ind.metric == "formation_step_mean").any() else math.nan
-    marks = {"induction formation": form}
+def head_matrix(rows: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
+    mat = np.full((n_layers, n_heads), np.nan)
+    for r in rows.itertuples():
+        h = Head.parse(r.component)
+        mat[h.layer, h.head] = r.value
+    return mat
 
-    # training loss
-    loss = m[m.family == "train"]
-    if len(loss):
-        files = series_panels(loss, ["loss"], out, "train_loss", "Training loss (mean over each checkpoint interval)", {"loss": "cross-entropy (nats/token)"}, window, marks, ncols=1)
-        first, last = _value_range(loss, "loss")
-        lines += ["## Training loss", "", f"![loss]({files[0]}) ([interactive]({files[1]}))", "",
-                  f"Seed-mean loss {first:.3f} -> {last:.3f} nats/token. Reading: the loss falls throughout; a plateau followed by a drop marks the induction transition.", ""]
 
-    # induction
-    if len(ind):
-        best = ind[ind.metric == "best_induction_score"]
-        files = series_panels(best.assign(metric="best induction score"), ["best induction score"], out, "induction_formation", "Best induction score (layer >= 1) over training", {"best induction score": "attention to induction target"}, window, marks, ncols=1)
-        last_step = int(ind.step.max())
-        final = ind[(ind.step == last_step) & (ind.metric.isin(["induction_score", "prev_token_score", "duplicate_score", "copying_score"]))]
-        if len(final):
-            piv = final.groupby(["metric", "component"])["value"].mean().unstack()
-            files2 = heatmap(piv.to_numpy(), list(piv.columns), list(piv.index), out, "head_scores", f"Head scores at step {last_step} (seed mean)", "head", "score", "score", center=False)
-        else:
-            files2 = []
-        per_seed = ind[ind.metric == "formation_step"][["seed", "value"]].values.tolist()
-        heads = ind[ind.metric == "detected_induction_head"].groupby("seed")["component"].apply(list).to_dict()
-        prevs = ind[ind.metric == "detected_prev_token_head"].groupby("seed")["component"].apply(list).to_dict()
-        abl = ind[ind.metric == "ablation_loss_increase"].groupby("component")["value"].mean()
-        first_b, last_b = _value_range(ind, "best_induction_score")
-        lo = float(ind[ind.metric == "formation_step_lo"].value.iloc[0]) if (ind.metric == "formation_step_lo").any() else math.nan
-        hi = float(ind[ind.metric == "formation_step_hi"].value.iloc[0]) if (ind.metric == "formation_step_hi").any() else math.nan
-        lines += ["## Induction heads", "", f"![induction]({files[0]}) ([interactive]({files[1]}))", ""]
-        if files2:
-            lines += [f"![head scores]({files2[0]}) ([interactive]({files2[1]}))", ""]
-        lines += ["| seed | formation step | induction heads | previous-token heads |", "|---|---|---|---|"]
-        lines += [f"| {int(s)} | {v:.0f} | {', '.join(heads.get(int(s), [])) or 'none'} | {', '.join(prevs.get(int(s), [])) or 'none'} |" for s, v in per_seed]
-        lines += ["", f"Best induction score {first_b:.2f} -> {last_b:.2f} (seed mean). Formation step {form:.0f} (95% CI {lo:.0f} .. {hi:.0f}). "
-                  f"Mean-ablating the detected heads raises the second-copy loss by {abl.get('detected', math.nan):.3f} nats vs {abl.get('random', math.nan):.3f} for as many random heads.",
-                  "Reading: an induction head forms when the best score jumps; the ablation gap says the detected heads carry the copying.", ""]
+def patching_section(m: pd.DataFrame, out: Path, run) -> list[str]:
+    pat = select(m, family="patching")
+    if pat.empty:
+        return []
+    step, seed = int(pat.step.max()), int(pat[pat.step == pat.step.max()].seed.min())
+    sel = pat[(pat.step == step) & (pat.seed == seed)]
+    n_l, n_h = run.config.model.n_layers, run.config.model.n_heads
+    heads = head_matrix(sel[sel.metric == "head_out"], n_l, n_h)
+    res = sel[sel.metric == "resid_pre"]
+    pos = res.component.str.split("P").str[1].astype(int)
+    rmat = np.full((n_l, int(pos.max()) + 1), np.nan)
+    rmat[res.component.str[1:].str.split("P").str[0].astype(int).to_numpy(), pos.to_numpy()] = res.value.to_numpy()
+    f1 = save(Figure(f"Head-output patching (seed {seed}, step {step})", [Panel("head outputs", heatmap=Heatmap(heads, [f"H{h}" for h in range(n_h)], [f"L{l}" for l in range(n_l)], "normalised logit diff (0 corrupt, 1 clean)"), xlabel="head", ylabel="layer")]), out, "patching_heads")
+    f2 = save(Figure(f"Residual-stream patching (seed {seed}, step {step})", [Panel("resid_pre", heatmap=Heatmap(rmat, [str(p) for p in range(rmat.shape[1])], [f"L{l}" for l in range(n_l)], "normalised logit diff"), xlabel="position ([BOS] r r)", ylabel="layer")]), out, "patching_resid")
+    top = sel[sel.metric == "head_out"].sort_values("value", ascending=False).head(3)
+    lines = ["## Activation patching", "", image(f1, "heads"), "", image(f2, "resid"), "",
+             f"Heads restoring most of the clean logit difference: {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}."]
+    lines += key_path_lines(sel, out, n_l, n_h)
+    lines += ["Reading: restoring the induction head's output restores the copy.", ""]
+    return lines
 
-    # patching
-    pat = m[m.family == "patching"]
-    if len(pat):
-        step_p = int(pat.step.max())
-        seed_p = int(pat[pat.step == step_p].seed.min())
-        sel = pat[(pat.step == step_p) & (pat.seed == seed_p)]
-        heads = sel[sel.metric == "head_out"]
-        n_l, n_h = run.config.model.n_layers, run.config.model.n_heads
-        mat = np.full((n_l, n_h), np.nan)
-        for r in heads.itertuples():
-            layer, head = r.component[1:].split("H")
-            mat[int(layer), int(head)] = r.value
-        f1 = heatmap(mat, [f"H{h}" for h in range(n_h)], [f"L{layer}" for layer in range(n_l)], out, "patching_heads", f"Head-output patching (seed {seed_p}, step {step_p})", "head", "layer", "normalised logit diff (0 corrupt, 1 clean)")
-        res = sel[sel.metric == "resid_pre"]
-        n_pos = int(res.component.str.split("P").str[1].astype(int).max()) + 1 if len(res) else 0
-        rmat = np.full((n_l, n_pos), np.nan)
-        for r in res.itertuples():
-            layer, pos = r.component[1:].split("P")
-            rmat[int(layer), int(pos)] = r.value
-        f2 = heatmap(rmat, [str(p) for p in range(n_pos)], [f"L{layer}" for layer in range(n_l)], out, "patching_resid", f"Residual-stream patching (seed {seed_p}, step {step_p})", "position ([BOS] r r)", "layer (resid_pre)", "normalised logit diff")
-        top = heads.sort_values("value", ascending=False).head(3)
+
+def key_path_lines(sel: pd.DataFrame, out: Path, n_l: int, n_h: int) -> list[str]:
+    """The key-path matrix; measured with the receiver's attention when those rows exist."""
+    att = sel[sel.metric == "path_k_attention"]
+    if att.empty:
         pk = sel[sel.metric == "path_k"].sort_values("value", ascending=False).head(3)
-        lines += ["## Activation patching", "", f"![heads]({f1[0]}) ([interactive]({f1[1]}))", "", f"![resid]({f2[0]}) ([interactive]({f2[1]}))", "",
-                  f"Heads restoring most of the clean logit difference: {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}. "
-                  f"Strongest key paths (path patching sender -> receiver key): {', '.join(f'{c} {v:.2f}' for c, v in zip(pk.component, pk.value)) or 'n/a'}.",
-                  "Reading: restoring the induction head's output (or the key path feeding it) restores the copy.", ""]
-
-    # geometry dashboard
-    geo = m[(m.family == "geometry") & (m.component == "")]
-    if len(geo):
-        files = series_panels(geo, list(DASHBOARD), out, "dashboard", "Gradient-geometry dashboard (SPEC 4)", DASHBOARD_UNITS, window, marks)
-        lines += ["## Gradient-geometry dashboard", "", f"![dashboard]({files[0]}) ([interactive]({files[1]}))", "", "| metric | early (first 20% of checkpoints) | late (last 20%) |", "|---|---|---|"]
-        for metric in DASHBOARD:
-            a, b = _value_range(geo, metric)
-            if math.isfinite(a) or math.isfinite(b):
-                lines.append(f"| {metric} | {a:.3f} | {b:.3f} |")
-        if window:
-            agreeing = trans[trans.metric == "start"].component.iloc[-1] if (trans.metric == "start").any() else ""
-            points = trans[trans.metric == "change_point"]
-            lines += ["", f"Transition window (change points agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; agreeing metrics: {agreeing or 'none'}. "
-                      f"Change points: {', '.join(f'{c} {v:.0f}' for c, v in zip(points.component, points.value)) or 'none'}."]
-        lines += ["Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.", ""]
-    s1 = m[m.family == "stream1"]
-    if len(s1):
-        files = series_panels(s1, ["drift_rate"], out, "stream1_drift", "Stream 1: subspace drift rate", {"drift_rate": "mean principal angle / step (rad)"}, window, marks, ncols=1)
-        peak = s1.groupby("step")["value"].mean()
-        lines += ["## Stream 1: subspace drift", "", f"![drift]({files[0]}) ([interactive]({files[1]}))", "",
-                  f"Seed-mean drift peaks at step {int(peak.idxmax())} ({peak.max():.2e} rad/step) and ends at {peak.iloc[-1]:.2e}. Reading: the paper predicts a peak at the transition, then decay to a small floor.", ""]
-    s2 = m[m.family == "stream2"]
-    if len(s2):
-        groups = [g for g in ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed") if g in set(s2.component)]
-        fig, ax = plt.subplots(1, 2, figsize=(12, 3.8))
-        html = make_subplots(rows=1, cols=2, subplot_titles=["raw cosine", "permutation-invariant"])
-        for j, metric in enumerate(("cross_seed_alignment", "cross_seed_alignment_perm")):
-            for i, g in enumerate(groups):
-                sel = s2[(s2.metric == metric) & (s2.component == g)].sort_values("step")
-                ax[j].plot(sel.step, sel.value, label=g, color=SEED_COLORS[i % 10])
-                html.add_trace(go.Scatter(x=sel.step, y=sel.value, name=f"{g}", legendgroup=g, showlegend=j == 0, line=dict(color=_hex(SEED_COLORS[i % 10]))), row=1, col=j + 1)
-            ax[j].set_title(metric)
-            ax[j].set_xlabel("training step")
-            ax[j].set_ylabel("mean cosine over seed pairs")
-            ax[j].axhline(0, color="black", lw=0.6)
-            ax[j].grid(alpha=0.3)
-        ax[0].legend(fontsize=7)
-        fig.suptitle("Stream 2: cross-seed gradient alignment per parameter group")
-        fig.tight_layout()
-        files = _save(fig, html, out, "stream2_alignment")
-        last = s2[s2.step == s2.step.max()].pivot_table(index="component", columns="metric", values="value")
-        lines += ["## Stream 2: cross-seed alignment", "", f"![stream2]({files[0]}) ([interactive]({files[1]}))", "", "| group | raw | permutation-invariant |", "|---|---|---|"]
-        lines += [f"| {g} | {last.loc[g].get('cross_seed_alignment', math.nan):.3f} | {last.loc[g].get('cross_seed_alignment_perm', math.nan):.3f} |" for g in groups if g in last.index]
-        lines += ["", "Reading: LayerNorm and embeddings are shared coordinates across seeds; permutable blocks align only after matching units.", ""]
-    beta = m[m.family == "beta"].set_index("metric")["value"] if (m.family == "beta").any() else None
-    if beta is not None:
-        lines += ["## Beta fit of subspace similarity", "", "| parameter | estimate | 95% interval |", "|---|---|---|"]
-        lines += [f"| {p} | {beta.get(p, math.nan):.4g} | {beta.get(p + '_lo', math.nan):.4g} .. {beta.get(p + '_hi', math.nan):.4g} |" for p in ("sim_star", "gamma", "t0")]
-        lines.append("")
-
-    # stream 3
-    auto = m[m.family == "autocatalysis"]
-    if len(auto):
-        per_seed_form = {int(r.seed): float(r.value) for r in ind[ind.metric == "formation_step"].itertuples()} if len(ind) else {}
-        lines += stream3_section(auto, out, marks, per_seed_form)
-
-    # SAE
-    sae = m[m.family == "sae"]
-    if len(sae):
-        lines += sae_section(m, out, marks)
-
-    if len(geo) or len(m[m.family == "stream2"]):
-        lines += paper_comparison(m, run)
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        return [f"Key paths by the logit metric (path patching sender -> receiver key): {', '.join(f'{c} {v:.2f}' for c, v in zip(pk.component, pk.value)) or 'n/a'}; "
+                "under this corruption a key-path patch cannot restore the logits (the values it would move are corrupted), so these read ~0 whatever the K-composition."]
+    senders = sorted({c.split("->")[0] for c in att.component}, key=Head.parse)
+    receivers = sorted({c.split("->")[1] for c in att.component}, key=Head.parse)
+    mat = att.pivot_table(index=att.component.str.split("->").str[0], columns=att.component.str.split("->").str[1], values="value").reindex(index=senders, columns=receivers)
+    files = save(Figure("Key-path patching, receiver-attention metric", [Panel("sender -> receiver key", heatmap=Heatmap(mat.to_numpy(), receivers, senders, "restored share of target attention"), xlabel="receiver head", ylabel="sender head")]), out, "patching_key_paths")
+    top = att.sort_values("value", ascending=False).head(4)
+    return ["", image(files, "key paths"), "", f"Strongest key paths by the receiver's attention to its induction target (0 = corrupted, 1 = clean): {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}."]
 
 
-def stream3_windows(auto: pd.DataFrame, formation: dict[int, float], interval: float | None = None) -> pd.DataFrame:
-    """Mean K_norm[C,C] before / during / after each seed's formation step, with t-intervals.
+def dashboard_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    geo = select(m, family="geometry", component="")
+    if geo.empty:
+        return []
+    metrics = [d for d in DASHBOARD if d in set(geo.metric)]
+    panels = [metric_panel(geo, d, DASHBOARD_UNITS.get(d, ""), ctx) for d in metrics]
+    for p in panels[1:]:
+        for t in p.traces:
+            t.legend = False
+    files = save(Figure("Gradient-geometry dashboard (seeds thin, seed mean bold with its 95% t-interval over seeds)", panels, ncols=3), out, "dashboard")
+    points = select(m, family="transition", metric="change_point")
+    lines = ["## Gradient-geometry dashboard", "", image(files, "dashboard"), "", "| metric | seed mean at first checkpoint | at last checkpoint |", "|---|---|---|"]
+    for d in metrics:
+        s = summary(geo, d)
+        if len(s):
+            lines.append(f"| {d} | {s['mean'].iloc[0]:.4g} | {s['mean'].iloc[-1]:.4g} |")
+    window = ctx["window"]
+    if window and all(math.isfinite(v) for v in window):
+        lines += ["", f"Transition window (change points of several seed-mean series agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; change points: {', '.join(f'{r.component} {r.value:.0f}' for r in points.itertuples()) or 'none'}."]
+    lines += ["Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.", ""]
+    return lines
 
-    Control circuits are grouped as ``controls``.
-    """
-    from scipy import stats
 
-    cc = auto[(auto.metric == "K_norm") & (auto.component == "C|C")].copy()
-    cc = cc[cc.seed.isin(list(formation))]
-    if cc.empty:
-        return pd.DataFrame()
-    steps = np.sort(cc.step.unique())
-    interval = interval or (float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0)
-    rel = cc.step - cc.seed.map(formation)
-    cc["window"] = np.where(rel < -interval, "before", np.where(rel > interval, "after", "during"))
-    cc["circuit"] = np.where(cc.circuit == "circuit", "circuit", "controls")
-    rows = []
-    for (direction, circ, window), g in cc.groupby(["direction", "circuit", "window"]):
-        v = g.value.dropna().to_numpy()
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else math.nan
-        rows.append({"direction": direction, "circuit": circ, "window": window, "mean": v.mean(), "lo": v.mean() - half, "hi": v.mean() + half, "n": len(v)})
-    return pd.DataFrame(rows)
+def stream1_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    s1 = select(m, family="stream1")
+    if s1.empty:
+        return []
+    files = save(Figure("Stream 1: subspace drift rate", [metric_panel(s1, "drift_rate", "mean principal angle / step (rad)", ctx)]), out, "stream1_drift")
+    s = summary(s1, "drift_rate")
+    text = f"Seed-mean drift peaks at step {int(s['mean'].idxmax())} ({s['mean'].max():.2e} rad/step) and ends at {s['mean'].iloc[-1]:.2e}." if len(s) else ""
+    return ["## Stream 1: subspace drift", "", image(files, "drift"), "", text + " Reading: the paper predicts a peak at the transition, then decay to a small floor.", ""]
 
 
-def stream3_section(auto: pd.DataFrame, out: Path, marks: dict[str, float], formation: dict[int, float] | None = None) -> list[str]:
-    lines = ["## Stream 3: the autocatalytic condition", ""]
-    members = auto[auto.metric == "circuit_member"]
-    ind_heads = members[members.circuit == "induction"].component.unique().tolist()
-    prev_heads = members[members.circuit == "prev_token"].component.unique().tolist()
-    curves = {}
-    for direction in sorted(set(auto.direction) - {""}):
-        sel = auto[(auto.metric == "K_norm") & (auto.component == "C|C") & (auto.direction == direction)]
-        frame = sel.assign(kind=np.where(sel.circuit == "circuit", "circuit", "control"))
-        curves[f"K_norm[C,C] ({direction})"] = frame
-        cross = auto[(auto.metric == "K_norm") & (auto.direction == direction) & (auto.circuit == "circuit")]
-        keys = [f"{a}|{b}" for a in ind_heads for b in prev_heads]
-        cross = cross[cross.component.isin(keys)]
-        if len(cross):
-            curves[f"K_norm[induction, prev-token] ({direction})"] = cross.assign(kind="circuit")
-    if curves:
-        files = band_plot(curves, out, "stream3_K", "Stream 3: normalised K over training (circuit blue, controls grey)", "K / (E_A ||d_B||)", marks)
-        lines += [f"![stream3]({files[0]}) ([interactive]({files[1]}))", ""]
-    energy = auto[(auto.metric == "energy") & (auto.component == "C")]
-    if len(energy):
-        files = band_plot({"E_C (circuit) vs controls": energy.assign(kind=np.where(energy.circuit == "circuit", "circuit", "control"))}, out, "stream3_energy", "Gradient energy E_C = sum of G_ii over the circuit", "E_C", marks, ncols=1)
-        lines += [f"![energy]({files[0]}) ([interactive]({files[1]}))", ""]
-    lines += ["| direction | circuit | mean K_norm[C,C] | share of checkpoints > 0 |", "|---|---|---|---|"]
-    cc = auto[(auto.metric == "K_norm") & (auto.component == "C|C")]
-    for (direction, circ), g in cc.groupby(["direction", "circuit"]):
-        lines.append(f"| {direction} | {circ} | {g.value.mean():.4f} | {(g.value > 0).mean():.2f} |")
-    windows = stream3_windows(auto, formation or {})
-    if len(windows):
-        lines += ["", "Relative to each seed's induction formation step (before: more than one checkpoint interval earlier; during: within one interval; after: later), mean normalised K[C,C] with a 95% t-interval over the (seed, checkpoint) values:", "",
-                  "| direction | circuit | before | during | after |", "|---|---|---|---|---|"]
-        for (direction, circ), g in windows.groupby(["direction", "circuit"]):
-            cells = {r.window: f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] (n={int(r.n)})" for r in g.itertuples()}
-            lines.append(f"| {direction} | {circ} | {cells.get('before', '-')} | {cells.get('during', '-')} | {cells.get('after', '-')} |")
-    budget = auto[(auto.metric == "budget_error") & (auto.component == "")]
-    entries = auto[auto.metric == "entry_frac_positive"]
-    budget_eps = auto[(auto.metric == "budget_error_eps") & (auto.component == "")]
+def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
+    s2 = select(m, family="stream2")
+    if s2.empty:
+        return []
+    groups = [g for g in ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed") if g in set(s2.component)]
+    panels = []
+    for metric, title in (("cross_seed_alignment", "raw cosine (basis-dependent)"), ("cross_seed_alignment_perm", "permutation-matched cosine (basis-dependent)")):
+        traces = [Trace(g_rows.step.tolist(), g_rows.value.tolist(), g, PALETTE[i % 10], 1.4) for i, g in enumerate(groups) for g_rows in [select(s2, metric=metric, component=g).sort_values("step")]]
+        panels.append(Panel(title, traces, ylabel="mean cosine over seed pairs", zero=True))
+    files = save(Figure("Stream 2: cross-seed gradient alignment per parameter group", panels, ncols=2), out, "stream2_alignment")
+    last = s2[s2.step == s2.step.max()]
+    lines = ["## Stream 2: cross-seed alignment", "", image(files, "stream2"), "", "| group | raw cosine | permutation-matched |", "|---|---|---|"]
+    lines += [f"| {g} | {one(last, metric='cross_seed_alignment', component=g):.3f} | {one(last, metric='cross_seed_alignment_perm', component=g):.3f} |" for g in groups]
+    lines += ["", "Reading: both cosines compare raw gradient coordinates, so they depend on each seed's basis (heads can be rotated and the residual basis differs between seeds).", ""]
+    return lines
+
+
+def beta_section(m: pd.DataFrame) -> list[str]:
+    beta = select(m, family="beta")
+    if beta.empty:
+        return []
+    lines = ["## Beta fit of subspace similarity", "", "| parameter | estimate | 95% interval (bootstrap over seeds) |", "|---|---|---|"]
+    lines += [f"| {p} | {one(beta, metric=p):.4g} | {one(beta, metric=p + '_lo'):.4g} .. {one(beta, metric=p + '_hi'):.4g} |" for p in ("sim_star", "gamma", "t0")]
+    return lines + [""]
+
+
+def stream3_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    auto = select(m, family="autocatalysis")
+    if auto.empty:
+        return []
+    panels = []
+    for direction in [d for d in ("optimizer", "sgd") if d in set(auto.direction)]:
+        traces = seed_traces(auto, "K_norm", color="#1f77b4", legend=False, component="C|C", direction=direction, circuit="circuit")
+        traces += band_trace(auto, "K_norm", "circuit: " + BAND, "#1f77b4", component="C|C", direction=direction, circuit="circuit")
+        traces += band_trace(auto, "K_norm", "controls (averaged within seed): " + BAND, "#7f7f7f", component="C|C", direction=direction, circuit="controls")
+        panels.append(Panel(f"K_norm[C,C] ({direction})", traces, ylabel="K / (E_C ||d_C||)", marks=ctx["marks"], zero=True))
+    files = save(Figure("Stream 3: normalised K[C,C] over training (circuit seeds thin)", panels, ncols=2), out, "stream3_K")
+    energy = seed_traces(auto, "energy", color="#1f77b4", legend=False, component="C", circuit="circuit") + band_trace(auto, "energy", "circuit: " + BAND, "#1f77b4", component="C", circuit="circuit")
+    energy += band_trace(auto, "energy", "controls: " + BAND, "#7f7f7f", component="C", circuit="controls")
+    files2 = save(Figure("Gradient energy E_C = sum of G_ii over the circuit", [Panel("E_C", energy, ylabel="E_C", marks=ctx["marks"])]), out, "stream3_energy")
+    lines = ["## Stream 3: the autocatalytic condition", "", image(files, "stream3"), "", image(files2, "energy"), ""]
+    return lines + stream3_tables(auto)
+
+
+def stream3_tables(auto: pd.DataFrame) -> list[str]:
+    lines = ["Mean normalised K[C,C] over checkpoints before / during / after each seed's formation step (before: more than one measured interval earlier), "
+             "one value per seed, then a 95% t-interval over seeds:", "", "| direction | circuit | before | during | after |", "|---|---|---|---|---|"]
+    win = auto[auto.metric.str.startswith("K_norm_window/")]
+    for (direction, circ), g in win.groupby(["direction", "circuit"]):
+        cells = {}
+        for w in ("before", "during", "after"):
+            vals = {s: one(g, metric=f"K_norm_window/seed_{s}", component=f"C|C@{w}") for s in ("mean", "lo", "hi", "n")}
+            cells[w] = f"{vals['mean']:+.3f} [{vals['lo']:+.3f}, {vals['hi']:+.3f}] (n={vals['n']:.0f} seeds)" if math.isfinite(vals["mean"]) else "-"
+        lines.append(f"| {direction} | {circ} | {cells['before']} | {cells['during']} | {cells['after']} |")
+    lines.append("")
+    budget = select(auto, metric="budget_error/median")
     if len(budget):
-        text = (f"Energy budget: median relative error of sum_B K[A,B] (optimizer direction) vs the observed change of E_A over one real AdamW step: "
-                f"{budget.value.median():.3f} (max {budget.value.max():.3f})")
-        if len(budget_eps):
-            text += (f"; over a tenth of that step, where only the first-order term survives: {budget_eps.value.median():.3f} "
-                     f"(max {budget_eps.value.max():.3f}). The gap between the two is the step's second-order effect")
-        lines += ["", text + "."]
-    if len(entries):
-        lines += [f"Sampled entries dG_ii/dtheta_j in the circuit: fraction positive {entries.value.mean():.3f} on average over checkpoints and seeds."]
+        lines += [f"Energy budget: median relative error of sum_B K[A,B] (optimizer direction) against the observed change of E_A over one real AdamW step "
+                  f"{one(auto, metric='budget_error/median'):.3f}; over a tenth of that step {one(auto, metric='budget_error_eps/median'):.3f} (the gap is the step's second-order effect)."]
+    frac = one(auto, metric="entry_frac_positive/seed_mean")
+    if math.isfinite(frac):
+        lines += [f"Sampled entries dG_ii/dtheta_j > 0: {frac:.3f} (seed mean of per-seed means over checkpoints). Flipping the sign of one d_head coordinate leaves the function unchanged and flips those entries, so 0.5 is what symmetry alone gives."]
     lines += ["Reading: the paper predicts K[C,C] > 0 before and during the transition, decaying after it, and above the controls.", ""]
     return lines
 
 
-def sae_section(m: pd.DataFrame, out: Path, marks: dict[str, float]) -> list[str]:
-    sae = m[m.family == "sae"]
-    lines = ["## SAE features across checkpoints", ""]
-    quality = [q for q in ("l0", "explained_variance", "dead_fraction", "ce_recovered", "induction_feature_corr") if q in set(sae.metric)]
-    q = sae[sae.metric.isin(quality) & (sae.component == sae.component.iloc[0])]
-    units = {"l0": "active features / token", "explained_variance": "fraction", "dead_fraction": "fraction", "ce_recovered": "fraction",
-             "induction_feature_corr": "corr. with 'token seen earlier'"}
-    files = series_panels(q, quality, out, "sae_quality", "SAE quality and the induction-feature timeline over training", units, None, marks, ncols=3)
-    lines += [f"![quality]({files[0]}) ([interactive]({files[1]}))", ""]
-    events = sae[sae.metric.isin(["n_persisted", "n_born", "n_died", "n_split", "n_merged"])]
+def sae_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    sae = select(m, family="sae")
+    if sae.empty:
+        return []
+    units = {"l0": "active features / token", "explained_variance": "fraction", "dead_fraction": "fraction", "ce_recovered": "fraction", "induction_feature_corr": "corr. with 'token seen earlier'"}
+    panels = [metric_panel(sae, q, u, ctx) for q, u in units.items() if q in set(sae.metric)]
+    files = save(Figure("SAE quality and the induction-feature timeline over training", panels, ncols=3), out, "sae_quality")
+    lines = ["## SAE features across checkpoints", "", image(files, "quality"), ""]
+    events = sae[sae.metric.isin(["n_persisted", "n_born", "n_died", "n_split", "n_merged"]) & (sae.seed >= 0)]
     if len(events):
-        seed0 = events.seed.min()
+        seed0 = int(events.seed.min())
         e = events[events.seed == seed0].pivot_table(index="step", columns="metric", values="value").fillna(0)
-        fig, ax = plt.subplots(figsize=(9, 3.8))
-        bottom = np.zeros(len(e))
-        html = go.Figure()
-        for i, col in enumerate([c for c in ("n_persisted", "n_born", "n_died", "n_split", "n_merged") if c in e]):
-            ax.bar(e.index.astype(str), e[col], bottom=bottom, label=col.replace("n_", ""), color=SEED_COLORS[i])
-            html.add_trace(go.Bar(x=e.index, y=e[col], name=col.replace("n_", "")))
-            bottom += e[col].to_numpy()
-        ax.set_xlabel("checkpoint step (transition t -> next)")
-        ax.set_ylabel("features")
-        ax.set_title(f"Feature lineage between consecutive checkpoints (seed {seed0})")
-        ax.legend(fontsize=7)
-        ax.tick_params(axis="x", rotation=90)
-        html.update_layout(barmode="stack", title="Feature lineage", xaxis_title="checkpoint step", yaxis_title="features")
-        files = _save(fig, html, out, "sae_lineage")
-        sankey = lineage_sankey(e, seed0)
-        sankey.write_html(out / "sae_lineage_sankey.html", include_plotlyjs="cdn")
-        lines += [f"![lineage]({files[0]}) ([interactive]({files[1]}); flow diagram: [sae_lineage_sankey.html](sae_lineage_sankey.html))", ""]
-    uni = sae[sae.metric == "universality"]
+        traces = [Trace(e.index.tolist(), e[c].tolist(), c[2:], PALETTE[i], mode="bar") for i, c in enumerate(k for k in ("n_persisted", "n_born", "n_died", "n_split", "n_merged") if k in e)]
+        files = save(Figure(f"Feature lineage between consecutive checkpoints (seed {seed0})", [Panel("events", traces, xlabel="checkpoint step (previous -> this)", ylabel="features", stacked=True)]), out, "sae_lineage")
+        lineage_sankey(e, seed0).write_html(out / "sae_lineage_sankey.html", include_plotlyjs="cdn")
+        lines += [f"{image(files, 'lineage')}; flow diagram: [sae_lineage_sankey.html](sae_lineage_sankey.html)", ""]
+    uni = sae[(sae.metric == "universality")].sort_values("step")
     if len(uni):
-        lines += [f"Feature universality across seeds (matched fraction): {uni.value.mean():.3f}."]
+        lines.append("Feature universality across seeds (matched fraction) per checkpoint: " + ", ".join(f"{int(r.step)}: {r.value:.2f}" for r in uni.itertuples()) + ".")
     birth = sae[sae.metric == "induction_feature_birth_step"]
     if len(birth):
-        lines += [f"Birth step of the most induction-related features: {birth.value.mean():.0f} (mean over seeds), next to the induction formation step {marks.get('induction formation', math.nan):.0f}."]
-    lines += ["Reading: features that track 'this token appeared earlier' should be born near the induction transition.", ""]
-    return lines
+        lines.append("Birth step of the most induction-related feature per seed: " + ", ".join(f"seed {int(r.seed)} {r.value:.0f}" for r in birth.itertuples()) + ".")
+    return lines + ["Reading: features that track 'this token appeared earlier' should be born near the induction transition.", ""]
 
 
-def lineage_sankey(events: pd.DataFrame, seed: int) -> go.Figure:
-    """Alluvial view of feature flows between consecutive SAE checkpoints.
+def lineage_sankey(events: pd.DataFrame, seed: int):
+    """Alluvial view of feature flows between consecutive SAE checkpoints (HTML only).
 
     One column of nodes per checkpoint; persisted and split features flow on to
     the next checkpoint, died ones into a sink, born ones from a source.
     """
+    import plotly.graph_objects as go
+
     steps = list(events.index)
-    labels, index = [], {}
+    labels: list[str] = []
+    index: dict[str, int] = {}
 
     def node(name: str) -> int:
         if name not in index:
@@ -465,31 +340,50 @@ def lineage_sankey(events: pd.DataFrame, seed: int) -> go.Figure:
     return fig
 
 
-def paper_comparison(m: pd.DataFrame, run) -> list[str]:
-    geo = m[(m.family == "geometry") & (m.component == "")]
-    s2 = m[m.family == "stream2"]
+PAPER = [
+    ("effective_rank", "~48 early -> 40-42 after the transition", "B = 64 bounds it; a smaller B bounds it lower"),
+    ("participation_ratio", "~30-38 -> 24-29", ""),
+    ("topk_variance", "~0.22 -> 0.26-0.30 (k = 4)", ""),
+    ("overlap_prev", "~0.5 -> 0.85-0.90", "depends on the checkpoint spacing"),
+]
+
+
+def paper_section(m: pd.DataFrame, run) -> list[str]:
+    geo = select(m, family="geometry", component="")
+    if geo.empty:
+        return []
     b = run.config.data.probe_batches
     lines = ["## Next to the paper (section 6 of 'Internalization of gradients')", "",
              f"The paper measures the paper preset (16 seeds, B = 64 probe batches, 100k-800k steps); this run is preset `{run.config.preset}` "
              f"with B = {b} and {run.config.train.steps} steps, so absolute values are comparable only where B and scale match. "
              "Effective rank and participation ratio are bounded by B: with B < 64 only their direction of change is comparable.", "",
-             "| quantity | paper | this run (early -> late) | comparable here? |", "|---|---|---|---|"]
+             "| quantity | paper | this run (seed mean, first -> last checkpoint) | comparable here? |", "|---|---|---|---|"]
     for name, paper, note in PAPER:
-        if name.startswith("cross_seed_alignment"):
-            comp = "ln" if name.endswith("ln") else None
-            if len(s2) == 0:
-                ours = "not measured"
-            elif comp:
-                a, c = _value_range(s2.assign(component=s2.component), "cross_seed_alignment", "ln")
-                ours = f"{a:.3f} -> {c:.3f}"
-            else:
-                blocks = s2[(s2.metric == "cross_seed_alignment") & s2.component.isin(["attn_qkv", "attn_out", "mlp_in", "mlp_out"])]
-                ours = f"{blocks.value.mean():.3f} (mean over block groups)" if len(blocks) else "not measured"
-            comparable = "yes (a cosine, scale-free)"
-        else:
-            a, c = _value_range(geo, name)
-            ours = f"{a:.3f} -> {c:.3f}" if math.isfinite(a) else "not measured"
-            comparable = "direction only (B-bounded)" if name in ("effective_rank", "participation_ratio") and b != 64 else ("yes" if b == 64 else "roughly (k = 4, other B)")
+        s = summary(geo, name)
+        ours = f"{s['mean'].iloc[0]:.3f} -> {s['mean'].iloc[-1]:.3f}" if len(s) else "not measured"
+        comparable = "direction only (B-bounded)" if name in ("effective_rank", "participation_ratio") and b != 64 else ("yes" if b == 64 else "roughly (k = 4, other B)")
         lines.append(f"| {name} | {paper} | {ours} | {comparable}{'; ' + note if note else ''} |")
-    lines.append("")
-    return lines
+    return lines + [""]
+
+
+def write_report(run, out: Path | None = None) -> Path:
+    """Write every figure the run's rows allow and ``report.md``; returns its path."""
+    out = Path(out or run.path / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    m = run.metrics()
+    ctx = context_of(m)
+    lines = [f"# Report: {run.name}", "", f"Preset `{run.config.preset}`, seeds {run.seeds}, checkpoints {run.steps[:1]}..{run.steps[-1:]} "
+             f"(every {run.config.train.checkpoint_every} steps). Corpus: {run.info()['corpus']}. Settings of each family: its latest measurement (`{run.path.name}/measurements/`).", ""]
+    lines += loss_section(m, out, ctx)
+    lines += induction_section(m, out, ctx)
+    lines += patching_section(m, out, run)
+    lines += dashboard_section(m, out, ctx)
+    lines += stream1_section(m, out, ctx)
+    lines += stream2_section(m, out)
+    lines += beta_section(m)
+    lines += stream3_section(m, out, ctx)
+    lines += sae_section(m, out, ctx)
+    lines += paper_section(m, run)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

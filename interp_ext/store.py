@@ -9,21 +9,21 @@ probe set, the tokenizer and the tidy metrics table, behind :func:`open_run`.
     <run>/probe_set.safetensors                   lm / heldout / repeated probe tokens
     <run>/checkpoints/seed=<s>/step=<t>.safetensors
     <run>/activations/seed=<s>/step=<t>.safetensors
-    <run>/metrics.parquet                         run, seed, step, family, metric, component, value
+    <run>/metrics/<family>/<settings>/<unit>.parquet   run, seed, step, family, metric, component, value, settings
+    <run>/measurements/<settings>.json            the settings each measurement was made with
 
 Every file is written atomically (temporary file + rename), so a crash or Ctrl-C
-leaves the last complete checkpoint loadable.
+leaves the last complete checkpoint loadable. The metrics table is append-only
+(:mod:`interp_ext.metrics_store`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from interp_ext import metrics_store
 from interp_ext.config import RunConfig
+from interp_ext.metrics_store import METRIC_COLUMNS
 
-METRIC_COLUMNS = ["run", "seed", "step", "family", "metric", "component", "value"]
 _STEP_RE = re.compile(r"^step=(\d+)\.safetensors$")
 _SEED_RE = re.compile(r"^seed=(-?\d+)$")
 
@@ -123,78 +124,6 @@ def load_checkpoint(path: Path) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- metrics table
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else ("int64" if c in ("seed", "step") else "object")) for c in METRIC_COLUMNS})
-    return pd.read_parquet(path)
-
-
-def append_metrics(path: Path, rows: pd.DataFrame | Iterable[dict], run_name: str = "") -> pd.DataFrame:
-    """Append rows to the tidy table, replacing rows with the same key.
-
-    The key is every column except ``value``, so re-running a measurement
-    replaces its own rows instead of duplicating them. Extra columns (e.g.
-    ``direction``, ``params``) are allowed; missing ones are filled with "".
-    """
-    new = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    if new.empty:
-        return read_metrics(path)
-    if "run" not in new:
-        new["run"] = run_name
-    for col in ("family", "metric"):
-        if col not in new:
-            raise ValueError(f"metric rows need a {col!r} column; got columns {list(new.columns)}")
-    new["component"] = new.get("component", "")
-    new["component"] = new["component"].fillna("").astype(str)
-    new["seed"] = new.get("seed", -1)
-    new["step"] = new.get("step", -1)
-    new = new.astype({"seed": "int64", "step": "int64", "value": "float64"})
-    with _locked(path):
-        old = read_metrics(path)
-        extra = [c for c in list(old.columns) + list(new.columns) if c not in METRIC_COLUMNS]
-        extra = list(dict.fromkeys(extra))
-        for frame in (old, new):
-            for col in extra:
-                if col not in frame:
-                    frame[col] = ""
-        key = [c for c in METRIC_COLUMNS + extra if c != "value"]
-        for frame in (old, new):
-            for col in key:
-                if col not in ("seed", "step"):
-                    frame[col] = frame[col].fillna("").astype(str)
-        combined = pd.concat([old, new[METRIC_COLUMNS + extra]], ignore_index=True) if len(old) else new[METRIC_COLUMNS + extra]
-        combined = combined.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
-        tmp = path.with_name(path.name + ".tmp")
-        combined.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    return combined
-
-
-def drop_metrics(path: Path, family: str) -> None:
-    """Remove every row of one family (for measurements whose keys change between runs)."""
-    if not path.exists():
-        return
-    with _locked(path):
-        df = read_metrics(path)
-        tmp = path.with_name(path.name + ".tmp")
-        df[df["family"] != family].to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -214,7 +143,7 @@ class Run:
         self.config = RunConfig.load(cfg_path)
         self.name = self.path.name
         self._tokenizer = None
-        self._model_cache: dict = {}
+        self._probe: dict[str, torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, seeds={self.seeds}, steps={self.steps[:3]}...{self.steps[-1:] if self.steps else []})"
@@ -227,11 +156,9 @@ class Run:
         return self.path / "activations" / f"seed={seed}" / f"step={step}.safetensors"
 
     @property
-    def metrics_path(self) -> Path:
-        """The file this process appends to (a per-rank part file under torchrun)."""
-        from interp_ext.distributed import metrics_part
-
-        return self.path / metrics_part()
+    def metrics_dir(self) -> Path:
+        """The append-only metrics store (one parquet part per unit of work)."""
+        return self.path / "metrics"
 
     def _steps_in(self, folder: Path) -> list[int]:
         if not folder.is_dir():
@@ -327,8 +254,10 @@ class Run:
         return list(self.config.record.hooks)
 
     def probe_set(self) -> dict[str, torch.Tensor]:
-        """The fixed probe tokens: ``lm`` [B, batch, pos], ``heldout``, ``repeated``."""
-        return load_safetensors(self.path / "probe_set.safetensors")
+        """The fixed probe tokens: ``lm`` [B, batch, pos], ``heldout``, ``repeated`` (read once)."""
+        if self._probe is None:
+            self._probe = load_safetensors(self.path / "probe_set.safetensors")
+        return dict(self._probe)
 
     def train_tokens(self) -> np.ndarray:
         return np.load(self.path / "data" / "train.npy")
@@ -336,26 +265,69 @@ class Run:
     def heldout_tokens(self) -> np.ndarray:
         return np.load(self.path / "data" / "heldout.npy")
 
-    def metrics(self, family: str | None = None) -> pd.DataFrame:
-        """The tidy metrics table (optionally one family), per-rank part files merged."""
-        parts = [self.path / "metrics.parquet"] + sorted(self.path.glob("metrics.rank*.parquet"))
-        frames = [read_metrics(p) for p in parts if p.exists()]
-        if len(frames) > 1:
-            df = pd.concat(frames, ignore_index=True)
-            key = [c for c in df.columns if c != "value"]
-            df[key] = df[key].fillna("")
-            df = df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
-        else:
-            df = frames[0] if frames else read_metrics(self.path / "metrics.parquet")
-        return df[df["family"] == family].reset_index(drop=True) if family else df
+    def metrics(
+        self,
+        family: str | None = None,
+        settings: "str | object" = "latest",
+        seeds: Iterable[int] | None = None,
+        families: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """The tidy metrics table: SPEC section 2 columns plus ``settings`` (and family extras).
 
-    def append_metrics(self, rows: pd.DataFrame | Iterable[dict]) -> pd.DataFrame:
-        """Append rows (dicts or a DataFrame) to ``metrics.parquet``; same key replaces."""
-        return append_metrics(self.metrics_path, rows, run_name=self.name)
+        Args:
+            family: one family (default: every family).
+            settings: ``"latest"`` (default: per family, the rows of the settings it was
+                measured with most recently), ``"all"`` (every settings id; the ``settings``
+                column tells them apart), a settings id, or a settings object.
+            seeds: keep these seeds (and the cross-seed rows, seed -1).
+            families: several families at once (instead of ``family``).
+        """
+        root = self.metrics_dir
+        names = list(families) if families is not None else [family] if family else sorted(set(metrics_store.families(root)) | set(self._legacy_families()))
+        wanted = settings
+        if hasattr(settings, "family"):
+            from interp_ext.runner import settings_id
 
-    def drop_metrics(self, family: str) -> None:
-        """Remove a family's rows from this process's metrics file (before re-measuring it)."""
-        drop_metrics(self.metrics_path, family)
+            wanted = settings_id(self, settings)
+        frames = []
+        for name in names:
+            ids = metrics_store.settings_ids(root, name)
+            if wanted == "all":
+                pick = ids
+            elif wanted == "latest":
+                pick = [max(ids, key=self._last_used)] if ids else []
+            else:
+                pick = [wanted] if wanted in ids else []
+            frames.append(metrics_store.read_family(root, name, pick))
+            if wanted in ("all", metrics_store.LEGACY) or (wanted == "latest" and not ids):
+                legacy = self._legacy()
+                frames.append(legacy[legacy.family == name])
+        df = metrics_store.concat(frames)
+        if seeds is not None:
+            df = df[df.seed.isin(list(seeds)) | (df.seed < 0)]
+        return df.reset_index(drop=True)
+
+    def measurements(self) -> pd.DataFrame:
+        """Every settings object the run was measured with: ``id``, ``family``, ``settings``, ``created``, ``used``."""
+        folder = self.path / "measurements"
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+        return pd.DataFrame(records, columns=["id", "family", "settings", "created", "used"])
+
+    def _last_used(self, settings_id: str) -> float:
+        path = self.path / "measurements" / f"{settings_id}.json"
+        return float(json.loads(path.read_text()).get("used", 0.0)) if path.exists() else 0.0
+
+    def _legacy(self) -> pd.DataFrame:
+        return metrics_store.read_legacy(self.path)
+
+    def _legacy_families(self) -> list[str]:
+        legacy = self._legacy()
+        return sorted(legacy.family.unique()) if len(legacy) else []
+
+    def write_rows(self, family: str, settings: str, unit: str, rows: pd.DataFrame | Iterable[dict]) -> None:
+        """Write one unit's rows as an immutable part of the metrics store (see :mod:`interp_ext.metrics_store`)."""
+        frame = metrics_store.normalise(rows, self.name, family, settings)
+        metrics_store.write_part(self.metrics_dir, family, settings, unit, frame)
 
     def info(self) -> dict:
         df = self.metrics()

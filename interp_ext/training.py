@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from interp_ext.config import ConfigError, RunConfig, TrainConfig
 from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
 from interp_ext.hooks import ActivationRecorder, validate_hooks
+from interp_ext.metrics_store import unit_name
 from interp_ext.models import build_model, param_names, share_parameters
 from interp_ext.store import (
     Run,
@@ -354,10 +355,9 @@ class StackedTrainer:
                 self.save()
                 self.record()
                 mean = torch.stack(window).mean(0)
-                run.append_metrics(
-                    {"seed": s, "step": self.step, "family": "train", "metric": "loss", "component": "", "value": float(mean[i])}
-                    for i, s in enumerate(self.seeds)
-                )
+                for i, s in enumerate(self.seeds):
+                    rows = [{"seed": s, "step": self.step, "metric": "loss", "component": "", "value": float(mean[i])}]
+                    run.write_rows("train", "train", unit_name(s, self.step), rows)
                 window = []
             elif self.cfg.record.every and self.step % self.cfg.record.every == 0:
                 self.record()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from circuits.induction import measure_run
-from interp_ext import get_preset, override, train
+from interp_ext import get_preset, measure, override, train
+from interp_ext.families import InductionSettings
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1"
 
@@ -17,7 +17,7 @@ def test_tiny_preset_forms_induction_heads(tmp_path):
     data_dir = str(WIKITEXT) if WIKITEXT.exists() else None  # else the synthetic corpus
     cfg = override(get_preset("tiny"), data__data_dir=data_dir)
     run = train(cfg, tmp_path / "tiny", progress=False)
-    rows = measure_run(run, progress=False)
+    rows = measure(run, InductionSettings(), progress=False)
     for seed in run.seeds:
         best = rows[(rows.seed == seed) & (rows.metric == "best_induction_score")].sort_values("step")
         assert best.value.iloc[0] < 0.1, best

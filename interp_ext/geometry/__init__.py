@@ -8,7 +8,7 @@ Notebook use on any `HookedTransformer`::
     metrics = measure_checkpoint(model, batches, k=4, heldout=held, params="all")
 """
 
-from interp_ext.geometry.dashboard import DASHBOARD, function_space_alignment, measure_checkpoint, measure_run
+from interp_ext.geometry.dashboard import DASHBOARD, checkpoint_geometry, function_space_alignment, measure_checkpoint
 from interp_ext.geometry.gradients import GROUPS, param_group, per_batch_gradients, select_params
 from interp_ext.geometry.streams import (
     beta_fit,
@@ -16,8 +16,6 @@ from interp_ext.geometry.streams import (
     detect_transition,
     fit_saturating,
     match_units,
-    measure_beta_and_transition,
-    measure_stream2,
     permute_params,
 )
 
@@ -25,15 +23,13 @@ __all__ = [
     "DASHBOARD",
     "GROUPS",
     "beta_fit",
+    "checkpoint_geometry",
     "cross_seed_alignment",
     "detect_transition",
     "fit_saturating",
     "function_space_alignment",
     "match_units",
-    "measure_beta_and_transition",
     "measure_checkpoint",
-    "measure_run",
-    "measure_stream2",
     "param_group",
     "per_batch_gradients",
     "permute_params",

@@ -25,7 +25,7 @@ import torch
 from scipy.optimize import curve_fit, linear_sum_assignment
 from transformer_lens import HookedTransformer
 
-from interp_ext.geometry.gradients import group_names, params_label, per_batch_gradients, select_params, unflatten
+from interp_ext.geometry.gradients import group_names, per_batch_gradients, select_params, unflatten
 from interp_ext.geometry.spectral import cosine
 
 log = logging.getLogger("interp_ext")
@@ -121,39 +121,6 @@ def cross_seed_alignment(
             for metric, gj in (("cross_seed_alignment", grads[j]), ("cross_seed_alignment_perm", gj_perm)):
                 sums.setdefault((metric, group), []).append(cosine(gi, torch.cat([gj[n].flatten() for n in members])))
     return pd.DataFrame([{"metric": m, "component": g, "value": float(np.mean(v))} for (m, g), v in sums.items()])
-
-
-def measure_stream2(run, steps: list[int] | None = None, seeds: list[int] | None = None, n_batches: int | None = None, params: str | Sequence[str] = "all", progress: bool = True) -> pd.DataFrame:
-    """Stream 2 rows (``family="stream2"``) at each step, over the run's seeds.
-
-    Every seed's checkpoint is read from the run directory; under ``torchrun``
-    each rank takes a share of the steps.
-    """
-    from tqdm.auto import tqdm
-
-    from interp_ext import distributed
-
-    seeds = run.seeds if seeds is None else seeds
-    if len(seeds) < 2:
-        log.warning("Stream 2 (cross-seed alignment) needs >= 2 seeds; run %s has %s: skipped", run.path, seeds)
-        return pd.DataFrame()
-    steps = run.steps if steps is None else steps
-    lm = run.probe_set()["lm"]
-    lm = lm[:n_batches] if n_batches else lm
-    frames = []
-    distributed.init(run.device)
-    distributed.barrier()  # every rank's checkpoints are written
-    for step in tqdm(distributed.share(steps), desc="stream 2", disable=not progress, leave=False):
-        models = [run.model(s, step) for s in seeds]
-        df = cross_seed_alignment(models, lm, params)
-        df["seed"], df["step"], df["family"], df["params"] = -1, step, "stream2", params_label(params)
-        run.append_metrics(df)
-        frames.append(df)
-    distributed.barrier()
-    if distributed.is_distributed():
-        m = run.metrics("stream2")
-        return m[m.step.isin(steps)].reset_index(drop=True)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 # --------------------------------------------------------------------------- beta fit
@@ -271,51 +238,3 @@ def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain
     agreeing = [m for m, v in points.items() if abs(v - centre) <= window]
     agree_vals = np.array([points[m] for m in agreeing])
     return {"start": float(agree_vals.min() - interval), "end": float(agree_vals.max()), "agreeing": agreeing, "points": points}
-
-
-def measure_beta_and_transition(run, lag_metric: str = "subspace_similarity", metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Beta fit over seeds and the transition window from the run's geometry rows.
-
-    Under ``torchrun`` rank 0 fits once every rank's rows are written; the others return its rows.
-    """
-    from interp_ext import distributed
-
-    distributed.init(run.device)
-    with distributed.on_rank_zero() as zero:
-        if zero:
-            _beta_and_transition(run, lag_metric, metrics)
-    return pd.concat([run.metrics("beta"), run.metrics("transition")], ignore_index=True)
-
-
-def _beta_and_transition(run, lag_metric: str, metrics: Sequence[str] | None) -> None:
-    geo = run.metrics("geometry")
-    rows = []
-    if len(geo):
-        sub = geo[(geo.metric == lag_metric) & (geo.component == "")]
-        curves = {int(s): (g.step.to_numpy(), g.value.to_numpy()) for s, g in sub.groupby("seed")}
-        if curves:
-            fit = beta_fit(curves)
-            rows += [{"seed": -1, "step": -1, "family": "beta", "metric": k, "component": lag_metric, "value": v} for k, v in fit.items()]
-        metrics = metrics or ["effective_rank", "participation_ratio", "topk_variance", "grad_cosine", "overlap_prev", "energy_in_subspace"]
-        series = {}
-        for m in metrics:
-            sel = geo[(geo.metric == m) & (geo.component == "")]
-            if len(sel):
-                mean = sel.groupby("step")["value"].mean()
-                series[m] = (mean.index.to_numpy(), mean.to_numpy())
-        tr = detect_transition(series)
-        agreeing = ",".join(tr["agreeing"])
-        rows += [
-            {"seed": -1, "step": -1, "family": "transition", "metric": "start", "component": agreeing, "value": tr["start"]},
-            {"seed": -1, "step": -1, "family": "transition", "metric": "end", "component": agreeing, "value": tr["end"]},
-            {"seed": -1, "step": -1, "family": "transition", "metric": "n_agreeing", "component": agreeing, "value": float(len(tr["agreeing"]))},
-        ]
-        rows += [{"seed": -1, "step": -1, "family": "transition", "metric": "change_point", "component": m, "value": v} for m, v in tr["points"].items()]
-    if rows:
-        # the agreeing-metrics label is part of the row key: replace the whole families
-        run.drop_metrics("beta")
-        run.drop_metrics("transition")
-        run.append_metrics(rows)
-
-
-

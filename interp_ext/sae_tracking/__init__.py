@@ -8,7 +8,14 @@ correlation only, and related to the induction circuit.
 """
 
 from interp_ext.sae_tracking.matching import LineageEvents, match_features, similarity_matrix
-from interp_ext.sae_tracking.train import SAESettings, load_sae, sae_quality, train_sae
-from interp_ext.sae_tracking.tracking import track_run
 
-__all__ = ["LineageEvents", "SAESettings", "load_sae", "match_features", "sae_quality", "similarity_matrix", "track_run", "train_sae"]
+__all__ = ["LineageEvents", "SAESettings", "load_sae", "match_features", "sae_quality", "similarity_matrix", "train_sae"]
+
+
+def __getattr__(name: str):
+    """sae-lens loads on first use of its parts (the command line starts without it)."""
+    if name in ("SAESettings", "load_sae", "sae_quality", "train_sae"):
+        from interp_ext.sae_tracking import train
+
+        return getattr(train, name)
+    raise AttributeError(name)

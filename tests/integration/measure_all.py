@@ -10,7 +10,10 @@ import sys
 
 COMMANDS = [
     ["measure", "induction", "{run}", "--quiet"],
+    ["measure", "patching", "{run}", "--quiet"],
     ["measure", "geometry", "{run}", "--batches", "4", "--k", "2", "--lag", "2", "--quiet"],
+    ["measure", "stream2", "{run}", "--batches", "4", "--quiet"],
+    ["measure", "beta", "{run}", "--quiet"],
     ["measure", "autocatalysis", "{run}", "--steps", "3,6", "--rows", "2", "--controls", "1", "--batches", "2", "--quiet"],
     ["measure", "sae", "{run}", "--hook", "blocks.0.hook_resid_post", "--steps", "3,6", "--width", "32", "--k", "4", "--quiet"],
 ]

@@ -46,7 +46,7 @@ def test_two_process_gloo_run_equals_single_process(tmp_path, cache_dir):
     assert dist.returncode == 0, dist.stderr[-3000:]
     a, b = open_run(tmp_path / "dist"), open_run(tmp_path / "single")
     assert a.seeds == [0, 1, 2, 3] and a.steps == [0, 2, 4, 6]
-    assert (tmp_path / "dist" / "metrics.rank0.parquet").exists() and (tmp_path / "dist" / "metrics.rank1.parquet").exists()
+    assert len(list((tmp_path / "dist" / "metrics" / "train" / "train").glob("seed*-step*.parquet"))) == 4 * 3
     _same_checkpoints(a, b, 6)
     for seed in b.seeds:
         torch.testing.assert_close(a.activations(seed, 6)["blocks.0.attn.hook_pattern"], b.activations(seed, 6)["blocks.0.attn.hook_pattern"], rtol=0, atol=0)
@@ -61,7 +61,7 @@ def test_two_process_gloo_run_equals_single_process(tmp_path, cache_dir):
 
 
 def _table(run) -> pd.DataFrame:
-    m = run.metrics().drop(columns=["run"])
+    m = run.metrics(settings="all").drop(columns=["run"])
     key = [c for c in m.columns if c != "value"]
     return m.sort_values(key).reset_index(drop=True)
 
@@ -83,13 +83,13 @@ def test_two_process_measurements_equal_single_process(tmp_path, cache_dir):
     assert dist.returncode == 0, dist.stderr[-3000:]
     a, b = open_run(tmp_path / "dist"), open_run(tmp_path / "single")
     ta, tb = _table(a), _table(b)
-    families = {"train", "induction", "geometry", "stream1", "stream2", "beta", "transition", "autocatalysis", "sae"}
+    families = {"train", "induction", "patching", "geometry", "stream1", "stream2", "beta", "transition", "autocatalysis", "sae"}
     assert families <= set(tb.family), set(tb.family)
-    # each rank wrote its own part: rank 1 holds seeds 1 and 3 only
-    part1 = pd.read_parquet(tmp_path / "dist" / "metrics.rank1.parquet")
-    assert set(part1[part1.family.isin(["induction", "geometry", "autocatalysis", "sae"]) & (part1.seed >= 0)].seed) == {1, 3}
+    # the same immutable parts in both runs (each written by the rank that owns its seed or step)
+    parts = lambda root: sorted(str(p.relative_to(root)) for p in (root / "metrics").rglob("*.parquet"))
+    assert parts(tmp_path / "dist") == parts(tmp_path / "single")
     # cross-seed rows: formation-step interval, universality per step, Stream 2
-    assert {"formation_step_mean", "universality", "cross_seed_alignment_perm"} <= set(ta[ta.seed == -1].metric)
+    assert {"formation_step/seed_mean", "universality", "cross_seed_alignment_perm"} <= set(ta[ta.seed == -1].metric)
     pd.testing.assert_frame_equal(ta.drop(columns="value"), tb.drop(columns="value"))
     same = (ta.value.to_numpy() == tb.value.to_numpy()) | (np.isnan(ta.value.to_numpy()) & np.isnan(tb.value.to_numpy()))
     assert same.all(), ta[~same].assign(single=tb.value[~same]).head(20).to_string()

@@ -1,23 +1,9 @@
-import pandas as pd
 from typer.testing import CliRunner
 
 from interp_ext.cli import app
-from interp_ext.store import append_metrics, open_run
+from interp_ext.store import open_run
 
 runner = CliRunner()
-
-
-def test_metrics_append_replaces_rows_with_the_same_key(tmp_path):
-    path = tmp_path / "metrics.parquet"
-    rows = [{"seed": 0, "step": 10, "family": "geometry", "metric": "effective_rank", "component": "", "value": 3.0}]
-    append_metrics(path, rows, run_name="r")
-    append_metrics(path, rows, run_name="r")
-    rows[0]["value"] = 4.0
-    df = append_metrics(path, rows + [{"seed": 1, "step": 10, "family": "geometry", "metric": "effective_rank", "value": 5.0}], run_name="r")
-    assert len(df) == 2 and sorted(df["value"]) == [4.0, 5.0]
-    assert list(pd.read_parquet(path).columns[:7]) == ["run", "seed", "step", "family", "metric", "component", "value"]
-    df = append_metrics(path, [{"seed": 0, "step": 10, "family": "autocatalysis", "metric": "K", "component": "A|B", "direction": "sgd", "value": 1.0}], run_name="r")
-    assert set(df["direction"]) == {"", "sgd"} and len(df) == 3
 
 
 def small_wikitext(root):

@@ -1,0 +1,24 @@
+"""Measurement families, one per file: a settings dataclass and the pure functions it runs,
+registered with :func:`interp_ext.runner.register` and driven by :func:`interp_ext.runner.measure`.
+
+See ``docs/adding_a_measurement.md`` for how a new family plugs in.
+"""
+
+from interp_ext.families.autocatalysis import AutocatalysisSettings
+from interp_ext.families.beta import BetaSettings
+from interp_ext.families.geometry import GeometrySettings
+from interp_ext.families.induction import InductionSettings, induction_circuit
+from interp_ext.families.patching import PatchingSettings
+from interp_ext.families.sae import SAETrackingSettings
+from interp_ext.families.stream2 import Stream2Settings
+
+__all__ = [
+    "AutocatalysisSettings",
+    "BetaSettings",
+    "GeometrySettings",
+    "InductionSettings",
+    "PatchingSettings",
+    "SAETrackingSettings",
+    "Stream2Settings",
+    "induction_circuit",
+]

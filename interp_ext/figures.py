@@ -1,0 +1,176 @@
+"""One definition per figure, drawn twice: a PNG (matplotlib) and an interactive HTML page (plotly).
+
+A figure is data: :class:`Figure` holds :class:`Panel` s of :class:`Trace` s
+(lines, bands, bars) or a :class:`Heatmap`, with optional vertical marks, a
+shaded window and a zero line. :func:`save` renders the same definition with
+both libraries, so the two files always show the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
+
+PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
+
+
+@dataclass
+class Trace:
+    """A line (``mode="lines"``), markers, or a bar series; ``lo``/``hi`` add a shaded band."""
+
+    x: Sequence[float]
+    y: Sequence[float]
+    label: str = ""
+    color: str = "#000000"
+    width: float = 1.0
+    alpha: float = 1.0
+    lo: Sequence[float] | None = None
+    hi: Sequence[float] | None = None
+    mode: str = "lines"
+    legend: bool = True
+
+
+@dataclass
+class Heatmap:
+    z: np.ndarray
+    xlabels: list[str]
+    ylabels: list[str]
+    colorbar: str = ""
+    centered: bool = True
+
+
+@dataclass
+class Panel:
+    title: str
+    traces: list[Trace] = field(default_factory=list)
+    xlabel: str = "training step"
+    ylabel: str = ""
+    marks: dict[str, float] = field(default_factory=dict)  # label -> x of a dashed vertical line
+    window: tuple[float, float] | None = None  # shaded x range (the transition)
+    zero: bool = False
+    heatmap: Heatmap | None = None
+    stacked: bool = False  # bars stacked
+
+
+@dataclass
+class Figure:
+    title: str
+    panels: list[Panel]
+    ncols: int = 1
+
+    @property
+    def nrows(self) -> int:
+        return math.ceil(len(self.panels) / self.ncols)
+
+
+def save(fig: Figure, out: Path, name: str) -> list[str]:
+    """Write ``name.png`` and ``name.html`` under ``out``; returns their file names."""
+    out.mkdir(parents=True, exist_ok=True)
+    mpl = to_matplotlib(fig)
+    mpl.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    plt.close(mpl)
+    to_plotly(fig).write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    return [f"{name}.png", f"{name}.html"]
+
+
+def _finite(window) -> bool:
+    return window is not None and all(math.isfinite(v) for v in window)
+
+
+def to_matplotlib(fig: Figure):
+    wide = any(p.heatmap is not None and len(p.heatmap.xlabels) > 12 for p in fig.panels)
+    size = (max(4.6 * fig.ncols, 9 if wide else 0), 3.4 * fig.nrows)
+    figure, axes = plt.subplots(fig.nrows, fig.ncols, figsize=size, squeeze=False)
+    for i, panel in enumerate(fig.panels):
+        _draw_mpl(axes[i // fig.ncols][i % fig.ncols], panel, figure)
+    for j in range(len(fig.panels), fig.nrows * fig.ncols):
+        axes[j // fig.ncols][j % fig.ncols].axis("off")
+    figure.suptitle(fig.title)
+    figure.tight_layout()
+    return figure
+
+
+def _draw_mpl(ax, panel: Panel, figure) -> None:
+    if panel.heatmap is not None:
+        h = panel.heatmap
+        vmax = float(np.nanmax(np.abs(h.z))) if h.centered and np.isfinite(h.z).any() else None
+        im = ax.imshow(h.z, aspect="auto", cmap="RdBu_r" if h.centered else "viridis", vmin=-vmax if vmax else None, vmax=vmax)
+        ax.set_xticks(range(len(h.xlabels)), h.xlabels, rotation=90 if len(h.xlabels) > 8 else 0, fontsize=7)
+        ax.set_yticks(range(len(h.ylabels)), h.ylabels, fontsize=8)
+        figure.colorbar(im, ax=ax, label=h.colorbar)
+    bottom = None
+    for t in panel.traces:
+        if t.mode == "bar":
+            xs = [str(x) for x in t.x]
+            ax.bar(xs, t.y, bottom=bottom, color=t.color, label=t.label or None)
+            bottom = np.asarray(t.y, float) + (0 if bottom is None else bottom) if panel.stacked else None
+            ax.tick_params(axis="x", rotation=90)
+            continue
+        style = "o-" if t.mode == "markers" else "-"
+        ax.plot(t.x, t.y, style, lw=t.width, alpha=t.alpha, color=t.color, label=t.label if t.legend and t.label else None, ms=3)
+        if t.lo is not None and t.hi is not None:
+            ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18)
+    if _finite(panel.window):
+        ax.axvspan(*panel.window, color="orange", alpha=0.15, label="transition")
+    for label, x in panel.marks.items():
+        if math.isfinite(x):
+            ax.axvline(x, color="red", ls="--", lw=1, label=label)
+    if panel.zero:
+        ax.axhline(0, color="black", lw=0.6)
+    ax.set_title(panel.title, fontsize=10)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    if panel.heatmap is None:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+
+
+def to_plotly(fig: Figure) -> go.Figure:
+    html = make_subplots(rows=fig.nrows, cols=fig.ncols, subplot_titles=[p.title for p in fig.panels])
+    for i, panel in enumerate(fig.panels):
+        row, col = i // fig.ncols + 1, i % fig.ncols + 1
+        _draw_plotly(html, panel, row, col, first=i == 0)
+    html.update_layout(title=fig.title, height=340 * fig.nrows, width=max(520 * fig.ncols, 900), barmode="stack")
+    return html
+
+
+def _draw_plotly(html: go.Figure, panel: Panel, row: int, col: int, first: bool) -> None:
+    if panel.heatmap is not None:
+        h = panel.heatmap
+        html.add_trace(
+            go.Heatmap(z=h.z, x=h.xlabels, y=h.ylabels, colorscale="RdBu" if h.centered else "Viridis", reversescale=h.centered, zmid=0 if h.centered else None, colorbar=dict(title=h.colorbar)),
+            row=row, col=col,
+        )
+    for t in panel.traces:
+        if t.mode == "bar":
+            html.add_trace(go.Bar(x=list(t.x), y=list(t.y), name=t.label, marker_color=t.color, legendgroup=t.label, showlegend=first), row=row, col=col)
+            continue
+        if t.lo is not None and t.hi is not None:
+            band_x = list(t.x) + list(t.x)[::-1]
+            band_y = list(t.hi) + list(t.lo)[::-1]
+            html.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", fillcolor=t.color, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
+        mode = "lines+markers" if t.mode == "markers" else "lines"
+        html.add_trace(
+            go.Scatter(x=list(t.x), y=list(t.y), mode=mode, name=t.label, legendgroup=t.label, showlegend=first and t.legend and bool(t.label), opacity=t.alpha, line=dict(width=t.width * 1.2, color=t.color)),
+            row=row, col=col,
+        )
+    if _finite(panel.window):
+        html.add_vrect(x0=panel.window[0], x1=panel.window[1], fillcolor="orange", opacity=0.15, line_width=0, row=row, col=col)
+    for label, x in panel.marks.items():
+        if math.isfinite(x):
+            html.add_vline(x=x, line_dash="dash", line_color="red", annotation_text=label, row=row, col=col)
+    if panel.zero:
+        html.add_hline(y=0, line_color="black", line_width=0.6, row=row, col=col)
+    html.update_xaxes(title_text=panel.xlabel, row=row, col=col)
+    html.update_yaxes(title_text=panel.ylabel, row=row, col=col)

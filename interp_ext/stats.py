@@ -1,0 +1,87 @@
+"""Statistics over seeds: the one place intervals are formed.
+
+Seeds are the independent replicates of a run; checkpoints of one seed are not
+(they are autocorrelated). Every interval here is therefore over per-seed
+values: reduce each seed to one number first (its value at a step, or its mean
+over a window of steps), then form the interval over seeds. Two intervals:
+
+* :func:`t_interval`: Student t on the per-seed values (mean +- t_{n-1} s / sqrt(n));
+* :func:`bootstrap_interval`: percentile bootstrap over seeds of any statistic.
+
+:func:`over_seeds` turns per-seed metric rows into summary rows
+(``<metric>/seed_mean``, ``/seed_lo``, ``/seed_hi``, ``/seed_n``) that reports draw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SUMMARY_STATS = ("seed_mean", "seed_lo", "seed_hi", "seed_n")
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, n) of the finite values, a Student-t interval; NaN bounds for n < 2."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return (math.nan, math.nan, math.nan, 0)
+    mean = float(v.mean())
+    if n < 2:
+        return (mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return (mean, mean - half, mean + half, n)
+
+
+def bootstrap_interval(
+    values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float, int]:
+    """(statistic, lo, hi, n): percentile bootstrap over the finite per-seed values."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return (math.nan, math.nan, math.nan, 0)
+    point = float(statistic(v))
+    if n < 2:
+        return (point, math.nan, math.nan, 1)
+    rng = np.random.default_rng(seed)
+    boots = np.array([statistic(v[rng.integers(0, n, n)]) for _ in range(n_boot)])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return (point, float(lo), float(hi), n)
+
+
+def sign_count(values: Sequence[float]) -> tuple[int, int]:
+    """(number of positive values, number of finite values): "k of n seeds"."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return int((v > 0).sum()), len(v)
+
+
+def over_seeds(rows: pd.DataFrame, by: Sequence[str] = ("step", "metric", "component"), level: float = 0.95) -> pd.DataFrame:
+    """Summary rows over seeds: for every group of ``by``, a t-interval over the per-seed values.
+
+    Args:
+        rows: metric rows with one value per seed in each group (average replicates within a
+            seed first).
+        by: the grouping columns (``step``, ``metric``, ``component`` and any extra column).
+
+    Returns:
+        Rows with ``seed = -1`` and metric ``<metric>/seed_mean``, ``/seed_lo``, ``/seed_hi``, ``/seed_n``.
+    """
+    by = list(by)
+    rows = rows[rows.seed >= 0]
+    if rows.empty:
+        return pd.DataFrame(columns=by + ["seed", "value"])
+    per_seed = rows.groupby(by + ["seed"], dropna=False)["value"].mean().reset_index()
+    out = []
+    for key, group in per_seed.groupby(by, dropna=False):
+        base = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for stat, value in zip(SUMMARY_STATS, t_interval(group["value"].to_numpy(), level)):
+            out.append({**base, "seed": -1, "metric": f"{base['metric']}/{stat}", "value": float(value)})
+    return pd.DataFrame(out)
