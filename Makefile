@@ -25,6 +25,8 @@ reproduce: install
 	$(BIN)/interp-ext reproduce --out $(RUN) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -15,8 +15,8 @@ import argparse
 import statistics
 
 import torch
-
 from _common import machine, paper_model, peak_rss_mib, plain_passes, random_batches, timer
+
 from interp_ext.geometry import measure_checkpoint
 
 
@@ -24,8 +24,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=64)
     p.add_argument("--heldout", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions (the ratio is taken within each round)")
-    p.add_argument("--chunk", type=int, default=None, help="batches per vmap (default: automatic, 1 on CPU)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="interleaved repetitions (the ratio is taken within each round)",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=None, help="batches per vmap (default: automatic, 1 on CPU)"
+    )
     args = p.parse_args()
     model = paper_model()
     n_params = sum(q.numel() for q in model.parameters())
@@ -33,7 +40,9 @@ def main() -> None:
     plain_passes(model, lm[:1])  # warm-up
     base_rss = peak_rss_mib()
     print(f"machine: {machine()}")
-    print(f"paper preset: {n_params:,} parameters, B = {args.batches}, held-out H = {args.heldout} (SPEC section 4), vmap chunk {args.chunk or 'automatic (1 on CPU)'}")
+    print(
+        f"paper preset: {n_params:,} parameters, B = {args.batches}, held-out H = {args.heldout} (SPEC section 4), vmap chunk {args.chunk or 'automatic (1 on CPU)'}"
+    )
     ratios, ratios_same, ratios_g = [], [], []
     for r in range(args.rounds):
         with timer() as t_geo:
@@ -53,9 +62,13 @@ def main() -> None:
             f"without held-out batches {t_g.seconds:.1f} s -> {ratios_g[-1]:.2f}x B passes"
         )
     g_bytes = args.batches * n_params * 4 / 2**20
-    print(f"time: median {statistics.median(ratios):.2f}x B plain passes; {statistics.median(ratios_same):.2f}x the B + H passes it needs (floor {(args.batches + args.heldout) / args.batches:.2f}x)")
+    print(
+        f"time: median {statistics.median(ratios):.2f}x B plain passes; {statistics.median(ratios_same):.2f}x the B + H passes it needs (floor {(args.batches + args.heldout) / args.batches:.2f}x)"
+    )
     print(f"G alone (no held-out energy): median {statistics.median(ratios_g):.2f}x B plain passes")
-    print(f"peak RSS growth: {geo_rss - base_rss:.0f} MiB vs B x n_params x 4 bytes = {g_bytes:.0f} MiB -> {(geo_rss - base_rss) / g_bytes:.2f}x")
+    print(
+        f"peak RSS growth: {geo_rss - base_rss:.0f} MiB vs B x n_params x 4 bytes = {g_bytes:.0f} MiB -> {(geo_rss - base_rss) / g_bytes:.2f}x"
+    )
     print("metrics:", {k: round(v, 4) for k, v in metrics.items()})
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import machine, paper_model, random_batches, timer
+
 from interp_ext.sae_tracking import SAESettings, train_sae
 from interp_ext.sae_tracking.tracking import hook_activations
 
@@ -30,8 +30,12 @@ def main() -> None:
         train_sae(acts, SAESettings(width=args.width, k=args.k))
     total = t_act.seconds + t_train.seconds
     print(f"machine: {machine()}")
-    print(f"{acts.shape[0]:,} activation vectors of d_model {acts.shape[1]} at {hook}; TopK SAE width {args.width}, k {args.k}, 8 epochs")
-    print(f"producing activations {t_act.seconds:.1f} s ({100 * t_act.seconds / total:.0f}%), training {t_train.seconds:.1f} s ({100 * t_train.seconds / total:.0f}%), total {total:.1f} s per SAE")
+    print(
+        f"{acts.shape[0]:,} activation vectors of d_model {acts.shape[1]} at {hook}; TopK SAE width {args.width}, k {args.k}, 8 epochs"
+    )
+    print(
+        f"producing activations {t_act.seconds:.1f} s ({100 * t_act.seconds / total:.0f}%), training {t_train.seconds:.1f} s ({100 * t_train.seconds / total:.0f}%), total {total:.1f} s per SAE"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import statistics
 import platform
+import statistics
 import time
 
 import torch
@@ -71,7 +71,12 @@ def make_loop(cfg, n_seeds: int, device: str, fused: bool | None = None):
     """One step of a Python loop over plain `HookedTransformer`s, each with its own AdamW."""
     v, b, n_ctx = vocab(cfg), cfg.train.batch_size, cfg.model.n_ctx
     models = [build_model(cfg.model, v, seed=s, device=device) for s in range(n_seeds)]
-    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused) for m in models]
+    opts = [
+        torch.optim.AdamW(
+            m.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
+        )
+        for m in models
+    ]
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -113,23 +118,45 @@ def main() -> None:
     parser.add_argument("--preset", default="paper", choices=["paper", "tiny"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--rounds", type=int, default=10, help="rounds of one step of each variant (4 x as many with 1 seed); medians reported")
-    parser.add_argument("--no-bf16", action="store_true", help="train in float32 instead of the preset's bf16 autocast")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="rounds of one step of each variant (4 x as many with 1 seed); medians reported",
+    )
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="train in float32 instead of the preset's bf16 autocast",
+    )
     args = parser.parse_args()
     cfg = get_preset(args.preset)
     cfg.train.device = args.device
     cfg.train.bf16 = cfg.train.bf16 and not args.no_bf16
     torch.manual_seed(0)
     m = cfg.model
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
-    print(f"{args.preset} preset: {m.n_layers} layers{' (attention only)' if m.attn_only else ''}, d_model {m.d_model}, d_vocab {vocab(cfg)}, batch {cfg.train.batch_size} x {m.n_ctx}, bf16 autocast {cfg.train.bf16}")
-    print("stacked = StackedTrainer step with its defaults (seed_chunk automatic: all seeds in one vmap on a GPU, one at a time on a CPU; fused AdamW; deterministic algorithms);")
-    print("one-vmap = the same trainer with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed;")
-    print("loop-fused = that loop with AdamW(fused=True); nondet = stacked with train.deterministic off")
-    cols = ["stacked", "one-vmap", "loop", "loop-fused", "nondet"]
-    print(f"single steps of the {len(cols)} alternate (order rotating), {args.rounds} rounds per seed count (4x as many with 1 seed); steps/s from the median step time")
     print(
-        f"{'seeds':>5} | {'rounds':>6} | " + " | ".join(f"{c:>10}" for c in cols)
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}"
+    )
+    print(
+        f"{args.preset} preset: {m.n_layers} layers{' (attention only)' if m.attn_only else ''}, d_model {m.d_model}, d_vocab {vocab(cfg)}, batch {cfg.train.batch_size} x {m.n_ctx}, bf16 autocast {cfg.train.bf16}"
+    )
+    print(
+        "stacked = StackedTrainer step with its defaults (seed_chunk automatic: all seeds in one vmap on a GPU, one at a time on a CPU; fused AdamW; deterministic algorithms);"
+    )
+    print(
+        "one-vmap = the same trainer with every seed in one vmap (train.seed_chunk = n); loop = one plain HookedTransformer + torch.optim.AdamW per seed;"
+    )
+    print(
+        "loop-fused = that loop with AdamW(fused=True); nondet = stacked with train.deterministic off"
+    )
+    cols = ["stacked", "one-vmap", "loop", "loop-fused", "nondet"]
+    print(
+        f"single steps of the {len(cols)} alternate (order rotating), {args.rounds} rounds per seed count (4x as many with 1 seed); steps/s from the median step time"
+    )
+    print(
+        f"{'seeds':>5} | {'rounds':>6} | "
+        + " | ".join(f"{c:>10}" for c in cols)
         + " | stacked/loop | one-vmap/loop | stacked/loop-fused | stacked faster than loop | deterministic cost (stacked/nondet time)"
     )
     per_step_time = None
@@ -137,18 +164,26 @@ def main() -> None:
         trainer = make_stacked(cfg, n, args.device)
         nondet = make_stacked(cfg, n, args.device, deterministic=False)
 
-        def stacked(chunk: int):
+        def stacked(chunk: int, trainer=trainer):
             def step() -> None:
                 trainer.cfg.train.seed_chunk = chunk
                 trainer.train_step()
 
             return step
 
-        variants = [stacked(0), stacked(n), make_loop(cfg, n, args.device), make_loop(cfg, n, args.device, fused=True), nondet.train_step]
+        variants = [
+            stacked(0),
+            stacked(n),
+            make_loop(cfg, n, args.device),
+            make_loop(cfg, n, args.device, fused=True),
+            nondet.train_step,
+        ]
         steps = dict(zip(cols, variants))
-        rounds = max(args.rounds, 4 * args.rounds // n)  # cheap small ensembles get more rounds (less noise)
-        for step in steps.values():  # warm-up
-            step()
+        rounds = max(
+            args.rounds, 4 * args.rounds // n
+        )  # cheap small ensembles get more rounds (less noise)
+        for warm in steps.values():  # warm-up
+            warm()
         times = {k: [] for k in steps}
         for r in range(rounds):
             # the order rotates from round to round: no variant always runs first or after the same one
@@ -160,7 +195,8 @@ def main() -> None:
         if n == 1:
             per_step_time = med["stacked"]
         print(
-            f"{n:>5} | {rounds:>6} | " + " | ".join(f"{1 / med[c]:>10.3f}" for c in cols)
+            f"{n:>5} | {rounds:>6} | "
+            + " | ".join(f"{1 / med[c]:>10.3f}" for c in cols)
             + f" | {med['loop'] / med['stacked']:>11.2f}x | {med['loop'] / med['one-vmap']:>12.2f}x | {med['loop-fused'] / med['stacked']:>17.2f}x | {wins:>6} of {rounds} rounds"
             + f" | {med['stacked'] / med['nondet']:.3f}x",
             flush=True,

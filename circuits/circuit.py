@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from transformer_lens import HookedTransformer
@@ -55,21 +56,25 @@ class Head(NamedTuple):
         return f"L{self.layer}H{self.head}"
 
     @classmethod
-    def parse(cls, name: str) -> "Head":
+    def parse(cls, name: str) -> Head:
         m = _HEAD.match(str(name).strip())
         if not m:
-            raise CircuitError(f"{name!r} is not a head name; heads are written L<layer>H<head>, e.g. L1H2")
+            raise CircuitError(
+                f"{name!r} is not a head name; heads are written L<layer>H<head>, e.g. L1H2"
+            )
         return cls(int(m.group(1)), int(m.group(2)))
 
     @staticmethod
     def is_head(name: str) -> bool:
         return bool(_HEAD.match(str(name)))
 
-    def check(self, model: HookedTransformer) -> "Head":
+    def check(self, model: HookedTransformer) -> Head:
         """The head itself, or an error naming the model's layers and heads."""
         n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
         if not (0 <= self.layer < n_l and 0 <= self.head < n_h):
-            raise CircuitError(f"head {self} does not exist: the model has layers 0..{n_l - 1} and heads 0..{n_h - 1} per layer (L0H0 .. L{n_l - 1}H{n_h - 1})")
+            raise CircuitError(
+                f"head {self} does not exist: the model has layers 0..{n_l - 1} and heads 0..{n_h - 1} per layer (L0H0 .. L{n_l - 1}H{n_h - 1})"
+            )
         return self
 
     def hook(self, name: str) -> str:
@@ -78,7 +83,9 @@ class Head(NamedTuple):
 
 
 def all_heads(model: HookedTransformer, min_layer: int = 0) -> list[Head]:
-    return [Head(l, h) for l in range(min_layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    return [
+        Head(l, h) for l in range(min_layer, model.cfg.n_layers) for h in range(model.cfg.n_heads)
+    ]
 
 
 def parse_heads(text: str, model: HookedTransformer | None = None) -> list[Head]:
@@ -164,16 +171,20 @@ class Circuit:
     def __post_init__(self) -> None:
         self.components = list(dict.fromkeys(self.components))
 
-    def validate(self, model: HookedTransformer) -> "Circuit":
+    def validate(self, model: HookedTransformer) -> Circuit:
         valid = valid_components(model)
         bad = [c for c in self.components if c not in valid and c != REST]
         if bad:
-            raise CircuitError(f"unknown component(s) {bad} for this model; valid components: {valid} (and '{REST}')")
+            raise CircuitError(
+                f"unknown component(s) {bad} for this model; valid components: {valid} (and '{REST}')"
+            )
         return self
 
-    def with_rest(self) -> "Circuit":
+    def with_rest(self) -> Circuit:
         """The same circuit plus ``rest`` (every other parameter)."""
-        return Circuit(self.name, [c for c in self.components if c != REST] + [REST], dict(self.roles))
+        return Circuit(
+            self.name, [c for c in self.components if c != REST] + [REST], dict(self.roles)
+        )
 
     # -- parameters
     def masks(self, model: HookedTransformer) -> dict[str, dict[str, torch.Tensor]]:
@@ -194,7 +205,9 @@ class Circuit:
                 mask = torch.zeros_like(params[pname], dtype=torch.bool)
                 mask[index] = True
                 if (covered[pname] & mask).any():
-                    raise CircuitError(f"component {comp} overlaps another component of circuit {self.name!r} in {pname}")
+                    raise CircuitError(
+                        f"component {comp} overlaps another component of circuit {self.name!r} in {pname}"
+                    )
                 covered[pname] |= mask
                 comp_masks[pname] = mask
             out[comp] = comp_masks
@@ -208,7 +221,10 @@ class Circuit:
         out = {}
         for comp, per_param in masks.items():
             out[comp] = torch.cat(
-                [per_param.get(k, torch.zeros_like(p, dtype=torch.bool)).flatten() for k, p in model.named_parameters()]
+                [
+                    per_param.get(k, torch.zeros_like(p, dtype=torch.bool)).flatten()
+                    for k, p in model.named_parameters()
+                ]
             )
         return out
 
@@ -229,22 +245,30 @@ class Circuit:
         return text
 
     @classmethod
-    def from_dict(cls, payload: dict) -> "Circuit":
+    def from_dict(cls, payload: dict) -> Circuit:
         return cls(payload["name"], list(payload["components"]), dict(payload.get("roles", {})))
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "Circuit":
+    def from_json(cls, text_or_path: str | Path) -> Circuit:
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
             text = Path(text).read_text()
         return cls.from_dict(json.loads(text))
 
 
-def random_heads(model: HookedTransformer, n: int, exclude: Iterable[str] = (), generator: torch.Generator | None = None, min_layer: int = 0) -> list[str]:
+def random_heads(
+    model: HookedTransformer,
+    n: int,
+    exclude: Iterable[str] = (),
+    generator: torch.Generator | None = None,
+    min_layer: int = 0,
+) -> list[str]:
     """``n`` random head names (layers >= ``min_layer``), none of ``exclude``."""
     excluded = {str(e) for e in exclude}
     pool = [str(h) for h in all_heads(model, min_layer) if str(h) not in excluded]
     if n > len(pool):
-        raise CircuitError(f"asked for {n} random heads but only {len(pool)} heads are available outside {list(exclude)}")
+        raise CircuitError(
+            f"asked for {n} random heads but only {len(pool)} heads are available outside {list(exclude)}"
+        )
     idx = torch.randperm(len(pool), generator=generator)[:n]
     return [pool[i] for i in idx.tolist()]

@@ -48,16 +48,23 @@ DEFAULT_PREV_THRESHOLD = 0.1  # 5x the ~0.02 a uniform head pays one key at this
 def check_repeated(tokens: Int[torch.Tensor, "batch pos"]) -> int:
     """Validate the [BOS] + r + r layout and return S."""
     if tokens.ndim != 2 or tokens.shape[1] < 3 or (tokens.shape[1] - 1) % 2 != 0:
-        raise ValueError(f"repeated tokens must be [batch, 1 + 2S] laid out as [BOS] + r + r; got shape {tuple(tokens.shape)}")
+        raise ValueError(
+            f"repeated tokens must be [batch, 1 + 2S] laid out as [BOS] + r + r; got shape {tuple(tokens.shape)}"
+        )
     s = (tokens.shape[1] - 1) // 2
     if not torch.equal(tokens[:, 1 : 1 + s], tokens[:, 1 + s :]):
-        raise ValueError("tokens are not [BOS] + r + r: the second half differs from the first (build them with interp_ext.data.repeated_tokens)")
+        raise ValueError(
+            "tokens are not [BOS] + r + r: the second half differs from the first (build them with interp_ext.data.repeated_tokens)"
+        )
     return s
 
 
 def _needs_two_layers(model: HookedTransformer) -> bool:
     if model.cfg.n_layers < 2:
-        log.warning("induction heads need two layers (a previous-token head feeding a later head); this model has %d: empty result", model.cfg.n_layers)
+        log.warning(
+            "induction heads need two layers (a previous-token head feeding a later head); this model has %d: empty result",
+            model.cfg.n_layers,
+        )
         return False
     return True
 
@@ -71,7 +78,11 @@ def attention_scores(
 ) -> dict[str, Float[torch.Tensor, "layer head_index"]]:
     """Induction, previous-token and duplicate-token scores of every head."""
     s = check_repeated(tokens)
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
+    _, cache = model.run_with_cache(
+        tokens.to(model.cfg.device),
+        names_filter=lambda n: n.endswith("hook_pattern"),
+        return_type=None,
+    )
     q = torch.arange(s + 1, 2 * s + 1)
     offsets = {"induction_score": -s + 1, "prev_token_score": -1, "duplicate_score": -s}
     out = {name: torch.zeros(model.cfg.n_layers, model.cfg.n_heads) for name in ATTENTION_SCORES}
@@ -83,7 +94,9 @@ def attention_scores(
 
 
 @torch.no_grad()
-def copying_scores(model: HookedTransformer, token_ids: torch.Tensor | None = None, top_n: int = 500) -> Float[torch.Tensor, "layer head_index"]:
+def copying_scores(
+    model: HookedTransformer, token_ids: torch.Tensor | None = None, top_n: int = 500
+) -> Float[torch.Tensor, "layer head_index"]:
     """sum(eig) / sum(|eig|) of W_E[tok] W_V W_O W_U[:, tok] per head.
 
     The non-zero eigenvalues of the [N, N] circuit are those of a d_head x
@@ -109,7 +122,9 @@ def copying_scores(model: HookedTransformer, token_ids: torch.Tensor | None = No
 
 
 @torch.no_grad()
-def k_composition(model: HookedTransformer) -> Float[torch.Tensor, "layer head_index layer head_index"]:
+def k_composition(
+    model: HookedTransformer,
+) -> Float[torch.Tensor, "layer head_index layer head_index"]:
     """K-composition scores [earlier layer, head, later layer, head] (TransformerLens)."""
     return model.all_composition_scores("K").float().cpu()
 
@@ -129,10 +144,14 @@ def composition_baseline(d_model: int, d_head: int, draws: int = 32, seed: int =
 
 
 @torch.no_grad()
-def repeat_loss_drop(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> tuple[float, float]:
+def repeat_loss_drop(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]
+) -> tuple[float, float]:
     """(loss on the first copy) - (loss on the second copy), and the second-half loss."""
     s = check_repeated(tokens)
-    loss = model(tokens.to(model.cfg.device), return_type="loss", loss_per_token=True).float().cpu()  # [batch, pos-1]
+    loss = (
+        model(tokens.to(model.cfg.device), return_type="loss", loss_per_token=True).float().cpu()
+    )  # [batch, pos-1]
     first = loss[:, 1:s].mean()  # predictions of r[1..S-1] from the first copy
     second = loss[:, s : 2 * s].mean()  # predictions of the second copy
     return float(first - second), float(second)
@@ -145,7 +164,11 @@ def icl_score(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) 
     return float(loss[:, -8:].mean() - loss[:, 6:14].mean())
 
 
-def head_scores(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], token_ids: torch.Tensor | None = None) -> pd.DataFrame:
+def head_scores(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    token_ids: torch.Tensor | None = None,
+) -> pd.DataFrame:
     """Per-head scores on repeated sequences [batch, 1 + 2S] laid out as [BOS] + r + r.
 
     Returns:
@@ -161,20 +184,38 @@ def head_scores(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]
     for metric, values in scores.items():
         for layer in range(values.shape[0]):
             for head in range(values.shape[1]):
-                rows.append({"component": str(Head(layer, head)), "metric": metric, "value": float(values[layer, head])})
+                rows.append(
+                    {
+                        "component": str(Head(layer, head)),
+                        "metric": metric,
+                        "value": float(values[layer, head]),
+                    }
+                )
     comp = k_composition(model)
     for l1 in range(model.cfg.n_layers):
         for h1 in range(model.cfg.n_heads):
             for l2 in range(l1 + 1, model.cfg.n_layers):
                 for h2 in range(model.cfg.n_heads):
-                    rows.append({"component": f"{Head(l1, h1)}->{Head(l2, h2)}", "metric": "k_composition", "value": float(comp[l1, h1, l2, h2])})
+                    rows.append(
+                        {
+                            "component": f"{Head(l1, h1)}->{Head(l2, h2)}",
+                            "metric": "k_composition",
+                            "value": float(comp[l1, h1, l2, h2]),
+                        }
+                    )
     return pd.DataFrame(rows, columns=["component", "metric", "value"])
 
 
-def model_scores(model: HookedTransformer, repeated: torch.Tensor, heldout: torch.Tensor) -> dict[str, float]:
+def model_scores(
+    model: HookedTransformer, repeated: torch.Tensor, heldout: torch.Tensor
+) -> dict[str, float]:
     """Model-level scores: ``icl_score``, ``repeat_loss_drop``, ``repeat_second_half_loss``."""
     drop, second = repeat_loss_drop(model, repeated)
-    return {"icl_score": icl_score(model, heldout), "repeat_loss_drop": drop, "repeat_second_half_loss": second}
+    return {
+        "icl_score": icl_score(model, heldout),
+        "repeat_loss_drop": drop,
+        "repeat_second_half_loss": second,
+    }
 
 
 # --------------------------------------------------------------------------- detection
@@ -188,7 +229,9 @@ def detect_induction_heads(scores: pd.DataFrame, threshold: float = DEFAULT_THRE
     return ind["component"].tolist()
 
 
-def previous_token_partners(scores: pd.DataFrame, induction_heads: list[str], prev_threshold: float = DEFAULT_PREV_THRESHOLD) -> list[str]:
+def previous_token_partners(
+    scores: pd.DataFrame, induction_heads: list[str], prev_threshold: float = DEFAULT_PREV_THRESHOLD
+) -> list[str]:
     """Earlier-layer heads feeding the induction heads: for each induction head, the
     earlier head maximising K-composition x previous-token score, kept if its
     previous-token score exceeds ``prev_threshold``."""
@@ -225,7 +268,9 @@ def formation_step(steps: np.ndarray, best_scores: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], heads: list[str]) -> float:
+def mean_ablation_loss(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], heads: list[str]
+) -> float:
     """Second-half loss on [BOS] r r with ``heads`` mean-ablated.
 
     Each head's output (``hook_z``) is replaced by its mean over the batch and
@@ -237,7 +282,9 @@ def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batc
     for name in heads:
         layer, head = Head.parse(name)
         by_layer.setdefault(layer, []).append(head)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_z"), return_type=None)
+    _, cache = model.run_with_cache(
+        tokens, names_filter=lambda n: n.endswith("attn.hook_z"), return_type=None
+    )
 
     def make_hook(layer: int, hs: list[int]):
         mean = cache["z", layer].mean(dim=(0, 1))  # [head_index, d_head]
@@ -249,12 +296,21 @@ def mean_ablation_loss(model: HookedTransformer, tokens: Int[torch.Tensor, "batc
         return hook
 
     hooks = [(get_act_name("z", layer), make_hook(layer, hs)) for layer, hs in by_layer.items()]
-    loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks).float().cpu()
+    loss = (
+        model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
+        .float()
+        .cpu()
+    )
     return float(loss[:, s : 2 * s].mean())
 
 
 def ablation_check(
-    model: HookedTransformer, tokens: torch.Tensor, heads: list[str], n_random: int = 5, seed: int = 0, exclude: list[str] | None = None
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    heads: list[str],
+    n_random: int = 5,
+    seed: int = 0,
+    exclude: list[str] | None = None,
 ) -> dict[str, float]:
     """Loss increase from mean-ablating ``heads`` vs as many random heads.
 
@@ -272,7 +328,13 @@ def ablation_check(
     detected = mean_ablation_loss(model, tokens, heads) - clean
     gen = torch.Generator().manual_seed(seed)
     outside = list(heads) + [h for h in (exclude or []) if h not in heads]
-    rand = [mean_ablation_loss(model, tokens, random_heads(model, len(heads), exclude=outside, generator=gen)) - clean for _ in range(n_random)]
+    rand = [
+        mean_ablation_loss(
+            model, tokens, random_heads(model, len(heads), exclude=outside, generator=gen)
+        )
+        - clean
+        for _ in range(n_random)
+    ]
     return {"detected": detected, "random": float(np.mean(rand)), "clean_loss": clean}
 
 
@@ -291,7 +353,12 @@ def best_induction_score(scores: pd.DataFrame) -> float:
     return float(ind[ind.component.map(lambda c: Head.parse(c).layer >= 1)]["value"].max())
 
 
-def circuit_from_scores(scores: pd.DataFrame, name: str = "induction", threshold: float = DEFAULT_THRESHOLD, prev_threshold: float = DEFAULT_PREV_THRESHOLD) -> Circuit:
+def circuit_from_scores(
+    scores: pd.DataFrame,
+    name: str = "induction",
+    threshold: float = DEFAULT_THRESHOLD,
+    prev_threshold: float = DEFAULT_PREV_THRESHOLD,
+) -> Circuit:
     """The induction circuit a set of head scores (:func:`head_scores`) points to.
 
     Induction heads above ``threshold`` and their previous-token partners; if no head
@@ -302,7 +369,12 @@ def circuit_from_scores(scores: pd.DataFrame, name: str = "induction", threshold
         ind = scores[scores.metric == "induction_score"]
         ind = ind[ind.component.map(lambda c: Head.parse(c).layer >= 1)]
         heads = [ind.sort_values("value").iloc[-1]["component"]]
-        log.warning("%s: no head above induction threshold %.2f; using the best head %s", name, threshold, heads[0])
+        log.warning(
+            "%s: no head above induction threshold %.2f; using the best head %s",
+            name,
+            threshold,
+            heads[0],
+        )
     partners = previous_token_partners(scores, heads, prev_threshold)
     roles = {h: "induction" for h in heads} | {p: "prev_token" for p in partners}
     return Circuit(name, heads + partners, roles)

@@ -15,8 +15,8 @@ another head's query/key/value input.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,10 +42,14 @@ class InductionTask:
 
     def metric(self, logits: Float[torch.Tensor, "batch pos d_vocab"]) -> torch.Tensor:
         """Normalised logit difference: 0 = corrupted run, 1 = clean run."""
-        return (logit_difference(logits, self.clean) - self.ld_corrupted) / (self.ld_clean - self.ld_corrupted)
+        return (logit_difference(logits, self.clean) - self.ld_corrupted) / (
+            self.ld_clean - self.ld_corrupted
+        )
 
 
-def corrupt_first_copy(tokens: Int[torch.Tensor, "batch pos"], d_vocab: int, bos: int, generator: torch.Generator) -> torch.Tensor:
+def corrupt_first_copy(
+    tokens: Int[torch.Tensor, "batch pos"], d_vocab: int, bos: int, generator: torch.Generator
+) -> torch.Tensor:
     """[BOS] + r + r -> [BOS] + r' + r with r' fresh uniform tokens (never BOS)."""
     s = check_repeated(tokens)
     out = tokens.clone()
@@ -55,7 +59,9 @@ def corrupt_first_copy(tokens: Int[torch.Tensor, "batch pos"], d_vocab: int, bos
     return out
 
 
-def logit_difference(logits: Float[torch.Tensor, "batch pos d_vocab"], clean: Int[torch.Tensor, "batch pos"]) -> torch.Tensor:
+def logit_difference(
+    logits: Float[torch.Tensor, "batch pos d_vocab"], clean: Int[torch.Tensor, "batch pos"]
+) -> torch.Tensor:
     """Mean over second-copy predictions of logit[correct next token] - mean logit."""
     s = (clean.shape[1] - 1) // 2
     pred = logits[:, s:-1].float()  # positions whose next token is in the second copy
@@ -64,7 +70,12 @@ def logit_difference(logits: Float[torch.Tensor, "batch pos d_vocab"], clean: In
     return (correct - pred.mean(-1)).mean()
 
 
-def induction_task(model: HookedTransformer, clean: Int[torch.Tensor, "batch pos"], seed: int = 0, bos: int | None = None) -> InductionTask:
+def induction_task(
+    model: HookedTransformer,
+    clean: Int[torch.Tensor, "batch pos"],
+    seed: int = 0,
+    bos: int | None = None,
+) -> InductionTask:
     """Build the clean/corrupted pair and run both with caches."""
     bos = int(clean[0, 0]) if bos is None else bos
     gen = torch.Generator().manual_seed(seed)
@@ -73,24 +84,41 @@ def induction_task(model: HookedTransformer, clean: Int[torch.Tensor, "batch pos
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean)
         corr_logits, corr_cache = model.run_with_cache(corrupted)
-    return InductionTask(clean, corrupted, clean_cache, corr_cache, float(logit_difference(clean_logits, clean)), float(logit_difference(corr_logits, clean)))
+    return InductionTask(
+        clean,
+        corrupted,
+        clean_cache,
+        corr_cache,
+        float(logit_difference(clean_logits, clean)),
+        float(logit_difference(corr_logits, clean)),
+    )
 
 
 @torch.no_grad()
-def patch_residual(model: HookedTransformer, task: InductionTask) -> Float[torch.Tensor, "layer pos"]:
+def patch_residual(
+    model: HookedTransformer, task: InductionTask
+) -> Float[torch.Tensor, "layer pos"]:
     """Sweep by residual stream (resid_pre) position x layer: ``get_act_patch_resid_pre``."""
-    return tl_patching.get_act_patch_resid_pre(model, task.corrupted, task.clean_cache, task.metric).cpu()
+    return tl_patching.get_act_patch_resid_pre(
+        model, task.corrupted, task.clean_cache, task.metric
+    ).cpu()
 
 
 @torch.no_grad()
-def patch_heads(model: HookedTransformer, task: InductionTask) -> Float[torch.Tensor, "layer head_index"]:
+def patch_heads(
+    model: HookedTransformer, task: InductionTask
+) -> Float[torch.Tensor, "layer head_index"]:
     """Sweep by head output over all positions: ``get_act_patch_attn_head_out_all_pos``."""
-    return tl_patching.get_act_patch_attn_head_out_all_pos(model, task.corrupted, task.clean_cache, task.metric).cpu()
+    return tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, task.corrupted, task.clean_cache, task.metric
+    ).cpu()
 
 
 def _sender_delta(model: HookedTransformer, task: InductionTask, sender: str) -> torch.Tensor:
     layer, head = Head.parse(sender)
-    dz = task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]  # [batch, pos, d_head]
+    dz = (
+        task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]
+    )  # [batch, pos, d_head]
     return dz @ model.W_O[layer, head]  # [batch, pos, d_model]
 
 
@@ -119,7 +147,9 @@ def path_patch(
     per_layer: dict[tuple[int, str], list[int]] = {}
     for receiver, kind in receivers:
         if receiver == "resid_final":
-            hooks.append((get_act_name("resid_post", model.cfg.n_layers - 1), lambda x, hook: x + delta))
+            hooks.append(
+                (get_act_name("resid_post", model.cfg.n_layers - 1), lambda x, hook: x + delta)
+            )
             continue
         if kind not in ("q", "k", "v"):
             raise ValueError(f"receiver input must be 'q', 'k' or 'v'; got {kind!r} for {receiver}")
@@ -128,6 +158,7 @@ def path_patch(
             continue
         per_layer.setdefault((r_layer, kind), []).append(r_head)
     for (r_layer, kind), heads in per_layer.items():
+
         def hook(x, hook, heads=heads):
             x[:, :, heads] = x[:, :, heads] + delta[:, :, None]
             return x
@@ -151,5 +182,7 @@ def path_patch_matrix(model: HookedTransformer, task: InductionTask, kind: str =
         for sh in range(n_h):
             for rl in range(sl + 1, n_l):
                 for rh in range(n_h):
-                    out[sl, sh, rl, rh] = path_patch(model, task, str(Head(sl, sh)), [(str(Head(rl, rh)), kind)])
+                    out[sl, sh, rl, rh] = path_patch(
+                        model, task, str(Head(sl, sh)), [(str(Head(rl, rh)), kind)]
+                    )
     return out

@@ -13,7 +13,9 @@ from interp_ext import get_preset, open_run, override, train
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 RUN = os.environ.get("DEMO_RUN", "runs/demo")
-DATA_DIR = os.environ.get("DEMO_DATA_DIR")  # a folder with wiki.*.raw; None: hub or synthetic corpus
+DATA_DIR = os.environ.get(
+    "DEMO_DATA_DIR"
+)  # a folder with wiki.*.raw; None: hub or synthetic corpus
 
 cfg = override(
     get_preset("tiny"),
@@ -46,7 +48,10 @@ logits, cache = model.run_with_cache(tokens)
 pattern = cache["pattern", 1]  # [batch, head_index, query_pos, key_pos]
 print("layer-1 attention pattern", tuple(pattern.shape))
 print(model.to_string(model.to_tokens("The history of")[0]))
-loss_first, loss_second = (model(tokens, return_type="loss", loss_per_token=True)[:, s].mean().item() for s in (slice(1, 31), slice(31, 62)))
+loss_first, loss_second = (
+    model(tokens, return_type="loss", loss_per_token=True)[:, s].mean().item()
+    for s in (slice(1, 31), slice(31, 62))
+)
 print(f"loss on the first copy {loss_first:.2f}, on the second copy {loss_second:.2f}")
 
 # %% [markdown]

@@ -38,7 +38,11 @@ measure(run, settings, progress=not FAST)
 measure(run, Stream2Settings(), progress=not FAST)
 measure(run, BetaSettings(), progress=not FAST)
 geo = run.metrics("geometry", settings=settings)
-print(geo[geo.component == ""].pivot_table(index="step", columns="metric", values="value")[["effective_rank", "topk_variance", "overlap_prev"]])
+print(
+    geo[geo.component == ""].pivot_table(index="step", columns="metric", values="value")[
+        ["effective_rank", "topk_variance", "overlap_prev"]
+    ]
+)
 
 # %%
 report = write_report(run)

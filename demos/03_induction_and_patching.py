@@ -26,7 +26,9 @@ print(scores.pivot_table(index="component", columns="metric", values="value").dr
 
 # %%
 rows = measure(run, InductionSettings(), progress=not FAST)
-best = rows[rows.metric == "best_induction_score"].pivot_table(index="step", columns="seed", values="value")
+best = rows[rows.metric == "best_induction_score"].pivot_table(
+    index="step", columns="seed", values="value"
+)
 print(best.round(3))
 circuit = induction_circuit(run, seed=0)
 print("seed 0 circuit:", circuit.components, circuit.roles)
@@ -36,8 +38,13 @@ print("seed 0 circuit:", circuit.components, circuit.roles)
 
 # %%
 task = induction_task(model, repeated[:16])
-print("head-output patching (0 = corrupted, 1 = clean):\n", patch_heads(model, task).round(decimals=2))
+print(
+    "head-output patching (0 = corrupted, 1 = clean):\n", patch_heads(model, task).round(decimals=2)
+)
 heads = [c for c in circuit.components if circuit.roles.get(c) == "induction"]
 prevs = [c for c in circuit.components if circuit.roles.get(c) == "prev_token"]
 if heads and prevs:
-    print(f"path {prevs[0]} -> {heads[0]} key:", round(path_patch(model, task, prevs[0], [(heads[0], "k")]), 3))
+    print(
+        f"path {prevs[0]} -> {heads[0]} key:",
+        round(path_patch(model, task, prevs[0], [(heads[0], "k")]), 3),
+    )

@@ -23,16 +23,30 @@ lm = run.probe_set()["lm"]
 step = run.steps[len(run.steps) // 2]
 model = run.model(seed=0, step=step)
 circuit = induction_circuit(run, seed=0)
-print(autocatalysis.component_matrix(model, lm, circuit, direction="sgd", include_rest=True).round(5))
+print(
+    autocatalysis.component_matrix(model, lm, circuit, direction="sgd", include_rest=True).round(5)
+)
 _, update, _ = optimizer_step_direction(run, seed=0, step=step)
-print(autocatalysis.component_matrix(model, lm, circuit, direction="optimizer", update=update, include_rest=True).round(5))
+print(
+    autocatalysis.component_matrix(
+        model, lm, circuit, direction="optimizer", update=update, include_rest=True
+    ).round(5)
+)
 
 # %% [markdown]
 # ## Over training, with controls (random heads, a non-circuit group) and the energy budget
 
 # %%
 steps = run.steps[-2:] if FAST else run.steps
-rows = measure(run, AutocatalysisSettings(rows=4 if FAST else 16, controls=1 if FAST else 3), steps=steps, progress=not FAST)
+rows = measure(
+    run,
+    AutocatalysisSettings(rows=4 if FAST else 16, controls=1 if FAST else 3),
+    steps=steps,
+    progress=not FAST,
+)
 cc = rows[(rows.metric == "K_norm") & (rows.component == "C|C") & (rows.seed >= 0)]
 print(cc.pivot_table(index="step", columns=["direction", "circuit"], values="value").round(4))
-print("budget error (median over seeds and checkpoints):", rows[rows.metric == "budget_error/median"].value.round(4).tolist())
+print(
+    "budget error (median over seeds and checkpoints):",
+    rows[rows.metric == "budget_error/median"].value.round(4).tolist(),
+)

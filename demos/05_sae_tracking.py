@@ -18,11 +18,21 @@ hook = "blocks.0.hook_resid_post"
 
 # %%
 steps = run.steps[:: max(1, len(run.steps) // 4)]
-settings = SAETrackingSettings(hook=hook, width=32 if FAST else 128, k=4, n_tokens=4096 if FAST else 32768)
+settings = SAETrackingSettings(
+    hook=hook, width=32 if FAST else 128, k=4, n_tokens=4096 if FAST else 32768
+)
 rows = measure(run, settings, steps=steps, progress=not FAST)
 rows = rows[rows.seed >= 0]
-print(rows[rows.metric.isin(["l0", "explained_variance", "ce_recovered", "induction_feature_corr"])].pivot_table(index="step", columns="metric", values="value").round(3))
-print(rows[rows.metric.str.startswith("n_")].pivot_table(index="step", columns="metric", values="value"))
+print(
+    rows[rows.metric.isin(["l0", "explained_variance", "ce_recovered", "induction_feature_corr"])]
+    .pivot_table(index="step", columns="metric", values="value")
+    .round(3)
+)
+print(
+    rows[rows.metric.str.startswith("n_")].pivot_table(
+        index="step", columns="metric", values="value"
+    )
+)
 
 # %% [markdown]
 # Each SAE is saved in sae-lens' own format and loads with sae-lens:

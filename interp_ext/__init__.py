@@ -22,7 +22,18 @@ from interp_ext.store import CheckpointError, Run, RunError, open_run
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "Run", "RunConfig", "RunError", "get_preset", "measure", "open_run", "override", "train"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "Run",
+    "RunConfig",
+    "RunError",
+    "get_preset",
+    "measure",
+    "open_run",
+    "override",
+    "train",
+]
 
 
 def measure(run, settings, seeds=None, steps=None, progress=True):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,13 @@ class EnergyProbe:
             :func:`interp_ext.geometry.per_batch_gradients`).
     """
 
-    def __init__(self, loss_fn: Callable, theta: dict[str, torch.Tensor], batches: torch.Tensor, chunk: int | None = None):
+    def __init__(
+        self,
+        loss_fn: Callable,
+        theta: dict[str, torch.Tensor],
+        batches: torch.Tensor,
+        chunk: int | None = None,
+    ):
         self.loss_fn, self.theta, self.batches = loss_fn, theta, batches
         self.names = list(theta)
         on_gpu = next(iter(theta.values())).device.type == "cuda"
@@ -77,7 +83,9 @@ class EnergyProbe:
         out, start = {}, 0
         for n in self.names:
             size = self.theta[n].numel()
-            out[n] = vector[..., start : start + size].reshape(*vector.shape[:-1], *self.theta[n].shape)
+            out[n] = vector[..., start : start + size].reshape(
+                *vector.shape[:-1], *self.theta[n].shape
+            )
             start += size
         return out
 
@@ -86,7 +94,10 @@ class EnergyProbe:
         """g_b flattened, [B, n_params]."""
         if self._grads is None:
             per = vmap(grad(self.loss_fn), in_dims=(None, 0))
-            rows = [self.flat(per(self.theta, self.batches[i : i + self.chunk]), 1) for i in range(0, self.n_batches, self.chunk)]
+            rows = [
+                self.flat(per(self.theta, self.batches[i : i + self.chunk]), 1)
+                for i in range(0, self.n_batches, self.chunk)
+            ]
             self._grads = torch.cat(rows)
         return self._grads
 
@@ -99,7 +110,12 @@ class EnergyProbe:
             return hv
 
         per = vmap(one)
-        return torch.cat([self.flat(per(self.batches[i : i + self.chunk]), 1) for i in range(0, self.n_batches, self.chunk)])
+        return torch.cat(
+            [
+                self.flat(per(self.batches[i : i + self.chunk]), 1)
+                for i in range(0, self.n_batches, self.chunk)
+            ]
+        )
 
     def hvp_contributions(self, tangents: torch.Tensor) -> torch.Tensor:
         """sum_b g_b * (H_b v_m) for every tangent v_m at once: [m, n_params].
@@ -135,8 +151,12 @@ def component_matrix_flat(
     """
     energies = {a: probe.energy(m) for a, m in masks.items()}
     names = list(masks)
-    tangents = torch.stack([torch.where(masks[b], direction, torch.zeros_like(direction)) for b in names])
-    contribs = probe.hvp_contributions(tangents) * (2.0 / probe.n_batches)  # (2/B) sum_b g_b * H_b d_B
+    tangents = torch.stack(
+        [torch.where(masks[b], direction, torch.zeros_like(direction)) for b in names]
+    )
+    contribs = probe.hvp_contributions(tangents) * (
+        2.0 / probe.n_batches
+    )  # (2/B) sum_b g_b * H_b d_B
     rows = []
     for j, b in enumerate(names):
         d_norm = float(tangents[j].double().norm())
@@ -144,7 +164,16 @@ def component_matrix_flat(
         for a, ma in masks.items():
             k = float(contrib[ma].sum())
             denom = energies[a] * d_norm
-            rows.append({"A": a, "B": b, "K": k, "K_norm": k / denom if denom > 0 else math.nan, "E_A": energies[a], "d_norm": d_norm})
+            rows.append(
+                {
+                    "A": a,
+                    "B": b,
+                    "K": k,
+                    "K_norm": k / denom if denom > 0 else math.nan,
+                    "E_A": energies[a],
+                    "d_norm": d_norm,
+                }
+            )
     return pd.DataFrame(rows), energies
 
 
@@ -153,7 +182,9 @@ def sgd_direction(probe: EnergyProbe) -> torch.Tensor:
     return -probe.grads.mean(0)
 
 
-def entry_terms(probe: EnergyProbe, rows: Sequence[int], circuit_mask: torch.Tensor) -> torch.Tensor:
+def entry_terms(
+    probe: EnergyProbe, rows: Sequence[int], circuit_mask: torch.Tensor
+) -> torch.Tensor:
     """Per-batch terms 2 g_b,i (H_b e_i)_j for rows i and circuit columns j: [m, B, |C|].
 
     Their mean over batches is the entry dG_ii/dtheta_j.
@@ -169,7 +200,12 @@ def entry_terms(probe: EnergyProbe, rows: Sequence[int], circuit_mask: torch.Ten
 
 
 def sample_entries(
-    probe: EnergyProbe, circuit_mask: torch.Tensor, m: int = 32, seed: int = 0, n_boot: int = 500, level: float = 0.95
+    probe: EnergyProbe,
+    circuit_mask: torch.Tensor,
+    m: int = 32,
+    seed: int = 0,
+    n_boot: int = 500,
+    level: float = 0.95,
 ) -> dict[str, float]:
     """m sampled rows of dG_ii/dtheta_j (i, j in the circuit) with bootstrap CIs over batches.
 
@@ -189,18 +225,30 @@ def sample_entries(
 
     frac, mean = stats(terms)
     rng = np.random.default_rng(seed)
-    boots = np.array([stats(terms[:, torch.as_tensor(rng.integers(0, terms.shape[1], terms.shape[1]))]) for _ in range(n_boot)])
+    boots = np.array(
+        [
+            stats(terms[:, torch.as_tensor(rng.integers(0, terms.shape[1], terms.shape[1]))])
+            for _ in range(n_boot)
+        ]
+    )
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return {
-        "entry_frac_positive": frac, "entry_frac_positive_lo": float(lo[0]), "entry_frac_positive_hi": float(hi[0]),
-        "entry_mean": mean, "entry_mean_lo": float(lo[1]), "entry_mean_hi": float(hi[1]), "entry_rows": float(len(picks)),
+        "entry_frac_positive": frac,
+        "entry_frac_positive_lo": float(lo[0]),
+        "entry_frac_positive_hi": float(hi[0]),
+        "entry_mean": mean,
+        "entry_mean_lo": float(lo[1]),
+        "entry_mean_hi": float(hi[1]),
+        "entry_rows": float(len(picks)),
     }
 
 
 # --------------------------------------------------------------------------- HookedTransformer API
 
 
-def model_probe(model: HookedTransformer, batches: torch.Tensor, chunk: int | None = None) -> EnergyProbe:
+def model_probe(
+    model: HookedTransformer, batches: torch.Tensor, chunk: int | None = None
+) -> EnergyProbe:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     theta = current_params(model, names)
     return EnergyProbe(loss_function(model, names), theta, batches.to(model.cfg.device), chunk)
@@ -234,7 +282,9 @@ def component_matrix(
         DataFrame with columns ``A``, ``B``, ``K``, ``K_norm`` (and ``E_A``, ``d_norm``).
     """
     if batches.ndim != 3:
-        raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
+        raise ValueError(
+            f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}"
+        )
     circuit = _circuit_of(components)
     if include_rest:
         circuit = circuit.with_rest()
@@ -244,7 +294,9 @@ def component_matrix(
         d = sgd_direction(probe)
     elif direction == "optimizer":
         if update is None:
-            raise ValueError("direction='optimizer' needs update= (theta_{t+1} - theta_t per parameter); from a run use interp_ext.optim_step.optimizer_step_direction")
+            raise ValueError(
+                "direction='optimizer' needs update= (theta_{t+1} - theta_t per parameter); from a run use interp_ext.optim_step.optimizer_step_direction"
+            )
         d = probe.flat({n: update[n].to(probe.theta[n].dtype) for n in probe.names})
     else:
         raise ValueError(f"direction={direction!r}: choose 'sgd' or 'optimizer'")
@@ -257,7 +309,12 @@ def union_mask(masks: Iterable[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     return functools.reduce(torch.logical_or, masks, torch.zeros_like(like, dtype=torch.bool))
 
 
-def whole_circuit_terms(frame: pd.DataFrame, energies: dict[str, float], direction: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+def whole_circuit_terms(
+    frame: pd.DataFrame,
+    energies: dict[str, float],
+    direction: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+) -> dict[str, float]:
     """K[C, C] of the circuit as a whole (rest excluded): bilinear, so a sum of entries."""
     inside = [c for c in masks if c != REST]
     sel = frame[frame.A.isin(inside) & frame.B.isin(inside)]

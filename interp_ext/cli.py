@@ -7,22 +7,32 @@ numbers with ``open_run(RUN).metrics()``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 import typer.core
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch circuits form during training (TransformerLens).")
-measure_app = typer.Typer(no_args_is_help=True, help="Measure a trained run: `interp-ext measure FAMILY RUN`; rows go to RUN/metrics/, keyed by their settings.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Watch circuits form during training (TransformerLens).",
+)
+measure_app = typer.Typer(
+    no_args_is_help=True,
+    help="Measure a trained run: `interp-ext measure FAMILY RUN`; rows go to RUN/metrics/, keyed by their settings.",
+)
 app.add_typer(measure_app, name="measure")
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("interp_ext").setLevel(logging.INFO)
 
 
@@ -33,27 +43,55 @@ def _fail(message: str) -> None:
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run directory to create (or to continue with --resume)."),
-    preset: str = typer.Option("tiny", help="Named config: 'tiny' (CPU) or 'paper' (SPEC section 1)."),
-    seeds: Optional[int] = typer.Option(None, help="Number of seeds trained side by side."),
-    first_seed: Optional[int] = typer.Option(None, help="First seed; seeds are first_seed .. first_seed + seeds - 1."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (with --resume: extend the run to this many)."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (step 0 is always saved)."),
-    record: List[str] = typer.Option([], "--record", help="TransformerLens hook name to record at checkpoints (repeatable); suffix _grad for backward hooks."),
-    record_every: Optional[int] = typer.Option(None, "--record-every", help="Also record every N training steps (0: checkpoints only)."),
-    record_batches: Optional[int] = typer.Option(None, "--record-batches", help="Probe batches recorded each time."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Directory with wiki.{train,valid,test}.raw (WikiText-2 raw)."),
-    corpus: Optional[str] = typer.Option(None, help="auto | wikitext | synthetic."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast for training (measurements stay float32)."),
-    deterministic: Optional[bool] = typer.Option(
-        None, "--deterministic/--no-deterministic",
+    out: Path = typer.Option(
+        ..., "--out", help="Run directory to create (or to continue with --resume)."
+    ),
+    preset: str = typer.Option(
+        "tiny", help="Named config: 'tiny' (CPU) or 'paper' (SPEC section 1)."
+    ),
+    seeds: int | None = typer.Option(None, help="Number of seeds trained side by side."),
+    first_seed: int | None = typer.Option(
+        None, help="First seed; seeds are first_seed .. first_seed + seeds - 1."
+    ),
+    steps: int | None = typer.Option(
+        None, help="Training steps (with --resume: extend the run to this many)."
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Steps between checkpoints (step 0 is always saved)."
+    ),
+    record: list[str] = typer.Option(
+        [],
+        "--record",
+        help="TransformerLens hook name to record at checkpoints (repeatable); suffix _grad for backward hooks.",
+    ),
+    record_every: int | None = typer.Option(
+        None, "--record-every", help="Also record every N training steps (0: checkpoints only)."
+    ),
+    record_batches: int | None = typer.Option(
+        None, "--record-batches", help="Probe batches recorded each time."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Directory with wiki.{train,valid,test}.raw (WikiText-2 raw)."
+    ),
+    corpus: str | None = typer.Option(None, help="auto | wikitext | synthetic."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    bf16: bool | None = typer.Option(
+        None, "--bf16/--no-bf16", help="bfloat16 autocast for training (measurements stay float32)."
+    ),
+    deterministic: bool | None = typer.Option(
+        None,
+        "--deterministic/--no-deterministic",
         help="torch.use_deterministic_algorithms while training (default on): repeats and resumes are equal bit for bit on the same device type and thread count.",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of every seed."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last checkpoint of every seed."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train several seeds side by side, with checkpoints and hook recording."""
+    """Train several seeds side by side, with checkpoints and hook recording.
+
+    Long because typer declares each command-line option as a parameter.
+    """
     from interp_ext.config import ConfigError, RunConfig, get_preset, override
     from interp_ext.data import DataError
     from interp_ext.training import NonFiniteLossError
@@ -85,35 +123,54 @@ def train(
     except (ConfigError, DataError, FileExistsError, NonFiniteLossError) as err:
         _fail(str(err))
         return
-    typer.echo(f"\nrun written to {run.path}  (seeds {run.seeds}, checkpoints at steps {run.steps})")
+    typer.echo(
+        f"\nrun written to {run.path}  (seeds {run.seeds}, checkpoints at steps {run.steps})"
+    )
     typer.echo(f"inspect it:  interp-ext info {run.path}")
-    typer.echo(f"in Python:   from interp_ext import open_run; run = open_run({str(run.path)!r}); model = run.model(seed={run.seeds[0]})")
+    typer.echo(
+        f"in Python:   from interp_ext import open_run; run = open_run({str(run.path)!r}); model = run.model(seed={run.seeds[0]})"
+    )
 
 
 @app.command()
 def reproduce(
     preset: str = typer.Option("tiny", help="'tiny' (CPU, minutes) or 'paper' (GPU scale)."),
     out: Path = typer.Option(Path("runs/tiny"), "--out", help="Run directory."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Directory with wiki.*.raw (WikiText-2); default: the hub, else the synthetic corpus."),
-    seeds: Optional[int] = typer.Option(None, help="Number of seeds (default: the preset's)."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: the preset's)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a killed reproduction; finished stages are skipped."),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        help="Directory with wiki.*.raw (WikiText-2); default: the hub, else the synthetic corpus.",
+    ),
+    seeds: int | None = typer.Option(None, help="Number of seeds (default: the preset's)."),
+    steps: int | None = typer.Option(None, help="Training steps (default: the preset's)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Steps between checkpoints (default: the preset's)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed reproduction; finished stages are skipped."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train, measure everything (induction, patching, geometry, Streams 1-3, SAEs) and write the report."""
+    from interp_ext import distributed
     from interp_ext.config import ConfigError
     from interp_ext.data import DataError
     from interp_ext.pipeline import reproduce as run_reproduce
     from interp_ext.training import NonFiniteLossError
 
-    from interp_ext import distributed
-
     _setup_logging()
     try:
         run, report, timings = run_reproduce(
-            out, preset, str(data_dir) if data_dir else None, seeds, steps, device, resume, progress=not quiet, checkpoint_every=checkpoint_every
+            out,
+            preset,
+            str(data_dir) if data_dir else None,
+            seeds,
+            steps,
+            device,
+            resume,
+            progress=not quiet,
+            checkpoint_every=checkpoint_every,
         )
     except (ConfigError, DataError, NonFiniteLossError, FileExistsError) as err:
         _fail(str(err))
@@ -151,15 +208,19 @@ def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     typer.echo(f"corpus    {summary['corpus']}")
     typer.echo(f"model     {json.dumps(summary['model'])}, d_vocab {summary['d_vocab']}")
     t = run.config.train
-    typer.echo(f"training  {t.steps} steps, batch {t.batch_size}, AdamW lr {t.lr} wd {t.weight_decay}, bf16 {t.bf16}")
+    typer.echo(
+        f"training  {t.steps} steps, batch {t.batch_size}, AdamW lr {t.lr} wd {t.weight_decay}, bf16 {t.bf16}"
+    )
     typer.echo(f"seeds     {summary['seeds']}")
     steps = summary["steps"]
-    typer.echo(f"steps     {len(steps)} checkpoints: {steps if len(steps) <= 12 else steps[:6] + ['...'] + steps[-3:]}")
+    typer.echo(
+        f"steps     {len(steps)} checkpoints: {steps if len(steps) <= 12 else steps[:6] + ['...'] + steps[-3:]}"
+    )
     typer.echo(f"recorded  {summary['recorded_hooks'] or 'no hooks'}")
     typer.echo(f"metrics   {summary['metric_families'] or 'none yet'}")
 
 
-def _parse_list(text: Optional[str]) -> Optional[list[int]]:
+def _parse_list(text: str | None) -> list[int] | None:
     if not text:
         return None
     try:
@@ -201,33 +262,60 @@ def _settings_value(f, raw):
     return raw
 
 
+def _option(name: str, flag: str, help_text: str, annotation) -> inspect.Parameter:
+    option = typer.Option(None, flag, help=help_text, show_default=False)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+    )
+
+
+def _settings_option(f) -> inspect.Parameter:
+    """The command-line option of one settings field (``--no-x`` too for a flag)."""
+    from dataclasses import MISSING
+
+    flag = f.metadata.get("cli", "--" + f.name.replace("_", "-"))
+    default = f.default if f.default is not MISSING else None
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    help_text = f.metadata.get("help", "")
+    help_text += "" if "default" in help_text or shown in (None, "") else f" (default: {shown})"
+    if _cli_type(f) is bool:
+        flag = f"{flag}/--no-{flag[2:]}"
+    return _option(f.name, flag, help_text, _cli_type(f) | None)
+
+
 def _family_command(name: str):
     """``interp-ext measure NAME RUN``: options from the family's settings fields."""
-    import inspect
-    from dataclasses import MISSING, fields
+    from dataclasses import fields
 
     from interp_ext.runner import get_family
 
     fam = get_family(name)
-    settings_fields = [f for f in fields(fam.settings)]
-    kw = inspect.Parameter.KEYWORD_ONLY
+    settings_fields = list(fields(fam.settings))
+    run_dir = typer.Argument(..., help="Run directory.")
     params = [
-        inspect.Parameter("run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=typer.Argument(..., help="Run directory."), annotation=Path),
-        inspect.Parameter("seeds", kw, default=typer.Option(None, help="Comma-separated seeds (default: all)."), annotation=Optional[str]),
-        inspect.Parameter("steps", kw, default=typer.Option(None, help="Comma-separated checkpoint steps (default: the family's choice, usually all)."), annotation=Optional[str]),
-        inspect.Parameter("quiet", kw, default=typer.Option(False, "--quiet", help="No progress bar."), annotation=bool),
+        inspect.Parameter(
+            "run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=run_dir, annotation=Path
+        ),
+        _option("seeds", "--seeds", "Comma-separated seeds (default: all).", str | None),
+        _option(
+            "steps",
+            "--steps",
+            "Comma-separated checkpoint steps (default: the family's choice, usually all).",
+            str | None,
+        ),
+        _option("quiet", "--quiet", "No progress bar.", bool | None),
     ]
-    for f in settings_fields:
-        flag = f.metadata.get("cli", "--" + f.name.replace("_", "-"))
-        default = f.default if f.default is not MISSING else None
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = f.metadata.get("help", "")
-        help_text += "" if "default" in help_text or shown in (None, "") else f" (default: {shown})"
-        decls = (flag, f"--no-{flag[2:]}") if _cli_type(f) is bool else (flag,)
-        params.append(inspect.Parameter(f.name, kw, default=typer.Option(None, "/".join(decls) if len(decls) > 1 else decls[0], help=help_text, show_default=False), annotation=Optional[_cli_type(f)]))
+    params += [_settings_option(f) for f in settings_fields]
 
-    def command(run_dir: Path, seeds: Optional[str], steps: Optional[str], quiet: bool, **values) -> None:
-        _measure(name, run_dir, seeds, steps, quiet, {f.name: _settings_value(f, values[f.name]) for f in settings_fields if values[f.name] is not None})
+    def command(
+        run_dir: Path, seeds: str | None, steps: str | None, quiet: bool | None, **values
+    ) -> None:
+        given = {
+            f.name: _settings_value(f, values[f.name])
+            for f in settings_fields
+            if values[f.name] is not None
+        }
+        _measure(name, run_dir, seeds, steps, bool(quiet), given)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -236,7 +324,9 @@ def _family_command(name: str):
     return command
 
 
-def _measure(name: str, run_dir: Path, seeds: Optional[str], steps: Optional[str], quiet: bool, values: dict) -> None:
+def _measure(
+    name: str, run_dir: Path, seeds: str | None, steps: str | None, quiet: bool, values: dict
+) -> None:
     from circuits.circuit import CircuitError
     from interp_ext import distributed
     from interp_ext.data import DataError
@@ -249,14 +339,18 @@ def _measure(name: str, run_dir: Path, seeds: Optional[str], steps: Optional[str
         settings = fam.settings.from_dict(values)
         distributed.init(run.device)
         zero = distributed.world()[0] == 0
-        rows = measure(run, settings, _parse_list(seeds), _parse_list(steps), progress=not quiet and zero)
+        rows = measure(
+            run, settings, _parse_list(seeds), _parse_list(steps), progress=not quiet and zero
+        )
     except (MeasureError, RunError, CircuitError, DataError) as err:
         _fail(str(err).splitlines()[0])
         return
     if not zero:
         return
     counts = rows.attrs.get("measured", {})
-    typer.echo(f"{name}: settings {rows.attrs.get('settings')} ({sum(counts.values())} units measured now; {len(rows)} rows)")
+    typer.echo(
+        f"{name}: settings {rows.attrs.get('settings')} ({sum(counts.values())} units measured now; {len(rows)} rows)"
+    )
     for line in fam.describe(rows):
         typer.echo(line)
 
@@ -279,8 +373,16 @@ class _FamilyGroup(typer.core.TyperGroup):
             single = typer.Typer(add_completion=False)
             single.command(cmd_name)(_family_command(cmd_name))
             return typer.main.get_command(single)
-        message = str(MeasureError(f"unknown measurement family {cmd_name!r}; valid families: {closest_first(cmd_name, family_names())}"))
-        return click.Command(cmd_name, callback=lambda: _fail(message), context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+        message = str(
+            MeasureError(
+                f"unknown measurement family {cmd_name!r}; valid families: {closest_first(cmd_name, family_names())}"
+            )
+        )
+        return click.Command(
+            cmd_name,
+            callback=lambda: _fail(message),
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
 
 
 measure_app.info.cls = _FamilyGroup

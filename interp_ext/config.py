@@ -48,7 +48,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model", "d_mlp", "n_ctx"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"model.{name}", value, "must be a positive integer")
+            _check(
+                isinstance(value, int) and value > 0,
+                f"model.{name}",
+                value,
+                "must be a positive integer",
+            )
         _check(
             self.d_model % self.n_heads == 0,
             "model.n_heads",
@@ -62,7 +67,12 @@ class ModelConfig:
             self.normalization_type,
             f"choose one of {NORMALIZATIONS}",
         )
-        _check(self.n_ctx >= 8, "model.n_ctx", self.n_ctx, "must be at least 8 (probe sequences need room)")
+        _check(
+            self.n_ctx >= 8,
+            "model.n_ctx",
+            self.n_ctx,
+            "must be at least 8 (probe sequences need room)",
+        )
 
 
 @dataclass
@@ -89,8 +99,12 @@ class DataConfig:
     copy_prob: float = 0.0
     copy_min_len: int = 6
     copy_max_len: int = 24
-    copy_source: str = "text"  # text: copy a span of the sequence; random: a random-token span, then its copy
-    random_seq_prob: float = 0.0  # share of sequences made of uniform random tokens instead of corpus text
+    copy_source: str = (
+        "text"  # text: copy a span of the sequence; random: a random-token span, then its copy
+    )
+    random_seq_prob: float = (
+        0.0  # share of sequences made of uniform random tokens instead of corpus text
+    )
     data_seed: int = 0  # probe set and synthetic corpus
     probe_batches: int = 64  # B, batches that build G
     heldout_batches: int = 16  # batches not used to build G
@@ -107,13 +121,44 @@ class DataConfig:
                 self.vocab_size,
                 "use None for GPT-2's full vocabulary or an integer in [300, 50257] (it holds 257 byte/special tokens)",
             )
-        _check(0.0 <= self.random_seq_prob <= 1.0, "data.random_seq_prob", self.random_seq_prob, "must be a probability in [0, 1]")
-        _check(0.0 <= self.copy_prob <= 1.0, "data.copy_prob", self.copy_prob, "must be a probability in [0, 1]")
-        _check(self.copy_source in ("text", "random"), "data.copy_source", self.copy_source, "choose 'text' or 'random'")
-        _check(1 <= self.copy_min_len <= self.copy_max_len, "data.copy_min_len", self.copy_min_len, "need 1 <= copy_min_len <= copy_max_len")
-        for name in ("probe_batches", "heldout_batches", "probe_batch_size", "repeated_batches", "synthetic_tokens"):
+        _check(
+            0.0 <= self.random_seq_prob <= 1.0,
+            "data.random_seq_prob",
+            self.random_seq_prob,
+            "must be a probability in [0, 1]",
+        )
+        _check(
+            0.0 <= self.copy_prob <= 1.0,
+            "data.copy_prob",
+            self.copy_prob,
+            "must be a probability in [0, 1]",
+        )
+        _check(
+            self.copy_source in ("text", "random"),
+            "data.copy_source",
+            self.copy_source,
+            "choose 'text' or 'random'",
+        )
+        _check(
+            1 <= self.copy_min_len <= self.copy_max_len,
+            "data.copy_min_len",
+            self.copy_min_len,
+            "need 1 <= copy_min_len <= copy_max_len",
+        )
+        for name in (
+            "probe_batches",
+            "heldout_batches",
+            "probe_batch_size",
+            "repeated_batches",
+            "synthetic_tokens",
+        ):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"data.{name}", value, "must be a positive integer")
+            _check(
+                isinstance(value, int) and value > 0,
+                f"data.{name}",
+                value,
+                "must be a positive integer",
+            )
 
 
 @dataclass
@@ -142,11 +187,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-        _check(isinstance(self.steps, int) and self.steps >= 0, "train.steps", self.steps, "must be a non-negative integer")
-        _check(isinstance(self.batch_size, int) and self.batch_size > 0, "train.batch_size", self.batch_size, "must be a positive integer")
+        _check(
+            isinstance(self.steps, int) and self.steps >= 0,
+            "train.steps",
+            self.steps,
+            "must be a non-negative integer",
+        )
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size > 0,
+            "train.batch_size",
+            self.batch_size,
+            "must be a positive integer",
+        )
         _check(self.lr > 0, "train.lr", self.lr, "must be positive")
-        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be non-negative")
-        _check(isinstance(self.n_seeds, int) and self.n_seeds > 0, "train.n_seeds", self.n_seeds, "must be a positive integer")
+        _check(
+            self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be non-negative"
+        )
+        _check(
+            isinstance(self.n_seeds, int) and self.n_seeds > 0,
+            "train.n_seeds",
+            self.n_seeds,
+            "must be a positive integer",
+        )
         _check(
             isinstance(self.checkpoint_every, int) and self.checkpoint_every > 0,
             "train.checkpoint_every",
@@ -159,7 +221,12 @@ class TrainConfig:
             self.checkpoint_every,
             f"must not exceed train.steps={self.steps}, or no checkpoint after step 0 would be written",
         )
-        _check(isinstance(self.seed_chunk, int) and self.seed_chunk >= 0, "train.seed_chunk", self.seed_chunk, "must be >= 0 (0 = automatic: all seeds in one vmap on a GPU, one at a time on a CPU)")
+        _check(
+            isinstance(self.seed_chunk, int) and self.seed_chunk >= 0,
+            "train.seed_chunk",
+            self.seed_chunk,
+            "must be >= 0 (0 = automatic: all seeds in one vmap on a GPU, one at a time on a CPU)",
+        )
         _check(
             self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
             "train.device",
@@ -187,9 +254,24 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         self.hooks = list(self.hooks)
-        _check(self.probe in ("lm", "repeated"), "record.probe", self.probe, "choose 'lm' or 'repeated'")
-        _check(isinstance(self.n_batches, int) and self.n_batches > 0, "record.n_batches", self.n_batches, "must be a positive integer")
-        _check(isinstance(self.every, int) and self.every >= 0, "record.every", self.every, "must be >= 0 (0 records only at checkpoints)")
+        _check(
+            self.probe in ("lm", "repeated"),
+            "record.probe",
+            self.probe,
+            "choose 'lm' or 'repeated'",
+        )
+        _check(
+            isinstance(self.n_batches, int) and self.n_batches > 0,
+            "record.n_batches",
+            self.n_batches,
+            "must be a positive integer",
+        )
+        _check(
+            isinstance(self.every, int) and self.every >= 0,
+            "record.every",
+            self.every,
+            "must be >= 0 (0 records only at checkpoints)",
+        )
         _check(self.max_bytes > 0, "record.max_bytes", self.max_bytes, "must be positive")
 
 
@@ -222,8 +304,18 @@ class MeasureConfig:
     def __post_init__(self) -> None:
         self.plan = {str(k): dict(v) for k, v in self.plan.items()}
         for name, n in self.every.items():
-            _check(isinstance(n, int) and n >= 1, f"measure.every[{name!r}]", n, "must be a positive integer (1 = every checkpoint)")
-            _check(name in self.plan, f"measure.every[{name!r}]", n, f"names a family that is not in measure.plan {sorted(self.plan)}")
+            _check(
+                isinstance(n, int) and n >= 1,
+                f"measure.every[{name!r}]",
+                n,
+                "must be a positive integer (1 = every checkpoint)",
+            )
+            _check(
+                name in self.plan,
+                f"measure.every[{name!r}]",
+                n,
+                f"names a family that is not in measure.plan {sorted(self.plan)}",
+            )
 
 
 @dataclass
@@ -247,18 +339,26 @@ class RunConfig:
         _atomic_write_text(Path(path), json.dumps(payload, indent=2))
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> "RunConfig":
-        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "record": RecordConfig, "measure": MeasureConfig}
+    def from_dict(cls, payload: dict[str, Any]) -> RunConfig:
+        sections = {
+            "model": ModelConfig,
+            "data": DataConfig,
+            "train": TrainConfig,
+            "record": RecordConfig,
+            "measure": MeasureConfig,
+        }
         kwargs: dict[str, Any] = {"preset": payload.get("preset", "custom")}
         for name, klass in sections.items():
             values = dict(payload.get(name, {}))
             if name == "train" and values and "deterministic" not in values:
-                values["deterministic"] = False  # saved before the setting existed: trained without it
+                values["deterministic"] = (
+                    False  # saved before the setting existed: trained without it
+                )
             kwargs[name] = _build(klass, values, name)
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -266,7 +366,9 @@ def _build(klass: type, values: dict[str, Any], section: str) -> Any:
     known = {f.name for f in fields(klass)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(section + '.' + u for u in unknown)}; valid fields: {sorted(known)}")
+        raise ConfigError(
+            f"unknown field(s) {', '.join(section + '.' + u for u in unknown)}; valid fields: {sorted(known)}"
+        )
     return klass(**values)
 
 
@@ -353,10 +455,14 @@ def override(config: RunConfig, **changes: Any) -> RunConfig:
         if value is None:
             continue
         if "__" not in key:
-            raise ConfigError(f"override key {key!r} must look like section__field, e.g. train__steps")
+            raise ConfigError(
+                f"override key {key!r} must look like section__field, e.g. train__steps"
+            )
         section, name = key.split("__", 1)
         if section not in payload or not isinstance(payload[section], dict):
-            raise ConfigError(f"unknown config section {section!r}; valid: model, data, train, record, measure")
+            raise ConfigError(
+                f"unknown config section {section!r}; valid: model, data, train, record, measure"
+            )
         payload[section][name] = value
     return RunConfig.from_dict(payload)
 

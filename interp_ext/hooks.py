@@ -9,7 +9,7 @@ values are exactly what a notebook would cache.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Int
@@ -47,10 +47,14 @@ class ActivationRecorder:
 
     def __init__(self, hooks: Sequence[str]):
         self.hooks = list(hooks)
-        self.forward = sorted({h[: -len("_grad")] if h.endswith("_grad") else h for h in self.hooks})
+        self.forward = sorted(
+            {h[: -len("_grad")] if h.endswith("_grad") else h for h in self.hooks}
+        )
         self.needs_backward = any(h.endswith("_grad") for h in self.hooks)
 
-    def record(self, model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> dict[str, torch.Tensor]:
+    def record(
+        self, model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]
+    ) -> dict[str, torch.Tensor]:
         """Activations for every recorded name, float32 on CPU, batch first."""
         if not self.hooks:
             return {}
@@ -58,11 +62,16 @@ class ActivationRecorder:
         with torch.set_grad_enabled(self.needs_backward):
             if self.needs_backward:
                 _, cache = model.run_with_cache(
-                    tokens, names_filter=lambda n: n in wanted or n + "_grad" in wanted, incl_bwd=True, return_type="loss"
+                    tokens,
+                    names_filter=lambda n: n in wanted or n + "_grad" in wanted,
+                    incl_bwd=True,
+                    return_type="loss",
                 )
                 model.zero_grad(set_to_none=True)
             else:
-                _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, return_type=None)
+                _, cache = model.run_with_cache(
+                    tokens, names_filter=lambda n: n in wanted, return_type=None
+                )
         return {name: cache[name].detach().float().cpu().contiguous() for name in self.hooks}
 
     def bytes_per_sequence(self, model: HookedTransformer, seq_len: int) -> int:

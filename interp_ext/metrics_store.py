@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -50,11 +50,20 @@ def unit_name(seed: int | None, step: int | None) -> str:
 
 def empty_frame(extra: Iterable[str] = ()) -> pd.DataFrame:
     cols = COLUMNS + [c for c in extra if c not in COLUMNS]
-    return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else ("int64" if c in _INT else "object")) for c in cols})
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype="float64" if c == "value" else ("int64" if c in _INT else "object"))
+            for c in cols
+        }
+    )
 
 
 def normalise(
-    rows: pd.DataFrame | Iterable[dict], run_name: str, family: str | None = None, settings: str | None = None, extra_columns: Iterable[str] = ()
+    rows: pd.DataFrame | Iterable[dict],
+    run_name: str,
+    family: str | None = None,
+    settings: str | None = None,
+    extra_columns: Iterable[str] = (),
 ) -> pd.DataFrame:
     """Tidy rows: SPEC columns first, ``seed``/``step`` int64 (-1 = across seeds / over steps),
     ``value`` float64, every other column a string ("" where absent).
@@ -70,11 +79,20 @@ def normalise(
             frame[col] = ""
     if "metric" not in frame:
         raise ValueError(f"metric rows need a 'metric' column; got columns {list(frame.columns)}")
-    defaults = {"run": run_name, "family": family, "settings": settings, "component": "", "seed": -1, "step": -1}
+    defaults = {
+        "run": run_name,
+        "family": family,
+        "settings": settings,
+        "component": "",
+        "seed": -1,
+        "step": -1,
+    }
     for col, default in defaults.items():
         if col not in frame:
             if default is None:
-                raise ValueError(f"metric rows need a {col!r} column; got columns {list(frame.columns)}")
+                raise ValueError(
+                    f"metric rows need a {col!r} column; got columns {list(frame.columns)}"
+                )
             frame[col] = default
     frame = frame.astype({"seed": "int64", "step": "int64", "value": "float64"})
     extra = [c for c in frame.columns if c not in COLUMNS]
@@ -83,7 +101,14 @@ def normalise(
     return frame[COLUMNS + extra].reset_index(drop=True)
 
 
-def write_part(root: Path, family: str, settings: str, unit: str, rows: pd.DataFrame, seeds: list[int] | None = None) -> Path:
+def write_part(
+    root: Path,
+    family: str,
+    settings: str,
+    unit: str,
+    rows: pd.DataFrame,
+    seeds: list[int] | None = None,
+) -> Path:
     """Write one part atomically (a temporary file in the same folder, then a rename); returns its path.
 
     ``seeds``: the seeds a cross-seed part was formed over, kept in the file's metadata.
@@ -92,10 +117,17 @@ def write_part(root: Path, family: str, settings: str, unit: str, rows: pd.DataF
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{unit}.parquet"
     tmp = folder / f".{unit}.{uuid.uuid4().hex}.tmp"
-    schema = pa.schema([(c, pa.int64() if c in _INT else pa.float64() if c == "value" else pa.string()) for c in rows.columns])
+    schema = pa.schema(
+        [
+            (c, pa.int64() if c in _INT else pa.float64() if c == "value" else pa.string())
+            for c in rows.columns
+        ]
+    )
     table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
     if seeds is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"interp_ext.seeds": json.dumps(list(seeds)).encode()})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), b"interp_ext.seeds": json.dumps(list(seeds)).encode()}
+        )
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
@@ -129,7 +161,9 @@ def read_family(root: Path, family: str, settings: Iterable[str]) -> pd.DataFram
     if not files:
         return empty_frame()
     schemas = [pq.read_schema(f) for f in _schema_sample(files)]
-    schema = pa.unify_schemas(schemas, promote_options="permissive") if len(schemas) > 1 else schemas[0]
+    schema = (
+        pa.unify_schemas(schemas, promote_options="permissive") if len(schemas) > 1 else schemas[0]
+    )
     table = pads.dataset(files, format="parquet", schema=schema).to_table()
     frame = table.to_pandas()
     return _fill_strings(frame)

@@ -42,7 +42,7 @@ def build_model(
     d_vocab: int,
     seed: int | None = None,
     device: str = "cpu",
-    tokenizer: "PreTrainedTokenizerBase | None" = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> HookedTransformer:
     """A freshly initialised `HookedTransformer`.
 
@@ -70,7 +70,9 @@ def param_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def share_parameters(model: torch.nn.Module, stacked: dict[str, torch.Tensor], index: int) -> torch.nn.Module:
+def share_parameters(
+    model: torch.nn.Module, stacked: dict[str, torch.Tensor], index: int
+) -> torch.nn.Module:
     """Point ``model``'s parameters at slice ``index`` of stacked tensors, sharing their storage.
 
     ``stacked`` maps parameter names to tensors with a leading seed dimension (as
@@ -82,7 +84,9 @@ def share_parameters(model: torch.nn.Module, stacked: dict[str, torch.Tensor], i
     for name, old in list(model.named_parameters()):
         new = stacked[name].detach()[index]
         if new.shape != old.shape:
-            raise ValueError(f"stacked[{name!r}][{index}] has shape {tuple(new.shape)}, the model's parameter {tuple(old.shape)}")
+            raise ValueError(
+                f"stacked[{name!r}][{index}] has shape {tuple(new.shape)}, the model's parameter {tuple(old.shape)}"
+            )
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
         owner.register_parameter(attr, torch.nn.Parameter(new, requires_grad=old.requires_grad))

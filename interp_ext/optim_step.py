@@ -18,7 +18,13 @@ def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.
     opt = adamw(model.parameters(), run.config.train)
     if checkpoint["exp_avg"]:
         names = [n for n, _ in model.named_parameters()]
-        set_adamw_state(opt, [(checkpoint["adam_step"], checkpoint["exp_avg"][n], checkpoint["exp_avg_sq"][n]) for n in names])
+        set_adamw_state(
+            opt,
+            [
+                (checkpoint["adam_step"], checkpoint["exp_avg"][n], checkpoint["exp_avg_sq"][n])
+                for n in names
+            ],
+        )
     return opt
 
 
@@ -26,10 +32,21 @@ def step_batch(run, seed: int, step: int) -> torch.Tensor:
     """The training batch seed ``seed`` saw at ``step``."""
     cfg = run.config
     info_bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
-    return training_batch(run.train_tokens(), seed, step, cfg.train.batch_size, cfg.model.n_ctx, info_bos, cfg.data, run.d_vocab)
+    return training_batch(
+        run.train_tokens(),
+        seed,
+        step,
+        cfg.train.batch_size,
+        cfg.model.n_ctx,
+        info_bos,
+        cfg.data,
+        run.d_vocab,
+    )
 
 
-def optimizer_step_direction(run, seed: int, step: int, device: str | None = None) -> tuple[dict, dict, torch.Tensor]:
+def optimizer_step_direction(
+    run, seed: int, step: int, device: str | None = None
+) -> tuple[dict, dict, torch.Tensor]:
     """(theta_t, d = theta_{t+1} - theta_t, batch) for the real step after checkpoint ``step``.
 
     The step reproduces training exactly (same batch, AdamW state and autocast).

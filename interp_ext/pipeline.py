@@ -46,14 +46,26 @@ def reproduce_config(out: Path, preset: str, resume: bool, **changes) -> tuple[R
     """The run's config (saved one when resuming) and whether the run directory exists."""
     existed = (out / "config.json").exists()
     if existed and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it (finished measurements are skipped) or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it (finished measurements are skipped) or choose another --out"
+        )
     if existed:
-        return override(RunConfig.load(out / "config.json"), train__steps=changes.get("steps")), True
+        return override(
+            RunConfig.load(out / "config.json"), train__steps=changes.get("steps")
+        ), True
     cfg = get_preset(preset)
-    hooks = sorted({v["hook"] for k, v in cfg.measure.plan.items() if k == "sae" and v.get("hook")} | set(cfg.record.hooks))
+    hooks = sorted(
+        {v["hook"] for k, v in cfg.measure.plan.items() if k == "sae" and v.get("hook")}
+        | set(cfg.record.hooks)
+    )
     cfg = override(
-        cfg, train__n_seeds=changes.get("seeds"), train__steps=changes.get("steps"), train__device=changes.get("device"),
-        train__checkpoint_every=changes.get("checkpoint_every"), data__data_dir=changes.get("data_dir"), record__hooks=hooks,
+        cfg,
+        train__n_seeds=changes.get("seeds"),
+        train__steps=changes.get("steps"),
+        train__device=changes.get("device"),
+        train__checkpoint_every=changes.get("checkpoint_every"),
+        data__data_dir=changes.get("data_dir"),
+        record__hooks=hooks,
     )
     return cfg, False
 
@@ -77,40 +89,67 @@ def reproduce(
     the report.
     """
     from interp_ext import distributed
-    from interp_ext.runner import measure
-    from interp_ext.report import write_report
     from interp_ext.store import open_run
-    from interp_ext.training import last_complete_step, train
 
     out = Path(out)
     distributed.init(device or get_preset(preset).train.device)
-    cfg, existed = reproduce_config(out, preset, resume, data_dir=data_dir, seeds=seeds, steps=steps, device=device, checkpoint_every=checkpoint_every)
-    settings = plan_settings(cfg.measure)  # every measurement's settings checked before training starts
+    changes = dict(
+        data_dir=data_dir,
+        seeds=seeds,
+        steps=steps,
+        device=device,
+        checkpoint_every=checkpoint_every,
+    )
+    cfg, existed = reproduce_config(out, preset, resume, **changes)
+    settings = plan_settings(
+        cfg.measure
+    )  # every measurement's settings checked before training starts
     distributed.barrier()
     stages = [s for s in ["train", *settings, "report"] if s not in skip]
     progress = progress and distributed.world()[0] == 0
-    bar = tqdm(stages, desc="reproduce", unit="stage", disable=not progress, position=0, dynamic_ncols=True)
+    bar = tqdm(
+        stages, desc="reproduce", unit="stage", disable=not progress, position=0, dynamic_ncols=True
+    )
     timings: dict[str, float] = {}
     run = open_run(out) if existed else None
     for stage in bar:
         bar.set_postfix(stage=stage)
         t0 = time.perf_counter()
-        if stage == "train":
-            done = existed and last_complete_step(out, cfg.train.seeds) == cfg.train.steps
-            distributed.barrier()
-            run = open_run(out) if done else train(cfg, out, resume=existed, progress=progress)
-        elif stage == "report":
-            with distributed.on_rank_zero() as zero:
-                if zero:
-                    write_report(run)
-        elif get_min_seeds(stage) > len(run.seeds):
-            log.warning("%s compares seeds and needs >= %d; the run has %s: skipped", stage, get_min_seeds(stage), run.seeds)
-        else:
-            measure(run, settings[stage], steps=plan_steps(run, cfg.measure, stage), progress=progress)
+        run = run_stage(stage, run, cfg, out, existed, settings, progress)
         timings[stage] = time.perf_counter() - t0
     bar.close()
     log.info("stage timings (s): %s", {k: round(v, 1) for k, v in timings.items()})
     return run, (run.path / "report" / "report.md"), timings
+
+
+def run_stage(
+    stage: str, run, cfg: RunConfig, out: Path, existed: bool, settings: dict, progress: bool
+):
+    """One stage of :func:`reproduce`; returns the (opened) run."""
+    from interp_ext import distributed
+    from interp_ext.report import write_report
+    from interp_ext.runner import measure
+    from interp_ext.store import open_run
+    from interp_ext.training import last_complete_step, train
+
+    if stage == "train":
+        done = existed and last_complete_step(out, cfg.train.seeds) == cfg.train.steps
+        distributed.barrier()
+        return open_run(out) if done else train(cfg, out, resume=existed, progress=progress)
+    if stage == "report":
+        with distributed.on_rank_zero() as zero:
+            if zero:
+                write_report(run)
+    elif get_min_seeds(stage) > len(run.seeds):
+        log.warning(
+            "%s compares seeds and needs >= %d; the run has %s: skipped",
+            stage,
+            get_min_seeds(stage),
+            run.seeds,
+        )
+    else:
+        measure(run, settings[stage], steps=plan_steps(run, cfg.measure, stage), progress=progress)
+    return run
 
 
 def get_min_seeds(family: str) -> int:

@@ -59,32 +59,63 @@ def one(rows: pd.DataFrame, default: float = math.nan, **where) -> float:
 
 def summary(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
     """The seed_mean / seed_lo / seed_hi rows of a metric as columns by step."""
-    parts = {s: select(rows, metric=f"{metric}/seed_{s}", seed=-1, **where).set_index("step").value for s in ("mean", "lo", "hi")}
+    parts = {
+        s: select(rows, metric=f"{metric}/seed_{s}", seed=-1, **where).set_index("step").value
+        for s in ("mean", "lo", "hi")
+    }
     frame = pd.DataFrame(parts).sort_index()
     return frame[frame.index >= 0]
 
 
-def seed_traces(rows: pd.DataFrame, metric: str, legend: bool = True, color: str | None = None, **where) -> list[Trace]:
+def seed_traces(
+    rows: pd.DataFrame, metric: str, legend: bool = True, color: str | None = None, **where
+) -> list[Trace]:
     """One thin line per seed."""
     sel = select(rows, metric=metric, **where)
     sel = sel[(sel.seed >= 0) & (sel.step >= 0)]
     out = []
     for i, (seed, g) in enumerate(sel.groupby("seed")):
         g = g.sort_values("step")
-        out.append(Trace(g.step.tolist(), g.value.tolist(), f"seed {seed}", color or PALETTE[i % 10], 0.8, 0.6, legend=legend))
+        out.append(
+            Trace(
+                g.step.tolist(),
+                g.value.tolist(),
+                f"seed {seed}",
+                color or PALETTE[i % 10],
+                0.8,
+                0.6,
+                legend=legend,
+            )
+        )
     return out
 
 
-def band_trace(rows: pd.DataFrame, metric: str, label: str = BAND, color: str = "#000000", **where) -> list[Trace]:
+def band_trace(
+    rows: pd.DataFrame, metric: str, label: str = BAND, color: str = "#000000", **where
+) -> list[Trace]:
     s = summary(rows, metric, **where)
     if s.empty:
         return []
-    return [Trace(s.index.tolist(), s["mean"].tolist(), label, color, 2.4, lo=s["lo"].tolist(), hi=s["hi"].tolist())]
+    return [
+        Trace(
+            s.index.tolist(),
+            s["mean"].tolist(),
+            label,
+            color,
+            2.4,
+            lo=s["lo"].tolist(),
+            hi=s["hi"].tolist(),
+        )
+    ]
 
 
-def metric_panel(rows: pd.DataFrame, metric: str, ylabel: str, context: dict, title: str | None = None, **where) -> Panel:
+def metric_panel(
+    rows: pd.DataFrame, metric: str, ylabel: str, context: dict, title: str | None = None, **where
+) -> Panel:
     traces = seed_traces(rows, metric, **where) + band_trace(rows, metric, **where)
-    return Panel(title or metric, traces, ylabel=ylabel, window=context["window"], marks=context["marks"])
+    return Panel(
+        title or metric, traces, ylabel=ylabel, window=context["window"], marks=context["marks"]
+    )
 
 
 def context_of(m: pd.DataFrame) -> dict:
@@ -106,36 +137,99 @@ def loss_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     loss = select(m, family="train", metric="loss")
     if loss.empty:
         return []
-    fig = Figure("Training loss (mean over each checkpoint interval)", [metric_panel(loss, "loss", "cross-entropy (nats/token)", ctx)])
+    fig = Figure(
+        "Training loss (mean over each checkpoint interval)",
+        [metric_panel(loss, "loss", "cross-entropy (nats/token)", ctx)],
+    )
     files = save(fig, out, "train_loss")
     last = loss[loss.step == loss.step.max()].sort_values("seed")
     per_seed = ", ".join(f"seed {int(r.seed)} {r.value:.3f}" for r in last.itertuples())
-    return ["## Training loss", "", image(files, "loss"), "", f"Loss at the last checkpoint: {per_seed} nats/token. Reading: a plateau followed by a drop marks the induction transition.", ""]
+    return [
+        "## Training loss",
+        "",
+        image(files, "loss"),
+        "",
+        f"Loss at the last checkpoint: {per_seed} nats/token. Reading: a plateau followed by a drop marks the induction transition.",
+        "",
+    ]
+
+
+def heatmap_figure(
+    out: Path, name: str, title: str, panels: list[tuple[str, Heatmap]], xlabel: str, ylabel: str
+) -> list[str]:
+    """One figure of heatmap panels (title, heatmap), two per row."""
+    figure = Figure(
+        title,
+        [Panel(t, heatmap=h, xlabel=xlabel, ylabel=ylabel) for t, h in panels],
+        ncols=min(2, len(panels)),
+    )
+    return save(figure, out, name)
+
+
+def seeds_of(rows: pd.DataFrame) -> list[int]:
+    return sorted(int(s) for s in rows.seed.unique() if s >= 0)
 
 
 def induction_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     ind = select(m, family="induction")
     if ind.empty:
         return []
-    files = save(Figure("Best induction score (layer >= 1) over training", [metric_panel(ind, "best_induction_score", "attention to induction target", ctx)]), out, "induction_formation")
+    best = metric_panel(ind, "best_induction_score", "attention to induction target", ctx)
+    files = save(
+        Figure("Best induction score (layer >= 1) over training", [best]),
+        out,
+        "induction_formation",
+    )
     last = int(ind[ind.metric == "induction_score"].step.max())
+    scores = ["induction_score", "prev_token_score", "duplicate_score", "copying_score"]
     panels = []
-    for seed in sorted(s for s in ind.seed.unique() if s >= 0)[:4]:
-        final = ind[(ind.seed == seed) & (ind.step == last) & ind.metric.isin(["induction_score", "prev_token_score", "duplicate_score", "copying_score"])]
+    for seed in seeds_of(ind)[:4]:
+        final = ind[(ind.seed == seed) & (ind.step == last) & ind.metric.isin(scores)]
         piv = final.pivot_table(index="metric", columns="component", values="value")
-        panels.append(Panel(f"seed {seed}", heatmap=Heatmap(piv.to_numpy(), list(piv.columns), list(piv.index), "score", centered=False), xlabel="head"))
-    files2 = save(Figure(f"Head scores at step {last}", panels, ncols=min(2, len(panels))), out, "head_scores")
-    lines = ["## Induction heads", "", image(files, "induction"), "", image(files2, "head scores"), "", "| seed | formation step | induction heads | previous-token heads | ablation: detected | ablation: random |", "|---|---|---|---|---|---|"]
-    for seed in sorted(s for s in ind.seed.unique() if s >= 0):
+        panels.append(
+            (
+                f"seed {seed}",
+                Heatmap(
+                    piv.to_numpy(), list(piv.columns), list(piv.index), "score", centered=False
+                ),
+            )
+        )
+    files2 = heatmap_figure(out, "head_scores", f"Head scores at step {last}", panels, "head", "")
+    lines = [
+        "## Induction heads",
+        "",
+        image(files, "induction"),
+        "",
+        image(files2, "head scores"),
+        "",
+    ]
+    return lines + induction_table(ind)
+
+
+def induction_table(ind: pd.DataFrame) -> list[str]:
+    lines = [
+        "| seed | formation step | induction heads | previous-token heads | ablation: detected | ablation: random |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in seeds_of(ind):
         d = ind[ind.seed == seed]
         heads = ", ".join(d[d.metric == "detected_induction_head"].component) or "none"
         prev = ", ".join(d[d.metric == "detected_prev_token_head"].component) or "none"
-        lines.append(f"| {seed} | {one(d, metric='formation_step'):.0f} | {heads} | {prev} | {one(d, metric='ablation_loss_increase', component='detected'):+.3f} | {one(d, metric='ablation_loss_increase', component='random'):+.3f} |")
-    n = one(ind, metric="formation_step/seed_n")
-    lines += ["", f"Formation step over seeds: {one(ind, metric='formation_step/seed_mean'):.0f} (95% t-interval over {n:.0f} seeds: {one(ind, metric='formation_step/seed_lo'):.0f} .. {one(ind, metric='formation_step/seed_hi'):.0f}). "
-              "Ablation: loss increase (nats) on the second copy when the detected heads, or as many random heads outside the circuit, are mean-ablated.",
-              "Reading: an induction head forms when the best score jumps; the ablation gap says the detected heads carry the copying.", ""]
-    return lines
+        detected = one(d, metric="ablation_loss_increase", component="detected")
+        random = one(d, metric="ablation_loss_increase", component="random")
+        lines.append(
+            f"| {seed} | {one(d, metric='formation_step'):.0f} | {heads} | {prev} | {detected:+.3f} | {random:+.3f} |"
+        )
+    mean, lo, hi, n = (
+        one(ind, metric=f"formation_step/seed_{s}") for s in ("mean", "lo", "hi", "n")
+    )
+    return lines + [
+        "",
+        f"Formation step over seeds: {mean:.0f} (95% t-interval over {n:.0f} seeds: {lo:.0f} .. {hi:.0f}). "
+        "Ablation: loss increase (nats) on the second copy when the detected heads, or as many random heads outside the circuit, are mean-ablated.",
+        "Reading: an induction head forms when the best score jumps; the ablation gap says the detected heads carry the copying.",
+        "",
+    ]
 
 
 def head_matrix(rows: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
@@ -146,6 +240,15 @@ def head_matrix(rows: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
     return mat
 
 
+def resid_matrix(rows: pd.DataFrame, n_layers: int) -> np.ndarray:
+    """Rows with components ``L{layer}P{pos}`` as a [layer, pos] matrix."""
+    layer = rows.component.str[1:].str.split("P").str[0].astype(int).to_numpy()
+    pos = rows.component.str.split("P").str[1].astype(int).to_numpy()
+    mat = np.full((n_layers, int(pos.max()) + 1), np.nan)
+    mat[layer, pos] = rows.value.to_numpy()
+    return mat
+
+
 def patching_section(m: pd.DataFrame, out: Path, run) -> list[str]:
     pat = select(m, family="patching")
     if pat.empty:
@@ -153,19 +256,44 @@ def patching_section(m: pd.DataFrame, out: Path, run) -> list[str]:
     step, seed = int(pat.step.max()), int(pat[pat.step == pat.step.max()].seed.min())
     sel = pat[(pat.step == step) & (pat.seed == seed)]
     n_l, n_h = run.config.model.n_layers, run.config.model.n_heads
-    heads = head_matrix(sel[sel.metric == "head_out"], n_l, n_h)
-    res = sel[sel.metric == "resid_pre"]
-    pos = res.component.str.split("P").str[1].astype(int)
-    rmat = np.full((n_l, int(pos.max()) + 1), np.nan)
-    rmat[res.component.str[1:].str.split("P").str[0].astype(int).to_numpy(), pos.to_numpy()] = res.value.to_numpy()
-    f1 = save(Figure(f"Head-output patching (seed {seed}, step {step})", [Panel("head outputs", heatmap=Heatmap(heads, [f"H{h}" for h in range(n_h)], [f"L{l}" for l in range(n_l)], "normalised logit diff (0 corrupt, 1 clean)"), xlabel="head", ylabel="layer")]), out, "patching_heads")
-    f2 = save(Figure(f"Residual-stream patching (seed {seed}, step {step})", [Panel("resid_pre", heatmap=Heatmap(rmat, [str(p) for p in range(rmat.shape[1])], [f"L{l}" for l in range(n_l)], "normalised logit diff"), xlabel="position ([BOS] r r)", ylabel="layer")]), out, "patching_resid")
+    layers = [f"L{l}" for l in range(n_l)]
+    heads = Heatmap(
+        head_matrix(sel[sel.metric == "head_out"], n_l, n_h),
+        [f"H{h}" for h in range(n_h)],
+        layers,
+        "normalised logit diff (0 corrupt, 1 clean)",
+    )
+    f1 = heatmap_figure(
+        out,
+        "patching_heads",
+        f"Head-output patching (seed {seed}, step {step})",
+        [("head outputs", heads)],
+        "head",
+        "layer",
+    )
+    rmat = resid_matrix(sel[sel.metric == "resid_pre"], n_l)
+    resid = Heatmap(rmat, [str(p) for p in range(rmat.shape[1])], layers, "normalised logit diff")
+    f2 = heatmap_figure(
+        out,
+        "patching_resid",
+        f"Residual-stream patching (seed {seed}, step {step})",
+        [("resid_pre", resid)],
+        "position ([BOS] r r)",
+        "layer",
+    )
     top = sel[sel.metric == "head_out"].sort_values("value", ascending=False).head(3)
-    lines = ["## Activation patching", "", image(f1, "heads"), "", image(f2, "resid"), "",
-             f"Heads restoring most of the clean logit difference: {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}."]
+    restoring = ", ".join(f"{c} {v:.2f}" for c, v in zip(top.component, top.value))
+    lines = [
+        "## Activation patching",
+        "",
+        image(f1, "heads"),
+        "",
+        image(f2, "resid"),
+        "",
+        f"Heads restoring most of the clean logit difference: {restoring}.",
+    ]
     lines += key_path_lines(sel, out, n_l, n_h)
-    lines += ["Reading: restoring the induction head's output restores the copy.", ""]
-    return lines
+    return lines + ["Reading: restoring the induction head's output restores the copy.", ""]
 
 
 def key_path_lines(sel: pd.DataFrame, out: Path, n_l: int, n_h: int) -> list[str]:
@@ -173,14 +301,33 @@ def key_path_lines(sel: pd.DataFrame, out: Path, n_l: int, n_h: int) -> list[str
     att = sel[sel.metric == "path_k_attention"]
     if att.empty:
         pk = sel[sel.metric == "path_k"].sort_values("value", ascending=False).head(3)
-        return [f"Key paths by the logit metric (path patching sender -> receiver key): {', '.join(f'{c} {v:.2f}' for c, v in zip(pk.component, pk.value)) or 'n/a'}; "
-                "under this corruption a key-path patch cannot restore the logits (the values it would move are corrupted), so these read ~0 whatever the K-composition."]
+        return [
+            f"Key paths by the logit metric (path patching sender -> receiver key): {', '.join(f'{c} {v:.2f}' for c, v in zip(pk.component, pk.value)) or 'n/a'}; "
+            "under this corruption a key-path patch cannot restore the logits (the values it would move are corrupted), so these read ~0 whatever the K-composition."
+        ]
     senders = sorted({c.split("->")[0] for c in att.component}, key=Head.parse)
     receivers = sorted({c.split("->")[1] for c in att.component}, key=Head.parse)
-    mat = att.pivot_table(index=att.component.str.split("->").str[0], columns=att.component.str.split("->").str[1], values="value").reindex(index=senders, columns=receivers)
-    files = save(Figure("Key-path patching, receiver-attention metric", [Panel("sender -> receiver key", heatmap=Heatmap(mat.to_numpy(), receivers, senders, "restored share of target attention"), xlabel="receiver head", ylabel="sender head")]), out, "patching_key_paths")
+    mat = att.pivot_table(
+        index=att.component.str.split("->").str[0],
+        columns=att.component.str.split("->").str[1],
+        values="value",
+    ).reindex(index=senders, columns=receivers)
+    restored = Heatmap(mat.to_numpy(), receivers, senders, "restored share of target attention")
+    files = heatmap_figure(
+        out,
+        "patching_key_paths",
+        "Key-path patching, receiver-attention metric",
+        [("sender -> receiver key", restored)],
+        "receiver head",
+        "sender head",
+    )
     top = att.sort_values("value", ascending=False).head(4)
-    return ["", image(files, "key paths"), "", f"Strongest key paths by the receiver's attention to its induction target (0 = corrupted, 1 = clean): {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}."]
+    return [
+        "",
+        image(files, "key paths"),
+        "",
+        f"Strongest key paths by the receiver's attention to its induction target (0 = corrupted, 1 = clean): {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}.",
+    ]
 
 
 def dashboard_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
@@ -192,17 +339,38 @@ def dashboard_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     for p in panels[1:]:
         for t in p.traces:
             t.legend = False
-    files = save(Figure("Gradient-geometry dashboard (seeds thin, seed mean bold with its 95% t-interval over seeds)", panels, ncols=3), out, "dashboard")
+    files = save(
+        Figure(
+            "Gradient-geometry dashboard (seeds thin, seed mean bold with its 95% t-interval over seeds)",
+            panels,
+            ncols=3,
+        ),
+        out,
+        "dashboard",
+    )
     points = select(m, family="transition", metric="change_point")
-    lines = ["## Gradient-geometry dashboard", "", image(files, "dashboard"), "", "| metric | seed mean at first checkpoint | at last checkpoint |", "|---|---|---|"]
+    lines = [
+        "## Gradient-geometry dashboard",
+        "",
+        image(files, "dashboard"),
+        "",
+        "| metric | seed mean at first checkpoint | at last checkpoint |",
+        "|---|---|---|",
+    ]
     for d in metrics:
         s = summary(geo, d)
         if len(s):
             lines.append(f"| {d} | {s['mean'].iloc[0]:.4g} | {s['mean'].iloc[-1]:.4g} |")
     window = ctx["window"]
     if window and all(math.isfinite(v) for v in window):
-        lines += ["", f"Transition window (change points of several seed-mean series agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; change points: {', '.join(f'{r.component} {r.value:.0f}' for r in points.itertuples()) or 'none'}."]
-    lines += ["Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.", ""]
+        lines += [
+            "",
+            f"Transition window (change points of several seed-mean series agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; change points: {', '.join(f'{r.component} {r.value:.0f}' for r in points.itertuples()) or 'none'}.",
+        ]
+    lines += [
+        "Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.",
+        "",
+    ]
     return lines
 
 
@@ -210,26 +378,74 @@ def stream1_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     s1 = select(m, family="stream1")
     if s1.empty:
         return []
-    files = save(Figure("Stream 1: subspace drift rate", [metric_panel(s1, "drift_rate", "mean principal angle / step (rad)", ctx)]), out, "stream1_drift")
+    files = save(
+        Figure(
+            "Stream 1: subspace drift rate",
+            [metric_panel(s1, "drift_rate", "mean principal angle / step (rad)", ctx)],
+        ),
+        out,
+        "stream1_drift",
+    )
     s = summary(s1, "drift_rate")
-    text = f"Seed-mean drift peaks at step {int(s['mean'].idxmax())} ({s['mean'].max():.2e} rad/step) and ends at {s['mean'].iloc[-1]:.2e}." if len(s) else ""
-    return ["## Stream 1: subspace drift", "", image(files, "drift"), "", text + " Reading: the paper predicts a peak at the transition, then decay to a small floor.", ""]
+    text = (
+        f"Seed-mean drift peaks at step {int(s['mean'].idxmax())} ({s['mean'].max():.2e} rad/step) and ends at {s['mean'].iloc[-1]:.2e}."
+        if len(s)
+        else ""
+    )
+    return [
+        "## Stream 1: subspace drift",
+        "",
+        image(files, "drift"),
+        "",
+        text
+        + " Reading: the paper predicts a peak at the transition, then decay to a small floor.",
+        "",
+    ]
 
 
 def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
     s2 = select(m, family="stream2")
     if s2.empty:
         return []
-    groups = [g for g in ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed") if g in set(s2.component)]
+    groups = [
+        g
+        for g in ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed")
+        if g in set(s2.component)
+    ]
     panels = []
-    for metric, title in (("cross_seed_alignment", "raw cosine (basis-dependent)"), ("cross_seed_alignment_perm", "permutation-matched cosine (basis-dependent)")):
-        traces = [Trace(g_rows.step.tolist(), g_rows.value.tolist(), g, PALETTE[i % 10], 1.4) for i, g in enumerate(groups) for g_rows in [select(s2, metric=metric, component=g).sort_values("step")]]
+    for metric, title in (
+        ("cross_seed_alignment", "raw cosine (basis-dependent)"),
+        ("cross_seed_alignment_perm", "permutation-matched cosine (basis-dependent)"),
+    ):
+        traces = [
+            Trace(g_rows.step.tolist(), g_rows.value.tolist(), g, PALETTE[i % 10], 1.4)
+            for i, g in enumerate(groups)
+            for g_rows in [select(s2, metric=metric, component=g).sort_values("step")]
+        ]
         panels.append(Panel(title, traces, ylabel="mean cosine over seed pairs", zero=True))
-    files = save(Figure("Stream 2: cross-seed gradient alignment per parameter group", panels, ncols=2), out, "stream2_alignment")
+    files = save(
+        Figure("Stream 2: cross-seed gradient alignment per parameter group", panels, ncols=2),
+        out,
+        "stream2_alignment",
+    )
     last = s2[s2.step == s2.step.max()]
-    lines = ["## Stream 2: cross-seed alignment", "", image(files, "stream2"), "", "| group | raw cosine | permutation-matched |", "|---|---|---|"]
-    lines += [f"| {g} | {one(last, metric='cross_seed_alignment', component=g):.3f} | {one(last, metric='cross_seed_alignment_perm', component=g):.3f} |" for g in groups]
-    lines += ["", "Reading: both cosines compare raw gradient coordinates, so they depend on each seed's basis (heads can be rotated and the residual basis differs between seeds).", ""]
+    lines = [
+        "## Stream 2: cross-seed alignment",
+        "",
+        image(files, "stream2"),
+        "",
+        "| group | raw cosine | permutation-matched |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {g} | {one(last, metric='cross_seed_alignment', component=g):.3f} | {one(last, metric='cross_seed_alignment_perm', component=g):.3f} |"
+        for g in groups
+    ]
+    lines += [
+        "",
+        "Reading: both cosines compare raw gradient coordinates, so they depend on each seed's basis (heads can be rotated and the residual basis differs between seeds).",
+        "",
+    ]
     return lines
 
 
@@ -237,74 +453,194 @@ def beta_section(m: pd.DataFrame) -> list[str]:
     beta = select(m, family="beta")
     if beta.empty:
         return []
-    lines = ["## Beta fit of subspace similarity", "", "| parameter | estimate | 95% interval (bootstrap over seeds) |", "|---|---|---|"]
-    lines += [f"| {p} | {one(beta, metric=p):.4g} | {one(beta, metric=p + '_lo'):.4g} .. {one(beta, metric=p + '_hi'):.4g} |" for p in ("sim_star", "gamma", "t0")]
+    lines = [
+        "## Beta fit of subspace similarity",
+        "",
+        "| parameter | estimate | 95% interval (bootstrap over seeds) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {p} | {one(beta, metric=p):.4g} | {one(beta, metric=p + '_lo'):.4g} .. {one(beta, metric=p + '_hi'):.4g} |"
+        for p in ("sim_star", "gamma", "t0")
+    ]
     return lines + [""]
+
+
+CIRCUIT, CONTROL = "#1f77b4", "#7f7f7f"
+
+
+def circuit_vs_controls(rows: pd.DataFrame, metric: str, component: str, **where) -> list[Trace]:
+    """The circuit's seeds thin, its seed band, and the controls' band (controls averaged within seed)."""
+    traces = seed_traces(
+        rows, metric, color=CIRCUIT, legend=False, component=component, circuit="circuit", **where
+    )
+    traces += band_trace(
+        rows, metric, "circuit: " + BAND, CIRCUIT, component=component, circuit="circuit", **where
+    )
+    traces += band_trace(
+        rows,
+        metric,
+        "controls (averaged within seed): " + BAND,
+        CONTROL,
+        component=component,
+        circuit="controls",
+        **where,
+    )
+    return traces
 
 
 def stream3_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     auto = select(m, family="autocatalysis")
     if auto.empty:
         return []
-    panels = []
-    for direction in [d for d in ("optimizer", "sgd") if d in set(auto.direction)]:
-        traces = seed_traces(auto, "K_norm", color="#1f77b4", legend=False, component="C|C", direction=direction, circuit="circuit")
-        traces += band_trace(auto, "K_norm", "circuit: " + BAND, "#1f77b4", component="C|C", direction=direction, circuit="circuit")
-        traces += band_trace(auto, "K_norm", "controls (averaged within seed): " + BAND, "#7f7f7f", component="C|C", direction=direction, circuit="controls")
-        panels.append(Panel(f"K_norm[C,C] ({direction})", traces, ylabel="K / (E_C ||d_C||)", marks=ctx["marks"], zero=True))
-    files = save(Figure("Stream 3: normalised K[C,C] over training (circuit seeds thin)", panels, ncols=2), out, "stream3_K")
-    energy = seed_traces(auto, "energy", color="#1f77b4", legend=False, component="C", circuit="circuit") + band_trace(auto, "energy", "circuit: " + BAND, "#1f77b4", component="C", circuit="circuit")
-    energy += band_trace(auto, "energy", "controls: " + BAND, "#7f7f7f", component="C", circuit="controls")
-    files2 = save(Figure("Gradient energy E_C = sum of G_ii over the circuit", [Panel("E_C", energy, ylabel="E_C", marks=ctx["marks"])]), out, "stream3_energy")
-    lines = ["## Stream 3: the autocatalytic condition", "", image(files, "stream3"), "", image(files2, "energy"), ""]
+    panels = [
+        Panel(
+            f"K_norm[C,C] ({d})",
+            circuit_vs_controls(auto, "K_norm", "C|C", direction=d),
+            ylabel="K / (E_C ||d_C||)",
+            marks=ctx["marks"],
+            zero=True,
+        )
+        for d in ("optimizer", "sgd")
+        if d in set(auto.direction)
+    ]
+    files = save(
+        Figure("Stream 3: normalised K[C,C] over training (circuit seeds thin)", panels, ncols=2),
+        out,
+        "stream3_K",
+    )
+    energy = Panel(
+        "E_C", circuit_vs_controls(auto, "energy", "C"), ylabel="E_C", marks=ctx["marks"]
+    )
+    files2 = save(
+        Figure("Gradient energy E_C = sum of G_ii over the circuit", [energy]),
+        out,
+        "stream3_energy",
+    )
+    lines = [
+        "## Stream 3: the autocatalytic condition",
+        "",
+        image(files, "stream3"),
+        "",
+        image(files2, "energy"),
+        "",
+    ]
     return lines + stream3_tables(auto)
 
 
 def stream3_tables(auto: pd.DataFrame) -> list[str]:
-    lines = ["Mean normalised K[C,C] over checkpoints before / during / after each seed's formation step (before: more than one measured interval earlier), "
-             "one value per seed, then a 95% t-interval over seeds:", "", "| direction | circuit | before | during | after |", "|---|---|---|---|---|"]
+    lines = [
+        "Mean normalised K[C,C] over checkpoints before / during / after each seed's formation step (before: more than one measured interval earlier), "
+        "one value per seed, then a 95% t-interval over seeds:",
+        "",
+        "| direction | circuit | before | during | after |",
+        "|---|---|---|---|---|",
+    ]
     win = auto[auto.metric.str.startswith("K_norm_window/")]
     for (direction, circ), g in win.groupby(["direction", "circuit"]):
         cells = {}
         for w in ("before", "during", "after"):
-            vals = {s: one(g, metric=f"K_norm_window/seed_{s}", component=f"C|C@{w}") for s in ("mean", "lo", "hi", "n")}
-            cells[w] = f"{vals['mean']:+.3f} [{vals['lo']:+.3f}, {vals['hi']:+.3f}] (n={vals['n']:.0f} seeds)" if math.isfinite(vals["mean"]) else "-"
-        lines.append(f"| {direction} | {circ} | {cells['before']} | {cells['during']} | {cells['after']} |")
+            vals = {
+                s: one(g, metric=f"K_norm_window/seed_{s}", component=f"C|C@{w}")
+                for s in ("mean", "lo", "hi", "n")
+            }
+            cells[w] = (
+                f"{vals['mean']:+.3f} [{vals['lo']:+.3f}, {vals['hi']:+.3f}] (n={vals['n']:.0f} seeds)"
+                if math.isfinite(vals["mean"])
+                else "-"
+            )
+        lines.append(
+            f"| {direction} | {circ} | {cells['before']} | {cells['during']} | {cells['after']} |"
+        )
     lines.append("")
     budget = select(auto, metric="budget_error/median")
     if len(budget):
-        lines += [f"Energy budget: median relative error of sum_B K[A,B] (optimizer direction) against the observed change of E_A over one real AdamW step "
-                  f"{one(auto, metric='budget_error/median'):.3f}; over a tenth of that step {one(auto, metric='budget_error_eps/median'):.3f} (the gap is the step's second-order effect)."]
+        lines += [
+            f"Energy budget: median relative error of sum_B K[A,B] (optimizer direction) against the observed change of E_A over one real AdamW step "
+            f"{one(auto, metric='budget_error/median'):.3f}; over a tenth of that step {one(auto, metric='budget_error_eps/median'):.3f} (the gap is the step's second-order effect)."
+        ]
     frac = one(auto, metric="entry_frac_positive/seed_mean")
     if math.isfinite(frac):
-        lines += [f"Sampled entries dG_ii/dtheta_j > 0: {frac:.3f} (seed mean of per-seed means over checkpoints). Flipping the sign of one d_head coordinate leaves the function unchanged and flips those entries, so 0.5 is what symmetry alone gives."]
-    lines += ["Reading: the paper predicts K[C,C] > 0 before and during the transition, decaying after it, and above the controls.", ""]
+        lines += [
+            f"Sampled entries dG_ii/dtheta_j > 0: {frac:.3f} (seed mean of per-seed means over checkpoints). Flipping the sign of one d_head coordinate leaves the function unchanged and flips those entries, so 0.5 is what symmetry alone gives."
+        ]
+    lines += [
+        "Reading: the paper predicts K[C,C] > 0 before and during the transition, decaying after it, and above the controls.",
+        "",
+    ]
     return lines
+
+
+SAE_UNITS = {
+    "l0": "active features / token",
+    "explained_variance": "fraction",
+    "dead_fraction": "fraction",
+    "ce_recovered": "fraction",
+    "induction_feature_corr": "corr. with 'token seen earlier'",
+}
+EVENTS = ("n_persisted", "n_born", "n_died", "n_split", "n_merged")
 
 
 def sae_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     sae = select(m, family="sae")
     if sae.empty:
         return []
-    units = {"l0": "active features / token", "explained_variance": "fraction", "dead_fraction": "fraction", "ce_recovered": "fraction", "induction_feature_corr": "corr. with 'token seen earlier'"}
-    panels = [metric_panel(sae, q, u, ctx) for q, u in units.items() if q in set(sae.metric)]
-    files = save(Figure("SAE quality and the induction-feature timeline over training", panels, ncols=3), out, "sae_quality")
+    panels = [metric_panel(sae, q, u, ctx) for q, u in SAE_UNITS.items() if q in set(sae.metric)]
+    files = save(
+        Figure("SAE quality and the induction-feature timeline over training", panels, ncols=3),
+        out,
+        "sae_quality",
+    )
     lines = ["## SAE features across checkpoints", "", image(files, "quality"), ""]
-    events = sae[sae.metric.isin(["n_persisted", "n_born", "n_died", "n_split", "n_merged"]) & (sae.seed >= 0)]
-    if len(events):
-        seed0 = int(events.seed.min())
-        e = events[events.seed == seed0].pivot_table(index="step", columns="metric", values="value").fillna(0)
-        traces = [Trace(e.index.tolist(), e[c].tolist(), c[2:], PALETTE[i], mode="bar") for i, c in enumerate(k for k in ("n_persisted", "n_born", "n_died", "n_split", "n_merged") if k in e)]
-        files = save(Figure(f"Feature lineage between consecutive checkpoints (seed {seed0})", [Panel("events", traces, xlabel="checkpoint step (previous -> this)", ylabel="features", stacked=True)]), out, "sae_lineage")
-        lineage_sankey(e, seed0).write_html(out / "sae_lineage_sankey.html", include_plotlyjs="cdn")
-        lines += [f"{image(files, 'lineage')}; flow diagram: [sae_lineage_sankey.html](sae_lineage_sankey.html)", ""]
+    lines += lineage_lines(sae, out)
     uni = sae[(sae.metric == "universality")].sort_values("step")
     if len(uni):
-        lines.append("Feature universality across seeds (matched fraction) per checkpoint: " + ", ".join(f"{int(r.step)}: {r.value:.2f}" for r in uni.itertuples()) + ".")
+        per_step = ", ".join(f"{int(r.step)}: {r.value:.2f}" for r in uni.itertuples())
+        lines.append(
+            f"Feature universality across seeds (matched fraction) per checkpoint: {per_step}."
+        )
     birth = sae[sae.metric == "induction_feature_birth_step"]
     if len(birth):
-        lines.append("Birth step of the most induction-related feature per seed: " + ", ".join(f"seed {int(r.seed)} {r.value:.0f}" for r in birth.itertuples()) + ".")
-    return lines + ["Reading: features that track 'this token appeared earlier' should be born near the induction transition.", ""]
+        per_seed = ", ".join(f"seed {int(r.seed)} {r.value:.0f}" for r in birth.itertuples())
+        lines.append(f"Birth step of the most induction-related feature per seed: {per_seed}.")
+    return lines + [
+        "Reading: features that track 'this token appeared earlier' should be born near the induction transition.",
+        "",
+    ]
+
+
+def lineage_lines(sae: pd.DataFrame, out: Path) -> list[str]:
+    """Lineage events of the first seed as stacked bars, and the flow diagram (HTML)."""
+    events = sae[sae.metric.isin(EVENTS) & (sae.seed >= 0)]
+    if events.empty:
+        return []
+    seed0 = int(events.seed.min())
+    e = (
+        events[events.seed == seed0]
+        .pivot_table(index="step", columns="metric", values="value")
+        .fillna(0)
+    )
+    traces = [
+        Trace(e.index.tolist(), e[c].tolist(), c[2:], PALETTE[i], mode="bar")
+        for i, c in enumerate(k for k in EVENTS if k in e)
+    ]
+    panel = Panel(
+        "events",
+        traces,
+        xlabel="checkpoint step (previous -> this)",
+        ylabel="features",
+        stacked=True,
+    )
+    files = save(
+        Figure(f"Feature lineage between consecutive checkpoints (seed {seed0})", [panel]),
+        out,
+        "sae_lineage",
+    )
+    lineage_sankey(e, seed0).write_html(out / "sae_lineage_sankey.html", include_plotlyjs="cdn")
+    return [
+        f"{image(files, 'lineage')}; flow diagram: [sae_lineage_sankey.html](sae_lineage_sankey.html)",
+        "",
+    ]
 
 
 def lineage_sankey(events: pd.DataFrame, seed: int):
@@ -330,18 +666,30 @@ def lineage_sankey(events: pd.DataFrame, seed: int):
         row = events.loc[step]
         before = f"step {prev}" if prev is not None else f"first SAE (before {step})"
         kept = row.get("n_persisted", 0) + row.get("n_split", 0)
-        for a, b, v in ((before, f"step {step}", kept), (before, f"died before {step}", row.get("n_died", 0)), (f"born at {step}", f"step {step}", row.get("n_born", 0))):
+        for a, b, v in (
+            (before, f"step {step}", kept),
+            (before, f"died before {step}", row.get("n_died", 0)),
+            (f"born at {step}", f"step {step}", row.get("n_born", 0)),
+        ):
             if v > 0:
                 src.append(node(a))
                 dst.append(node(b))
                 val.append(float(v))
-    fig = go.Figure(go.Sankey(node=dict(label=labels, pad=12), link=dict(source=src, target=dst, value=val)))
-    fig.update_layout(title=f"SAE feature lineage, seed {seed}: persisted + split flow on, died and born branch off")
+    fig = go.Figure(
+        go.Sankey(node=dict(label=labels, pad=12), link=dict(source=src, target=dst, value=val))
+    )
+    fig.update_layout(
+        title=f"SAE feature lineage, seed {seed}: persisted + split flow on, died and born branch off"
+    )
     return fig
 
 
 PAPER = [
-    ("effective_rank", "~48 early -> 40-42 after the transition", "B = 64 bounds it; a smaller B bounds it lower"),
+    (
+        "effective_rank",
+        "~48 early -> 40-42 after the transition",
+        "B = 64 bounds it; a smaller B bounds it lower",
+    ),
     ("participation_ratio", "~30-38 -> 24-29", ""),
     ("topk_variance", "~0.22 -> 0.26-0.30 (k = 4)", ""),
     ("overlap_prev", "~0.5 -> 0.85-0.90", "depends on the checkpoint spacing"),
@@ -353,15 +701,24 @@ def paper_section(m: pd.DataFrame, run) -> list[str]:
     if geo.empty:
         return []
     b = run.config.data.probe_batches
-    lines = ["## Next to the paper (section 6 of 'Internalization of gradients')", "",
-             f"The paper measures the paper preset (16 seeds, B = 64 probe batches, 100k-800k steps); this run is preset `{run.config.preset}` "
-             f"with B = {b} and {run.config.train.steps} steps, so absolute values are comparable only where B and scale match. "
-             "Effective rank and participation ratio are bounded by B: with B < 64 only their direction of change is comparable.", "",
-             "| quantity | paper | this run (seed mean, first -> last checkpoint) | comparable here? |", "|---|---|---|---|"]
+    lines = [
+        "## Next to the paper (section 6 of 'Internalization of gradients')",
+        "",
+        f"The paper measures the paper preset (16 seeds, B = 64 probe batches, 100k-800k steps); this run is preset `{run.config.preset}` "
+        f"with B = {b} and {run.config.train.steps} steps, so absolute values are comparable only where B and scale match. "
+        "Effective rank and participation ratio are bounded by B: with B < 64 only their direction of change is comparable.",
+        "",
+        "| quantity | paper | this run (seed mean, first -> last checkpoint) | comparable here? |",
+        "|---|---|---|---|",
+    ]
     for name, paper, note in PAPER:
         s = summary(geo, name)
         ours = f"{s['mean'].iloc[0]:.3f} -> {s['mean'].iloc[-1]:.3f}" if len(s) else "not measured"
-        comparable = "direction only (B-bounded)" if name in ("effective_rank", "participation_ratio") and b != 64 else ("yes" if b == 64 else "roughly (k = 4, other B)")
+        comparable = (
+            "direction only (B-bounded)"
+            if name in ("effective_rank", "participation_ratio") and b != 64
+            else ("yes" if b == 64 else "roughly (k = 4, other B)")
+        )
         lines.append(f"| {name} | {paper} | {ours} | {comparable}{'; ' + note if note else ''} |")
     return lines + [""]
 
@@ -372,8 +729,13 @@ def write_report(run, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     m = run.metrics()
     ctx = context_of(m)
-    lines = [f"# Report: {run.name}", "", f"Preset `{run.config.preset}`, seeds {run.seeds}, checkpoints {run.steps[:1]}..{run.steps[-1:]} "
-             f"(every {run.config.train.checkpoint_every} steps). Corpus: {run.info()['corpus']}. Settings of each family: its latest measurement (`{run.path.name}/measurements/`).", ""]
+    lines = [
+        f"# Report: {run.name}",
+        "",
+        f"Preset `{run.config.preset}`, seeds {run.seeds}, checkpoints {run.steps[:1]}..{run.steps[-1:]} "
+        f"(every {run.config.train.checkpoint_every} steps). Corpus: {run.info()['corpus']}. Settings of each family: its latest measurement (`{run.path.name}/measurements/`).",
+        "",
+    ]
     lines += loss_section(m, out, ctx)
     lines += induction_section(m, out, ctx)
     lines += patching_section(m, out, run)

@@ -33,9 +33,10 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -77,7 +78,9 @@ class Settings:
 
     def require(self, cond: bool, name: str, fix: str) -> None:
         if not cond:
-            raise MeasureError(f"{self.family} setting {name}={getattr(self, name)!r} is invalid: {fix}")
+            raise MeasureError(
+                f"{self.family} setting {name}={getattr(self, name)!r} is invalid: {fix}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -93,11 +96,13 @@ class Settings:
         return f"{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> "Settings":
+    def from_dict(cls, payload: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
-            raise MeasureError(f"unknown {cls.family} setting(s) {unknown}; valid settings: {sorted(known)}")
+            raise MeasureError(
+                f"unknown {cls.family} setting(s) {unknown}; valid settings: {sorted(known)}"
+            )
         return cls(**payload)
 
 
@@ -150,7 +155,9 @@ class Family:
     stateful: ClassVar[bool] = False
     row_families: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[tuple[str, ...]] = ()
-    summary_metrics: ClassVar[tuple[str, ...]] = ()  # per-step t-intervals over seeds, drawn by the report
+    summary_metrics: ClassVar[
+        tuple[str, ...]
+    ] = ()  # per-step t-intervals over seeds, drawn by the report
     min_seeds: ClassVar[int] = 1
 
     def families(self) -> tuple[str, ...]:
@@ -167,7 +174,9 @@ class Family:
         """Per-seed state before its first checkpoint (e.g. the circuit it follows)."""
         return None
 
-    def replay_steps(self, settings: Settings, sequence: list[int], todo: list[int], state: Any) -> set[int]:
+    def replay_steps(
+        self, settings: Settings, sequence: list[int], todo: list[int], state: Any
+    ) -> set[int]:
         """Stateful families: earlier steps whose processing rebuilds the state ``todo[0]`` needs."""
         return set(sequence[: sequence.index(todo[0])]) if todo else set()
 
@@ -175,11 +184,15 @@ class Family:
         """Rows of one seed at one checkpoint (``metric``, ``component``, ``value`` and extras)."""
         return None
 
-    def finish_seed(self, run, settings: Settings, seed: int, rows: pd.DataFrame) -> pd.DataFrame | None:
+    def finish_seed(
+        self, run, settings: Settings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame | None:
         """Rows summarising one seed over its checkpoints; ``rows`` are the seed's rows so far."""
         return None
 
-    def cross_seed_step(self, run, settings: Settings, seeds: list[int], step: int) -> pd.DataFrame | None:
+    def cross_seed_step(
+        self, run, settings: Settings, seeds: list[int], step: int
+    ) -> pd.DataFrame | None:
         """Rows across seeds at one checkpoint (scope ``cross_seed``, or a per-step summary)."""
         return None
 
@@ -211,9 +224,13 @@ _REGISTRY: dict[str, Family] = {}
 def register(cls: type[Family]) -> type[Family]:
     """Class decorator adding a family to the registry; a second family of the same name is an error."""
     if not cls.name or cls.settings.family != cls.name:
-        raise TypeError(f"{cls.__name__}: set name and a Settings subclass whose family is the same name")
+        raise TypeError(
+            f"{cls.__name__}: set name and a Settings subclass whose family is the same name"
+        )
     if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"a measurement family named {cls.name!r} is already registered ({type(_REGISTRY[cls.name]).__name__})")
+        raise ValueError(
+            f"a measurement family named {cls.name!r} is already registered ({type(_REGISTRY[cls.name]).__name__})"
+        )
     _REGISTRY[cls.name] = cls()
     return cls
 
@@ -227,7 +244,9 @@ def get_family(name: str) -> Family:
     if name not in _REGISTRY and name in _BUILTIN:
         importlib.import_module(_BUILTIN[name])
     if name not in _REGISTRY:
-        raise MeasureError(f"unknown measurement family {name!r}; valid families: {closest_first(name, family_names())}")
+        raise MeasureError(
+            f"unknown measurement family {name!r}; valid families: {closest_first(name, family_names())}"
+        )
     return _REGISTRY[name]
 
 
@@ -242,24 +261,32 @@ def closest_first(name: str, valid: Sequence[str]) -> list[str]:
 def select_seeds(run, seeds: Iterable[int] | None) -> list[int]:
     available = run.seeds
     if not available:
-        raise MeasureError(f"{run.path} has no checkpoints yet; train it first (interp-ext train --out {run.path})")
+        raise MeasureError(
+            f"{run.path} has no checkpoints yet; train it first (interp-ext train --out {run.path})"
+        )
     if seeds is None:
         return available
     seeds = sorted(set(int(s) for s in seeds))
     bad = [s for s in seeds if s not in available]
     if bad:
-        raise MeasureError(f"seed(s) {bad} have no checkpoints in {run.path}; available seeds: {available}")
+        raise MeasureError(
+            f"seed(s) {bad} have no checkpoints in {run.path}; available seeds: {available}"
+        )
     return seeds
 
 
-def select_steps(run, seeds: list[int], steps: Iterable[int] | None, default: list[int]) -> list[int]:
+def select_steps(
+    run, seeds: list[int], steps: Iterable[int] | None, default: list[int]
+) -> list[int]:
     available = sorted(set.intersection(*(set(run.steps_for(s)) for s in seeds)))
     if steps is None:
         return [s for s in default if s in available]
     steps = sorted(set(int(s) for s in steps))
     bad = [s for s in steps if s not in available]
     if bad:
-        raise MeasureError(f"no checkpoint at step(s) {bad} for seeds {seeds}; available steps: {available}")
+        raise MeasureError(
+            f"no checkpoint at step(s) {bad} for seeds {seeds}; available steps: {available}"
+        )
     return steps
 
 
@@ -284,10 +311,25 @@ def record_settings(run, settings: Settings) -> None:
     path = measurements_dir(run) / f"{settings.id}.json"
     now = time.time()
     first = json.loads(path.read_text()).get("created", now) if path.exists() else now
-    store.save_json(path, {"id": settings.id, "family": settings.family, "settings": settings.to_dict(), "created": first, "used": now})
+    store.save_json(
+        path,
+        {
+            "id": settings.id,
+            "family": settings.family,
+            "settings": settings.to_dict(),
+            "created": first,
+            "used": now,
+        },
+    )
 
 
-def measure(run, settings: Settings, seeds: Iterable[int] | None = None, steps: Iterable[int] | None = None, progress: bool = True) -> pd.DataFrame:
+def measure(
+    run,
+    settings: Settings,
+    seeds: Iterable[int] | None = None,
+    steps: Iterable[int] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Measure ``settings.family`` on the run's checkpoints and return its rows for these settings.
 
     Args:
@@ -303,11 +345,15 @@ def measure(run, settings: Settings, seeds: Iterable[int] | None = None, steps: 
     """
     fam = get_family(settings.family)
     if not isinstance(settings, fam.settings):
-        raise MeasureError(f"settings of type {type(settings).__name__} given to family {fam.name!r}, which takes {fam.settings.__name__}")
+        raise MeasureError(
+            f"settings of type {type(settings).__name__} given to family {fam.name!r}, which takes {fam.settings.__name__}"
+        )
     seeds = select_seeds(run, seeds)
     steps = select_steps(run, seeds, steps, fam.default_steps(run, settings))
     if len(seeds) < fam.min_seeds:
-        raise MeasureError(f"{fam.name} compares seeds and needs at least {fam.min_seeds}; selected {seeds}")
+        raise MeasureError(
+            f"{fam.name} compares seeds and needs at least {fam.min_seeds}; selected {seeds}"
+        )
     settings = fam.prepare(run, settings)
     distributed.init(run.device)
     distributed.barrier()
@@ -327,7 +373,14 @@ class _Job:
     seeds: list[int]
     steps: list[int]
     progress: bool
-    measured: dict[str, int] = field(default_factory=lambda: {"checkpoints": 0, "seeds": 0, "cross_seed_steps": 0, "summaries": 0})
+    measured: dict[str, int] = field(
+        default_factory=lambda: {
+            "checkpoints": 0,
+            "seeds": 0,
+            "cross_seed_steps": 0,
+            "summaries": 0,
+        }
+    )
 
     @property
     def root(self):
@@ -340,7 +393,12 @@ class _Job:
     def execute(self) -> None:
         if self.fam.scope == "checkpoint":
             mine = distributed.shard(self.seeds, self.run.device)
-            bar = tqdm(total=len(mine) * len(self.steps), desc=self.fam.name, disable=not self.progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=len(mine) * len(self.steps),
+                desc=self.fam.name,
+                disable=not self.progress,
+                dynamic_ncols=True,
+            )
             for seed in mine:
                 self._seed(seed, bar)
             bar.close()
@@ -352,21 +410,45 @@ class _Job:
         distributed.barrier()
 
     # -- units
-    def _write(self, unit: str, frame: pd.DataFrame | None, seed: int | None = None, step: int | None = None, seeds: list[int] | None = None) -> None:
+    def _write(
+        self,
+        unit: str,
+        frame: pd.DataFrame | None,
+        seed: int | None = None,
+        step: int | None = None,
+        seeds: list[int] | None = None,
+    ) -> None:
         """Write one unit's rows, split by row family; the primary family's part (maybe empty) last, as the commit."""
         frame = pd.DataFrame() if frame is None else frame
         if len(frame):
-            defaults = {"seed": -1 if seed is None else seed, "step": -1 if step is None else step, "family": self.primary}
-            frame = frame.assign(**{c: frame[c].fillna(v) if c in frame else v for c, v in defaults.items()})
-        rows = store.normalise(frame, self.run.name, self.fam.name, self.settings.id, self.fam.columns)
+            defaults = {
+                "seed": -1 if seed is None else seed,
+                "step": -1 if step is None else step,
+                "family": self.primary,
+            }
+            frame = frame.assign(
+                **{c: frame[c].fillna(v) if c in frame else v for c, v in defaults.items()}
+            )
+        rows = store.normalise(
+            frame, self.run.name, self.fam.name, self.settings.id, self.fam.columns
+        )
         groups = dict(tuple(rows.groupby("family"))) if len(rows) else {}
         unknown = set(groups) - set(self.fam.families())
         if unknown:
-            raise RuntimeError(f"family {self.fam.name} wrote rows of undeclared families {sorted(unknown)}")
+            raise RuntimeError(
+                f"family {self.fam.name} wrote rows of undeclared families {sorted(unknown)}"
+            )
         for fam in self.fam.families()[1:]:
             if fam in groups:
                 store.write_part(self.root, fam, self.settings.id, unit, groups[fam], seeds)
-        store.write_part(self.root, self.primary, self.settings.id, unit, groups.get(self.primary, rows.iloc[:0]), seeds)
+        store.write_part(
+            self.root,
+            self.primary,
+            self.settings.id,
+            unit,
+            groups.get(self.primary, rows.iloc[:0]),
+            seeds,
+        )
 
     def _done(self, unit: str) -> bool:
         return store.has_part(self.root, self.primary, self.settings.id, unit)
@@ -381,7 +463,11 @@ class _Job:
         wrote, shown = False, 0
         if todo:
             state = self.fam.start_seed(self.run, self.settings, seed)
-            replay = self.fam.replay_steps(self.settings, sequence, todo, state) if self.fam.stateful else set()
+            replay = (
+                self.fam.replay_steps(self.settings, sequence, todo, state)
+                if self.fam.stateful
+                else set()
+            )
             for step in sorted(set(todo) | replay):
                 ctx = Checkpoint(self.run, seed, step, replay=step not in todo)
                 rows = self.fam.checkpoint(ctx, self.settings, state)
@@ -394,9 +480,13 @@ class _Job:
                     bar.update(1)
         bar.update(len(self.steps) - shown)
         final = store.unit_name(seed, None)
-        if type(self.fam).finish_seed is not Family.finish_seed and (wrote or not self._done(final)):
+        if type(self.fam).finish_seed is not Family.finish_seed and (
+            wrote or not self._done(final)
+        ):
             rows = self.run.metrics(self.primary, settings=self.settings.id, seeds=[seed])
-            self._write(final, self.fam.finish_seed(self.run, self.settings, seed, rows), seed, None)
+            self._write(
+                final, self.fam.finish_seed(self.run, self.settings, seed, rows), seed, None
+            )
             self.measured["seeds"] += 1
 
     def _todo(self, done: set[int]) -> tuple[list[int], list[int]]:
@@ -418,17 +508,40 @@ class _Job:
         if type(self.fam).cross_seed_step is Family.cross_seed_step:
             return
         steps = distributed.share(self.steps)
-        bar = tqdm(steps, desc=f"{self.fam.name} across seeds", disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            steps,
+            desc=f"{self.fam.name} across seeds",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for step in bar:
             unit = store.unit_name(None, step)
-            inputs = [self._part_mtime(store.unit_name(s, step)) for s in self.seeds] if self.fam.scope == "checkpoint" else []
-            if self._done(unit) and self._covers(unit) and all(m <= self._part_mtime(unit) for m in inputs):
+            inputs = (
+                [self._part_mtime(store.unit_name(s, step)) for s in self.seeds]
+                if self.fam.scope == "checkpoint"
+                else []
+            )
+            if (
+                self._done(unit)
+                and self._covers(unit)
+                and all(m <= self._part_mtime(unit) for m in inputs)
+            ):
                 continue
-            self._write(unit, self.fam.cross_seed_step(self.run, self.settings, self.seeds, step), None, step, seeds=self.seeds)
+            self._write(
+                unit,
+                self.fam.cross_seed_step(self.run, self.settings, self.seeds, step),
+                None,
+                step,
+                seeds=self.seeds,
+            )
             self.measured["cross_seed_steps"] += 1
 
     def _covers(self, unit: str) -> bool:
-        return store.part_seeds(self.root / self.primary / self.settings.id / f"{unit}.parquet") == self.seeds
+        return (
+            store.part_seeds(self.root / self.primary / self.settings.id / f"{unit}.parquet")
+            == self.seeds
+        )
 
     def _finish(self) -> None:
         has_summaries = type(self.fam).finish is not Family.finish or self.fam.summary_metrics
@@ -446,15 +559,21 @@ class _Job:
         if self.fam.summary_metrics:
             from interp_ext.stats import over_seeds
 
-            sel = rows[rows.metric.isin(self.fam.summary_metrics) & (rows.seed >= 0) & (rows.step >= 0)]
-            parts.append(over_seeds(sel, ["family", "step", "metric", "component", *self.fam.columns]))
+            sel = rows[
+                rows.metric.isin(self.fam.summary_metrics) & (rows.seed >= 0) & (rows.step >= 0)
+            ]
+            parts.append(
+                over_seeds(sel, ["family", "step", "metric", "component", *self.fam.columns])
+            )
         parts = [p for p in parts if p is not None and len(p)]
         self._write(unit, pd.concat(parts, ignore_index=True) if parts else None)
         self.measured["summaries"] += 1
 
     def result(self) -> pd.DataFrame:
         rows = self.run.metrics(None, settings=self.settings.id, families=self.fam.families())
-        keep = (rows.seed.isin(self.seeds) | (rows.seed < 0)) & (rows.step.isin(self.steps) | (rows.step < 0))
+        keep = (rows.seed.isin(self.seeds) | (rows.seed < 0)) & (
+            rows.step.isin(self.steps) | (rows.step < 0)
+        )
         out = rows[keep].reset_index(drop=True)
         out.attrs["measured"] = dict(self.measured)
         out.attrs["settings"] = self.settings.id

@@ -15,7 +15,7 @@ over a window of steps), then form the interval over seeds. Two intervals:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,11 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 
 
 def bootstrap_interval(
-    values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+    values: Sequence[float],
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> tuple[float, float, float, int]:
     """(statistic, lo, hi, n): percentile bootstrap over the finite per-seed values."""
     v = np.asarray(values, float)
@@ -63,7 +67,9 @@ def sign_count(values: Sequence[float]) -> tuple[int, int]:
     return int((v > 0).sum()), len(v)
 
 
-def over_seeds(rows: pd.DataFrame, by: Sequence[str] = ("step", "metric", "component"), level: float = 0.95) -> pd.DataFrame:
+def over_seeds(
+    rows: pd.DataFrame, by: Sequence[str] = ("step", "metric", "component"), level: float = 0.95
+) -> pd.DataFrame:
     """Summary rows over seeds: for every group of ``by``, a t-interval over the per-seed values.
 
     Args:
@@ -83,5 +89,7 @@ def over_seeds(rows: pd.DataFrame, by: Sequence[str] = ("step", "metric", "compo
     for key, group in per_seed.groupby(by, dropna=False):
         base = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for stat, value in zip(SUMMARY_STATS, t_interval(group["value"].to_numpy(), level)):
-            out.append({**base, "seed": -1, "metric": f"{base['metric']}/{stat}", "value": float(value)})
+            out.append(
+                {**base, "seed": -1, "metric": f"{base['metric']}/{stat}", "value": float(value)}
+            )
     return pd.DataFrame(out)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,6 @@ from safetensors.torch import load_file, save_file
 
 from interp_ext import metrics_store
 from interp_ext.config import RunConfig
-from interp_ext.metrics_store import METRIC_COLUMNS
 
 _STEP_RE = re.compile(r"^step=(\d+)\.safetensors$")
 _SEED_RE = re.compile(r"^seed=(-?\d+)$")
@@ -47,11 +46,15 @@ class RunError(FileNotFoundError):
     """A path is not a run directory, or asks for something the run does not hold."""
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata
+    )
     os.replace(tmp, path)
 
 
@@ -100,7 +103,12 @@ def save_checkpoint(
         tensors.update({f"exp_avg/{k}": v for k, v in exp_avg.items()})
         tensors.update({f"exp_avg_sq/{k}": v for k, v in exp_avg_sq.items()})
     tensors["rng/torch_cpu"] = torch.get_rng_state()
-    meta = {"format": "interp-ext-checkpoint/1", "seed": str(seed), "step": str(step), "adam_step": repr(float(adam_step))}
+    meta = {
+        "format": "interp-ext-checkpoint/1",
+        "seed": str(seed),
+        "step": str(step),
+        "adam_step": repr(float(adam_step)),
+    }
     atomic_save_safetensors(tensors, path, meta)
 
 
@@ -120,7 +128,12 @@ def load_checkpoint(path: Path) -> dict:
         kind, _, name = key.partition("/")
         if kind in out:
             out[kind][name] = value
-    out.update(seed=int(meta["seed"]), step=int(meta["step"]), adam_step=float(meta["adam_step"]), rng=tensors.get("rng/torch_cpu"))
+    out.update(
+        seed=int(meta["seed"]),
+        step=int(meta["step"]),
+        adam_step=float(meta["adam_step"]),
+        rng=tensors.get("rng/torch_cpu"),
+    )
     return out
 
 
@@ -139,7 +152,9 @@ class Run:
         self.path = Path(path)
         cfg_path = self.path / "config.json"
         if not cfg_path.exists():
-            raise RunError(f"{self.path} is not a run directory (no config.json); create one with `interp-ext train --out {self.path}`")
+            raise RunError(
+                f"{self.path} is not a run directory (no config.json); create one with `interp-ext train --out {self.path}`"
+            )
         self.config = RunConfig.load(cfg_path)
         self.name = self.path.name
         self._tokenizer = None
@@ -171,7 +186,11 @@ class Run:
         root = self.path / "checkpoints"
         if not root.is_dir():
             return []
-        return sorted(int(m.group(1)) for d in root.iterdir() if (m := _SEED_RE.match(d.name)) and self._steps_in(d))
+        return sorted(
+            int(m.group(1))
+            for d in root.iterdir()
+            if (m := _SEED_RE.match(d.name)) and self._steps_in(d)
+        )
 
     def steps_for(self, seed: int) -> list[int]:
         return self._steps_in(self.path / "checkpoints" / f"seed={seed}")
@@ -184,12 +203,16 @@ class Run:
 
     def _check_step(self, seed: int, step: int | None) -> int:
         if seed not in self.seeds:
-            raise RunError(f"seed {seed} has no checkpoints in {self.path}; available seeds: {self.seeds}")
+            raise RunError(
+                f"seed {seed} has no checkpoints in {self.path}; available seeds: {self.seeds}"
+            )
         steps = self.steps_for(seed)
         if step is None:
             return steps[-1]
         if step not in steps:
-            raise RunError(f"no checkpoint for seed {seed} at step {step}; available steps: {steps}")
+            raise RunError(
+                f"no checkpoint for seed {seed} at step {step}; available steps: {steps}"
+            )
         return step
 
     # -- contents
@@ -218,7 +241,9 @@ class Run:
     def device(self) -> str:
         """Where measurements run: the training device when it is available here, else the CPU."""
         dev = self.config.train.device
-        return dev if dev == "cpu" or (dev.startswith("cuda") and torch.cuda.is_available()) else "cpu"
+        return (
+            dev if dev == "cpu" or (dev.startswith("cuda") and torch.cuda.is_available()) else "cpu"
+        )
 
     def model(self, seed: int | None = None, step: int | None = None, device: str | None = None):
         """A ready `HookedTransformer` (with the run's tokenizer) at a checkpoint.
@@ -234,11 +259,15 @@ class Run:
 
         seed = self.seeds[0] if seed is None else seed
         state = self.state_dict(seed, step)
-        model = build_model(self.config.model, self.d_vocab, seed=0, device=device, tokenizer=self.tokenizer())
+        model = build_model(
+            self.config.model, self.d_vocab, seed=0, device=device, tokenizer=self.tokenizer()
+        )
         missing, unexpected = model.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]
         if bad or unexpected:
-            raise CheckpointError(f"checkpoint of seed {seed} step {step} does not match the model: missing {bad}, unexpected {unexpected}")
+            raise CheckpointError(
+                f"checkpoint of seed {seed} step {step} does not match the model: missing {bad}, unexpected {unexpected}"
+            )
         model.eval()
         return model
 
@@ -247,7 +276,9 @@ class Run:
         path = self.activation_path(seed, step)
         if not path.exists():
             have = self._steps_in(path.parent)
-            raise RunError(f"no activations recorded for seed {seed} at step {step}; recorded steps: {have}; record hooks with --record HOOK")
+            raise RunError(
+                f"no activations recorded for seed {seed} at step {step}; recorded steps: {have}; record hooks with --record HOOK"
+            )
         return load_safetensors(path)
 
     def recorded_hooks(self) -> list[str]:
@@ -268,7 +299,7 @@ class Run:
     def metrics(
         self,
         family: str | None = None,
-        settings: "str | object" = "latest",
+        settings: str | object = "latest",
         seeds: Iterable[int] | None = None,
         families: Iterable[str] | None = None,
     ) -> pd.DataFrame:
@@ -283,7 +314,13 @@ class Run:
             families: several families at once (instead of ``family``).
         """
         root = self.metrics_dir
-        names = list(families) if families is not None else [family] if family else sorted(set(metrics_store.families(root)) | set(self._legacy_families()))
+        names = (
+            list(families)
+            if families is not None
+            else [family]
+            if family
+            else sorted(set(metrics_store.families(root)) | set(self._legacy_families()))
+        )
         wanted = settings
         if hasattr(settings, "family"):
             from interp_ext.runner import settings_id
@@ -310,7 +347,11 @@ class Run:
     def measurements(self) -> pd.DataFrame:
         """Every settings object the run was measured with: ``id``, ``family``, ``settings``, ``created``, ``used``."""
         folder = self.path / "measurements"
-        records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+        records = (
+            [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+            if folder.is_dir()
+            else []
+        )
         return pd.DataFrame(records, columns=["id", "family", "settings", "created", "used"])
 
     def _last_used(self, settings_id: str) -> float:
@@ -324,7 +365,9 @@ class Run:
         legacy = self._legacy()
         return sorted(legacy.family.unique()) if len(legacy) else []
 
-    def write_rows(self, family: str, settings: str, unit: str, rows: pd.DataFrame | Iterable[dict]) -> None:
+    def write_rows(
+        self, family: str, settings: str, unit: str, rows: pd.DataFrame | Iterable[dict]
+    ) -> None:
         """Write one unit's rows as an immutable part of the metrics store (see :mod:`interp_ext.metrics_store`)."""
         frame = metrics_store.normalise(rows, self.name, family, settings)
         metrics_store.write_part(self.metrics_dir, family, settings, unit, frame)

@@ -20,9 +20,9 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -58,12 +58,24 @@ def _provenance(cfg: RunConfig) -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        ).stdout.strip() or None
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         sha = None
-    return {"versions": versions, "git_sha": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "numerics": numerics(cfg)}
+    return {
+        "versions": versions,
+        "git_sha": sha,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "numerics": numerics(cfg),
+    }
 
 
 def numerics(cfg: RunConfig) -> dict:
@@ -87,7 +99,10 @@ def deterministic_algorithms(enabled: bool, device: str = "cpu") -> Iterator[Non
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` is set here if the environment has no value
     (it must be set before the process's first cuBLAS call to take effect).
     """
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     if enabled and device.startswith("cuda") and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(enabled)
@@ -113,17 +128,23 @@ def adamw(params, train: TrainConfig) -> torch.optim.AdamW:
     """
     params = list(params)
     fused = train.fused_adamw and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(
+        params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused or None
+    )
 
 
-def set_adamw_state(opt: torch.optim.AdamW, states: list[tuple[float, torch.Tensor, torch.Tensor]]) -> None:
+def set_adamw_state(
+    opt: torch.optim.AdamW, states: list[tuple[float, torch.Tensor, torch.Tensor]]
+) -> None:
     """Give ``opt`` saved state: one ``(step, exp_avg, exp_avg_sq)`` per parameter, in its order.
 
     The moments are copied, so stepping never changes the tensors passed in.
     """
     params = [p for group in opt.param_groups for p in group["params"]]
     if len(states) != len(params):
-        raise ValueError(f"{len(states)} saved AdamW states for an optimizer over {len(params)} parameters")
+        raise ValueError(
+            f"{len(states)} saved AdamW states for an optimizer over {len(params)} parameters"
+        )
     sd = opt.state_dict()
     sd["state"] = {
         i: {
@@ -141,7 +162,11 @@ def last_complete_step(out: Path, seeds: list[int]) -> int | None:
     run_steps = None
     for s in seeds:
         folder = out / "checkpoints" / f"seed={s}"
-        steps = {int(p.name[5:-12]) for p in folder.glob("step=*.safetensors")} if folder.is_dir() else set()
+        steps = (
+            {int(p.name[5:-12]) for p in folder.glob("step=*.safetensors")}
+            if folder.is_dir()
+            else set()
+        )
         run_steps = steps if run_steps is None else run_steps & steps
     return max(run_steps) if run_steps else None
 
@@ -157,12 +182,22 @@ class StackedTrainer:
         seeds: the seeds this process trains (default: all of ``cfg.train.seeds``).
     """
 
-    def __init__(self, cfg: RunConfig, out: Path | None, data: TokenData, probe: dict[str, torch.Tensor], seeds: list[int] | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: Path | None,
+        data: TokenData,
+        probe: dict[str, torch.Tensor],
+        seeds: list[int] | None = None,
+    ):
         self.cfg, self.data, self.probe = cfg, data, probe
         self.out = Path(out) if out is not None else None
         self.device = torch.device(cfg.train.device)
         self.seeds = cfg.train.seeds if seeds is None else list(seeds)
-        models = [build_model(cfg.model, data.d_vocab, seed=s, device=cfg.train.device) for s in self.seeds]
+        models = [
+            build_model(cfg.model, data.d_vocab, seed=s, device=cfg.train.device)
+            for s in self.seeds
+        ]
         self.template = models[0]
         self.names = param_names(self.template)
         params, _ = stack_module_state(models)
@@ -188,7 +223,9 @@ class StackedTrainer:
         return [adamw([v[k] for k in self.names], self.cfg.train) for v in self.views]
 
     def _loss(self, params, buffers, tokens):
-        return functional_call(self.template, (params, buffers), (tokens,), kwargs={"return_type": "loss"})
+        return functional_call(
+            self.template, (params, buffers), (tokens,), kwargs={"return_type": "loss"}
+        )
 
     def _check_record_budget(self) -> None:
         if not self.recorder.hooks:
@@ -220,20 +257,27 @@ class StackedTrainer:
                 seed=s,
                 step=self.step,
                 exp_avg={k: st["exp_avg"] for k, st in zip(self.names, own)} if has_state else None,
-                exp_avg_sq={k: st["exp_avg_sq"] for k, st in zip(self.names, own)} if has_state else None,
+                exp_avg_sq={k: st["exp_avg_sq"] for k, st in zip(self.names, own)}
+                if has_state
+                else None,
                 adam_step=float(own[0]["step"]) if has_state else 0.0,
             )
 
     def load(self, step: int) -> None:
         """Restore params and AdamW state of every seed from checkpoints at ``step``."""
-        ckpts = [load_checkpoint(self.out / "checkpoints" / f"seed={s}" / f"step={step}.safetensors") for s in self.seeds]
+        ckpts = [
+            load_checkpoint(self.out / "checkpoints" / f"seed={s}" / f"step={step}.safetensors")
+            for s in self.seeds
+        ]
         with torch.no_grad():
             for k in self.names:
                 self.params[k].copy_(torch.stack([c["params"][k] for c in ckpts]).to(self.device))
         self.optimizers = self._make_optimizers()
         for opt, c in zip(self.optimizers, ckpts):
             if c["exp_avg"]:
-                set_adamw_state(opt, [(c["adam_step"], c["exp_avg"][k], c["exp_avg_sq"][k]) for k in self.names])
+                set_adamw_state(
+                    opt, [(c["adam_step"], c["exp_avg"][k], c["exp_avg_sq"][k]) for k in self.names]
+                )
         if ckpts[0]["rng"] is not None:
             torch.set_rng_state(ckpts[0]["rng"])
         self.step = step
@@ -247,13 +291,27 @@ class StackedTrainer:
             with deterministic_algorithms(self.cfg.train.deterministic, self.cfg.train.device):
                 acts = self.recorder.record(self.seed_model(i), tokens)
             atomic_save_safetensors(
-                acts, self.out / "activations" / f"seed={s}" / f"step={self.step}.safetensors", {"step": str(self.step), "seed": str(s)}
+                acts,
+                self.out / "activations" / f"seed={s}" / f"step={self.step}.safetensors",
+                {"step": str(self.step), "seed": str(s)},
             )
 
     # ------------------------------------------------------------------ loop
     def batch(self) -> torch.Tensor:
         t, m = self.cfg.train, self.cfg.model
-        toks = [training_batch(self.data.train, s, self.step, t.batch_size, m.n_ctx, self.data.bos, self.cfg.data, self.data.d_vocab) for s in self.seeds]
+        toks = [
+            training_batch(
+                self.data.train,
+                s,
+                self.step,
+                t.batch_size,
+                m.n_ctx,
+                self.data.bos,
+                self.cfg.data,
+                self.data.d_vocab,
+            )
+            for s in self.seeds
+        ]
         return torch.stack(toks).to(self.device)
 
     def seed_chunk(self) -> int:
@@ -282,7 +340,11 @@ class StackedTrainer:
     def _check_finite(self, loss: torch.Tensor, start: int) -> None:
         finite = torch.isfinite(loss)
         if not bool(finite.all()):
-            bad = [(self.seeds[start + i], float(loss[i].detach())) for i in range(len(loss)) if not bool(finite[i])]
+            bad = [
+                (self.seeds[start + i], float(loss[i].detach()))
+                for i in range(len(loss))
+                if not bool(finite[i])
+            ]
             last = last_complete_step(self.out, self.seeds) if self.out is not None else None
             raise NonFiniteLossError(
                 f"non-finite training loss at step {self.step} for seed(s) {[s for s, _ in bad]} (values {[v for _, v in bad]}); "
@@ -342,7 +404,14 @@ class StackedTrainer:
         run = Run(self.out)
         tokens_per_step = len(self.seeds) * cfg.batch_size * self.cfg.model.n_ctx
         window: list[torch.Tensor] = []
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         t0, s0 = time.perf_counter(), self.step
         while self.step < cfg.steps:
             losses = self.train_step()
@@ -350,13 +419,26 @@ class StackedTrainer:
             bar.update(1)
             if self.step % 10 == 0 or self.step == cfg.steps:
                 rate = (self.step - s0) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{float(losses.mean()):.3f}", min=f"{float(losses.min()):.3f}", max=f"{float(losses.max()):.3f}", tok_s=f"{rate:,.0f}")
+                bar.set_postfix(
+                    loss=f"{float(losses.mean()):.3f}",
+                    min=f"{float(losses.min()):.3f}",
+                    max=f"{float(losses.max()):.3f}",
+                    tok_s=f"{rate:,.0f}",
+                )
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
                 self.record()
                 mean = torch.stack(window).mean(0)
                 for i, s in enumerate(self.seeds):
-                    rows = [{"seed": s, "step": self.step, "metric": "loss", "component": "", "value": float(mean[i])}]
+                    rows = [
+                        {
+                            "seed": s,
+                            "step": self.step,
+                            "metric": "loss",
+                            "component": "",
+                            "value": float(mean[i]),
+                        }
+                    ]
                     run.write_rows("train", "train", unit_name(s, self.step), rows)
                 window = []
             elif self.cfg.record.every and self.step % self.cfg.record.every == 0:
@@ -364,7 +446,9 @@ class StackedTrainer:
         bar.close()
 
 
-def prepare_run(cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = None) -> tuple[TokenData, dict[str, torch.Tensor]]:
+def prepare_run(
+    cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = None
+) -> tuple[TokenData, dict[str, torch.Tensor]]:
     """Create the run directory: config, tokenizer, token streams and probe set."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,20 +460,53 @@ def prepare_run(cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = 
         tmp.replace(out / "data" / f"{name}.npy")
     probe = make_probe_set(data, cfg.data, cfg.model)
     atomic_save_safetensors(probe, out / "probe_set.safetensors")
-    info = {"d_vocab": data.d_vocab, "bos": data.bos, "corpus": data.corpus, "corpus_note": data.note}
+    info = {
+        "d_vocab": data.d_vocab,
+        "bos": data.bos,
+        "corpus": data.corpus,
+        "corpus_note": data.note,
+    }
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
     cfg.save(out / "config.json", extra=_provenance(cfg))
     return data, probe
 
 
+def _reopen(
+    cfg: RunConfig, out: Path, start: int | None, rank: int
+) -> tuple[TokenData, dict[str, torch.Tensor]]:
+    """A run directory being resumed: check the config against the saved one, note the resume in
+    the provenance (warning if the numerics changed), and load the saved data and probe set."""
+    saved = RunConfig.load(out / "config.json")
+    if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
+        raise ConfigError(
+            f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings"
+        )
+    provenance = json.loads((out / "config.json").read_text()).get("provenance") or {}
+    if start is not None:
+        _warn_numerics_changed(provenance, cfg, out, start)
+        provenance.setdefault("resumed", []).append(
+            {"step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **numerics(cfg)}
+        )
+    if rank == 0:
+        cfg.save(out / "config.json", extra=provenance)
+    return _load_prepared(out)
+
+
 def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: int) -> None:
     """Warn when a resume cannot continue the run bit for bit (setting, device type or threads changed)."""
-    history = [provenance.get("numerics")] + [{k: r.get(k) for k in ("deterministic", "device_type", "threads")} for r in provenance.get("resumed", [])]
+    history = [provenance.get("numerics")] + [
+        {k: r.get(k) for k in ("deterministic", "device_type", "threads")}
+        for r in provenance.get("resumed", [])
+    ]
     last = next((h for h in reversed(history) if h), None)
     now = numerics(cfg)
     if last is None:
         if cfg.train.deterministic:
-            log.warning("resuming %s at step %d with deterministic algorithms on; the run's steps before it were trained without the setting (a run made before it existed), so it does not continue bit for bit", out, start)
+            log.warning(
+                "resuming %s at step %d with deterministic algorithms on; the run's steps before it were trained without the setting (a run made before it existed), so it does not continue bit for bit",
+                out,
+                start,
+            )
         return
     changed = {k: (last.get(k), v) for k, v in now.items() if last.get(k) != v}
     if changed:
@@ -397,18 +514,34 @@ def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: i
         log.warning(
             "resuming %s at step %d with %s: training continues, but not bit for bit as the uninterrupted run would have "
             "(that needs the same deterministic setting, device type and thread count; set torch.set_num_threads / OMP_NUM_THREADS or train.deterministic as before)",
-            out, start, what,
+            out,
+            start,
+            what,
         )
 
 
 def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:
     run = Run(out)
     info = json.loads((out / "run_info.json").read_text())
-    data = TokenData(run.tokenizer(), run.train_tokens(), run.heldout_tokens(), info["bos"], info["d_vocab"], info["corpus"], info["corpus_note"])
+    data = TokenData(
+        run.tokenizer(),
+        run.train_tokens(),
+        run.heldout_tokens(),
+        info["bos"],
+        info["d_vocab"],
+        info["corpus"],
+        info["corpus_note"],
+    )
     return data, run.probe_set()
 
 
-def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True, cache_dir: str | Path | None = None) -> Run:
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Run:
     """Train every seed of ``cfg`` into run directory ``out`` and return the opened run.
 
     With ``resume=True`` and checkpoints present, training continues from the
@@ -429,18 +562,11 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         existing = (out / "config.json").exists()
         start = last_complete_step(out, seeds) if existing else None
         if start is not None and not resume:
-            raise FileExistsError(f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out")
+            raise FileExistsError(
+                f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out"
+            )
         if existing:
-            saved = RunConfig.load(out / "config.json")
-            if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
-                raise ConfigError(f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings")
-            provenance = json.loads((out / "config.json").read_text()).get("provenance") or {}
-            if start is not None:
-                _warn_numerics_changed(provenance, cfg, out, start)
-                provenance.setdefault("resumed", []).append({"step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **numerics(cfg)})
-            if rank == 0:
-                cfg.save(out / "config.json", extra=provenance)
-            data, probe = _load_prepared(out)
+            data, probe = _reopen(cfg, out, start, rank)
         else:
             data, probe = prepare_run(cfg, out, cache_dir)
     trainer = StackedTrainer(cfg, out, data, probe, seeds=seeds)

@@ -48,6 +48,10 @@ def micro_run(tmp_path_factory, cache_dir):
     from interp_ext.training import train
 
     cfg = micro_config()
-    cfg.record.hooks = ["blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post", "blocks.0.hook_resid_mid_grad"]
+    cfg.record.hooks = [
+        "blocks.0.attn.hook_pattern",
+        "blocks.1.hook_resid_post",
+        "blocks.0.hook_resid_mid_grad",
+    ]
     out = tmp_path_factory.mktemp("runs") / "micro"
     return train(cfg, out, progress=False, cache_dir=cache_dir)

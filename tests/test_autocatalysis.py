@@ -10,7 +10,14 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from circuits import Circuit
-from interp_ext.autocatalysis import EnergyProbe, component_matrix, component_matrix_flat, entry_terms, model_probe, sgd_direction
+from interp_ext.autocatalysis import (
+    EnergyProbe,
+    component_matrix,
+    component_matrix_flat,
+    entry_terms,
+    model_probe,
+    sgd_direction,
+)
 from tests.geometry.test_geometry import small_model
 
 
@@ -43,15 +50,23 @@ def test_component_matrix_equals_brute_force_jacobian(setup):
     update = {n: 1e-3 * torch.randn_like(p) for n, p in model.named_parameters()}
     for direction in ("sgd", "optimizer"):
         d = sgd_direction(probe) if direction == "sgd" else probe.flat(update)
-        actual = component_matrix(model, batches, circuit, direction=direction, update=update).set_index(["A", "B"])
+        actual = component_matrix(
+            model, batches, circuit, direction=direction, update=update
+        ).set_index(["A", "B"])
         g = probe.grads
         for a, ma in masks.items():
             e_a = float(g[:, ma].pow(2).sum(1).mean())
             for b, mb in masks.items():
                 d_b = torch.where(mb, d, torch.zeros_like(d))
                 expected = float((jac @ d_b)[ma].sum())
-                assert actual.loc[(a, b), "K"] == pytest.approx(expected, rel=1e-6, abs=1e-14), (direction, a, b)
-                assert actual.loc[(a, b), "K_norm"] == pytest.approx(expected / (e_a * float(d_b.norm())), rel=1e-6, abs=1e-12)
+                assert actual.loc[(a, b), "K"] == pytest.approx(expected, rel=1e-6, abs=1e-14), (
+                    direction,
+                    a,
+                    b,
+                )
+                assert actual.loc[(a, b), "K_norm"] == pytest.approx(
+                    expected / (e_a * float(d_b.norm())), rel=1e-6, abs=1e-12
+                )
 
 
 def test_sampled_entries_equal_brute_force(setup):
@@ -83,13 +98,18 @@ def test_hvp_path_agrees_with_central_differences():
         minus = EnergyProbe(probe.loss_fn, probe.unflat((theta - eps * d_b).float()), batches)
         for a, ma in masks.items():
             fd = (plus.energy(ma) - minus.energy(ma)) / (2 * eps)
-            assert frame.loc[(a, b), "K"] == pytest.approx(fd, rel=1e-3, abs=1e-3 * abs(frame.loc[(a, a), "K"])), (a, b)
+            assert frame.loc[(a, b), "K"] == pytest.approx(
+                fd, rel=1e-3, abs=1e-3 * abs(frame.loc[(a, a), "K"])
+            ), (a, b)
 
 
 def test_toy_signs_are_right():
     """a: loss c cos(a) near a=0.3 (concave: descent raises |grad|); b: c' b^4 / 4 (convex: descent lowers it)."""
     coef = torch.tensor([[1.0, 1.0], [1.5, 0.5], [0.7, 1.2]], dtype=torch.float64)
-    theta = {"a": torch.tensor(0.3, dtype=torch.float64), "b": torch.tensor(0.7, dtype=torch.float64)}
+    theta = {
+        "a": torch.tensor(0.3, dtype=torch.float64),
+        "b": torch.tensor(0.7, dtype=torch.float64),
+    }
 
     def loss(p, c):
         return c[0] * torch.cos(p["a"]) + c[1] * p["b"] ** 4 / 4
@@ -103,7 +123,9 @@ def test_toy_signs_are_right():
     expected_bb = -2 * np.mean(c2**2) * 3 * b**5 * np.mean(c2) * b**3
     assert k[("a", "a")] > 0 and k[("a", "a")] == pytest.approx(expected_aa, rel=1e-10)
     assert k[("b", "b")] < 0 and k[("b", "b")] == pytest.approx(expected_bb, rel=1e-10)
-    assert k[("a", "b")] == pytest.approx(0.0, abs=1e-15) and k[("b", "a")] == pytest.approx(0.0, abs=1e-15)
+    assert k[("a", "b")] == pytest.approx(0.0, abs=1e-15) and k[("b", "a")] == pytest.approx(
+        0.0, abs=1e-15
+    )
 
 
 def test_bad_direction_and_missing_update(setup):

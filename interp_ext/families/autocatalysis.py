@@ -28,7 +28,16 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, CircuitError, Head, parse_heads, random_heads
-from interp_ext.autocatalysis import WHOLE, EnergyProbe, component_matrix_flat, model_probe, sample_entries, sgd_direction, union_mask, whole_circuit_terms
+from interp_ext.autocatalysis import (
+    WHOLE,
+    EnergyProbe,
+    component_matrix_flat,
+    model_probe,
+    sample_entries,
+    sgd_direction,
+    union_mask,
+    whole_circuit_terms,
+)
 from interp_ext.families.induction import InductionSettings, induction_circuit
 from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 from interp_ext.stats import over_seeds, t_interval
@@ -41,18 +50,35 @@ WINDOWS = ("before", "during", "after")
 class AutocatalysisSettings(Settings):
     family = "autocatalysis"
 
-    circuit: str = setting("induction", "'induction' (detected per seed at its last checkpoint), heads like L1H2,L0H3, or a Circuit JSON file.")
-    directions: tuple[str, ...] = setting(DIRECTIONS, "Update directions: sgd, optimizer or both (default: both).", cli="--direction", parse=lambda v: parse_directions(v))
-    n_batches: int | None = setting(None, "Probe batches (default: all of the probe set).", cli="--batches")
+    circuit: str = setting(
+        "induction",
+        "'induction' (detected per seed at its last checkpoint), heads like L1H2,L0H3, or a Circuit JSON file.",
+    )
+    directions: tuple[str, ...] = setting(
+        DIRECTIONS,
+        "Update directions: sgd, optimizer or both (default: both).",
+        cli="--direction",
+        parse=lambda v: parse_directions(v),
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
     rows: int = setting(32, "Sampled rows of dG_ii/dtheta_j.")
     controls: int = setting(3, "Random-head control circuits per checkpoint.")
-    induction: str = setting("", "Settings id of the induction rows the circuit is read from (resolved for circuit='induction').")
-    chunk: int | None = setting(None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False)
+    induction: str = setting(
+        "",
+        "Settings id of the induction rows the circuit is read from (resolved for circuit='induction').",
+    )
+    chunk: int | None = setting(
+        None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False
+    )
 
     def check(self) -> None:
         object.__setattr__(self, "directions", parse_directions(self.directions))
         bad = [d for d in self.directions if d not in DIRECTIONS]
-        self.require(bool(self.directions) and not bad, "directions", f"choose from {DIRECTIONS} (or 'both')")
+        self.require(
+            bool(self.directions) and not bad, "directions", f"choose from {DIRECTIONS} (or 'both')"
+        )
         self.require(self.n_batches is None or self.n_batches >= 1, "n_batches", "must be >= 1")
         self.require(self.rows >= 0, "rows", "must be >= 0")
         self.require(self.controls >= 0, "controls", "must be >= 0")
@@ -69,7 +95,11 @@ def describe_rows(rows: pd.DataFrame) -> list[str]:
 def parse_directions(value) -> tuple[str, ...]:
     """``"both"`` / ``"sgd,optimizer"`` / a sequence -> a tuple of directions."""
     if isinstance(value, str):
-        return DIRECTIONS if value == "both" else tuple(v.strip() for v in value.split(",") if v.strip())
+        return (
+            DIRECTIONS
+            if value == "both"
+            else tuple(v.strip() for v in value.split(",") if v.strip())
+        )
     return tuple(value)
 
 
@@ -82,24 +112,46 @@ class Autocatalysis(Family):
     def prepare(self, run, settings: AutocatalysisSettings) -> AutocatalysisSettings:
         available = run.probe_set()["lm"].shape[0]
         if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(f"autocatalysis setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches")
+            raise MeasureError(
+                f"autocatalysis setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
+            )
         if settings.circuit == "induction":
             rows = run.metrics("induction")
-            ident = str(rows.settings.iloc[0]) if len(rows) and rows.settings.iloc[0] != "legacy" else InductionSettings().id
+            ident = (
+                str(rows.settings.iloc[0])
+                if len(rows) and rows.settings.iloc[0] != "legacy"
+                else InductionSettings().id
+            )
             return replace(settings, induction=settings.induction or ident)
-        circuit = circuit_from_spec(settings.circuit, run.model(run.seeds[0], run.steps_for(run.seeds[0])[0]))
+        circuit = circuit_from_spec(
+            settings.circuit, run.model(run.seeds[0], run.steps_for(run.seeds[0])[0])
+        )
         return replace(settings, circuit=json.dumps(circuit.to_dict(), sort_keys=True))
 
     def start_seed(self, run, settings: AutocatalysisSettings, seed: int) -> Circuit:
         return seed_circuit(run, seed, settings)
 
-    def checkpoint(self, ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit) -> pd.DataFrame:
+    def checkpoint(
+        self, ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit
+    ) -> pd.DataFrame:
         return checkpoint_rows(ctx, settings, circuit)
 
-    def finish_seed(self, run, settings: AutocatalysisSettings, seed: int, rows: pd.DataFrame) -> pd.DataFrame:
+    def finish_seed(
+        self, run, settings: AutocatalysisSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame:
         circ = seed_circuit(run, seed, settings)
         return pd.DataFrame(
-            [{"step": -1, "metric": "circuit_member", "component": c, "value": 1.0, "direction": "", "circuit": circ.roles.get(c, "member")} for c in circ.components]
+            [
+                {
+                    "step": -1,
+                    "metric": "circuit_member",
+                    "component": c,
+                    "value": 1.0,
+                    "direction": "",
+                    "circuit": circ.roles.get(c, "member"),
+                }
+                for c in circ.components
+            ]
         )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
@@ -128,7 +180,9 @@ def circuit_from_spec(spec: str, model) -> Circuit:
             return Circuit.from_json(spec).validate(model)
     except CircuitError as err:
         raise MeasureError(f"--circuit {spec!r}: {err}") from err
-    raise MeasureError(f"--circuit {spec!r} is not 'induction', a head list like L1H2,L0H3, or a Circuit JSON file (no such file)")
+    raise MeasureError(
+        f"--circuit {spec!r} is not 'induction', a head list like L1H2,L0H3, or a Circuit JSON file (no such file)"
+    )
 
 
 def seed_circuit(run, seed: int, settings: AutocatalysisSettings) -> Circuit:
@@ -136,7 +190,11 @@ def seed_circuit(run, seed: int, settings: AutocatalysisSettings) -> Circuit:
     if settings.circuit == "induction":
         recorded = run.measurements()
         match = recorded[recorded.id == settings.induction]
-        induction = InductionSettings.from_dict(match.settings.iloc[0]) if len(match) else InductionSettings()
+        induction = (
+            InductionSettings.from_dict(match.settings.iloc[0])
+            if len(match)
+            else InductionSettings()
+        )
         return induction_circuit(run, seed, induction)
     return Circuit.from_json(settings.circuit)
 
@@ -157,7 +215,9 @@ def controls(model, circuit: Circuit, n_random: int, seed: int) -> dict[str, Cir
     return out
 
 
-def checkpoint_rows(ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit) -> pd.DataFrame:
+def checkpoint_rows(
+    ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit
+) -> pd.DataFrame:
     """Every Stream 3 row of one seed at one checkpoint."""
     from interp_ext.optim_step import optimizer_step_direction
 
@@ -176,30 +236,91 @@ def checkpoint_rows(ctx: Checkpoint, settings: AutocatalysisSettings, circuit: C
         for tag, circ in circuits.items():
             masks = circ.with_rest().flat_masks(model)
             frame, energies = component_matrix_flat(probe, masks, d)
-            out += k_rows(frame, energies, d, masks, direction, tag, energy=direction == settings.directions[0])
+            out += k_rows(
+                frame,
+                energies,
+                d,
+                masks,
+                direction,
+                tag,
+                energy=direction == settings.directions[0],
+            )
             if direction == "optimizer" and tag == "circuit":
                 out += budget_rows(ctx, masks, frame, energies, update, batches, settings.chunk)
     masks = circuit.flat_masks(model)
-    entries = sample_entries(probe, union_mask(masks.values(), like=next(iter(masks.values()))), m=settings.rows, seed=ctx.seed)
-    out += [{"metric": k, "component": WHOLE, "value": v, "direction": "", "circuit": "circuit"} for k, v in entries.items()]
+    entries = sample_entries(
+        probe,
+        union_mask(masks.values(), like=next(iter(masks.values()))),
+        m=settings.rows,
+        seed=ctx.seed,
+    )
+    out += [
+        {"metric": k, "component": WHOLE, "value": v, "direction": "", "circuit": "circuit"}
+        for k, v in entries.items()
+    ]
     return pd.DataFrame(out)
 
 
-def k_rows(frame: pd.DataFrame, energies: dict, d: torch.Tensor, masks: dict, direction: str, tag: str, energy: bool) -> list[dict]:
+def k_rows(
+    frame: pd.DataFrame,
+    energies: dict,
+    d: torch.Tensor,
+    masks: dict,
+    direction: str,
+    tag: str,
+    energy: bool,
+) -> list[dict]:
     """K and K_norm per component pair and for the whole circuit; energies once per checkpoint."""
     out = []
     for r in frame.itertuples():
         for metric in ("K", "K_norm"):
-            out.append({"metric": metric, "component": f"{r.A}|{r.B}", "value": getattr(r, metric), "direction": direction, "circuit": tag})
+            out.append(
+                {
+                    "metric": metric,
+                    "component": f"{r.A}|{r.B}",
+                    "value": getattr(r, metric),
+                    "direction": direction,
+                    "circuit": tag,
+                }
+            )
     whole = whole_circuit_terms(frame, energies, d, masks)
-    out += [{"metric": m, "component": f"{WHOLE}|{WHOLE}", "value": whole[m], "direction": direction, "circuit": tag} for m in ("K", "K_norm")]
+    out += [
+        {
+            "metric": m,
+            "component": f"{WHOLE}|{WHOLE}",
+            "value": whole[m],
+            "direction": direction,
+            "circuit": tag,
+        }
+        for m in ("K", "K_norm")
+    ]
     if energy:
-        out += [{"metric": "energy", "component": a, "value": e, "direction": "", "circuit": tag} for a, e in energies.items()]
-        out.append({"metric": "energy", "component": WHOLE, "value": whole["E"], "direction": "", "circuit": tag})
+        out += [
+            {"metric": "energy", "component": a, "value": e, "direction": "", "circuit": tag}
+            for a, e in energies.items()
+        ]
+        out.append(
+            {
+                "metric": "energy",
+                "component": WHOLE,
+                "value": whole["E"],
+                "direction": "",
+                "circuit": tag,
+            }
+        )
     return out
 
 
-def budget_rows(ctx: Checkpoint, masks: dict, frame: pd.DataFrame, energies: dict, update: dict, batches: torch.Tensor, chunk: int | None, eps: float = 0.1) -> list[dict]:
+def budget_rows(
+    ctx: Checkpoint,
+    masks: dict,
+    frame: pd.DataFrame,
+    energies: dict,
+    update: dict,
+    batches: torch.Tensor,
+    chunk: int | None,
+    eps: float = 0.1,
+) -> list[dict]:
     """sum_B K[A, B] (optimizer) vs the observed change of E_A over the real step.
 
     ``budget_error`` compares with the whole real AdamW step, which includes its
@@ -221,9 +342,15 @@ def budget_rows(ctx: Checkpoint, masks: dict, frame: pd.DataFrame, energies: dic
             change = (observed[scale].energy(mask) - energies[a]) / scale
             rel = abs(predicted - change) / max(abs(change), 1e-30)
             errors["budget_error" + suffix].append(rel)
-            rows += [{**base, "metric": "budget_observed" + suffix, "component": a, "value": change}, {**base, "metric": "budget_error" + suffix, "component": a, "value": rel}]
+            rows += [
+                {**base, "metric": "budget_observed" + suffix, "component": a, "value": change},
+                {**base, "metric": "budget_error" + suffix, "component": a, "value": rel},
+            ]
         rows.append({**base, "metric": "budget_predicted", "component": a, "value": predicted})
-    rows += [{**base, "metric": name, "component": "", "value": float(np.median(vals))} for name, vals in errors.items()]
+    rows += [
+        {**base, "metric": name, "component": "", "value": float(np.median(vals))}
+        for name, vals in errors.items()
+    ]
     return rows
 
 
@@ -233,12 +360,21 @@ def seed_level_summaries(run, rows: pd.DataFrame) -> pd.DataFrame:
     Controls are averaged within each seed first (one value per seed and step), so
     every interval has one value per seed.
     """
-    sel = rows[(rows.seed >= 0) & (rows.step >= 0) & (((rows.metric == "K_norm") & (rows.component == "C|C")) | ((rows.metric == "energy") & (rows.component == WHOLE)))]
+    sel = rows[
+        (rows.seed >= 0)
+        & (rows.step >= 0)
+        & (
+            ((rows.metric == "K_norm") & (rows.component == "C|C"))
+            | ((rows.metric == "energy") & (rows.component == WHOLE))
+        )
+    ]
     if sel.empty:
         return pd.DataFrame()
     sel = sel.assign(circuit=np.where(sel.circuit == "circuit", "circuit", "controls"))
     per_step = over_seeds(sel, ["step", "metric", "component", "direction", "circuit"])
-    return pd.concat([per_step, window_summaries(run, sel), run_diagnostics(rows)], ignore_index=True)
+    return pd.concat(
+        [per_step, window_summaries(run, sel), run_diagnostics(rows)], ignore_index=True
+    )
 
 
 def run_diagnostics(rows: pd.DataFrame) -> pd.DataFrame:
@@ -248,11 +384,23 @@ def run_diagnostics(rows: pd.DataFrame) -> pd.DataFrame:
     for name in ("budget_error", "budget_error_eps"):
         err = rows[(rows.metric == name) & (rows.component == "") & (rows.seed >= 0)].value
         if len(err):
-            out += [{"metric": f"{name}/median", "value": float(err.median())}, {"metric": f"{name}/max", "value": float(err.max())}]
-    frac = rows[(rows.metric == "entry_frac_positive") & (rows.seed >= 0)].groupby("seed").value.mean()
+            out += [
+                {"metric": f"{name}/median", "value": float(err.median())},
+                {"metric": f"{name}/max", "value": float(err.max())},
+            ]
+    frac = (
+        rows[(rows.metric == "entry_frac_positive") & (rows.seed >= 0)].groupby("seed").value.mean()
+    )
     if len(frac):
-        out += [{"metric": f"entry_frac_positive/{s}", "value": v} for s, v in zip(("seed_mean", "seed_lo", "seed_hi", "seed_n"), t_interval(frac.to_numpy()))]
-    return pd.DataFrame([{"step": -1, "component": "", "direction": "", "circuit": "circuit", **r} for r in out])
+        out += [
+            {"metric": f"entry_frac_positive/{s}", "value": v}
+            for s, v in zip(
+                ("seed_mean", "seed_lo", "seed_hi", "seed_n"), t_interval(frac.to_numpy())
+            )
+        ]
+    return pd.DataFrame(
+        [{"step": -1, "component": "", "direction": "", "circuit": "circuit", **r} for r in out]
+    )
 
 
 def window_summaries(run, sel: pd.DataFrame) -> pd.DataFrame:
@@ -263,20 +411,42 @@ def window_summaries(run, sel: pd.DataFrame) -> pd.DataFrame:
     ``C|C@before`` etc.
     """
     forms = run.metrics("induction")
-    forms = {int(r.seed): float(r.value) for r in forms[(forms.metric == "formation_step") & (forms.seed >= 0)].itertuples()}
+    forms = {
+        int(r.seed): float(r.value)
+        for r in forms[(forms.metric == "formation_step") & (forms.seed >= 0)].itertuples()
+    }
     k = sel[(sel.metric == "K_norm") & sel.seed.isin(list(forms))]
     if k.empty:
         return pd.DataFrame()
     steps = np.sort(k.step.unique())
     interval = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
     rel = k.step - k.seed.map(forms)
-    k = k.assign(window=np.where(rel < -interval, "before", np.where(rel > interval, "after", "during")))
+    k = k.assign(
+        window=np.where(rel < -interval, "before", np.where(rel > interval, "after", "during"))
+    )
     per_seed = k.groupby(["direction", "circuit", "window", "seed"])["value"].mean().reset_index()
     out = []
     for (direction, circ, window), g in per_seed.groupby(["direction", "circuit", "window"]):
-        for stat, value in zip(("seed_mean", "seed_lo", "seed_hi", "seed_n"), t_interval(g.value.to_numpy())):
-            out.append({"step": -1, "metric": f"K_norm_window/{stat}", "component": f"C|C@{window}", "value": value, "direction": direction, "circuit": circ})
+        for stat, value in zip(
+            ("seed_mean", "seed_lo", "seed_hi", "seed_n"), t_interval(g.value.to_numpy())
+        ):
+            out.append(
+                {
+                    "step": -1,
+                    "metric": f"K_norm_window/{stat}",
+                    "component": f"C|C@{window}",
+                    "value": value,
+                    "direction": direction,
+                    "circuit": circ,
+                }
+            )
     return pd.DataFrame(out)
 
 
-__all__ = ["Autocatalysis", "AutocatalysisSettings", "circuit_from_spec", "controls", "seed_circuit"]
+__all__ = [
+    "Autocatalysis",
+    "AutocatalysisSettings",
+    "circuit_from_spec",
+    "controls",
+    "seed_circuit",
+]

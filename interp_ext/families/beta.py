@@ -16,17 +16,32 @@ import pandas as pd
 from interp_ext.geometry.streams import beta_fit, detect_transition
 from interp_ext.runner import Family, MeasureError, Settings, register, setting
 
-TRANSITION_METRICS = ("effective_rank", "participation_ratio", "topk_variance", "grad_cosine", "overlap_prev", "energy_in_subspace")
+TRANSITION_METRICS = (
+    "effective_rank",
+    "participation_ratio",
+    "topk_variance",
+    "grad_cosine",
+    "overlap_prev",
+    "energy_in_subspace",
+)
 
 
 @dataclass(frozen=True)
 class BetaSettings(Settings):
     family = "beta"
 
-    geometry: str = setting("", "Settings id of the geometry rows to fit (default: the latest geometry measurement).")
-    lag_metric: str = setting("subspace_similarity", "Geometry metric the saturating curve is fitted to.")
-    metrics: tuple[str, ...] = setting(TRANSITION_METRICS, "Seed-mean series whose change points vote for the transition.")
-    min_gain: float = setting(0.25, "Share of a series' variance its change point must explain to vote.")
+    geometry: str = setting(
+        "", "Settings id of the geometry rows to fit (default: the latest geometry measurement)."
+    )
+    lag_metric: str = setting(
+        "subspace_similarity", "Geometry metric the saturating curve is fitted to."
+    )
+    metrics: tuple[str, ...] = setting(
+        TRANSITION_METRICS, "Seed-mean series whose change points vote for the transition."
+    )
+    min_gain: float = setting(
+        0.25, "Share of a series' variance its change point must explain to vote."
+    )
     n_boot: int = setting(200, "Bootstrap draws over seeds for the fit's intervals.")
 
     def check(self) -> None:
@@ -47,11 +62,15 @@ class Beta(Family):
             recorded = run.measurements()
             recorded = sorted(recorded[recorded.family == "geometry"].id)
             if settings.geometry not in recorded:
-                raise MeasureError(f"beta setting geometry={settings.geometry!r}: no such geometry measurement in {run.path}; recorded: {recorded}")
+                raise MeasureError(
+                    f"beta setting geometry={settings.geometry!r}: no such geometry measurement in {run.path}; recorded: {recorded}"
+                )
             return settings
         geo = run.metrics("geometry")
         if geo.empty:
-            raise MeasureError(f"the beta fit reads geometry rows and {run.path} has none; run `interp-ext measure geometry {run.path}` first")
+            raise MeasureError(
+                f"the beta fit reads geometry rows and {run.path} has none; run `interp-ext measure geometry {run.path}` first"
+            )
         return replace(settings, geometry=str(geo.settings.iloc[0]))
 
     def inputs(self, run, settings: BetaSettings) -> list:
@@ -65,7 +84,10 @@ class Beta(Family):
         curves = {int(s): (g.step.to_numpy(), g.value.to_numpy()) for s, g in sub.groupby("seed")}
         if curves:
             fit = beta_fit(curves, n_boot=settings.n_boot)
-            out += [{"family": "beta", "metric": k, "component": settings.lag_metric, "value": v} for k, v in fit.items()]
+            out += [
+                {"family": "beta", "metric": k, "component": settings.lag_metric, "value": v}
+                for k, v in fit.items()
+            ]
         series = {}
         for m in settings.metrics:
             mean = geo[geo.metric == m].groupby("step")["value"].mean()
@@ -73,8 +95,18 @@ class Beta(Family):
                 series[m] = (mean.index.to_numpy(), mean.to_numpy())
         tr = detect_transition(series, settings.min_gain)
         agreeing = ",".join(tr["agreeing"])
-        out += [{"family": "transition", "metric": k, "component": agreeing, "value": v} for k, v in (("start", tr["start"]), ("end", tr["end"]), ("n_agreeing", float(len(tr["agreeing"]))))]
-        out += [{"family": "transition", "metric": "change_point", "component": m, "value": v} for m, v in tr["points"].items()]
+        out += [
+            {"family": "transition", "metric": k, "component": agreeing, "value": v}
+            for k, v in (
+                ("start", tr["start"]),
+                ("end", tr["end"]),
+                ("n_agreeing", float(len(tr["agreeing"]))),
+            )
+        ]
+        out += [
+            {"family": "transition", "metric": "change_point", "component": m, "value": v}
+            for m, v in tr["points"].items()
+        ]
         return pd.DataFrame(out)
 
 

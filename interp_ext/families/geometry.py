@@ -20,7 +20,12 @@ import pandas as pd
 import torch
 
 from interp_ext.geometry import spectral
-from interp_ext.geometry.dashboard import DASHBOARD, CheckpointGeometry, checkpoint_geometry, function_space_alignment
+from interp_ext.geometry.dashboard import (
+    DASHBOARD,
+    CheckpointGeometry,
+    checkpoint_geometry,
+    function_space_alignment,
+)
 from interp_ext.geometry.gradients import GROUPS
 from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 
@@ -31,22 +36,43 @@ log = logging.getLogger("interp_ext")
 class GeometrySettings(Settings):
     family = "geometry"
 
-    n_batches: int | None = setting(None, "Probe batches B that build G (default: all of the probe set).", cli="--batches")
+    n_batches: int | None = setting(
+        None, "Probe batches B that build G (default: all of the probe set).", cli="--batches"
+    )
     k: int = setting(4, "Size of the top eigenspace U.")
-    params: str = setting("all", "'all', 'blocks' or comma-separated groups (ln, attn_qkv, attn_out, mlp_in, mlp_out, embed, unembed).")
+    params: str = setting(
+        "all",
+        "'all', 'blocks' or comma-separated groups (ln, attn_qkv, attn_out, mlp_in, mlp_out, embed, unembed).",
+    )
     centered: bool = setting(False, "Subtract the mean gradient before forming G.")
     lag: int = setting(10, "Checkpoints between U_t and U_{t-lag} (subspace_similarity).")
-    drift_delta: int | None = setting(None, "Stream 1 Delta in steps (default: lag checkpoint intervals).", cli="--delta")
-    chunk: int | None = setting(None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False)
+    drift_delta: int | None = setting(
+        None, "Stream 1 Delta in steps (default: lag checkpoint intervals).", cli="--delta"
+    )
+    chunk: int | None = setting(
+        None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False
+    )
 
     def check(self) -> None:
-        self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2 (G needs at least two gradients)")
+        self.require(
+            self.n_batches is None or self.n_batches >= 2,
+            "n_batches",
+            "must be >= 2 (G needs at least two gradients)",
+        )
         self.require(self.k >= 1, "k", "must be >= 1")
         self.require(self.lag >= 1, "lag", "must be >= 1")
-        self.require(self.drift_delta is None or self.drift_delta > 0, "drift_delta", "must be a positive number of steps")
+        self.require(
+            self.drift_delta is None or self.drift_delta > 0,
+            "drift_delta",
+            "must be a positive number of steps",
+        )
         groups = [] if self.params in ("all", "blocks") else self.params.split(",")
         bad = [g for g in groups if g not in GROUPS]
-        self.require(not bad, "params", f"unknown group(s) {bad}; use 'all', 'blocks' or groups from {GROUPS}")
+        self.require(
+            not bad,
+            "params",
+            f"unknown group(s) {bad}; use 'all', 'blocks' or groups from {GROUPS}",
+        )
 
     @property
     def param_groups(self) -> str | list[str]:
@@ -77,22 +103,42 @@ class Geometry(Family):
         available = run.probe_set()["lm"].shape[0]
         b = settings.n_batches or available
         if b > available:
-            raise MeasureError(f"geometry setting n_batches={b} is invalid: the run's probe set holds {available} batches; use at most {available}")
+            raise MeasureError(
+                f"geometry setting n_batches={b} is invalid: the run's probe set holds {available} batches; use at most {available}"
+            )
         if settings.k > b:
-            raise MeasureError(f"geometry setting k={settings.k} is invalid: G from B={b} batches has at most {b} eigenvectors; use k <= {b}")
+            raise MeasureError(
+                f"geometry setting k={settings.k} is invalid: G from B={b} batches has at most {b} eigenvectors; use k <= {b}"
+            )
         return settings
 
     def start_seed(self, run, settings: GeometrySettings, seed: int) -> History:
         delta = settings.drift_delta or settings.lag * run.config.train.checkpoint_every
         return History(lag=settings.lag, delta=delta, recent=deque(maxlen=settings.lag + 1))
 
-    def replay_steps(self, settings: GeometrySettings, sequence: list[int], todo: list[int], state: History) -> set[int]:
+    def replay_steps(
+        self, settings: GeometrySettings, sequence: list[int], todo: list[int], state: History
+    ) -> set[int]:
         earlier = sequence[: sequence.index(todo[0])]
-        return {sequence[0]} | set(earlier[-settings.lag :]) | {t for t in earlier if t >= todo[0] - state.delta}
+        return (
+            {sequence[0]}
+            | set(earlier[-settings.lag :])
+            | {t for t in earlier if t >= todo[0] - state.delta}
+        )
 
-    def checkpoint(self, ctx: Checkpoint, settings: GeometrySettings, state: History) -> pd.DataFrame | None:
+    def checkpoint(
+        self, ctx: Checkpoint, settings: GeometrySettings, state: History
+    ) -> pd.DataFrame | None:
         lm = ctx.probe["lm"][: settings.n_batches] if settings.n_batches else ctx.probe["lm"]
-        geo = checkpoint_geometry(ctx.model, lm, settings.k, ctx.probe["heldout"], settings.param_groups, settings.centered, settings.chunk)
+        geo = checkpoint_geometry(
+            ctx.model,
+            lm,
+            settings.k,
+            ctx.probe["heldout"],
+            settings.param_groups,
+            settings.centered,
+            settings.chunk,
+        )
         metrics, drift = compare(geo, ctx.step, state, settings)
         if ctx.replay:
             return None
@@ -105,17 +151,21 @@ class Geometry(Family):
             rows.append(("stream1", "drift_rate", "", drift))
         return pd.DataFrame(rows, columns=["family", "metric", "component", "value"])
 
-
     def describe(self, rows: pd.DataFrame) -> list[str]:
         geo = rows[(rows.family == "geometry") & (rows.component == "") & (rows.seed >= 0)]
         if geo.empty:
             return []
         last = geo[geo.step == geo.step.max()].groupby("metric")["value"].mean()
         shown = ("effective_rank", "participation_ratio", "topk_variance", "overlap_prev")
-        return [f"geometry at step {geo.step.max()} (seed mean): " + ", ".join(f"{m} {last[m]:.3f}" for m in shown if m in last)]
+        return [
+            f"geometry at step {geo.step.max()} (seed mean): "
+            + ", ".join(f"{m} {last[m]:.3f}" for m in shown if m in last)
+        ]
 
 
-def compare(geo: CheckpointGeometry, step: int, state: History, settings: GeometrySettings) -> tuple[dict[str, float], float | None]:
+def compare(
+    geo: CheckpointGeometry, step: int, state: History, settings: GeometrySettings
+) -> tuple[dict[str, float], float | None]:
     """The metrics comparing U_t with earlier checkpoints, and Stream 1's drift; updates the state."""
     m = dict(geo.metrics)
     if state.init is None:
@@ -127,7 +177,9 @@ def compare(geo: CheckpointGeometry, step: int, state: History, settings: Geomet
     m["overlap_init"] = spectral.subspace_overlap(geo.basis, state.init)
     m["top_eigvec_init"] = spectral.top_vector_similarity(geo.basis, state.init)
     if len(state.recent) >= settings.lag:
-        m["subspace_similarity"] = spectral.subspace_overlap(geo.basis, state.recent[-settings.lag][1])
+        m["subspace_similarity"] = spectral.subspace_overlap(
+            geo.basis, state.recent[-settings.lag][1]
+        )
     state.by_step[step] = geo.basis
     back = state.by_step.get(step - state.delta)
     drift = spectral.drift_rate(geo.basis, back, state.delta) if back is not None else None
@@ -144,12 +196,20 @@ def step_alignment(ctx: Checkpoint) -> dict[str, float]:
 
     try:
         theta, direction, batch = optimizer_step_direction(ctx.run, ctx.seed, ctx.step)
-    except (FileNotFoundError, KeyError, RuntimeError) as err:  # the run's training data or moments are missing
+    except (
+        FileNotFoundError,
+        KeyError,
+        RuntimeError,
+    ) as err:  # the run's training data or moments are missing
         log.info("function-space alignment skipped at seed %d step %d: %s", ctx.seed, ctx.step, err)
         return {}
     return {
-        "function_space_alignment_same": function_space_alignment(ctx.model, theta, direction, batch),
-        "function_space_alignment_heldout": function_space_alignment(ctx.model, theta, direction, ctx.probe["heldout"][0]),
+        "function_space_alignment_same": function_space_alignment(
+            ctx.model, theta, direction, batch
+        ),
+        "function_space_alignment_heldout": function_space_alignment(
+            ctx.model, theta, direction, ctx.probe["heldout"][0]
+        ),
     }
 
 

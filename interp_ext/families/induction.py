@@ -48,9 +48,13 @@ class InductionSettings(Settings):
     family = "induction"
 
     threshold: float = setting(DEFAULT_THRESHOLD, "Induction-score threshold for detection.")
-    prev_threshold: float = setting(DEFAULT_PREV_THRESHOLD, "Previous-token score a partner head needs.")
+    prev_threshold: float = setting(
+        DEFAULT_PREV_THRESHOLD, "Previous-token score a partner head needs."
+    )
     ablation_draws: int = setting(5, "Random-head draws for the ablation control.")
-    top_tokens: int = setting(500, "Most frequent training tokens the copying score is restricted to.")
+    top_tokens: int = setting(
+        500, "Most frequent training tokens the copying score is restricted to."
+    )
 
     def check(self) -> None:
         self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
@@ -67,7 +71,9 @@ class Induction(Family):
 
     def prepare(self, run, settings: InductionSettings) -> InductionSettings:
         if run.config.model.n_layers < 2:
-            raise MeasureError(f"induction heads need two layers (a previous-token head feeding a later head); {run.path} has {run.config.model.n_layers}")
+            raise MeasureError(
+                f"induction heads need two layers (a previous-token head feeding a later head); {run.path} has {run.config.model.n_layers}"
+            )
         return settings
 
     def start_seed(self, run, settings: InductionSettings, seed: int):
@@ -77,34 +83,83 @@ class Induction(Family):
         scores = head_scores(ctx.model, repeated_probe(ctx.run), tokens)
         model_level = model_scores(ctx.model, repeated_probe(ctx.run), heldout_probe(ctx.run))
         model_level["best_induction_score"] = best_induction_score(scores)
-        extra = pd.DataFrame([{"metric": k, "component": "", "value": v} for k, v in model_level.items()])
+        extra = pd.DataFrame(
+            [{"metric": k, "component": "", "value": v} for k, v in model_level.items()]
+        )
         return pd.concat([scores, extra], ignore_index=True)
 
-    def finish_seed(self, run, settings: InductionSettings, seed: int, rows: pd.DataFrame) -> pd.DataFrame:
+    def finish_seed(
+        self, run, settings: InductionSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame:
         rows = rows[rows.step >= 0]
         best = rows[rows.metric == "best_induction_score"].sort_values("step")
         last = int(best.step.max())
         final = rows[rows.step == last][["metric", "component", "value"]]
         heads = detect_induction_heads(final, settings.threshold)
         partners = previous_token_partners(final, heads, settings.prev_threshold)
-        abl = ablation_check(run.model(seed, last), repeated_probe(run), heads, n_random=settings.ablation_draws, exclude=heads + partners)
+        abl = ablation_check(
+            run.model(seed, last),
+            repeated_probe(run),
+            heads,
+            n_random=settings.ablation_draws,
+            exclude=heads + partners,
+        )
         cfg = run.config.model
         out = [
-            {"step": -1, "metric": "formation_step", "component": "", "value": formation_step(best.step.to_numpy(), best.value.to_numpy())},
-            {"step": last, "metric": "k_composition_baseline", "component": "", "value": composition_baseline(cfg.d_model, cfg.d_head)},
-            {"step": last, "metric": "ablation_loss_increase", "component": "detected", "value": abl["detected"]},
-            {"step": last, "metric": "ablation_loss_increase", "component": "random", "value": abl["random"]},
+            {
+                "step": -1,
+                "metric": "formation_step",
+                "component": "",
+                "value": formation_step(best.step.to_numpy(), best.value.to_numpy()),
+            },
+            {
+                "step": last,
+                "metric": "k_composition_baseline",
+                "component": "",
+                "value": composition_baseline(cfg.d_model, cfg.d_head),
+            },
+            {
+                "step": last,
+                "metric": "ablation_loss_increase",
+                "component": "detected",
+                "value": abl["detected"],
+            },
+            {
+                "step": last,
+                "metric": "ablation_loss_increase",
+                "component": "random",
+                "value": abl["random"],
+            },
         ]
-        out += [{"step": last, "metric": "detected_induction_head", "component": h, "value": 1.0} for h in heads]
-        out += [{"step": last, "metric": "detected_prev_token_head", "component": p, "value": 1.0} for p in partners]
+        out += [
+            {"step": last, "metric": "detected_induction_head", "component": h, "value": 1.0}
+            for h in heads
+        ]
+        out += [
+            {"step": last, "metric": "detected_prev_token_head", "component": p, "value": 1.0}
+            for p in partners
+        ]
         return pd.DataFrame(out)
 
     def finish(self, run, settings: InductionSettings, rows: pd.DataFrame) -> pd.DataFrame:
-        forms = rows[(rows.metric == "formation_step") & (rows.seed >= 0)].sort_values("seed").value.to_numpy()
+        forms = (
+            rows[(rows.metric == "formation_step") & (rows.seed >= 0)]
+            .sort_values("seed")
+            .value.to_numpy()
+        )
         mean, lo, hi, n = t_interval(forms)
-        names = ("formation_step/seed_mean", "formation_step/seed_lo", "formation_step/seed_hi", "formation_step/seed_n")
-        return pd.DataFrame([{"step": -1, "metric": m, "component": "", "value": v} for m, v in zip(names, (mean, lo, hi, n))])
-
+        names = (
+            "formation_step/seed_mean",
+            "formation_step/seed_lo",
+            "formation_step/seed_hi",
+            "formation_step/seed_n",
+        )
+        return pd.DataFrame(
+            [
+                {"step": -1, "metric": m, "component": "", "value": v}
+                for m, v in zip(names, (mean, lo, hi, n))
+            ]
+        )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         lines = []
@@ -122,17 +177,23 @@ class Induction(Family):
             )
         m = rows[rows.metric.str.startswith("formation_step/")].set_index("metric").value
         if len(m):
-            lines.append(f"formation step over seeds: {m['formation_step/seed_mean']:.0f} (95% t-interval over {int(m['formation_step/seed_n'])} seeds {m['formation_step/seed_lo']:.0f} .. {m['formation_step/seed_hi']:.0f})")
+            lines.append(
+                f"formation step over seeds: {m['formation_step/seed_mean']:.0f} (95% t-interval over {int(m['formation_step/seed_n'])} seeds {m['formation_step/seed_lo']:.0f} .. {m['formation_step/seed_hi']:.0f})"
+            )
         return lines
 
 
 def circuit_at(rows: pd.DataFrame, seed: int, step: int, settings: InductionSettings) -> Circuit:
     """The induction circuit of one seed from its head scores at ``step`` (``circuits.induction.circuit_from_scores``)."""
     scores = rows[(rows.step == step) & (rows.seed == seed)][["metric", "component", "value"]]
-    return circuit_from_scores(scores, f"induction-seed{seed}", settings.threshold, settings.prev_threshold)
+    return circuit_from_scores(
+        scores, f"induction-seed{seed}", settings.threshold, settings.prev_threshold
+    )
 
 
-def induction_circuit(run, seed: int, settings: InductionSettings | None = None, step: int | None = None) -> Circuit:
+def induction_circuit(
+    run, seed: int, settings: InductionSettings | None = None, step: int | None = None
+) -> Circuit:
     """The induction circuit of one seed at ``step`` (default: its last checkpoint).
 
     From the run's induction rows of ``settings`` (default: the latest) when they hold
@@ -142,10 +203,18 @@ def induction_circuit(run, seed: int, settings: InductionSettings | None = None,
     rows = run.metrics("induction", settings=settings.id if settings else "latest", seeds=[seed])
     if settings is None:
         ids = rows.settings.unique()
-        settings = InductionSettings.from_dict(_recorded(run, ids[0])) if len(ids) and ids[0] != "legacy" else InductionSettings()
+        settings = (
+            InductionSettings.from_dict(_recorded(run, ids[0]))
+            if len(ids) and ids[0] != "legacy"
+            else InductionSettings()
+        )
     at = rows[(rows.seed == seed) & (rows.step == step)]
     if "k_composition" not in set(at.metric):
-        scores = head_scores(run.model(seed, step), repeated_probe(run), frequent_tokens(run.train_tokens(), run.d_vocab, settings.top_tokens))
+        scores = head_scores(
+            run.model(seed, step),
+            repeated_probe(run),
+            frequent_tokens(run.train_tokens(), run.d_vocab, settings.top_tokens),
+        )
         at = scores.assign(seed=seed, step=step)
     return circuit_at(at, seed, step, settings)
 

@@ -25,7 +25,9 @@ from interp_ext.runner import Checkpoint, Family, Settings, register, setting
 class PatchingSettings(Settings):
     family = "patching"
 
-    corruption_seed: int = setting(0, "Seed of the fresh tokens that replace the first copy in the corrupted input.")
+    corruption_seed: int = setting(
+        0, "Seed of the fresh tokens that replace the first copy in the corrupted input."
+    )
 
 
 @register
@@ -41,16 +43,32 @@ class Patching(Family):
         task = induction_task(model, repeated_probe(ctx.run), seed=settings.corruption_seed)
         resid = patch_residual(model, task)
         heads = patch_heads(model, task)
-        rows = [{"metric": "ld_clean", "component": "", "value": task.ld_clean}, {"metric": "ld_corrupted", "component": "", "value": task.ld_corrupted}]
-        rows += [{"metric": "resid_pre", "component": f"L{l}P{p}", "value": float(resid[l, p])} for l in range(resid.shape[0]) for p in range(resid.shape[1])]
-        rows += [{"metric": "head_out", "component": str(Head(l, h)), "value": float(heads[l, h])} for l in range(heads.shape[0]) for h in range(heads.shape[1])]
+        rows = [
+            {"metric": "ld_clean", "component": "", "value": task.ld_clean},
+            {"metric": "ld_corrupted", "component": "", "value": task.ld_corrupted},
+        ]
+        rows += [
+            {"metric": "resid_pre", "component": f"L{l}P{p}", "value": float(resid[l, p])}
+            for l in range(resid.shape[0])
+            for p in range(resid.shape[1])
+        ]
+        rows += [
+            {"metric": "head_out", "component": str(Head(l, h)), "value": float(heads[l, h])}
+            for l in range(heads.shape[0])
+            for h in range(heads.shape[1])
+        ]
         for kind in "qkv":
             mat = path_patch_matrix(model, task, kind)
             for idx in zip(*np.where(np.isfinite(mat))):
                 sl, sh, rl, rh = (int(i) for i in idx)
-                rows.append({"metric": f"path_{kind}", "component": f"{Head(sl, sh)}->{Head(rl, rh)}", "value": float(mat[idx])})
+                rows.append(
+                    {
+                        "metric": f"path_{kind}",
+                        "component": f"{Head(sl, sh)}->{Head(rl, rh)}",
+                        "value": float(mat[idx]),
+                    }
+                )
         return pd.DataFrame(rows)
-
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         lines = []

@@ -19,9 +19,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, closest_first, register, setting
-from interp_ext.sae_tracking.matching import activation_correlation, match_features, similarity_matrix, universality
-from interp_ext.sae_tracking.tracking import birth_step, earlier_occurrence, hook_activations, sae_dir, token_set
+from interp_ext.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    closest_first,
+    register,
+    setting,
+)
+from interp_ext.sae_tracking.matching import (
+    activation_correlation,
+    match_features,
+    similarity_matrix,
+    universality,
+)
+from interp_ext.sae_tracking.tracking import (
+    birth_step,
+    earlier_occurrence,
+    hook_activations,
+    sae_dir,
+    token_set,
+)
 
 # sae-lens is imported where an SAE is trained or loaded, not when the command line starts
 
@@ -39,16 +58,31 @@ class SAETrackingSettings(Settings):
     k: int = setting(8, "TopK active latents per token.")
     lr: float = setting(1e-3, "Adam learning rate of each SAE.")
     epochs: int = setting(8, "Passes over the activations.")
-    source: str = setting("auto", "recorded (the run's recordings only), generate (run the checkpoint on corpus text) or auto.")
-    n_tokens: int = setting(32_768, "Activation vectors generated per checkpoint (source generate/auto).")
+    source: str = setting(
+        "auto",
+        "recorded (the run's recordings only), generate (run the checkpoint on corpus text) or auto.",
+    )
+    n_tokens: int = setting(
+        32_768, "Activation vectors generated per checkpoint (source generate/auto)."
+    )
     threshold: float = setting(0.7, "Similarity threshold for a match.")
-    method: str = setting("both", "Match by decoder cosine, activation correlation, or both (their minimum).")
+    method: str = setting(
+        "both", "Match by decoder cosine, activation correlation, or both (their minimum)."
+    )
 
     def check(self) -> None:
-        self.require(bool(self.hook), "hook", "name a TransformerLens hook point, e.g. blocks.1.hook_resid_post")
+        self.require(
+            bool(self.hook),
+            "hook",
+            "name a TransformerLens hook point, e.g. blocks.1.hook_resid_post",
+        )
         self.require(self.width >= 2, "width", "must be >= 2")
         self.require(1 <= self.k <= self.width, "k", f"must lie in [1, width={self.width}]")
-        self.require(self.lr > 0 and self.epochs >= 1 and self.n_tokens >= 1, "lr", "lr must be > 0, epochs and n_tokens >= 1")
+        self.require(
+            self.lr > 0 and self.epochs >= 1 and self.n_tokens >= 1,
+            "lr",
+            "lr must be > 0, epochs and n_tokens >= 1",
+        )
         self.require(self.source in SOURCES, "source", f"choose one of {SOURCES}")
         self.require(0 < self.threshold <= 1, "threshold", "must lie in (0, 1]")
         self.require(self.method in METHODS, "method", f"choose one of {METHODS}")
@@ -82,7 +116,9 @@ class SAETracking(Family):
 
         valid = list(build_model(run.config.model, run.d_vocab).hook_dict)
         if settings.hook not in valid:
-            raise MeasureError(f"unknown hook {settings.hook!r} for this model; valid hook names (closest first): {closest_first(settings.hook, valid)}")
+            raise MeasureError(
+                f"unknown hook {settings.hook!r} for this model; valid hook names (closest first): {closest_first(settings.hook, valid)}"
+            )
         if settings.source == "recorded" and settings.hook not in run.config.record.hooks:
             raise MeasureError(
                 f"hook {settings.hook!r} was not recorded in {run.path}; recorded hooks: {run.config.record.hooks or 'none'}. "
@@ -95,17 +131,36 @@ class SAETracking(Family):
         probe = probe.reshape(-1, probe.shape[-1])[:64]
         return Tracker(token_set(run, 4096, seed=1), probe, earlier_occurrence(probe).flatten())
 
-    def replay_steps(self, settings: SAETrackingSettings, sequence: list[int], todo: list[int], state: Tracker) -> set[int]:
+    def replay_steps(
+        self, settings: SAETrackingSettings, sequence: list[int], todo: list[int], state: Tracker
+    ) -> set[int]:
         first = sequence.index(todo[0])
         return {sequence[first - 1]} if first > 0 else set()
 
-    def checkpoint(self, ctx: Checkpoint, settings: SAETrackingSettings, state: Tracker) -> pd.DataFrame | None:
+    def checkpoint(
+        self, ctx: Checkpoint, settings: SAETrackingSettings, state: Tracker
+    ) -> pd.DataFrame | None:
         from interp_ext.sae_tracking.tracking import activations_for
-        from interp_ext.sae_tracking.train import ce_recovered, encode, load_sae, sae_quality, save_sae, train_sae
+        from interp_ext.sae_tracking.train import (
+            ce_recovered,
+            encode,
+            load_sae,
+            sae_quality,
+            save_sae,
+            train_sae,
+        )
 
         path = sae_dir(ctx.run, settings.id, ctx.seed, ctx.step)
         if not (path / "cfg.json").exists():
-            acts = activations_for(ctx.run, ctx.seed, ctx.step, settings.hook, settings.source, settings.n_tokens, settings.training)
+            acts = activations_for(
+                ctx.run,
+                ctx.seed,
+                ctx.step,
+                settings.hook,
+                settings.source,
+                settings.n_tokens,
+                settings.training,
+            )
             save_sae(train_sae(acts, settings.training, settings.hook), path)
         sae, model = load_sae(path), ctx.model
         eval_acts = hook_activations(model, state.eval_tokens.to(model.cfg.device), settings.hook)
@@ -114,20 +169,31 @@ class SAETracking(Family):
         if ctx.replay:
             return None
         q = sae_quality(sae, eval_acts)
-        q["ce_recovered"] = ce_recovered(model, sae, state.eval_tokens[:32].to(model.cfg.device), settings.hook)
-        f_probe = encode(sae, hook_activations(model, state.probe.to(model.cfg.device), settings.hook))
+        q["ce_recovered"] = ce_recovered(
+            model, sae, state.eval_tokens[:32].to(model.cfg.device), settings.hook
+        )
+        f_probe = encode(
+            sae, hook_activations(model, state.probe.to(model.cfg.device), settings.hook)
+        )
         corr = activation_correlation(f_probe, state.indicator[:, None])[:, 0]
         q["induction_feature_corr"] = float(corr.max())
         q["induction_feature"] = float(np.argmax(corr))
         if prev is not None:
-            events = match_features(similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method), settings.threshold)
+            events = match_features(
+                similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method),
+                settings.threshold,
+            )
             q.update({name: float(v) for name, v in events.counts.items()})
             pairs = events.pairs.assign(step_from=prev[0], step_to=ctx.step)
             (path.parent / "lineage").mkdir(exist_ok=True)
             pairs.to_parquet(path.parent / "lineage" / f"step={ctx.step}.parquet", index=False)
-        return pd.DataFrame([{"metric": m, "component": settings.hook, "value": v} for m, v in q.items()])
+        return pd.DataFrame(
+            [{"metric": m, "component": settings.hook, "value": v} for m, v in q.items()]
+        )
 
-    def finish_seed(self, run, settings: SAETrackingSettings, seed: int, rows: pd.DataFrame) -> pd.DataFrame | None:
+    def finish_seed(
+        self, run, settings: SAETrackingSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame | None:
         folder = sae_dir(run, settings.id, seed)
         steps = sorted(rows[rows.metric == "l0"].step.unique())
         parts = [folder / "lineage" / f"step={t}.parquet" for t in steps[1:]]
@@ -138,26 +204,53 @@ class SAETracking(Family):
         table.to_parquet(folder / "lineage.parquet", index=False)
         best = rows[(rows.metric == "induction_feature") & (rows.step == steps[-1])]
         birth = birth_step(table, int(steps[-1]), int(best.value.iloc[0]), int(steps[0]))
-        return pd.DataFrame([{"step": -1, "metric": "induction_feature_birth_step", "component": settings.hook, "value": birth}])
+        return pd.DataFrame(
+            [
+                {
+                    "step": -1,
+                    "metric": "induction_feature_birth_step",
+                    "component": settings.hook,
+                    "value": birth,
+                }
+            ]
+        )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         q = rows[rows.metric.isin(QUALITY[:4]) & (rows.seed >= 0)].groupby("metric")["value"].mean()
-        lines = ["SAE quality (mean over seeds and checkpoints): " + ", ".join(f"{m} {v:.3f}" for m, v in q.items())]
+        lines = [
+            "SAE quality (mean over seeds and checkpoints): "
+            + ", ".join(f"{m} {v:.3f}" for m, v in q.items())
+        ]
         birth = rows[rows.metric == "induction_feature_birth_step"].value
         if len(birth):
-            lines.append(f"birth step of the most induction-related feature: {birth.mean():.0f} (mean over seeds)")
+            lines.append(
+                f"birth step of the most induction-related feature: {birth.mean():.0f} (mean over seeds)"
+            )
         return lines
 
-    def cross_seed_step(self, run, settings: SAETrackingSettings, seeds: list[int], step: int) -> pd.DataFrame | None:
+    def cross_seed_step(
+        self, run, settings: SAETrackingSettings, seeds: list[int], step: int
+    ) -> pd.DataFrame | None:
         from interp_ext.sae_tracking.tracking import eval_features
 
         eval_tokens = token_set(run, 4096, seed=1)
         present = [s for s in seeds if (sae_dir(run, settings.id, s, step) / "cfg.json").exists()]
-        feats = {s: eval_features(run, sae_dir(run, settings.id, s, step), s, step, settings.hook, eval_tokens) for s in present}
-        vals = [universality(activation_correlation(feats[a], feats[b]), settings.threshold) for i, a in enumerate(present) for b in present[i + 1 :]]
+        feats = {
+            s: eval_features(
+                run, sae_dir(run, settings.id, s, step), s, step, settings.hook, eval_tokens
+            )
+            for s in present
+        }
+        vals = [
+            universality(activation_correlation(feats[a], feats[b]), settings.threshold)
+            for i, a in enumerate(present)
+            for b in present[i + 1 :]
+        ]
         if not vals:
             return None
-        return pd.DataFrame([{"metric": "universality", "component": settings.hook, "value": float(np.mean(vals))}])
+        return pd.DataFrame(
+            [{"metric": "universality", "component": settings.hook, "value": float(np.mean(vals))}]
+        )
 
 
 __all__ = ["SAETracking", "SAETrackingSettings"]

@@ -22,7 +22,9 @@ from interp_ext.runner import Family, MeasureError, Settings, register, setting
 class Stream2Settings(Settings):
     family = "stream2"
 
-    n_batches: int | None = setting(None, "Probe batches (default: all of the probe set).", cli="--batches")
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
     params: str = setting("all", "'all', 'blocks' or comma-separated groups.")
 
     def check(self) -> None:
@@ -40,14 +42,20 @@ class Stream2(Family):
     def prepare(self, run, settings: Stream2Settings) -> Stream2Settings:
         available = run.probe_set()["lm"].shape[0]
         if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(f"stream2 setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches")
+            raise MeasureError(
+                f"stream2 setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
+            )
         return settings
 
-    def cross_seed_step(self, run, settings: Stream2Settings, seeds: list[int], step: int) -> pd.DataFrame:
+    def cross_seed_step(
+        self, run, settings: Stream2Settings, seeds: list[int], step: int
+    ) -> pd.DataFrame:
         lm = run.probe_set()["lm"]
         lm = lm[: settings.n_batches] if settings.n_batches else lm
         models = [run.model(s, step) for s in seeds]
-        return cross_seed_alignment(models, lm, GeometrySettings(params=settings.params).param_groups)
+        return cross_seed_alignment(
+            models, lm, GeometrySettings(params=settings.params).param_groups
+        )
 
 
 __all__ = ["Stream2", "Stream2Settings"]

@@ -8,7 +8,12 @@ Notebook use on any `HookedTransformer`::
     metrics = measure_checkpoint(model, batches, k=4, heldout=held, params="all")
 """
 
-from interp_ext.geometry.dashboard import DASHBOARD, checkpoint_geometry, function_space_alignment, measure_checkpoint
+from interp_ext.geometry.dashboard import (
+    DASHBOARD,
+    checkpoint_geometry,
+    function_space_alignment,
+    measure_checkpoint,
+)
 from interp_ext.geometry.gradients import GROUPS, param_group, per_batch_gradients, select_params
 from interp_ext.geometry.streams import (
     beta_fit,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Int
@@ -19,12 +19,29 @@ from torch.func import functional_call, jvp
 from transformer_lens import HookedTransformer
 
 from interp_ext.geometry import spectral
-from interp_ext.geometry.gradients import group_names, group_slices, per_batch_gradients, select_params
+from interp_ext.geometry.gradients import (
+    group_names,
+    group_slices,
+    per_batch_gradients,
+    select_params,
+)
 
 DASHBOARD = (
-    "effective_rank", "participation_ratio", "topk_variance", "top1_variance", "energy_in_subspace", "energy_outside",
-    "grad_cosine", "overlap_prev", "overlap_init", "top_eigvec_prev", "top_eigvec_init", "subspace_similarity",
-    "grad_alignment_prev", "function_space_alignment_same", "function_space_alignment_heldout",
+    "effective_rank",
+    "participation_ratio",
+    "topk_variance",
+    "top1_variance",
+    "energy_in_subspace",
+    "energy_outside",
+    "grad_cosine",
+    "overlap_prev",
+    "overlap_init",
+    "top_eigvec_prev",
+    "top_eigvec_init",
+    "subspace_similarity",
+    "grad_alignment_prev",
+    "function_space_alignment_same",
+    "function_space_alignment_heldout",
 )
 
 
@@ -33,43 +50,81 @@ class CheckpointGeometry:
     """What one checkpoint's measurement keeps for comparisons with other checkpoints."""
 
     metrics: dict[str, float]
-    basis: torch.Tensor  # U_t [n_params, k], the gradients' dtype (float32; float64 for a float64 model)
+    basis: (
+        torch.Tensor
+    )  # U_t [n_params, k], the gradients' dtype (float32; float64 for a float64 model)
     mean_grad: torch.Tensor  # gbar [n_params] float32
     group_norms: dict[str, float]
     group_trace: dict[str, float]
 
 
-def checkpoint_geometry(model, batches, k, heldout=None, params="all", centered=False, chunk=None) -> CheckpointGeometry:
+SPECTRUM = ("effective_rank", "participation_ratio", "topk_variance", "top1_variance")
+SINGLE = SPECTRUM + ("energy_in_subspace", "energy_outside", "grad_cosine")
+
+
+def checkpoint_geometry(
+    model, batches, k, heldout=None, params="all", centered=False, chunk=None
+) -> CheckpointGeometry:
     """The dashboard metrics of one checkpoint with its U_t, mean gradient and per-group statistics."""
     grads = per_batch_gradients(model, batches, params, chunk)
     raw = spectral.gram(grads)
-    # a non-finite entry makes its row's squared norm (G's diagonal) non-finite: no elementwise pass over the gradients
+    # a non-finite entry makes its row's squared norm (G's diagonal) non-finite: no elementwise pass
     if not bool(torch.isfinite(raw.diagonal()).all()):
-        warnings.warn("non-finite gradients at this checkpoint: its geometry rows are NaN", RuntimeWarning, stacklevel=3)
-        nan = {m: math.nan for m in ("effective_rank", "participation_ratio", "topk_variance", "top1_variance", "energy_in_subspace", "energy_outside", "grad_cosine")}
+        warnings.warn(
+            "non-finite gradients at this checkpoint: its geometry rows are NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         n = grads.shape[1]
-        return CheckpointGeometry(nan, torch.full((n, k), math.nan, dtype=grads.dtype), torch.full((n,), math.nan), {}, {})
-    evals, evecs = spectral.gram_eigen(grads, centered, spectral.center_gram(raw) if centered else raw)
+        nan_basis = torch.full((n, k), math.nan, dtype=grads.dtype)
+        return CheckpointGeometry(
+            dict.fromkeys(SINGLE, math.nan), nan_basis, torch.full((n,), math.nan), {}, {}
+        )
+    evals, evecs = spectral.gram_eigen(
+        grads, centered, spectral.center_gram(raw) if centered else raw
+    )
     basis = spectral.top_eigenvectors(grads, evals, evecs, k, centered)
     metrics = spectral.spectrum_metrics(evals, k)
     if heldout is not None:
-        # one held-out gradient in memory at a time
-        ratios = [spectral.energy_in_subspace(basis, per_batch_gradients(model, heldout[i : i + 1], params, chunk)) for i in range(heldout.shape[0])]
-        metrics["energy_in_subspace"] = float(sum(ratios) / len(ratios))
+        metrics["energy_in_subspace"] = heldout_energy(model, basis, heldout, params, chunk)
         metrics["energy_outside"] = 1.0 - metrics["energy_in_subspace"]
     metrics["grad_cosine"] = spectral.mean_pairwise_cosine(grads, raw)
+    norms, trace = group_statistics(model, grads, params)
+    return CheckpointGeometry(metrics, basis, grads.mean(0), norms, trace)
+
+
+def heldout_energy(model, basis: torch.Tensor, heldout: torch.Tensor, params, chunk) -> float:
+    """Mean over held-out batches of ||U^T g_h||^2 / ||g_h||^2, one held-out gradient in memory at a time."""
+    ratios = [
+        spectral.energy_in_subspace(
+            basis, per_batch_gradients(model, heldout[i : i + 1], params, chunk)
+        )
+        for i in range(heldout.shape[0])
+    ]
+    return float(sum(ratios) / len(ratios))
+
+
+def group_statistics(
+    model, grads: torch.Tensor, params
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per parameter group (and per layer): the mean gradient's norm and the trace of G (sum of G_ii)."""
     names = select_params(model, params)
     slices = group_slices(model, names)
     mean = grads.mean(0)
-    # squared norm of every parameter's block of every row: contiguous dot products, no copy of gradient columns
-    sq = torch.tensor([[float(grads[b, slices[n]] @ grads[b, slices[n]]) for n in names] for b in range(grads.shape[0])], dtype=torch.float64)
+    # squared norm of every parameter's block of every row: contiguous dot products, no column copies
+    sq = torch.tensor(
+        [
+            [float(grads[b, slices[n]] @ grads[b, slices[n]]) for n in names]
+            for b in range(grads.shape[0])
+        ],
+        dtype=torch.float64,
+    )
     column = {n: i for i, n in enumerate(names)}
     norms, trace = {}, {}
     for group, members in group_names(names, per_layer=True).items():
         norms[group] = math.sqrt(sum(float(mean[slices[n]] @ mean[slices[n]]) for n in members))
-        # sum of G's diagonal over the group
         trace[group] = float(sq[:, [column[n] for n in members]].sum(1).mean())
-    return CheckpointGeometry(metrics, basis, mean, norms, trace)
+    return norms, trace
 
 
 def measure_checkpoint(
@@ -100,7 +155,10 @@ def measure_checkpoint(
 
 
 def function_space_alignment(
-    model: HookedTransformer, theta: dict[str, torch.Tensor], direction: dict[str, torch.Tensor], tokens: torch.Tensor
+    model: HookedTransformer,
+    theta: dict[str, torch.Tensor],
+    direction: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
 ) -> float:
     """cos(J(x) d, -dL/dlogits) on tokens x, with J the Jacobian of the logits.
 

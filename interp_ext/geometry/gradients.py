@@ -9,7 +9,7 @@ chunks of batches, so memory stays O(chunk x activations + B x n_params).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -54,7 +54,9 @@ def select_params(model: HookedTransformer, params: str | Sequence[str] = "all")
     groups = [params] if isinstance(params, str) else list(params)
     bad = [g for g in groups if g not in GROUPS]
     if bad:
-        raise ValueError(f"params={params!r}: unknown group(s) {bad}; use 'all', 'blocks' or groups from {GROUPS}")
+        raise ValueError(
+            f"params={params!r}: unknown group(s) {bad}; use 'all', 'blocks' or groups from {GROUPS}"
+        )
     return [n for n in names if param_group(n) in groups]
 
 
@@ -79,7 +81,9 @@ def loss_function(model: HookedTransformer, names: list[str]):
     buffers = dict(model.named_buffers())
 
     def loss(sub: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, ({**frozen, **sub}, buffers), (tokens,), kwargs={"return_type": "loss"})
+        return functional_call(
+            model, ({**frozen, **sub}, buffers), (tokens,), kwargs={"return_type": "loss"}
+        )
 
     return loss
 
@@ -94,11 +98,17 @@ def current_params(model: HookedTransformer, names: list[str]) -> dict[str, torc
     return {n: named[n].detach().to(measure_dtype(model)) for n in names}
 
 
-def flatten(tensors: dict[str, torch.Tensor], names: list[str], batch_dims: int = 0) -> torch.Tensor:
-    return torch.cat([tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in names], dim=-1)
+def flatten(
+    tensors: dict[str, torch.Tensor], names: list[str], batch_dims: int = 0
+) -> torch.Tensor:
+    return torch.cat(
+        [tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in names], dim=-1
+    )
 
 
-def unflatten(vector: torch.Tensor, model: HookedTransformer, names: list[str]) -> dict[str, torch.Tensor]:
+def unflatten(
+    vector: torch.Tensor, model: HookedTransformer, names: list[str]
+) -> dict[str, torch.Tensor]:
     shapes = dict(model.named_parameters())
     out, start = {}, 0
     for n in names:
@@ -125,11 +135,15 @@ def per_batch_gradients(
     if chunk is None:
         chunk = 8 if batches.device.type == "cuda" or model.cfg.device.startswith("cuda") else 1
     if batches.ndim != 3:
-        raise ValueError(f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}")
+        raise ValueError(
+            f"batches must be a token tensor [n_batches, batch, pos]; got shape {tuple(batches.shape)}"
+        )
     names = select_params(model, params)
     named = dict(model.named_parameters())
     n_params = sum(named[n].numel() for n in names)
-    out = torch.empty(batches.shape[0], n_params, dtype=measure_dtype(model))  # filled in place: no second copy
+    out = torch.empty(
+        batches.shape[0], n_params, dtype=measure_dtype(model)
+    )  # filled in place: no second copy
     if chunk == 1 and model.cfg.dtype == measure_dtype(model):
         # one batch at a time: a plain reverse pass is the same gradient without vmap's overhead
         leaves = [named[n] for n in names]

@@ -13,7 +13,9 @@ from jaxtyping import Float
 EPS = 1e-30
 
 
-def gram(grads: Float[torch.Tensor, "B n_params"], centered: bool = False) -> Float[torch.Tensor, "B B"]:
+def gram(
+    grads: Float[torch.Tensor, "B n_params"], centered: bool = False
+) -> Float[torch.Tensor, "B B"]:
     """g g^T (float64), optionally of the mean-centred rows, without copying the gradients.
 
     The product runs in the gradients' dtype; only the B x B result is promoted.
@@ -29,7 +31,11 @@ def center_gram(k: Float[torch.Tensor, "B B"]) -> Float[torch.Tensor, "B B"]:
     return h @ k @ h
 
 
-def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False, gram_matrix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gram_eigen(
+    grads: Float[torch.Tensor, "B n_params"],
+    centered: bool = False,
+    gram_matrix: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of K = g g^T / B, eigenvalues descending and clamped at 0.
 
     Returns:
@@ -42,7 +48,11 @@ def gram_eigen(grads: Float[torch.Tensor, "B n_params"], centered: bool = False,
 
 
 def top_eigenvectors(
-    grads: Float[torch.Tensor, "B n_params"], evals: torch.Tensor, evecs: torch.Tensor, k: int, centered: bool = False
+    grads: Float[torch.Tensor, "B n_params"],
+    evals: torch.Tensor,
+    evecs: torch.Tensor,
+    k: int,
+    centered: bool = False,
 ) -> Float[torch.Tensor, "n_params k"]:
     """u_i = sum_b v_ib g_b / sqrt(B lambda_i) for the top ``k`` (orthonormal columns, the gradients' dtype)."""
     b = grads.shape[0]
@@ -74,14 +84,18 @@ def topk_variance(evals: torch.Tensor, k: int) -> float:
     return float(e[:k].sum() / e.sum().clamp_min(EPS))
 
 
-def energy_in_subspace(basis: Float[torch.Tensor, "n_params k"], grads: Float[torch.Tensor, "H n_params"]) -> float:
+def energy_in_subspace(
+    basis: Float[torch.Tensor, "n_params k"], grads: Float[torch.Tensor, "H n_params"]
+) -> float:
     """mean over rows h of ||U^T g_h||^2 / ||g_h||^2."""
     proj = (grads @ basis.to(grads.dtype)).double().pow(2).sum(1)
     norms = torch.einsum("hi,hi->h", grads, grads).double()
     return float((proj / norms.clamp_min(EPS)).mean())
 
 
-def mean_pairwise_cosine(grads: Float[torch.Tensor, "B n_params"], gram_matrix: torch.Tensor | None = None) -> float:
+def mean_pairwise_cosine(
+    grads: Float[torch.Tensor, "B n_params"], gram_matrix: torch.Tensor | None = None
+) -> float:
     """Mean cosine over distinct pairs (a != b), from the Gram matrix g g^T."""
     k = gram(grads) if gram_matrix is None else gram_matrix
     d = k.diagonal().clamp_min(EPS).sqrt()

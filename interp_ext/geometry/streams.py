@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,15 @@ def _unit_features(model: HookedTransformer) -> dict[tuple[int, str], torch.Tens
     feats = {}
     for layer, block in enumerate(model.blocks):
         a = block.attn
-        heads = torch.cat([a.W_Q.flatten(1), a.W_K.flatten(1), a.W_V.flatten(1), a.W_O.transpose(1, 2).flatten(1)], dim=1)
+        heads = torch.cat(
+            [
+                a.W_Q.flatten(1),
+                a.W_K.flatten(1),
+                a.W_V.flatten(1),
+                a.W_O.transpose(1, 2).flatten(1),
+            ],
+            dim=1,
+        )
         feats[(layer, "heads")] = heads.detach().float()
         if not model.cfg.attn_only:
             neurons = torch.cat([block.mlp.W_in.T, block.mlp.W_out], dim=1)
@@ -47,7 +55,9 @@ def _unit_features(model: HookedTransformer) -> dict[tuple[int, str], torch.Tens
     return feats
 
 
-def match_units(reference: HookedTransformer, other: HookedTransformer) -> dict[tuple[int, str], np.ndarray]:
+def match_units(
+    reference: HookedTransformer, other: HookedTransformer
+) -> dict[tuple[int, str], np.ndarray]:
     """Permutation of ``other``'s heads / neurons per layer best matching ``reference``.
 
     Returns:
@@ -66,7 +76,9 @@ def match_units(reference: HookedTransformer, other: HookedTransformer) -> dict[
     return out
 
 
-def permute_params(tensors: dict[str, torch.Tensor], perms: dict[tuple[int, str], np.ndarray]) -> dict[str, torch.Tensor]:
+def permute_params(
+    tensors: dict[str, torch.Tensor], perms: dict[tuple[int, str], np.ndarray]
+) -> dict[str, torch.Tensor]:
     """Reorder heads / neurons of parameter-shaped tensors (weights or gradients)."""
     out = dict(tensors)
     for name, t in tensors.items():
@@ -118,9 +130,16 @@ def cross_seed_alignment(
         gj_perm = permute_params(grads[j], perms)
         for group, members in groups.items():
             gi = torch.cat([grads[i][n].flatten() for n in members])
-            for metric, gj in (("cross_seed_alignment", grads[j]), ("cross_seed_alignment_perm", gj_perm)):
-                sums.setdefault((metric, group), []).append(cosine(gi, torch.cat([gj[n].flatten() for n in members])))
-    return pd.DataFrame([{"metric": m, "component": g, "value": float(np.mean(v))} for (m, g), v in sums.items()])
+            for metric, gj in (
+                ("cross_seed_alignment", grads[j]),
+                ("cross_seed_alignment_perm", gj_perm),
+            ):
+                sums.setdefault((metric, group), []).append(
+                    cosine(gi, torch.cat([gj[n].flatten() for n in members]))
+                )
+    return pd.DataFrame(
+        [{"metric": m, "component": g, "value": float(np.mean(v))} for (m, g), v in sums.items()]
+    )
 
 
 # --------------------------------------------------------------------------- beta fit
@@ -141,14 +160,26 @@ def fit_saturating(t: np.ndarray, sim: np.ndarray) -> tuple[float, float, float]
     span = max(t.max() - t.min(), 1.0)
     p0 = (float(sim.max()), 3.0 / span, float(t.min() - 0.05 * span))
     try:
-        popt, _ = curve_fit(saturating, t, sim, p0=p0, maxfev=20000, bounds=([-np.inf, 1e-12, -np.inf], [np.inf, np.inf, t.max()]))
+        popt, _ = curve_fit(
+            saturating,
+            t,
+            sim,
+            p0=p0,
+            maxfev=20000,
+            bounds=([-np.inf, 1e-12, -np.inf], [np.inf, np.inf, t.max()]),
+        )
     except (RuntimeError, ValueError) as err:
         log.warning("beta fit failed: %s", err)
         return (math.nan, math.nan, math.nan)
     return tuple(float(x) for x in popt)
 
 
-def beta_fit(curves: dict[int, tuple[np.ndarray, np.ndarray]], n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+def beta_fit(
+    curves: dict[int, tuple[np.ndarray, np.ndarray]],
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
     """Fit the seed-mean curve; bootstrap over seeds for intervals.
 
     The interval is point +- t_{n-1} x (bootstrap standard error x sqrt(n / (n - 1))),
@@ -164,7 +195,9 @@ def beta_fit(curves: dict[int, tuple[np.ndarray, np.ndarray]], n_boot: int = 200
     from scipy import stats
 
     seeds = sorted(curves)
-    frame = pd.concat([pd.DataFrame({"seed": s, "t": curves[s][0], "sim": curves[s][1]}) for s in seeds])
+    frame = pd.concat(
+        [pd.DataFrame({"seed": s, "t": curves[s][0], "sim": curves[s][1]}) for s in seeds]
+    )
     mean = frame.groupby("t")["sim"].mean()
     point = fit_saturating(mean.index.to_numpy(), mean.to_numpy())
     rng = np.random.default_rng(seed)
@@ -210,7 +243,11 @@ def change_point(steps: np.ndarray, values: np.ndarray, min_size: int = 2) -> tu
     return (float(steps[best_i]), gain)
 
 
-def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain: float = 0.25, window: float | None = None) -> dict:
+def detect_transition(
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    min_gain: float = 0.25,
+    window: float | None = None,
+) -> dict:
     """Change point of each metric, then the window where most of them agree.
 
     Args:
@@ -237,4 +274,9 @@ def detect_transition(series: dict[str, tuple[np.ndarray, np.ndarray]], min_gain
     centre = values[int(np.argmax(counts))]
     agreeing = [m for m, v in points.items() if abs(v - centre) <= window]
     agree_vals = np.array([points[m] for m in agreeing])
-    return {"start": float(agree_vals.min() - interval), "end": float(agree_vals.max()), "agreeing": agreeing, "points": points}
+    return {
+        "start": float(agree_vals.min() - interval),
+        "end": float(agree_vals.max()),
+        "agreeing": agreeing,
+        "points": points,
+    }

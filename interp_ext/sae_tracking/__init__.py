@@ -9,7 +9,15 @@ correlation only, and related to the induction circuit.
 
 from interp_ext.sae_tracking.matching import LineageEvents, match_features, similarity_matrix
 
-__all__ = ["LineageEvents", "SAESettings", "load_sae", "match_features", "sae_quality", "similarity_matrix", "train_sae"]
+__all__ = [
+    "LineageEvents",
+    "SAESettings",
+    "load_sae",
+    "match_features",
+    "sae_quality",
+    "similarity_matrix",
+    "train_sae",
+]
 
 
 def __getattr__(name: str):

@@ -47,7 +47,9 @@ class LineageEvents:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def match_features(sim: np.ndarray, threshold: float = 0.7, split_threshold: float | None = None) -> LineageEvents:
+def match_features(
+    sim: np.ndarray, threshold: float = 0.7, split_threshold: float | None = None
+) -> LineageEvents:
     """Hungarian matching with a threshold, then births, deaths, splits and merges.
 
     * persisted: matched pair with similarity >= ``threshold``;
@@ -64,32 +66,43 @@ def match_features(sim: np.ndarray, threshold: float = 0.7, split_threshold: flo
     rows, cols = linear_sum_assignment(-sim)
     keep = sim[rows, cols] >= threshold
     rows, cols = rows[keep], cols[keep]
-    matched_a, matched_b = set(rows.tolist()), set(cols.tolist())
-    records = [{"feature_from": int(r), "feature_to": int(c), "similarity": float(sim[r, c]), "event": "persisted"} for r, c in zip(rows, cols)]
-    split_from, merged_into = set(), set()
-    n_born = n_died = 0
-    for j in range(sim.shape[1]):
-        if j in matched_b:
-            continue
-        i = int(np.argmax(sim[:, j])) if sim.shape[0] else -1
-        if i >= 0 and i in matched_a and sim[i, j] >= split_threshold:
-            split_from.add(i)
-            records.append({"feature_from": i, "feature_to": j, "similarity": float(sim[i, j]), "event": "split"})
-        else:
-            n_born += 1
-            records.append({"feature_from": -1, "feature_to": j, "similarity": float(sim[i, j]) if i >= 0 else 0.0, "event": "born"})
+    records = [(int(r), int(c), float(sim[r, c]), "persisted") for r, c in zip(rows, cols)]
+    # b-features left over: a split of a matched a-feature, or born; a-features: merged, or died
+    born = _unmatched(
+        sim.T, set(cols.tolist()), set(rows.tolist()), split_threshold, "split", "born"
+    )
+    died = _unmatched(
+        sim, set(rows.tolist()), set(cols.tolist()), split_threshold, "merged", "died"
+    )
+    records += [(a, b, v, e) for b, a, v, e in born] + died
+    events = [r[3] for r in records]
+    counts = {
+        "n_persisted": len(rows),
+        "n_born": events.count("born"),
+        "n_died": events.count("died"),
+        "n_split": len({r[0] for r in records if r[3] == "split"}),
+        "n_merged": len({r[1] for r in records if r[3] == "merged"}),
+    }
+    return LineageEvents(
+        pd.DataFrame(records, columns=["feature_from", "feature_to", "similarity", "event"]), counts
+    )
+
+
+def _unmatched(
+    sim: np.ndarray, matched: set, matched_other: set, threshold: float, attached: str, alone: str
+) -> list[tuple]:
+    """Records (feature, partner, similarity, event) for the unmatched rows of ``sim``: ``attached`` to
+    their most similar matched column if it passes ``threshold``, else ``alone`` (partner -1)."""
+    out = []
     for i in range(sim.shape[0]):
-        if i in matched_a:
+        if i in matched:
             continue
         j = int(np.argmax(sim[i])) if sim.shape[1] else -1
-        if j >= 0 and j in matched_b and sim[i, j] >= split_threshold:
-            merged_into.add(j)
-            records.append({"feature_from": i, "feature_to": j, "similarity": float(sim[i, j]), "event": "merged"})
+        if j >= 0 and j in matched_other and sim[i, j] >= threshold:
+            out.append((i, j, float(sim[i, j]), attached))
         else:
-            n_died += 1
-            records.append({"feature_from": i, "feature_to": -1, "similarity": float(sim[i, j]) if j >= 0 else 0.0, "event": "died"})
-    counts = {"n_persisted": len(rows), "n_born": n_born, "n_died": n_died, "n_split": len(split_from), "n_merged": len(merged_into)}
-    return LineageEvents(pd.DataFrame(records, columns=["feature_from", "feature_to", "similarity", "event"]), counts)
+            out.append((i, -1, float(sim[i, j]) if j >= 0 else 0.0, alone))
+    return out
 
 
 def universality(sim: np.ndarray, threshold: float = 0.7) -> float:

@@ -46,13 +46,17 @@ def hook_activations(model, tokens: torch.Tensor, hook: str, batch: int = 64) ->
     """Activations at ``hook`` for every non-BOS position: [n_seq * (pos - 1), d]."""
     out = []
     for i in range(0, tokens.shape[0], batch):
-        _, cache = model.run_with_cache(tokens[i : i + batch], names_filter=[hook], return_type=None)
+        _, cache = model.run_with_cache(
+            tokens[i : i + batch], names_filter=[hook], return_type=None
+        )
         act = cache[hook][:, 1:]
         out.append(act.reshape(-1, act.shape[-1]).float().cpu())
     return torch.cat(out)
 
 
-def activations_for(run, seed: int, step: int, hook: str, source: str, n_tokens: int, settings) -> torch.Tensor:
+def activations_for(
+    run, seed: int, step: int, hook: str, source: str, n_tokens: int, settings
+) -> torch.Tensor:
     recorded = hook in run.config.record.hooks
     if source == "recorded" and not recorded:
         raise HookNotRecordedError(
@@ -61,7 +65,11 @@ def activations_for(run, seed: int, step: int, hook: str, source: str, n_tokens:
         )
     if recorded and source in ("recorded", "auto"):
         acts = run.activations(seed, step)[hook]
-        acts = acts[:, 1:].reshape(-1, acts.shape[-1]) if acts.ndim == 3 else acts.reshape(-1, acts.shape[-1])
+        acts = (
+            acts[:, 1:].reshape(-1, acts.shape[-1])
+            if acts.ndim == 3
+            else acts.reshape(-1, acts.shape[-1])
+        )
         if source == "recorded" or acts.shape[0] >= settings.min_tokens_per_latent * settings.width:
             return acts.float()
     model = run.model(seed, step)
@@ -81,7 +89,9 @@ def earlier_occurrence(tokens: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def eval_features(run, path: Path, seed: int, step: int, hook: str, eval_tokens: torch.Tensor) -> torch.Tensor:
+def eval_features(
+    run, path: Path, seed: int, step: int, hook: str, eval_tokens: torch.Tensor
+) -> torch.Tensor:
     """Latent activations of the SAE saved at ``path`` for (seed, step) on the evaluation tokens."""
     from interp_ext.sae_tracking.train import encode, load_sae
 
@@ -93,7 +103,11 @@ def birth_step(lineage: pd.DataFrame, step: int, feature: int, first_step: int) 
     """Follow a feature back through persisted/split links to the step where it appeared."""
     current = feature
     while True:
-        link = lineage[(lineage.step_to == step) & (lineage.feature_to == current) & lineage.event.isin(["persisted", "split"])]
+        link = lineage[
+            (lineage.step_to == step)
+            & (lineage.feature_to == current)
+            & lineage.event.isin(["persisted", "split"])
+        ]
         if link.empty:
             return float(step)
         current = int(link.feature_from.iloc[0])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from jaxtyping import Float
@@ -43,7 +43,9 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
             yield acts[order[i : i + batch_size]]
 
 
-def train_sae(acts: Float[torch.Tensor, "n d_in"], settings: SAESettings, hook_name: str = "") -> TopKTrainingSAE:
+def train_sae(
+    acts: Float[torch.Tensor, "n d_in"], settings: SAESettings, hook_name: str = ""
+) -> TopKTrainingSAE:
     """Train a TopK SAE on activations with sae-lens' ``SAETrainer``."""
     n, d_in = acts.shape
     if n < settings.min_tokens_per_latent * settings.width:
@@ -57,13 +59,25 @@ def train_sae(acts: Float[torch.Tensor, "n d_in"], settings: SAESettings, hook_n
     batch = min(settings.batch_size, n)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=settings.width, k=min(settings.k, settings.width), dtype="float32", device="cpu")
+        cfg = TopKTrainingSAEConfig(
+            d_in=d_in,
+            d_sae=settings.width,
+            k=min(settings.k, settings.width),
+            dtype="float32",
+            device="cpu",
+        )
         cfg.metadata.hook_name = hook_name
         sae = TopKTrainingSAE(cfg)
         total = max(1, settings.epochs * (n // batch)) * batch
         trainer_cfg = SAETrainerConfig(
-            total_training_samples=total, train_batch_size_samples=batch, lr=settings.lr, lr_end=settings.lr, device="cpu",
-            dead_feature_window=10**9, feature_sampling_window=10**9, logger=LoggingConfig(log_to_wandb=False),
+            total_training_samples=total,
+            train_batch_size_samples=batch,
+            lr=settings.lr,
+            lr_end=settings.lr,
+            device="cpu",
+            dead_feature_window=10**9,
+            feature_sampling_window=10**9,
+            logger=LoggingConfig(log_to_wandb=False),
         )
         trainer = SAETrainer(trainer_cfg, sae, _batches(acts.float(), batch, settings.seed))
         import tqdm as _tqdm

@@ -14,19 +14,31 @@ N = 2 * S + 1
 
 def _base_cfg(n_heads: int = 2, d_head: int = N) -> HookedTransformerConfig:
     return HookedTransformerConfig(
-        n_layers=2, d_model=2 * V + N, d_head=d_head, n_heads=n_heads, d_vocab=V, n_ctx=N,
-        attn_only=True, normalization_type=None, positional_embedding_type="standard", seed=0,
+        n_layers=2,
+        d_model=2 * V + N,
+        d_head=d_head,
+        n_heads=n_heads,
+        d_vocab=V,
+        n_ctx=N,
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        seed=0,
     )
 
 
-@pytest.fixture(scope="session")
-def hand_built():
+def build_hand_built(split: bool = False) -> HookedTransformer:
     """Residual = [token one-hot (V) | position one-hot (N) | previous-token one-hot (V)].
 
     L0H0 attends from p to p-1 and writes the token it sees into the previous-token
     slot; L1H0 queries with the current token against the previous-token slot, so it
     attends to the position after the token's earlier occurrence, and copies that
     token to the output. The second head of each layer is zero.
+
+    ``split=True``: the previous-token function is split between L0H0 and L0H1, half
+    each: L0H0 serves even positions (attends p -> p-1 there, to BOS at odd p) and
+    L0H1 odd positions (p -> p-1 there, BOS at even p). BOS is token 0, never in r,
+    so attending to it writes nothing an induction query can match.
     """
     cfg = _base_cfg()
     model = HookedTransformer(cfg)
@@ -39,18 +51,35 @@ def hand_built():
         model.W_E[:] = torch.eye(V, cfg.d_model)
         model.W_pos[:] = torch.cat([torch.zeros(N, V), torch.eye(N), torch.zeros(N, V)], dim=1)
         model.W_U[:V, :] = torch.eye(V) * 10
-        for p in range(N):  # L0H0: query at p matches key at p - 1
-            a0.W_Q[0, V + p, p] = c
-            if p + 1 < N:
-                a0.W_K[0, V + p, p + 1] = 1.0
+        heads = {0: lambda p: True} if not split else {0: lambda p: p % 2 == 0, 1: lambda p: p % 2 == 1}
+        for head, serves in heads.items():
+            for p in range(N):  # query at p matches the key at p - 1 (positions it serves) or at BOS
+                a0.W_Q[head, V + p, p] = c
+                if p + 1 < N and serves(p + 1):
+                    a0.W_K[head, V + p, p + 1] = 1.0
+                if split and p > 0 and not serves(p):
+                    a0.W_K[head, V + 0, p] = 1.0
+            for t in range(V):
+                a0.W_V[head, t, t] = 1.0
+                a0.W_O[head, t, prev_slot + t] = 1.0
         for t in range(V):
-            a0.W_V[0, t, t] = 1.0
-            a0.W_O[0, t, prev_slot + t] = 1.0
             a1.W_Q[0, t, t] = c  # L1H0: current token vs previous-token slot
             a1.W_K[0, prev_slot + t, t] = 1.0
             a1.W_V[0, t, t] = 1.0
             a1.W_O[0, t, t] = 1.0
     return model
+
+
+@pytest.fixture(scope="session")
+def hand_built():
+    """One exact previous-token head (L0H0) feeding one induction head (L1H0); see :func:`build_hand_built`."""
+    return build_hand_built()
+
+
+@pytest.fixture(scope="session")
+def hand_built_split():
+    """The previous-token function split half and half over L0H0 and L0H1."""
+    return build_hand_built(split=True)
 
 
 @pytest.fixture(scope="session")

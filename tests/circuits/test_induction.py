@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -20,7 +19,6 @@ from circuits.induction import (
     head_scores,
     previous_token_partners,
 )
-
 from tests.circuits.conftest import S, repeated_batch
 
 
@@ -32,14 +30,23 @@ def test_attention_scores_agree_with_transformer_lens_head_detector(fixture, req
     _, cache = model.run_with_cache(tokens)
     second_half = torch.zeros(tokens.shape[1], 1)
     second_half[S + 1 :] = 1  # SPEC: average over the S query positions of the second copy
-    for name, builder in (("induction_score", get_induction_head_detection_pattern), ("prev_token_score", get_previous_token_head_detection_pattern)):
+    for name, builder in (
+        ("induction_score", get_induction_head_detection_pattern),
+        ("prev_token_score", get_previous_token_head_detection_pattern),
+    ):
         expected = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
         for b in range(tokens.shape[0]):
             detection = builder(tokens[b : b + 1].cpu()) * second_half
             for layer in range(model.cfg.n_layers):
                 for head in range(model.cfg.n_heads):
                     pattern = cache["pattern", layer][b, head]
-                    score = compute_head_attention_similarity_score(pattern, detection, exclude_bos=False, exclude_current_token=False, error_measure="mul")
+                    score = compute_head_attention_similarity_score(
+                        pattern,
+                        detection,
+                        exclude_bos=False,
+                        exclude_current_token=False,
+                        error_measure="mul",
+                    )
                     # head_detector divides by all query rows; ours by the S second-copy rows
                     expected[layer, head] += score * tokens.shape[1] / S / tokens.shape[0]
         torch.testing.assert_close(actual[name], expected, rtol=1e-4, atol=1e-5)
@@ -48,7 +55,10 @@ def test_attention_scores_agree_with_transformer_lens_head_detector(fixture, req
 def test_hand_built_circuit_is_detected(hand_built):
     tokens = repeated_batch(8)
     scores = head_scores(hand_built, tokens)
-    get = lambda m, c: float(scores[(scores.metric == m) & (scores.component == c)]["value"].iloc[0])
+
+    def get(m, c):
+        return float(scores[(scores.metric == m) & (scores.component == c)]["value"].iloc[0])
+
     assert get("induction_score", "L1H0") > 0.95
     assert get("prev_token_score", "L0H0") > 0.95
     assert detect_induction_heads(scores) == ["L1H0"]
@@ -84,7 +94,9 @@ def test_formation_step_is_steepest_rise():
 
 
 def test_one_layer_model_gives_empty_result_with_message(caplog):
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, d_head=8, n_heads=2, d_vocab=20, n_ctx=21, attn_only=True)
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=16, d_head=8, n_heads=2, d_vocab=20, n_ctx=21, attn_only=True
+    )
     frame = head_scores(HookedTransformer(cfg), repeated_batch(2))
     assert frame.empty and list(frame.columns) == ["component", "metric", "value"]
     assert "two layers" in caplog.text
@@ -96,8 +108,13 @@ def test_circuit_masks_slices_and_json(hand_built, tmp_path):
     total = sum(p.numel() for p in hand_built.parameters())
     assert sum(int(m.sum()) for m in masks.values()) == total  # a partition
     per = circuit.masks(hand_built)
-    assert per["L1H0"]["blocks.1.attn.W_Q"][0].all() and not per["L1H0"]["blocks.1.attn.W_Q"][1].any()
-    assert circuit.n_params(hand_built)["L0H0"] == 4 * hand_built.cfg.d_model * hand_built.cfg.d_head + 3 * hand_built.cfg.d_head
+    assert (
+        per["L1H0"]["blocks.1.attn.W_Q"][0].all() and not per["L1H0"]["blocks.1.attn.W_Q"][1].any()
+    )
+    assert (
+        circuit.n_params(hand_built)["L0H0"]
+        == 4 * hand_built.cfg.d_model * hand_built.cfg.d_head + 3 * hand_built.cfg.d_head
+    )
     assert "blocks.1.attn.hook_z" in circuit.hook_names("L1H0")
     path = tmp_path / "c.json"
     circuit.to_json(path)

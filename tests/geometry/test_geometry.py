@@ -17,15 +17,25 @@ from interp_ext.geometry import (
     per_batch_gradients,
     permute_params,
     select_params,
+    spectral,
 )
-from interp_ext.geometry import spectral
 from interp_ext.geometry.streams import saturating
 
 
 def small_model(seed: int = 0, dtype=torch.float64, attn_only: bool = False) -> HookedTransformer:
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=8, d_head=4, n_heads=2, d_mlp=None if attn_only else 12, d_vocab=11, n_ctx=6,
-        act_fn=None if attn_only else "gelu", normalization_type="LN", attn_only=attn_only, dtype=dtype, seed=seed,
+        n_layers=2,
+        d_model=8,
+        d_head=4,
+        n_heads=2,
+        d_mlp=None if attn_only else 12,
+        d_vocab=11,
+        n_ctx=6,
+        act_fn=None if attn_only else "gelu",
+        normalization_type="LN",
+        attn_only=attn_only,
+        dtype=dtype,
+        seed=seed,
     )
     return HookedTransformer(cfg)
 
@@ -105,10 +115,14 @@ def test_subspace_overlap_and_angles_against_scipy():
     assert spectral.subspace_overlap(a, a) == pytest.approx(1.0)
     assert 0 <= spectral.subspace_overlap(a, b) <= 1
     expected = np.sort(scipy.linalg.subspace_angles(a.numpy(), b.numpy()))
-    np.testing.assert_allclose(spectral.principal_angles(a, b).numpy(), expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        spectral.principal_angles(a, b).numpy(), expected, rtol=1e-8, atol=1e-10
+    )
     assert spectral.drift_rate(a, b, 100) == pytest.approx(expected.mean() / 100)
     # overlap = sum cos^2 of principal angles / k
-    assert spectral.subspace_overlap(a, b) == pytest.approx(float(np.cos(expected) ** 2 @ np.ones(4) / 4))
+    assert spectral.subspace_overlap(a, b) == pytest.approx(
+        float(np.cos(expected) ** 2 @ np.ones(4) / 4)
+    )
 
 
 def test_params_selection_and_centering(setup):
@@ -132,7 +146,9 @@ def test_function_space_alignment_of_gradient_descent_is_positive(setup):
     model.zero_grad()
     same = function_space_alignment(model, theta, direction, batches[0])
     assert same > 0.05
-    flipped = function_space_alignment(model, theta, {n: -d for n, d in direction.items()}, batches[0])
+    flipped = function_space_alignment(
+        model, theta, {n: -d for n, d in direction.items()}, batches[0]
+    )
     assert flipped == pytest.approx(-same)
 
 
@@ -176,7 +192,10 @@ def test_beta_fit_recovers_parameters():
 
 def test_transition_detection_finds_the_common_change():
     steps = np.arange(0, 5000, 250.0)
-    step_up = lambda at, noise: (steps >= at).astype(float) + noise
+
+    def step_up(at, noise):
+        return (steps >= at).astype(float) + noise
+
     rng = np.random.default_rng(1)
     series = {
         "a": (steps, step_up(2500, rng.normal(0, 0.05, len(steps)))),

@@ -23,11 +23,27 @@ from interp_ext import get_preset, override
 from interp_ext.store import open_run
 from interp_ext.training import train
 
-ARGS = ["--preset", "tiny", "--corpus", "synthetic", "--seeds", "2", "--checkpoint-every", "10", "--quiet"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--corpus",
+    "synthetic",
+    "--seeds",
+    "2",
+    "--checkpoint-every",
+    "10",
+    "--quiet",
+]
 
 
 def tiny(steps: int = 40, **changes):
-    return override(get_preset("tiny"), data__corpus="synthetic", train__steps=steps, train__checkpoint_every=10, **changes)
+    return override(
+        get_preset("tiny"),
+        data__corpus="synthetic",
+        train__steps=steps,
+        train__checkpoint_every=10,
+        **changes,
+    )
 
 
 def differing(a, b, step: int) -> list[str]:
@@ -37,26 +53,46 @@ def differing(a, b, step: int) -> list[str]:
         x, y = a.checkpoint(seed, step), b.checkpoint(seed, step)
         for kind in ("params", "exp_avg", "exp_avg_sq"):
             assert x[kind], f"no {kind} at step {step}"
-            out += [f"seed {seed} {kind} {n}" for n in y[kind] if not torch.equal(x[kind][n], y[kind][n])]
+            out += [
+                f"seed {seed} {kind} {n}"
+                for n in y[kind]
+                if not torch.equal(x[kind][n], y[kind][n])
+            ]
     return out
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cache_dir):
-    return train(tiny(), tmp_path_factory.mktemp("det") / "reference", progress=False, cache_dir=cache_dir)
+    return train(
+        tiny(), tmp_path_factory.mktemp("det") / "reference", progress=False, cache_dir=cache_dir
+    )
 
 
 def test_two_identical_runs_are_equal_bit_for_bit(reference, tmp_path, cache_dir):
     again = train(tiny(), tmp_path / "again", progress=False, cache_dir=cache_dir)
     assert differing(again, reference, 40) == []
     provenance = json.loads((again.path / "config.json").read_text())["provenance"]
-    assert provenance["numerics"] == {"deterministic": True, "device_type": "cpu", "threads": torch.get_num_threads()}
+    assert provenance["numerics"] == {
+        "deterministic": True,
+        "device_type": "cpu",
+        "threads": torch.get_num_threads(),
+    }
 
 
-@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one thread sums in one order whatever the setting")
+@pytest.mark.skipif(
+    torch.get_num_threads() < 2, reason="one thread sums in one order whatever the setting"
+)
 def test_without_deterministic_algorithms_repeats_differ(tmp_path, cache_dir):
     """What the setting fixes is real at this size: two plain repeats differ."""
-    runs = [train(tiny(20, train__deterministic=False), tmp_path / f"nd{i}", progress=False, cache_dir=cache_dir) for i in range(2)]
+    runs = [
+        train(
+            tiny(20, train__deterministic=False),
+            tmp_path / f"nd{i}",
+            progress=False,
+            cache_dir=cache_dir,
+        )
+        for i in range(2)
+    ]
     assert differing(runs[0], runs[1], 20)
 
 
@@ -64,7 +100,17 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(reference, tmp
     env = dict(os.environ, HOME=str(cache_dir), PYTHONPATH=os.getcwd())
     env.pop("OMP_NUM_THREADS", None)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "interp_ext.cli", "train", *ARGS, "--steps", "40", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "interp_ext.cli",
+        "train",
+        *ARGS,
+        "--steps",
+        "40",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = out / "checkpoints" / "seed=1" / "step=20.safetensors"
     deadline = time.monotonic() + 300
@@ -74,8 +120,12 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(reference, tmp
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     killed_at = open_run(out).steps
-    assert 20 in killed_at and 40 not in killed_at, killed_at  # killed mid-run, the last checkpoint intact
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert 20 in killed_at and 40 not in killed_at, (
+        killed_at
+    )  # killed mid-run, the last checkpoint intact
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = open_run(out)
     assert run.steps == [0, 10, 20, 30, 40]
@@ -92,7 +142,9 @@ def test_resume_warns_when_the_setting_changes(reference, tmp_path, cache_dir, c
     for seed in reference.seeds:
         (copy / "checkpoints" / f"seed={seed}" / "step=40.safetensors").unlink()
     with caplog.at_level("WARNING", logger="interp_ext"):
-        train(tiny(train__deterministic=False), copy, resume=True, progress=False, cache_dir=cache_dir)
+        train(
+            tiny(train__deterministic=False), copy, resume=True, progress=False, cache_dir=cache_dir
+        )
     assert "deterministic True -> False" in caplog.text and "not bit for bit" in caplog.text
     assert json.loads((Path(copy) / "config.json").read_text())["train"]["deterministic"] is False
 
@@ -101,5 +153,10 @@ def test_deterministic_setting_is_restored_after_training(tmp_path, cache_dir):
     from tests.conftest import micro_config
 
     before = torch.are_deterministic_algorithms_enabled()
-    train(micro_config(steps=2, checkpoint_every=2), tmp_path / "m", progress=False, cache_dir=cache_dir)
+    train(
+        micro_config(steps=2, checkpoint_every=2),
+        tmp_path / "m",
+        progress=False,
+        cache_dir=cache_dir,
+    )
     assert torch.are_deterministic_algorithms_enabled() == before

@@ -21,7 +21,13 @@ from interp_ext.runner import MeasureError
 def test_geometry_rows_idempotent_and_resumable(micro_run):
     run = micro_run
     first = measure(run, GeometrySettings(k=2, lag=2), progress=False)
-    assert set(first.metric) >= {"effective_rank", "overlap_prev", "subspace_similarity", "grad_norm", "function_space_alignment_same"}
+    assert set(first.metric) >= {
+        "effective_rank",
+        "overlap_prev",
+        "subspace_similarity",
+        "grad_norm",
+        "function_space_alignment_same",
+    }
     assert first[first.metric == "effective_rank"].shape[0] == len(run.seeds) * len(run.steps)
     again = measure(run, GeometrySettings(k=2, lag=2), progress=False)
     assert len(again) == len(first) and sum(again.attrs["measured"].values()) == 0
@@ -38,7 +44,17 @@ def test_geometry_rows_idempotent_and_resumable(micro_run):
 def test_induction_rows(micro_run):
     df = measure(micro_run, InductionSettings(), progress=False)
     metrics = set(df.metric)
-    assert {"induction_score", "prev_token_score", "duplicate_score", "copying_score", "k_composition", "icl_score", "repeat_loss_drop", "formation_step", "ablation_loss_increase"} <= metrics
+    assert {
+        "induction_score",
+        "prev_token_score",
+        "duplicate_score",
+        "copying_score",
+        "k_composition",
+        "icl_score",
+        "repeat_loss_drop",
+        "formation_step",
+        "ablation_loss_increase",
+    } <= metrics
     assert set(df[df.metric == "k_composition"].component) >= {"L0H0->L1H1"}
     circuit = induction_circuit(micro_run, 0)
     assert circuit.components and all(c.startswith("L") for c in circuit.components)
@@ -75,13 +91,26 @@ def test_sae_tracking_on_a_run(micro_run):
     hook = "blocks.1.hook_resid_post"  # recorded by the micro run
     settings = SAETrackingSettings(hook=hook, width=16, k=2, source="generate", n_tokens=2048)
     df = measure(micro_run, settings, steps=[0, 6], progress=False)
-    assert {"l0", "explained_variance", "dead_fraction", "ce_recovered", "n_persisted", "universality", "induction_feature_birth_step"} <= set(df.metric)
+    assert {
+        "l0",
+        "explained_variance",
+        "dead_fraction",
+        "ce_recovered",
+        "n_persisted",
+        "universality",
+        "induction_feature_birth_step",
+    } <= set(df.metric)
     assert (micro_run.path / "saes" / settings.id / "seed=0" / "step=6" / "cfg.json").exists()
     assert (micro_run.path / "saes" / settings.id / "seed=1" / "lineage.parquet").exists()
     counts = df[df.metric.isin(["n_persisted", "n_born", "n_split"])].groupby("seed")["value"].sum()
     assert (counts > 0).all()
     with pytest.raises(MeasureError, match="recorded hooks"):
-        measure(micro_run, SAETrackingSettings(hook="blocks.0.hook_resid_mid", width=16, source="recorded"), steps=[0], progress=False)
+        measure(
+            micro_run,
+            SAETrackingSettings(hook="blocks.0.hook_resid_mid", width=16, source="recorded"),
+            steps=[0],
+            progress=False,
+        )
 
 
 def test_report_writes_figures(micro_run):
@@ -89,9 +118,20 @@ def test_report_writes_figures(micro_run):
 
     path = write_report(micro_run)
     text = path.read_text()
-    for section in ("Induction heads", "Gradient-geometry dashboard", "Stream 3", "Next to the paper"):
+    for section in (
+        "Induction heads",
+        "Gradient-geometry dashboard",
+        "Stream 3",
+        "Next to the paper",
+    ):
         assert section in text
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
-    assert {"dashboard.png", "induction_formation.png", "stream3_K.png", "sae_quality.png", "sae_lineage.png"} <= set(pngs)
+    assert {
+        "dashboard.png",
+        "induction_formation.png",
+        "stream3_K.png",
+        "sae_quality.png",
+        "sae_lineage.png",
+    } <= set(pngs)
     assert (path.parent / "sae_lineage_sankey.html").exists()
     assert all((path.parent / p.replace(".png", ".html")).exists() for p in pngs)

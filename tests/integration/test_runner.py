@@ -26,7 +26,11 @@ runner = CliRunner()
 
 def snapshot(root) -> dict:
     """Every file under a run directory with its size and modification time."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -35,14 +39,18 @@ def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
     b = b.drop(columns=["run"]).sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"))
     x, y = a.value.to_numpy(), b.value.to_numpy()
-    assert ((x == y) | (np.isnan(x) & np.isnan(y))).all(), a[~((x == y) | (np.isnan(x) & np.isnan(y)))].head()
+    assert ((x == y) | (np.isnan(x) & np.isnan(y))).all(), a[
+        ~((x == y) | (np.isnan(x) & np.isnan(y)))
+    ].head()
 
 
 @pytest.fixture()
 def fresh_run(micro_run, tmp_path):
     """A copy of the micro run's checkpoints with no measurement yet."""
     copy = tmp_path / "fresh"
-    shutil.copytree(micro_run.path, copy, ignore=shutil.ignore_patterns("measurements", "saes", "report"))
+    shutil.copytree(
+        micro_run.path, copy, ignore=shutil.ignore_patterns("measurements", "saes", "report")
+    )
     for family in (copy / "metrics").iterdir():
         if family.name != "train":
             shutil.rmtree(family)
@@ -54,7 +62,9 @@ def test_other_settings_make_new_rows_beside_the_old(fresh_run, tmp_path):
     pristine = tmp_path / "pristine"
     shutil.copytree(run.path, pristine)
     for k in (2, 3):
-        result = runner.invoke(app, ["measure", "geometry", str(run.path), "--k", str(k), "--lag", "2", "--quiet"])
+        result = runner.invoke(
+            app, ["measure", "geometry", str(run.path), "--k", str(k), "--lag", "2", "--quiet"]
+        )
         assert result.exit_code == 0, result.output
     every = run.metrics("geometry", settings="all")
     ids = sorted(every.settings.unique())
@@ -66,7 +76,9 @@ def test_other_settings_make_new_rows_beside_the_old(fresh_run, tmp_path):
     same_rows(latest, fresh[fresh.family == "geometry"])
     # the k = 2 rows are kept, distinguishable, and not the k = 3 values
     old = run.metrics("geometry", settings=GeometrySettings(k=2, lag=2))
-    assert len(old) == len(latest) and not np.allclose(old[old.metric == "topk_variance"].value, latest[latest.metric == "topk_variance"].value)
+    assert len(old) == len(latest) and not np.allclose(
+        old[old.metric == "topk_variance"].value, latest[latest.metric == "topk_variance"].value
+    )
     recorded = run.measurements()
     assert set(recorded.id) == set(ids) and {s["k"] for s in recorded.settings} == {2, 3}
 
@@ -76,7 +88,12 @@ def test_same_settings_again_measure_nothing(fresh_run):
     assert first.attrs["measured"]["checkpoints"] == len(fresh_run.seeds) * len(fresh_run.steps)
     parts = snapshot(fresh_run.path / "metrics")
     again = measure(fresh_run, InductionSettings(), progress=False)
-    assert again.attrs["measured"] == {"checkpoints": 0, "seeds": 0, "cross_seed_steps": 0, "summaries": 0}
+    assert again.attrs["measured"] == {
+        "checkpoints": 0,
+        "seeds": 0,
+        "cross_seed_steps": 0,
+        "summaries": 0,
+    }
     assert snapshot(fresh_run.path / "metrics") == parts  # nothing rewritten
     same_rows(first, again)
     # more checkpoints later: only the new ones are measured
@@ -91,11 +108,27 @@ def test_sigkill_mid_measurement_then_rerun_equals_uninterrupted(tmp_path, cache
     shutil.copytree(run.path, tmp_path / "reference")
     settings = GeometrySettings(k=2, lag=3)
     env = dict(os.environ, HOME=str(cache_dir), PYTHONPATH=os.getcwd())
-    cmd = [sys.executable, "-m", "interp_ext.cli", "measure", "geometry", str(run.path), "--k", "2", "--lag", "3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "interp_ext.cli",
+        "measure",
+        "geometry",
+        str(run.path),
+        "--k",
+        "2",
+        "--lag",
+        "3",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     folder = run.path / "metrics" / "geometry" / settings.id
     deadline = time.monotonic() + 300
-    while len(list(folder.glob("seed*-step*.parquet"))) < 6 and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        len(list(folder.glob("seed*-step*.parquet"))) < 6
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -110,7 +143,12 @@ def test_sigkill_mid_measurement_then_rerun_equals_uninterrupted(tmp_path, cache
 
 def test_circuits_imports_nothing_from_interp_ext():
     code = "import circuits, circuits.induction, circuits.patching, sys; bad = [m for m in sys.modules if m.startswith('interp_ext')]; assert not bad, bad"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -119,8 +157,26 @@ def test_old_single_table_run_still_opens(micro_run, tmp_path):
     shutil.copytree(micro_run.path, old, ignore=shutil.ignore_patterns("metrics", "measurements"))
     rows = pd.DataFrame(
         [
-            {"run": "old", "seed": 0, "step": 2, "family": "geometry", "metric": "effective_rank", "component": "", "value": 3.0, "params": "all"},
-            {"run": "old", "seed": 0, "step": 2, "family": "train", "metric": "loss", "component": "", "value": 5.5, "params": ""},
+            {
+                "run": "old",
+                "seed": 0,
+                "step": 2,
+                "family": "geometry",
+                "metric": "effective_rank",
+                "component": "",
+                "value": 3.0,
+                "params": "all",
+            },
+            {
+                "run": "old",
+                "seed": 0,
+                "step": 2,
+                "family": "train",
+                "metric": "loss",
+                "component": "",
+                "value": 5.5,
+                "params": "",
+            },
         ]
     )
     rows.to_parquet(old / "metrics.parquet", index=False)
@@ -143,19 +199,28 @@ BAD = [
     (["measure", "geometry", "{run}", "--batches", "99"], "n_batches=99"),
     (["measure", "sae", "{run}", "--hook", "blocks.7.hook_nothing"], "blocks.7.hook_nothing"),
     (["measure", "autocatalysis", "{run}", "--circuit", "L9H9"], "layers 0..1 and heads 0..1"),
-    (["measure", "autocatalysis", "{run}", "--circuit", "no_such_circuit.json"], "not 'induction', a head list"),
+    (
+        ["measure", "autocatalysis", "{run}", "--circuit", "no_such_circuit.json"],
+        "not 'induction', a head list",
+    ),
     (["measure", "autocatalysis", "{run}", "--direction", "up"], "directions"),
     (["measure", "nothing", "{run}", "--k", "2"], "unknown measurement family 'nothing'"),
 ]
 
 
-@pytest.mark.parametrize("args, expected", BAD, ids=[" ".join(a[1:2] + a[3:]) or a[1] for a, _ in BAD])
+@pytest.mark.parametrize(
+    "args, expected", BAD, ids=[" ".join(a[1:2] + a[3:]) or a[1] for a, _ in BAD]
+)
 def test_bad_arguments_give_one_line_and_write_nothing(fresh_run, tmp_path, args, expected):
     before = snapshot(fresh_run.path)
-    result = runner.invoke(app, [a.format(run=fresh_run.path, missing=tmp_path / "missing") for a in args])
+    result = runner.invoke(
+        app, [a.format(run=fresh_run.path, missing=tmp_path / "missing") for a in args]
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+        result.stderr
+    )
     assert snapshot(fresh_run.path) == before
     assert not (tmp_path / "missing").exists()
 
@@ -177,7 +242,15 @@ def test_plan_settings_are_checked_by_the_families():
     from interp_ext.pipeline import plan_settings
 
     for preset in ("tiny", "paper"):
-        assert set(plan_settings(get_preset(preset).measure)) == {"induction", "patching", "geometry", "stream2", "beta", "autocatalysis", "sae"}
+        assert set(plan_settings(get_preset(preset).measure)) == {
+            "induction",
+            "patching",
+            "geometry",
+            "stream2",
+            "beta",
+            "autocatalysis",
+            "sae",
+        }
     cfg = get_preset("tiny")
     bad = override(cfg, measure__plan={**cfg.measure.plan, "geometry": {"k": 0}})
     with pytest.raises(ConfigError, match=r"measure.plan\['geometry'\].*k=0"):

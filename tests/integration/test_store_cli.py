@@ -10,7 +10,10 @@ def small_wikitext(root):
     """A WikiText-shaped folder without the train split."""
     data = root / "wt"
     data.mkdir()
-    text = "".join(f" = Title {i} = \n The cat sat on the mat number {i} , and the dog ran . \n" for i in range(400))
+    text = "".join(
+        f" = Title {i} = \n The cat sat on the mat number {i} , and the dog ran . \n"
+        for i in range(400)
+    )
     (data / "wiki.valid.raw").write_text(text)
     (data / "wiki.test.raw").write_text(text[::-1])
     return data
@@ -22,8 +25,24 @@ def test_cli_train_and_info(tmp_path, cache_dir, monkeypatch):
     data = small_wikitext(tmp_path)
     result = runner.invoke(
         app,
-        ["train", "--preset", "tiny", "--seeds", "2", "--steps", "4", "--checkpoint-every", "2", "--out", str(out),
-         "--data-dir", str(data), "--record", "blocks.0.attn.hook_pattern", "--quiet"],
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--seeds",
+            "2",
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data),
+            "--record",
+            "blocks.0.attn.hook_pattern",
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "run written to" in result.output

@@ -10,7 +10,6 @@ from interp_ext.data import training_batch
 from interp_ext.models import build_model
 from interp_ext.store import CheckpointError, RunError, open_run
 from interp_ext.training import NonFiniteLossError, StackedTrainer, train
-
 from tests.conftest import micro_config
 
 
@@ -24,7 +23,9 @@ def test_run_layout(micro_run):
             assert run.activation_path(s, t).exists()
     assert set(run.probe_set()) == {"lm", "heldout", "repeated"}
     assert run.probe_set()["lm"].shape == (4, 3, 16)
-    assert (run.path / "config.json").exists() and (run.path / "tokenizer" / "tokenizer.json").exists()
+    assert (run.path / "config.json").exists() and (
+        run.path / "tokenizer" / "tokenizer.json"
+    ).exists()
     losses = run.metrics("train")
     assert len(losses) == 2 * 3 and losses["value"].notna().all()
 
@@ -50,10 +51,27 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
             model = build_model(cfg.model, run.d_vocab, seed=seed)
             expected0 = run.state_dict(seed, 0)
             for name, p in model.named_parameters():
-                assert torch.equal(p.detach(), expected0[name]), f"init of {name} differs for seed {seed}"
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay, fused=fused)
+                assert torch.equal(p.detach(), expected0[name]), (
+                    f"init of {name} differs for seed {seed}"
+                )
+            opt = torch.optim.AdamW(
+                model.parameters(),
+                lr=cfg.train.lr,
+                betas=cfg.train.betas,
+                weight_decay=cfg.train.weight_decay,
+                fused=fused,
+            )
             for step in range(cfg.train.steps):
-                tokens = training_batch(train_tokens, seed, step, cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab)
+                tokens = training_batch(
+                    train_tokens,
+                    seed,
+                    step,
+                    cfg.train.batch_size,
+                    cfg.model.n_ctx,
+                    bos,
+                    cfg.data,
+                    run.d_vocab,
+                )
                 loss = model(tokens, return_type="loss")
                 loss.backward()
                 opt.step()
@@ -62,7 +80,9 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
                 if fused:
                     assert torch.equal(actual[name], p.detach()), f"{name} seed {seed}"
                 elif not name.endswith("attn.b_K"):
-                    torch.testing.assert_close(actual[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"{name} seed {seed}")
+                    torch.testing.assert_close(
+                        actual[name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"{name} seed {seed}"
+                    )
 
 
 def test_per_op_adamw_is_bit_exact_with_plain_default_adamw(tmp_path, cache_dir):
@@ -71,9 +91,26 @@ def test_per_op_adamw_is_bit_exact_with_plain_default_adamw(tmp_path, cache_dir)
     run = train(cfg, tmp_path / "r", progress=False, cache_dir=cache_dir)
     bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
     model = build_model(cfg.model, run.d_vocab, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=cfg.train.betas,
+        weight_decay=cfg.train.weight_decay,
+    )
     for step in range(4):
-        loss = model(training_batch(run.train_tokens(), 0, step, cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab), return_type="loss")
+        loss = model(
+            training_batch(
+                run.train_tokens(),
+                0,
+                step,
+                cfg.train.batch_size,
+                cfg.model.n_ctx,
+                bos,
+                cfg.data,
+                run.d_vocab,
+            ),
+            return_type="loss",
+        )
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -93,7 +130,13 @@ def test_seed_chunking_does_not_change_trajectories(tmp_path, cache_dir, micro_r
         a, b = run.checkpoint(seed, cfg.train.steps), ref.checkpoint(seed, cfg.train.steps)
         for kind in ("params", "exp_avg", "exp_avg_sq"):
             for name in b[kind]:
-                torch.testing.assert_close(a[kind][name], b[kind][name], rtol=1e-5, atol=1e-7, msg=f"{kind} {name} seed {seed}")
+                torch.testing.assert_close(
+                    a[kind][name],
+                    b[kind][name],
+                    rtol=1e-5,
+                    atol=1e-7,
+                    msg=f"{kind} {name} seed {seed}",
+                )
 
 
 def test_resume_after_crash_is_bit_exact(tmp_path, cache_dir, monkeypatch, micro_run):
@@ -113,7 +156,9 @@ def test_resume_after_crash_is_bit_exact(tmp_path, cache_dir, monkeypatch, micro
     assert partial.steps == [0, 2, 4]  # the crash lost nothing before the last checkpoint
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, tmp_path / "r", progress=False, cache_dir=cache_dir)
-    resumed = train(micro_config(), tmp_path / "r", resume=True, progress=False, cache_dir=cache_dir)
+    resumed = train(
+        micro_config(), tmp_path / "r", resume=True, progress=False, cache_dir=cache_dir
+    )
     assert resumed.steps == [0, 2, 4, 6]
     for seed in resumed.seeds:
         a = resumed.checkpoint(seed, 6)
@@ -133,7 +178,9 @@ def test_recorded_activations_equal_run_with_cache(micro_run):
             recorded = run.activations(seed, step)
             _, cache = model.run_with_cache(tokens, incl_bwd=True, return_type="loss")
             for name in run.config.record.hooks:
-                torch.testing.assert_close(recorded[name], cache[name], rtol=1e-5, atol=1e-7, msg=name)
+                torch.testing.assert_close(
+                    recorded[name], cache[name], rtol=1e-5, atol=1e-7, msg=name
+                )
     assert recorded["blocks.0.attn.hook_pattern"].shape == (6, 2, 16, 16)
 
 
@@ -159,7 +206,9 @@ def test_record_every_n_steps(tmp_path, cache_dir):
     cfg.record.every = 1
     run = train(cfg, tmp_path / "every", progress=False, cache_dir=cache_dir)
     assert run.steps == [0, 4]
-    assert sorted(int(p.stem[5:]) for p in (run.path / "activations" / "seed=0").glob("*.safetensors")) == [0, 1, 2, 3, 4]
+    assert sorted(
+        int(p.stem[5:]) for p in (run.path / "activations" / "seed=0").glob("*.safetensors")
+    ) == [0, 1, 2, 3, 4]
 
 
 def test_non_finite_loss_names_seed_and_step_and_keeps_checkpoint(tmp_path, cache_dir, monkeypatch):
@@ -210,4 +259,6 @@ def test_single_seed_run_follows_the_same_trajectory(tmp_path, cache_dir, micro_
     a, b = run.checkpoint(0, cfg.train.steps), micro_run.checkpoint(0, cfg.train.steps)
     for kind in ("params", "exp_avg", "exp_avg_sq"):
         for name in b[kind]:
-            torch.testing.assert_close(a[kind][name], b[kind][name], rtol=1e-6, atol=1e-8, msg=f"{kind} {name}")
+            torch.testing.assert_close(
+                a[kind][name], b[kind][name], rtol=1e-6, atol=1e-8, msg=f"{kind} {name}"
+            )

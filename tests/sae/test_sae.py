@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from interp_ext.sae_tracking import SAESettings, load_sae, match_features, sae_quality, similarity_matrix, train_sae
+from interp_ext.sae_tracking import (
+    SAESettings,
+    load_sae,
+    match_features,
+    sae_quality,
+    similarity_matrix,
+    train_sae,
+)
 from interp_ext.sae_tracking.train import save_sae
 
 
@@ -30,7 +36,9 @@ def trained():
 def test_sae_recovers_ground_truth_dictionary(trained):
     sae, acts, dictionary = trained
     w = sae.W_dec.detach()
-    cos = torch.nn.functional.normalize(dictionary, dim=1) @ torch.nn.functional.normalize(w, dim=1).T
+    cos = (
+        torch.nn.functional.normalize(dictionary, dim=1) @ torch.nn.functional.normalize(w, dim=1).T
+    )
     assert float(cos.max(1).values.mean()) > 0.9
     q = sae_quality(sae, acts)
     assert q["l0"] == pytest.approx(2.0, abs=1e-6)  # TopK fixes L0 at k
@@ -63,7 +71,9 @@ def test_saved_sae_reloads_with_sae_lens(trained, tmp_path):
     loaded = SAE.load_from_disk(str(tmp_path / "sae"))
     assert isinstance(loaded, SAE)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.decode(loaded.encode(acts[:100])), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            loaded.decode(loaded.encode(acts[:100])), expected, rtol=1e-4, atol=1e-5
+        )
         assert torch.equal(loaded.encode(acts[:100]) > 0, expected_feats > 0)
         torch.testing.assert_close(load_sae(tmp_path / "sae").W_dec, loaded.W_dec)
 
@@ -75,7 +85,13 @@ def test_permuted_perturbed_dictionary_matches_back_exactly():
     w2 = w[perm] + 0.05 * torch.randn(40, 16, generator=gen)
     events = match_features(similarity_matrix(w, w2, method="decoder"), threshold=0.7)
     persisted = events.pairs[events.pairs.event == "persisted"]
-    assert events.counts == {"n_persisted": 40, "n_born": 0, "n_died": 0, "n_split": 0, "n_merged": 0}
+    assert events.counts == {
+        "n_persisted": 40,
+        "n_born": 0,
+        "n_died": 0,
+        "n_split": 0,
+        "n_merged": 0,
+    }
     # feature perm[j] of w is feature j of w2
     assert all(perm[j] == i for i, j in zip(persisted.feature_from, persisted.feature_to))
 
@@ -84,9 +100,15 @@ def test_split_and_merge_are_reported():
     gen = torch.Generator().manual_seed(1)
     w = torch.nn.functional.normalize(torch.randn(10, 32, generator=gen), dim=1)
     nudge = torch.nn.functional.normalize(torch.randn(2, 32, generator=gen), dim=1)
-    split = torch.cat([w[1:], w[:1] + 0.4 * nudge[:1], w[:1] - 0.4 * nudge[:1]])  # feature 0 -> two nearby directions
+    split = torch.cat(
+        [w[1:], w[:1] + 0.4 * nudge[:1], w[:1] - 0.4 * nudge[:1]]
+    )  # feature 0 -> two nearby directions
     events = match_features(similarity_matrix(w, split, method="decoder"), threshold=0.7)
-    assert events.counts["n_split"] == 1 and events.counts["n_persisted"] == 10 and events.counts["n_born"] == 0
+    assert (
+        events.counts["n_split"] == 1
+        and events.counts["n_persisted"] == 10
+        and events.counts["n_born"] == 0
+    )
     merged = match_features(similarity_matrix(split, w, method="decoder"), threshold=0.7)
     assert merged.counts["n_merged"] == 1 and merged.counts["n_died"] == 0
 

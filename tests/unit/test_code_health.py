@@ -19,9 +19,13 @@ def long_functions() -> list[str]:
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     length = node.end_lineno - node.lineno + 1
                     if length > LIMIT and REASON not in (ast.get_docstring(node) or ""):
-                        out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+                        out.append(
+                            f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+                        )
     return out
 
 
 def test_no_function_over_the_limit_without_a_reason():
-    assert long_functions() == [], f"functions over {LIMIT} lines need a docstring line starting '{REASON}'"
+    assert long_functions() == [], (
+        f"functions over {LIMIT} lines need a docstring line starting '{REASON}'"
+    )

@@ -8,7 +8,14 @@ from interp_ext.config import ConfigError, ModelConfig, RunConfig, TrainConfig, 
 def test_paper_preset_matches_spec_section_1():
     cfg = get_preset("paper")
     m, t, d = cfg.model, cfg.train, cfg.data
-    assert (m.n_layers, m.n_heads, m.d_model, m.d_head, m.d_mlp, m.n_ctx) == (4, 4, 128, 32, 512, 64)
+    assert (m.n_layers, m.n_heads, m.d_model, m.d_head, m.d_mlp, m.n_ctx) == (
+        4,
+        4,
+        128,
+        32,
+        512,
+        64,
+    )
     assert (m.act_fn, m.normalization_type, m.attn_only) == ("gelu", "LN", False)
     assert d.vocab_size is None and d.probe_batches == 64 and d.probe_batch_size == 8
     assert (t.lr, t.weight_decay, t.betas, t.batch_size) == (3e-4, 0.01, (0.9, 0.999), 8)
@@ -32,7 +39,9 @@ def test_invalid_values_name_the_field(make, field):
 
 
 def test_config_round_trips_through_json(tmp_path):
-    cfg = override(get_preset("tiny"), train__steps=1234, record__hooks=["blocks.0.hook_resid_post"])
+    cfg = override(
+        get_preset("tiny"), train__steps=1234, record__hooks=["blocks.0.hook_resid_post"]
+    )
     cfg.save(tmp_path / "config.json", extra={"git_sha": None})
     loaded = RunConfig.load(tmp_path / "config.json")
     assert loaded == cfg
