@@ -17,6 +17,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -93,20 +94,22 @@ def main() -> None:
         }
         for r in range(args.rounds):
             new = part(0, 10**9 + r, "geometry", "geometry-new0000000", rng)
+            unit = metrics_store.unit_name(0, 10**9 + r)
             for n, label in ((10_000, "10k"), (1_000_000, "1M")):
-                unit = metrics_store.unit_name(0, 10**9 + r)
-                times[f"append {label}"].append(
-                    timed(
-                        lambda run=runs[n]: metrics_store.write_part(
-                            run.metrics_dir, "geometry", "geometry-new0000000", unit, new
-                        )
-                    )
+                write = partial(
+                    metrics_store.write_part,
+                    runs[n].metrics_dir,
+                    "geometry",
+                    "geometry-new0000000",
+                    unit,
+                    new,
                 )
+                times[f"append {label}"].append(timed(write))
                 if r < 5:  # the old layout at 1M rows takes seconds per append
-                    times[f"old {label}"].append(timed(lambda n=n: old_append(tables[n], new)))
+                    times[f"old {label}"].append(timed(partial(old_append, tables[n], new)))
             if r < 5:
                 times["read 1M"].append(
-                    timed(lambda: runs[1_000_000].metrics("geometry", settings="all"))
+                    timed(partial(runs[1_000_000].metrics, "geometry", settings="all"))
                 )
         med = {k: statistics.median(v) for k, v in times.items()}
         read_rows = len(runs[1_000_000].metrics("geometry", settings="all"))

@@ -51,9 +51,13 @@ def build_hand_built(split: bool = False) -> HookedTransformer:
         model.W_E[:] = torch.eye(V, cfg.d_model)
         model.W_pos[:] = torch.cat([torch.zeros(N, V), torch.eye(N), torch.zeros(N, V)], dim=1)
         model.W_U[:V, :] = torch.eye(V) * 10
-        heads = {0: lambda p: True} if not split else {0: lambda p: p % 2 == 0, 1: lambda p: p % 2 == 1}
+        heads = (
+            {0: lambda p: True} if not split else {0: lambda p: p % 2 == 0, 1: lambda p: p % 2 == 1}
+        )
         for head, serves in heads.items():
-            for p in range(N):  # query at p matches the key at p - 1 (positions it serves) or at BOS
+            for p in range(
+                N
+            ):  # query at p matches the key at p - 1 (positions it serves) or at BOS
                 a0.W_Q[head, V + p, p] = c
                 if p + 1 < N and serves(p + 1):
                     a0.W_K[head, V + p, p + 1] = 1.0
