@@ -6,11 +6,22 @@ another head's query/key/value input.
 
 * Clean input: [BOS] + r + r. Corrupted input: the first occurrence replaced by
   fresh random tokens, [BOS] + r' + r, so induction has nothing to copy.
-* Metric: the logit difference of the correct next token, LD = logit[correct] -
+* Logit metric: the logit difference of the correct next token, LD = logit[correct] -
   mean logit, averaged over the predictions of the second copy, normalised as
   (LD - LD_corrupted) / (LD_clean - LD_corrupted): 0 = corrupted, 1 = clean.
+* Attention metric (query and key paths): the receiver's attention from each
+  second-copy query to its induction target, normalised the same way.
 * Patching follows TransformerLens: the corrupted run with clean activations
   patched in.
+
+What each corruption can show: [BOS] + r' + r removes what induction copies.
+Patching a head's output, a residual position or a value path restores the
+logits only if it carries the copied token, so the logit metric sees
+OV-circuits and direct paths. A key path (a previous-token head's output into
+an induction head's key) restores *where* the receiver attends, but the tokens
+it would then copy are still the corrupted r': the logit metric of a pure key
+path stays near 0 whatever the K-composition, and the attention metric is what
+sees it. A query path is read the same way.
 """
 
 from __future__ import annotations
@@ -114,35 +125,30 @@ def patch_heads(
     ).cpu()
 
 
-def _sender_delta(model: HookedTransformer, task: InductionTask, sender: str) -> torch.Tensor:
-    layer, head = Head.parse(sender)
-    dz = (
-        task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]
-    )  # [batch, pos, d_head]
-    return dz @ model.W_O[layer, head]  # [batch, pos, d_model]
+def _sender_delta(
+    model: HookedTransformer, task: InductionTask, senders: str | Sequence[str]
+) -> torch.Tensor:
+    """Clean minus corrupted output of the sender heads, summed: [batch, pos, d_model]."""
+    total = 0.0
+    for sender in [senders] if isinstance(senders, str) else senders:
+        layer, head = Head.parse(sender)
+        dz = (
+            task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]
+        )  # [batch, pos, d_head]
+        total = total + dz @ model.W_O[layer, head]
+    return total
 
 
-@torch.no_grad()
-def path_patch(
+def _path_hooks(
     model: HookedTransformer,
     task: InductionTask,
-    sender: str,
+    senders: str | Sequence[str],
     receivers: Sequence[tuple[str, str]],
-) -> float:
-    """Patch the clean output of ``sender`` into the corrupted run along given paths only.
-
-    Args:
-        sender: head name, e.g. ``"L0H3"``.
-        receivers: (head, input) pairs with input in ``"q"``, ``"k"``, ``"v"``,
-            e.g. ``[("L1H2", "k")]``; the pseudo-receiver ``("resid_final", "")``
-            adds the direct path to the unembedding. Receivers in a layer at or
-            before the sender's are not reached by it and change nothing.
-
-    Returns:
-        The normalised metric of the patched run (0 = corrupted, 1 = clean).
-    """
-    s_layer, _ = Head.parse(sender)
-    delta = _sender_delta(model, task, sender)
+) -> list[tuple[str, Callable]]:
+    """Hooks adding the senders' clean-minus-corrupted output to the receivers' inputs only."""
+    names = [senders] if isinstance(senders, str) else list(senders)
+    delta = _sender_delta(model, task, names)
+    s_layer = max(Head.parse(s).layer for s in names)
     hooks: list[tuple[str, Callable]] = []
     per_layer: dict[tuple[int, str], list[int]] = {}
     for receiver, kind in receivers:
@@ -164,25 +170,115 @@ def path_patch(
             return x
 
         hooks.append((get_act_name(f"{kind}_input", r_layer), hook))
+    return hooks
+
+
+def _run_split(model: HookedTransformer, tokens: torch.Tensor, hooks: list, names_filter=None):
+    """The corrupted run with path hooks (split q/k/v inputs); the cache of ``names_filter`` if given."""
     previous = model.cfg.use_split_qkv_input
     model.set_use_split_qkv_input(True)
     try:
-        logits = model.run_with_hooks(task.corrupted, fwd_hooks=hooks)
+        if names_filter is None:
+            return model.run_with_hooks(tokens, fwd_hooks=hooks), None
+        with model.hooks(fwd_hooks=hooks):
+            return model.run_with_cache(tokens, names_filter=names_filter)
     finally:
         model.set_use_split_qkv_input(previous)
+
+
+@torch.no_grad()
+def path_patch(
+    model: HookedTransformer,
+    task: InductionTask,
+    sender: str | Sequence[str],
+    receivers: Sequence[tuple[str, str]],
+) -> float:
+    """Patch the clean output of ``sender`` into the corrupted run along given paths only.
+
+    Args:
+        sender: head name, e.g. ``"L0H3"`` (or several, their outputs patched together).
+        receivers: (head, input) pairs with input in ``"q"``, ``"k"``, ``"v"``,
+            e.g. ``[("L1H2", "k")]``; the pseudo-receiver ``("resid_final", "")``
+            adds the direct path to the unembedding. Receivers in a layer at or
+            before the sender's are not reached by it and change nothing.
+
+    Returns:
+        The normalised logit metric of the patched run (0 = corrupted, 1 = clean).
+        A key-path patch cannot move this metric under the [BOS] + r' + r
+        corruption: the receiver can attend to the right position again, but the
+        values there are the corrupted tokens. Use :func:`path_patch_attention`
+        for query and key paths.
+    """
+    logits, _ = _run_split(model, task.corrupted, _path_hooks(model, task, sender, receivers))
     return float(task.metric(logits))
 
 
-def path_patch_matrix(model: HookedTransformer, task: InductionTask, kind: str = "k") -> np.ndarray:
+def target_attention(
+    pattern: Float[torch.Tensor, "batch head_index query_pos key_pos"],
+) -> Float[torch.Tensor, " head_index"]:
+    """Mean attention from each second-copy query q of [BOS] + r + r to its induction target q - S + 1."""
+    s = (pattern.shape[-1] - 1) // 2
+    q = torch.arange(s + 1, 2 * s + 1, device=pattern.device)
+    return pattern[:, :, q, q - s + 1].float().mean(dim=(0, 2)).cpu()
+
+
+@torch.no_grad()
+def path_patch_attention(
+    model: HookedTransformer,
+    task: InductionTask,
+    sender: str | Sequence[str],
+    receiver: str,
+    kind: str = "k",
+) -> float:
+    """Receiver-attention metric of a query- or key-path patch.
+
+    The senders' clean outputs are added to ``receiver``'s ``kind`` input
+    (``"q"`` or ``"k"``) in the corrupted run, and the receiver's attention to its
+    induction targets (from each second-copy query to the token after its earlier
+    occurrence) is compared with the clean and corrupted runs:
+    (patched - corrupted) / (clean - corrupted), 0 = corrupted, 1 = clean.
+    NaN when the receiver's target attention barely differs between the two
+    runs (less than 0.01): it is no induction head on these inputs.
+    """
+    if kind not in ("q", "k"):
+        raise ValueError(
+            f"the attention metric is for query and key paths; got kind={kind!r} (use path_patch for values)"
+        )
+    head = Head.parse(receiver)
+    name = head.hook("pattern")
+    clean = float(target_attention(task.clean_cache[name])[head.head])
+    corrupted = float(target_attention(task.corrupted_cache[name])[head.head])
+    if abs(clean - corrupted) < 0.01:
+        return float("nan")
+    _, cache = _run_split(
+        model,
+        task.corrupted,
+        _path_hooks(model, task, sender, [(receiver, kind)]),
+        names_filter=[name],
+    )
+    patched = float(target_attention(cache[name])[head.head])
+    return (patched - corrupted) / (clean - corrupted)
+
+
+def path_patch_matrix(
+    model: HookedTransformer, task: InductionTask, kind: str = "k", metric: str = "logit"
+) -> np.ndarray:
     """Path-patching effect of every sender head on every later head's ``kind`` input:
-    [sender layer, sender head, receiver layer, receiver head] (NaN where not connected)."""
+    [sender layer, sender head, receiver layer, receiver head] (NaN where not connected).
+
+    ``metric``: ``"logit"`` (:func:`path_patch`) or ``"attention"`` (:func:`path_patch_attention`, q and k only).
+    """
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     out = np.full((n_l, n_h, n_l, n_h), np.nan)
     for sl in range(n_l):
         for sh in range(n_h):
             for rl in range(sl + 1, n_l):
                 for rh in range(n_h):
-                    out[sl, sh, rl, rh] = path_patch(
-                        model, task, str(Head(sl, sh)), [(str(Head(rl, rh)), kind)]
-                    )
+                    sender, receiver = str(Head(sl, sh)), str(Head(rl, rh))
+                    if metric == "attention":
+                        out[sl, sh, rl, rh] = path_patch_attention(
+                            model, task, sender, receiver, kind
+                        )
+                    else:
+                        out[sl, sh, rl, rh] = path_patch(model, task, sender, [(receiver, kind)])
     return out

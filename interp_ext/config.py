@@ -278,6 +278,7 @@ class RecordConfig:
 def _paper_plan() -> dict[str, dict[str, Any]]:
     return {
         "induction": {},
+        "circuit": {},
         "patching": {},
         "geometry": {"k": 4, "lag": 10},
         "stream2": {},
@@ -423,6 +424,7 @@ def tiny_preset() -> RunConfig:
         measure=MeasureConfig(
             plan={
                 "induction": {},
+                "circuit": {},
                 "patching": {},
                 "geometry": {"k": 4, "lag": 4},
                 "stream2": {},

@@ -232,6 +232,40 @@ def induction_table(ind: pd.DataFrame) -> list[str]:
     ]
 
 
+def circuit_section(m: pd.DataFrame) -> list[str]:
+    """The circuit each seed is followed with, found by cause, and what its members restore."""
+    circ = select(m, family="circuit")
+    if circ.empty:
+        return []
+    lines = [
+        "## Circuits found by cause",
+        "",
+        "Induction heads by score; earlier heads by the share of an induction head's attention to its targets that their key-path patch restores "
+        "(receiver-attention metric, best over the induction heads); the set is the smallest that restores the bar together.",
+        "",
+        "| seed | step | induction heads | earlier heads (key-path share, how chosen) | set restores | all earlier heads restore |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (seed, step), d in circ[circ.seed >= 0].groupby(["seed", "step"]):
+        members = d[d.metric == "member"]
+        share = d[d.metric == "key_path_share_best"].set_index("component").value
+        heads = ", ".join(members[members.role == "induction"].component)
+        earlier = ", ".join(
+            f"{r.component} ({share.get(r.component, math.nan):.2f}, {r.method})"
+            for r in members[members.role == "prev_token"].itertuples()
+        )
+        restored = one(d, metric="set_restoration", component="")
+        everything = one(d, metric="earlier_restoration", component="")
+        lines.append(
+            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {everything:.2f} |"
+        )
+    return lines + [
+        "",
+        "Reading: an earlier head outside the set with a large share means the previous-token function is spread; Stream 3 follows this circuit.",
+        "",
+    ]
+
+
 def head_matrix(rows: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
     mat = np.full((n_layers, n_heads), np.nan)
     for r in rows.itertuples():
@@ -738,6 +772,7 @@ def write_report(run, out: Path | None = None) -> Path:
     ]
     lines += loss_section(m, out, ctx)
     lines += induction_section(m, out, ctx)
+    lines += circuit_section(m)
     lines += patching_section(m, out, run)
     lines += dashboard_section(m, out, ctx)
     lines += stream1_section(m, out, ctx)

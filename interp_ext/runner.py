@@ -211,6 +211,7 @@ class Family:
 
 _BUILTIN = {
     "induction": "interp_ext.families.induction",
+    "circuit": "interp_ext.families.circuit",
     "patching": "interp_ext.families.patching",
     "geometry": "interp_ext.families.geometry",
     "stream2": "interp_ext.families.stream2",

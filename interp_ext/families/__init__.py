@@ -6,6 +6,7 @@ See ``docs/adding_a_measurement.md`` for how a new family plugs in.
 
 from interp_ext.families.autocatalysis import AutocatalysisSettings
 from interp_ext.families.beta import BetaSettings
+from interp_ext.families.circuit import CircuitSettings, cause_circuit
 from interp_ext.families.geometry import GeometrySettings
 from interp_ext.families.induction import InductionSettings, induction_circuit
 from interp_ext.families.patching import PatchingSettings
@@ -15,10 +16,12 @@ from interp_ext.families.stream2 import Stream2Settings
 __all__ = [
     "AutocatalysisSettings",
     "BetaSettings",
+    "CircuitSettings",
     "GeometrySettings",
     "InductionSettings",
     "PatchingSettings",
     "SAETrackingSettings",
     "Stream2Settings",
+    "cause_circuit",
     "induction_circuit",
 ]

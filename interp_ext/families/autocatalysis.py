@@ -1,7 +1,7 @@
 """``autocatalysis``: Stream 3, the autocatalytic condition on a fixed circuit (SPEC section 6).
 
 Each seed follows one circuit through training (default: its induction circuit
-detected at its last checkpoint). Per checkpoint and update direction (``sgd``:
+found by cause at its last checkpoint, ``interp_ext.families.circuit``). Per checkpoint and update direction (``sgd``:
 -gbar; ``optimizer``: the real AdamW step after the checkpoint): K[A, B] and
 K_norm for the circuit's components and ``rest``, the whole-circuit C|C term, the
 energies E_A, the energy budget along the AdamW step, and sampled entries
@@ -38,11 +38,17 @@ from interp_ext.autocatalysis import (
     union_mask,
     whole_circuit_terms,
 )
+from interp_ext.families.circuit import CircuitSettings, cause_circuit
 from interp_ext.families.induction import InductionSettings, induction_circuit
 from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 from interp_ext.stats import over_seeds, t_interval
 
 DIRECTIONS = ("sgd", "optimizer")
+# circuit spec -> (family whose rows hold the circuit, its settings class, circuit of a seed)
+SOURCES = {
+    "cause": ("circuit", CircuitSettings, cause_circuit),
+    "induction": ("induction", InductionSettings, induction_circuit),
+}
 WINDOWS = ("before", "during", "after")
 
 
@@ -51,8 +57,8 @@ class AutocatalysisSettings(Settings):
     family = "autocatalysis"
 
     circuit: str = setting(
-        "induction",
-        "'induction' (detected per seed at its last checkpoint), heads like L1H2,L0H3, or a Circuit JSON file.",
+        "cause",
+        "'cause' (found by key-path patching per seed at its last checkpoint), 'induction' (by scores), heads like L1H2,L0H3, or a Circuit JSON file.",
     )
     directions: tuple[str, ...] = setting(
         DIRECTIONS,
@@ -65,9 +71,9 @@ class AutocatalysisSettings(Settings):
     )
     rows: int = setting(32, "Sampled rows of dG_ii/dtheta_j.")
     controls: int = setting(3, "Random-head control circuits per checkpoint.")
-    induction: str = setting(
+    source: str = setting(
         "",
-        "Settings id of the induction rows the circuit is read from (resolved for circuit='induction').",
+        "Settings id of the circuit or induction rows the circuit is read from (resolved for 'cause' and 'induction').",
     )
     chunk: int | None = setting(
         None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False
@@ -115,14 +121,16 @@ class Autocatalysis(Family):
             raise MeasureError(
                 f"autocatalysis setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
             )
-        if settings.circuit == "induction":
-            rows = run.metrics("induction")
-            ident = (
+        if settings.circuit in SOURCES:
+            family, klass, _ = SOURCES[settings.circuit]
+            default = klass()
+            rows = run.metrics(family)
+            latest = (
                 str(rows.settings.iloc[0])
                 if len(rows) and rows.settings.iloc[0] != "legacy"
-                else InductionSettings().id
+                else default.id
             )
-            return replace(settings, induction=settings.induction or ident)
+            return replace(settings, source=settings.source or latest)
         circuit = circuit_from_spec(
             settings.circuit, run.model(run.seeds[0], run.steps_for(run.seeds[0])[0])
         )
@@ -158,7 +166,12 @@ class Autocatalysis(Family):
         return describe_rows(rows)
 
     def inputs(self, run, settings: AutocatalysisSettings) -> list:
-        return [run.metrics_dir / "induction" / i for i in run_ids(run, "induction")]
+        inputs = [
+            run.metrics_dir / "induction" / i for i in run_ids(run, "induction")
+        ]  # formation steps
+        if settings.circuit in SOURCES:
+            inputs.append(run.metrics_dir / SOURCES[settings.circuit][0] / settings.source)
+        return inputs
 
     def finish(self, run, settings: AutocatalysisSettings, rows: pd.DataFrame) -> pd.DataFrame:
         return seed_level_summaries(run, rows)
@@ -181,22 +194,19 @@ def circuit_from_spec(spec: str, model) -> Circuit:
     except CircuitError as err:
         raise MeasureError(f"--circuit {spec!r}: {err}") from err
     raise MeasureError(
-        f"--circuit {spec!r} is not 'induction', a head list like L1H2,L0H3, or a Circuit JSON file (no such file)"
+        f"--circuit {spec!r} is not 'cause', 'induction', a head list like L1H2,L0H3, or a Circuit JSON file (no such file)"
     )
 
 
 def seed_circuit(run, seed: int, settings: AutocatalysisSettings) -> Circuit:
     """The circuit one seed is followed with (fixed over its checkpoints)."""
-    if settings.circuit == "induction":
-        recorded = run.measurements()
-        match = recorded[recorded.id == settings.induction]
-        induction = (
-            InductionSettings.from_dict(match.settings.iloc[0])
-            if len(match)
-            else InductionSettings()
-        )
-        return induction_circuit(run, seed, induction)
-    return Circuit.from_json(settings.circuit)
+    if settings.circuit not in SOURCES:
+        return Circuit.from_json(settings.circuit)
+    family, klass, find = SOURCES[settings.circuit]
+    recorded = run.measurements()
+    match = recorded[recorded.id == settings.source]
+    source = klass.from_dict(match.settings.iloc[0]) if len(match) else klass()
+    return find(run, seed, source)
 
 
 def controls(model, circuit: Circuit, n_random: int, seed: int) -> dict[str, Circuit]:

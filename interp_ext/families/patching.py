@@ -5,7 +5,10 @@ At each selected checkpoint (default: the last): the residual-stream sweep
 (``head_out``, ``L{layer}H{head}``) and path patching from every head into every
 later head's query, key and value input (``path_q``/``path_k``/``path_v``,
 ``L0H1->L1H2``), all as the normalised logit difference of
-``circuits.patching`` (0 = corrupted run, 1 = clean run).
+``circuits.patching`` (0 = corrupted run, 1 = clean run), and query and key paths
+again with the receiver-attention metric (``path_q_attention``,
+``path_k_attention``: the receiver's attention to its induction targets), the one
+a key path can move under this corruption.
 """
 
 from __future__ import annotations
@@ -57,13 +60,17 @@ class Patching(Family):
             for l in range(heads.shape[0])
             for h in range(heads.shape[1])
         ]
-        for kind in "qkv":
-            mat = path_patch_matrix(model, task, kind)
-            for idx in zip(*np.where(np.isfinite(mat))):
+        paths = [(kind, "logit") for kind in "qkv"] + [(kind, "attention") for kind in "qk"]
+        for kind, metric in paths:
+            mat = path_patch_matrix(model, task, kind, metric)
+            name = f"path_{kind}" + ("_attention" if metric == "attention" else "")
+            for idx in zip(
+                *np.where(np.isfinite(mat))
+            ):  # NaN: not connected, or no induction head to restore
                 sl, sh, rl, rh = (int(i) for i in idx)
                 rows.append(
                     {
-                        "metric": f"path_{kind}",
+                        "metric": name,
                         "component": f"{Head(sl, sh)}->{Head(rl, rh)}",
                         "value": float(mat[idx]),
                     }
@@ -74,12 +81,12 @@ class Patching(Family):
         lines = []
         for (seed, step), d in rows.groupby(["seed", "step"]):
             top = d[d.metric == "head_out"].sort_values("value", ascending=False).head(3)
-            path = d[d.metric == "path_k"].sort_values("value", ascending=False).head(3)
+            path = d[d.metric == "path_k_attention"].sort_values("value", ascending=False).head(3)
             ld = d.set_index("metric").value
             lines.append(
                 f"seed {seed} step {step}: LD clean {ld.get('ld_clean', float('nan')):.2f}, corrupted {ld.get('ld_corrupted', float('nan')):.2f}; "
                 f"heads restoring most: {', '.join(f'{c} {v:.2f}' for c, v in zip(top.component, top.value))}; "
-                f"strongest key paths (logit metric): {', '.join(f'{c} {v:.2f}' for c, v in zip(path.component, path.value))}"
+                f"strongest key paths (receiver-attention metric): {', '.join(f'{c} {v:.2f}' for c, v in zip(path.component, path.value))}"
             )
         return lines
 

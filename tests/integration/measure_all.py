@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = [
     ["measure", "induction", "{run}", "--quiet"],
+    ["measure", "circuit", "{run}", "--quiet"],
     ["measure", "patching", "{run}", "--quiet"],
     ["measure", "geometry", "{run}", "--batches", "4", "--k", "2", "--lag", "2", "--quiet"],
     ["measure", "stream2", "{run}", "--batches", "4", "--quiet"],

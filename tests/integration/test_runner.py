@@ -201,7 +201,7 @@ BAD = [
     (["measure", "autocatalysis", "{run}", "--circuit", "L9H9"], "layers 0..1 and heads 0..1"),
     (
         ["measure", "autocatalysis", "{run}", "--circuit", "no_such_circuit.json"],
-        "not 'induction', a head list",
+        "not 'cause', 'induction', a head list",
     ),
     (["measure", "autocatalysis", "{run}", "--direction", "up"], "directions"),
     (["measure", "nothing", "{run}", "--k", "2"], "unknown measurement family 'nothing'"),
@@ -244,6 +244,7 @@ def test_plan_settings_are_checked_by_the_families():
     for preset in ("tiny", "paper"):
         assert set(plan_settings(get_preset(preset).measure)) == {
             "induction",
+            "circuit",
             "patching",
             "geometry",
             "stream2",
