@@ -378,3 +378,58 @@ def circuit_from_scores(
     partners = previous_token_partners(scores, heads, prev_threshold)
     roles = {h: "induction" for h in heads} | {p: "prev_token" for p in partners}
     return Circuit(name, heads + partners, roles)
+
+
+def quiet_heads(
+    scores: pd.DataFrame,
+    threshold: float = DEFAULT_THRESHOLD,
+    prev_threshold: float = DEFAULT_PREV_THRESHOLD,
+) -> list[str]:
+    """Heads below both detection thresholds (induction score and previous-token score): control material."""
+    ind = scores[scores.metric == "induction_score"].set_index("component").value
+    prev = scores[scores.metric == "prev_token_score"].set_index("component").value
+    return [h for h in ind.index if ind[h] <= threshold and prev.get(h, 0.0) <= prev_threshold]
+
+
+def layer_matched_controls(
+    circuit: Circuit,
+    scores: pd.DataFrame,
+    n: int,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    prev_threshold: float = DEFAULT_PREV_THRESHOLD,
+) -> tuple[dict[str, Circuit], str]:
+    """Up to ``n`` control circuits of random heads, one per circuit head and in that head's layer,
+    drawn from heads outside the circuit that are below both detection thresholds.
+
+    Returns:
+        (name -> control circuit, a note saying why fewer than ``n`` could be drawn, "" if none).
+    """
+    heads = [Head.parse(c) for c in circuit.components if Head.is_head(c)]
+    pool = [
+        Head.parse(h)
+        for h in quiet_heads(scores, threshold, prev_threshold)
+        if h not in circuit.components
+    ]
+    by_layer = {layer: [h for h in pool if h.layer == layer] for layer in {h.layer for h in heads}}
+    short = {
+        layer: sum(h.layer == layer for h in heads)
+        for layer in by_layer
+        if len(by_layer[layer]) < sum(h.layer == layer for h in heads)
+    }
+    if short:
+        needs = ", ".join(
+            f"layer {layer}: {k} needed, {len(by_layer[layer])} quiet heads outside the circuit"
+            for layer, k in short.items()
+        )
+        return {}, f"no layer-matched control: {needs}"
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(n):
+        picks = []
+        for layer in sorted(by_layer):
+            k = sum(h.layer == layer for h in heads)
+            idx = torch.randperm(len(by_layer[layer]), generator=gen)[:k].tolist()
+            picks += [str(by_layer[layer][j]) for j in idx]
+        out[f"control_random_{i}"] = Circuit(f"random-{i}", picks)
+    return out, ""

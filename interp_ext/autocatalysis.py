@@ -74,6 +74,7 @@ class EnergyProbe:
         self.chunk = chunk or (8 if on_gpu else 1)
         self.n_batches = batches.shape[0]
         self._grads: torch.Tensor | None = None
+        self._diagonal: torch.Tensor | None = None
 
     def flat(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
         return flatten(tensors, self.names, batch_dims)
@@ -137,9 +138,48 @@ class EnergyProbe:
             out += torch.einsum("cmn,cn->mn", hv.double(), g[i : i + self.chunk].double())
         return out
 
+    def energy_gradients(
+        self, masks: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """grad E_A = (2/B) sum_b H_b (P_A g_b) for every mask A, and (2/B) sum_b H_b u for every extra vector u.
+
+        One forward-over-reverse pass per chunk of batches, the tangents (P_A g_b
+        differs from batch to batch) vmapped inside it. With u = P_A gbar the extra
+        term is 2 Hbar P_A gbar, the part of grad E_A that comes from the mean gradient.
+        Returns flat float64 vectors.
+        """
+        g = self.grads
+        extra = extra or {}
+        names = list(masks) + list(extra)
+        out = torch.zeros(len(names), g.shape[1], dtype=torch.float64, device=g.device)
+
+        def one(batch, v):
+            _, hv = jvp(lambda p: grad(self.loss_fn)(p, batch), (self.theta,), (v,))
+            return hv
+
+        per = vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, 0))  # batches x their own tangents
+        for i in range(0, self.n_batches, self.chunk):
+            rows = g[i : i + self.chunk]  # [chunk, n]
+            tangents = [
+                torch.where(m.to(rows.device), rows, torch.zeros_like(rows)) for m in masks.values()
+            ]
+            tangents += [u.to(rows.dtype).expand_as(rows) for u in extra.values()]
+            stacked = torch.stack(tangents, dim=1)  # [chunk, T, n]
+            hv = self.flat(per(self.batches[i : i + self.chunk], self.unflat(stacked)), 2)
+            out += hv.double().sum(0)
+        out *= 2.0 / self.n_batches
+        return dict(zip(names, out))
+
+    @property
+    def diagonal(self) -> torch.Tensor:
+        """G's diagonal, G_ii = (1/B) sum_b g_b,i^2 (float64), formed once."""
+        if self._diagonal is None:
+            self._diagonal = self.grads.double().pow(2).mean(0)
+        return self._diagonal
+
     def energy(self, mask: torch.Tensor) -> float:
-        """E_A = (1/B) sum_b ||P_A g_b||^2."""
-        return float(self.grads[:, mask].double().pow(2).sum(1).mean())
+        """E_A = (1/B) sum_b ||P_A g_b||^2 = sum of G_ii over A."""
+        return float(self.diagonal[mask.to(self.diagonal.device)].sum())
 
 
 def component_matrix_flat(

@@ -465,9 +465,16 @@ def training_batch(
     bos: int,
     data_cfg: DataConfig,
     d_vocab: int | None = None,
+    draw: int | None = None,
 ) -> Int[torch.Tensor, "batch pos"]:
-    """The training batch of one seed at one step: a pure function of (seed, step)."""
-    rng = np.random.default_rng([0xDA7A, seed, step])
+    """The training batch of one seed at one step: a pure function of (seed, step).
+
+    ``draw`` gives other batches from the same training distribution, independent
+    of the one trained on (e.g. the fresh batches the Stream 3 ledger averages to
+    separate the drift of a step from its noise).
+    """
+    key = [0xDA7A, seed, step] if draw is None else [0xD81F7, seed, step, draw]
+    rng = np.random.default_rng(key)
     seqs = sample_sequences(stream, batch_size, n_ctx, bos, rng)
     _randomize(seqs, rng, data_cfg, d_vocab, bos)
     _copies(seqs, rng, data_cfg, d_vocab, bos)

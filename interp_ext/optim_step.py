@@ -28,20 +28,12 @@ def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.
     return opt
 
 
-def step_batch(run, seed: int, step: int) -> torch.Tensor:
-    """The training batch seed ``seed`` saw at ``step``."""
+def step_batch(run, seed: int, step: int, draw: int | None = None) -> torch.Tensor:
+    """The training batch seed ``seed`` saw at ``step`` (``draw``: an independent one from the same distribution)."""
     cfg = run.config
-    info_bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
-    return training_batch(
-        run.train_tokens(),
-        seed,
-        step,
-        cfg.train.batch_size,
-        cfg.model.n_ctx,
-        info_bos,
-        cfg.data,
-        run.d_vocab,
-    )
+    bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
+    args = (cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab)
+    return training_batch(run.train_tokens(), seed, step, *args, draw=draw)
 
 
 def optimizer_step_direction(

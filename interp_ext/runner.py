@@ -126,6 +126,7 @@ class Checkpoint:
     seed: int
     step: int
     replay: bool = False
+    progress: bool = False  # long units (a ledger window) may show their own inner progress bar
 
     @cached_property
     def model(self):
@@ -159,6 +160,9 @@ class Family:
         tuple[str, ...]
     ] = ()  # per-step t-intervals over seeds, drawn by the report
     min_seeds: ClassVar[int] = 1
+    between_checkpoints: ClassVar[bool] = (
+        False  # rows at steps between checkpoints (a replay of real steps)
+    )
 
     def families(self) -> tuple[str, ...]:
         return self.row_families or (self.name,)
@@ -169,6 +173,10 @@ class Family:
     def prepare(self, run, settings: Settings) -> Settings:
         """Check the settings against the run and resolve run-dependent choices (before any work)."""
         return settings
+
+    def seed_steps(self, run, settings: Settings, seed: int, steps: list[int]) -> list[int]:
+        """The checkpoints measured for one seed (default: the selected steps)."""
+        return steps
 
     def start_seed(self, run, settings: Settings, seed: int) -> Any:
         """Per-seed state before its first checkpoint (e.g. the circuit it follows)."""
@@ -218,6 +226,7 @@ _BUILTIN = {
     "beta": "interp_ext.families.beta",
     "autocatalysis": "interp_ext.families.autocatalysis",
     "sae": "interp_ext.families.sae",
+    "ledger": "interp_ext.families.ledger",
 }
 _REGISTRY: dict[str, Family] = {}
 
@@ -460,7 +469,9 @@ class _Job:
 
     def _seed(self, seed: int, bar) -> None:
         done = {t for t in self.run.steps_for(seed) if self._done(store.unit_name(seed, t))}
-        todo, sequence = self._todo(done)
+        todo, sequence = self._todo(
+            done, self.fam.seed_steps(self.run, self.settings, seed, self.steps)
+        )
         wrote, shown = False, 0
         if todo:
             state = self.fam.start_seed(self.run, self.settings, seed)
@@ -470,7 +481,9 @@ class _Job:
                 else set()
             )
             for step in sorted(set(todo) | replay):
-                ctx = Checkpoint(self.run, seed, step, replay=step not in todo)
+                ctx = Checkpoint(
+                    self.run, seed, step, replay=step not in todo, progress=self.progress
+                )
                 rows = self.fam.checkpoint(ctx, self.settings, state)
                 if not ctx.replay:
                     self._write(store.unit_name(seed, step), rows, seed, step)
@@ -490,7 +503,7 @@ class _Job:
             )
             self.measured["seeds"] += 1
 
-    def _todo(self, done: set[int]) -> tuple[list[int], list[int]]:
+    def _todo(self, done: set[int], steps: list[int]) -> tuple[list[int], list[int]]:
         """Checkpoints to measure, and the step sequence of a stateful family.
 
         A stateful family's rows depend on the checkpoints before them (e.g. the overlap
@@ -498,9 +511,9 @@ class _Job:
         stale: they are measured again.
         """
         if not self.fam.stateful:
-            return [t for t in self.steps if t not in done], self.steps
-        sequence = sorted(done | set(self.steps))
-        new = [t for t in self.steps if t not in done]
+            return [t for t in steps if t not in done], steps
+        sequence = sorted(done | set(steps))
+        new = [t for t in steps if t not in done]
         if not new:
             return [], sequence
         return [t for t in sequence if t >= new[0]], sequence
@@ -572,9 +585,10 @@ class _Job:
 
     def result(self) -> pd.DataFrame:
         rows = self.run.metrics(None, settings=self.settings.id, families=self.fam.families())
-        keep = (rows.seed.isin(self.seeds) | (rows.seed < 0)) & (
-            rows.step.isin(self.steps) | (rows.step < 0)
-        )
+        steps = rows.step.isin(self.steps) | (rows.step < 0)
+        if self.fam.between_checkpoints:
+            steps |= (rows.step >= min(self.steps)) & (rows.step <= max(self.steps))
+        keep = (rows.seed.isin(self.seeds) | (rows.seed < 0)) & steps
         out = rows[keep].reset_index(drop=True)
         out.attrs["measured"] = dict(self.measured)
         out.attrs["settings"] = self.settings.id

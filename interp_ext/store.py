@@ -159,6 +159,7 @@ class Run:
         self.name = self.path.name
         self._tokenizer = None
         self._probe: dict[str, torch.Tensor] | None = None
+        self._train: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, seeds={self.seeds}, steps={self.steps[:3]}...{self.steps[-1:] if self.steps else []})"
@@ -291,7 +292,15 @@ class Run:
         return dict(self._probe)
 
     def train_tokens(self) -> np.ndarray:
-        return np.load(self.path / "data" / "train.npy")
+        """The token stream the run trained on (read once)."""
+        if self._train is None:
+            path = self.path / "data" / "train.npy"
+            if not path.exists():
+                raise RunError(
+                    f"{self.path} holds no training data ({path} is missing): batches of the real steps cannot be rebuilt"
+                )
+            self._train = np.load(path)
+        return self._train
 
     def heldout_tokens(self) -> np.ndarray:
         return np.load(self.path / "data" / "heldout.npy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.func import grad, jacrev, vmap
@@ -150,3 +151,85 @@ def test_whole_circuit_term_is_the_merged_component(setup):
     assert whole["K"] == pytest.approx(float(merged.K.iloc[0]), rel=1e-9)
     assert whole["K_norm"] == pytest.approx(float(merged.K_norm.iloc[0]), rel=1e-9)
     assert whole["E"] == pytest.approx(merged_e["C"], rel=1e-12)
+
+
+def test_energy_gradients_equal_brute_force(setup):
+    """grad E_A by forward-over-reverse HVPs == the gradient of E_A(theta) by autograd (float64)."""
+    from torch.func import grad as fgrad
+
+    model, batches, circuit = setup
+    probe = model_probe(model, batches, chunk=2)
+    masks = circuit.flat_masks(model)
+    flat_theta = probe.flat(probe.theta)
+
+    def energy(flat, mask):
+        g = vmap(fgrad(probe.loss_fn), in_dims=(None, 0))(probe.unflat(flat), batches)
+        return probe.flat(g, 1)[:, mask].pow(2).sum(1).mean()
+
+    gbar = probe.grads.mean(0)
+    c_mean = torch.where(masks["L1H0"], gbar, torch.zeros_like(gbar))
+    actual = probe.energy_gradients(masks, extra={"mean": c_mean})
+    for name, mask in masks.items():
+        expected = jacrev(energy)(flat_theta, mask)
+        torch.testing.assert_close(actual[name], expected, rtol=1e-8, atol=1e-12)
+
+    # the mean-gradient part: d/dtheta of ||P_A gbar(theta)||^2 = 2 Hbar P_A gbar
+    def mean_energy(flat):
+        return (
+            probe.flat(
+                vmap(fgrad(probe.loss_fn), in_dims=(None, 0))(probe.unflat(flat), batches), 1
+            )
+            .mean(0)[masks["L1H0"]]
+            .pow(2)
+            .sum()
+        )
+
+    torch.testing.assert_close(
+        actual["mean"], jacrev(mean_energy)(flat_theta), rtol=1e-8, atol=1e-12
+    )
+
+
+def test_flipping_one_d_head_coordinate_flips_entries_and_leaves_k_unchanged(setup):
+    """The symmetry null of the literal condition: the sign of a value coordinate (a column of W_V with
+    the matching row of W_O) is arbitrary. Flipping it leaves the function unchanged and flips the sign of
+    every entry dG_ii/dtheta_j with j in that coordinate, so across seeds P(entry > 0) = 1/2 whatever the
+    dynamics; K[A, B] of whole components does not change."""
+    import copy
+
+    model, batches, circuit = setup
+    twin = copy.deepcopy(model)
+    layer, head, c = 1, 0, 1
+    with torch.no_grad():
+        attn = twin.blocks[layer].attn
+        attn.W_V[head, :, c] *= -1
+        attn.b_V[head, c] *= -1
+        attn.W_O[head, c, :] *= -1
+    torch.testing.assert_close(twin(batches[0]), model(batches[0]), rtol=0, atol=1e-12)
+    signs = torch.cat([torch.ones_like(p).flatten() for p in model.parameters()])
+    offset = 0
+    for name, p in model.named_parameters():
+        block = torch.ones_like(p)
+        if name == f"blocks.{layer}.attn.W_V":
+            block[head, :, c] = -1
+        elif name == f"blocks.{layer}.attn.b_V":
+            block[head, c] = -1
+        elif name == f"blocks.{layer}.attn.W_O":
+            block[head, c, :] = -1
+        signs[offset : offset + p.numel()] = block.flatten()
+        offset += p.numel()
+    masks = Circuit("c", ["L1H0", "L0H1"]).flat_masks(model)
+    union = masks["L1H0"] | masks["L0H1"]
+    rows = torch.nonzero(union).flatten()[[0, 5, 33, 70]].tolist()
+    original = entry_terms(model_probe(model, batches), rows, union).mean(1)
+    actual = entry_terms(model_probe(twin, batches), rows, union).mean(1)
+    torch.testing.assert_close(actual, original * signs[union], rtol=1e-7, atol=1e-14)
+    flipped = signs[union] < 0
+    moved = actual[:, flipped][original[:, flipped].abs() > 1e-12]
+    assert (
+        len(moved) > 0
+        and (moved * original[:, flipped][original[:, flipped].abs() > 1e-12] < 0).all()
+    )
+    for direction in ("sgd",):
+        a = component_matrix(model, batches, circuit, direction=direction).set_index(["A", "B"]).K
+        b = component_matrix(twin, batches, circuit, direction=direction).set_index(["A", "B"]).K
+        pd.testing.assert_series_equal(a, b, rtol=1e-9)

@@ -20,6 +20,7 @@ rest excluded, against itself).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuits.circuit import Circuit, CircuitError, Head, parse_heads, random_heads
+from circuits.circuit import Circuit, CircuitError, Head, parse_heads
 from interp_ext.autocatalysis import (
     WHOLE,
     EnergyProbe,
@@ -43,6 +44,7 @@ from interp_ext.families.induction import InductionSettings, induction_circuit
 from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 from interp_ext.stats import over_seeds, t_interval
 
+log = logging.getLogger("interp_ext")
 DIRECTIONS = ("sgd", "optimizer")
 # circuit spec -> (family whose rows hold the circuit, its settings class, circuit of a seed)
 SOURCES = {
@@ -136,13 +138,15 @@ class Autocatalysis(Family):
         )
         return replace(settings, circuit=json.dumps(circuit.to_dict(), sort_keys=True))
 
-    def start_seed(self, run, settings: AutocatalysisSettings, seed: int) -> Circuit:
-        return seed_circuit(run, seed, settings)
+    def start_seed(
+        self, run, settings: AutocatalysisSettings, seed: int
+    ) -> tuple[Circuit, dict[str, Circuit]]:
+        circuit = seed_circuit(run, seed, settings)
+        return circuit, controls(run, seed, circuit, settings.controls)
 
-    def checkpoint(
-        self, ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit
-    ) -> pd.DataFrame:
-        return checkpoint_rows(ctx, settings, circuit)
+    def checkpoint(self, ctx: Checkpoint, settings: AutocatalysisSettings, state) -> pd.DataFrame:
+        circuit, ctrl = state
+        return checkpoint_rows(ctx, settings, circuit, ctrl)
 
     def finish_seed(
         self, run, settings: AutocatalysisSettings, seed: int, rows: pd.DataFrame
@@ -209,24 +213,28 @@ def seed_circuit(run, seed: int, settings: AutocatalysisSettings) -> Circuit:
     return find(run, seed, source)
 
 
-def controls(model, circuit: Circuit, n_random: int, seed: int) -> dict[str, Circuit]:
-    """Random-head circuits of the circuit's size (outside it) and one non-circuit parameter group."""
-    heads = [c for c in circuit.components if Head.is_head(c)]
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for i in range(n_random):
-        try:
-            picks = random_heads(model, len(heads), exclude=heads, generator=gen)
-        except CircuitError:
-            break
-        out[f"control_random_{i}"] = Circuit(f"random-{i}", picks)
+def controls(run, seed: int, circuit: Circuit, n_random: int) -> dict[str, Circuit]:
+    """Control circuits: ``n_random`` of layer-matched random heads (outside the circuit, below both
+    detection thresholds at the seed's last checkpoint) and, reported on its own, a non-circuit group
+    (the last layer's MLP; the embedding in attention-only models)."""
+    from circuits.induction import head_scores, layer_matched_controls
+    from interp_ext.families.induction import repeated_probe
+
+    model = run.model(seed, run.steps_for(seed)[-1])
+    scores = head_scores(model, repeated_probe(run))
+    induction = InductionSettings()
+    out, note = layer_matched_controls(
+        circuit, scores, n_random, seed, induction.threshold, induction.prev_threshold
+    )
+    if note:
+        log.warning("seed %d: %s", seed, note)
     group = f"L{model.cfg.n_layers - 1}MLP" if not model.cfg.attn_only else "EMBED"
     out["control_group"] = Circuit("group", [group])
     return out
 
 
 def checkpoint_rows(
-    ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit
+    ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit, ctrl: dict[str, Circuit]
 ) -> pd.DataFrame:
     """Every Stream 3 row of one seed at one checkpoint."""
     from interp_ext.optim_step import optimizer_step_direction
@@ -234,7 +242,7 @@ def checkpoint_rows(
     model = ctx.model
     batches = ctx.probe["lm"][: settings.n_batches] if settings.n_batches else ctx.probe["lm"]
     probe = model_probe(model, batches, settings.chunk)
-    circuits = {"circuit": circuit} | controls(model, circuit, settings.controls, ctx.seed)
+    circuits = {"circuit": circuit} | ctrl
     out: list[dict] = []
     for direction in settings.directions:
         update = None
@@ -380,7 +388,10 @@ def seed_level_summaries(run, rows: pd.DataFrame) -> pd.DataFrame:
     ]
     if sel.empty:
         return pd.DataFrame()
-    sel = sel.assign(circuit=np.where(sel.circuit == "circuit", "circuit", "controls"))
+    kind = np.where(sel.circuit.str.startswith("control_random"), "controls", sel.circuit)
+    sel = sel.assign(
+        circuit=kind
+    )  # random-head controls pooled within seed; the group control on its own
     per_step = over_seeds(sel, ["step", "metric", "component", "direction", "circuit"])
     return pd.concat(
         [per_step, window_summaries(run, sel), run_diagnostics(rows)], ignore_index=True

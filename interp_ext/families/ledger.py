@@ -1,0 +1,550 @@
+"""``ledger``: Stream 3 decided step by step, through each seed's induction formation.
+
+For every seed, the real training steps of a window around its formation step
+are replayed bit for bit from a checkpoint (``interp_ext.replay``; a replay that
+does not reproduce the checkpoint at the window's end is refused and nothing is
+written). At every ``every``-th step the ledger (``interp_ext.ledger``) splits
+the change of the circuit's gradient energy E_C on the fixed probe set into its
+exact first-order parts (by component, drift vs noise, momentum, mean vs
+fluctuation) and the higher orders; every ``detail_every``-th step adds the same
+for each component, ``rest``, the layer-matched controls and the embedding, the
+dense Stream 3 K matrix along both directions, and the central-difference check.
+
+Per seed: window sums of every term (sampled steps scaled to the window, with
+their sampling error under systematic sampling), before / during / after
+formation, and the exact telescoped change E_C(t1) - E_C(t0). Across seeds:
+t-intervals over the per-seed sums and sign counts (k of n seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from circuits.circuit import Circuit
+from circuits.induction import head_scores, layer_matched_controls
+from interp_ext.autocatalysis import EnergyProbe
+from interp_ext.families.autocatalysis import SOURCES, circuit_from_spec, seed_circuit
+from interp_ext.families.induction import InductionSettings, repeated_probe
+from interp_ext.geometry.gradients import loss_function, measure_dtype
+from interp_ext.ledger import WHOLE, LedgerSpec, StepInputs, measure_step
+from interp_ext.optim_step import step_batch
+from interp_ext.replay import Replay, ReplayError
+from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.stats import sign_count, t_interval
+
+log = logging.getLogger("interp_ext")
+
+TERMS = (
+    "dE",
+    "L1",
+    "L1_drift",
+    "L1_noise",
+    "L1_inherited",
+    "L1_fresh",
+    "L1_decay",
+    "L2",
+    "L1_mean",
+    "L1_fluct",
+    "L1_drift_mean",
+    "L1_drift_fluct",
+    "second_order_cd",
+    "L1_by",
+    "L1_drift_by",
+)
+PHASES = ("window", "before", "rise", "after")
+
+
+@dataclass(frozen=True)
+class LedgerSettings(Settings):
+    family = "ledger"
+
+    window: str = setting(
+        "auto",
+        "'auto' (per seed: the last checkpoint >= margin steps before its formation step to the first >= margin after) or START:END.",
+    )
+    every: int = setting(5, "Measure every N-th real step of the window.")
+    drift_batches: int = setting(
+        16,
+        "Fresh training batches whose mean gradient replaces the minibatch gradient in the drift update.",
+    )
+    detail_every: int = setting(
+        50,
+        "Every that many steps: terms of every component and control, dense K, central differences (a multiple of --every).",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    rise: int = setting(250, "Half-width of the 'rise' phase around the formation step.")
+    circuit: str = setting(
+        "cause",
+        "'cause', 'induction', heads like L1H2,L0H3, or a Circuit JSON file (as for autocatalysis).",
+    )
+    controls: int = setting(
+        2,
+        "Layer-matched random-head controls (heads outside the circuit below the detection thresholds).",
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+    chunk: int | None = setting(
+        None,
+        "Probe batches per vmap (default: 4 for vocabularies up to 4,096 tokens, else 1); speed only.",
+        key=False,
+    )
+
+    def check(self) -> None:
+        self.require(self.every >= 1, "every", "must be >= 1")
+        self.require(
+            self.detail_every >= self.every and self.detail_every % self.every == 0,
+            "detail_every",
+            f"must be a multiple of every={self.every}",
+        )
+        self.require(self.drift_batches >= 1, "drift_batches", "must be >= 1")
+        self.require(self.margin >= 0 and self.rise >= 0, "margin", "margin and rise must be >= 0")
+        self.require(self.controls >= 0, "controls", "must be >= 0")
+        self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2")
+        if self.window != "auto":
+            parts = self.window.split(":")
+            ok = (
+                len(parts) == 2
+                and all(p.strip().isdigit() for p in parts)
+                and int(parts[0]) < int(parts[1])
+            )
+            self.require(
+                ok, "window", "use 'auto' or START:END with two checkpoint steps, START < END"
+            )
+
+
+@register
+class Ledger(Family):
+    name = "ledger"
+    settings = LedgerSettings
+    columns = ("direction",)
+    between_checkpoints = True
+
+    def prepare(self, run, settings: LedgerSettings) -> LedgerSettings:
+        available = run.probe_set()["lm"].shape[0]
+        if settings.n_batches and settings.n_batches > available:
+            raise MeasureError(
+                f"ledger setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
+            )
+        try:
+            run.train_tokens()
+        except FileNotFoundError as err:
+            raise MeasureError(
+                f"the ledger replays real steps and needs the run's training data: {err}"
+            ) from err
+        if settings.window != "auto":
+            start, end = (int(p) for p in settings.window.split(":"))
+            missing = [s for s in (start, end) if s not in run.steps]
+            if missing:
+                raise MeasureError(
+                    f"ledger window {settings.window}: no checkpoint at step(s) {missing}; checkpoints: {run.steps}"
+                )
+        else:
+            settings = replace(settings, formation=settings.formation or formation_settings(run))
+        return resolve_circuit_spec(run, settings)
+
+    def seed_steps(self, run, settings: LedgerSettings, seed: int, steps: list[int]) -> list[int]:
+        window = seed_window(run, settings, seed)
+        return [window[0]] if window else []
+
+    def start_seed(self, run, settings: LedgerSettings, seed: int) -> dict:
+        return {
+            "window": seed_window(run, settings, seed),
+            "circuit": seed_circuit(run, seed, settings),
+        }
+
+    def checkpoint(self, ctx: Checkpoint, settings: LedgerSettings, state: dict) -> pd.DataFrame:
+        return window_rows(
+            ctx.run, ctx.seed, state["window"], state["circuit"], settings, ctx.progress
+        )
+
+    def finish_seed(
+        self, run, settings: LedgerSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame | None:
+        window = seed_window(run, settings, seed)
+        if window is None or rows.empty:
+            return pd.DataFrame([{"step": -1, "metric": "formed", "component": "", "value": 0.0}])
+        return pd.concat(
+            [
+                window_sums(rows, window, formation_of(run, settings, seed), settings),
+                cumulative_rows(rows, settings),
+            ],
+            ignore_index=True,
+        )
+
+    def finish(self, run, settings: LedgerSettings, rows: pd.DataFrame) -> pd.DataFrame:
+        return across_seeds(rows)
+
+    def inputs(self, run, settings: LedgerSettings) -> list:
+        folders = (
+            [run.metrics_dir / SOURCES[settings.circuit][0] / settings.source]
+            if settings.circuit in SOURCES
+            else []
+        )
+        return folders + (
+            [run.metrics_dir / "induction" / settings.formation] if settings.formation else []
+        )
+
+    def describe(self, rows: pd.DataFrame) -> list[str]:
+        return describe_ledger(rows)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def formation_settings(run) -> str:
+    rows = run.metrics("induction")
+    if rows.empty or "formation_step" not in set(rows.metric):
+        raise MeasureError(
+            f"the auto ledger window needs each seed's formation step: run `interp-ext measure induction {run.path}` first, or pass --window START:END"
+        )
+    return str(rows.settings.iloc[0])
+
+
+def formation_of(run, settings: LedgerSettings, seed: int) -> float:
+    """The seed's formation step (NaN when its heads never pass the detection threshold)."""
+    rows = run.metrics("induction", settings=settings.formation or "latest", seeds=[seed])
+    rows = rows[rows.seed == seed]
+    if rows.empty or rows[rows.metric == "detected_induction_head"].empty:
+        return math.nan
+    form = rows[rows.metric == "formation_step"].value
+    return float(form.iloc[0]) if len(form) else math.nan
+
+
+def seed_window(run, settings: LedgerSettings, seed: int) -> tuple[int, int] | None:
+    """(start, end) checkpoints of the seed's window; None when its induction heads never formed."""
+    if settings.window != "auto":
+        start, end = (int(p) for p in settings.window.split(":"))
+        return start, end
+    form = formation_of(run, settings, seed)
+    if not math.isfinite(form):
+        log.warning(
+            "seed %d: no induction head passed the detection threshold, so it has no formation step and no ledger window",
+            seed,
+        )
+        return None
+    steps = run.steps_for(seed)
+    before = [s for s in steps if s <= form - settings.margin]
+    after = [s for s in steps if s >= form + settings.margin]
+    return (before[-1] if before else steps[0], after[0] if after else steps[-1])
+
+
+def resolve_circuit_spec(run, settings: LedgerSettings) -> LedgerSettings:
+    if settings.circuit in SOURCES:
+        family, klass, _ = SOURCES[settings.circuit]
+        rows = run.metrics(family)
+        latest = (
+            str(rows.settings.iloc[0])
+            if len(rows) and rows.settings.iloc[0] != "legacy"
+            else klass().id
+        )
+        return replace(settings, source=settings.source or latest)
+    model = run.model(run.seeds[0], run.steps_for(run.seeds[0])[0])
+    return replace(
+        settings,
+        circuit=json.dumps(circuit_from_spec(settings.circuit, model).to_dict(), sort_keys=True),
+    )
+
+
+# --------------------------------------------------------------------------- one window
+
+
+def ledger_spec(
+    run, seed: int, circuit: Circuit, settings: LedgerSettings, model
+) -> tuple[LedgerSpec, str]:
+    """Masks of the circuit, its components, ``rest``, the layer-matched controls and the embedding."""
+    parts = circuit.with_rest().flat_masks(model)
+    members = [c for c in circuit.components]
+    whole = torch.stack([parts[m] for m in members]).any(0)
+    scores = head_scores(run.model(seed, run.steps_for(seed)[-1]), repeated_probe(run))
+    induction = InductionSettings()
+    ctrl, note = layer_matched_controls(
+        circuit, scores, settings.controls, seed, induction.threshold, induction.prev_threshold
+    )
+    energies = {WHOLE: whole, **parts}
+    for name, c in ctrl.items():
+        energies[name] = torch.stack(list(c.flat_masks(model).values())).any(0)
+    if "EMBED" not in members:
+        energies["EMBED"] = Circuit("embed", ["EMBED"]).flat_masks(model)["EMBED"]
+    detail = [a for a in energies if a != WHOLE]
+    return LedgerSpec(parts, energies, [WHOLE], detail), note
+
+
+def drift_gradient(
+    run, seed: int, step: int, theta: dict, loss_fn, m: int, chunk: int = 4
+) -> dict[str, torch.Tensor]:
+    """Mean gradient over ``m`` fresh training batches at theta (the training distribution, not the batch trained on)."""
+    total = None
+    for start in range(0, m, chunk):
+        batch = torch.cat(
+            [step_batch(run, seed, step, draw=j) for j in range(start, min(m, start + chunk))]
+        ).to(next(iter(theta.values())).device)
+        g = torch.func.grad(loss_fn)(theta, batch)
+        share = (min(m, start + chunk) - start) / m
+        total = (
+            {n: share * v for n, v in g.items()}
+            if total is None
+            else {n: total[n] + share * v for n, v in g.items()}
+        )
+    return total
+
+
+def window_rows(
+    run,
+    seed: int,
+    window: tuple[int, int],
+    circuit: Circuit,
+    settings: LedgerSettings,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Replay the window's real steps and measure the ledger; refuse (nothing returned) if the replay diverges.
+
+    Long because it is the one loop of the ledger: replay, sample, measure, verify.
+    """
+    start, end = window
+    try:
+        replay = Replay(run, seed, start)
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    model = replay.model
+    names = replay.names
+    loss_fn = loss_function(model, names)
+    dtype = measure_dtype(model)
+    batches = (
+        run.probe_set()["lm"][: settings.n_batches] if settings.n_batches else run.probe_set()["lm"]
+    )
+    chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
+
+    def probe_at(theta: dict) -> EnergyProbe:
+        return EnergyProbe(
+            loss_fn,
+            {n: theta[n].detach().to(dtype) for n in names},
+            batches.to(model.cfg.device),
+            chunk,
+        )
+
+    spec, note = ledger_spec(run, seed, circuit, settings, model)
+    if note:
+        log.warning("seed %d: %s", seed, note)
+    rows, before = [], None
+    bar = tqdm(
+        total=end - start,
+        desc=f"ledger seed {seed} steps {start}..{end}",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for step in replay.steps(end):
+        bar.update(1)
+        offset = step.step - start
+        if offset % settings.every:
+            before = None
+            continue
+        theta = {n: step.theta[n].to(dtype) for n in names}
+        drift = drift_gradient(run, seed, step.step, theta, loss_fn, settings.drift_batches)
+        inputs = StepInputs(step, drift, run.config.train)
+        out, after = measure_step(
+            inputs, spec, probe_at, before, detail=offset % settings.detail_every == 0
+        )
+        rows += [{**r, "step": step.step} for r in out]
+        before = after if settings.every == 1 else None
+    bar.close()
+    try:
+        replay.verify()
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    final = probe_at(dict(replay.model.named_parameters()))
+    rows += [
+        {"metric": "E_end", "component": a, "value": final.energy(m), "step": end}
+        for a, m in spec.energies.items()
+    ]
+    rows += [
+        {"metric": "window", "component": "start", "value": float(start), "step": -1},
+        {"metric": "window", "component": "end", "value": float(end), "step": -1},
+    ]
+    rows += [
+        {"metric": "circuit_member", "component": c, "value": 1.0, "step": -1}
+        for c in circuit.components
+    ]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
+    if not math.isfinite(form):
+        return np.full(len(steps), "window", dtype=object)
+    return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))
+
+
+def window_sums(
+    rows: pd.DataFrame, window: tuple[int, int], form: float, settings: LedgerSettings
+) -> pd.DataFrame:
+    """Per term and set: the window's sum estimated from the sampled steps (scaled by the sampling
+    interval), its standard error under systematic sampling, per phase; and the exact telescoped change."""
+    start, end = window
+    terms = rows[rows.metric.isin(TERMS) & (rows.step >= 0)]
+    out = []
+    for (metric, component), g in terms.groupby(["metric", "component"]):
+        phases = phase_of(g.step.to_numpy(), form, settings.rise)
+        spans = {
+            "window": (start, end),
+            "before": (start, form - settings.rise),
+            "rise": (form - settings.rise, form + settings.rise),
+            "after": (form + settings.rise, end),
+        }
+        for phase in PHASES:
+            vals = g.value.to_numpy() if phase == "window" else g.value.to_numpy()[phases == phase]
+            lo, hi = spans[phase]
+            length = (
+                max(0.0, min(hi, end) - max(lo, start))
+                if math.isfinite(lo) and math.isfinite(hi)
+                else 0.0
+            )
+            if len(vals) == 0 or length == 0:
+                continue
+            total, se = sampled_sum(vals, length / settings.every, settings.every)
+            out += [
+                {"metric": f"{metric}/sum", "component": f"{component}@{phase}", "value": total},
+                {"metric": f"{metric}/sum_se", "component": f"{component}@{phase}", "value": se},
+            ]
+    e = rows[rows.metric == "E"]
+    e_end = rows[rows.metric == "E_end"].set_index("component").value
+    for a, v in e[e.step == start].set_index("component").value.items():
+        out.append(
+            {
+                "metric": "dE/exact",
+                "component": f"{a}@window",
+                "value": float(e_end.get(a, math.nan) - v),
+            }
+        )
+    positive = terms[(terms.metric == "L1_drift_by") & (terms.component == f"{WHOLE}|{WHOLE}")]
+    rise = positive[phase_of(positive.step.to_numpy(), form, settings.rise) == "rise"]
+    if len(rise):
+        out.append(
+            {
+                "metric": "K_drift_CC_positive_share",
+                "component": "C@rise",
+                "value": float((rise.value > 0).mean()),
+            }
+        )
+    out.append({"metric": "formation_step", "component": "", "value": form})
+    return pd.DataFrame([{**r, "step": -1} for r in out])
+
+
+def sampled_sum(values: np.ndarray, n_steps: float, every: int) -> tuple[float, float]:
+    """Sum over ``n_steps`` sampling intervals of ``every`` steps, estimated from one sampled step per
+    interval: every x sum, and its standard error with the finite-population correction
+    (0 when every step was measured)."""
+    n = len(values)
+    total = float(every * values.sum() * (n_steps / n))
+    if every == 1 or n < 2:
+        return total, 0.0 if every == 1 else math.nan
+    population = n_steps * every
+    fpc = max(0.0, 1 - n / population)
+    return total, float(population * values.std(ddof=1) / math.sqrt(n) * math.sqrt(fpc))
+
+
+def cumulative_rows(rows: pd.DataFrame, settings: LedgerSettings) -> pd.DataFrame:
+    """Running sums of the circuit's terms over the sampled steps (each scaled by the sampling interval), for the figures."""
+    terms = ("dE", "L1", "L1_drift", "L1_noise", "L1_inherited", "L1_fresh", "L1_decay", "L2")
+    sel = rows[rows.metric.isin(terms) & (rows.component == WHOLE) & (rows.step >= 0)].sort_values(
+        "step"
+    )
+    out = []
+    for metric, g in sel.groupby("metric"):
+        running = settings.every * g.value.cumsum()
+        out += [
+            {
+                "metric": f"{metric}/cumulative",
+                "component": WHOLE,
+                "value": float(v),
+                "step": int(s),
+            }
+            for s, v in zip(g.step, running)
+        ]
+    return pd.DataFrame(out)
+
+
+def across_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """For every per-seed sum: a t-interval over seeds and the number of seeds where it is positive."""
+    sums = rows[
+        (rows.seed >= 0)
+        & (
+            rows.metric.str.endswith("/sum")
+            | (rows.metric == "dE/exact")
+            | (rows.metric == "K_drift_CC_positive_share")
+        )
+    ]
+    out = []
+    for (metric, component), g in sums.groupby(["metric", "component"]):
+        mean, lo, hi, n = t_interval(g.value.to_numpy())
+        k, _ = sign_count(g.value.to_numpy())
+        for stat, v in (
+            ("seed_mean", mean),
+            ("seed_lo", lo),
+            ("seed_hi", hi),
+            ("seed_n", n),
+            ("seeds_positive", k),
+        ):
+            out.append(
+                {
+                    "step": -1,
+                    "metric": f"{metric}/{stat}",
+                    "component": component,
+                    "value": float(v),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def describe_ledger(rows: pd.DataFrame) -> list[str]:
+    sums = rows[
+        (rows.seed < 0) & rows.component.eq("C@window") & rows.metric.str.endswith("/seed_mean")
+    ]
+    if sums.empty:
+        return []
+    n = rows[(rows.seed < 0) & (rows.metric == "dE/exact/seed_n")].value
+    lines = [
+        f"E_C ledger over each seed's window (mean over {int(n.iloc[0]) if len(n) else '?'} seeds; k = seeds where the sum is positive):"
+    ]
+    for term in (
+        "dE/exact",
+        "dE/sum",
+        "L1/sum",
+        "L1_drift/sum",
+        "L1_noise/sum",
+        "L1_inherited/sum",
+        "L1_fresh/sum",
+        "L2/sum",
+    ):
+        sel = (
+            rows[
+                (rows.seed < 0)
+                & (rows.component == "C@window")
+                & rows.metric.str.startswith(term + "/")
+            ]
+            .set_index("metric")
+            .value
+        )
+        if f"{term}/seed_mean" in sel:
+            lines.append(
+                f"  {term:>16}: {sel[f'{term}/seed_mean']:+.4f} [{sel[f'{term}/seed_lo']:+.4f}, {sel[f'{term}/seed_hi']:+.4f}], k = {int(sel[f'{term}/seeds_positive'])}"
+            )
+    return lines
+
+
+__all__ = ["Ledger", "LedgerSettings"]

@@ -1,0 +1,164 @@
+"""Replaying a seed's real training steps between two checkpoints, bit for bit.
+
+From a checkpoint (parameters, AdamW moments and step count) the replay rebuilds
+each step exactly as the trainer took it: the same batch (a pure function of
+seed and step), the same autocast, deterministic algorithms and the run's AdamW
+(``interp_ext.training.adamw``). At every step it exposes what the Stream 3
+ledger needs: the parameters before the step, the minibatch gradient, the AdamW
+state before and after, and the update. :meth:`Replay.verify` compares the
+replayed end state with the saved checkpoint, tensor by tensor, and refuses
+(:class:`ReplayError`) on any difference: a ledger is only as good as its replay.
+
+On a CPU, a run trained with ``train.deterministic`` replays bit for bit with the
+same thread count (``docs/benchmarks.md``; README "Bit for bit").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from interp_ext.optim_step import optimizer_for, step_batch
+from interp_ext.training import _autocast, adamw, deterministic_algorithms, set_adamw_state
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot run (missing moments or data) or does not reproduce the saved checkpoint."""
+
+
+@dataclass
+class Step:
+    """One real training step: everything before it and what it did."""
+
+    step: int  # tau: the step taken from theta_tau
+    theta: dict[str, torch.Tensor]  # theta_tau
+    grad: dict[str, torch.Tensor]  # g_tau, the minibatch gradient
+    exp_avg: dict[str, torch.Tensor]  # m_{tau-1}
+    exp_avg_sq: dict[str, torch.Tensor]  # v_{tau-1}
+    count: float  # AdamW's step count before the step (t - 1)
+    new_exp_avg_sq: dict[str, torch.Tensor]  # v_tau
+    update: dict[str, torch.Tensor]  # theta_{tau+1} - theta_tau
+
+
+class Replay:
+    """The real steps of one seed from checkpoint ``start``.
+
+    Args:
+        run: an opened run.
+        seed: the seed to replay.
+        start: a checkpoint step of that seed holding AdamW moments (any but step 0
+            of a run saved without them is refused).
+        device: where to replay (default: the run's measurement device).
+    """
+
+    def __init__(self, run, seed: int, start: int, device: str | None = None):
+        self.run, self.seed, self.start = run, seed, start
+        self.device = device or run.device
+        ckpt = run.checkpoint(seed, start)
+        if start > 0 and not ckpt["exp_avg"]:
+            raise ReplayError(
+                f"the checkpoint of seed {seed} at step {start} holds no AdamW moments: its steps cannot be replayed"
+            )
+        run.train_tokens()  # refuses a run without its training data
+        self.model = run.model(seed, start, device=self.device)
+        self.model.train()
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.optimizer = optimizer_for(self.model, run, ckpt)
+        self.step = start
+
+    def _state(self) -> tuple[float, dict, dict]:
+        params = dict(self.model.named_parameters())
+        states = [self.optimizer.state.get(params[n], {}) for n in self.names]
+        if not states[0]:
+            zeros = {n: torch.zeros_like(params[n]) for n in self.names}
+            return 0.0, zeros, {n: z.clone() for n, z in zeros.items()}
+        count = float(states[0]["step"])
+        return (
+            count,
+            {n: s["exp_avg"].clone() for n, s in zip(self.names, states)},
+            {n: s["exp_avg_sq"].clone() for n, s in zip(self.names, states)},
+        )
+
+    def take(self) -> Step:
+        """Take the next real step and return it."""
+        cfg = self.run.config
+        params = dict(self.model.named_parameters())
+        theta = {n: p.detach().clone() for n, p in params.items()}
+        count, m, v = self._state()
+        batch = step_batch(self.run, self.seed, self.step).to(self.device)
+        with deterministic_algorithms(cfg.train.deterministic, self.device):
+            with _autocast(cfg):
+                loss = self.model(batch, return_type="loss")
+            loss.float().backward()
+            grad = {n: params[n].grad.detach().clone() for n in self.names}
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        _, _, v_new = self._state()
+        update = {n: params[n].detach() - theta[n] for n in self.names}
+        out = Step(self.step, theta, grad, m, v, count, v_new, update)
+        self.step += 1
+        return out
+
+    def steps(self, stop: int) -> Iterator[Step]:
+        """Every real step from the current one up to (not including) ``stop``."""
+        while self.step < stop:
+            yield self.take()
+
+    def verify(self) -> None:
+        """Compare the replayed state with the saved checkpoint at the current step; raise on any difference."""
+        saved = self.run.checkpoint(self.seed, self.step)
+        params = dict(self.model.named_parameters())
+        count, m, v = self._state()
+        checks = [("params", n, params[n].detach(), saved["params"][n]) for n in self.names]
+        checks += [("exp_avg", n, m[n], saved["exp_avg"][n]) for n in self.names]
+        checks += [("exp_avg_sq", n, v[n], saved["exp_avg_sq"][n]) for n in self.names]
+        bad = [f"{kind} {n}" for kind, n, a, b in checks if not torch.equal(a.cpu(), b)]
+        if bad or count != saved["adam_step"]:
+            raise ReplayError(
+                f"replaying seed {self.seed} from step {self.start} does not reproduce its checkpoint at step {self.step}: "
+                f"{len(bad)} tensors differ ({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); "
+                "replays are bit for bit only with the training's deterministic setting, device type and thread count "
+                f"(recorded in {self.run.path / 'config.json'}, provenance.numerics)"
+            )
+
+
+def adamw_update(step: Step, grad: dict[str, torch.Tensor], train_cfg) -> dict[str, torch.Tensor]:
+    """The update the run's AdamW would make from the step's state (theta_tau, m, v, count) with ``grad``
+    in place of the minibatch gradient."""
+    params = [torch.nn.Parameter(step.theta[n].clone()) for n in step.theta]
+    opt = adamw(params, train_cfg)
+    if step.count > 0:
+        set_adamw_state(
+            opt, [(step.count, step.exp_avg[n], step.exp_avg_sq[n]) for n in step.theta]
+        )
+    for p, n in zip(params, step.theta):
+        p.grad = grad[n].to(p.dtype).clone()
+    opt.step()
+    return {n: p.detach() - step.theta[n] for p, n in zip(params, step.theta)}
+
+
+def momentum_split(step: Step, train_cfg) -> dict[str, dict[str, torch.Tensor]]:
+    """The update split with AdamW's denominator of this step held fixed.
+
+    With t = count + 1, mhat = m_tau / (1 - beta1^t), vhat = v_tau / (1 - beta2^t) and
+    D = sqrt(vhat) + eps, AdamW's update is -lr wd theta - lr mhat / D, and
+    m_tau = beta1 m_{tau-1} + (1 - beta1) g_tau. So the update is the sum of
+
+    * ``inherited``: -lr beta1 m_{tau-1} / ((1 - beta1^t) D), the momentum carried in,
+    * ``fresh``: -lr (1 - beta1) g_tau / ((1 - beta1^t) D), this step's gradient,
+    * ``decay``: -lr wd theta_tau, the decoupled weight decay,
+
+    equal to the real update up to float rounding.
+    """
+    lr, wd, (b1, b2), eps = train_cfg.lr, train_cfg.weight_decay, train_cfg.betas, 1e-8
+    t = step.count + 1
+    out: dict[str, dict[str, torch.Tensor]] = {"inherited": {}, "fresh": {}, "decay": {}}
+    for n, theta in step.theta.items():
+        denom = (step.new_exp_avg_sq[n] / (1 - b2**t)).sqrt() + eps
+        scale = lr / ((1 - b1**t) * denom)
+        out["inherited"][n] = -scale * b1 * step.exp_avg[n]
+        out["fresh"][n] = -scale * (1 - b1) * step.grad[n]
+        out["decay"][n] = -lr * wd * theta
+    return out
