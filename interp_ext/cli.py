@@ -184,6 +184,59 @@ def reproduce(
 
 
 @app.command()
+def study(
+    out: Path = typer.Option(Path("runs/study"), "--out", help="Run directory."),
+    preset: str = typer.Option("tiny", help="'tiny' (CPU) or another preset."),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        help="Directory with wiki.*.raw (WikiText-2); default: the hub, else the synthetic corpus.",
+    ),
+    seeds: int | None = typer.Option(
+        None, help="Number of seeds (default: the preset's measure.study_seeds, 8 for tiny)."
+    ),
+    steps: int | None = typer.Option(None, help="Training steps (default: the preset's)."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed study; finished units are skipped."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Stream 3 decided: train the study seeds, find each seed's circuit by cause, and replay its real steps
+    through induction formation with the energy ledger (drift, noise, momentum, second order); then the report."""
+    from interp_ext import distributed
+    from interp_ext.config import ConfigError
+    from interp_ext.data import DataError
+    from interp_ext.pipeline import study as run_study
+    from interp_ext.runner import MeasureError
+    from interp_ext.training import NonFiniteLossError
+
+    _setup_logging()
+    try:
+        run, report, timings = run_study(
+            out,
+            preset,
+            str(data_dir) if data_dir else None,
+            seeds,
+            steps,
+            device,
+            resume,
+            progress=not quiet,
+        )
+    except (ConfigError, DataError, NonFiniteLossError, FileExistsError, MeasureError) as err:
+        _fail(str(err).splitlines()[0])
+        return
+    if distributed.world()[0] != 0:
+        return
+    typer.echo(
+        "stage times: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+        + f" (total {sum(timings.values()) / 60:.1f} min)"
+    )
+    typer.echo(f"\nreport: {report}")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Write RUN/report/report.md and its PNG + HTML figures from the metrics table."""
     from interp_ext.report import write_report

@@ -295,15 +295,28 @@ class MeasureConfig:
     ``plan`` maps a measurement family to its settings (overrides of the family's
     defaults; see ``interp-ext measure FAMILY --help``), measured in this order;
     ``every`` measures a family at every n-th checkpoint only (the last one
-    always included). The settings are validated by the families themselves
+    always included). ``study_plan`` and ``study_seeds`` do the same for
+    ``interp-ext study``. The settings are validated by the families themselves
     (:func:`interp_ext.pipeline.plan_settings`) before any training starts.
     """
 
     plan: dict[str, dict[str, Any]] = field(default_factory=_paper_plan)
     every: dict[str, int] = field(default_factory=lambda: {"autocatalysis": 5, "sae": 10})
+    # ``interp-ext study``: seeds trained and the families measured (Stream 3 decided, SPEC section 6)
+    study_seeds: int = 8
+    study_plan: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"induction": {}, "circuit": {}, "ledger": {}}
+    )
 
     def __post_init__(self) -> None:
         self.plan = {str(k): dict(v) for k, v in self.plan.items()}
+        self.study_plan = {str(k): dict(v) for k, v in self.study_plan.items()}
+        _check(
+            isinstance(self.study_seeds, int) and self.study_seeds >= 1,
+            "measure.study_seeds",
+            self.study_seeds,
+            "must be a positive integer",
+        )
         for name, n in self.every.items():
             _check(
                 isinstance(n, int) and n >= 1,

@@ -197,25 +197,27 @@ def dense_k_rows(
     grads_e: dict, dirs: dict, spec: LedgerSpec, energies: dict, row_names: list[str]
 ) -> list[dict]:
     """Stream 3's K[A, B] = grad E_A . P_B d and K_norm = K / (E_A ||P_B d||), for d the real AdamW
-    step (``optimizer``) and -gbar (``sgd``), columns the components, ``rest`` and the circuit ``C``."""
+    step (``optimizer``) and -gbar (``sgd``): the circuit's rows (``C``, its components, ``rest``)
+    against the columns (the components, ``rest``, ``C``), and each control against itself."""
     columns = {**spec.partition, WHOLE: spec.energies[WHOLE]}
+    own = [a for a in row_names if a in columns]
+    pairs = [(a, b) for a in own for b in columns] + [(a, a) for a in row_names if a not in columns]
     rows = []
     for direction, d in (("optimizer", dirs["real"]), ("sgd", dirs["sgd"])):
-        for b, mask in columns.items():
+        for a, b in pairs:
+            mask = columns[b] if b in columns else spec.energies[b]
             d_b = torch.where(mask.to(d.device), d, torch.zeros_like(d))
-            norm = float(d_b.norm())
-            for a in row_names:
-                k = float(grads_e[a] @ d_b)
-                denom = energies[a] * norm
-                rows.append(
-                    {"metric": "K", "component": f"{a}|{b}", "value": k, "direction": direction}
-                )
-                rows.append(
-                    {
-                        "metric": "K_norm",
-                        "component": f"{a}|{b}",
-                        "value": k / denom if denom > 0 else float("nan"),
-                        "direction": direction,
-                    }
-                )
+            k = float(grads_e[a] @ d_b)
+            denom = energies[a] * float(d_b.norm())
+            rows.append(
+                {"metric": "K", "component": f"{a}|{b}", "value": k, "direction": direction}
+            )
+            rows.append(
+                {
+                    "metric": "K_norm",
+                    "component": f"{a}|{b}",
+                    "value": k / denom if denom > 0 else float("nan"),
+                    "direction": direction,
+                }
+            )
     return rows

@@ -21,16 +21,16 @@ from interp_ext.config import ConfigError, MeasureConfig, RunConfig, get_preset,
 log = logging.getLogger("interp_ext")
 
 
-def plan_settings(plan: MeasureConfig) -> dict:
-    """family -> its settings object, built (and validated) from the plan."""
+def plan_settings(plan: MeasureConfig, which: str = "plan") -> dict:
+    """family -> its settings object, built (and validated) from ``plan.plan`` (or ``plan.study_plan``)."""
     from interp_ext.runner import MeasureError, get_family
 
     out = {}
-    for name, values in plan.plan.items():
+    for name, values in getattr(plan, which).items():
         try:
             out[name] = get_family(name).settings.from_dict(values)
         except MeasureError as err:
-            raise ConfigError(f"measure.plan[{name!r}]: {err}") from err
+            raise ConfigError(f"measure.{which}[{name!r}]: {err}") from err
     return out
 
 
@@ -42,7 +42,9 @@ def plan_steps(run, plan: MeasureConfig, family: str) -> list[int] | None:
     return steps if run.steps[-1] in steps else steps + run.steps[-1:]
 
 
-def reproduce_config(out: Path, preset: str, resume: bool, **changes) -> tuple[RunConfig, bool]:
+def reproduce_config(
+    out: Path, preset: str, resume: bool, study: bool = False, **changes
+) -> tuple[RunConfig, bool]:
     """The run's config (saved one when resuming) and whether the run directory exists."""
     existed = (out / "config.json").exists()
     if existed and not resume:
@@ -54,6 +56,8 @@ def reproduce_config(out: Path, preset: str, resume: bool, **changes) -> tuple[R
             RunConfig.load(out / "config.json"), train__steps=changes.get("steps")
         ), True
     cfg = get_preset(preset)
+    if study:
+        changes["seeds"] = changes.get("seeds") or cfg.measure.study_seeds
     hooks = sorted(
         {v["hook"] for k, v in cfg.measure.plan.items() if k == "sae" and v.get("hook")}
         | set(cfg.record.hooks)
@@ -123,9 +127,16 @@ def reproduce(
 
 
 def run_stage(
-    stage: str, run, cfg: RunConfig, out: Path, existed: bool, settings: dict, progress: bool
+    stage: str,
+    run,
+    cfg: RunConfig,
+    out: Path,
+    existed: bool,
+    settings: dict,
+    progress: bool,
+    every: bool = True,
 ):
-    """One stage of :func:`reproduce`; returns the (opened) run."""
+    """One stage of :func:`reproduce` (``every``: measure at the plan's every-n-th checkpoints); returns the run."""
     from interp_ext import distributed
     from interp_ext.report import write_report
     from interp_ext.runner import measure
@@ -148,7 +159,8 @@ def run_stage(
             run.seeds,
         )
     else:
-        measure(run, settings[stage], steps=plan_steps(run, cfg.measure, stage), progress=progress)
+        steps = plan_steps(run, cfg.measure, stage) if every else None
+        measure(run, settings[stage], steps=steps, progress=progress)
     return run
 
 
@@ -156,3 +168,38 @@ def get_min_seeds(family: str) -> int:
     from interp_ext.runner import get_family
 
     return get_family(family).min_seeds
+
+
+def study(
+    out: str | Path,
+    preset: str = "tiny",
+    data_dir: str | None = None,
+    seeds: int | None = None,
+    steps: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+):
+    """``interp-ext study``: train ``measure.study_seeds`` seeds, then the study plan (induction, the
+    circuit by cause, the Stream 3 ledger through each seed's formation) and the report.
+
+    Returns (run, report path, stage timings in seconds).
+    """
+    from interp_ext import distributed
+    from interp_ext.store import open_run
+
+    out = Path(out)
+    distributed.init(device or get_preset(preset).train.device)
+    changes = dict(data_dir=data_dir, seeds=seeds, steps=steps, device=device)
+    cfg, existed = reproduce_config(out, preset, resume, study=True, **changes)
+    settings = plan_settings(cfg.measure, "study_plan")
+    distributed.barrier()
+    progress = progress and distributed.world()[0] == 0
+    run = open_run(out) if existed else None
+    timings: dict[str, float] = {}
+    for stage in ["train", *settings, "report"]:
+        t0 = time.perf_counter()
+        run = run_stage(stage, run, cfg, out, existed, settings, progress, every=False)
+        timings[stage] = time.perf_counter() - t0
+        log.info("study stage %s: %.0f s", stage, timings[stage])
+    return run, (run.path / "report" / "report.md"), timings
