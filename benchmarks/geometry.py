@@ -3,7 +3,11 @@
 Time of ``measure_checkpoint`` (B per-batch gradients with vmap(grad), the B x B
 Gram eigenproblem, top-k eigenvectors, held-out energy) relative to B (+ H
 held-out) plain forward + backward passes on the same batches, and peak memory
-growth relative to B x n_params x 4 bytes.
+growth relative to B x n_params x 4 bytes. Then the part of it that reads the
+dashboard's companions from the same gradients: the centred spectrum, the
+gradient SNR, the split-half noise floors, and the per-group and per-head Gram
+matrices basis-free Stream 2 compares (no extra backward pass), as a share of
+the whole checkpoint.
 
 Usage: python benchmarks/geometry.py [--batches 64] [--heldout 16] [--chunk N]
 Run it in its own process: peak memory is the process's peak RSS.
@@ -17,7 +21,8 @@ import statistics
 import torch
 from _common import machine, paper_model, peak_rss_mib, plain_passes, random_batches, timer
 
-from interp_ext.geometry import measure_checkpoint
+from interp_ext.geometry import measure_checkpoint, per_batch_gradients, spectral
+from interp_ext.geometry.dashboard import companion_metrics, gram_blocks, select_params
 
 
 def main() -> None:
@@ -70,6 +75,19 @@ def main() -> None:
         f"peak RSS growth: {geo_rss - base_rss:.0f} MiB vs B x n_params x 4 bytes = {g_bytes:.0f} MiB -> {(geo_rss - base_rss) / g_bytes:.2f}x"
     )
     print("metrics:", {k: round(v, 4) for k, v in metrics.items()})
+    grads = per_batch_gradients(model, lm, chunk=args.chunk)
+    raw = spectral.gram(grads)
+    blocks = gram_blocks(model, select_params(model, "all"))
+    with timer() as t_comp:
+        companion_metrics(grads, raw, None, 4, False)
+    with timer() as t_grams:
+        spectral.block_grams(grads, blocks)
+    added = t_comp.seconds + t_grams.seconds
+    print(
+        f"companions from the same gradients: centred spectrum, SNR and split-half floors {t_comp.seconds:.2f} s; "
+        f"{len(blocks)} Gram matrices (groups, layers, heads) {t_grams.seconds:.2f} s -> {added:.2f} s = "
+        f"{100 * added / t_geo.seconds:.1f}% of one checkpoint's geometry ({t_geo.seconds:.1f} s, all included)"
+    )
 
 
 if __name__ == "__main__":

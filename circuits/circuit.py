@@ -110,8 +110,8 @@ def valid_components(model: HookedTransformer) -> list[str]:
 
 
 def _params_of(model: HookedTransformer, name: str) -> dict[str, tuple]:
-    """Parameter name -> index into that parameter (``()`` = whole tensor)."""
-    params = dict(model.named_parameters())
+    """Trainable parameter name -> index into that parameter (``()`` = whole tensor)."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     if Head.is_head(name):
         layer, head = Head.parse(name)
         out = {}
@@ -194,7 +194,9 @@ class Circuit:
         the others leave out.
         """
         self.validate(model)
-        params = dict(model.named_parameters())
+        params = {
+            k: p for k, p in model.named_parameters() if p.requires_grad
+        }  # frozen ones are no coordinates
         covered = {k: torch.zeros_like(p, dtype=torch.bool) for k, p in params.items()}
         out: dict[str, dict[str, torch.Tensor]] = {}
         for comp in self.components:
@@ -216,17 +218,18 @@ class Circuit:
         return out
 
     def flat_masks(self, model: HookedTransformer) -> dict[str, torch.Tensor]:
-        """component -> bool mask over the flattened parameter vector (named_parameters order)."""
+        """component -> bool mask over the flattened trainable parameters (named_parameters order)."""
         masks = self.masks(model)
-        out = {}
-        for comp, per_param in masks.items():
-            out[comp] = torch.cat(
+        trainable = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        return {
+            comp: torch.cat(
                 [
                     per_param.get(k, torch.zeros_like(p, dtype=torch.bool)).flatten()
-                    for k, p in model.named_parameters()
+                    for k, p in trainable
                 ]
             )
-        return out
+            for comp, per_param in masks.items()
+        }
 
     def n_params(self, model: HookedTransformer) -> dict[str, int]:
         return {c: int(sum(m.sum() for m in per.values())) for c, per in self.masks(model).items()}

@@ -236,13 +236,62 @@ def study(
     typer.echo(f"\nreport: {report}")
 
 
+@app.command("import")
+def import_run(
+    sources: list[str] = typer.Argument(
+        ...,
+        help="Hugging Face Trainer output folder(s) (one per seed), or a TransformerLens checkpointed model name.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    probe_text: Path | None = typer.Option(
+        None,
+        "--probe-text",
+        help="Text file the probe set is drawn from (tokenised with the checkpoints' tokenizer).",
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Directory with wiki.*.raw (WikiText-2) for the probe set instead."
+    ),
+    checkpoint_index: str | None = typer.Option(
+        None,
+        "--checkpoint-index",
+        help="For a model name: comma-separated checkpoint indices (default: all).",
+    ),
+    probe_batches: int = typer.Option(16, "--probe-batches", help="Probe batches B."),
+) -> None:
+    """Make a run directory from checkpoints trained elsewhere; every measurement then accepts it."""
+    from interp_ext.data import DataError
+    from interp_ext.importing import CheckpointImportError, import_checkpoints
+
+    _setup_logging()
+    source = sources[0] if len(sources) == 1 else sources
+    try:
+        run = import_checkpoints(
+            source, out, probe_text, data_dir, _parse_list(checkpoint_index), probe_batches
+        )
+    except (CheckpointImportError, DataError, FileNotFoundError) as err:
+        _fail(str(err).splitlines()[0])
+        return
+    typer.echo(
+        f"imported {len(run.seeds)} seed(s), checkpoints at steps {run.steps} into {run.path}"
+    )
+    typer.echo(f"measure it:  interp-ext measure induction {run.path}")
+
+
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    beside: list[Path] = typer.Option(
+        [],
+        "--beside",
+        help="Another run whose Stream 3 ledger is drawn next to this one's (repeatable).",
+    ),
+) -> None:
     """Write RUN/report/report.md and its PNG + HTML figures from the metrics table."""
     from interp_ext.report import write_report
 
     run = _open(run_dir)
-    path = write_report(run)
+    others = tuple(_open(p) for p in beside)
+    path = write_report(run, beside=others)
     typer.echo(f"report: {path}")
 
 

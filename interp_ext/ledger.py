@@ -17,10 +17,11 @@ grad E_C, computed once per step by Hessian-vector products):
 * momentum: with this step's AdamW denominator fixed, along the part inherited
   from beta1 m_{tau-1}, the part from (1 - beta1) g_tau, and the weight decay
   (:func:`interp_ext.replay.momentum_split`);
-* mean vs fluctuation: E_C = ||P_C gbar||^2 + (1/B) sum_b ||P_C delta_b||^2 with g_b = gbar + delta_b,
-  and grad E_C = 2 Hbar P_C gbar + (2/B) sum_b H_b P_C delta_b: ``L1_mean`` and ``L1_fluct``.
+* mean vs fluctuation (at detail steps): E_C = ||P_C gbar||^2 + (1/B) sum_b ||P_C delta_b||^2
+  with g_b = gbar + delta_b, and grad E_C = 2 Hbar P_C gbar + (2/B) sum_b H_b P_C delta_b:
+  ``L1_mean`` and ``L1_fluct``.
 
-At detail steps the same first-order terms for every component, ``rest``, the
+At detail steps also the same first-order terms for every component, ``rest``, the
 controls and the embedding, the dense Stream 3 K matrix along both directions, and
 a check on L2: 1/2 dtheta^T Hess(E) dtheta by central differences,
 (E(theta + dtheta) + E(theta - dtheta) - 2 E(theta)) / 2.
@@ -107,17 +108,15 @@ def measure_step(
     rows = [{"metric": "E", "component": a, "value": e0[a]} for a in spec.energies]
     rows += [{"metric": "dE", "component": a, "value": e1[a] - e0[a]} for a in spec.energies]
     row_names = list(dict.fromkeys(spec.rows + (spec.detail_rows if detail else [])))
-    c = spec.energies[WHOLE]
-    c_mean = torch.where(c, gbar, torch.zeros_like(gbar))
-    grads_e = p0.energy_gradients(
-        {a: spec.energies[a] for a in row_names}, extra={"C_mean": c_mean}
-    )
+    c_mean = torch.where(spec.energies[WHOLE], gbar, torch.zeros_like(gbar))
+    extra = {"C_mean": c_mean} if detail else {}  # the mean / fluctuation split at detail steps
+    grads_e = p0.energy_gradients({a: spec.energies[a] for a in row_names}, extra=extra)
     for a in row_names:
         rows += first_order_rows(a, grads_e[a], dirs, spec.partition, e1[a] - e0[a])
-    rows += split_rows(
-        grads_e[WHOLE], grads_e["C_mean"], dirs, e0[WHOLE], float(c_mean.double().pow(2).sum())
-    )
     if detail:
+        rows += split_rows(
+            grads_e[WHOLE], grads_e["C_mean"], dirs, e0[WHOLE], float(c_mean.double().pow(2).sum())
+        )
         minus = probe_at({n: step.theta[n] - step.update[n] for n in names})
         rows += [
             {

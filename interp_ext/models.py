@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 
 def hooked_config(cfg: ModelConfig, d_vocab: int, device: str = "cpu") -> HookedTransformerConfig:
-    """The `HookedTransformerConfig` for a model config and vocabulary size."""
+    """The `HookedTransformerConfig` for a model config and vocabulary size (an imported run's own)."""
+    if cfg.hooked is not None:
+        return config_from_dict(cfg.hooked, device)
     return HookedTransformerConfig(
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
@@ -35,6 +37,14 @@ def hooked_config(cfg: ModelConfig, d_vocab: int, device: str = "cpu") -> Hooked
         device=device,
         default_prepend_bos=True,
     )
+
+
+def config_from_dict(values: dict, device: str = "cpu") -> HookedTransformerConfig:
+    """A `HookedTransformerConfig` from its saved dict (dtype kept as a name in JSON)."""
+    values = dict(values)
+    if isinstance(values.get("dtype"), str):
+        values["dtype"] = getattr(torch, values["dtype"].removeprefix("torch."))
+    return HookedTransformerConfig(**{**values, "device": device})
 
 
 def build_model(

@@ -31,7 +31,7 @@ def optimizer_for(model: torch.nn.Module, run, checkpoint: dict) -> torch.optim.
 def step_batch(run, seed: int, step: int, draw: int | None = None) -> torch.Tensor:
     """The training batch seed ``seed`` saw at ``step`` (``draw``: an independent one from the same distribution)."""
     cfg = run.config
-    bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
+    bos = run.bos
     args = (cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab)
     return training_batch(run.train_tokens(), seed, step, *args, draw=draw)
 
@@ -41,9 +41,13 @@ def optimizer_step_direction(
 ) -> tuple[dict, dict, torch.Tensor]:
     """(theta_t, d = theta_{t+1} - theta_t, batch) for the real step after checkpoint ``step``.
 
-    The step reproduces training exactly (same batch, AdamW state and autocast).
+    The step reproduces training exactly (same batch, AdamW state and autocast). For an
+    imported run, whose batches are unknown, the real update is the difference to a
+    checkpoint one step later (batch: a probe batch), or an error says what is missing.
     """
     device = device or run.device
+    if run.imported:
+        return imported_update(run, seed, step, device)
     model = run.model(seed, step, device=device)
     ckpt = run.checkpoint(seed, step)
     opt = optimizer_for(model, run, ckpt)
@@ -57,3 +61,23 @@ def optimizer_step_direction(
         opt.step()
     direction = {n: (p.detach() - theta[n]) for n, p in model.named_parameters()}
     return theta, direction, batch
+
+
+def imported_update(run, seed: int, step: int, device: str) -> tuple[dict, dict, torch.Tensor]:
+    """The real update of an imported run: theta_{t+1} - theta_t from two checkpoints one step apart."""
+    from interp_ext.store import RunError
+
+    if step + 1 not in run.steps_for(seed):
+        raise RunError(
+            f"the optimizer direction of imported run {run.path} needs the real update after step {step}, and its batches are unknown: "
+            f"import a checkpoint at step {step + 1} too (checkpoints: {run.steps_for(seed)}), or use the sgd direction"
+        )
+    theta = {
+        n: p.detach().clone() for n, p in run.model(seed, step, device=device).named_parameters()
+    }
+    after = dict(run.model(seed, step + 1, device=device).named_parameters())
+    return (
+        theta,
+        {n: after[n].detach() - theta[n] for n in theta},
+        run.probe_set()["lm"][0].to(device),
+    )

@@ -160,7 +160,14 @@ def run_stage(
         )
     else:
         steps = plan_steps(run, cfg.measure, stage) if every else None
-        measure(run, settings[stage], steps=steps, progress=progress)
+        first = None if every else cfg.measure.study_family_seeds.get(stage)
+        measure(
+            run,
+            settings[stage],
+            seeds=run.seeds[:first] if first else None,
+            steps=steps,
+            progress=progress,
+        )
     return run
 
 

@@ -51,10 +51,14 @@ class Replay:
         start: a checkpoint step of that seed holding AdamW moments (any but step 0
             of a run saved without them is refused).
         device: where to replay (default: the run's measurement device).
+        batch_of: a counterfactual: the batch each step trains on (default: the real
+            one, ``step_batch(run, seed, step)``); everything else (state, learning
+            rate, numerics) stays the run's.
     """
 
-    def __init__(self, run, seed: int, start: int, device: str | None = None):
+    def __init__(self, run, seed: int, start: int, device: str | None = None, batch_of=None):
         self.run, self.seed, self.start = run, seed, start
+        self.batch_of = batch_of or (lambda step: step_batch(run, seed, step))
         self.device = device or run.device
         ckpt = run.checkpoint(seed, start)
         if start > 0 and not ckpt["exp_avg"]:
@@ -87,7 +91,7 @@ class Replay:
         params = dict(self.model.named_parameters())
         theta = {n: p.detach().clone() for n, p in params.items()}
         count, m, v = self._state()
-        batch = step_batch(self.run, self.seed, self.step).to(self.device)
+        batch = self.batch_of(self.step).to(self.device)
         with deterministic_algorithms(cfg.train.deterministic, self.device):
             with _autocast(cfg):
                 loss = self.model(batch, return_type="loss")

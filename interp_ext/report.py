@@ -364,101 +364,154 @@ def key_path_lines(sel: pd.DataFrame, out: Path, n_l: int, n_h: int) -> list[str
     ]
 
 
+FLOORS = {
+    "overlap_prev": "overlap_floor",
+    "subspace_similarity": "overlap_floor",
+    "overlap_init": "overlap_floor",
+    "top_eigvec_prev": "top_eigvec_floor",
+}
+FLOOR = "#8c564b"
+
+
+def floor_trace(rows: pd.DataFrame, metric: str) -> list[Trace]:
+    """The split-half noise floor of a subspace metric (seed mean and its interval over seeds)."""
+    return band_trace(rows, metric, "split-half floor: " + BAND, FLOOR)
+
+
 def dashboard_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     geo = select(m, family="geometry", component="")
     if geo.empty:
         return []
     metrics = [d for d in DASHBOARD if d in set(geo.metric)]
-    panels = [metric_panel(geo, d, DASHBOARD_UNITS.get(d, ""), ctx) for d in metrics]
-    for p in panels[1:]:
-        for t in p.traces:
+    panels = []
+    for i, d in enumerate(metrics):
+        panel = metric_panel(geo, d, DASHBOARD_UNITS.get(d, ""), ctx)
+        if d in FLOORS:
+            panel.traces += floor_trace(geo, FLOORS[d])
+        for t in panel.traces if i else []:
             t.legend = False
-    files = save(
-        Figure(
-            "Gradient-geometry dashboard (seeds thin, seed mean bold with its 95% t-interval over seeds)",
-            panels,
-            ncols=3,
-        ),
-        out,
-        "dashboard",
-    )
-    points = select(m, family="transition", metric="change_point")
-    lines = [
-        "## Gradient-geometry dashboard",
-        "",
-        image(files, "dashboard"),
-        "",
-        "| metric | seed mean at first checkpoint | at last checkpoint |",
-        "|---|---|---|",
-    ]
-    for d in metrics:
+        panels.append(panel)
+    title = "Gradient-geometry dashboard (seeds thin, seed mean bold with its 95% t-interval over seeds; split-half noise floors brown)"
+    files = save(Figure(title, panels, ncols=3), out, "dashboard")
+    lines = ["## Gradient-geometry dashboard", "", image(files, "dashboard"), ""]
+    lines += centred_lines(geo, out, ctx)
+    lines += ["| metric | seed mean at first checkpoint | at last checkpoint |", "|---|---|---|"]
+    for d in metrics + [f for f in ("overlap_floor", "grad_snr") if f in set(geo.metric)]:
         s = summary(geo, d)
         if len(s):
             lines.append(f"| {d} | {s['mean'].iloc[0]:.4g} | {s['mean'].iloc[-1]:.4g} |")
-    window = ctx["window"]
+    window, points = ctx["window"], select(m, family="transition", metric="change_point")
     if window and all(math.isfinite(v) for v in window):
+        changes = ", ".join(f"{r.component} {r.value:.0f}" for r in points.itertuples()) or "none"
         lines += [
             "",
-            f"Transition window (change points of several seed-mean series agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; change points: {', '.join(f'{r.component} {r.value:.0f}' for r in points.itertuples()) or 'none'}.",
+            f"Transition window (change points of several seed-mean series agreeing): steps {window[0]:.0f} .. {window[1]:.0f}; change points: {changes}.",
         ]
     lines += [
-        "Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions.",
+        "Reading: a drop in effective rank and a rise in top-k variance mean the gradient concentrates in fewer directions. "
+        "A subspace overlap near its split-half floor says no more than two draws of the probe batches at one checkpoint would.",
         "",
     ]
     return lines
+
+
+def centred_lines(geo: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
+    """Uncentred and centred G side by side, and the gradient signal-to-noise ratio."""
+    if "effective_rank_centered" not in set(geo.metric):
+        return []
+    panels = []
+    for d in ("effective_rank", "participation_ratio", "topk_variance"):
+        traces = band_trace(geo, d, "uncentred G", "#000000") + band_trace(
+            geo, f"{d}_centered", "centred G (covariance)", "#9467bd"
+        )
+        panels.append(
+            Panel(
+                d,
+                traces,
+                ylabel=DASHBOARD_UNITS.get(d, ""),
+                window=ctx["window"],
+                marks=ctx["marks"],
+            )
+        )
+    panels.append(
+        metric_panel(
+            geo,
+            "grad_snr",
+            "||gbar||^2 / tr(centred covariance)",
+            ctx,
+            title="gradient signal-to-noise ratio",
+        )
+    )
+    files = save(
+        Figure(
+            "Uncentred vs centred G (seed means, 95% t-intervals over seeds) and the gradient SNR",
+            panels,
+            ncols=2,
+        ),
+        out,
+        "dashboard_centered",
+    )
+    return [
+        image(files, "centred vs uncentred"),
+        "",
+        "Reading: when the signal-to-noise ratio is high the uncentred G's top direction is mostly the mean gradient; where centred and uncentred disagree, the change is in the mean, not in the covariance.",
+        "",
+    ]
 
 
 def stream1_section(m: pd.DataFrame, out: Path, ctx: dict) -> list[str]:
     s1 = select(m, family="stream1")
     if s1.empty:
         return []
+    panel = metric_panel(s1, "drift_rate", "mean principal angle / step (rad)", ctx)
+    panel.traces += floor_trace(s1, "drift_floor")
     files = save(
-        Figure(
-            "Stream 1: subspace drift rate",
-            [metric_panel(s1, "drift_rate", "mean principal angle / step (rad)", ctx)],
-        ),
+        Figure("Stream 1: subspace drift rate (split-half floor brown)", [panel]),
         out,
         "stream1_drift",
     )
-    s = summary(s1, "drift_rate")
+    s, floor = summary(s1, "drift_rate"), summary(s1, "drift_floor")
     text = (
-        f"Seed-mean drift peaks at step {int(s['mean'].idxmax())} ({s['mean'].max():.2e} rad/step) and ends at {s['mean'].iloc[-1]:.2e}."
+        f"Seed-mean drift peaks at step {int(s['mean'].idxmax())} ({s['mean'].max():.2e} rad/step) and ends at {s['mean'].iloc[-1]:.2e}"
         if len(s)
         else ""
     )
+    if len(floor):
+        text += f"; its split-half floor (the angle between two halves of the probe batches at one checkpoint, per step of Delta) is {floor['mean'].min():.2e}..{floor['mean'].max():.2e}"
     return [
         "## Stream 1: subspace drift",
         "",
         image(files, "drift"),
         "",
         text
-        + " Reading: the paper predicts a peak at the transition, then decay to a small floor.",
+        + ". Reading: the paper predicts a peak at the transition, then decay to a small floor; drift below its split-half floor is noise.",
         "",
     ]
+
+
+GROUPS = ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed")
 
 
 def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
     s2 = select(m, family="stream2")
     if s2.empty:
         return []
-    groups = [
-        g
-        for g in ("ln", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "embed", "unembed")
-        if g in set(s2.component)
-    ]
-    panels = []
-    for metric, title in (
-        ("cross_seed_alignment", "raw cosine (basis-dependent)"),
-        ("cross_seed_alignment_perm", "permutation-matched cosine (basis-dependent)"),
-    ):
+    groups = [g for g in GROUPS if g in set(s2.component)]
+    panels = [cka_panel(s2, g) for g in groups]
+    heads = sorted(c for c in set(s2[s2.metric == "cka_heads"].component))
+    if heads:
         traces = [
-            Trace(g_rows.step.tolist(), g_rows.value.tolist(), g, PALETTE[i % 10], 1.4)
-            for i, g in enumerate(groups)
-            for g_rows in [select(s2, metric=metric, component=g).sort_values("step")]
+            Trace(r.step.tolist(), r.value.tolist(), layer, PALETTE[i % 10], 1.6)
+            for i, layer in enumerate(heads)
+            for r in [select(s2, metric="cka_heads", component=layer).sort_values("step")]
         ]
-        panels.append(Panel(title, traces, ylabel="mean cosine over seed pairs", zero=True))
+        panels.append(Panel("heads matched by attention pattern, per layer", traces, ylabel="CKA"))
     files = save(
-        Figure("Stream 2: cross-seed gradient alignment per parameter group", panels, ncols=2),
+        Figure(
+            "Stream 2: basis-free cross-seed alignment (CKA of per-batch gradient Grams), with nulls and the basis-dependent cosine",
+            panels,
+            ncols=3,
+        ),
         out,
         "stream2_alignment",
     )
@@ -468,19 +521,74 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
         "",
         image(files, "stream2"),
         "",
-        "| group | raw cosine | permutation-matched |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {g} | {one(last, metric='cross_seed_alignment', component=g):.3f} | {one(last, metric='cross_seed_alignment_perm', component=g):.3f} |"
-        for g in groups
-    ]
-    lines += [
+        "At the last checkpoint, mean over seed pairs:",
         "",
-        "Reading: both cosines compare raw gradient coordinates, so they depend on each seed's basis (heads can be rotated and the residual basis differs between seeds).",
+        "| group | CKA (basis-free) | shuffled-batch null | untrained null (mean +- sd) | raw cosine (basis-dependent) | permutation-matched cosine (basis-dependent) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        null, sd = (
+            one(s2, metric="cka_null_untrained", component=g),
+            one(s2, metric="cka_null_untrained_sd", component=g),
+        )
+        cells = [
+            one(last, metric=x, component=g)
+            for x in (
+                "cka",
+                "cka_null_shuffled",
+                "cross_seed_alignment",
+                "cross_seed_alignment_perm",
+            )
+        ]
+        lines.append(
+            f"| {g} | {cells[0]:.3f} | {cells[1]:.3f} | {null:.3f} +- {sd:.3f} | {cells[2]:.3f} | {cells[3]:.3f} |"
+        )
+    return lines + [
+        "",
+        "Reading: CKA asks whether the same probe batches push two seeds' group alike, whatever the coordinates; it means something only above both nulls. "
+        "The cosines compare raw coordinates, which differ between seeds by head rotations, permutations and the residual basis.",
         "",
     ]
-    return lines
+
+
+def cka_panel(s2: pd.DataFrame, group: str) -> Panel:
+    cka = select(s2, metric="cka", component=group).sort_values("step")
+    shuffled = select(s2, metric="cka_null_shuffled", component=group).sort_values("step")
+    raw = select(s2, metric="cross_seed_alignment", component=group).sort_values("step")
+    traces = [
+        Trace(cka.step.tolist(), cka.value.tolist(), "CKA", "#1f77b4", 2.2),
+        Trace(
+            shuffled.step.tolist(), shuffled.value.tolist(), "shuffled-batch null", "#7f7f7f", 1.2
+        ),
+    ]
+    null, sd = (
+        one(s2, metric="cka_null_untrained", component=group),
+        one(s2, metric="cka_null_untrained_sd", component=group),
+    )
+    if math.isfinite(null) and len(cka):
+        x = [float(cka.step.min()), float(cka.step.max())]
+        traces.append(
+            Trace(
+                x,
+                [null, null],
+                "untrained null (+- 2 sd)",
+                "#bcbd22",
+                1.2,
+                lo=[null - 2 * sd] * 2,
+                hi=[null + 2 * sd] * 2,
+            )
+        )
+    traces.append(
+        Trace(
+            raw.step.tolist(),
+            raw.value.tolist(),
+            "raw cosine (basis-dependent)",
+            "#d62728",
+            1.0,
+            0.7,
+        )
+    )
+    return Panel(group, traces, ylabel="mean over seed pairs", zero=True)
 
 
 def beta_section(m: pd.DataFrame) -> list[str]:
@@ -752,6 +860,103 @@ def ledger_tables(led: pd.DataFrame) -> list[str]:
     ]
 
 
+VARIANT_COLORS = {"real": "#000000", "half": "#d62728"}
+
+
+def counterfactual_section(m: pd.DataFrame, out: Path) -> list[str]:
+    cf = select(m, family="counterfactual")
+    if cf.empty:
+        return []
+    seeds = seeds_of(cf[cf.step >= 0])
+    variants = sorted(set(cf.variant) - {""}, key=lambda v: (v != "real", v))
+    panels = []
+    for metric, ylabel in (
+        ("induction_score", "best induction score"),
+        ("E_C", "E_C on the probe set"),
+    ):
+        for seed in seeds:
+            traces = []
+            for i, v in enumerate(variants):
+                g = select(cf, metric=metric, seed=seed, variant=v).sort_values("step")
+                color = VARIANT_COLORS.get(
+                    v, "#2ca02c" if v.startswith("mean") else PALETTE[(i + 2) % 10]
+                )
+                traces.append(
+                    Trace(
+                        g.step.tolist(),
+                        g.value.tolist(),
+                        v,
+                        color,
+                        2.6 if v == "real" else 1.2,
+                        1.0 if v == "real" else 0.8,
+                        legend=seed == seeds[0],
+                    )
+                )
+            panels.append(Panel(f"seed {seed}: {metric}", traces, ylabel=ylabel))
+    title = "Counterfactual replays from each seed's pre-formation checkpoint (real run bold; other data orders, noise cut by a batch mean, noise doubled by half batches)"
+    files = save(Figure(title, panels, ncols=len(seeds)), out, "counterfactual_trajectories")
+    lines = [
+        "## Counterfactuals: is gradient noise needed for formation?",
+        "",
+        image(files, "counterfactuals"),
+        "",
+        "| variant | seeds formed | formation shift vs the real run (steps; mean over seeds, 95% t-interval) | seeds earlier / later | E_C change over the window |",
+        "|---|---|---|---|---|",
+    ]
+    for v in variants:
+        g = cf[(cf.variant == v) & (cf.seed < 0)]
+        shift = [one(g, metric=f"formation_shift/seed_{s}") for s in ("mean", "lo", "hi")]
+        change = [one(g, metric=f"E_C_change/seed_{s}") for s in ("mean", "lo", "hi")]
+        lines.append(
+            f"| {v} | {one(g, metric='formed/seeds'):.0f} of {one(g, metric='formed/seed_n'):.0f} | {shift[0]:+.0f} [{shift[1]:+.0f}, {shift[2]:+.0f}] | "
+            f"{one(g, metric='formation_shift/seeds_earlier'):.0f} / {one(g, metric='formation_shift/seeds_later'):.0f} | {change[0]:+.3f} [{change[1]:+.3f}, {change[2]:+.3f}] |"
+        )
+    return lines + [
+        "",
+        "Reading: formation is the steepest rise of the induction score on the 50-step grid; a shift outside the spread of the other data orders is an effect of the noise.",
+        "",
+    ]
+
+
+def ledger_comparison(runs: dict, out: Path) -> list[str]:
+    """The ledgers of several runs (e.g. presets) side by side: seed-level window sums of each term."""
+    terms = (
+        "dE/exact",
+        "L1_drift/sum",
+        "L1_noise/sum",
+        "L1_inherited/sum",
+        "L1_fresh/sum",
+        "L2/sum",
+    )
+    traces = []
+    for i, (label, run) in enumerate(runs.items()):
+        led = run.metrics("ledger")
+        mean = [one(led, metric=f"{t}/seed_mean", component="C@window") for t in terms]
+        lo = [one(led, metric=f"{t}/seed_lo", component="C@window") for t in terms]
+        hi = [one(led, metric=f"{t}/seed_hi", component="C@window") for t in terms]
+        traces.append(
+            Trace(
+                list(range(len(terms))),
+                mean,
+                label,
+                PALETTE[i % 10],
+                1.8,
+                lo=lo,
+                hi=hi,
+                mode="markers",
+            )
+        )
+    panel = Panel(
+        "window sums of E_C's terms (mean over seeds, 95% t-interval)",
+        traces,
+        xlabel=" | ".join(f"{i}: {t}" for i, t in enumerate(terms)),
+        ylabel="change of E_C",
+        zero=True,
+    )
+    files = save(Figure("Stream 3 ledgers side by side", [panel]), out, "ledger_comparison")
+    return ["## Ledgers side by side", "", image(files, "ledger comparison"), ""]
+
+
 SAE_UNITS = {
     "l0": "active features / token",
     "explained_variance": "fraction",
@@ -904,8 +1109,11 @@ def paper_section(m: pd.DataFrame, run) -> list[str]:
     return lines + [""]
 
 
-def write_report(run, out: Path | None = None) -> Path:
-    """Write every figure the run's rows allow and ``report.md``; returns its path."""
+def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
+    """Write every figure the run's rows allow and ``report.md``; returns its path.
+
+    ``beside``: other runs whose Stream 3 ledgers are drawn next to this one's.
+    """
     out = Path(out or run.path / "report")
     out.mkdir(parents=True, exist_ok=True)
     m = run.metrics()
@@ -927,8 +1135,17 @@ def write_report(run, out: Path | None = None) -> Path:
     lines += beta_section(m)
     lines += stream3_section(m, out, ctx)
     lines += ledger_section(m, out)
+    lines += counterfactual_section(m, out)
     lines += sae_section(m, out, ctx)
     lines += paper_section(m, run)
+    if beside:
+        lines += ledger_comparison(
+            {
+                f"{run.name} ({run.config.preset})": run,
+                **{f"{r.name} ({r.config.preset})": r for r in beside},
+            },
+            out,
+        )
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -227,6 +227,7 @@ _BUILTIN = {
     "autocatalysis": "interp_ext.families.autocatalysis",
     "sae": "interp_ext.families.sae",
     "ledger": "interp_ext.families.ledger",
+    "counterfactual": "interp_ext.families.counterfactual",
 }
 _REGISTRY: dict[str, Family] = {}
 

@@ -160,6 +160,7 @@ class Run:
         self._tokenizer = None
         self._probe: dict[str, torch.Tensor] | None = None
         self._train: np.ndarray | None = None
+        self._imports: dict | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, seeds={self.seeds}, steps={self.steps[:3]}...{self.steps[-1:] if self.steps else []})"
@@ -185,16 +186,41 @@ class Run:
     def seeds(self) -> list[int]:
         """Seeds with at least one checkpoint."""
         root = self.path / "checkpoints"
-        if not root.is_dir():
-            return []
-        return sorted(
-            int(m.group(1))
-            for d in root.iterdir()
-            if (m := _SEED_RE.match(d.name)) and self._steps_in(d)
+        native = (
+            {
+                int(m.group(1))
+                for d in root.iterdir()
+                if (m := _SEED_RE.match(d.name)) and self._steps_in(d)
+            }
+            if root.is_dir()
+            else set()
         )
+        return sorted(native | set(self.imported_checkpoints()))
 
     def steps_for(self, seed: int) -> list[int]:
-        return self._steps_in(self.path / "checkpoints" / f"seed={seed}")
+        native = self._steps_in(self.path / "checkpoints" / f"seed={seed}")
+        return sorted(set(native) | set(self.imported_checkpoints().get(seed, {})))
+
+    # -- imported runs (interp_ext.importing)
+    @property
+    def imported(self) -> bool:
+        """Whether the run was made from checkpoints trained elsewhere (its real batches are unknown)."""
+        return (self.path / "import.json").exists()
+
+    def imported_checkpoints(self) -> dict[int, dict[int, dict]]:
+        """seed -> step -> the referenced source of an imported checkpoint (empty for native runs)."""
+        if self._imports is None:
+            path = self.path / "import.json"
+            raw = json.loads(path.read_text())["checkpoints"] if path.exists() else {}
+            self._imports = {
+                int(s): {int(t): e for t, e in steps.items()} for s, steps in raw.items()
+            }
+        return self._imports
+
+    def frozen_parameters(self) -> list[str]:
+        """Parameters of an imported run's model that its source did not train (frozen at zero)."""
+        path = self.path / "import.json"
+        return json.loads(path.read_text()).get("frozen", []) if path.exists() else []
 
     @property
     def steps(self) -> list[int]:
@@ -228,15 +254,24 @@ class Run:
     def d_vocab(self) -> int:
         return int(json.loads((self.path / "run_info.json").read_text())["d_vocab"])
 
+    @property
+    def bos(self) -> int:
+        """The token id every sequence starts with."""
+        return int(json.loads((self.path / "run_info.json").read_text())["bos"])
+
     def state_dict(self, seed: int, step: int | None = None) -> dict[str, torch.Tensor]:
         """The parameters of one seed at one checkpoint (TransformerLens names)."""
-        step = self._check_step(seed, step)
-        return load_checkpoint(self.checkpoint_path(seed, step))["params"]
+        return self.checkpoint(seed, step)["params"]
 
     def checkpoint(self, seed: int, step: int | None = None) -> dict:
-        """The whole checkpoint (params, AdamW moments, step counter)."""
+        """The whole checkpoint (params, AdamW moments, step counter); an imported one converted from its source."""
         step = self._check_step(seed, step)
-        return load_checkpoint(self.checkpoint_path(seed, step))
+        path = self.checkpoint_path(seed, step)
+        if not path.exists() and step in self.imported_checkpoints().get(seed, {}):
+            from interp_ext.importing import load_imported
+
+            return load_imported(self, seed, step)
+        return load_checkpoint(path)
 
     @property
     def device(self) -> str:
@@ -264,7 +299,20 @@ class Run:
             self.config.model, self.d_vocab, seed=0, device=device, tokenizer=self.tokenizer()
         )
         missing, unexpected = model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]
+        frozen = set(self.frozen_parameters())
+        for name, p in model.named_parameters():
+            if (
+                name in frozen
+            ):  # an imported run's source had no such weight: zero, and no coordinate
+                p.requires_grad_(False)
+                torch.nn.init.zeros_(p)
+        bad = [
+            k
+            for k in missing
+            if not k.endswith((".mask", ".IGNORE"))
+            and k not in frozen
+            and k in dict(model.named_parameters())
+        ]
         if bad or unexpected:
             raise CheckpointError(
                 f"checkpoint of seed {seed} step {step} does not match the model: missing {bad}, unexpected {unexpected}"

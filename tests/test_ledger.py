@@ -185,3 +185,47 @@ def test_auto_window_needs_formation_steps(ledger_run, tmp_path):
     assert (
         np.isnan(rows[rows.metric == "dE"].value).all() if len(rows[rows.metric == "dE"]) else True
     )
+
+
+def test_counterfactual_replays(ledger_run):
+    from interp_ext.autocatalysis import model_probe
+    from interp_ext.families.counterfactual import CounterfactualSettings
+
+    settings = CounterfactualSettings(
+        window="4:8", orders=1, mean_batches=2, record_every=2, circuit=CIRCUIT
+    )
+    rows = measure(ledger_run, settings, seeds=[0], progress=False)
+    traj = rows[(rows.seed == 0) & (rows.step >= 0)]
+    assert set(traj.variant) == {"real", "order_1", "mean2", "half"}
+    assert sorted(traj[traj.variant == "real"].step.unique()) == [4, 6, 8]
+    # the real trajectory ends on the saved checkpoint: its E_C there is the checkpoint's
+    from circuits import Circuit
+
+    model = ledger_run.model(0, 8)
+    mask = torch.stack(list(Circuit("c", CIRCUIT.split(",")).flat_masks(model).values())).any(0)
+    expected = model_probe(model, ledger_run.probe_set()["lm"], chunk=4).energy(mask)
+    real_end = traj[
+        (traj.variant == "real") & (traj.metric == "E_C") & (traj.step == 8)
+    ].value.iloc[0]
+    assert real_end == pytest.approx(expected, rel=1e-6)
+    start = traj[(traj.metric == "E_C") & (traj.step == 4)].value
+    assert np.allclose(start, start.iloc[0])  # every variant starts from the same checkpoint
+    end = traj[(traj.metric == "E_C") & (traj.step == 8)].set_index("variant").value
+    assert end["mean2"] != end["real"] and end["half"] != end["real"]
+    outcomes = rows[(rows.seed == 0) & (rows.step < 0)]
+    assert {"formed", "formation_shift", "E_C_change"} <= set(outcomes.metric)
+    assert {"formation_shift/seed_mean", "formed/seeds"} <= set(rows[rows.seed < 0].metric)
+
+
+def test_counterfactuals_need_the_training_data(ledger_run, tmp_path):
+    from interp_ext.families.counterfactual import CounterfactualSettings
+
+    copy = tmp_path / "nodata"
+    shutil.copytree(
+        ledger_run.path, copy, ignore=shutil.ignore_patterns("train.npy", "metrics", "measurements")
+    )
+    with pytest.raises(MeasureError, match="training data"):
+        measure(
+            open_run(copy), CounterfactualSettings(window="4:8", circuit=CIRCUIT), progress=False
+        )
+    assert not (copy / "metrics" / "counterfactual").exists()

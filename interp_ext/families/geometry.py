@@ -21,6 +21,7 @@ import torch
 
 from interp_ext.geometry import spectral
 from interp_ext.geometry.dashboard import (
+    COMPANIONS,
     DASHBOARD,
     CheckpointGeometry,
     checkpoint_geometry,
@@ -28,6 +29,7 @@ from interp_ext.geometry.dashboard import (
 )
 from interp_ext.geometry.gradients import GROUPS
 from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.store import atomic_save_safetensors, load_safetensors
 
 log = logging.getLogger("interp_ext")
 
@@ -97,7 +99,7 @@ class Geometry(Family):
     settings = GeometrySettings
     stateful = True
     row_families = ("geometry", "stream1")
-    summary_metrics = DASHBOARD + ("drift_rate",)
+    summary_metrics = DASHBOARD + COMPANIONS + ("drift_rate", "drift_floor")
 
     def prepare(self, run, settings: GeometrySettings) -> GeometrySettings:
         available = run.probe_set()["lm"].shape[0]
@@ -149,6 +151,8 @@ class Geometry(Family):
         rows += [("geometry", "g_trace", g, v) for g, v in geo.group_trace.items()]
         if drift is not None:
             rows.append(("stream1", "drift_rate", "", drift))
+            rows.append(("stream1", "drift_floor", "", metrics["angle_floor"] / state.delta))
+        save_grams(gram_path(ctx.run, settings.id, ctx.seed, ctx.step), geo.grams)
         return pd.DataFrame(rows, columns=["family", "metric", "component", "value"])
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
@@ -213,4 +217,19 @@ def step_alignment(ctx: Checkpoint) -> dict[str, float]:
     }
 
 
-__all__ = ["Geometry", "GeometrySettings"]
+def gram_path(run, settings_id: str, seed: int, step: int):
+    """``<run>/grams/<geometry settings id>/seed=<s>/step=<t>.safetensors``: the per-block B x B Gram
+    matrices of a checkpoint's per-batch gradients, kept for the basis-free cross-seed comparison."""
+    return run.path / "grams" / settings_id / f"seed={seed}" / f"step={step}.safetensors"
+
+
+def save_grams(path, grams: dict[str, torch.Tensor]) -> None:
+    if grams:
+        atomic_save_safetensors(grams, path)
+
+
+def load_grams(path) -> dict[str, torch.Tensor]:
+    return load_safetensors(path)
+
+
+__all__ = ["Geometry", "GeometrySettings", "gram_path", "load_grams"]

@@ -138,6 +138,10 @@ class Ledger(Family):
             raise MeasureError(
                 f"ledger setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
             )
+        if run.imported:
+            raise MeasureError(
+                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
+            )
         try:
             run.train_tokens()
         except FileNotFoundError as err:

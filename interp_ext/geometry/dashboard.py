@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -56,9 +56,18 @@ class CheckpointGeometry:
     mean_grad: torch.Tensor  # gbar [n_params] float32
     group_norms: dict[str, float]
     group_trace: dict[str, float]
+    grams: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # block -> B x B Gram (groups, layers, heads)
 
 
 SPECTRUM = ("effective_rank", "participation_ratio", "topk_variance", "top1_variance")
+COMPANIONS = tuple(f"{m}_centered" for m in SPECTRUM) + (
+    "grad_snr",
+    "overlap_floor",
+    "top_eigvec_floor",
+    "angle_floor",
+)
 SINGLE = SPECTRUM + ("energy_in_subspace", "energy_outside", "grad_cosine")
 
 
@@ -78,7 +87,11 @@ def checkpoint_geometry(
         n = grads.shape[1]
         nan_basis = torch.full((n, k), math.nan, dtype=grads.dtype)
         return CheckpointGeometry(
-            dict.fromkeys(SINGLE, math.nan), nan_basis, torch.full((n,), math.nan), {}, {}
+            dict.fromkeys(SINGLE + COMPANIONS, math.nan),
+            nan_basis,
+            torch.full((n,), math.nan),
+            {},
+            {},
         )
     evals, evecs = spectral.gram_eigen(
         grads, centered, spectral.center_gram(raw) if centered else raw
@@ -89,8 +102,50 @@ def checkpoint_geometry(
         metrics["energy_in_subspace"] = heldout_energy(model, basis, heldout, params, chunk)
         metrics["energy_outside"] = 1.0 - metrics["energy_in_subspace"]
     metrics["grad_cosine"] = spectral.mean_pairwise_cosine(grads, raw)
+    metrics.update(companion_metrics(grads, raw, evals if centered else None, k, centered))
     norms, trace = group_statistics(model, grads, params)
-    return CheckpointGeometry(metrics, basis, grads.mean(0), norms, trace)
+    grams = spectral.block_grams(grads, gram_blocks(model, select_params(model, params)))
+    return CheckpointGeometry(metrics, basis, grads.mean(0), norms, trace, grams)
+
+
+def companion_metrics(
+    grads: torch.Tensor,
+    raw: torch.Tensor,
+    centered_evals: torch.Tensor | None,
+    k: int,
+    centered: bool,
+) -> dict[str, float]:
+    """What reads the dashboard next to it: the spectrum metrics of the centred G (``*_centered``; the
+    uncentred G's top direction is roughly the mean gradient when the signal-to-noise ratio is high), the
+    gradient signal-to-noise ratio, and the split-half noise floor of the subspace metrics."""
+    if centered_evals is None:
+        centered_evals, _ = spectral.gram_eigen(grads, True, spectral.center_gram(raw))
+    out = {f"{m}_centered": v for m, v in spectral.spectrum_metrics(centered_evals, k).items()}
+    out["grad_snr"] = spectral.gradient_snr(grads, raw)
+    out.update(spectral.split_half_floor(grads, k, centered))
+    return out
+
+
+def gram_blocks(model, names: list[str]) -> dict[str, list[slice]]:
+    """Coordinate blocks whose Gram matrices cross-seed CKA compares: every parameter group (``attn_qkv``,
+    ``blocks.1.mlp_in``, ...) and every attention head (``L1H2``: its W_Q, W_K, W_V, W_O, b_Q, b_K, b_V)."""
+    slices = group_slices(model, names)
+    blocks = {
+        g: [slices[n] for n in members] for g, members in group_names(names, per_layer=True).items()
+    }
+    n_heads = model.cfg.n_heads
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "blocks" and parts[-1] in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
+            sl = slices[name]
+            per = (
+                sl.stop - sl.start
+            ) // n_heads  # heads are the leading dimension of these parameters
+            for h in range(n_heads):
+                blocks.setdefault(f"L{parts[1]}H{h}", []).append(
+                    slice(sl.start + h * per, sl.start + (h + 1) * per)
+                )
+    return blocks
 
 
 def heldout_energy(model, basis: torch.Tensor, heldout: torch.Tensor, params, chunk) -> float:

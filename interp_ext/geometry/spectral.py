@@ -133,6 +133,68 @@ def drift_rate(u: torch.Tensor, v: torch.Tensor, delta_steps: int) -> float:
     return float(principal_angles(u, v).mean()) / delta_steps
 
 
+def linear_cka(k1: Float[torch.Tensor, "B B"], k2: Float[torch.Tensor, "B B"]) -> float:
+    """Linear CKA of two Gram matrices on the same B batches (SPEC section 5):
+    <H K1 H, H K2 H>_F / (||H K1 H||_F ||H K2 H||_F), H = I - 11^T / B.
+
+    Invariant to any orthogonal change of the coordinates the Grams were formed in
+    (g -> R g leaves g_a . g_b unchanged), so it compares what the batches do, not the basis.
+    """
+    a, b = center_gram(k1.double()), center_gram(k2.double())
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def split_half_bases(
+    grads: Float[torch.Tensor, "B n_params"], k: int, centered: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """U from batches 1..B/2 and U from B/2+1..B: two estimates of U_t on disjoint batches."""
+    half = grads.shape[0] // 2
+    out = []
+    for part in (grads[:half], grads[half : 2 * half]):
+        evals, evecs = gram_eigen(part, centered)
+        out.append(top_eigenvectors(part, evals, evecs, k, centered))
+    return out[0], out[1]
+
+
+def split_half_floor(
+    grads: Float[torch.Tensor, "B n_params"], k: int, centered: bool = False
+) -> dict[str, float]:
+    """What the subspace metrics read between two independent draws of half the batches at one
+    checkpoint: their noise floor (``overlap``, ``top_eigvec``, and the mean principal ``angle``)."""
+    u, v = split_half_bases(grads, k, centered)
+    return {
+        "overlap_floor": subspace_overlap(u, v),
+        "top_eigvec_floor": top_vector_similarity(u, v),
+        "angle_floor": float(principal_angles(u, v).mean()),
+    }
+
+
+def gradient_snr(
+    grads: Float[torch.Tensor, "B n_params"], gram_matrix: torch.Tensor | None = None
+) -> float:
+    """||gbar||^2 / trace of the centred covariance (1/B) sum_b ||g_b - gbar||^2, from the Gram matrix."""
+    k = gram(grads) if gram_matrix is None else gram_matrix
+    b = k.shape[0]
+    mean_sq = float(k.sum()) / b**2
+    noise = float(k.diagonal().sum()) / b - mean_sq
+    return mean_sq / noise if noise > 0 else float("inf")
+
+
+def block_grams(
+    grads: Float[torch.Tensor, "B n_params"], blocks: dict[str, list[slice]]
+) -> dict[str, torch.Tensor]:
+    """B x B Gram matrix of each block of coordinates (a union of slices), float64."""
+    out = {}
+    for name, slices in blocks.items():
+        k = torch.zeros(grads.shape[0], grads.shape[0], dtype=torch.float64)
+        for sl in slices:
+            part = grads[:, sl]
+            k += (part @ part.T).double()
+        out[name] = k
+    return out
+
+
 def spectrum_metrics(evals: torch.Tensor, k: int) -> dict[str, float]:
     return {
         "effective_rank": effective_rank(evals),
@@ -143,15 +205,20 @@ def spectrum_metrics(evals: torch.Tensor, k: int) -> dict[str, float]:
 
 
 __all__ = [
+    "block_grams",
     "cosine",
     "drift_rate",
     "effective_rank",
     "energy_in_subspace",
+    "gradient_snr",
     "gram_eigen",
+    "linear_cka",
     "mean_pairwise_cosine",
     "participation_ratio",
     "principal_angles",
     "spectrum_metrics",
+    "split_half_bases",
+    "split_half_floor",
     "subspace_overlap",
     "top_eigenvectors",
     "top_vector_similarity",

@@ -25,8 +25,9 @@ import torch
 from scipy.optimize import curve_fit, linear_sum_assignment
 from transformer_lens import HookedTransformer
 
+from circuits.circuit import Head
 from interp_ext.geometry.gradients import group_names, per_batch_gradients, select_params, unflatten
-from interp_ext.geometry.spectral import cosine
+from interp_ext.geometry.spectral import cosine, linear_cka
 
 log = logging.getLogger("interp_ext")
 
@@ -139,6 +140,97 @@ def cross_seed_alignment(
                 )
     return pd.DataFrame(
         [{"metric": m, "component": g, "value": float(np.mean(v))} for (m, g), v in sums.items()]
+    )
+
+
+# --------------------------------------------------------------------------- basis-free Stream 2
+
+
+@torch.no_grad()
+def head_patterns(model: HookedTransformer, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per layer, each head's attention pattern on the tokens, flattened: [head_index, batch * q * k]."""
+    _, cache = model.run_with_cache(
+        tokens.to(model.cfg.device),
+        names_filter=lambda n: n.endswith("hook_pattern"),
+        return_type=None,
+    )
+    return {
+        layer: cache["pattern", layer].float().cpu().transpose(0, 1).reshape(model.cfg.n_heads, -1)
+        for layer in range(model.cfg.n_layers)
+    }
+
+
+def match_heads(
+    patterns_a: dict[int, torch.Tensor], patterns_b: dict[int, torch.Tensor]
+) -> dict[int, np.ndarray]:
+    """Per layer, the head of b matched to each head of a (Hungarian matching on pattern cosine similarity):
+    perm[i] is b's head for a's head i. Attention patterns are functions of the input, not of a basis."""
+    out = {}
+    for layer, a in patterns_a.items():
+        b = patterns_b[layer]
+        sim = (a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (
+            b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        ).T
+        rows, cols = linear_sum_assignment(-sim.numpy())
+        perm = np.empty(len(rows), dtype=np.int64)
+        perm[rows] = cols
+        out[layer] = perm
+    return out
+
+
+def cka_alignment(
+    grams: Sequence[dict[str, torch.Tensor]],
+    perms: dict[tuple[int, int], dict[int, np.ndarray]] | None = None,
+) -> pd.DataFrame:
+    """Basis-free cross-seed alignment: mean over seed pairs of the linear CKA of their per-batch
+    gradient Gram matrices on the same probe batches (SPEC section 5), for every block.
+
+    Args:
+        grams: per seed, block -> B x B Gram (groups such as ``attn_qkv`` and ``blocks.1.mlp_in``,
+            heads ``L1H2``), all on the same batches in the same order.
+        perms: (i, j) -> per-layer head matching of seed j to seed i; heads are compared through it
+            (``cka_head`` per head of the first seed, ``cka_heads`` per layer over all pairs).
+
+    Returns:
+        DataFrame (metric, component, value).
+    """
+    sums: dict[tuple[str, str], list[float]] = {}
+    for i, j in itertools.combinations(range(len(grams)), 2):
+        for block, k in grams[i].items():
+            if Head.is_head(block):
+                if perms is None:
+                    continue
+                h = Head.parse(block)
+                partner = str(Head(h.layer, int(perms[(i, j)][h.layer][h.head])))
+                value = linear_cka(k, grams[j][partner])
+                sums.setdefault(("cka_heads", f"blocks.{h.layer}.heads"), []).append(value)
+                if i == 0:
+                    sums.setdefault(("cka_head", block), []).append(value)
+            else:
+                sums.setdefault(("cka", block), []).append(linear_cka(k, grams[j][block]))
+    return pd.DataFrame(
+        [{"metric": m, "component": c, "value": float(np.mean(v))} for (m, c), v in sums.items()]
+    )
+
+
+def shuffled_null(
+    grams: Sequence[dict[str, torch.Tensor]], draws: int = 4, seed: int = 0
+) -> pd.DataFrame:
+    """The same CKA with the batch order of the second seed of each pair shuffled: what it reads when
+    the batches no longer correspond (``cka_null_shuffled``, groups only)."""
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, list[float]] = {}
+    for i, j in itertools.combinations(range(len(grams)), 2):
+        for _ in range(draws):
+            perm = torch.randperm(next(iter(grams[j].values())).shape[0], generator=gen)
+            for block, k in grams[i].items():
+                if not Head.is_head(block):
+                    sums.setdefault(block, []).append(linear_cka(k, grams[j][block][perm][:, perm]))
+    return pd.DataFrame(
+        [
+            {"metric": "cka_null_shuffled", "component": c, "value": float(np.mean(v))}
+            for c, v in sums.items()
+        ]
     )
 
 

@@ -36,7 +36,7 @@ def token_set(run, n_tokens: int, seed: int = 0) -> torch.Tensor:
     """Corpus windows [n_seq, n_ctx] (BOS first) for generating activations: fixed per run."""
     n_ctx = run.config.model.n_ctx
     rng = np.random.default_rng([0x5AE, seed])
-    bos = run.tokenizer().convert_tokens_to_ids("<|endoftext|>")
+    bos = run.bos
     n_seq = max(1, math.ceil(n_tokens / (n_ctx - 1)))
     return torch.from_numpy(sample_sequences(run.train_tokens(), n_seq, n_ctx, bos, rng))
 

@@ -34,9 +34,35 @@ def test_geometry_rows_idempotent_and_resumable(micro_run):
     assert len(run.metrics("stream1")) > 0
     with pytest.raises(MeasureError, match="available steps"):
         measure(run, GeometrySettings(k=2, lag=2), steps=[3], progress=False)
-    s2 = measure(run, Stream2Settings(), progress=False)
-    assert set(s2.metric) == {"cross_seed_alignment", "cross_seed_alignment_perm"}
+    companions = {
+        "effective_rank_centered",
+        "topk_variance_centered",
+        "grad_snr",
+        "overlap_floor",
+        "angle_floor",
+    }
+    assert companions <= set(first.metric) and "drift_floor" in set(run.metrics("stream1").metric)
+    settings = GeometrySettings(k=2, lag=2)
+    grams = run.path / "grams" / settings.id / "seed=0" / "step=4.safetensors"
+    assert grams.exists()
+    s2 = measure(run, Stream2Settings(null_models=2, shuffles=1), progress=False)
+    assert {
+        "cross_seed_alignment",
+        "cross_seed_alignment_perm",
+        "cka",
+        "cka_head",
+        "cka_heads",
+        "cka_null_shuffled",
+        "cka_null_untrained",
+    } <= set(s2.metric)
     assert {"ln", "attn_qkv", "blocks.1.mlp_in"} <= set(s2.component)
+    cka = s2[s2.metric == "cka"].value
+    assert (
+        (cka > -1e-9) & (cka <= 1 + 1e-9)
+    ).all()  # CKA of positive semi-definite Grams lies in [0, 1]
+    assert set(s2.settings) == {
+        Stream2Settings(null_models=2, shuffles=1, geometry=settings.id).id
+    }  # read the geometry Grams
     out = measure(run, BetaSettings(), progress=False)
     assert {"start", "end"} <= set(out[out.family == "transition"].metric)
 

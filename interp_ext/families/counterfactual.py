@@ -1,0 +1,314 @@
+"""``counterfactual``: does gradient noise drive induction formation? Replays with the noise changed.
+
+From each seed's pre-formation checkpoint (the ledger's window), the seed's
+training continues over the same window with everything kept (AdamW state,
+learning rate, numerics) except the batches each step trains on:
+
+* ``real``: the batches it trained on (the real trajectory, checked bit for bit
+  against the window's end checkpoint);
+* ``order_<k>``: other batches from the same training distribution (another data
+  order: the spread of the real trajectory);
+* ``mean<M>``: the mean gradient of M batches (the real one and M - 1 fresh ones):
+  the same expected step with its noise cut about M-fold;
+* ``half``: half of the real batch: the noise doubled.
+
+Every ``record_every`` steps: the probe loss, the circuit's gradient energy E_C
+and the best induction score (layer >= 1). Per seed and variant: the formation
+step (where the induction score rises fastest on that grid) and its shift from
+the real one, whether the heads formed at all, and the change of E_C over the
+window. Across seeds: t-intervals of the shifts and k of n seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from circuits.circuit import Circuit
+from circuits.induction import attention_scores, formation_step
+from interp_ext.autocatalysis import EnergyProbe
+from interp_ext.families.autocatalysis import seed_circuit
+from interp_ext.families.induction import repeated_probe
+from interp_ext.families.ledger import (
+    LedgerSettings,
+    formation_settings,
+    resolve_circuit_spec,
+    seed_window,
+)
+from interp_ext.geometry.gradients import loss_function, measure_dtype
+from interp_ext.optim_step import step_batch
+from interp_ext.replay import Replay, ReplayError
+from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.stats import sign_count, t_interval
+
+ORDER_DRAWS, MEAN_DRAWS = 1000, 2000
+
+
+@dataclass(frozen=True)
+class CounterfactualSettings(Settings):
+    family = "counterfactual"
+
+    window: str = setting(
+        "auto",
+        "'auto' (as the ledger's: checkpoints >= margin steps around each seed's formation step) or START:END.",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    orders: int = setting(4, "Other data orders replayed.")
+    mean_batches: int = setting(
+        16,
+        "Batches whose mean gradient replaces the minibatch gradient (noise cut about that many times); 0: skip.",
+    )
+    half_batch: bool = setting(True, "Also replay with half of each real batch (noise doubled).")
+    record_every: int = setting(
+        50, "Record loss, E_C and the induction score every that many steps."
+    )
+    threshold: float = setting(
+        0.4, "Best induction score that counts as formed at the window's end."
+    )
+    circuit: str = setting(
+        "cause",
+        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+
+    def check(self) -> None:
+        self.require(
+            self.orders >= 0 and self.record_every >= 1,
+            "orders",
+            "orders >= 0 and record_every >= 1",
+        )
+        self.require(
+            self.mean_batches == 0 or self.mean_batches >= 2,
+            "mean_batches",
+            "must be 0 (skip) or >= 2",
+        )
+        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
+        LedgerSettings(window=self.window, margin=self.margin)  # the same window grammar
+
+    @property
+    def window_settings(self) -> LedgerSettings:
+        return LedgerSettings(window=self.window, margin=self.margin, formation=self.formation)
+
+
+@register
+class Counterfactual(Family):
+    name = "counterfactual"
+    settings = CounterfactualSettings
+    columns = ("variant",)
+    between_checkpoints = True
+
+    def prepare(self, run, settings: CounterfactualSettings) -> CounterfactualSettings:
+        if run.imported:
+            raise MeasureError(
+                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
+            )
+        try:
+            run.train_tokens()
+        except FileNotFoundError as err:
+            raise MeasureError(
+                f"counterfactual replays rebuild the run's batches and need its training data: {err}"
+            ) from err
+        if settings.window == "auto":
+            settings = replace(settings, formation=settings.formation or formation_settings(run))
+        else:
+            start, end = (int(p) for p in settings.window.split(":"))
+            missing = [s for s in (start, end) if s not in run.steps]
+            if missing:
+                raise MeasureError(
+                    f"counterfactual window {settings.window}: no checkpoint at step(s) {missing}; checkpoints: {run.steps}"
+                )
+        resolved = resolve_circuit_spec(
+            run, LedgerSettings(circuit=settings.circuit, source=settings.source)
+        )
+        return replace(settings, circuit=resolved.circuit, source=resolved.source)
+
+    def seed_steps(
+        self, run, settings: CounterfactualSettings, seed: int, steps: list[int]
+    ) -> list[int]:
+        window = seed_window(run, settings.window_settings, seed)
+        return [window[0]] if window else []
+
+    def checkpoint(self, ctx: Checkpoint, settings: CounterfactualSettings, state) -> pd.DataFrame:
+        window = seed_window(ctx.run, settings.window_settings, ctx.seed)
+        circuit = seed_circuit(
+            ctx.run, ctx.seed, LedgerSettings(circuit=settings.circuit, source=settings.source)
+        )
+        frames = [
+            trajectory(ctx.run, ctx.seed, window, name, batch_of, circuit, settings, ctx.progress)
+            for name, batch_of in variants(ctx.run, ctx.seed, settings)
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+    def finish_seed(
+        self, run, settings: CounterfactualSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame | None:
+        return seed_outcomes(rows, settings)
+
+    def finish(self, run, settings: CounterfactualSettings, rows: pd.DataFrame) -> pd.DataFrame:
+        return across_seeds(rows)
+
+
+def variants(run, seed: int, settings: CounterfactualSettings) -> list[tuple[str, object]]:
+    """(name, batch of each step) for every counterfactual, the real trajectory first."""
+    out = [("real", None)]
+    out += [
+        (f"order_{k}", lambda step, k=k: step_batch(run, seed, step, draw=ORDER_DRAWS + k))
+        for k in range(1, settings.orders + 1)
+    ]
+    if settings.mean_batches:
+        m = settings.mean_batches
+        out.append(
+            (
+                f"mean{m}",
+                lambda step: torch.cat(
+                    [step_batch(run, seed, step)]
+                    + [step_batch(run, seed, step, draw=MEAN_DRAWS + j) for j in range(m - 1)]
+                ),
+            )
+        )
+    if settings.half_batch:
+        out.append(
+            ("half", lambda step: step_batch(run, seed, step)[: run.config.train.batch_size // 2])
+        )
+    return out
+
+
+def trajectory(
+    run,
+    seed: int,
+    window: tuple[int, int],
+    name: str,
+    batch_of,
+    circuit: Circuit,
+    settings: CounterfactualSettings,
+    progress: bool,
+) -> pd.DataFrame:
+    """One replay over the window, recorded every ``record_every`` steps (the real one verified at its end).
+
+    A batch of M concatenated batches trains on the mean loss over all of them, whose gradient is the
+    mean of the M batch gradients (equal batch sizes).
+    """
+    start, end = window
+    try:
+        replay = Replay(run, seed, start, batch_of=batch_of)
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    record = Recorder(run, replay, circuit, settings)
+    rows = record(start, name)
+    for step in tqdm(
+        replay.steps(end),
+        total=end - start,
+        desc=f"{name} seed {seed}",
+        leave=False,
+        disable=not progress,
+    ):
+        if (step.step + 1 - start) % settings.record_every == 0 or step.step + 1 == end:
+            rows += record(step.step + 1, name)
+    if name == "real":
+        try:
+            replay.verify()
+        except ReplayError as err:
+            raise MeasureError(str(err)) from err
+    return pd.DataFrame(rows)
+
+
+class Recorder:
+    """Probe loss, E_C and the best induction score of the replay's current parameters."""
+
+    def __init__(self, run, replay: Replay, circuit: Circuit, settings: CounterfactualSettings):
+        self.replay, self.model = replay, replay.model
+        names = replay.names
+        self.loss_fn, self.names, self.dtype = (
+            loss_function(self.model, names),
+            names,
+            measure_dtype(self.model),
+        )
+        lm = run.probe_set()["lm"]
+        self.lm = (lm[: settings.n_batches] if settings.n_batches else lm).to(self.model.cfg.device)
+        self.repeated = repeated_probe(run)
+        self.mask = torch.stack(list(circuit.flat_masks(self.model).values())).any(0)
+        self.chunk = 4 if self.model.cfg.d_vocab <= 4096 else 1
+
+    @torch.no_grad()
+    def _loss_and_score(self) -> tuple[float, float]:
+        self.model.eval()
+        loss = float(np.mean([float(self.model(b, return_type="loss")) for b in self.lm]))
+        scores = attention_scores(self.model, self.repeated)["induction_score"][1:]
+        self.model.train()
+        return loss, float(scores.max())
+
+    def __call__(self, step: int, name: str) -> list[dict]:
+        theta = {n: p.detach().to(self.dtype) for n, p in self.model.named_parameters()}
+        energy = EnergyProbe(self.loss_fn, theta, self.lm, self.chunk).energy(self.mask)
+        loss, score = self._loss_and_score()
+        return [
+            {"step": step, "metric": m, "component": "", "value": v, "variant": name}
+            for m, v in (("loss", loss), ("E_C", energy), ("induction_score", score))
+        ]
+
+
+def seed_outcomes(rows: pd.DataFrame, settings: CounterfactualSettings) -> pd.DataFrame:
+    """Per variant: formation step (steepest rise of the induction score on the record grid), its shift
+    from the real trajectory's, whether the heads formed, and the change of E_C over the window."""
+    out = []
+    scores = rows[(rows.metric == "induction_score") & (rows.step >= 0)]
+    real = np.nan
+    for variant, g in sorted(scores.groupby("variant"), key=lambda kv: kv[0] != "real"):
+        g = g.sort_values("step")
+        formed = float(g.value.iloc[-1] > settings.threshold)
+        form = formation_step(g.step.to_numpy(), g.value.to_numpy()) if formed else math.nan
+        real = form if variant == "real" else real
+        e = rows[(rows.metric == "E_C") & (rows.variant == variant)].sort_values("step").value
+        out += [
+            {"metric": "formed", "value": formed, "variant": variant},
+            {"metric": "formation_step", "value": form, "variant": variant},
+            {"metric": "formation_shift", "value": form - real, "variant": variant},
+            {"metric": "E_C_change", "value": float(e.iloc[-1] - e.iloc[0]), "variant": variant},
+            {
+                "metric": "final_induction_score",
+                "value": float(g.value.iloc[-1]),
+                "variant": variant,
+            },
+        ]
+    return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
+
+
+def across_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: t-intervals over seeds of the formation shift and the change of E_C, and counts
+    (seeds formed, seeds forming earlier than the real run)."""
+    per_seed = rows[(rows.seed >= 0) & (rows.step < 0)]
+    out = []
+    for variant, g in per_seed.groupby("variant"):
+        for metric in ("formation_shift", "E_C_change", "formation_step"):
+            values = g[g.metric == metric].value.to_numpy()
+            for stat, v in zip(("seed_mean", "seed_lo", "seed_hi", "seed_n"), t_interval(values)):
+                out.append({"metric": f"{metric}/{stat}", "value": v, "variant": variant})
+        shifts = g[g.metric == "formation_shift"].value.to_numpy()
+        later, n = sign_count(shifts)
+        earlier, _ = sign_count(-shifts)
+        formed = g[g.metric == "formed"].value
+        out += [
+            {"metric": "formation_shift/seeds_later", "value": float(later), "variant": variant},
+            {
+                "metric": "formation_shift/seeds_earlier",
+                "value": float(earlier),
+                "variant": variant,
+            },
+            {"metric": "formed/seeds", "value": float(formed.sum()), "variant": variant},
+            {"metric": "formed/seed_n", "value": float(len(formed)), "variant": variant},
+        ]
+    return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
+
+
+__all__ = ["Counterfactual", "CounterfactualSettings"]

@@ -1,0 +1,588 @@
+"""Bring your own checkpoints: make a run directory from training runs made elsewhere.
+
+Sources:
+
+* a folder of Hugging Face checkpoints, as the ``Trainer`` writes them
+  (``checkpoint-<step>/`` with ``config.json``, the weights and, when saved,
+  ``optimizer.pt``), or several such folders, one per seed;
+* in Python, a mapping step -> `HookedTransformer` or TransformerLens state dict
+  (or seed -> such a mapping);
+* a TransformerLens checkpointed model name with checkpoint indices (Pythia,
+  stanford-crfm GPT-2, ...; needs the Hugging Face hub).
+
+Weights are converted by TransformerLens' own per-architecture converters
+(``transformer_lens.pretrained.weight_conversions``) applied to the loaded
+Hugging Face model, and loaded **without TransformerLens' weight processing**
+(no LayerNorm folding, no centring of writing weights): gradients, G and Stream 3
+depend on the parameterisation, so an imported checkpoint keeps the parameters
+its optimizer saw. Parameters the converted model has but the source did not
+train (GPT-2's unembedding bias) are frozen at zero and left out of every
+measurement. One deviation stays: a tied embedding and unembedding (GPT-2) are
+two TransformerLens parameters, measured as two coordinate blocks; mapped back,
+their gradients sum to the tied one's.
+
+AdamW moments in ``optimizer.pt`` go through the same converter as the weights
+(the fused ``c_attn`` split into W_Q, W_K, W_V, and so on), so Stream 3's
+``optimizer`` direction works where a checkpoint one step later exists: the real
+update is then the difference of the two checkpoints. The batches of the source
+run are unknown, so the ledger and counterfactual replays refuse imported runs.
+
+Hugging Face checkpoints are referenced, not copied: ``<run>/import.json`` records
+their paths with sizes, modification times and SHA-256 hashes; a changed or
+missing source is named when loaded. Checkpoints load lazily, one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("interp_ext")
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class CheckpointImportError(ValueError):
+    """The source cannot be imported; the message names the file and what would fix it."""
+
+
+# --------------------------------------------------------------------------- Hugging Face folders
+
+
+def converters() -> dict:
+    """Hugging Face architecture -> TransformerLens' converter of its weights."""
+    from transformer_lens.pretrained import weight_conversions as wc
+
+    return {
+        "GPT2LMHeadModel": wc.convert_gpt2_weights,
+        "GPTNeoXForCausalLM": wc.convert_neox_weights,
+        "GPTNeoForCausalLM": wc.convert_neo_weights,
+        "GPTJForCausalLM": wc.convert_gptj_weights,
+        "OPTForCausalLM": wc.convert_opt_weights,
+        "LlamaForCausalLM": wc.convert_llama_weights,
+    }
+
+
+def find_checkpoints(folder: Path) -> dict[int, Path]:
+    """step -> checkpoint folder: ``checkpoint-<step>/`` subfolders, or the folder itself if it is one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointImportError(
+            f"{folder} is not a folder; point at a Hugging Face Trainer output folder (with checkpoint-<step>/ subfolders)"
+        )
+    found = {
+        int(m.group(1)): p
+        for p in folder.iterdir()
+        if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    }
+    if not found and (folder / "config.json").exists():
+        step = (
+            json.loads((folder / "trainer_state.json").read_text()).get("global_step", 0)
+            if (folder / "trainer_state.json").exists()
+            else 0
+        )
+        found = {int(step): folder}
+    if not found:
+        raise CheckpointImportError(
+            f"{folder} holds no checkpoints: expected checkpoint-<step>/ folders (as the Hugging Face Trainer writes them) or a config.json"
+        )
+    for path in found.values():
+        if not (path / "config.json").exists() or not any(
+            (path / f).exists() for f in WEIGHT_FILES
+        ):
+            raise CheckpointImportError(
+                f"{path} is not a complete checkpoint: it needs config.json and {' or '.join(WEIGHT_FILES)}"
+            )
+    return dict(sorted(found.items()))
+
+
+def architecture_of(path: Path) -> tuple[str, dict]:
+    config = json.loads((path / "config.json").read_text())
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in converters():
+        raise CheckpointImportError(
+            f"{path / 'config.json'}: architecture {arch!r} has no TransformerLens weight converter here; supported: {sorted(converters())}"
+        )
+    return arch, config
+
+
+def hooked_config_dict(path: Path) -> dict:
+    """The HookedTransformerConfig of a checkpoint, from TransformerLens' own config conversion
+    (``convert_hf_model_config`` on the local folder); for GPT-2, whose current ``GPT2Config``
+    lacks the ``n_ctx`` it reads, from the same mapping with ``n_positions``."""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    arch, config = architecture_of(path)
+    try:
+        cfg = convert_hf_model_config(str(path))
+    except AttributeError:
+        if arch != "GPT2LMHeadModel":
+            raise
+        cfg = {
+            "d_model": config["n_embd"],
+            "d_head": config["n_embd"] // config["n_head"],
+            "n_heads": config["n_head"],
+            "d_mlp": config.get("n_inner") or 4 * config["n_embd"],
+            "n_layers": config["n_layer"],
+            "n_ctx": config["n_positions"],
+            "eps": config["layer_norm_epsilon"],
+            "d_vocab": config["vocab_size"],
+            "act_fn": config["activation_function"],
+            "use_attn_scale": config.get("scale_attn_weights", True),
+            "use_local_attn": False,
+            "scale_attn_by_inverse_layer_idx": config.get("scale_attn_by_inverse_layer_idx", False),
+            "normalization_type": "LN",
+            "original_architecture": arch,
+        }
+    cfg = {k: v for k, v in cfg.items() if k not in ("tokenizer_name",)}
+    cfg.update(original_architecture=arch, dtype=torch.float32, device="cpu")
+    return cfg
+
+
+@lru_cache(maxsize=1)
+def _hf_model(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def convert(path: Path, hooked: dict) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights in TransformerLens names, by TransformerLens' converter."""
+    from interp_ext.models import config_from_dict
+
+    model = _hf_model(str(path))
+    cfg = config_from_dict(hooked)
+    return {
+        k: v.detach().clone()
+        for k, v in converters()[hooked["original_architecture"]](model, cfg).items()
+    }
+
+
+def decay_parameter_names(model) -> list[str]:
+    """The parameters the Trainer's AdamW decays (its first parameter group), by the Trainer's own rule."""
+    from transformers import Trainer
+
+    return Trainer.get_decay_parameter_names(None, model)
+
+
+def convert_moments(path: Path, hooked: dict) -> dict | None:
+    """AdamW state from ``optimizer.pt`` mapped to TransformerLens names through the weight converter,
+    with each parameter group's hyper-parameters; None when the checkpoint holds no optimizer state."""
+    from interp_ext.models import config_from_dict
+
+    file = path / "optimizer.pt"
+    if not file.exists():
+        return None
+    saved = torch.load(file, map_location="cpu", weights_only=False)
+    model = _hf_model(str(path))
+    decay = set(decay_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    order = [n for n, _ in named if n in decay] + [n for n, _ in named if n not in decay]
+    sizes = [len(g["params"]) for g in saved["param_groups"]]
+    if sum(sizes) != len(order):
+        raise CheckpointImportError(
+            f"{file}: {sum(sizes)} parameters in the optimizer state, {len(order)} in the model; was it saved by the Hugging Face Trainer with AdamW?"
+        )
+    group_of = {}
+    for g, group in enumerate(saved["param_groups"]):
+        for idx in group["params"]:
+            group_of[order[idx]] = g
+    cfg = config_from_dict(hooked)
+    out = {
+        "step": float(next(iter(saved["state"].values()))["step"]),
+        "groups": [
+            {k: g[k] for k in ("lr", "betas", "eps", "weight_decay")} for g in saved["param_groups"]
+        ],
+    }
+    for key in ("exp_avg", "exp_avg_sq"):
+        twin = copy.deepcopy(model)
+        params = dict(twin.named_parameters())
+        with torch.no_grad():
+            for idx, name in enumerate(order):
+                params[name].copy_(saved["state"][idx][key])
+        out[key] = {
+            k: v.detach().clone()
+            for k, v in converters()[hooked["original_architecture"]](twin, cfg).items()
+        }
+    twin = copy.deepcopy(model)
+    params = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name in order:
+            params[name].fill_(float(group_of[name]))
+    out["group"] = {
+        k: v.detach().round().long()
+        for k, v in converters()[hooked["original_architecture"]](twin, cfg).items()
+    }
+    return out
+
+
+def file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return {"sha256": digest.hexdigest(), "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def check_source(entry: dict) -> None:
+    """Raise naming the file when a referenced source changed or is missing since the import."""
+    for name, rec in entry["files"].items():
+        path = Path(entry["folder"]) / name
+        if not path.exists():
+            raise CheckpointImportError(
+                f"the imported checkpoint {path} is missing; restore it, or import the run again from where it now is"
+            )
+        stat = path.stat()
+        if (stat.st_size, stat.st_mtime) != (rec["size"], rec["mtime"]) and file_record(path)[
+            "sha256"
+        ] != rec["sha256"]:
+            raise CheckpointImportError(
+                f"the imported checkpoint {path} changed since the import (its SHA-256 differs); import the run again to measure the new file"
+            )
+
+
+def load_imported(run, seed: int, step: int) -> dict:
+    """A referenced checkpoint in the run's checkpoint format (params, moments, step count); the last
+    two are kept converted (a measurement reads a checkpoint several times)."""
+    entry = run.imported_checkpoints()[seed][step]
+    check_source(entry)  # every time: a source changed or removed since an earlier load is named
+    return _load_imported(
+        json.dumps(entry, sort_keys=True),
+        json.dumps(run.config.model.hooked, sort_keys=True, default=str),
+        seed,
+        step,
+    )
+
+
+@lru_cache(maxsize=2)
+def _load_imported(entry_json: str, hooked_json: str, seed: int, step: int) -> dict:
+    entry, hooked = json.loads(entry_json), json.loads(hooked_json)
+    params = convert(Path(entry["folder"]), hooked)
+    moments = convert_moments(Path(entry["folder"]), hooked)
+    out = {
+        "params": params,
+        "exp_avg": {},
+        "exp_avg_sq": {},
+        "adam_step": 0.0,
+        "seed": seed,
+        "step": step,
+        "rng": None,
+    }
+    if moments:
+        out.update(
+            exp_avg=moments["exp_avg"],
+            exp_avg_sq=moments["exp_avg_sq"],
+            adam_step=moments["step"],
+            groups=moments["groups"],
+            group=moments["group"],
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+def import_checkpoints(
+    source,
+    out: str | Path,
+    probe_text: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    checkpoint_index: list[int] | None = None,
+    probe_batches: int = 16,
+    probe_batch_size: int = 8,
+    n_ctx: int | None = None,
+):
+    """Make a run directory every measurement accepts from checkpoints made elsewhere; returns the opened run.
+
+    Args:
+        source: a Hugging Face Trainer output folder, a list of them (one per seed), a mapping
+            step -> `HookedTransformer` or state dict (or seed -> such a mapping), or a
+            TransformerLens checkpointed model name (with ``checkpoint_index``).
+        out: the run directory to create (must not exist).
+        probe_text: a text file the probe set is drawn from (tokenised with the checkpoints' tokenizer).
+        data_dir: a folder with WikiText-2 raw files instead.
+        n_ctx: probe sequence length (default: the model's context, at most 64).
+    """
+    out = Path(out)
+    if out.exists():
+        raise CheckpointImportError(
+            f"{out} already exists; choose a new --out for the imported run"
+        )
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None)
+    )
+    try:
+        if isinstance(source, (str, Path)) and not Path(source).exists():
+            _import_named(str(source), checkpoint_index, staging)
+        elif isinstance(source, dict):
+            _import_mapping(source, staging)
+        else:
+            _import_folders(
+                [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)],
+                staging,
+            )
+        _prepare_data(staging, probe_text, data_dir, probe_batches, probe_batch_size, n_ctx)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)  # nothing half-written: the run appears whole or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    from interp_ext.store import open_run
+
+    return open_run(out)
+
+
+def _import_folders(folders: list[Path], staging: Path) -> None:
+    series = {seed: find_checkpoints(folder) for seed, folder in enumerate(folders)}
+    first = next(iter(next(iter(series.values())).values()))
+    hooked = hooked_config_dict(first)
+    index: dict = {}
+    for seed, steps in series.items():
+        for step, path in steps.items():
+            other = hooked_config_dict(path)
+            if other != hooked:
+                diff = sorted(k for k in set(other) | set(hooked) if other.get(k) != hooked.get(k))
+                raise CheckpointImportError(
+                    f"{path / 'config.json'} does not match {first / 'config.json'} (differs in {diff}); a run's checkpoints must share one architecture"
+                )
+            files = [
+                f for f in (*WEIGHT_FILES, "config.json", "optimizer.pt") if (path / f).exists()
+            ]
+            index.setdefault(str(seed), {})[str(step)] = {
+                "folder": str(path.resolve()),
+                "files": {f: file_record(path / f) for f in files},
+            }
+    opt = index_hyperparameters(first)
+    _write_config(
+        staging,
+        hooked,
+        opt,
+        {"source": "huggingface", "checkpoints": index, "frozen": frozen_names(first, hooked)},
+    )
+    _copy_tokenizer(first, staging / "tokenizer")
+
+
+def frozen_names(path: Path, hooked: dict) -> list[str]:
+    """TransformerLens parameters the source has no weights for (frozen at zero when loaded): those the
+    converter leaves out, and the unembedding bias it fills with zeros when the source has none."""
+    from transformer_lens import HookedTransformer
+
+    from interp_ext.models import config_from_dict
+
+    converted = convert(path, hooked)
+    model = HookedTransformer(config_from_dict(hooked), move_to_device=False)
+    head = _hf_model(str(path)).get_output_embeddings()
+    no_bias = getattr(head, "bias", None) is None
+    return [
+        n
+        for n, _ in model.named_parameters()
+        if n not in converted or (n == "unembed.b_U" and no_bias)
+    ]
+
+
+def index_hyperparameters(path: Path) -> dict:
+    """The optimizer's hyper-parameters (first group) when the checkpoint saved its state."""
+    file = path / "optimizer.pt"
+    if not file.exists():
+        return {}
+    group = torch.load(file, map_location="cpu", weights_only=False)["param_groups"][0]
+    return {
+        "lr": float(group["lr"]),
+        "betas": tuple(group["betas"]),
+        "weight_decay": float(group["weight_decay"]),
+    }
+
+
+def _copy_tokenizer(path: Path, target: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise CheckpointImportError(
+            f"{path} holds no tokenizer ({err}); save the tokenizer with the checkpoints (Trainer(processing_class=tokenizer))"
+        ) from err
+    tok.save_pretrained(str(target))
+
+
+def _write_config(staging: Path, hooked: dict, opt: dict, index: dict) -> None:
+    from interp_ext.config import DataConfig, ModelConfig, RecordConfig, RunConfig, TrainConfig
+
+    serial = {
+        k: (str(v) if isinstance(v, torch.dtype) else v)
+        for k, v in hooked.items()
+        if k not in ("device",)
+    }
+    serial["dtype"] = "float32"
+    model = ModelConfig(
+        n_layers=hooked["n_layers"],
+        n_heads=hooked["n_heads"],
+        d_model=hooked["d_model"],
+        d_mlp=hooked.get("d_mlp") or 4 * hooked["d_model"],
+        n_ctx=hooked["n_ctx"],
+        act_fn=hooked.get("act_fn") or "gelu",
+        normalization_type=hooked.get("normalization_type", "LN"),
+        attn_only=bool(hooked.get("attn_only", False)),
+        hooked=serial,
+    )
+    last = max((int(t) for steps in index["checkpoints"].values() for t in steps), default=0)
+    train = TrainConfig(
+        steps=last,
+        n_seeds=len(index["checkpoints"]) or 1,
+        checkpoint_every=1,
+        bf16=False,
+        lr=opt.get("lr", 1e-3),
+        weight_decay=opt.get("weight_decay", 0.0),
+        betas=opt.get("betas", (0.9, 0.999)),
+    )
+    cfg = RunConfig(
+        preset="imported",
+        model=model,
+        data=DataConfig(corpus="synthetic"),
+        train=train,
+        record=RecordConfig(),
+    )
+    staging.mkdir(parents=True, exist_ok=True)
+    cfg.save(staging / "config.json", extra={"imported": True})
+    (staging / "import.json").write_text(json.dumps(index, indent=2))
+
+
+def _import_mapping(source: dict, staging: Path) -> None:
+    """Python objects: step -> HookedTransformer / state dict, or seed -> such a mapping (copied as native checkpoints)."""
+    from transformer_lens import HookedTransformer
+
+    from interp_ext.store import save_checkpoint
+
+    series = (
+        source
+        if all(isinstance(v, dict) and not _is_state_dict(v) for v in source.values())
+        else {0: source}
+    )
+    template = None
+    for seed, steps in series.items():
+        for step, obj in steps.items():
+            if isinstance(obj, HookedTransformer):
+                template = template or obj
+                obj = {n: p.detach() for n, p in obj.named_parameters()}
+            save_checkpoint(
+                staging / "checkpoints" / f"seed={seed}" / f"step={step}.safetensors",
+                obj,
+                int(seed),
+                int(step),
+            )
+    if template is None:
+        raise CheckpointImportError(
+            "a mapping of state dicts needs at least one HookedTransformer among its values (its config describes the model)"
+        )
+    hooked = {
+        k: v
+        for k, v in template.cfg.to_dict().items()
+        if not callable(v) and k not in ("device", "n_devices", "tokenizer_prepends_bos")
+    }
+    _write_config(staging, hooked, {}, {"source": "python", "checkpoints": {}, "frozen": []})
+    if template.tokenizer is None:
+        raise CheckpointImportError(
+            "the HookedTransformer has no tokenizer; set one with model.set_tokenizer(...) so probe text can be tokenised"
+        )
+    template.tokenizer.save_pretrained(str(staging / "tokenizer"))
+
+
+def _is_state_dict(value: dict) -> bool:
+    return bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _import_named(name: str, indices: list[int] | None, staging: Path) -> None:
+    """A TransformerLens checkpointed model (needs the hub): fetched per index, kept unprocessed."""
+    from interp_ext.data import hub_offline
+
+    if hub_offline():
+        raise CheckpointImportError(
+            f"{name!r} is not a local folder, and a TransformerLens checkpointed model needs the Hugging Face hub, which is unreachable (offline); import a local folder of checkpoints instead"
+        )
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_checkpoint_labels
+
+    labels, _ = get_checkpoint_labels(name)
+    chosen = indices if indices is not None else list(range(len(labels)))
+    models = {
+        int(labels[i]): HookedTransformer.from_pretrained_no_processing(
+            name, checkpoint_index=i, device="cpu"
+        )
+        for i in chosen
+    }
+    _import_mapping(models, staging)
+
+
+def _prepare_data(
+    staging: Path,
+    probe_text,
+    data_dir,
+    probe_batches: int,
+    probe_batch_size: int,
+    n_ctx: int | None,
+) -> None:
+    """Token streams and the probe set, from the user's text (or WikiText) and the checkpoints' tokenizer."""
+    from interp_ext.config import RunConfig
+    from interp_ext.data import (
+        TokenData,
+        encode_text,
+        load_tokenizer,
+        make_probe_set,
+        wikitext_from_dir,
+    )
+    from interp_ext.store import atomic_save_safetensors
+
+    if probe_text is None and data_dir is None:
+        raise CheckpointImportError(
+            "an imported run needs text for its probe set: pass --probe-text FILE or --data-dir DIR (WikiText-2 raw)"
+        )
+    tok = load_tokenizer(staging / "tokenizer")
+    if probe_text is not None:
+        text = Path(probe_text).read_text(encoding="utf-8")
+        cut = int(len(text) * 0.9)
+        train_text, held_text, note = text[:cut], text[cut:], f"probe text {Path(probe_text).name}"
+    else:
+        corpus = wikitext_from_dir(data_dir)
+        train_text, held_text, note = corpus.train_text, corpus.heldout_text, corpus.note
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    cfg = RunConfig.load(staging / "config.json")
+    cfg.model.n_ctx = min(n_ctx or cfg.model.n_ctx, cfg.model.n_ctx, 64)
+    cfg.data.probe_batches, cfg.data.probe_batch_size = probe_batches, probe_batch_size
+    cfg.data.heldout_batches, cfg.data.repeated_batches = max(2, probe_batches // 4), 2
+    data = TokenData(
+        tok,
+        encode_text(tok, train_text),
+        encode_text(tok, held_text),
+        int(bos),
+        len(tok),
+        "imported",
+        note,
+    )
+    (staging / "data").mkdir(exist_ok=True)
+    np.save(staging / "data" / "train.npy", data.train)
+    np.save(staging / "data" / "heldout.npy", data.heldout)
+    atomic_save_safetensors(
+        make_probe_set(data, cfg.data, cfg.model), staging / "probe_set.safetensors"
+    )
+    hooked_vocab = cfg.model.hooked.get("d_vocab", len(tok)) if cfg.model.hooked else len(tok)
+    info = {
+        "d_vocab": int(hooked_vocab),
+        "bos": int(bos),
+        "corpus": "imported",
+        "corpus_note": note,
+    }
+    (staging / "run_info.json").write_text(json.dumps(info, indent=2))
+    extra = json.loads((staging / "config.json").read_text()).get("provenance")
+    cfg.save(staging / "config.json", extra=extra)

@@ -1,0 +1,148 @@
+"""Basis-free Stream 2 (linear CKA of per-batch gradient Grams) and the split-half noise floors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from interp_ext.families.stream2 import grams_of
+from interp_ext.geometry import spectral
+from interp_ext.geometry.streams import (
+    cka_alignment,
+    cross_seed_alignment,
+    head_patterns,
+    match_heads,
+)
+from tests.geometry.test_geometry import small_model
+
+
+def random_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def symmetric_twin(model, seed: int = 0):
+    """A function-identical twin: per head, random rotations of the QK and OV d_head bases; the heads
+    of each layer permuted; the MLP neurons permuted."""
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in twin.blocks:
+            a = block.attn
+            for h in range(model.cfg.n_heads):
+                r_qk, r_ov = (
+                    random_orthogonal(model.cfg.d_head, gen),
+                    random_orthogonal(model.cfg.d_head, gen),
+                )
+                for w in (a.W_Q, a.W_K):
+                    w[h] = w[h] @ r_qk
+                for b in (a.b_Q, a.b_K):
+                    b[h] = b[h] @ r_qk
+                a.W_V[h] = a.W_V[h] @ r_ov
+                a.b_V[h] = a.b_V[h] @ r_ov
+                a.W_O[h] = r_ov.T @ a.W_O[h]
+            perm = torch.randperm(model.cfg.n_heads, generator=gen)
+            for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
+                w.copy_(w[perm])
+            neurons = torch.randperm(model.cfg.d_mlp, generator=gen)
+            block.mlp.W_in.copy_(block.mlp.W_in[:, neurons])
+            block.mlp.b_in.copy_(block.mlp.b_in[neurons])
+            block.mlp.W_out.copy_(block.mlp.W_out[neurons])
+    return twin
+
+
+@pytest.fixture(scope="module")
+def twin_setup():
+    torch.manual_seed(0)
+    model = small_model(seed=3)
+    twin = symmetric_twin(model)
+    batches = torch.randint(0, 11, (10, 3, 6))
+    return model, twin, batches
+
+
+def test_twin_computes_the_same_function(twin_setup):
+    model, twin, batches = twin_setup
+    torch.testing.assert_close(twin(batches[0]), model(batches[0]), rtol=0, atol=1e-10)
+
+
+def test_cka_of_a_symmetric_twin_is_one_where_raw_cosines_are_not(twin_setup):
+    model, twin, batches = twin_setup
+    grams = [grams_of(m, batches, "all") for m in (model, twin)]
+    tokens = batches[:2].flatten(0, 1)
+    perms = {(0, 1): match_heads(head_patterns(model, tokens), head_patterns(twin, tokens))}
+    cka = cka_alignment(grams, perms)
+    assert {"cka", "cka_head", "cka_heads"} <= set(cka.metric)
+    assert len(cka[cka.metric == "cka_head"]) == model.cfg.n_layers * model.cfg.n_heads
+    np.testing.assert_allclose(cka.value, 1.0, atol=1e-6)
+    raw = cross_seed_alignment([model, twin], batches)
+    attn = raw[
+        (raw.metric == "cross_seed_alignment")
+        & raw.component.isin(["attn_qkv", "attn_out", "mlp_in", "mlp_out"])
+    ]
+    assert (attn.value < 0.9).all(), attn
+
+
+def test_cka_is_one_for_gradients_equal_up_to_rotation():
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(12, 30, generator=gen, dtype=torch.float64)
+    rotated = g @ random_orthogonal(30, gen)
+    assert spectral.linear_cka(g @ g.T, rotated @ rotated.T) == pytest.approx(1.0, abs=1e-12)
+    other = torch.randn(12, 30, generator=gen, dtype=torch.float64)
+    assert spectral.linear_cka(g @ g.T, other @ other.T) < 0.9
+
+
+def test_untrained_models_score_at_the_untrained_null():
+    batches = torch.randint(0, 11, (10, 3, 6), generator=torch.Generator().manual_seed(2))
+    models = [small_model(seed=s) for s in range(6)]
+    grams = [grams_of(m, batches, "all") for m in models]
+    values = {}
+    for i, j in [(0, 1), (2, 3), (4, 5), (1, 2), (3, 4)]:
+        pair = cka_alignment([grams[i], grams[j]])
+        for r in pair.itertuples():
+            values.setdefault(r.component, []).append(r.value)
+    for block, v in values.items():
+        null = np.array(v[1:])  # other independent pairs
+        assert abs(v[0] - null.mean()) <= 4 * null.std(ddof=1) + 0.05, (block, v)
+
+
+def test_split_half_floor_uses_disjoint_halves():
+    gen = torch.Generator().manual_seed(3)
+    n, k = 50, 2
+    basis = torch.linalg.qr(torch.randn(n, 4, generator=gen, dtype=torch.float64))[0]
+    first = (
+        torch.randn(8, 2, generator=gen, dtype=torch.float64) @ basis[:, :2].T
+    )  # spans directions 0, 1
+    second = (
+        torch.randn(8, 2, generator=gen, dtype=torch.float64) @ basis[:, 2:].T
+    )  # spans directions 2, 3
+    assert spectral.split_half_floor(torch.cat([first, second]), k)[
+        "overlap_floor"
+    ] == pytest.approx(0.0, abs=1e-10)
+    assert spectral.split_half_floor(torch.cat([first, first * 2]), k)[
+        "overlap_floor"
+    ] == pytest.approx(1.0, abs=1e-10)
+
+
+def test_overlaps_of_pure_noise_gradients_sit_at_their_floor():
+    """Per-batch gradients that are i.i.d. noise: U_t and U_s from two checkpoints overlap no more
+    than two halves of one checkpoint do."""
+    gen = torch.Generator().manual_seed(4)
+    b, n, k = 32, 4000, 4
+    now, before = (torch.randn(b, n, generator=gen, dtype=torch.float64) for _ in range(2))
+    u = spectral.top_eigenvectors(now, *spectral.gram_eigen(now), k)
+    v = spectral.top_eigenvectors(before, *spectral.gram_eigen(before), k)
+    overlap = spectral.subspace_overlap(u, v)
+    floor = spectral.split_half_floor(now, k)["overlap_floor"]
+    assert overlap == pytest.approx(k / n, abs=3e-3) and floor == pytest.approx(k / n, abs=3e-3)
+    assert abs(overlap - floor) < 3e-3
+
+
+def test_gradient_snr_from_the_gram_matrix():
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(16, 40, generator=gen, dtype=torch.float64) + 3.0
+    mean = g.mean(0)
+    expected = float(mean @ mean) / float(((g - mean) ** 2).sum(1).mean())
+    assert spectral.gradient_snr(g) == pytest.approx(expected, rel=1e-12)
