@@ -144,10 +144,8 @@ def discover_induction_circuit(
     heads = detect_induction_heads(scores, threshold)
     method = dict.fromkeys(heads, "induction_score")
     if not heads:
-        ind = scores[
-            (scores.metric == "induction_score")
-            & scores.component.map(lambda c: Head.parse(c).layer >= 1)
-        ]
+        ind = scores[scores.metric == "induction_score"]
+        ind = ind[ind.component.map(lambda c: Head.parse(c).layer >= 1)]
         heads = [ind.sort_values("value").iloc[-1]["component"]]
         method = {heads[0]: "best_score"}
     task = induction_task(model, repeated, seed=corruption_seed)

@@ -525,6 +525,22 @@ def _import_named(name: str, indices: list[int] | None, staging: Path) -> None:
     _import_mapping(models, staging)
 
 
+def _probe_texts(probe_text, data_dir) -> tuple[str, str, str]:
+    """(text to draw training-distribution windows from, held-out text, a note)."""
+    from interp_ext.data import wikitext_from_dir
+
+    if probe_text is None and data_dir is None:
+        raise CheckpointImportError(
+            "an imported run needs text for its probe set: pass --probe-text FILE or --data-dir DIR (WikiText-2 raw)"
+        )
+    if probe_text is not None:
+        text = Path(probe_text).read_text(encoding="utf-8")
+        cut = int(len(text) * 0.9)
+        return text[:cut], text[cut:], f"probe text {Path(probe_text).name}"
+    corpus = wikitext_from_dir(data_dir)
+    return corpus.train_text, corpus.heldout_text, corpus.note
+
+
 def _prepare_data(
     staging: Path,
     probe_text,
@@ -535,27 +551,11 @@ def _prepare_data(
 ) -> None:
     """Token streams and the probe set, from the user's text (or WikiText) and the checkpoints' tokenizer."""
     from interp_ext.config import RunConfig
-    from interp_ext.data import (
-        TokenData,
-        encode_text,
-        load_tokenizer,
-        make_probe_set,
-        wikitext_from_dir,
-    )
+    from interp_ext.data import TokenData, encode_text, load_tokenizer, make_probe_set
     from interp_ext.store import atomic_save_safetensors
 
-    if probe_text is None and data_dir is None:
-        raise CheckpointImportError(
-            "an imported run needs text for its probe set: pass --probe-text FILE or --data-dir DIR (WikiText-2 raw)"
-        )
+    train_text, held_text, note = _probe_texts(probe_text, data_dir)
     tok = load_tokenizer(staging / "tokenizer")
-    if probe_text is not None:
-        text = Path(probe_text).read_text(encoding="utf-8")
-        cut = int(len(text) * 0.9)
-        train_text, held_text, note = text[:cut], text[cut:], f"probe text {Path(probe_text).name}"
-    else:
-        corpus = wikitext_from_dir(data_dir)
-        train_text, held_text, note = corpus.train_text, corpus.heldout_text, corpus.note
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     cfg = RunConfig.load(staging / "config.json")
     cfg.model.n_ctx = min(n_ctx or cfg.model.n_ctx, cfg.model.n_ctx, 64)
@@ -576,13 +576,10 @@ def _prepare_data(
     atomic_save_safetensors(
         make_probe_set(data, cfg.data, cfg.model), staging / "probe_set.safetensors"
     )
-    hooked_vocab = cfg.model.hooked.get("d_vocab", len(tok)) if cfg.model.hooked else len(tok)
-    info = {
-        "d_vocab": int(hooked_vocab),
-        "bos": int(bos),
-        "corpus": "imported",
-        "corpus_note": note,
-    }
+    vocab = cfg.model.hooked.get("d_vocab", len(tok)) if cfg.model.hooked else len(tok)
+    info = {"d_vocab": int(vocab), "bos": int(bos), "corpus": "imported", "corpus_note": note}
     (staging / "run_info.json").write_text(json.dumps(info, indent=2))
-    extra = json.loads((staging / "config.json").read_text()).get("provenance")
-    cfg.save(staging / "config.json", extra=extra)
+    cfg.save(
+        staging / "config.json",
+        extra=json.loads((staging / "config.json").read_text()).get("provenance"),
+    )

@@ -957,6 +957,118 @@ def ledger_comparison(runs: dict, out: Path) -> list[str]:
     return ["## Ledgers side by side", "", image(files, "ledger comparison"), ""]
 
 
+def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
+    llc = select(m, family="llc")
+    if llc.empty:
+        return []
+    components = [
+        c for c in ("model", "circuit", "rest") if c in set(llc[llc.metric == "llc"].component)
+    ]
+    panels = [
+        metric_panel(llc, "llc", "LLC estimate", ctx, title=f"LLC: {c}", component=c)
+        for c in components
+    ]
+    heads = sorted(
+        {c for c in llc[llc.metric == "llc/seed_mean"].component if Head.is_head(c)}, key=Head.parse
+    )
+    if heads:
+        traces = [
+            Trace(g.index.tolist(), g["mean"].tolist(), h, PALETTE[i % 10], 1.4)
+            for i, h in enumerate(heads)
+            for g in [summary(llc, "llc", component=h)]
+        ]
+        panels.append(
+            Panel(
+                "LLC per head (seed means)",
+                traces,
+                ylabel="LLC estimate",
+                window=ctx["window"],
+                marks=ctx["marks"],
+            )
+        )
+    files = save(
+        Figure(
+            "Local learning coefficient over training (devinterp; seeds thin, seed mean bold with its 95% t-interval over seeds)",
+            panels,
+            ncols=2,
+        ),
+        out,
+        "llc",
+    )
+    lines = ["## Local learning coefficient", "", image(files, "llc"), ""]
+    lines += calibration_lines(llc, out, run)
+    diverged = llc[(llc.metric == "diverged") & (llc.value > 0)]
+    if len(diverged):
+        lines.append(
+            f"Diverged estimates (NaN rows): {len(diverged)} of {len(llc[llc.metric == 'diverged'])}."
+        )
+    drift = llc[(llc.metric == "trace_drift") & (llc.seed >= 0)].value
+    if len(drift):
+        lines.append(
+            f"Trace drift (last quarter of draws vs the third, relative to the rise over the initial loss): median {drift.median():.3f}, largest {drift.abs().max():.3f}."
+        )
+    return lines + [
+        "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
+        "",
+    ]
+
+
+def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
+    """The step-size / localisation sweep behind the settings (when ``--calibrate`` chose them)."""
+    import json
+
+    ids = sorted(set(llc.settings))
+    path = run.path / "llc" / ids[-1] / "calibration.json" if ids else None
+    if path is None or not path.exists():
+        return []
+    cal = json.loads(path.read_text())
+    chosen = cal["chosen"]
+    panels = []
+    for trial in cal["sweep"]:
+        traces = []
+        for j, (trace, init) in enumerate(zip(trial["trace"], trial["init_loss"])):
+            for chain in trace:
+                traces.append(
+                    Trace(
+                        list(range(len(chain))),
+                        [v - init for v in chain],
+                        f"step {cal['steps'][j]}",
+                        PALETTE[j % 10],
+                        0.8,
+                        legend=not panels,
+                    )
+                )
+        mark = (
+            " (chosen)"
+            if (trial["lr"], trial["localization"]) == (chosen["lr"], chosen["localization"])
+            else ("" if trial["stable"] else " (unstable)")
+        )
+        panels.append(
+            Panel(
+                f"lr {trial['lr']:g}, gamma {trial['localization']:g}{mark}",
+                traces,
+                xlabel="SGLD step",
+                ylabel="loss - initial loss",
+                zero=True,
+            )
+        )
+    files = save(
+        Figure(
+            "LLC calibration: chain traces of the sweep (flat traces after burn-in are equilibrated)",
+            panels,
+            ncols=3,
+        ),
+        out,
+        "llc_calibration",
+    )
+    return [
+        image(files, "llc calibration"),
+        "",
+        f"Calibration on steps {cal['steps']} of seed {cal['seed']}: step size {chosen['lr']:g}, localisation {chosen['localization']:g} (the largest stable step size).",
+        "",
+    ]
+
+
 SAE_UNITS = {
     "l0": "active features / token",
     "explained_variance": "fraction",
@@ -1132,6 +1244,7 @@ def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
     lines += dashboard_section(m, out, ctx)
     lines += stream1_section(m, out, ctx)
     lines += stream2_section(m, out)
+    lines += llc_section(m, out, ctx, run)
     lines += beta_section(m)
     lines += stream3_section(m, out, ctx)
     lines += ledger_section(m, out)

@@ -228,6 +228,7 @@ _BUILTIN = {
     "sae": "interp_ext.families.sae",
     "ledger": "interp_ext.families.ledger",
     "counterfactual": "interp_ext.families.counterfactual",
+    "llc": "interp_ext.families.llc",
 }
 _REGISTRY: dict[str, Family] = {}
 

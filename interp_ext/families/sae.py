@@ -13,6 +13,7 @@ activation correlation.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from interp_ext.runner import (
 )
 from interp_ext.sae_tracking.matching import (
     activation_correlation,
+    decoder_cosine,
     match_features,
     similarity_matrix,
     universality,
@@ -44,7 +46,14 @@ from interp_ext.sae_tracking.tracking import (
 
 # sae-lens is imported where an SAE is trained or loaded, not when the command line starts
 
-QUALITY = ("l0", "explained_variance", "dead_fraction", "ce_recovered", "induction_feature_corr")
+QUALITY = (
+    "l0",
+    "explained_variance",
+    "dead_fraction",
+    "ce_recovered",
+    "induction_feature_corr",
+    "decoder_match_share",
+)
 SOURCES = ("auto", "recorded", "generate")
 METHODS = ("both", "decoder", "activation")
 
@@ -68,6 +77,10 @@ class SAETrackingSettings(Settings):
     threshold: float = setting(0.7, "Similarity threshold for a match.")
     method: str = setting(
         "both", "Match by decoder cosine, activation correlation, or both (their minimum)."
+    )
+    warm_start: bool = setting(
+        False,
+        "Start each checkpoint's SAE from the previous checkpoint's (SAE-Track) instead of a fresh one.",
     )
 
     def check(self) -> None:
@@ -140,28 +153,10 @@ class SAETracking(Family):
     def checkpoint(
         self, ctx: Checkpoint, settings: SAETrackingSettings, state: Tracker
     ) -> pd.DataFrame | None:
-        from interp_ext.sae_tracking.tracking import activations_for
-        from interp_ext.sae_tracking.train import (
-            ce_recovered,
-            encode,
-            load_sae,
-            sae_quality,
-            save_sae,
-            train_sae,
-        )
+        from interp_ext.sae_tracking.train import ce_recovered, encode, load_sae, sae_quality
 
         path = sae_dir(ctx.run, settings.id, ctx.seed, ctx.step)
-        if not (path / "cfg.json").exists():
-            acts = activations_for(
-                ctx.run,
-                ctx.seed,
-                ctx.step,
-                settings.hook,
-                settings.source,
-                settings.n_tokens,
-                settings.training,
-            )
-            save_sae(train_sae(acts, settings.training, settings.hook), path)
+        ensure_sae(ctx, settings, path, state.prev[0] if state.prev else None)
         sae, model = load_sae(path), ctx.model
         eval_acts = hook_activations(model, state.eval_tokens.to(model.cfg.device), settings.hook)
         f_eval, w_dec, prev = encode(sae, eval_acts), sae.W_dec.detach(), state.prev
@@ -176,17 +171,13 @@ class SAETracking(Family):
             sae, hook_activations(model, state.probe.to(model.cfg.device), settings.hook)
         )
         corr = activation_correlation(f_probe, state.indicator[:, None])[:, 0]
+        np.save(
+            path / "induction_corr.npy", corr
+        )  # every feature's, for following one through training
         q["induction_feature_corr"] = float(corr.max())
         q["induction_feature"] = float(np.argmax(corr))
         if prev is not None:
-            events = match_features(
-                similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method),
-                settings.threshold,
-            )
-            q.update({name: float(v) for name, v in events.counts.items()})
-            pairs = events.pairs.assign(step_from=prev[0], step_to=ctx.step)
-            (path.parent / "lineage").mkdir(exist_ok=True)
-            pairs.to_parquet(path.parent / "lineage" / f"step={ctx.step}.parquet", index=False)
+            q.update(lineage(prev, ctx.step, w_dec, f_eval, settings, path.parent))
         return pd.DataFrame(
             [{"metric": m, "component": settings.hook, "value": v} for m, v in q.items()]
         )
@@ -202,18 +193,36 @@ class SAETracking(Family):
             return None
         table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
         table.to_parquet(folder / "lineage.parquet", index=False)
-        best = rows[(rows.metric == "induction_feature") & (rows.step == steps[-1])]
-        birth = birth_step(table, int(steps[-1]), int(best.value.iloc[0]), int(steps[0]))
-        return pd.DataFrame(
-            [
-                {
-                    "step": -1,
-                    "metric": "induction_feature_birth_step",
-                    "component": settings.hook,
-                    "value": birth,
-                }
-            ]
+        best = int(
+            rows[(rows.metric == "induction_feature") & (rows.step == steps[-1])].value.iloc[0]
         )
+        birth = birth_step(table, int(steps[-1]), best, int(steps[0]))
+        out = [
+            {
+                "step": -1,
+                "metric": "induction_feature_birth_step",
+                "component": settings.hook,
+                "value": birth,
+            }
+        ]
+        for step, feature in followed(table, int(steps[-1]), best).items():
+            corr = folder / f"step={step}" / "induction_corr.npy"
+            if corr.exists():
+                out += [
+                    {
+                        "step": step,
+                        "metric": "followed_feature",
+                        "component": settings.hook,
+                        "value": float(feature),
+                    },
+                    {
+                        "step": step,
+                        "metric": "followed_feature_corr",
+                        "component": settings.hook,
+                        "value": float(np.load(corr)[feature]),
+                    },
+                ]
+        return pd.DataFrame(out)
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         q = rows[rows.metric.isin(QUALITY[:4]) & (rows.seed >= 0)].groupby("metric")["value"].mean()
@@ -254,3 +263,74 @@ class SAETracking(Family):
 
 
 __all__ = ["SAETracking", "SAETrackingSettings"]
+
+
+def ensure_sae(ctx: Checkpoint, settings: SAETrackingSettings, path, previous: int | None) -> None:
+    """Train the checkpoint's SAE unless a valid one is saved; a warm-started SAE is valid only if it
+    continued the same predecessor (``warm_from.json``)."""
+    from interp_ext.sae_tracking.tracking import activations_for
+    from interp_ext.sae_tracking.train import save_sae, train_sae
+
+    origin = {"warm_from": previous if settings.warm_start else None}
+    marker = path / "warm_from.json"
+    valid = (
+        not settings.warm_start
+        or ctx.replay
+        or (marker.exists() and json.loads(marker.read_text()) == origin)
+    )
+    if (
+        path / "cfg.json"
+    ).exists() and valid:  # a replayed step only rebuilds the state from its saved SAE
+        return
+
+    acts = activations_for(
+        ctx.run,
+        ctx.seed,
+        ctx.step,
+        settings.hook,
+        settings.source,
+        settings.n_tokens,
+        settings.training,
+    )
+    start = (
+        sae_dir(ctx.run, settings.id, ctx.seed, previous)
+        if settings.warm_start and previous is not None
+        else None
+    )
+    save_sae(train_sae(acts, settings.training, settings.hook, start_from=start), path)
+    marker.write_text(json.dumps(origin))
+
+
+def lineage(
+    prev: tuple,
+    step: int,
+    w_dec: torch.Tensor,
+    f_eval: torch.Tensor,
+    settings: SAETrackingSettings,
+    folder,
+) -> dict[str, float]:
+    """Events against the previous checkpoint's SAE (saved as a lineage part) and the share of features
+    whose decoder direction is still there (best decoder cosine > 0.9)."""
+    events = match_features(
+        similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method), settings.threshold
+    )
+    pairs = events.pairs.assign(step_from=prev[0], step_to=step)
+    (folder / "lineage").mkdir(exist_ok=True)
+    pairs.to_parquet(folder / "lineage" / f"step={step}.parquet", index=False)
+    cosine = decoder_cosine(prev[1], w_dec)
+    out = {name: float(v) for name, v in events.counts.items()}
+    out["decoder_match_share"] = float((cosine.max(axis=0) > 0.9).mean())
+    return out
+
+
+def followed(table: pd.DataFrame, step: int, feature: int) -> dict[int, int]:
+    """step -> the feature a last-checkpoint feature came from, followed back through persisted links."""
+    out = {step: feature}
+    while True:
+        link = table[
+            (table.step_to == step) & (table.feature_to == feature) & (table.event == "persisted")
+        ]
+        if link.empty:
+            return out
+        feature, step = int(link.feature_from.iloc[0]), int(link.step_from.iloc[0])
+        out[step] = feature

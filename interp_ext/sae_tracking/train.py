@@ -44,9 +44,17 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
 
 
 def train_sae(
-    acts: Float[torch.Tensor, "n d_in"], settings: SAESettings, hook_name: str = ""
+    acts: Float[torch.Tensor, "n d_in"],
+    settings: SAESettings,
+    hook_name: str = "",
+    start_from: str | Path | None = None,
 ) -> TopKTrainingSAE:
-    """Train a TopK SAE on activations with sae-lens' ``SAETrainer``."""
+    """Train a TopK SAE on activations with sae-lens' ``SAETrainer``.
+
+    ``start_from``: a saved SAE (sae-lens' format) whose weights the training starts from instead of a
+    fresh initialisation (warm start: each checkpoint's SAE continues the previous one's, so its
+    features keep their identities where the activations allow).
+    """
     n, d_in = acts.shape
     if n < settings.min_tokens_per_latent * settings.width:
         warnings.warn(
@@ -68,6 +76,8 @@ def train_sae(
         )
         cfg.metadata.hook_name = hook_name
         sae = TopKTrainingSAE(cfg)
+        if start_from is not None:
+            sae.load_state_dict(load_sae(start_from).state_dict())
         total = max(1, settings.epochs * (n // batch)) * batch
         trainer_cfg = SAETrainerConfig(
             total_training_samples=total,

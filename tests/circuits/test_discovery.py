@@ -80,3 +80,9 @@ def test_logit_metric_cannot_see_a_key_path_the_attention_metric_can(hand_built)
     attention = path_patch_attention(hand_built, task, "L0H0", "L1H0", "k")
     assert abs(logit) < 0.1  # the restored attention lands on corrupted tokens
     assert attention > 0.95
+
+
+def test_a_model_without_an_induction_head_falls_back_to_its_best_head(random_attn_only):
+    found = discover_induction_circuit(random_attn_only, repeated_batch(6))
+    heads = [c for c, role in found.circuit.roles.items() if role == "induction"]
+    assert len(heads) == 1 and found.method[heads[0]] == "best_score"

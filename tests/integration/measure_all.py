@@ -50,7 +50,10 @@ def main(run: str) -> None:
     from interp_ext.cli import app
 
     for command in COMMANDS:
-        app([c.format(run=run) for c in command], standalone_mode=False)
+        args = [c.format(run=run) for c in command]
+        code = app(args, standalone_mode=False)
+        if code:  # a failed command fails the script, whichever rank it ran on
+            raise SystemExit(f"{' '.join(args)} exited with {code}")
 
 
 if __name__ == "__main__":

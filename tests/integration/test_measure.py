@@ -161,3 +161,21 @@ def test_report_writes_figures(micro_run):
     } <= set(pngs)
     assert (path.parent / "sae_lineage_sankey.html").exists()
     assert all((path.parent / p.replace(".png", ".html")).exists() for p in pngs)
+
+
+def test_warm_started_sae_tracking_follows_features(micro_run):
+    hook = "blocks.1.hook_resid_post"
+    settings = SAETrackingSettings(
+        hook=hook, width=16, k=2, source="generate", n_tokens=2048, warm_start=True, epochs=2
+    )
+    df = measure(micro_run, settings, steps=[0, 2, 6], progress=False)
+    folder = micro_run.path / "saes" / settings.id / "seed=0"
+    import json
+
+    assert json.loads((folder / "step=6" / "warm_from.json").read_text()) == {"warm_from": 2}
+    assert json.loads((folder / "step=0" / "warm_from.json").read_text()) == {"warm_from": None}
+    per = df[df.seed >= 0]
+    share = per[per.metric == "decoder_match_share"].value
+    assert len(share) == 2 * len(micro_run.seeds) and ((share >= 0) & (share <= 1)).all()
+    followed = per[per.metric == "followed_feature_corr"]
+    assert len(followed) >= len(micro_run.seeds)  # at least the last checkpoint of each seed
