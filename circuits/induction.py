@@ -36,7 +36,7 @@ from jaxtyping import Float, Int
 from transformer_lens import FactoredMatrix, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
-from circuits.circuit import Circuit, Head, random_heads
+from circuits.circuit import Circuit, Head, all_heads, random_heads
 
 log = logging.getLogger("circuits")
 
@@ -318,24 +318,33 @@ def ablation_check(
     whole circuit (induction heads and their previous-token partners) so the
     control does not knock out the circuit's other half.
 
+    When fewer heads than ``heads`` lie outside the circuit (a small model whose
+    whole layer is detected), the control ablates all that are left; with none
+    left, ``random`` is NaN.
+
     Returns:
         ``detected`` (loss increase for the heads), ``random`` (mean over
-        ``n_random`` draws of random heads outside ``heads``) and ``clean_loss``.
+        ``n_random`` draws of random heads outside ``heads``), ``random_size``
+        (heads per random draw) and ``clean_loss``.
     """
     _, clean = repeat_loss_drop(model, tokens)
     if not heads:
-        return {"detected": math.nan, "random": math.nan, "clean_loss": clean}
+        return {"detected": math.nan, "random": math.nan, "random_size": 0, "clean_loss": clean}
     detected = mean_ablation_loss(model, tokens, heads) - clean
     gen = torch.Generator().manual_seed(seed)
     outside = list(heads) + [h for h in (exclude or []) if h not in heads]
+    size = min(len(heads), sum(str(h) not in outside for h in all_heads(model)))
     rand = [
-        mean_ablation_loss(
-            model, tokens, random_heads(model, len(heads), exclude=outside, generator=gen)
-        )
+        mean_ablation_loss(model, tokens, random_heads(model, size, exclude=outside, generator=gen))
         - clean
-        for _ in range(n_random)
+        for _ in range(n_random if size else 0)
     ]
-    return {"detected": detected, "random": float(np.mean(rand)), "clean_loss": clean}
+    return {
+        "detected": detected,
+        "random": float(np.mean(rand)) if rand else math.nan,
+        "random_size": size,
+        "clean_loss": clean,
+    }
 
 
 # --------------------------------------------------------------------------- the circuit

@@ -22,7 +22,7 @@ def demo_env(tmp_path_factory, cache_dir):
 
 
 def test_demos_exist():
-    assert len(DEMOS) == 5
+    assert len(DEMOS) == 6
 
 
 @pytest.mark.parametrize("demo", DEMOS, ids=[d.stem for d in DEMOS])

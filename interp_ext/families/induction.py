@@ -130,6 +130,12 @@ class Induction(Family):
                 "component": "random",
                 "value": abl["random"],
             },
+            {
+                "step": last,
+                "metric": "ablation_random_size",
+                "component": "",
+                "value": float(abl["random_size"]),
+            },
         ]
         out += [
             {"step": last, "metric": "detected_induction_head", "component": h, "value": 1.0}

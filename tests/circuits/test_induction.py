@@ -9,6 +9,7 @@ from transformer_lens.head_detector import (
 )
 
 from circuits import Circuit, CircuitError
+from circuits.circuit import all_heads
 from circuits.induction import (
     ablation_check,
     attention_scores,
@@ -71,6 +72,18 @@ def test_hand_built_circuit_is_detected(hand_built):
     assert get("copying_score", "L1H0") == pytest.approx(1.0, abs=1e-4)  # W_OV = identity on tokens
     abl = ablation_check(hand_built, tokens, ["L1H0"], n_random=3)
     assert abl["detected"] > 1.0 and abl["random"] < 0.1 * abl["detected"]
+    assert abl["random_size"] == 1
+
+
+def test_ablation_control_shrinks_when_few_heads_are_left(hand_built):
+    """A circuit covering most heads (a small model whose whole layer is detected) leaves fewer
+    heads than it has: the control ablates those left, and is NaN when none are."""
+    tokens = repeated_batch(4)
+    heads = [str(h) for h in all_heads(hand_built)]
+    abl = ablation_check(hand_built, tokens, heads[1:], n_random=2)
+    assert abl["random_size"] == 1 and np.isfinite(abl["random"])
+    abl = ablation_check(hand_built, tokens, heads, n_random=2)
+    assert abl["random_size"] == 0 and np.isnan(abl["random"]) and abl["detected"] > 0
 
 
 def test_random_model_has_no_induction_head(random_attn_only):
