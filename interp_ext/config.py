@@ -312,7 +312,7 @@ class MeasureConfig:
     )
     study_family_seeds: dict[str, int] = field(
         default_factory=lambda: {"counterfactual": 4}
-    )  # the first n seeds only
+    )  # the first n seeds whose induction heads formed
 
     def __post_init__(self) -> None:
         self.plan = {str(k): dict(v) for k, v in self.plan.items()}

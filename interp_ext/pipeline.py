@@ -161,14 +161,29 @@ def run_stage(
     else:
         steps = plan_steps(run, cfg.measure, stage) if every else None
         first = None if every else cfg.measure.study_family_seeds.get(stage)
-        measure(
-            run,
-            settings[stage],
-            seeds=run.seeds[:first] if first else None,
-            steps=steps,
-            progress=progress,
-        )
+        seeds = first_formed_seeds(run, first, stage) if first else None
+        if seeds == []:
+            log.warning("%s skipped: no seed's induction heads formed", stage)
+            return run
+        measure(run, settings[stage], seeds=seeds, steps=steps, progress=progress)
     return run
+
+
+def first_formed_seeds(run, n: int, stage: str) -> list[int]:
+    """The first ``n`` seeds whose induction heads formed (a study family measured on some seeds only)."""
+    from interp_ext.families.ledger import formed_seeds
+
+    formed = formed_seeds(run)
+    if len(formed) < n:
+        log.warning(
+            "%s asks for %d seeds whose induction heads formed; only %s of %s did",
+            stage,
+            n,
+            formed,
+            run.seeds,
+        )
+    log.info("%s on seeds %s (the first %d whose heads formed)", stage, formed[:n], n)
+    return formed[:n]
 
 
 def get_min_seeds(family: str) -> int:

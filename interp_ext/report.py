@@ -727,7 +727,18 @@ def ledger_section(m: pd.DataFrame, out: Path) -> list[str]:
     led = select(m, family="ledger")
     if led.empty:
         return []
+    unformed = sorted(int(s) for s in led[(led.metric == "formed") & (led.value == 0)].seed)
+    note = (
+        [
+            f"Seeds whose induction heads never passed the detection threshold (no formation step, no ledger window): {unformed}.",
+            "",
+        ]
+        if unformed
+        else []
+    )
     seeds = seeds_of(led[led.metric == "dE/cumulative"])
+    if not seeds:
+        return ["## Stream 3 ledger: the energy of the circuit, step by step", "", *note]
     forms = {
         int(r.seed): r.value
         for r in led[(led.metric == "formation_step") & (led.seed >= 0)].itertuples()
@@ -771,6 +782,7 @@ def ledger_section(m: pd.DataFrame, out: Path) -> list[str]:
         "",
         image(files, "ledger"),
         "",
+        *note,
     ]
     lines += ledger_dense_k(led, out, forms)
     return lines + ledger_tables(led)

@@ -227,6 +227,12 @@ def formation_of(run, settings: LedgerSettings, seed: int) -> float:
     return float(form.iloc[0]) if len(form) else math.nan
 
 
+def formed_seeds(run) -> list[int]:
+    """The run's seeds whose induction heads passed the detection threshold (latest induction rows)."""
+    settings = LedgerSettings(formation=formation_settings(run))
+    return [s for s in run.seeds if math.isfinite(formation_of(run, settings, s))]
+
+
 def seed_window(run, settings: LedgerSettings, seed: int) -> tuple[int, int] | None:
     """(start, end) checkpoints of the seed's window; None when its induction heads never formed."""
     if settings.window != "auto":

@@ -1,0 +1,69 @@
+"""``interp-ext study``: the study plan end to end on a micro preset, and which seeds the partial
+families (the counterfactuals) run on."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from interp_ext import config
+from interp_ext.pipeline import first_formed_seeds, study
+from tests.conftest import micro_config
+
+
+def micro_study_preset():
+    cfg = micro_config(steps=8, checkpoint_every=4)
+    cfg.measure.study_seeds = 2
+    cfg.measure.study_plan = {
+        "induction": {},
+        "circuit": {},
+        "ledger": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
+        "counterfactual": {"orders": 1, "mean_batches": 2, "record_every": 4},
+    }
+    cfg.measure.study_family_seeds = {"counterfactual": 1}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(config.PRESETS, "micro", micro_study_preset)
+        out = tmp_path_factory.mktemp("study") / "run"
+        return study(out, preset="micro", progress=False)
+
+
+def test_study_trains_its_seeds_and_runs_the_plan(studied):
+    run, report, timings = studied
+    assert run.seeds == [0, 1] and run.config.train.n_seeds == 2
+    assert list(timings) == ["train", "induction", "circuit", "ledger", "counterfactual", "report"]
+    assert all(t >= 0 for t in timings.values())
+    assert set(run.measurements().family) >= {"induction", "circuit", "ledger"}
+    assert report.exists()
+
+
+def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
+    """A micro model does not form induction heads in 8 steps: every seed says so, the ledger has
+    no window for it, the counterfactuals (formed seeds only) are skipped, and the report names them."""
+    run, report, _ = studied
+    led = run.metrics("ledger")
+    formed = led[led.metric == "formed"].set_index("seed").value
+    assert formed.to_dict() == {0: 0.0, 1: 0.0}
+    assert not (led.metric == "dE/cumulative").any()
+    assert run.metrics("counterfactual").empty
+    text = report.read_text()
+    assert "never passed the detection threshold" in text and "[0, 1]" in text
+
+
+def test_partial_families_take_the_first_formed_seeds(studied, monkeypatch, caplog):
+    run, _, _ = studied
+    from interp_ext.families import ledger
+
+    monkeypatch.setattr(
+        ledger, "formation_of", lambda run, settings, seed: 4.0 if seed == 1 else math.nan
+    )
+    assert first_formed_seeds(run, 1, "counterfactual") == [1]
+    with caplog.at_level(logging.WARNING, logger="interp_ext"):
+        assert first_formed_seeds(run, 2, "counterfactual") == [1]
+    assert "only [1] of [0, 1] did" in caplog.text
