@@ -138,7 +138,10 @@ def adamw_update(step: Step, grad: dict[str, torch.Tensor], train_cfg) -> dict[s
             opt, [(step.count, step.exp_avg[n], step.exp_avg_sq[n]) for n in step.theta]
         )
     for p, n in zip(params, step.theta):
-        p.grad = grad[n].to(p.dtype).clone()
+        # in the parameter's own layout: torch's fused CPU AdamW reads a gradient whose strides
+        # differ from its parameter's (torch.func.grad returns transposed layouts for matmul
+        # weights) in the wrong element order, silently
+        p.grad = torch.empty_like(p).copy_(grad[n])
     opt.step()
     return {n: p.detach() - step.theta[n] for p, n in zip(params, step.theta)}
 

@@ -65,6 +65,9 @@ class Settings:
     """
 
     family: ClassVar[str] = ""
+    # Raised when a fix changes the values a family computes: the id changes with it, so rows
+    # made by the code before the fix are never returned as the new code's
+    revision: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -92,7 +95,8 @@ class Settings:
 
     @property
     def id(self) -> str:
-        text = json.dumps({"family": self.family, **self.keyed()}, sort_keys=True, default=str)
+        head = {"family": self.family, **({"revision": self.revision} if self.revision else {})}
+        text = json.dumps({**head, **self.keyed()}, sort_keys=True, default=str)
         return f"{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
     @classmethod

@@ -137,6 +137,56 @@ def test_first_order_term_equals_finite_differences(ledger_run, every_step):
     assert rows["second_order_cd"] == pytest.approx(second, rel=1e-3, abs=1e-9)
 
 
+def test_drift_term_equals_finite_differences_along_a_hand_made_adamw_step(ledger_run, every_step):
+    """L1_drift against an update written out from AdamW's formula (no torch optimizer), with the mean
+    gradient of the same fresh batches from a plain backward pass."""
+    from circuits import Circuit
+    from interp_ext.autocatalysis import model_probe
+    from interp_ext.optim_step import step_batch
+
+    cfg = ledger_run.config.train
+    step = Replay(ledger_run, 0, 4).take()
+    model = ledger_run.model(0, 4)
+    batches = torch.cat([step_batch(ledger_run, 0, 4, draw=j) for j in range(3)])
+    model(batches, return_type="loss").backward()
+    (b1, b2), t = cfg.betas, step.count + 1
+    update = {}
+    for n, p in model.named_parameters():
+        m = b1 * step.exp_avg[n] + (1 - b1) * p.grad
+        v = b2 * step.exp_avg_sq[n] + (1 - b2) * p.grad**2
+        denom = (v / (1 - b2**t)).sqrt() + 1e-8
+        update[n] = -cfg.lr * cfg.weight_decay * step.theta[n] - cfg.lr * m / (1 - b1**t) / denom
+    mask = torch.stack(list(Circuit("c", CIRCUIT.split(",")).flat_masks(model).values())).any(0)
+    lm = ledger_run.probe_set()["lm"]
+
+    def energy(scale: float) -> float:
+        moved = ledger_run.model(0, 4).double()
+        with torch.no_grad():
+            for n, p in moved.named_parameters():
+                p.add_(scale * update[n].double())
+        return model_probe(moved, lm).energy(mask)
+
+    eps = 0.05
+    expected = (energy(eps) - energy(-eps)) / (2 * eps)
+    rows = (
+        every_step[(every_step.seed == 0) & (every_step.step == 4) & (every_step.component == "C")]
+        .set_index("metric")
+        .value
+    )
+    assert rows["L1_drift"] == pytest.approx(expected, rel=2e-3)
+
+
+def test_adamw_update_reads_gradients_in_any_layout(ledger_run):
+    """torch's fused CPU AdamW misreads a gradient whose strides differ from its parameter's;
+    gradients from torch.func come in transposed layouts and must give the same update."""
+    last = Replay(ledger_run, 1, 0).take()
+    assert ledger_run.config.train.fused_adamw
+    transposed = {n: g.t().contiguous().t() if g.dim() == 2 else g for n, g in last.grad.items()}
+    assert any(not g.is_contiguous() for g in transposed.values())
+    same = adamw_update(last, transposed, ledger_run.config.train)
+    assert all(torch.equal(same[n], last.update[n]) for n in same)
+
+
 def test_seed_level_summaries_count_seeds(every_step):
     cross = (
         every_step[(every_step.seed < 0) & (every_step.component == "C@window")]

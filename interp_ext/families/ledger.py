@@ -65,6 +65,7 @@ PHASES = ("window", "before", "rise", "after")
 @dataclass(frozen=True)
 class LedgerSettings(Settings):
     family = "ledger"
+    revision = 1  # drift updates from torch.func gradients in the parameters' layout
 
     window: str = setting(
         "auto",

@@ -83,6 +83,17 @@ def test_other_settings_make_new_rows_beside_the_old(fresh_run, tmp_path):
     assert set(recorded.id) == set(ids) and {s["k"] for s in recorded.settings} == {2, 3}
 
 
+def test_a_revised_family_keys_its_rows_apart_from_the_old_code(fresh_run, monkeypatch):
+    """A fix that changes a family's values raises its revision: same fields, new id, so rows the
+    old code made are never returned as the new code's."""
+    before = InductionSettings()
+    before_id = before.id
+    monkeypatch.setattr(InductionSettings, "revision", 1)
+    after = InductionSettings()
+    assert before.keyed() == after.keyed() and before_id != after.id
+    assert after.id != InductionSettings(threshold=0.3).id
+
+
 def test_same_settings_again_measure_nothing(fresh_run):
     first = measure(fresh_run, InductionSettings(), progress=False)
     assert first.attrs["measured"]["checkpoints"] == len(fresh_run.seeds) * len(fresh_run.steps)
