@@ -743,31 +743,7 @@ def ledger_section(m: pd.DataFrame, out: Path) -> list[str]:
         int(r.seed): r.value
         for r in led[(led.metric == "formation_step") & (led.seed >= 0)].itertuples()
     }
-    panels = []
-    for seed in seeds:
-        d = led[led.seed == seed]
-        traces = [
-            Trace(
-                g.step.tolist(),
-                g.value.tolist(),
-                label,
-                color,
-                2.2 if term == "dE" else 1.2,
-                legend=seed == seeds[0],
-            )
-            for term, (label, color) in LEDGER_TERMS.items()
-            for g in [select(d, metric=f"{term}/cumulative").sort_values("step")]
-            if len(g)
-        ]
-        panels.append(
-            Panel(
-                f"seed {seed}",
-                traces,
-                ylabel="cumulative change of E_C",
-                marks={"formation": forms.get(seed, math.nan)},
-                zero=True,
-            )
-        )
+    panels = [ledger_panel(led[led.seed == seed], seed, seed == seeds[0], forms) for seed in seeds]
     files = save(
         Figure(
             "Stream 3 ledger: where the circuit's gradient energy E_C comes from (running sums over the window)",
@@ -786,6 +762,30 @@ def ledger_section(m: pd.DataFrame, out: Path) -> list[str]:
     ]
     lines += ledger_dense_k(led, out, forms)
     return lines + ledger_tables(led)
+
+
+def ledger_panel(d: pd.DataFrame, seed: int, legend: bool, forms: dict) -> Panel:
+    """One seed's running sums of the ledger terms."""
+    traces = [
+        Trace(
+            g.step.tolist(),
+            g.value.tolist(),
+            label,
+            color,
+            2.2 if term == "dE" else 1.2,
+            legend=legend,
+        )
+        for term, (label, color) in LEDGER_TERMS.items()
+        for g in [select(d, metric=f"{term}/cumulative").sort_values("step")]
+        if len(g)
+    ]
+    return Panel(
+        f"seed {seed}",
+        traces,
+        ylabel="cumulative change of E_C",
+        marks={"formation": forms.get(seed, math.nan)},
+        zero=True,
+    )
 
 
 def ledger_dense_k(led: pd.DataFrame, out: Path, forms: dict) -> list[str]:
