@@ -1087,6 +1087,8 @@ SAE_UNITS = {
     "dead_fraction": "fraction",
     "ce_recovered": "fraction",
     "induction_feature_corr": "corr. with 'token seen earlier'",
+    # the last checkpoint's most induction-related feature, followed back through persisted links
+    "followed_feature_corr": "its lineage: corr. with 'token seen earlier'",
 }
 EVENTS = ("n_persisted", "n_born", "n_died", "n_split", "n_merged")
 

@@ -47,6 +47,13 @@ def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
     """A micro model does not form induction heads in 8 steps: every seed says so, the ledger has
     no window for it, the counterfactuals (formed seeds only) are skipped, and the report names them."""
     run, report, _ = studied
+    ind = run.metrics("induction")
+    per_seed = ind[(ind.seed >= 0) & (ind.step == -1)]
+    assert per_seed[per_seed.metric == "formed"].value.tolist() == [0.0, 0.0]
+    assert per_seed[per_seed.metric == "formation_step"].value.isna().all()
+    summary = ind[ind.seed < 0].set_index("metric").value
+    assert summary["formed/seeds"] == 0 and summary["formed/seed_n"] == 2
+    assert summary["formation_step/seed_n"] == 0
     led = run.metrics("ledger")
     formed = led[led.metric == "formed"].set_index("seed").value
     assert formed.to_dict() == {0: 0.0, 1: 0.0}

@@ -10,7 +10,9 @@ check. Across seeds: a t-interval of the formation step over seeds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 
@@ -46,6 +48,8 @@ def heldout_probe(run):
 @dataclass(frozen=True)
 class InductionSettings(Settings):
     family = "induction"
+    # 1: no formation step for a seed whose heads never pass the detection threshold
+    revision: ClassVar[int] = 1
 
     threshold: float = setting(DEFAULT_THRESHOLD, "Induction-score threshold for detection.")
     prev_threshold: float = setting(
@@ -110,8 +114,12 @@ class Induction(Family):
                 "step": -1,
                 "metric": "formation_step",
                 "component": "",
-                "value": formation_step(best.step.to_numpy(), best.value.to_numpy()),
+                # the steepest rise of a score that never passes the threshold is noise, not formation
+                "value": formation_step(best.step.to_numpy(), best.value.to_numpy())
+                if heads
+                else math.nan,
             },
+            {"step": -1, "metric": "formed", "component": "", "value": float(bool(heads))},
             {
                 "step": last,
                 "metric": "k_composition_baseline",
@@ -153,17 +161,19 @@ class Induction(Family):
             .sort_values("seed")
             .value.to_numpy()
         )
-        mean, lo, hi, n = t_interval(forms)
+        mean, lo, hi, n = t_interval(forms)  # over the seeds that formed (NaN elsewhere)
         names = (
             "formation_step/seed_mean",
             "formation_step/seed_lo",
             "formation_step/seed_hi",
             "formation_step/seed_n",
         )
+        formed = rows[(rows.metric == "formed") & (rows.seed >= 0)].value
+        values = (mean, lo, hi, n, float(formed.sum()), float(len(formed)))
         return pd.DataFrame(
             [
                 {"step": -1, "metric": m, "component": "", "value": v}
-                for m, v in zip(names, (mean, lo, hi, n))
+                for m, v in zip((*names, "formed/seeds", "formed/seed_n"), values)
             ]
         )
 
@@ -178,13 +188,13 @@ class Induction(Family):
             abl = d[d.metric == "ablation_loss_increase"].set_index("component").value
             lines.append(
                 f"seed {seed}: best induction score {best.value.iloc[0]:.2f} (step {best.step.iloc[0]}) -> {best.value.iloc[-1]:.2f} (step {best.step.iloc[-1]}); "
-                f"induction heads {heads or 'none'}, previous-token heads {prev or 'none'}; formation step ~{form.iloc[0] if len(form) else float('nan'):.0f}; "
+                f"induction heads {heads or 'none'}, previous-token heads {prev or 'none'}; formation step {f'~{form.iloc[0]:.0f}' if len(form) and math.isfinite(form.iloc[0]) else 'none (never passed the threshold)'}; "
                 f"ablation loss increase {abl.get('detected', float('nan')):.3f} vs random {abl.get('random', float('nan')):.3f}"
             )
         m = rows[rows.metric.str.startswith("formation_step/")].set_index("metric").value
         if len(m):
             lines.append(
-                f"formation step over seeds: {m['formation_step/seed_mean']:.0f} (95% t-interval over {int(m['formation_step/seed_n'])} seeds {m['formation_step/seed_lo']:.0f} .. {m['formation_step/seed_hi']:.0f})"
+                f"formation step over the seeds that formed: {m['formation_step/seed_mean']:.0f} (95% t-interval over {int(m['formation_step/seed_n'])} seeds {m['formation_step/seed_lo']:.0f} .. {m['formation_step/seed_hi']:.0f})"
             )
         return lines
 
