@@ -107,6 +107,21 @@ def test_closure_with_every_step_measured(every_step):
         )  # the split by component closes
 
 
+def test_k_cc_along_the_drift_update_is_the_members_share_of_it(every_step):
+    """K[C,C] along the drift update (the circuit's own part) plus its `rest` part is the whole
+    first-order drift term: members and rest partition the parameters."""
+    from interp_ext.families.ledger import drift_k_cc
+
+    rows = every_step[every_step.seed == 0]
+    k_cc = drift_k_cc(rows)
+    assert k_cc.index.tolist() == [4, 5, 6, 7]
+    drift = rows[(rows.metric == "L1_drift") & (rows.component == "C")].set_index("step").value
+    rest = rows[(rows.metric == "L1_drift_by") & (rows.component == "C|rest")]
+    rest = rest.set_index("step").value
+    np.testing.assert_allclose(k_cc + rest, drift.loc[k_cc.index], rtol=1e-6, atol=1e-10)
+    assert (k_cc != drift.loc[k_cc.index]).all()  # the rest's part is not zero here
+
+
 def test_first_order_term_equals_finite_differences(ledger_run, every_step):
     """L1 = grad E_C . dtheta from HVPs == (E(theta + e dtheta) - E(theta - e dtheta)) / (2 e)."""
     from circuits import Circuit

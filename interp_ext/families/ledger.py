@@ -442,18 +442,27 @@ def window_sums(
                 "value": float(e_end.get(a, math.nan) - v),
             }
         )
-    positive = terms[(terms.metric == "L1_drift_by") & (terms.component == f"{WHOLE}|{WHOLE}")]
-    rise = positive[phase_of(positive.step.to_numpy(), form, settings.rise) == "rise"]
+    k_cc = drift_k_cc(rows)
+    rise = k_cc[phase_of(k_cc.index.to_numpy(), form, settings.rise) == "rise"]
     if len(rise):
         out.append(
             {
                 "metric": "K_drift_CC_positive_share",
                 "component": "C@rise",
-                "value": float((rise.value > 0).mean()),
+                "value": float((rise > 0).mean()),
             }
         )
     out.append({"metric": "formation_step", "component": "", "value": form})
     return pd.DataFrame([{**r, "step": -1} for r in out])
+
+
+def drift_k_cc(rows: pd.DataFrame) -> pd.Series:
+    """Per sampled step, K[C,C] along the drift update: grad E_C along the circuit members' own part
+    of it (the sum of ``L1_drift_by`` over C|member; ``rest`` and the controls left out)."""
+    members = set(rows[rows.metric == "circuit_member"].component)
+    by = rows[(rows.metric == "L1_drift_by") & rows.component.str.startswith(f"{WHOLE}|")]
+    by = by[by.component.str.split("|").str[1].isin(members)]
+    return by.groupby("step").value.sum()
 
 
 def sampled_sum(values: np.ndarray, n_steps: float, every: int) -> tuple[float, float]:
