@@ -122,7 +122,7 @@ def companion_metrics(
         centered_evals, _ = spectral.gram_eigen(grads, True, spectral.center_gram(raw))
     out = {f"{m}_centered": v for m, v in spectral.spectrum_metrics(centered_evals, k).items()}
     out["grad_snr"] = spectral.gradient_snr(grads, raw)
-    out.update(spectral.split_half_floor(grads, k, centered))
+    out.update(spectral.split_half_floor(grads, k, centered, raw))
     return out
 
 

@@ -146,23 +146,37 @@ def linear_cka(k1: Float[torch.Tensor, "B B"], k2: Float[torch.Tensor, "B B"]) -
 
 
 def split_half_bases(
-    grads: Float[torch.Tensor, "B n_params"], k: int, centered: bool = False
+    grads: Float[torch.Tensor, "B n_params"],
+    k: int,
+    centered: bool = False,
+    gram_matrix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """U from batches 1..B/2 and U from B/2+1..B: two estimates of U_t on disjoint batches."""
+    """U from batches 1..B/2 and U from B/2+1..B: two estimates of U_t on disjoint batches.
+
+    ``gram_matrix``: the uncentred Gram of all B batches, whose diagonal blocks are the halves' Grams
+    (saves two B/2 x n_params products)."""
     half = grads.shape[0] // 2
     out = []
-    for part in (grads[:half], grads[half : 2 * half]):
-        evals, evecs = gram_eigen(part, centered)
+    for rows in (slice(0, half), slice(half, 2 * half)):
+        part = grads[rows]
+        block = None
+        if gram_matrix is not None:
+            block = gram_matrix[rows, rows]
+            block = center_gram(block) if centered else block
+        evals, evecs = gram_eigen(part, centered, block)
         out.append(top_eigenvectors(part, evals, evecs, k, centered))
     return out[0], out[1]
 
 
 def split_half_floor(
-    grads: Float[torch.Tensor, "B n_params"], k: int, centered: bool = False
+    grads: Float[torch.Tensor, "B n_params"],
+    k: int,
+    centered: bool = False,
+    gram_matrix: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """What the subspace metrics read between two independent draws of half the batches at one
     checkpoint: their noise floor (``overlap``, ``top_eigvec``, and the mean principal ``angle``)."""
-    u, v = split_half_bases(grads, k, centered)
+    u, v = split_half_bases(grads, k, centered, gram_matrix)
     return {
         "overlap_floor": subspace_overlap(u, v),
         "top_eigvec_floor": top_vector_similarity(u, v),

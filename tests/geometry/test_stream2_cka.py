@@ -126,6 +126,17 @@ def test_split_half_floor_uses_disjoint_halves():
     ] == pytest.approx(1.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_split_half_floor_from_the_full_gram_equals_the_halves_own(centered):
+    """The floor read from the diagonal blocks of the full Gram matrix (what geometry passes) equals
+    the one that forms each half's Gram itself."""
+    gen = torch.Generator().manual_seed(6)
+    g = torch.randn(12, 300, generator=gen, dtype=torch.float64) + 0.3
+    direct = spectral.split_half_floor(g, 3, centered)
+    reused = spectral.split_half_floor(g, 3, centered, spectral.gram(g))
+    assert reused == pytest.approx(direct, rel=1e-9, abs=1e-12)
+
+
 def test_overlaps_of_pure_noise_gradients_sit_at_their_floor():
     """Per-batch gradients that are i.i.d. noise: U_t and U_s from two checkpoints overlap no more
     than two halves of one checkpoint do."""
