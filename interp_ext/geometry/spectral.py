@@ -121,10 +121,17 @@ def top_vector_similarity(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, 
 
 
 def principal_angles(u: Float[torch.Tensor, "n k"], v: Float[torch.Tensor, "n k"]) -> torch.Tensor:
-    """Principal angles (radians, ascending) between the column spans of u and v."""
-    qu, _ = torch.linalg.qr(u.double())
-    qv, _ = torch.linalg.qr(v.double())
-    s = torch.linalg.svdvals(qu.T @ qv).clamp(-1.0, 1.0)
+    """Principal angles (radians, ascending) between the column spans of u and v.
+
+    From the k x k products only: with u^T u = L_u L_u^T (Cholesky), Q_u = u L_u^{-T} is an orthonormal
+    basis of span(u), so the cosines are the singular values of L_u^{-1} u^T v L_v^{-T}. No QR of the
+    n_params x k matrices (a tall QR over millions of rows costs seconds at the paper preset)."""
+    u, v = u.double(), v.double()
+    lu = torch.linalg.cholesky(u.T @ u)
+    lv = torch.linalg.cholesky(v.T @ v)
+    m = torch.linalg.solve_triangular(lu, u.T @ v, upper=False)
+    m = torch.linalg.solve_triangular(lv, m.T, upper=False).T
+    s = torch.linalg.svdvals(m).clamp(-1.0, 1.0)
     return torch.sort(torch.arccos(s)).values
 
 

@@ -119,6 +119,11 @@ def test_subspace_overlap_and_angles_against_scipy():
         spectral.principal_angles(a, b).numpy(), expected, rtol=1e-8, atol=1e-10
     )
     assert spectral.drift_rate(a, b, 100) == pytest.approx(expected.mean() / 100)
+    # any basis of the same spans (columns mixed and scaled) gives the same angles
+    mix = torch.from_numpy(rng.normal(size=(4, 4)))
+    np.testing.assert_allclose(
+        spectral.principal_angles(a @ mix, 3.0 * b @ mix.T).numpy(), expected, rtol=1e-7, atol=1e-9
+    )
     # overlap = sum cos^2 of principal angles / k
     assert spectral.subspace_overlap(a, b) == pytest.approx(
         float(np.cos(expected) ** 2 @ np.ones(4) / 4)
