@@ -806,7 +806,7 @@ def ledger_dense_k(led: pd.DataFrame, out: Path, forms: dict) -> list[str]:
             )
         panels.append(
             Panel(
-                f"K_norm[C,C] along the {direction} step (circuit blue, controls grey; seeds thin)",
+                f"K_norm[C,C], {direction} step",
                 traces,
                 ylabel="K / (E_C ||d_C||)",
                 zero=True,
@@ -814,7 +814,9 @@ def ledger_dense_k(led: pd.DataFrame, out: Path, forms: dict) -> list[str]:
         )
     files = save(
         Figure(
-            "Dense Stream 3 through formation (every detail step of the ledger)", panels, ncols=2
+            "Dense Stream 3 through formation, every detail step of the ledger (circuit blue, random-head controls grey; one line per seed)",
+            panels,
+            ncols=2,
         ),
         out,
         "ledger_dense_K",

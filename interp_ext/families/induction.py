@@ -126,18 +126,10 @@ class Induction(Family):
                 "component": "",
                 "value": composition_baseline(cfg.d_model, cfg.d_head),
             },
-            {
-                "step": last,
-                "metric": "ablation_loss_increase",
-                "component": "detected",
-                "value": abl["detected"],
-            },
-            {
-                "step": last,
-                "metric": "ablation_loss_increase",
-                "component": "random",
-                "value": abl["random"],
-            },
+            *(
+                {"step": last, "metric": "ablation_loss_increase", "component": c, "value": abl[c]}
+                for c in ("detected", "random")
+            ),
             {
                 "step": last,
                 "metric": "ablation_random_size",
