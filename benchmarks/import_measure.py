@@ -16,11 +16,10 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import machine, timed
 
 from interp_ext import measure
 from interp_ext.data import build_compact_tokenizer, encode_text, gpt2_tokenizer, synthetic_corpus
@@ -70,12 +69,6 @@ def trainer_run(folder: Path, embd: int) -> None:
         data_collator=default_data_collator,
     ).train()
     (folder / "probe.txt").write_text(corpus.heldout_text)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import timed
 
 from interp_ext import get_preset, metrics_store
 from interp_ext.store import Run
@@ -69,12 +69,6 @@ def old_append(path: Path, rows: pd.DataFrame) -> None:
     """The single-table layout: read the whole table, append, rewrite it."""
     old = pd.read_parquet(path) if path.exists() else rows.iloc[:0]
     pd.concat([old, rows], ignore_index=True).to_parquet(path, index=False)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
