@@ -26,7 +26,8 @@ PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
 
 @dataclass
 class Trace:
-    """A line (``mode="lines"``), markers, or a bar series; ``lo``/``hi`` add a shaded band."""
+    """A line (``mode="lines"``), markers on a line, points alone (``"points"``: ``lo``/``hi`` drawn as
+    error bars), or a bar series; elsewhere ``lo``/``hi`` add a shaded band."""
 
     x: Sequence[float]
     y: Sequence[float]
@@ -128,7 +129,7 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
             )
             ax.tick_params(axis="x", rotation=90)
             continue
-        style = "o-" if t.mode == "markers" else "-"
+        style = {"markers": "o-", "points": "o"}.get(t.mode, "-")
         ax.plot(
             t.x,
             t.y,
@@ -137,9 +138,11 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
             alpha=t.alpha,
             color=t.color,
             label=t.label if t.legend and t.label else None,
-            ms=3,
+            ms=3 if t.mode != "points" else 2 + 2 * t.width,
         )
-        if t.lo is not None and t.hi is not None:
+        if t.mode == "points" and t.lo is not None and t.hi is not None:
+            ax.vlines(t.x, t.lo, t.hi, color=t.color, lw=1.2)
+        elif t.lo is not None and t.hi is not None:
             ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18)
     if _finite(panel.window):
         ax.axvspan(*panel.window, color="orange", alpha=0.15, label="transition")
@@ -209,6 +212,32 @@ def _plotly_traces(t: Trace, first: bool) -> list:
                 marker_color=t.color,
                 legendgroup=t.label,
                 showlegend=first,
+            )
+        ]
+    if t.mode == "points":
+        spread = (
+            dict(
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[h - y for h, y in zip(t.hi, t.y)],
+                    arrayminus=[y - lo for lo, y in zip(t.lo, t.y)],
+                )
+            )
+            if t.lo is not None and t.hi is not None
+            else {}
+        )
+        return [
+            go.Scatter(
+                x=list(t.x),
+                y=list(t.y),
+                mode="markers",
+                name=t.label,
+                legendgroup=t.label,
+                showlegend=first and t.legend and bool(t.label),
+                opacity=t.alpha,
+                marker=dict(size=4 + 3 * t.width, color=t.color),
+                **spread,
             )
         ]
     out = []

@@ -543,20 +543,68 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
         lines.append(
             f"| {g} | {cells[0]:.3f} | {cells[1]:.3f} | {null:.3f} +- {sd:.3f} | {cells[2]:.3f} | {cells[3]:.3f} |"
         )
-    return lines + [
+    return (
+        lines
+        + seed_level_cka(s2, groups)
+        + [
+            "",
+            "Reading: CKA asks whether the same probe batches push two seeds' group alike, whatever the coordinates; it means something only above both nulls. "
+            "The cosines compare raw coordinates, which differ between seeds by head rotations, permutations and the residual basis.",
+            "",
+        ]
+    )
+
+
+def seed_level_cka(s2: pd.DataFrame, groups: list[str]) -> list[str]:
+    """Per group, at every checkpoint: how many seeds' mean CKA over their pairs exceeds their own
+    shuffled-batch null, and the range of that excess over seeds."""
+    cka = s2[s2.metric == "cka_seed"]
+    if cka.empty:
+        return []
+    null = s2[s2.metric == "cka_null_shuffled_seed"]
+    both = cka.merge(null, on=["step", "seed", "component"], suffixes=("", "_null"))
+    both = both.assign(excess=both.value - both.value_null)
+    steps = sorted(set(both.step))
+    lines = [
         "",
-        "Reading: CKA asks whether the same probe batches push two seeds' group alike, whatever the coordinates; it means something only above both nulls. "
-        "The cosines compare raw coordinates, which differ between seeds by head rotations, permutations and the residual basis.",
+        "Seed level: seeds whose CKA (mean over the pairs they are in) exceeds their shuffled-batch null, "
+        "k of n, and the excess over seeds (min .. max):",
         "",
+        "| step | " + " | ".join(groups) + " |",
+        "|---|" + "---|" * len(groups),
     ]
+    for t in steps:
+        cells = []
+        for g in groups:
+            e = both[(both.component == g) & (both.step == t)].excess
+            cells.append(
+                f"{int((e > 0).sum())}/{len(e)} ({e.min():+.3f} .. {e.max():+.3f})"
+                if len(e)
+                else ""
+            )
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def cka_panel(s2: pd.DataFrame, group: str) -> Panel:
     cka = select(s2, metric="cka", component=group).sort_values("step")
     shuffled = select(s2, metric="cka_null_shuffled", component=group).sort_values("step")
     raw = select(s2, metric="cross_seed_alignment", component=group).sort_values("step")
+    per_seed = select(s2, metric="cka_seed", component=group).sort_values("step")
     traces = [
-        Trace(cka.step.tolist(), cka.value.tolist(), "CKA", "#1f77b4", 2.2),
+        Trace(
+            r.step.tolist(),
+            r.value.tolist(),
+            "each seed, mean over its pairs" if i == 0 else "",
+            "#1f77b4",
+            0.8,
+            0.35,
+            legend=i == 0,
+        )
+        for i, (_, r) in enumerate(per_seed.groupby("seed"))
+    ]
+    traces += [
+        Trace(cka.step.tolist(), cka.value.tolist(), "CKA, mean over pairs", "#1f77b4", 2.2),
         Trace(
             shuffled.step.tolist(), shuffled.value.tolist(), "shuffled-batch null", "#7f7f7f", 1.2
         ),
@@ -942,32 +990,62 @@ def ledger_comparison(runs: dict, out: Path) -> list[str]:
         "L1_fresh/sum",
         "L2/sum",
     )
-    traces = []
-    for i, (label, run) in enumerate(runs.items()):
-        led = run.metrics("ledger")
-        mean = [one(led, metric=f"{t}/seed_mean", component="C@window") for t in terms]
-        lo = [one(led, metric=f"{t}/seed_lo", component="C@window") for t in terms]
-        hi = [one(led, metric=f"{t}/seed_hi", component="C@window") for t in terms]
-        traces.append(
-            Trace(
-                list(range(len(terms))),
-                mean,
-                label,
-                PALETTE[i % 10],
-                1.8,
-                lo=lo,
-                hi=hi,
-                mode="markers",
+    ledgers = {label: run.metrics("ledger") for label, run in runs.items()}
+    panels = []
+    for term in terms:
+        traces = []
+        for i, (label, led) in enumerate(ledgers.items()):
+            per_seed = select(led, metric=term, component="C@window")
+            per_seed = per_seed[per_seed.seed >= 0].sort_values("seed")
+            n = len(per_seed)
+            offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(n)
+            traces.append(
+                Trace(
+                    list(i + offsets),
+                    per_seed.value.tolist(),
+                    f"{label}: each seed",
+                    PALETTE[i % 10],
+                    0.5,
+                    0.7,
+                    mode="points",
+                    legend=len(panels) == 4,  # where the points leave room
+                )
+            )
+            stats = [
+                one(led, metric=f"{term}/{s}", component="C@window")
+                for s in ("seed_mean", "seed_lo", "seed_hi")
+            ]
+            traces.append(
+                Trace(
+                    [i + 0.3],
+                    [stats[0]],
+                    f"{label}: mean, 95% t over seeds",
+                    PALETTE[i % 10],
+                    1.5,
+                    lo=[stats[1]],
+                    hi=[stats[2]],
+                    mode="points",
+                    legend=len(panels) == 4,
+                )
+            )
+        panels.append(
+            Panel(
+                term.replace("/sum", " (window sum)"),
+                traces,
+                xlabel=" | ".join(f"{i}: {label}" for i, label in enumerate(ledgers)),
+                ylabel="change of E_C",
+                zero=True,
             )
         )
-    panel = Panel(
-        "window sums of E_C's terms (mean over seeds, 95% t-interval)",
-        traces,
-        xlabel=" | ".join(f"{i}: {t}" for i, t in enumerate(terms)),
-        ylabel="change of E_C",
-        zero=True,
+    files = save(
+        Figure(
+            "Stream 3 ledgers side by side: each term's window sum per seed (points) and over seeds",
+            panels,
+            ncols=3,
+        ),
+        out,
+        "ledger_comparison",
     )
-    files = save(Figure("Stream 3 ledgers side by side", [panel]), out, "ledger_comparison")
     return ["## Ledgers side by side", "", image(files, "ledger comparison"), ""]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,27 @@ def test_seed_level_summaries_count_seeds(every_step):
     )
     assert cross["dE/exact/seed_n"] == 2 and 0 <= cross["dE/exact/seeds_positive"] <= 2
     assert {"L1_drift/sum/seed_mean", "L1_noise/sum/seed_lo", "L2/sum/seed_hi"} <= set(cross.index)
+
+
+def test_ledgers_side_by_side_draw_each_seeds_window_sums(ledger_run, every_step, monkeypatch):
+    """The report's comparison of runs: one panel per term, each seed's window sum a point, and the
+    mean with its interval over seeds beside them, all read from the ledger's rows."""
+    from interp_ext import report
+
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, out, name: figures.append(fig) or {})
+    monkeypatch.setattr(report, "image", lambda files, alt: alt)
+    lines = report.ledger_comparison({"a": ledger_run, "b": ledger_run}, Path("."))
+    assert lines[0] == "## Ledgers side by side"
+    (fig,) = figures
+    assert [p.title for p in fig.panels][0] == "dE/exact"
+    window = every_step[every_step.component == "C@window"]
+    exact = window[(window.metric == "dE/exact") & (window.seed >= 0)].sort_values("seed")
+    points, mean, points_b, _ = fig.panels[0].traces
+    assert points.mode == "points" and list(points.y) == exact.value.tolist()
+    assert list(points_b.y) == exact.value.tolist() and min(points_b.x) > max(points.x)
+    cross = window[window.seed < 0].set_index("metric").value
+    assert mean.y == [cross["dE/exact/seed_mean"]] and mean.lo == [cross["dE/exact/seed_lo"]]
 
 
 def test_bad_windows_and_missing_data_are_refused(ledger_run, tmp_path):

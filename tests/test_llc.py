@@ -112,3 +112,80 @@ def test_a_diverging_setting_is_marked_and_the_rest_continues(micro_run, caplog)
     assert "lower --lr" in caplog.text and "step 6" in caplog.text
     per = rows[(rows.seed >= 0) & (rows.component == "model")].set_index(["seed", "metric"]).value
     assert per[(0, "diverged")] == 1.0 and math.isnan(per[(0, "llc")])
+
+
+def _result(trace, init=4.0, llc=10.0, diverged=0.0):
+    from interp_ext.families.llc import trace_drift
+
+    trace = np.asarray(trace, dtype=float)
+    return {
+        "trace": trace.tolist(),
+        "init_loss": init,
+        "llc": llc,
+        "diverged": diverged,
+        "trace_drift": trace_drift(trace, init, 4),
+    }
+
+
+def test_calibration_criteria_on_known_traces():
+    """Flat and near the checkpoint's loss: stable. Still climbing, or wandered most of the way to chance
+    loss (the model forgotten), or a negative estimate: not."""
+    from interp_ext.families.llc import locality, stable
+
+    chance = 6.0
+    steps = np.arange(40)
+    flat = np.stack([4.0 + 0.2 * (1 - np.exp(-steps / 2.0))] * 2)
+    climbing = np.stack([4.0 + 0.02 * steps] * 2)
+    forgotten = np.stack([4.0 + 1.8 * (1 - np.exp(-steps / 2.0))] * 2)
+    assert locality(_result(flat), chance) == pytest.approx(0.1, abs=1e-3)
+    assert stable(_result(flat), chance)
+    assert not stable(_result(climbing), chance)  # trace drift 0.25
+    assert locality(_result(forgotten), chance) == pytest.approx(0.9, abs=1e-3)
+    assert not stable(_result(forgotten), chance)
+    assert not stable(_result(flat, llc=-1.0), chance)
+    assert not stable(_result(flat, diverged=1.0), chance)
+
+
+def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
+    """The sweep on the run's checkpoints with a stand-in sampler whose chains are local and flat up to
+    lr 1e-4 at localisation 1000 and up to 1e-5 at 100, and wander to chance beyond: the choice is
+    the largest stable step size (the larger localisation among ties), its sweep saved."""
+    import json
+
+    from interp_ext.families import llc as llc_family
+    from interp_ext.runner import MeasureError
+
+    chance = math.log(micro_run.d_vocab)
+    steps = np.arange(40)
+    seen = []
+
+    def fake_estimate(model, data, masks, settings):
+        seen.append(model.cfg.n_layers)
+        limit = 1e-4 if settings.localization >= 1000 else 1e-5
+        reach = 0.1 if settings.lr <= limit else 0.9
+        init = chance - 1.0
+        trace = np.stack([init + reach * (1 - np.exp(-steps / 2.0))] * 2)
+        return _result(trace, init=init)
+
+    settings = llc_family.LLCSettings(num_chains=2, num_draws=36, num_burnin_steps=4)
+    monkeypatch.setattr(llc_family, "estimate", fake_estimate)
+    monkeypatch.setattr(llc_family, "LRS", (1e-5, 1e-4, 1e-3))
+    monkeypatch.setattr(llc_family, "LOCALIZATIONS", (100.0, 1000.0))
+    chosen = llc_family.calibrate(micro_run, settings)
+    assert (chosen.lr, chosen.localization) == (1e-4, 1000.0)
+    cal = json.loads((micro_run.path / "llc" / chosen.id / "calibration.json").read_text())
+    steps_run = micro_run.steps_for(micro_run.seeds[0])
+    assert cal["steps"] == [steps_run[len(steps_run) // 2], steps_run[-1]]
+    assert len(seen) == 3 * 2 * 2  # every setting at both checkpoints
+    verdicts = {(t["lr"], t["localization"]): t["stable"] for t in cal["sweep"]}
+    assert verdicts == {
+        (1e-5, 100.0): True,
+        (1e-5, 1000.0): True,
+        (1e-4, 100.0): False,
+        (1e-4, 1000.0): True,
+        (1e-3, 100.0): False,
+        (1e-3, 1000.0): False,
+    }
+    monkeypatch.setattr(llc_family, "LRS", (1e-3,))
+    with pytest.raises(MeasureError, match="no stable step size"):
+        llc_family.calibrate(micro_run, settings)

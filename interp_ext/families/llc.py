@@ -12,10 +12,10 @@ equilibrated trace is flat) and ``diverged`` (a non-finite or exploding chain).
 A diverged estimate is kept as NaN, with a warning naming the checkpoint and
 the setting to change; the rest continues.
 
-``calibrate`` sweeps the SGLD step size and the localisation on the first, a
-middle and the last checkpoint of the first seed (whole model), and keeps the
-largest step size whose chains are finite, positive and flat at every one of
-them (the smallest localisation among ties): the choice goes into the settings,
+``calibrate`` sweeps the SGLD step size and the localisation on the middle and
+the last checkpoint of the first seed (whole model), and keeps the largest step
+size whose chains are finite, positive, flat and local (they stay well short of
+chance loss) at both (the largest localisation among ties): the choice goes into the settings,
 and the sweep's traces into ``<run>/llc/<settings>/calibration.json`` for the
 report. devinterp's own SGLD is used throughout; nothing here samples.
 """
@@ -283,31 +283,55 @@ def trace_drift(trace: np.ndarray, init: float, burnin: int) -> float:
     return float((last - third) / rise) if rise > 0 else math.inf
 
 
-def calibrate(run, settings: LLCSettings) -> LLCSettings:
-    """Sweep step size x localisation on three checkpoints of the first seed; keep the stable choice.
+def locality(result: dict, chance: float) -> float:
+    """How far the chains' loss over the last quarter of the trace rose from the checkpoint's loss, as a
+    share of the way to chance (``chance`` = log d_vocab): 0 stays put, 1 has forgotten everything."""
+    trace, init = np.asarray(result["trace"], dtype=float), result["init_loss"]
+    if trace.ndim != 2 or not np.isfinite(trace).all() or not math.isfinite(init):
+        return math.inf
+    rise = float(trace[:, -max(1, trace.shape[1] // 4) :].mean()) - init
+    return rise / max(chance - init, 1e-6)
 
-    Stable: every chain finite, LLC > 0 and the trace flat (|trace_drift| < 0.1) at each checkpoint.
-    The largest stable step size wins (the sampler moves most), the smallest localisation among ties.
+
+def stable(result: dict, chance: float) -> bool:
+    """Finite, positive, flat (|trace_drift| < 0.1) and local (:func:`locality` < 0.5)."""
+    return (
+        not result["diverged"]
+        and result["llc"] > 0
+        and abs(result["trace_drift"]) < 0.1
+        and locality(result, chance) < 0.5
+    )
+
+
+def calibrate(run, settings: LLCSettings) -> LLCSettings:
+    """Sweep step size x localisation on the middle and the last checkpoint of the first seed; keep the
+    stable choice.
+
+    Stable at a checkpoint (:func:`stable`): every chain finite, LLC > 0, the trace flat after burn-in
+    (|trace_drift| < 0.1) and the chain local (its loss rises by less than half the way from the
+    checkpoint's loss to chance, log d_vocab: a chain that forgets what the model learned samples
+    another region, not this checkpoint's neighbourhood). The largest step size stable at both wins
+    (the sampler moves most), the largest localisation among ties. Early checkpoints near chance are
+    not probed: there is nothing local to keep the chain near.
     """
     seed = run.seeds[0]
     steps = run.steps_for(seed)
-    probe = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
+    probe = sorted({steps[len(steps) // 2], steps[-1]})
     data = llc_data(run, seed, settings)
+    chance = math.log(run.d_vocab)
     sweep = []
     for lr in LRS:
         for gamma in LOCALIZATIONS:
             trial = replace(settings, lr=lr, localization=gamma, calibrate=False)
             results = [estimate(run.model(seed, t), data, None, trial) for t in probe]
-            stable = all(
-                not r["diverged"] and r["llc"] > 0 and abs(r["trace_drift"]) < 0.1 for r in results
-            )
             sweep.append(
                 {
                     "lr": lr,
                     "localization": gamma,
-                    "stable": stable,
+                    "stable": all(stable(r, chance) for r in results),
                     "llc": [r["llc"] for r in results],
                     "trace_drift": [r["trace_drift"] for r in results],
+                    "locality": [locality(r, chance) for r in results],
                     "init_loss": [r["init_loss"] for r in results],
                     "trace": [r["trace"] for r in results],
                 }
@@ -317,7 +341,7 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
         raise MeasureError(
             f"LLC calibration found no stable step size in {LRS} x localisation {LOCALIZATIONS} at steps {probe}; raise --draws or --burnin, or set --lr/--localization by hand"
         )
-    best = sorted(good, key=lambda s: (-s["lr"], s["localization"]))[0]
+    best = sorted(good, key=lambda s: (-s["lr"], -s["localization"]))[0]
     chosen = replace(settings, lr=best["lr"], localization=best["localization"], calibrate=False)
     folder = run.path / "llc" / chosen.id
     folder.mkdir(parents=True, exist_ok=True)

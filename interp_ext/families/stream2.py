@@ -4,7 +4,8 @@ At each checkpoint, over every selected seed:
 
 * ``cka`` (basis-free): per parameter group and per layer, the linear CKA of two
   seeds' centred per-batch gradient Gram matrices on the same probe batches,
-  averaged over seed pairs. It is invariant to any orthogonal change of a
+  averaged over seed pairs (each pair's value in ``cka_pair``, its second seed in
+  ``partner``; each seed's mean over its pairs in ``cka_seed``). It is invariant to any orthogonal change of a
   group's coordinates (rotating a head's d_head basis, permuting heads or
   neurons), so a function-identical twin scores 1. Per head (``cka_head`` for the
   first seed's heads, ``cka_heads`` per layer): heads matched across seeds by
@@ -48,6 +49,7 @@ NULL_SEED = 10_000
 @dataclass(frozen=True)
 class Stream2Settings(Settings):
     family = "stream2"
+    revision = 1  # the seed-level rows (per pair, per seed) added; earlier measurements lack them
 
     n_batches: int | None = setting(
         None, "Probe batches (default: all of the probe set).", cli="--batches"
@@ -84,6 +86,7 @@ class Stream2(Family):
     settings = Stream2Settings
     scope = "cross_seed"
     min_seeds = 2
+    columns = ("partner",)
 
     def prepare(self, run, settings: Stream2Settings) -> Stream2Settings:
         available = run.probe_set()["lm"].shape[0]
@@ -116,7 +119,10 @@ class Stream2(Family):
             (i, j): match_heads(patterns[i], patterns[j])
             for i, j in itertools.combinations(range(len(models)), 2)
         }
-        rows += [cka_alignment(grams, perms), shuffled_null(grams, settings.shuffles, seed=step)]
+        rows += [
+            cka_alignment(grams, perms, seeds),
+            shuffled_null(grams, settings.shuffles, seed=step, seeds=seeds),
+        ]
         return pd.concat(rows, ignore_index=True)
 
     def finish(self, run, settings: Stream2Settings, rows: pd.DataFrame) -> pd.DataFrame | None:

@@ -181,6 +181,7 @@ def match_heads(
 def cka_alignment(
     grams: Sequence[dict[str, torch.Tensor]],
     perms: dict[tuple[int, int], dict[int, np.ndarray]] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Basis-free cross-seed alignment: mean over seed pairs of the linear CKA of their per-batch
     gradient Gram matrices on the same probe batches (SPEC section 5), for every block.
@@ -190,11 +191,15 @@ def cka_alignment(
             heads ``L1H2``), all on the same batches in the same order.
         perms: (i, j) -> per-layer head matching of seed j to seed i; heads are compared through it
             (``cka_head`` per head of the first seed, ``cka_heads`` per layer over all pairs).
+        seeds: the seeds' names; when given, the seed-level rows are added: ``cka_pair`` and
+            ``cka_heads_pair`` per pair (``seed`` the first of the pair, ``partner`` the second) and
+            ``cka_seed`` / ``cka_heads_seed`` per seed, the mean over the pairs it is in.
 
     Returns:
-        DataFrame (metric, component, value).
+        DataFrame (metric, component, value[, seed, partner]).
     """
-    sums: dict[tuple[str, str], list[float]] = {}
+    pairs: dict[tuple[str, str, int, int], list[float]] = {}
+    first: dict[str, list[float]] = {}
     for i, j in itertools.combinations(range(len(grams)), 2):
         for block, k in grams[i].items():
             if Head.is_head(block):
@@ -203,35 +208,76 @@ def cka_alignment(
                 h = Head.parse(block)
                 partner = str(Head(h.layer, int(perms[(i, j)][h.layer][h.head])))
                 value = linear_cka(k, grams[j][partner])
-                sums.setdefault(("cka_heads", f"blocks.{h.layer}.heads"), []).append(value)
+                pairs.setdefault(("cka_heads", f"blocks.{h.layer}.heads", i, j), []).append(value)
                 if i == 0:
-                    sums.setdefault(("cka_head", block), []).append(value)
+                    first.setdefault(block, []).append(value)
             else:
-                sums.setdefault(("cka", block), []).append(linear_cka(k, grams[j][block]))
-    return pd.DataFrame(
-        [{"metric": m, "component": c, "value": float(np.mean(v))} for (m, c), v in sums.items()]
-    )
+                pairs.setdefault(("cka", block, i, j), []).append(linear_cka(k, grams[j][block]))
+    rows = [
+        {"metric": "cka_head", "component": c, "value": float(np.mean(v))} for c, v in first.items()
+    ]
+    return pd.concat([_over_pairs(pairs, seeds), pd.DataFrame(rows)], ignore_index=True)
+
+
+def _over_pairs(
+    pairs: dict[tuple[str, str, int, int], list[float]], seeds: Sequence[int] | None
+) -> pd.DataFrame:
+    """Rows of (metric, component) values per seed pair (i, j): the mean over pairs under the metric's
+    name; with ``seeds``, also each pair's value (``<metric>_pair``) and each seed's mean over its
+    pairs (``<metric>_seed``)."""
+    per_pair = {key: float(np.mean(v)) for key, v in pairs.items()}
+    groups: dict[tuple[str, str], list[float]] = {}
+    for (metric, comp, _, _), value in per_pair.items():
+        groups.setdefault((metric, comp), []).append(value)
+    rows = [
+        {"metric": m, "component": c, "value": float(np.mean(v))} for (m, c), v in groups.items()
+    ]
+    if seeds is not None:
+        by_seed: dict[tuple[str, str, int], list[float]] = {}
+        for (metric, comp, i, j), value in per_pair.items():
+            rows.append(
+                {
+                    "metric": f"{metric}_pair",
+                    "component": comp,
+                    "value": value,
+                    "seed": int(seeds[i]),
+                    "partner": str(int(seeds[j])),
+                }
+            )
+            for s in (i, j):
+                by_seed.setdefault((metric, comp, s), []).append(value)
+        rows += [
+            {
+                "metric": f"{m}_seed",
+                "component": c,
+                "value": float(np.mean(v)),
+                "seed": int(seeds[s]),
+            }
+            for (m, c, s), v in by_seed.items()
+        ]
+    return pd.DataFrame(rows)
 
 
 def shuffled_null(
-    grams: Sequence[dict[str, torch.Tensor]], draws: int = 4, seed: int = 0
+    grams: Sequence[dict[str, torch.Tensor]],
+    draws: int = 4,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The same CKA with the batch order of the second seed of each pair shuffled: what it reads when
-    the batches no longer correspond (``cka_null_shuffled``, groups only)."""
+    the batches no longer correspond (``cka_null_shuffled``, groups only; with ``seeds``, also per pair
+    and per seed, as :func:`cka_alignment`)."""
     gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, list[float]] = {}
+    pairs: dict[tuple[str, str, int, int], list[float]] = {}
     for i, j in itertools.combinations(range(len(grams)), 2):
         for _ in range(draws):
             perm = torch.randperm(next(iter(grams[j].values())).shape[0], generator=gen)
             for block, k in grams[i].items():
                 if not Head.is_head(block):
-                    sums.setdefault(block, []).append(linear_cka(k, grams[j][block][perm][:, perm]))
-    return pd.DataFrame(
-        [
-            {"metric": "cka_null_shuffled", "component": c, "value": float(np.mean(v))}
-            for c, v in sums.items()
-        ]
-    )
+                    pairs.setdefault(("cka_null_shuffled", block, i, j), []).append(
+                        linear_cka(k, grams[j][block][perm][:, perm])
+                    )
+    return _over_pairs(pairs, seeds)
 
 
 # --------------------------------------------------------------------------- beta fit

@@ -15,6 +15,7 @@ from interp_ext.geometry.streams import (
     cross_seed_alignment,
     head_patterns,
     match_heads,
+    shuffled_null,
 )
 from tests.geometry.test_geometry import small_model
 
@@ -157,3 +158,71 @@ def test_gradient_snr_from_the_gram_matrix():
     mean = g.mean(0)
     expected = float(mean @ mean) / float(((g - mean) ** 2).sum(1).mean())
     assert spectral.gradient_snr(g) == pytest.approx(expected, rel=1e-12)
+
+
+def test_seed_level_rows_give_each_pair_and_each_seed(twin_setup):
+    """Three seeds, the third a function-identical twin of the first: the pair (first, twin) reads 1,
+    the other pairs less; the mean over pairs and each seed's mean over its pairs follow from the
+    pair rows."""
+    model, twin, batches = twin_setup
+    other = small_model(seed=8)
+    models, seeds = [model, other, twin], [5, 7, 9]
+    grams = [grams_of(m, batches, "all") for m in models]
+    tokens = batches[:2].flatten(0, 1)
+    patterns = [head_patterns(m, tokens) for m in models]
+    perms = {(i, j): match_heads(patterns[i], patterns[j]) for i, j in [(0, 1), (0, 2), (1, 2)]}
+    rows = cka_alignment(grams, perms, seeds)
+    pair = rows[rows.metric == "cka_pair"]
+    assert set(zip(pair.seed, pair.partner)) == {(5, "7"), (5, "9"), (7, "9")}
+    twins = pair[(pair.seed == 5) & (pair.partner == "9")]
+    np.testing.assert_allclose(twins.value, 1.0, atol=1e-6)
+    assert (pair[pair.seed == 7].value < 0.99).any()
+    for block, by_block in pair.groupby("component"):
+        mean = rows[(rows.metric == "cka") & (rows.component == block)].value.item()
+        assert mean == pytest.approx(by_block.value.mean(), abs=1e-12)
+        direct = spectral.linear_cka(grams[1][block], grams[2][block])
+        assert by_block[by_block.seed == 7].value.item() == pytest.approx(direct, abs=1e-12)
+        seed_rows = rows[(rows.metric == "cka_seed") & (rows.component == block)]
+        for s in seeds:
+            theirs = by_block[(by_block.seed == s) | (by_block.partner == str(s))].value
+            assert seed_rows[seed_rows.seed == s].value.item() == pytest.approx(theirs.mean())
+    heads = rows[rows.metric == "cka_heads_pair"]
+    assert len(heads) == 3 * model.cfg.n_layers
+    np.testing.assert_allclose(
+        heads[(heads.seed == 5) & (heads.partner == "9")].value, 1.0, atol=1e-6
+    )
+    null = shuffled_null(grams, 2, seeds=seeds)
+    assert set(null.metric) == {
+        "cka_null_shuffled",
+        "cka_null_shuffled_pair",
+        "cka_null_shuffled_seed",
+    }
+
+
+def test_stream2_family_writes_the_seed_level_rows(micro_run):
+    """Through the runner: every pair of the run's seeds at every checkpoint, keyed apart from rows
+    of the revision that lacked them."""
+    from interp_ext.families.stream2 import Stream2Settings
+    from interp_ext.runner import measure
+
+    settings = Stream2Settings(n_batches=4, null_models=0, shuffles=1)
+    assert settings.revision == 1
+    measure(micro_run, settings, progress=False)
+    rows = micro_run.metrics("stream2")
+    pair = rows[rows.metric == "cka_pair"]
+    seeds = micro_run.seeds
+    assert set(pair.step) == set(micro_run.steps)
+    assert set(zip(pair.seed, pair.partner)) == {(seeds[0], str(seeds[1]))}
+    both = rows[rows.metric == "cka"].merge(pair, on=["step", "component"])
+    np.testing.assert_allclose(both.value_x, both.value_y)
+    per_seed = rows[rows.metric == "cka_seed"]
+    assert set(per_seed.seed) == set(seeds) and (rows[rows.metric == "cka"].seed == -1).all()
+    from interp_ext.report import seed_level_cka
+
+    lines = seed_level_cka(rows, ["attn_qkv"])
+    last = [line for line in lines if line.startswith(f"| {max(micro_run.steps)} |")]
+    excess = per_seed[(per_seed.component == "attn_qkv") & (per_seed.step == max(micro_run.steps))]
+    null = rows[(rows.metric == "cka_null_shuffled_seed") & (rows.component == "attn_qkv")]
+    null = null[null.step == max(micro_run.steps)].set_index("seed").value
+    above = sum(r.value > null[r.seed] for r in excess.itertuples())
+    assert len(last) == 1 and f"{above}/{len(seeds)}" in last[0]
