@@ -5,7 +5,8 @@ SGLD: chains x (burn-in + draws) steps of a batch each, plus the initial loss),
 against one per-batch gradient over the probe set (1 GE), on a middle
 checkpoint of the first seed; medians over repeats.
 
-Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--repeats 3]
+Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--draws 60] [--burnin 20]
+       [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--localization", type=float, default=100.0)
+    parser.add_argument("--draws", type=int, default=60)
+    parser.add_argument("--burnin", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     run = open_run(args.run)
     seed = run.seeds[0]
     step = run.steps_for(seed)[len(run.steps_for(seed)) // 2]
     model = run.model(seed, step)
-    settings = LLCSettings(lr=args.lr, localization=args.localization)
+    settings = LLCSettings(
+        lr=args.lr,
+        localization=args.localization,
+        num_draws=args.draws,
+        num_burnin_steps=args.burnin,
+    )
     data = llc_data(run, seed, settings)
     lm = run.probe_set()["lm"]
     chunk = 4 if model.cfg.d_vocab <= 4096 else 1
