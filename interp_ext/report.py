@@ -1078,6 +1078,20 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
                 marks=ctx["marks"],
             )
         )
+        by_role = llc_by_role(llc, head_roles(m))
+        if len(by_role):
+            panels.append(
+                Panel(
+                    "LLC per head by its role in the seed's circuit (mean over heads, then seeds)",
+                    [
+                        Trace(g.step.tolist(), g.value.tolist(), role, PALETTE[i % 10], 1.6)
+                        for i, (role, g) in enumerate(by_role.groupby("role"))
+                    ],
+                    ylabel="LLC estimate",
+                    window=ctx["window"],
+                    marks=ctx["marks"],
+                )
+            )
     files = save(
         Figure(
             "Local learning coefficient over training (devinterp; seeds thin, seed mean bold with its 95% t-interval over seeds)",
@@ -1103,6 +1117,27 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
         "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
         "",
     ]
+
+
+def head_roles(m: pd.DataFrame) -> dict[int, dict[str, str]]:
+    """Per seed, head -> its role in the circuit found at the seed's last measured checkpoint."""
+    members = select(m, family="circuit", metric="member")
+    if members.empty or "role" not in members:
+        return {}
+    last = members[members.step == members.groupby("seed").step.transform("max")]
+    return {int(s): dict(zip(g.component, g.role)) for s, g in last.groupby("seed")}
+
+
+def llc_by_role(llc: pd.DataFrame, roles: dict[int, dict[str, str]]) -> pd.DataFrame:
+    """Per role (a circuit role, or ``other`` for heads outside the circuit) and step: the per-head
+    LLC averaged over the seed's heads of that role, then over the seeds that have them."""
+    per = llc[(llc.metric == "llc") & (llc.seed >= 0) & llc.component.map(Head.is_head)]
+    per = per[per.seed.isin(list(roles))]
+    if per.empty:
+        return pd.DataFrame(columns=["role", "step", "value"])
+    per = per.assign(role=[roles[int(s)].get(c, "other") for s, c in zip(per.seed, per.component)])
+    by_seed = per.groupby(["role", "step", "seed"]).value.mean()
+    return by_seed.groupby(["role", "step"]).mean().reset_index()
 
 
 def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:

@@ -189,3 +189,49 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
     monkeypatch.setattr(llc_family, "LRS", (1e-3,))
     with pytest.raises(MeasureError, match="no stable step size"):
         llc_family.calibrate(micro_run, settings)
+
+
+def test_llc_by_role_averages_heads_then_seeds():
+    """Seed 0's induction head is L1H0, seed 1's is L1H1: each seed's own heads are averaged by role
+    first, then the seeds, so a head index never stands for a role across seeds."""
+    import pandas as pd
+
+    from interp_ext.report import head_roles, llc_by_role
+
+    members = pd.DataFrame(
+        [
+            {
+                "family": "circuit",
+                "metric": "member",
+                "seed": s,
+                "step": t,
+                "component": h,
+                "role": r,
+            }
+            for s, t, h, r in [
+                (0, 8, "L1H0", "induction"),
+                (0, 8, "L0H1", "prev_token"),
+                (1, 4, "L1H0", "induction"),  # an earlier checkpoint's circuit: not used
+                (1, 8, "L1H1", "induction"),
+                (1, 8, "L0H0", "prev_token"),
+            ]
+        ]
+    )
+    roles = head_roles(members)
+    assert roles == {
+        0: {"L1H0": "induction", "L0H1": "prev_token"},
+        1: {"L1H1": "induction", "L0H0": "prev_token"},
+    }
+    values = {(0, "L1H0"): 10.0, (0, "L1H1"): 1.0, (0, "L0H0"): 2.0, (0, "L0H1"): 5.0}
+    values |= {(1, "L1H0"): 3.0, (1, "L1H1"): 20.0, (1, "L0H0"): 7.0, (1, "L0H1"): 4.0}
+    llc = pd.DataFrame(
+        [
+            {"metric": "llc", "seed": s, "step": 8, "component": h, "value": v}
+            for (s, h), v in values.items()
+        ]
+        + [{"metric": "llc", "seed": 0, "step": 8, "component": "model", "value": 99.0}]
+    )
+    got = llc_by_role(llc, roles).set_index("role").value
+    assert got["induction"] == pytest.approx((10 + 20) / 2)
+    assert got["prev_token"] == pytest.approx((5 + 7) / 2)
+    assert got["other"] == pytest.approx(((1 + 2) / 2 + (3 + 4) / 2) / 2)
