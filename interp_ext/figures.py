@@ -215,31 +215,7 @@ def _plotly_traces(t: Trace, first: bool) -> list:
             )
         ]
     if t.mode == "points":
-        spread = (
-            dict(
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[h - y for h, y in zip(t.hi, t.y)],
-                    arrayminus=[y - lo for lo, y in zip(t.lo, t.y)],
-                )
-            )
-            if t.lo is not None and t.hi is not None
-            else {}
-        )
-        return [
-            go.Scatter(
-                x=list(t.x),
-                y=list(t.y),
-                mode="markers",
-                name=t.label,
-                legendgroup=t.label,
-                showlegend=first and t.legend and bool(t.label),
-                opacity=t.alpha,
-                marker=dict(size=4 + 3 * t.width, color=t.color),
-                **spread,
-            )
-        ]
+        return [_plotly_points(t, first)]
     out = []
     if t.lo is not None and t.hi is not None:
         band = dict(x=list(t.x) + list(t.x)[::-1], y=list(t.hi) + list(t.lo)[::-1])
@@ -267,3 +243,26 @@ def _plotly_traces(t: Trace, first: bool) -> list:
         )
     )
     return out
+
+
+def _plotly_points(t: Trace, first: bool) -> go.Scatter:
+    """Points alone, ``lo``/``hi`` as asymmetric error bars."""
+    spread = {}
+    if t.lo is not None and t.hi is not None:
+        spread["error_y"] = dict(
+            type="data",
+            symmetric=False,
+            array=[h - y for h, y in zip(t.hi, t.y)],
+            arrayminus=[y - lo for lo, y in zip(t.lo, t.y)],
+        )
+    return go.Scatter(
+        x=list(t.x),
+        y=list(t.y),
+        mode="markers",
+        name=t.label,
+        legendgroup=t.label,
+        showlegend=first and t.legend and bool(t.label),
+        opacity=t.alpha,
+        marker=dict(size=4 + 3 * t.width, color=t.color),
+        **spread,
+    )

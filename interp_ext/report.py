@@ -497,15 +497,7 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
     if s2.empty:
         return []
     groups = [g for g in GROUPS if g in set(s2.component)]
-    panels = [cka_panel(s2, g) for g in groups]
-    heads = sorted(c for c in set(s2[s2.metric == "cka_heads"].component))
-    if heads:
-        traces = [
-            Trace(r.step.tolist(), r.value.tolist(), layer, PALETTE[i % 10], 1.6)
-            for i, layer in enumerate(heads)
-            for r in [select(s2, metric="cka_heads", component=layer).sort_values("step")]
-        ]
-        panels.append(Panel("heads matched by attention pattern, per layer", traces, ylabel="CKA"))
+    panels = [cka_panel(s2, g) for g in groups] + cka_heads_panels(s2)
     files = save(
         Figure(
             "Stream 2: basis-free cross-seed alignment (CKA of per-batch gradient Grams), with nulls and the basis-dependent cosine",
@@ -553,6 +545,19 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
             "",
         ]
     )
+
+
+def cka_heads_panels(s2: pd.DataFrame) -> list[Panel]:
+    """The per-layer CKA of heads matched by attention pattern (none without head rows)."""
+    heads = sorted(c for c in set(s2[s2.metric == "cka_heads"].component))
+    if not heads:
+        return []
+    traces = [
+        Trace(r.step.tolist(), r.value.tolist(), layer, PALETTE[i % 10], 1.6)
+        for i, layer in enumerate(heads)
+        for r in [select(s2, metric="cka_heads", component=layer).sort_values("step")]
+    ]
+    return [Panel("heads matched by attention pattern, per layer", traces, ylabel="CKA")]
 
 
 def seed_level_cka(s2: pd.DataFrame, groups: list[str]) -> list[str]:
@@ -980,6 +985,52 @@ def counterfactual_section(m: pd.DataFrame, out: Path) -> list[str]:
     ]
 
 
+def term_panel(term: str, ledgers: dict[str, pd.DataFrame], legend: bool) -> Panel:
+    """One ledger term's window sum: each run's seeds as points, their mean and 95% t-interval beside."""
+    traces = []
+    for i, (label, led) in enumerate(ledgers.items()):
+        per_seed = select(led, metric=term, component="C@window")
+        per_seed = per_seed[per_seed.seed >= 0].sort_values("seed")
+        n = len(per_seed)
+        offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(n)
+        traces.append(
+            Trace(
+                list(i + offsets),
+                per_seed.value.tolist(),
+                f"{label}: each seed",
+                PALETTE[i % 10],
+                0.5,
+                0.7,
+                mode="points",
+                legend=legend,
+            )
+        )
+        mean, lo, hi = (
+            one(led, metric=f"{term}/{s}", component="C@window")
+            for s in ("seed_mean", "seed_lo", "seed_hi")
+        )
+        traces.append(
+            Trace(
+                [i + 0.3],
+                [mean],
+                f"{label}: mean, 95% t over seeds",
+                PALETTE[i % 10],
+                1.5,
+                lo=[lo],
+                hi=[hi],
+                mode="points",
+                legend=legend,
+            )
+        )
+    return Panel(
+        term.replace("/sum", " (window sum)"),
+        traces,
+        xlabel=" | ".join(f"{i}: {label}" for i, label in enumerate(ledgers)),
+        ylabel="change of E_C",
+        zero=True,
+    )
+
+
 def ledger_comparison(runs: dict, out: Path) -> list[str]:
     """The ledgers of several runs (e.g. presets) side by side: seed-level window sums of each term."""
     terms = (
@@ -991,52 +1042,7 @@ def ledger_comparison(runs: dict, out: Path) -> list[str]:
         "L2/sum",
     )
     ledgers = {label: run.metrics("ledger") for label, run in runs.items()}
-    panels = []
-    for term in terms:
-        traces = []
-        for i, (label, led) in enumerate(ledgers.items()):
-            per_seed = select(led, metric=term, component="C@window")
-            per_seed = per_seed[per_seed.seed >= 0].sort_values("seed")
-            n = len(per_seed)
-            offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(n)
-            traces.append(
-                Trace(
-                    list(i + offsets),
-                    per_seed.value.tolist(),
-                    f"{label}: each seed",
-                    PALETTE[i % 10],
-                    0.5,
-                    0.7,
-                    mode="points",
-                    legend=len(panels) == 4,  # where the points leave room
-                )
-            )
-            stats = [
-                one(led, metric=f"{term}/{s}", component="C@window")
-                for s in ("seed_mean", "seed_lo", "seed_hi")
-            ]
-            traces.append(
-                Trace(
-                    [i + 0.3],
-                    [stats[0]],
-                    f"{label}: mean, 95% t over seeds",
-                    PALETTE[i % 10],
-                    1.5,
-                    lo=[stats[1]],
-                    hi=[stats[2]],
-                    mode="points",
-                    legend=len(panels) == 4,
-                )
-            )
-        panels.append(
-            Panel(
-                term.replace("/sum", " (window sum)"),
-                traces,
-                xlabel=" | ".join(f"{i}: {label}" for i, label in enumerate(ledgers)),
-                ylabel="change of E_C",
-                zero=True,
-            )
-        )
+    panels = [term_panel(term, ledgers, legend=k == 4) for k, term in enumerate(terms)]
     files = save(
         Figure(
             "Stream 3 ledgers side by side: each term's window sum per seed (points) and over seeds",
@@ -1060,38 +1066,7 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
         metric_panel(llc, "llc", "LLC estimate", ctx, title=f"LLC: {c}", component=c)
         for c in components
     ]
-    heads = sorted(
-        {c for c in llc[llc.metric == "llc/seed_mean"].component if Head.is_head(c)}, key=Head.parse
-    )
-    if heads:
-        traces = [
-            Trace(g.index.tolist(), g["mean"].tolist(), h, PALETTE[i % 10], 1.4)
-            for i, h in enumerate(heads)
-            for g in [summary(llc, "llc", component=h)]
-        ]
-        panels.append(
-            Panel(
-                "LLC per head (seed means)",
-                traces,
-                ylabel="LLC estimate",
-                window=ctx["window"],
-                marks=ctx["marks"],
-            )
-        )
-        by_role = llc_by_role(llc, head_roles(m))
-        if len(by_role):
-            panels.append(
-                Panel(
-                    "LLC per head by its role in the seed's circuit (mean over heads, then seeds)",
-                    [
-                        Trace(g.step.tolist(), g.value.tolist(), role, PALETTE[i % 10], 1.6)
-                        for i, (role, g) in enumerate(by_role.groupby("role"))
-                    ],
-                    ylabel="LLC estimate",
-                    window=ctx["window"],
-                    marks=ctx["marks"],
-                )
-            )
+    panels += llc_head_panels(llc, m, ctx)
     files = save(
         Figure(
             "Local learning coefficient over training (devinterp; seeds thin, seed mean bold with its 95% t-interval over seeds)",
@@ -1117,6 +1092,31 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
         "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
         "",
     ]
+
+
+def llc_head_panels(llc: pd.DataFrame, m: pd.DataFrame, ctx: dict) -> list[Panel]:
+    """Per-head LLC: each head's seed mean, and heads by their role in each seed's circuit."""
+    heads = sorted(
+        {c for c in llc[llc.metric == "llc/seed_mean"].component if Head.is_head(c)}, key=Head.parse
+    )
+    if not heads:
+        return []
+    where = dict(ylabel="LLC estimate", window=ctx["window"], marks=ctx["marks"])
+    traces = [
+        Trace(g.index.tolist(), g["mean"].tolist(), h, PALETTE[i % 10], 1.4)
+        for i, h in enumerate(heads)
+        for g in [summary(llc, "llc", component=h)]
+    ]
+    panels = [Panel("LLC per head (seed means)", traces, **where)]
+    by_role = llc_by_role(llc, head_roles(m))
+    if len(by_role):
+        traces = [
+            Trace(g.step.tolist(), g.value.tolist(), role, PALETTE[i % 10], 1.6)
+            for i, (role, g) in enumerate(by_role.groupby("role"))
+        ]
+        title = "LLC per head by its role in the seed's circuit (mean over heads, then seeds)"
+        panels.append(Panel(title, traces, **where))
+    return panels
 
 
 def head_roles(m: pd.DataFrame) -> dict[int, dict[str, str]]:
