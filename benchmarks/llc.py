@@ -5,7 +5,7 @@ SGLD: chains x (burn-in + draws) steps of a batch each, plus the initial loss),
 against one per-batch gradient over the probe set (1 GE), on a middle
 checkpoint of the first seed; medians over repeats.
 
-Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--draws 60] [--burnin 20]
+Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--draws 150] [--burnin 50]
        [--repeats 3]
 """
 
@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--localization", type=float, default=100.0)
-    parser.add_argument("--draws", type=int, default=60)
-    parser.add_argument("--burnin", type=int, default=20)
+    parser.add_argument("--draws", type=int, default=150)
+    parser.add_argument("--burnin", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     run = open_run(args.run)
