@@ -1121,11 +1121,13 @@ def llc_head_panels(llc: pd.DataFrame, m: pd.DataFrame, ctx: dict) -> list[Panel
 
 def head_roles(m: pd.DataFrame) -> dict[int, dict[str, str]]:
     """Per seed, head -> its role in the circuit found at the seed's last measured checkpoint."""
+    from interp_ext.families.circuit import circuit_from_rows
+
     members = select(m, family="circuit", metric="member")
     if members.empty or "role" not in members:
         return {}
     last = members[members.step == members.groupby("seed").step.transform("max")]
-    return {int(s): dict(zip(g.component, g.role)) for s, g in last.groupby("seed")}
+    return {int(s): circuit_from_rows(g, f"seed{s}").roles for s, g in last.groupby("seed")}
 
 
 def llc_by_role(llc: pd.DataFrame, roles: dict[int, dict[str, str]]) -> pd.DataFrame:
