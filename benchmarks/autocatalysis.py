@@ -15,7 +15,7 @@ import torch
 from _common import machine, paper_model, peak_rss_mib, random_batches, timer
 
 from circuits import Circuit
-from interp_ext.autocatalysis import component_matrix_flat, model_probe, sgd_direction
+from interp_ext.stream3.energy import component_matrix_flat, model_probe, sgd_direction
 
 
 def main() -> None:

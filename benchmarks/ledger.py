@@ -28,11 +28,11 @@ from _common import machine
 
 from circuits import Circuit
 from interp_ext import get_preset, override
-from interp_ext.autocatalysis import EnergyProbe
 from interp_ext.families.ledger import LedgerSettings, drift_gradient, ledger_spec
 from interp_ext.geometry.gradients import loss_function
-from interp_ext.ledger import StepInputs, measure_step
 from interp_ext.replay import Replay
+from interp_ext.stream3.energy import EnergyProbe
+from interp_ext.stream3.split import StepInputs, measure_step
 from interp_ext.training import train
 
 

@@ -18,8 +18,8 @@ import time
 from _common import machine
 
 from interp_ext import open_run
-from interp_ext.autocatalysis import model_probe
 from interp_ext.families.llc import LLCSettings, estimate, llc_data
+from interp_ext.stream3.energy import model_probe
 
 
 def main() -> None:

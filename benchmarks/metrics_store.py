@@ -8,7 +8,7 @@ one process, alternately: appending one more part to the 10k-row run and to the
 with ``Run.metrics``. For comparison, the single-table layout the store replaced
 (read the whole table, append, rewrite it) is timed on the same two sizes.
 
-Usage: python benchmarks/metrics_store.py [--rounds 20]
+Usage: python benchmarks/parts.py [--rounds 20]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from _common import timed
 
-from interp_ext import get_preset, metrics_store
-from interp_ext.store import Run
+from interp_ext import get_preset
+from interp_ext.run import Run, io, parts
 
 FAMILIES = ("geometry", "induction", "autocatalysis", "sae")
 PART_ROWS = 640
@@ -42,24 +42,24 @@ def part(
             "value": rng.normal(size=PART_ROWS),
         }
     )
-    return metrics_store.normalise(rows, "bench", family, settings)
+    return parts.normalise(rows, "bench", family, settings)
 
 
 def make_run(root: Path, n_rows: int) -> Run:
     """A run directory (config only) whose store holds ``n_rows`` rows."""
     root.mkdir(parents=True)
-    get_preset("tiny").save(root / "config.json")
+    io.write_json(root / "config.json", get_preset("tiny").payload())
     rng = np.random.default_rng(0)
     n_parts = n_rows // PART_ROWS
     for i in range(n_parts):
         family = FAMILIES[i % len(FAMILIES)]
         settings = f"{family}-{'ab'[(i // len(FAMILIES)) % 2] * 10}"
         seed, step = (i // 8) % 16, (i // 128) * 1000
-        metrics_store.write_part(
+        parts.write_part(
             root / "metrics",
             family,
             settings,
-            metrics_store.unit_name(seed, step + i),
+            parts.unit_name(seed, step + i),
             part(seed, step, family, settings, rng),
         )
     return Run(root)
@@ -88,10 +88,10 @@ def main() -> None:
         }
         for r in range(args.rounds):
             new = part(0, 10**9 + r, "geometry", "geometry-new0000000", rng)
-            unit = metrics_store.unit_name(0, 10**9 + r)
+            unit = parts.unit_name(0, 10**9 + r)
             for n, label in ((10_000, "10k"), (1_000_000, "1M")):
                 write = partial(
-                    metrics_store.write_part,
+                    parts.write_part,
                     runs[n].metrics_dir,
                     "geometry",
                     "geometry-new0000000",

@@ -18,7 +18,7 @@ Typical notebook use::
 """
 
 from interp_ext.config import ConfigError, RunConfig, get_preset, override
-from interp_ext.store import CheckpointError, Run, RunError, open_run
+from interp_ext.run import CheckpointError, Run, RunError, open_run
 
 __version__ = "0.1.0"
 
@@ -37,8 +37,8 @@ __all__ = [
 
 
 def measure(run, settings, seeds=None, steps=None, progress=True):
-    """Measure a family on a run's checkpoints; see :func:`interp_ext.runner.measure`."""
-    from interp_ext.runner import measure as _measure
+    """Measure a family on a run's checkpoints; see :func:`interp_ext.measurement.runner.measure`."""
+    from interp_ext.measurement.runner import measure as _measure
 
     return _measure(run, settings, seeds=seeds, steps=steps, progress=progress)
 

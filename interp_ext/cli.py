@@ -3,6 +3,10 @@
 Every command has ``--help``. Runs are directories (SPEC section 2); everything a
 command computes goes into the run's metrics table, so notebooks read the same
 numbers with ``open_run(RUN).metrics()``.
+
+Bad input (any :class:`interp_ext.errors.InterpExtError`, or the circuits package's
+``CircuitError``) ends a command with one line naming the value and the fix, and
+exit code 2; ``interp-ext --debug COMMAND`` or ``INTERP_EXT_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -10,17 +14,48 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
 import typer.core
 
-app = typer.Typer(
+from interp_ext.errors import one_line, user_errors
+
+DEBUG_ENV = "INTERP_EXT_DEBUG"
+
+
+class _App(typer.Typer):
+    """The command group: bad input becomes one line on stderr and exit code 2."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except user_errors() as err:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
     help="Watch circuits form during training (TransformerLens).",
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1)."
+    ),
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 measure_app = typer.Typer(
     no_args_is_help=True,
     help="Measure a trained run: `interp-ext measure FAMILY RUN`; rows go to RUN/metrics/, keyed by their settings.",
@@ -37,6 +72,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(message: str) -> None:
+    """Bad command-line input found here (not by the package): one line, exit code 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
@@ -92,37 +128,31 @@ def train(
 
     Long because typer declares each command-line option as a parameter.
     """
-    from interp_ext.config import ConfigError, RunConfig, get_preset, override
-    from interp_ext.data import DataError
-    from interp_ext.training import NonFiniteLossError
+    from interp_ext.config import RunConfig, get_preset, override
     from interp_ext.training import train as run_training
 
     _setup_logging()
-    try:
-        if resume and (out / "config.json").exists():
-            base = RunConfig.load(out / "config.json")
-            changes = dict(train__steps=steps, train__deterministic=deterministic)
-        else:
-            base = get_preset(preset)
-            changes = dict(
-                train__n_seeds=seeds,
-                train__first_seed=first_seed,
-                train__steps=steps,
-                train__checkpoint_every=checkpoint_every,
-                train__device=device,
-                train__bf16=bf16,
-                train__deterministic=deterministic,
-                data__data_dir=str(data_dir) if data_dir else None,
-                data__corpus=corpus,
-                record__hooks=list(record) or None,
-                record__every=record_every,
-                record__n_batches=record_batches,
-            )
-        cfg = override(base, **changes)
-        run = run_training(cfg, out, resume=resume, progress=not quiet)
-    except (ConfigError, DataError, FileExistsError, NonFiniteLossError) as err:
-        _fail(str(err))
-        return
+    if resume and (out / "config.json").exists():
+        base = RunConfig.load(out / "config.json")
+        changes = dict(train__steps=steps, train__deterministic=deterministic)
+    else:
+        base = get_preset(preset)
+        changes = dict(
+            train__n_seeds=seeds,
+            train__first_seed=first_seed,
+            train__steps=steps,
+            train__checkpoint_every=checkpoint_every,
+            train__device=device,
+            train__bf16=bf16,
+            train__deterministic=deterministic,
+            data__data_dir=str(data_dir) if data_dir else None,
+            data__corpus=corpus,
+            record__hooks=list(record) or None,
+            record__every=record_every,
+            record__n_batches=record_batches,
+        )
+    cfg = override(base, **changes)
+    run = run_training(cfg, out, resume=resume, progress=not quiet)
     typer.echo(
         f"\nrun written to {run.path}  (seeds {run.seeds}, checkpoints at steps {run.steps})"
     )
@@ -154,27 +184,20 @@ def reproduce(
 ) -> None:
     """Train, measure everything (induction, patching, geometry, Streams 1-3, SAEs) and write the report."""
     from interp_ext import distributed
-    from interp_ext.config import ConfigError
-    from interp_ext.data import DataError
     from interp_ext.pipeline import reproduce as run_reproduce
-    from interp_ext.training import NonFiniteLossError
 
     _setup_logging()
-    try:
-        run, report, timings = run_reproduce(
-            out,
-            preset,
-            str(data_dir) if data_dir else None,
-            seeds,
-            steps,
-            device,
-            resume,
-            progress=not quiet,
-            checkpoint_every=checkpoint_every,
-        )
-    except (ConfigError, DataError, NonFiniteLossError, FileExistsError) as err:
-        _fail(str(err))
-        return
+    run, report, timings = run_reproduce(
+        out,
+        preset,
+        str(data_dir) if data_dir else None,
+        seeds,
+        steps,
+        device,
+        resume,
+        progress=not quiet,
+        checkpoint_every=checkpoint_every,
+    )
     if distributed.world()[0] != 0:
         return
     typer.echo("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
@@ -205,27 +228,19 @@ def study(
     """Stream 3 decided: train the study seeds, find each seed's circuit by cause, and replay its real steps
     through induction formation with the energy ledger (drift, noise, momentum, second order); then the report."""
     from interp_ext import distributed
-    from interp_ext.config import ConfigError
-    from interp_ext.data import DataError
     from interp_ext.pipeline import study as run_study
-    from interp_ext.runner import MeasureError
-    from interp_ext.training import NonFiniteLossError
 
     _setup_logging()
-    try:
-        run, report, timings = run_study(
-            out,
-            preset,
-            str(data_dir) if data_dir else None,
-            seeds,
-            steps,
-            device,
-            resume,
-            progress=not quiet,
-        )
-    except (ConfigError, DataError, NonFiniteLossError, FileExistsError, MeasureError) as err:
-        _fail(str(err).splitlines()[0])
-        return
+    run, report, timings = run_study(
+        out,
+        preset,
+        str(data_dir) if data_dir else None,
+        seeds,
+        steps,
+        device,
+        resume,
+        progress=not quiet,
+    )
     if distributed.world()[0] != 0:
         return
     typer.echo(
@@ -259,18 +274,13 @@ def import_run(
     probe_batches: int = typer.Option(16, "--probe-batches", help="Probe batches B."),
 ) -> None:
     """Make a run directory from checkpoints trained elsewhere; every measurement then accepts it."""
-    from interp_ext.data import DataError
-    from interp_ext.importing import CheckpointImportError, import_checkpoints
+    from interp_ext.importing import import_checkpoints
 
     _setup_logging()
     source = sources[0] if len(sources) == 1 else sources
-    try:
-        run = import_checkpoints(
-            source, out, probe_text, data_dir, _parse_list(checkpoint_index), probe_batches
-        )
-    except (CheckpointImportError, DataError, FileNotFoundError) as err:
-        _fail(str(err).splitlines()[0])
-        return
+    run = import_checkpoints(
+        source, out, probe_text, data_dir, _parse_list(checkpoint_index), probe_batches
+    )
     typer.echo(
         f"imported {len(run.seeds)} seed(s), checkpoints at steps {run.steps} into {run.path}"
     )
@@ -298,13 +308,7 @@ def report(
 @app.command()
 def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Seeds, steps, config summary and metric families of a run."""
-    from interp_ext.store import RunError, open_run
-
-    try:
-        run = open_run(run_dir)
-    except RunError as err:
-        _fail(str(err))
-        return
+    run = _open(run_dir)
     summary = run.info()
     typer.echo(f"run       {summary['path']}  (preset {summary['preset']})")
     typer.echo(f"corpus    {summary['corpus']}")
@@ -333,12 +337,9 @@ def _parse_list(text: str | None) -> list[int] | None:
 
 
 def _open(run_dir: Path):
-    from interp_ext.store import RunError, open_run
+    from interp_ext.run import open_run
 
-    try:
-        return open_run(run_dir)
-    except RunError as err:
-        _fail(str(err))
+    return open_run(run_dir)
 
 
 # --------------------------------------------------------------------------- measure FAMILY
@@ -389,7 +390,7 @@ def _family_command(name: str):
     """``interp-ext measure NAME RUN``: options from the family's settings fields."""
     from dataclasses import fields
 
-    from interp_ext.runner import get_family
+    from interp_ext.measurement.runner import get_family
 
     fam = get_family(name)
     settings_fields = list(fields(fam.settings))
@@ -429,24 +430,17 @@ def _family_command(name: str):
 def _measure(
     name: str, run_dir: Path, seeds: str | None, steps: str | None, quiet: bool, values: dict
 ) -> None:
-    from circuits.circuit import CircuitError
     from interp_ext import distributed
-    from interp_ext.data import DataError
-    from interp_ext.runner import MeasureError, get_family, measure
-    from interp_ext.store import RunError
+    from interp_ext.measurement.runner import get_family, measure
 
     run = _open(run_dir)
-    try:
-        fam = get_family(name)
-        settings = fam.settings.from_dict(values)
-        distributed.init(run.device)
-        zero = distributed.world()[0] == 0
-        rows = measure(
-            run, settings, _parse_list(seeds), _parse_list(steps), progress=not quiet and zero
-        )
-    except (MeasureError, RunError, CircuitError, DataError) as err:
-        _fail(str(err).splitlines()[0])
-        return
+    fam = get_family(name)
+    settings = fam.settings.from_dict(values)
+    distributed.init(run.device)
+    zero = distributed.world()[0] == 0
+    rows = measure(
+        run, settings, _parse_list(seeds), _parse_list(steps), progress=not quiet and zero
+    )
     if not zero:
         return
     counts = rows.attrs.get("measured", {})
@@ -462,14 +456,14 @@ class _FamilyGroup(typer.core.TyperGroup):
     module is imported only then); an unknown family is a one-line error listing the valid ones."""
 
     def list_commands(self, ctx):
-        from interp_ext.runner import family_names
+        from interp_ext.measurement.runner import family_names
 
         return family_names()
 
     def get_command(self, ctx, cmd_name):
         import click
 
-        from interp_ext.runner import MeasureError, closest_first, family_names
+        from interp_ext.measurement.runner import MeasureError, closest_first, family_names
 
         if cmd_name in family_names():
             single = typer.Typer(add_completion=False)
@@ -491,6 +485,7 @@ measure_app.info.cls = _FamilyGroup
 
 
 def main() -> None:  # pragma: no cover - console entry
+    """The ``interp-ext`` console script."""
     app()
 
 

@@ -14,13 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from interp_ext.errors import ConfigError
+
 ACT_FNS = ("gelu", "relu", "gelu_new", "silu", "solu_ln")
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 CORPORA = ("auto", "wikitext", "synthetic")
-
-
-class ConfigError(ValueError):
-    """A config field holds a value that cannot work; the message names the field."""
 
 
 def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
@@ -359,11 +357,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def payload(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``config.json`` holds: the config and, as ``provenance``, ``extra``
+        (written by the run package, :func:`interp_ext.run.io.write_json`)."""
         payload = self.to_dict()
         if extra:
             payload["provenance"] = extra
-        _atomic_write_text(Path(path), json.dumps(payload, indent=2))
+        return payload
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> RunConfig:
@@ -386,7 +386,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The config saved in ``path``; an unreadable file is a one-line :class:`ConfigError`."""
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{path} is not valid JSON ({err}); restore it, or make the run again"
+            ) from err
+        if not isinstance(payload, dict):
+            raise ConfigError(f"{path} holds no config (a JSON object was expected)")
+        try:
+            return cls.from_dict(payload)
+        except TypeError as err:
+            raise ConfigError(f"{path}: {err}") from err
 
 
 def _build(klass: type, values: dict[str, Any], section: str) -> Any:
@@ -397,12 +409,6 @@ def _build(klass: type, values: dict[str, Any], section: str) -> Any:
             f"unknown field(s) {', '.join(section + '.' + u for u in unknown)}; valid fields: {sorted(known)}"
         )
     return klass(**values)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def paper_preset() -> RunConfig:

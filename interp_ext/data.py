@@ -21,15 +21,12 @@ import torch
 from jaxtyping import Int
 
 from interp_ext.config import DataConfig, ModelConfig
+from interp_ext.errors import DataError
 
 log = logging.getLogger("interp_ext")
 
 EOT = "<|endoftext|>"
 WIKITEXT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw", "test": "wiki.test.raw"}
-
-
-class DataError(RuntimeError):
-    """No usable corpus or tokenizer; the message says what was tried and how to fix it."""
 
 
 # --------------------------------------------------------------------------- hub access

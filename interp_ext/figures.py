@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from interp_ext.run import io  # noqa: E402
+
 PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
 
 
@@ -74,14 +76,31 @@ class Figure:
         return math.ceil(len(self.panels) / self.ncols)
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
 def save(fig: Figure, out: Path, name: str) -> list[str]:
     """Write ``name.png`` and ``name.html`` under ``out``; returns their file names."""
-    out.mkdir(parents=True, exist_ok=True)
     mpl = to_matplotlib(fig)
-    mpl.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    io.atomic(
+        out / f"{name}.png",
+        lambda tmp: mpl.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
+    )
     plt.close(mpl)
-    to_plotly(fig).write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    save_plotly(to_plotly(fig), out, name)
     return [f"{name}.png", f"{name}.html"]
+
+
+def save_plotly(fig: go.Figure, out: Path, name: str) -> str:
+    """Write ``name.html`` under ``out``, loading plotly.js from one ``plotly.min.js`` beside it
+    (written once), so the page draws offline."""
+    from plotly.offline import get_plotlyjs
+
+    js = out / PLOTLY_JS
+    if not js.exists():
+        io.write_text(js, get_plotlyjs())
+    io.write_text(out / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
+    return f"{name}.html"
 
 
 def _finite(window) -> bool:

@@ -34,44 +34,34 @@ missing source is named when loaded. Checkpoints load lazily, one at a time.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import re
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from interp_ext.errors import CheckpointImportError
+from interp_ext.run import io, open_run
+from interp_ext.run.checkpoints import save_checkpoint
+from interp_ext.run.layout import Layout
+from interp_ext.run.sources import (
+    WEIGHT_FILES,
+    convert,
+    converters,
+    file_record,
+    hf_model,
+    read_optimizer_file,
+)
 
 log = logging.getLogger("interp_ext")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointImportError(ValueError):
-    """The source cannot be imported; the message names the file and what would fix it."""
 
 
 # --------------------------------------------------------------------------- Hugging Face folders
-
-
-def converters() -> dict:
-    """Hugging Face architecture -> TransformerLens' converter of its weights."""
-    from transformer_lens.pretrained import weight_conversions as wc
-
-    return {
-        "GPT2LMHeadModel": wc.convert_gpt2_weights,
-        "GPTNeoXForCausalLM": wc.convert_neox_weights,
-        "GPTNeoForCausalLM": wc.convert_neo_weights,
-        "GPTJForCausalLM": wc.convert_gptj_weights,
-        "OPTForCausalLM": wc.convert_opt_weights,
-        "LlamaForCausalLM": wc.convert_llama_weights,
-    }
 
 
 def find_checkpoints(folder: Path) -> dict[int, Path]:
@@ -108,7 +98,12 @@ def find_checkpoints(folder: Path) -> dict[int, Path]:
 
 
 def architecture_of(path: Path) -> tuple[str, dict]:
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointImportError(
+            f"{path / 'config.json'} is not valid JSON ({err}); save the checkpoint's config again"
+        ) from err
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in converters():
         raise CheckpointImportError(
@@ -150,147 +145,6 @@ def hooked_config_dict(path: Path) -> dict:
     return cfg
 
 
-@lru_cache(maxsize=1)
-def _hf_model(path: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def convert(path: Path, hooked: dict) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights in TransformerLens names, by TransformerLens' converter."""
-    from interp_ext.models import config_from_dict
-
-    model = _hf_model(str(path))
-    cfg = config_from_dict(hooked)
-    return {
-        k: v.detach().clone()
-        for k, v in converters()[hooked["original_architecture"]](model, cfg).items()
-    }
-
-
-def decay_parameter_names(model) -> list[str]:
-    """The parameters the Trainer's AdamW decays (its first parameter group), by the Trainer's own rule."""
-    from transformers import Trainer
-
-    return Trainer.get_decay_parameter_names(None, model)
-
-
-def convert_moments(path: Path, hooked: dict) -> dict | None:
-    """AdamW state from ``optimizer.pt`` mapped to TransformerLens names through the weight converter,
-    with each parameter group's hyper-parameters; None when the checkpoint holds no optimizer state."""
-    from interp_ext.models import config_from_dict
-
-    file = path / "optimizer.pt"
-    if not file.exists():
-        return None
-    saved = torch.load(file, map_location="cpu", weights_only=False)
-    model = _hf_model(str(path))
-    decay = set(decay_parameter_names(model))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    order = [n for n, _ in named if n in decay] + [n for n, _ in named if n not in decay]
-    sizes = [len(g["params"]) for g in saved["param_groups"]]
-    if sum(sizes) != len(order):
-        raise CheckpointImportError(
-            f"{file}: {sum(sizes)} parameters in the optimizer state, {len(order)} in the model; was it saved by the Hugging Face Trainer with AdamW?"
-        )
-    group_of = {}
-    for g, group in enumerate(saved["param_groups"]):
-        for idx in group["params"]:
-            group_of[order[idx]] = g
-    cfg = config_from_dict(hooked)
-    out = {
-        "step": float(next(iter(saved["state"].values()))["step"]),
-        "groups": [
-            {k: g[k] for k in ("lr", "betas", "eps", "weight_decay")} for g in saved["param_groups"]
-        ],
-    }
-    for key in ("exp_avg", "exp_avg_sq"):
-        twin = copy.deepcopy(model)
-        params = dict(twin.named_parameters())
-        with torch.no_grad():
-            for idx, name in enumerate(order):
-                params[name].copy_(saved["state"][idx][key])
-        out[key] = {
-            k: v.detach().clone()
-            for k, v in converters()[hooked["original_architecture"]](twin, cfg).items()
-        }
-    twin = copy.deepcopy(model)
-    params = dict(twin.named_parameters())
-    with torch.no_grad():
-        for name in order:
-            params[name].fill_(float(group_of[name]))
-    out["group"] = {
-        k: v.detach().round().long()
-        for k, v in converters()[hooked["original_architecture"]](twin, cfg).items()
-    }
-    return out
-
-
-def file_record(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    stat = path.stat()
-    return {"sha256": digest.hexdigest(), "size": stat.st_size, "mtime": stat.st_mtime}
-
-
-def check_source(entry: dict) -> None:
-    """Raise naming the file when a referenced source changed or is missing since the import."""
-    for name, rec in entry["files"].items():
-        path = Path(entry["folder"]) / name
-        if not path.exists():
-            raise CheckpointImportError(
-                f"the imported checkpoint {path} is missing; restore it, or import the run again from where it now is"
-            )
-        stat = path.stat()
-        if (stat.st_size, stat.st_mtime) != (rec["size"], rec["mtime"]) and file_record(path)[
-            "sha256"
-        ] != rec["sha256"]:
-            raise CheckpointImportError(
-                f"the imported checkpoint {path} changed since the import (its SHA-256 differs); import the run again to measure the new file"
-            )
-
-
-def load_imported(run, seed: int, step: int) -> dict:
-    """A referenced checkpoint in the run's checkpoint format (params, moments, step count); the last
-    two are kept converted (a measurement reads a checkpoint several times)."""
-    entry = run.imported_checkpoints()[seed][step]
-    check_source(entry)  # every time: a source changed or removed since an earlier load is named
-    return _load_imported(
-        json.dumps(entry, sort_keys=True),
-        json.dumps(run.config.model.hooked, sort_keys=True, default=str),
-        seed,
-        step,
-    )
-
-
-@lru_cache(maxsize=2)
-def _load_imported(entry_json: str, hooked_json: str, seed: int, step: int) -> dict:
-    entry, hooked = json.loads(entry_json), json.loads(hooked_json)
-    params = convert(Path(entry["folder"]), hooked)
-    moments = convert_moments(Path(entry["folder"]), hooked)
-    out = {
-        "params": params,
-        "exp_avg": {},
-        "exp_avg_sq": {},
-        "adam_step": 0.0,
-        "seed": seed,
-        "step": step,
-        "rng": None,
-    }
-    if moments:
-        out.update(
-            exp_avg=moments["exp_avg"],
-            exp_avg_sq=moments["exp_avg_sq"],
-            adam_step=moments["step"],
-            groups=moments["groups"],
-            group=moments["group"],
-        )
-    return out
-
-
 # --------------------------------------------------------------------------- the run directory
 
 
@@ -320,6 +174,7 @@ def import_checkpoints(
         raise CheckpointImportError(
             f"{out} already exists; choose a new --out for the imported run"
         )
+    check_probe_source(probe_text, data_dir)  # before any conversion or hashing
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None)
     )
@@ -332,6 +187,7 @@ def import_checkpoints(
             _import_folders(
                 [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)],
                 staging,
+                checkpoint_index,
             )
         _prepare_data(staging, probe_text, data_dir, probe_batches, probe_batch_size, n_ctx)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,13 +195,28 @@ def import_checkpoints(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    from interp_ext.store import open_run
-
     return open_run(out)
 
 
-def _import_folders(folders: list[Path], staging: Path) -> None:
-    series = {seed: find_checkpoints(folder) for seed, folder in enumerate(folders)}
+def select_indices(found: dict, indices: list[int] | None, where: str) -> dict:
+    """The checkpoints at the given positions (0 = the earliest); an index out of range is named."""
+    if indices is None:
+        return found
+    keys = list(found)
+    bad = [i for i in indices if not -len(keys) <= i < len(keys)]
+    if bad:
+        raise CheckpointImportError(
+            f"--checkpoint-index {','.join(map(str, bad))} is out of range: {where} holds {len(keys)} checkpoints "
+            f"(indices 0..{len(keys) - 1}, steps {keys})"
+        )
+    return {keys[i]: found[keys[i]] for i in sorted({i % len(keys) for i in indices})}
+
+
+def _import_folders(folders: list[Path], staging: Path, indices: list[int] | None = None) -> None:
+    series = {
+        seed: select_indices(find_checkpoints(folder), indices, str(folder))
+        for seed, folder in enumerate(folders)
+    }
     first = next(iter(next(iter(series.values())).values()))
     hooked = hooked_config_dict(first)
     index: dict = {}
@@ -383,7 +254,7 @@ def frozen_names(path: Path, hooked: dict) -> list[str]:
 
     converted = convert(path, hooked)
     model = HookedTransformer(config_from_dict(hooked), move_to_device=False)
-    head = _hf_model(str(path)).get_output_embeddings()
+    head = hf_model(str(path)).get_output_embeddings()
     no_bias = getattr(head, "bias", None) is None
     return [
         n
@@ -397,7 +268,7 @@ def index_hyperparameters(path: Path) -> dict:
     file = path / "optimizer.pt"
     if not file.exists():
         return {}
-    group = torch.load(file, map_location="cpu", weights_only=False)["param_groups"][0]
+    group = read_optimizer_file(file)["param_groups"][0]
     return {
         "lr": float(group["lr"]),
         "betas": tuple(group["betas"]),
@@ -455,15 +326,13 @@ def _write_config(staging: Path, hooked: dict, opt: dict, index: dict) -> None:
         record=RecordConfig(),
     )
     staging.mkdir(parents=True, exist_ok=True)
-    cfg.save(staging / "config.json", extra={"imported": True})
-    (staging / "import.json").write_text(json.dumps(index, indent=2))
+    io.write_json(Layout(staging).config, cfg.payload({"imported": True}))
+    io.write_json(Layout(staging).import_index, index)
 
 
 def _import_mapping(source: dict, staging: Path) -> None:
     """Python objects: step -> HookedTransformer / state dict, or seed -> such a mapping (copied as native checkpoints)."""
     from transformer_lens import HookedTransformer
-
-    from interp_ext.store import save_checkpoint
 
     series = (
         source
@@ -477,7 +346,7 @@ def _import_mapping(source: dict, staging: Path) -> None:
                 template = template or obj
                 obj = {n: p.detach() for n, p in obj.named_parameters()}
             save_checkpoint(
-                staging / "checkpoints" / f"seed={seed}" / f"step={step}.safetensors",
+                Layout(staging).checkpoint(int(seed), int(step)),
                 obj,
                 int(seed),
                 int(step),
@@ -515,7 +384,7 @@ def _import_named(name: str, indices: list[int] | None, staging: Path) -> None:
     from transformer_lens.loading_from_pretrained import get_checkpoint_labels
 
     labels, _ = get_checkpoint_labels(name)
-    chosen = indices if indices is not None else list(range(len(labels)))
+    chosen = list(select_indices(dict(enumerate(labels)), indices, name))
     models = {
         int(labels[i]): HookedTransformer.from_pretrained_no_processing(
             name, checkpoint_index=i, device="cpu"
@@ -525,14 +394,26 @@ def _import_named(name: str, indices: list[int] | None, staging: Path) -> None:
     _import_mapping(models, staging)
 
 
-def _probe_texts(probe_text, data_dir) -> tuple[str, str, str]:
-    """(text to draw training-distribution windows from, held-out text, a note)."""
-    from interp_ext.data import wikitext_from_dir
-
+def check_probe_source(probe_text, data_dir) -> None:
+    """The probe text is given and readable (checked before anything is converted or hashed)."""
     if probe_text is None and data_dir is None:
         raise CheckpointImportError(
             "an imported run needs text for its probe set: pass --probe-text FILE or --data-dir DIR (WikiText-2 raw)"
         )
+    if probe_text is not None and not Path(probe_text).is_file():
+        raise CheckpointImportError(
+            f"--probe-text {probe_text}: no such file; pass a text file to draw the probe set from"
+        )
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CheckpointImportError(
+            f"--data-dir {data_dir}: no such folder; pass a folder with wiki.*.raw (WikiText-2 raw)"
+        )
+
+
+def _probe_texts(probe_text, data_dir) -> tuple[str, str, str]:
+    """(text to draw training-distribution windows from, held-out text, a note)."""
+    from interp_ext.data import wikitext_from_dir
+
     if probe_text is not None:
         text = Path(probe_text).read_text(encoding="utf-8")
         cut = int(len(text) * 0.9)
@@ -552,7 +433,6 @@ def _prepare_data(
     """Token streams and the probe set, from the user's text (or WikiText) and the checkpoints' tokenizer."""
     from interp_ext.config import RunConfig
     from interp_ext.data import TokenData, encode_text, load_tokenizer, make_probe_set
-    from interp_ext.store import atomic_save_safetensors
 
     train_text, held_text, note = _probe_texts(probe_text, data_dir)
     tok = load_tokenizer(staging / "tokenizer")
@@ -570,16 +450,11 @@ def _prepare_data(
         "imported",
         note,
     )
-    (staging / "data").mkdir(exist_ok=True)
-    np.save(staging / "data" / "train.npy", data.train)
-    np.save(staging / "data" / "heldout.npy", data.heldout)
-    atomic_save_safetensors(
-        make_probe_set(data, cfg.data, cfg.model), staging / "probe_set.safetensors"
-    )
+    layout = Layout(staging)
+    io.write_npy(layout.tokens("train"), data.train)
+    io.write_npy(layout.tokens("heldout"), data.heldout)
+    io.write_safetensors(layout.probe_set, make_probe_set(data, cfg.data, cfg.model))
     vocab = cfg.model.hooked.get("d_vocab", len(tok)) if cfg.model.hooked else len(tok)
     info = {"d_vocab": int(vocab), "bos": int(bos), "corpus": "imported", "corpus_note": note}
-    (staging / "run_info.json").write_text(json.dumps(info, indent=2))
-    cfg.save(
-        staging / "config.json",
-        extra=json.loads((staging / "config.json").read_text()).get("provenance"),
-    )
+    io.write_json(layout.run_info, info)
+    io.write_json(layout.config, cfg.payload(io.read_json(layout.config).get("provenance")))

@@ -65,7 +65,7 @@ def optimizer_step_direction(
 
 def imported_update(run, seed: int, step: int, device: str) -> tuple[dict, dict, torch.Tensor]:
     """The real update of an imported run: theta_{t+1} - theta_t from two checkpoints one step apart."""
-    from interp_ext.store import RunError
+    from interp_ext.run import RunError
 
     if step + 1 not in run.steps_for(seed):
         raise RunError(

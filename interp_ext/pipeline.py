@@ -17,13 +17,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from interp_ext.config import ConfigError, MeasureConfig, RunConfig, get_preset, override
+from interp_ext.errors import RunExistsError
 
 log = logging.getLogger("interp_ext")
 
 
 def plan_settings(plan: MeasureConfig, which: str = "plan") -> dict:
     """family -> its settings object, built (and validated) from ``plan.plan`` (or ``plan.study_plan``)."""
-    from interp_ext.runner import MeasureError, get_family
+    from interp_ext.measurement.runner import MeasureError, get_family
 
     out = {}
     for name, values in getattr(plan, which).items():
@@ -48,7 +49,7 @@ def reproduce_config(
     """The run's config (saved one when resuming) and whether the run directory exists."""
     existed = (out / "config.json").exists()
     if existed and not resume:
-        raise FileExistsError(
+        raise RunExistsError(
             f"{out} already holds a run; pass --resume to continue it (finished measurements are skipped) or choose another --out"
         )
     if existed:
@@ -93,7 +94,7 @@ def reproduce(
     the report.
     """
     from interp_ext import distributed
-    from interp_ext.store import open_run
+    from interp_ext.run import open_run
 
     out = Path(out)
     distributed.init(device or get_preset(preset).train.device)
@@ -138,9 +139,9 @@ def run_stage(
 ):
     """One stage of :func:`reproduce` (``every``: measure at the plan's every-n-th checkpoints); returns the run."""
     from interp_ext import distributed
+    from interp_ext.measurement.runner import measure
     from interp_ext.report import write_report
-    from interp_ext.runner import measure
-    from interp_ext.store import open_run
+    from interp_ext.run import open_run
     from interp_ext.training import last_complete_step, train
 
     if stage == "train":
@@ -171,7 +172,7 @@ def run_stage(
 
 def first_formed_seeds(run, n: int, stage: str) -> list[int]:
     """The first ``n`` seeds whose induction heads formed (a study family measured on some seeds only)."""
-    from interp_ext.families.ledger import formed_seeds
+    from interp_ext.measurement.windows import formed_seeds
 
     formed = formed_seeds(run)
     if len(formed) < n:
@@ -187,7 +188,7 @@ def first_formed_seeds(run, n: int, stage: str) -> list[int]:
 
 
 def get_min_seeds(family: str) -> int:
-    from interp_ext.runner import get_family
+    from interp_ext.measurement.runner import get_family
 
     return get_family(family).min_seeds
 
@@ -208,7 +209,7 @@ def study(
     Returns (run, report path, stage timings in seconds).
     """
     from interp_ext import distributed
-    from interp_ext.store import open_run
+    from interp_ext.run import open_run
 
     out = Path(out)
     distributed.init(device or get_preset(preset).train.device)

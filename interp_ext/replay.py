@@ -20,12 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from interp_ext.errors import ReplayError
 from interp_ext.optim_step import optimizer_for, step_batch
 from interp_ext.training import _autocast, adamw, deterministic_algorithms, set_adamw_state
-
-
-class ReplayError(RuntimeError):
-    """The replay cannot run (missing moments or data) or does not reproduce the saved checkpoint."""
 
 
 @dataclass

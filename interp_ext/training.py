@@ -15,7 +15,6 @@ Read top to bottom: :func:`train` prepares the run directory, then
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -24,28 +23,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from interp_ext.config import ConfigError, RunConfig, TrainConfig
 from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
+from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsError
 from interp_ext.hooks import ActivationRecorder, validate_hooks
-from interp_ext.metrics_store import unit_name
 from interp_ext.models import build_model, param_names, share_parameters
-from interp_ext.store import (
-    Run,
-    atomic_save_safetensors,
-    load_checkpoint,
-    save_checkpoint,
-)
+from interp_ext.run import Layout, Run, io
+from interp_ext.run.checkpoints import load_checkpoint, save_checkpoint
+from interp_ext.run.parts import unit_name
 
 log = logging.getLogger("interp_ext")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the last checkpoint is intact."""
 
 
 def _provenance(cfg: RunConfig) -> dict:
@@ -158,17 +149,27 @@ def set_adamw_state(
 
 
 def last_complete_step(out: Path, seeds: list[int]) -> int | None:
-    """Largest step with a checkpoint for every seed, or None."""
+    """Largest step with a readable checkpoint for every seed, or None (a file cut short by a
+    crash is not counted: the run resumes from the checkpoint before it)."""
+    layout = Layout(out)
     run_steps = None
     for s in seeds:
-        folder = out / "checkpoints" / f"seed={s}"
+        folder = layout.seed_checkpoints(s)
         steps = (
             {int(p.name[5:-12]) for p in folder.glob("step=*.safetensors")}
             if folder.is_dir()
             else set()
         )
         run_steps = steps if run_steps is None else run_steps & steps
-    return max(run_steps) if run_steps else None
+    for step in sorted(run_steps or (), reverse=True):
+        try:
+            for s in seeds:
+                io.safetensors_metadata(layout.checkpoint(s, step))
+        except CheckpointError as err:
+            log.warning("%s; resuming from an earlier checkpoint", str(err).splitlines()[0])
+            continue
+        return step
+    return None
 
 
 class StackedTrainer:
@@ -252,7 +253,7 @@ class StackedTrainer:
             own = [self.optimizers[i].state.get(self.views[i][k]) for k in self.names]
             has_state = all(own)
             save_checkpoint(
-                self.out / "checkpoints" / f"seed={s}" / f"step={self.step}.safetensors",
+                Layout(self.out).checkpoint(s, self.step),
                 self.seed_params(i),
                 seed=s,
                 step=self.step,
@@ -265,10 +266,7 @@ class StackedTrainer:
 
     def load(self, step: int) -> None:
         """Restore params and AdamW state of every seed from checkpoints at ``step``."""
-        ckpts = [
-            load_checkpoint(self.out / "checkpoints" / f"seed={s}" / f"step={step}.safetensors")
-            for s in self.seeds
-        ]
+        ckpts = [load_checkpoint(Layout(self.out).checkpoint(s, step)) for s in self.seeds]
         with torch.no_grad():
             for k in self.names:
                 self.params[k].copy_(torch.stack([c["params"][k] for c in ckpts]).to(self.device))
@@ -278,8 +276,6 @@ class StackedTrainer:
                 set_adamw_state(
                     opt, [(c["adam_step"], c["exp_avg"][k], c["exp_avg_sq"][k]) for k in self.names]
                 )
-        if ckpts[0]["rng"] is not None:
-            torch.set_rng_state(ckpts[0]["rng"])
         self.step = step
 
     def record(self) -> None:
@@ -290,9 +286,9 @@ class StackedTrainer:
         for i, s in enumerate(self.seeds):
             with deterministic_algorithms(self.cfg.train.deterministic, self.cfg.train.device):
                 acts = self.recorder.record(self.seed_model(i), tokens)
-            atomic_save_safetensors(
+            io.write_safetensors(
+                Layout(self.out).activation(s, self.step),
                 acts,
-                self.out / "activations" / f"seed={s}" / f"step={self.step}.safetensors",
                 {"step": str(self.step), "seed": str(s)},
             )
 
@@ -450,24 +446,23 @@ def prepare_run(
     cfg: RunConfig, out: str | Path, cache_dir: str | Path | None = None
 ) -> tuple[TokenData, dict[str, torch.Tensor]]:
     """Create the run directory: config, tokenizer, token streams and probe set."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg.data, out / "tokenizer", cache_dir)
-    (out / "data").mkdir(exist_ok=True)
-    for name, arr in (("train", data.train), ("heldout", data.heldout)):
-        tmp = out / "data" / f"{name}.tmp.npy"
-        np.save(tmp, arr)
-        tmp.replace(out / "data" / f"{name}.npy")
+    layout = Layout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg.data, layout.tokenizer, cache_dir)
+    io.write_npy(layout.tokens("train"), data.train)
+    io.write_npy(layout.tokens("heldout"), data.heldout)
     probe = make_probe_set(data, cfg.data, cfg.model)
-    atomic_save_safetensors(probe, out / "probe_set.safetensors")
+    io.write_safetensors(layout.probe_set, probe)
     info = {
         "d_vocab": data.d_vocab,
         "bos": data.bos,
         "corpus": data.corpus,
         "corpus_note": data.note,
     }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
-    cfg.save(out / "config.json", extra=_provenance(cfg))
+    io.write_json(layout.run_info, info)
+    io.write_json(
+        layout.config, cfg.payload(_provenance(cfg))
+    )  # last: a run exists once it has a config
     return data, probe
 
 
@@ -476,19 +471,20 @@ def _reopen(
 ) -> tuple[TokenData, dict[str, torch.Tensor]]:
     """A run directory being resumed: check the config against the saved one, note the resume in
     the provenance (warning if the numerics changed), and load the saved data and probe set."""
-    saved = RunConfig.load(out / "config.json")
+    layout = Layout(out)
+    saved = RunConfig.load(layout.config)
     if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
         raise ConfigError(
-            f"--resume: the model, data or seeds differ from the run's saved config in {out / 'config.json'}; resume with the saved settings"
+            f"--resume: the model, data or seeds differ from the run's saved config in {layout.config}; resume with the saved settings"
         )
-    provenance = json.loads((out / "config.json").read_text()).get("provenance") or {}
+    provenance = io.read_json(layout.config).get("provenance") or {}
     if start is not None:
         _warn_numerics_changed(provenance, cfg, out, start)
         provenance.setdefault("resumed", []).append(
             {"step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **numerics(cfg)}
         )
     if rank == 0:
-        cfg.save(out / "config.json", extra=provenance)
+        io.write_json(layout.config, cfg.payload(provenance))
     return _load_prepared(out)
 
 
@@ -522,7 +518,7 @@ def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: i
 
 def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:
     run = Run(out)
-    info = json.loads((out / "run_info.json").read_text())
+    info = io.read_json(run.layout.run_info)
     data = TokenData(
         run.tokenizer(),
         run.train_tokens(),
@@ -559,10 +555,10 @@ def train(
     seeds = distributed.my_seeds(cfg.train.seeds)
     rank, _ = distributed.world()
     with distributed.rank_zero_first():
-        existing = (out / "config.json").exists()
+        existing = Layout(out).config.exists()
         start = last_complete_step(out, seeds) if existing else None
         if start is not None and not resume:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out"
             )
         if existing:

@@ -11,7 +11,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from circuits import Circuit
-from interp_ext.autocatalysis import (
+from interp_ext.stream3.energy import (
     EnergyProbe,
     component_matrix,
     component_matrix_flat,
@@ -138,7 +138,7 @@ def test_bad_direction_and_missing_update(setup):
 
 
 def test_whole_circuit_term_is_the_merged_component(setup):
-    from interp_ext.autocatalysis import whole_circuit_terms
+    from interp_ext.stream3.energy import whole_circuit_terms
 
     model, batches, circuit = setup
     probe = model_probe(model, batches)

@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_measurement.md"
 def test_the_documented_family_runs_from_python_and_the_command_line(micro_run):
     from interp_ext import measure
     from interp_ext.cli import app
-    from interp_ext.runner import get_family
+    from interp_ext.measurement.runner import get_family
 
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     namespace: dict = {"__name__": "docs_example"}

@@ -12,8 +12,8 @@ import torch
 from interp_ext import measure, open_run
 from interp_ext.families import InductionSettings
 from interp_ext.families.ledger import LedgerSettings
+from interp_ext.measurement.runner import MeasureError
 from interp_ext.replay import Replay, adamw_update, momentum_split
-from interp_ext.runner import MeasureError
 from interp_ext.training import train
 from tests.conftest import micro_config
 
@@ -60,7 +60,7 @@ def test_a_tampered_checkpoint_is_refused_naming_seed_and_step(ledger_run, tmp_p
     shutil.copytree(ledger_run.path, copy)
     run = open_run(copy)
     ckpt = run.checkpoint(0, 8)
-    from interp_ext.store import save_checkpoint
+    from interp_ext.run.checkpoints import save_checkpoint
 
     params = dict(ckpt["params"])
     params["unembed.b_U"] = params["unembed.b_U"] + 1e-7
@@ -126,7 +126,7 @@ def test_k_cc_along_the_drift_update_is_the_members_share_of_it(every_step):
 def test_first_order_term_equals_finite_differences(ledger_run, every_step):
     """L1 = grad E_C . dtheta from HVPs == (E(theta + e dtheta) - E(theta - e dtheta)) / (2 e)."""
     from circuits import Circuit
-    from interp_ext.autocatalysis import model_probe
+    from interp_ext.stream3.energy import model_probe
 
     replay = Replay(ledger_run, 0, 4)
     step = replay.take()
@@ -157,8 +157,8 @@ def test_drift_term_equals_finite_differences_along_a_hand_made_adamw_step(ledge
     """L1_drift against an update written out from AdamW's formula (no torch optimizer), with the mean
     gradient of the same fresh batches from a plain backward pass."""
     from circuits import Circuit
-    from interp_ext.autocatalysis import model_probe
     from interp_ext.optim_step import step_batch
+    from interp_ext.stream3.energy import model_probe
 
     cfg = ledger_run.config.train
     step = Replay(ledger_run, 0, 4).take()
@@ -275,8 +275,8 @@ def test_auto_window_needs_formation_steps(ledger_run, tmp_path):
 
 
 def test_counterfactual_replays(ledger_run):
-    from interp_ext.autocatalysis import model_probe
     from interp_ext.families.counterfactual import CounterfactualSettings
+    from interp_ext.stream3.energy import model_probe
 
     settings = CounterfactualSettings(
         window="4:8", orders=1, mean_batches=2, record_every=2, circuit=CIRCUIT

@@ -70,7 +70,7 @@ def test_estimator_recovers_known_learning_coefficients():
 def test_llc_rows_on_a_run(micro_run):
     from interp_ext import measure
     from interp_ext.families.llc import LLCSettings
-    from interp_ext.runner import MeasureError
+    from interp_ext.measurement.runner import MeasureError
 
     settings = LLCSettings(
         num_chains=2,
@@ -153,7 +153,7 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
     import json
 
     from interp_ext.families import llc as llc_family
-    from interp_ext.runner import MeasureError
+    from interp_ext.measurement.runner import MeasureError, settings_id
 
     chance = math.log(micro_run.d_vocab)
     steps = np.arange(40)
@@ -167,16 +167,26 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
         trace = np.stack([init + reach * (1 - np.exp(-steps / 2.0))] * 2)
         return _result(trace, init=init)
 
-    settings = llc_family.LLCSettings(num_chains=2, num_draws=36, num_burnin_steps=4)
+    settings = llc_family.LLCSettings(
+        num_chains=2, num_draws=36, num_burnin_steps=4, calibrate=True, n_sequences=8, batch_size=4
+    )
     monkeypatch.setattr(llc_family, "estimate", fake_estimate)
     monkeypatch.setattr(llc_family, "LRS", (1e-5, 1e-4, 1e-3))
     monkeypatch.setattr(llc_family, "LOCALIZATIONS", (100.0, 1000.0))
-    chosen = llc_family.calibrate(micro_run, settings)
+    family = llc_family.LLC()
+    assert family.resolve(micro_run, settings, compute=False) is None  # not yet calibrated
+    assert settings_id(micro_run, settings) == ""
+    chosen = family.resolve(micro_run, settings)
     assert (chosen.lr, chosen.localization) == (1e-4, 1000.0)
-    cal = json.loads((micro_run.path / "llc" / chosen.id / "calibration.json").read_text())
+    cal = json.loads(micro_run.layout.calibration(settings.id).read_text())
+    assert cal["chosen_id"] == chosen.id
     steps_run = micro_run.steps_for(micro_run.seeds[0])
     assert cal["steps"] == [steps_run[len(steps_run) // 2], steps_run[-1]]
     assert len(seen) == 3 * 2 * 2  # every setting at both checkpoints
+    # computing the id, or resolving again, reads the saved sweep and samples nothing
+    assert settings_id(micro_run, settings) == chosen.id
+    assert family.resolve(micro_run, settings) == chosen
+    assert len(seen) == 3 * 2 * 2
     verdicts = {(t["lr"], t["localization"]): t["stable"] for t in cal["sweep"]}
     assert verdicts == {
         (1e-5, 100.0): True,
@@ -189,6 +199,7 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
     monkeypatch.setattr(llc_family, "LRS", (1e-3,))
     with pytest.raises(MeasureError, match="no stable step size"):
         llc_family.calibrate(micro_run, settings)
+    micro_run.layout.calibration(settings.id).unlink()
 
 
 def test_llc_by_role_averages_heads_then_seeds():

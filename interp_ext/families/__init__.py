@@ -1,5 +1,5 @@
 """Measurement families, one per file: a settings dataclass and the pure functions it runs,
-registered with :func:`interp_ext.runner.register` and driven by :func:`interp_ext.runner.measure`.
+registered with :func:`interp_ext.measurement.runner.register` and driven by :func:`interp_ext.measurement.runner.measure`.
 
 See ``docs/adding_a_measurement.md`` for how a new family plugs in.
 """

@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 
 from interp_ext.data import sample_sequences
+from interp_ext.errors import MeasureError
 
 log = logging.getLogger("interp_ext")
 
 
-class HookNotRecordedError(ValueError):
+class HookNotRecordedError(MeasureError):
     """The hook was not recorded and on-the-fly generation is disabled."""
 
 

@@ -203,7 +203,7 @@ def test_stream2_family_writes_the_seed_level_rows(micro_run):
     """Through the runner: every pair of the run's seeds at every checkpoint, keyed apart from rows
     of the revision that lacked them."""
     from interp_ext.families.stream2 import Stream2Settings
-    from interp_ext.runner import measure
+    from interp_ext.measurement.runner import measure
 
     settings = Stream2Settings(n_batches=4, null_models=0, shuffles=1)
     assert settings.revision == 1

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from interp_ext import get_preset, override
-from interp_ext.store import open_run
+from interp_ext.run import open_run
 from interp_ext.training import train
 
 ARGS = [

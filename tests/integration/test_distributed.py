@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.store import open_run
+from interp_ext.run import open_run
 from tests.integration.test_store_cli import runner, small_wikitext
 
 

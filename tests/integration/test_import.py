@@ -225,7 +225,7 @@ def test_every_measurement_runs_on_the_imported_run(imported):
 
 def test_the_ledger_refuses_an_imported_run(imported):
     from interp_ext.families.ledger import LedgerSettings
-    from interp_ext.runner import MeasureError
+    from interp_ext.measurement.runner import MeasureError
 
     with pytest.raises(MeasureError, match="batches of its real steps are unknown"):
         measure(imported, LedgerSettings(window="100:200", circuit="L1H0"), progress=False)

@@ -15,7 +15,7 @@ from interp_ext.families import (
     Stream2Settings,
     induction_circuit,
 )
-from interp_ext.runner import MeasureError
+from interp_ext.measurement.runner import MeasureError
 
 
 def test_geometry_rows_idempotent_and_resumable(micro_run):

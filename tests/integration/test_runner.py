@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from interp_ext import measure, open_run
 from interp_ext.cli import app
 from interp_ext.families import GeometrySettings, InductionSettings
-from interp_ext.runner import MeasureError
+from interp_ext.measurement.runner import MeasureError
 from interp_ext.training import train
 from tests.conftest import micro_config
 

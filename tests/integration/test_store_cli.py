@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
 from interp_ext.cli import app
-from interp_ext.store import open_run
+from interp_ext.run import open_run
 
 runner = CliRunner()
 

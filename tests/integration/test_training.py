@@ -8,7 +8,7 @@ import torch
 from interp_ext.config import ConfigError
 from interp_ext.data import training_batch
 from interp_ext.models import build_model
-from interp_ext.store import CheckpointError, RunError, open_run
+from interp_ext.run import CheckpointError, RunError, open_run
 from interp_ext.training import NonFiniteLossError, StackedTrainer, train
 from tests.conftest import micro_config
 

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from interp_ext.config import ConfigError, ModelConfig, RunConfig, TrainConfig, get_preset, override
+from interp_ext.run.io import write_json
 
 
 def test_paper_preset_matches_spec_section_1():
@@ -42,7 +43,7 @@ def test_config_round_trips_through_json(tmp_path):
     cfg = override(
         get_preset("tiny"), train__steps=1234, record__hooks=["blocks.0.hook_resid_post"]
     )
-    cfg.save(tmp_path / "config.json", extra={"git_sha": None})
+    write_json(tmp_path / "config.json", cfg.payload({"git_sha": None}))
     loaded = RunConfig.load(tmp_path / "config.json")
     assert loaded == cfg
     assert json.loads((tmp_path / "config.json").read_text())["provenance"] == {"git_sha": None}

@@ -31,18 +31,15 @@ from circuits.induction import (
     model_scores,
     previous_token_partners,
 )
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.measurement.probes import heldout_probe, repeated_probe
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
 from interp_ext.stats import t_interval
-
-
-def repeated_probe(run):
-    rep = run.probe_set()["repeated"]
-    return rep.reshape(-1, rep.shape[-1])
-
-
-def heldout_probe(run):
-    held = run.probe_set()["heldout"]
-    return held.reshape(-1, held.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -67,9 +64,9 @@ class InductionSettings(Settings):
         self.require(self.top_tokens >= 2, "top_tokens", "must be >= 2")
 
 
-@register
 class Induction(Family):
     name = "induction"
+    report_order = 10
     settings = InductionSettings
     summary_metrics = ("best_induction_score",)
 
@@ -79,6 +76,9 @@ class Induction(Family):
                 f"induction heads need two layers (a previous-token head feeding a later head); {run.path} has {run.config.model.n_layers}"
             )
         return settings
+
+    def circuit_of(self, run, seed: int, settings: InductionSettings, step: int | None = None):
+        return induction_circuit(run, seed, settings, step)
 
     def start_seed(self, run, settings: InductionSettings, seed: int):
         return frequent_tokens(run.train_tokens(), run.d_vocab, settings.top_tokens)
@@ -189,6 +189,17 @@ class Induction(Family):
                 f"formation step over the seeds that formed: {m['formation_step/seed_mean']:.0f} (95% t-interval over {int(m['formation_step/seed_n'])} seeds {m['formation_step/seed_lo']:.0f} .. {m['formation_step/seed_hi']:.0f})"
             )
         return lines
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.induction.report import section
+
+        return section(page)
+
+    def context(self, rows) -> dict:
+        from interp_ext.report.draw import one
+
+        form = one(rows, family="induction", metric="formation_step/seed_mean")
+        return {"marks": {"induction formation (seed mean)": form}}
 
 
 def circuit_at(rows: pd.DataFrame, seed: int, step: int, settings: InductionSettings) -> Circuit:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from interp_ext.autocatalysis import EnergyProbe
 from interp_ext.replay import Step, adamw_update, momentum_split
+from interp_ext.stream3.energy import EnergyProbe
 
 WHOLE = "C"
 

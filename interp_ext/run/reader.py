@@ -1,26 +1,12 @@
-"""The run directory (SPEC section 2): checkpoints, recorded activations, the
-probe set, the tokenizer and the tidy metrics table, behind :func:`open_run`.
+"""The :class:`Run` reader: a run directory opened for reading and for appending metrics.
 
-::
-
-    <run>/config.json
-    <run>/tokenizer/                              local pretrained tokenizer dir
-    <run>/data/{train,heldout}.npy                token streams the run trained on
-    <run>/probe_set.safetensors                   lm / heldout / repeated probe tokens
-    <run>/checkpoints/seed=<s>/step=<t>.safetensors
-    <run>/activations/seed=<s>/step=<t>.safetensors
-    <run>/metrics/<family>/<settings>/<unit>.parquet   run, seed, step, family, metric, component, value, settings
-    <run>/measurements/<settings>.json            the settings each measurement was made with
-
-Every file is written atomically (temporary file + rename), so a crash or Ctrl-C
-leaves the last complete checkpoint loadable. The metrics table is append-only
-(:mod:`interp_ext.metrics_store`).
+Paths come from :class:`~interp_ext.run.layout.Layout`; checkpoints from
+:mod:`interp_ext.run.checkpoints` (native) or :mod:`interp_ext.run.sources`
+(imported); metric rows from :mod:`interp_ext.run.parts`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,116 +14,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from interp_ext import metrics_store
 from interp_ext.config import RunConfig
+from interp_ext.errors import CheckpointError, ConfigError, RunError
+from interp_ext.run import io, parts
+from interp_ext.run.checkpoints import load_checkpoint
+from interp_ext.run.layout import Layout
 
 _STEP_RE = re.compile(r"^step=(\d+)\.safetensors$")
 _SEED_RE = re.compile(r"^seed=(-?\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or activation file is missing, corrupt or truncated."""
-
-
-class RunError(FileNotFoundError):
-    """A path is not a run directory, or asks for something the run does not hold."""
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    """Write a safetensors file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata
-    )
-    os.replace(tmp, path)
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning a truncated or corrupt file into a clear error."""
+def not_a_run(path: Path) -> str:
+    """Why ``path`` is not a run directory, and what it looks like instead."""
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({err}); delete it to fall back to the previous checkpoint"
-        ) from err
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({err})") from err
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    path: Path,
-    params: dict[str, torch.Tensor],
-    seed: int,
-    step: int,
-    exp_avg: dict[str, torch.Tensor] | None = None,
-    exp_avg_sq: dict[str, torch.Tensor] | None = None,
-    adam_step: float = 0.0,
-) -> None:
-    """One seed's checkpoint: parameters, AdamW state and the data position (= step).
-
-    Batches are a pure function of (seed, step) and training draws no other
-    random numbers, so the step is the whole RNG and data state; the torch RNG
-    state is stored too for code that adds randomness.
-    """
-    tensors = {f"params/{k}": v for k, v in params.items()}
-    if exp_avg is not None and exp_avg_sq is not None:
-        tensors.update({f"exp_avg/{k}": v for k, v in exp_avg.items()})
-        tensors.update({f"exp_avg_sq/{k}": v for k, v in exp_avg_sq.items()})
-    tensors["rng/torch_cpu"] = torch.get_rng_state()
-    meta = {
-        "format": "interp-ext-checkpoint/1",
-        "seed": str(seed),
-        "step": str(step),
-        "adam_step": repr(float(adam_step)),
-    }
-    atomic_save_safetensors(tensors, path, meta)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Returns:
-        dict with ``params``, ``exp_avg``, ``exp_avg_sq`` (empty dicts at step 0),
-        ``adam_step``, ``seed``, ``step`` and ``rng``.
-    """
-    tensors = load_safetensors(path)
-    meta = safetensors_metadata(path)
-    if meta.get("format") != "interp-ext-checkpoint/1":
-        raise CheckpointError(f"{path} is not an interp-ext checkpoint (metadata {meta})")
-    out: dict = {"params": {}, "exp_avg": {}, "exp_avg_sq": {}}
-    for key, value in tensors.items():
-        kind, _, name = key.partition("/")
-        if kind in out:
-            out[kind][name] = value
-    out.update(
-        seed=int(meta["seed"]),
-        step=int(meta["step"]),
-        adam_step=float(meta["adam_step"]),
-        rng=tensors.get("rng/torch_cpu"),
-    )
-    return out
-
-
-# --------------------------------------------------------------------------- run
+        return (
+            f"{path} does not exist; give a run directory (made by `interp-ext train --out {path}`)"
+        )
+    if not path.is_dir():
+        return f"{path} is a file, not a run directory; give the folder `interp-ext train` made"
+    hf = path / "config.json"
+    if any(path.glob("checkpoint-*/config.json")) or (
+        hf.exists() and "architectures" in hf.read_text(errors="replace")
+    ):
+        return (
+            f"{path} is a Hugging Face checkpoint folder, not a run: "
+            f"make a run from it with `interp-ext import {path} --out RUN --probe-text FILE`"
+        )
+    if (path / "checkpoints").is_dir() or (path / "metrics").is_dir():
+        return f"{path} has no config.json: the run is incomplete; train it again with `interp-ext train --out {path}`"
+    return f"{path} is not a run directory (no config.json); create one with `interp-ext train --out {path}`"
 
 
 class Run:
@@ -150,12 +56,14 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        cfg_path = self.path / "config.json"
-        if not cfg_path.exists():
-            raise RunError(
-                f"{self.path} is not a run directory (no config.json); create one with `interp-ext train --out {self.path}`"
-            )
-        self.config = RunConfig.load(cfg_path)
+        self.layout = Layout(self.path)
+        if not self.layout.config.exists() or not self.layout.run_info.exists():
+            raise RunError(not_a_run(self.path))
+        try:
+            self.config = RunConfig.load(self.layout.config)
+        except ConfigError as err:
+            raise RunError(f"{self.path} is not a readable run: {err}") from err
+        self._info = io.read_json(self.layout.run_info, "the run's vocabulary and corpus")
         self.name = self.path.name
         self._tokenizer = None
         self._probe: dict[str, torch.Tensor] | None = None
@@ -167,15 +75,15 @@ class Run:
 
     # -- layout
     def checkpoint_path(self, seed: int, step: int) -> Path:
-        return self.path / "checkpoints" / f"seed={seed}" / f"step={step}.safetensors"
+        return self.layout.checkpoint(seed, step)
 
     def activation_path(self, seed: int, step: int) -> Path:
-        return self.path / "activations" / f"seed={seed}" / f"step={step}.safetensors"
+        return self.layout.activation(seed, step)
 
     @property
     def metrics_dir(self) -> Path:
         """The append-only metrics store (one parquet part per unit of work)."""
-        return self.path / "metrics"
+        return self.layout.metrics
 
     def _steps_in(self, folder: Path) -> list[int]:
         if not folder.is_dir():
@@ -185,7 +93,7 @@ class Run:
     @property
     def seeds(self) -> list[int]:
         """Seeds with at least one checkpoint."""
-        root = self.path / "checkpoints"
+        root = self.layout.checkpoints
         native = (
             {
                 int(m.group(1))
@@ -198,20 +106,19 @@ class Run:
         return sorted(native | set(self.imported_checkpoints()))
 
     def steps_for(self, seed: int) -> list[int]:
-        native = self._steps_in(self.path / "checkpoints" / f"seed={seed}")
+        native = self._steps_in(self.layout.seed_checkpoints(seed))
         return sorted(set(native) | set(self.imported_checkpoints().get(seed, {})))
 
     # -- imported runs (interp_ext.importing)
     @property
     def imported(self) -> bool:
         """Whether the run was made from checkpoints trained elsewhere (its real batches are unknown)."""
-        return (self.path / "import.json").exists()
+        return self.layout.import_index.exists()
 
     def imported_checkpoints(self) -> dict[int, dict[int, dict]]:
         """seed -> step -> the referenced source of an imported checkpoint (empty for native runs)."""
         if self._imports is None:
-            path = self.path / "import.json"
-            raw = json.loads(path.read_text())["checkpoints"] if path.exists() else {}
+            raw = self._import_index().get("checkpoints", {})
             self._imports = {
                 int(s): {int(t): e for t, e in steps.items()} for s, steps in raw.items()
             }
@@ -219,8 +126,11 @@ class Run:
 
     def frozen_parameters(self) -> list[str]:
         """Parameters of an imported run's model that its source did not train (frozen at zero)."""
-        path = self.path / "import.json"
-        return json.loads(path.read_text()).get("frozen", []) if path.exists() else []
+        return self._import_index().get("frozen", [])
+
+    def _import_index(self) -> dict:
+        path = self.layout.import_index
+        return io.read_json(path, "the imported checkpoints' index") if path.exists() else {}
 
     @property
     def steps(self) -> list[int]:
@@ -247,17 +157,17 @@ class Run:
         if self._tokenizer is None:
             from interp_ext.data import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.path / "tokenizer")
+            self._tokenizer = load_tokenizer(self.layout.tokenizer)
         return self._tokenizer
 
     @property
     def d_vocab(self) -> int:
-        return int(json.loads((self.path / "run_info.json").read_text())["d_vocab"])
+        return int(self._info["d_vocab"])
 
     @property
     def bos(self) -> int:
         """The token id every sequence starts with."""
-        return int(json.loads((self.path / "run_info.json").read_text())["bos"])
+        return int(self._info["bos"])
 
     def state_dict(self, seed: int, step: int | None = None) -> dict[str, torch.Tensor]:
         """The parameters of one seed at one checkpoint (TransformerLens names)."""
@@ -268,7 +178,7 @@ class Run:
         step = self._check_step(seed, step)
         path = self.checkpoint_path(seed, step)
         if not path.exists() and step in self.imported_checkpoints().get(seed, {}):
-            from interp_ext.importing import load_imported
+            from interp_ext.run.sources import load_imported
 
             return load_imported(self, seed, step)
         return load_checkpoint(path)
@@ -328,7 +238,7 @@ class Run:
             raise RunError(
                 f"no activations recorded for seed {seed} at step {step}; recorded steps: {have}; record hooks with --record HOOK"
             )
-        return load_safetensors(path)
+        return io.load_safetensors(path)
 
     def recorded_hooks(self) -> list[str]:
         return list(self.config.record.hooks)
@@ -336,13 +246,13 @@ class Run:
     def probe_set(self) -> dict[str, torch.Tensor]:
         """The fixed probe tokens: ``lm`` [B, batch, pos], ``heldout``, ``repeated`` (read once)."""
         if self._probe is None:
-            self._probe = load_safetensors(self.path / "probe_set.safetensors")
+            self._probe = io.load_safetensors(self.layout.probe_set)
         return dict(self._probe)
 
     def train_tokens(self) -> np.ndarray:
         """The token stream the run trained on (read once)."""
         if self._train is None:
-            path = self.path / "data" / "train.npy"
+            path = self.layout.tokens("train")
             if not path.exists():
                 raise RunError(
                     f"{self.path} holds no training data ({path} is missing): batches of the real steps cannot be rebuilt"
@@ -351,7 +261,7 @@ class Run:
         return self._train
 
     def heldout_tokens(self) -> np.ndarray:
-        return np.load(self.path / "data" / "heldout.npy")
+        return np.load(self.layout.tokens("heldout"))
 
     def metrics(
         self,
@@ -372,62 +282,48 @@ class Run:
         """
         root = self.metrics_dir
         names = (
-            list(families)
-            if families is not None
-            else [family]
-            if family
-            else sorted(set(metrics_store.families(root)) | set(self._legacy_families()))
+            list(families) if families is not None else [family] if family else parts.families(root)
         )
         wanted = settings
         if hasattr(settings, "family"):
-            from interp_ext.runner import settings_id
+            from interp_ext.measurement.runner import settings_id
 
             wanted = settings_id(self, settings)
         frames = []
         for name in names:
-            ids = metrics_store.settings_ids(root, name)
+            ids = parts.settings_ids(root, name)
             if wanted == "all":
                 pick = ids
             elif wanted == "latest":
                 pick = [max(ids, key=self._last_used)] if ids else []
             else:
                 pick = [wanted] if wanted in ids else []
-            frames.append(metrics_store.read_family(root, name, pick))
-            if wanted in ("all", metrics_store.LEGACY) or (wanted == "latest" and not ids):
-                legacy = self._legacy()
-                frames.append(legacy[legacy.family == name])
-        df = metrics_store.concat(frames)
+            frames.append(parts.read_family(root, name, pick))
+        df = parts.concat(frames)
         if seeds is not None:
             df = df[df.seed.isin(list(seeds)) | (df.seed < 0)]
         return df.reset_index(drop=True)
 
     def measurements(self) -> pd.DataFrame:
         """Every settings object the run was measured with: ``id``, ``family``, ``settings``, ``created``, ``used``."""
-        folder = self.path / "measurements"
+        folder = self.layout.measurements
         records = (
-            [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+            [io.read_json(p, "a measurement's settings") for p in sorted(folder.glob("*.json"))]
             if folder.is_dir()
             else []
         )
         return pd.DataFrame(records, columns=["id", "family", "settings", "created", "used"])
 
     def _last_used(self, settings_id: str) -> float:
-        path = self.path / "measurements" / f"{settings_id}.json"
-        return float(json.loads(path.read_text()).get("used", 0.0)) if path.exists() else 0.0
-
-    def _legacy(self) -> pd.DataFrame:
-        return metrics_store.read_legacy(self.path)
-
-    def _legacy_families(self) -> list[str]:
-        legacy = self._legacy()
-        return sorted(legacy.family.unique()) if len(legacy) else []
+        path = self.layout.measurement(settings_id)
+        return float(io.read_json(path).get("used", 0.0)) if path.exists() else 0.0
 
     def write_rows(
         self, family: str, settings: str, unit: str, rows: pd.DataFrame | Iterable[dict]
     ) -> None:
-        """Write one unit's rows as an immutable part of the metrics store (see :mod:`interp_ext.metrics_store`)."""
-        frame = metrics_store.normalise(rows, self.name, family, settings)
-        metrics_store.write_part(self.metrics_dir, family, settings, unit, frame)
+        """Write one unit's rows as an immutable part of the metrics store (see :mod:`interp_ext.run.parts`)."""
+        frame = parts.normalise(rows, self.name, family, settings)
+        parts.write_part(self.metrics_dir, family, settings, unit, frame)
 
     def info(self) -> dict:
         df = self.metrics()
@@ -436,7 +332,7 @@ class Run:
             "preset": self.config.preset,
             "seeds": self.seeds,
             "steps": self.steps,
-            "corpus": json.loads((self.path / "run_info.json").read_text()).get("corpus_note", ""),
+            "corpus": self._info.get("corpus_note", ""),
             "d_vocab": self.d_vocab,
             "model": self.config.model.__dict__,
             "recorded_hooks": self.recorded_hooks(),
@@ -445,5 +341,5 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """Open a run directory written by ``interp-ext train``."""
+    """Open a run directory written by ``interp-ext train`` (or ``interp-ext import``)."""
     return Run(path)

@@ -31,20 +31,26 @@ from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
 from circuits.induction import attention_scores, formation_step
-from interp_ext.autocatalysis import EnergyProbe
-from interp_ext.families.autocatalysis import seed_circuit
-from interp_ext.families.induction import repeated_probe
-from interp_ext.families.ledger import (
-    LedgerSettings,
-    formation_settings,
-    resolve_circuit_spec,
-    seed_window,
-)
 from interp_ext.geometry.gradients import loss_function, measure_dtype
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.probes import repeated_probe
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
+from interp_ext.measurement.windows import (
+    check_window_checkpoints,
+    formation_settings,
+    seed_window,
+    window_problem,
+)
 from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 from interp_ext.stats import sign_count, t_interval
+from interp_ext.stream3.energy import EnergyProbe
 
 ORDER_DRAWS, MEAN_DRAWS = 1000, 2000
 
@@ -94,16 +100,18 @@ class CounterfactualSettings(Settings):
             "must be 0 (skip) or >= 2",
         )
         self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
-        LedgerSettings(window=self.window, margin=self.margin)  # the same window grammar
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
 
-    @property
-    def window_settings(self) -> LedgerSettings:
-        return LedgerSettings(window=self.window, margin=self.margin, formation=self.formation)
+    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
+        return seed_window(run, self.window, self.margin, self.formation, seed)
 
 
-@register
 class Counterfactual(Family):
     name = "counterfactual"
+    report_order = 100
     settings = CounterfactualSettings
     columns = ("variant",)
     between_checkpoints = True
@@ -122,28 +130,18 @@ class Counterfactual(Family):
         if settings.window == "auto":
             settings = replace(settings, formation=settings.formation or formation_settings(run))
         else:
-            start, end = (int(p) for p in settings.window.split(":"))
-            missing = [s for s in (start, end) if s not in run.steps]
-            if missing:
-                raise MeasureError(
-                    f"counterfactual window {settings.window}: no checkpoint at step(s) {missing}; checkpoints: {run.steps}"
-                )
-        resolved = resolve_circuit_spec(
-            run, LedgerSettings(circuit=settings.circuit, source=settings.source)
-        )
-        return replace(settings, circuit=resolved.circuit, source=resolved.source)
+            check_window_checkpoints(run, settings.window, "counterfactual")
+        return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(
         self, run, settings: CounterfactualSettings, seed: int, steps: list[int]
     ) -> list[int]:
-        window = seed_window(run, settings.window_settings, seed)
+        window = settings.seed_window(run, seed)
         return [window[0]] if window else []
 
     def checkpoint(self, ctx: Checkpoint, settings: CounterfactualSettings, state) -> pd.DataFrame:
-        window = seed_window(ctx.run, settings.window_settings, ctx.seed)
-        circuit = seed_circuit(
-            ctx.run, ctx.seed, LedgerSettings(circuit=settings.circuit, source=settings.source)
-        )
+        window = settings.seed_window(ctx.run, ctx.seed)
+        circuit = seed_circuit(ctx.run, ctx.seed, settings.circuit, settings.source)
         frames = [
             trajectory(ctx.run, ctx.seed, window, name, batch_of, circuit, settings, ctx.progress)
             for name, batch_of in variants(ctx.run, ctx.seed, settings)
@@ -157,6 +155,11 @@ class Counterfactual(Family):
 
     def finish(self, run, settings: CounterfactualSettings, rows: pd.DataFrame) -> pd.DataFrame:
         return across_seeds(rows)
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.counterfactual.report import section
+
+        return section(page)
 
 
 def variants(run, seed: int, settings: CounterfactualSettings) -> list[tuple[str, object]]:

@@ -3,7 +3,7 @@
 For every seed, the real training steps of a window around its formation step
 are replayed bit for bit from a checkpoint (``interp_ext.replay``; a replay that
 does not reproduce the checkpoint at the window's end is refused and nothing is
-written). At every ``every``-th step the ledger (``interp_ext.ledger``) splits
+written). At every ``every``-th step the ledger (``interp_ext.stream3.split``) splits
 the change of the circuit's gradient energy E_C on the fixed probe set into its
 exact first-order parts (by component, drift vs noise, momentum, mean vs
 fluctuation) and the higher orders; every ``detail_every``-th step adds the same
@@ -18,7 +18,6 @@ t-intervals over the per-seed sums and sign counts (k of n seeds).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -29,16 +28,32 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
-from circuits.induction import head_scores, layer_matched_controls
-from interp_ext.autocatalysis import EnergyProbe
-from interp_ext.families.autocatalysis import SOURCES, circuit_from_spec, seed_circuit
-from interp_ext.families.induction import InductionSettings, repeated_probe
 from interp_ext.geometry.gradients import loss_function, measure_dtype
-from interp_ext.ledger import WHOLE, LedgerSpec, StepInputs, measure_step
+from interp_ext.measurement.circuits import (
+    layer_matched,
+    resolve_circuit,
+    seed_circuit,
+    source_folders,
+)
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
+from interp_ext.measurement.windows import (
+    check_window_checkpoints,
+    formation_of,
+    formation_settings,
+    seed_window,
+    window_problem,
+)
 from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
 from interp_ext.stats import sign_count, t_interval
+from interp_ext.stream3.energy import EnergyProbe
+from interp_ext.stream3.split import WHOLE, LedgerSpec, StepInputs, measure_step
 
 log = logging.getLogger("interp_ext")
 
@@ -114,21 +129,14 @@ class LedgerSettings(Settings):
         self.require(self.margin >= 0 and self.rise >= 0, "margin", "margin and rise must be >= 0")
         self.require(self.controls >= 0, "controls", "must be >= 0")
         self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2")
-        if self.window != "auto":
-            parts = self.window.split(":")
-            ok = (
-                len(parts) == 2
-                and all(p.strip().isdigit() for p in parts)
-                and int(parts[0]) < int(parts[1])
-            )
-            self.require(
-                ok, "window", "use 'auto' or START:END with two checkpoint steps, START < END"
-            )
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
 
 
-@register
 class Ledger(Family):
     name = "ledger"
+    report_order = 90
     settings = LedgerSettings
     columns = ("direction",)
     between_checkpoints = True
@@ -150,24 +158,19 @@ class Ledger(Family):
                 f"the ledger replays real steps and needs the run's training data: {err}"
             ) from err
         if settings.window != "auto":
-            start, end = (int(p) for p in settings.window.split(":"))
-            missing = [s for s in (start, end) if s not in run.steps]
-            if missing:
-                raise MeasureError(
-                    f"ledger window {settings.window}: no checkpoint at step(s) {missing}; checkpoints: {run.steps}"
-                )
+            check_window_checkpoints(run, settings.window, "ledger")
         else:
             settings = replace(settings, formation=settings.formation or formation_settings(run))
-        return resolve_circuit_spec(run, settings)
+        return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(self, run, settings: LedgerSettings, seed: int, steps: list[int]) -> list[int]:
-        window = seed_window(run, settings, seed)
+        window = seed_window(run, settings.window, settings.margin, settings.formation, seed)
         return [window[0]] if window else []
 
     def start_seed(self, run, settings: LedgerSettings, seed: int) -> dict:
         return {
-            "window": seed_window(run, settings, seed),
-            "circuit": seed_circuit(run, seed, settings),
+            "window": seed_window(run, settings.window, settings.margin, settings.formation, seed),
+            "circuit": seed_circuit(run, seed, settings.circuit, settings.source),
         }
 
     def checkpoint(self, ctx: Checkpoint, settings: LedgerSettings, state: dict) -> pd.DataFrame:
@@ -178,12 +181,12 @@ class Ledger(Family):
     def finish_seed(
         self, run, settings: LedgerSettings, seed: int, rows: pd.DataFrame
     ) -> pd.DataFrame | None:
-        window = seed_window(run, settings, seed)
+        window = seed_window(run, settings.window, settings.margin, settings.formation, seed)
         if window is None or rows.empty:
             return pd.DataFrame([{"step": -1, "metric": "formed", "component": "", "value": 0.0}])
         return pd.concat(
             [
-                window_sums(rows, window, formation_of(run, settings, seed), settings),
+                window_sums(rows, window, formation_of(run, settings.formation, seed), settings),
                 cumulative_rows(rows, settings),
             ],
             ignore_index=True,
@@ -193,11 +196,7 @@ class Ledger(Family):
         return across_seeds(rows)
 
     def inputs(self, run, settings: LedgerSettings) -> list:
-        folders = (
-            [run.metrics_dir / SOURCES[settings.circuit][0] / settings.source]
-            if settings.circuit in SOURCES
-            else []
-        )
+        folders = source_folders(run, settings.circuit, settings.source)
         return folders + (
             [run.metrics_dir / "induction" / settings.formation] if settings.formation else []
         )
@@ -205,92 +204,33 @@ class Ledger(Family):
     def describe(self, rows: pd.DataFrame) -> list[str]:
         return describe_ledger(rows)
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.ledger.report import section
 
-# --------------------------------------------------------------------------- windows
+        return section(page)
 
+    def report_beside(self, runs: dict, out) -> list[str]:
+        from interp_ext.families.ledger.report import ledger_comparison
 
-def formation_settings(run) -> str:
-    rows = run.metrics("induction")
-    if rows.empty or "formation_step" not in set(rows.metric):
-        raise MeasureError(
-            f"the auto ledger window needs each seed's formation step: run `interp-ext measure induction {run.path}` first, or pass --window START:END"
-        )
-    return str(rows.settings.iloc[0])
-
-
-def formation_of(run, settings: LedgerSettings, seed: int) -> float:
-    """The seed's formation step (NaN when its heads never pass the detection threshold)."""
-    rows = run.metrics("induction", settings=settings.formation or "latest", seeds=[seed])
-    rows = rows[rows.seed == seed]
-    if rows.empty or rows[rows.metric == "detected_induction_head"].empty:
-        return math.nan
-    form = rows[rows.metric == "formation_step"].value
-    return float(form.iloc[0]) if len(form) else math.nan
-
-
-def formed_seeds(run) -> list[int]:
-    """The run's seeds whose induction heads passed the detection threshold (latest induction rows)."""
-    settings = LedgerSettings(formation=formation_settings(run))
-    return [s for s in run.seeds if math.isfinite(formation_of(run, settings, s))]
-
-
-def seed_window(run, settings: LedgerSettings, seed: int) -> tuple[int, int] | None:
-    """(start, end) checkpoints of the seed's window; None when its induction heads never formed."""
-    if settings.window != "auto":
-        start, end = (int(p) for p in settings.window.split(":"))
-        return start, end
-    form = formation_of(run, settings, seed)
-    if not math.isfinite(form):
-        log.warning(
-            "seed %d: no induction head passed the detection threshold, so it has no formation step and no ledger window",
-            seed,
-        )
-        return None
-    steps = run.steps_for(seed)
-    before = [s for s in steps if s <= form - settings.margin]
-    after = [s for s in steps if s >= form + settings.margin]
-    return (before[-1] if before else steps[0], after[0] if after else steps[-1])
-
-
-def resolve_circuit_spec(run, settings: LedgerSettings) -> LedgerSettings:
-    if settings.circuit in SOURCES:
-        family, klass, _ = SOURCES[settings.circuit]
-        rows = run.metrics(family)
-        latest = (
-            str(rows.settings.iloc[0])
-            if len(rows) and rows.settings.iloc[0] != "legacy"
-            else klass().id
-        )
-        return replace(settings, source=settings.source or latest)
-    model = run.model(run.seeds[0], run.steps_for(run.seeds[0])[0])
-    return replace(
-        settings,
-        circuit=json.dumps(circuit_from_spec(settings.circuit, model).to_dict(), sort_keys=True),
-    )
+        return ledger_comparison(runs, out)
 
 
 # --------------------------------------------------------------------------- one window
 
 
-def ledger_spec(
-    run, seed: int, circuit: Circuit, settings: LedgerSettings, model
-) -> tuple[LedgerSpec, str]:
+def ledger_spec(run, seed: int, circuit: Circuit, settings: LedgerSettings, model) -> LedgerSpec:
     """Masks of the circuit, its components, ``rest``, the layer-matched controls and the embedding."""
     parts = circuit.with_rest().flat_masks(model)
     members = [c for c in circuit.components]
     whole = torch.stack([parts[m] for m in members]).any(0)
-    scores = head_scores(run.model(seed, run.steps_for(seed)[-1]), repeated_probe(run))
-    induction = InductionSettings()
-    ctrl, note = layer_matched_controls(
-        circuit, scores, settings.controls, seed, induction.threshold, induction.prev_threshold
-    )
+    ctrl = layer_matched(run, seed, circuit, settings.controls)
     energies = {WHOLE: whole, **parts}
     for name, c in ctrl.items():
         energies[name] = torch.stack(list(c.flat_masks(model).values())).any(0)
     if "EMBED" not in members:
         energies["EMBED"] = Circuit("embed", ["EMBED"]).flat_masks(model)["EMBED"]
     detail = [a for a in energies if a != WHOLE]
-    return LedgerSpec(parts, energies, [WHOLE], detail), note
+    return LedgerSpec(parts, energies, [WHOLE], detail)
 
 
 def drift_gradient(
@@ -346,9 +286,7 @@ def window_rows(
             chunk,
         )
 
-    spec, note = ledger_spec(run, seed, circuit, settings, model)
-    if note:
-        log.warning("seed %d: %s", seed, note)
+    spec = ledger_spec(run, seed, circuit, settings, model)
     rows, before = [], None
     bar = tqdm(
         total=end - start,

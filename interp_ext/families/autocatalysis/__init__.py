@@ -19,17 +19,29 @@ rest excluded, against itself).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from circuits.circuit import Circuit, CircuitError, Head, parse_heads
-from interp_ext.autocatalysis import (
+from circuits.circuit import Circuit
+from interp_ext.measurement.circuits import (
+    layer_matched,
+    resolve_circuit,
+    seed_circuit,
+    source_folders,
+)
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
+from interp_ext.stats import over_seeds, t_interval
+from interp_ext.stream3.energy import (
     WHOLE,
     EnergyProbe,
     component_matrix_flat,
@@ -39,19 +51,9 @@ from interp_ext.autocatalysis import (
     union_mask,
     whole_circuit_terms,
 )
-from interp_ext.families.circuit import CircuitSettings, cause_circuit
-from interp_ext.families.induction import InductionSettings, induction_circuit
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
-from interp_ext.stats import over_seeds, t_interval
 
 log = logging.getLogger("interp_ext")
 DIRECTIONS = ("sgd", "optimizer")
-# circuit spec -> (family whose rows hold the circuit, its settings class, circuit of a seed)
-SOURCES = {
-    "cause": ("circuit", CircuitSettings, cause_circuit),
-    "induction": ("induction", InductionSettings, induction_circuit),
-}
-WINDOWS = ("before", "during", "after")
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,9 @@ def parse_directions(value) -> tuple[str, ...]:
     return tuple(value)
 
 
-@register
 class Autocatalysis(Family):
     name = "autocatalysis"
+    report_order = 80
     settings = AutocatalysisSettings
     columns = ("direction", "circuit")
 
@@ -123,25 +125,12 @@ class Autocatalysis(Family):
             raise MeasureError(
                 f"autocatalysis setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
             )
-        if settings.circuit in SOURCES:
-            family, klass, _ = SOURCES[settings.circuit]
-            default = klass()
-            rows = run.metrics(family)
-            latest = (
-                str(rows.settings.iloc[0])
-                if len(rows) and rows.settings.iloc[0] != "legacy"
-                else default.id
-            )
-            return replace(settings, source=settings.source or latest)
-        circuit = circuit_from_spec(
-            settings.circuit, run.model(run.seeds[0], run.steps_for(run.seeds[0])[0])
-        )
-        return replace(settings, circuit=json.dumps(circuit.to_dict(), sort_keys=True))
+        return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def start_seed(
         self, run, settings: AutocatalysisSettings, seed: int
     ) -> tuple[Circuit, dict[str, Circuit]]:
-        circuit = seed_circuit(run, seed, settings)
+        circuit = seed_circuit(run, seed, settings.circuit, settings.source)
         return circuit, controls(run, seed, circuit, settings.controls)
 
     def checkpoint(self, ctx: Checkpoint, settings: AutocatalysisSettings, state) -> pd.DataFrame:
@@ -151,7 +140,7 @@ class Autocatalysis(Family):
     def finish_seed(
         self, run, settings: AutocatalysisSettings, seed: int, rows: pd.DataFrame
     ) -> pd.DataFrame:
-        circ = seed_circuit(run, seed, settings)
+        circ = seed_circuit(run, seed, settings.circuit, settings.source)
         return pd.DataFrame(
             [
                 {
@@ -173,62 +162,30 @@ class Autocatalysis(Family):
         inputs = [
             run.metrics_dir / "induction" / i for i in run_ids(run, "induction")
         ]  # formation steps
-        if settings.circuit in SOURCES:
-            inputs.append(run.metrics_dir / SOURCES[settings.circuit][0] / settings.source)
-        return inputs
+        return inputs + source_folders(run, settings.circuit, settings.source)
 
     def finish(self, run, settings: AutocatalysisSettings, rows: pd.DataFrame) -> pd.DataFrame:
         return seed_level_summaries(run, rows)
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.autocatalysis.report import section
+
+        return section(page)
+
 
 def run_ids(run, family: str) -> list[str]:
-    from interp_ext import metrics_store
+    from interp_ext.run import parts
 
-    return metrics_store.settings_ids(run.metrics_dir, family)
-
-
-def circuit_from_spec(spec: str, model) -> Circuit:
-    """A circuit from a head list (``L1H2,L0H3``), a JSON file or JSON text, checked against ``model``."""
-    try:
-        if all(Head.is_head(p) for p in spec.replace(" ", ",").split(",") if p):
-            heads = parse_heads(spec, model)
-            return Circuit("custom", [str(h) for h in heads])
-        if spec.lstrip().startswith("{") or Path(spec).is_file():
-            return Circuit.from_json(spec).validate(model)
-    except CircuitError as err:
-        raise MeasureError(f"--circuit {spec!r}: {err}") from err
-    raise MeasureError(
-        f"--circuit {spec!r} is not 'cause', 'induction', a head list like L1H2,L0H3, or a Circuit JSON file (no such file)"
-    )
-
-
-def seed_circuit(run, seed: int, settings: AutocatalysisSettings) -> Circuit:
-    """The circuit one seed is followed with (fixed over its checkpoints)."""
-    if settings.circuit not in SOURCES:
-        return Circuit.from_json(settings.circuit)
-    family, klass, find = SOURCES[settings.circuit]
-    recorded = run.measurements()
-    match = recorded[recorded.id == settings.source]
-    source = klass.from_dict(match.settings.iloc[0]) if len(match) else klass()
-    return find(run, seed, source)
+    return parts.settings_ids(run.metrics_dir, family)
 
 
 def controls(run, seed: int, circuit: Circuit, n_random: int) -> dict[str, Circuit]:
     """Control circuits: ``n_random`` of layer-matched random heads (outside the circuit, below both
     detection thresholds at the seed's last checkpoint) and, reported on its own, a non-circuit group
     (the last layer's MLP; the embedding in attention-only models)."""
-    from circuits.induction import head_scores, layer_matched_controls
-    from interp_ext.families.induction import repeated_probe
-
-    model = run.model(seed, run.steps_for(seed)[-1])
-    scores = head_scores(model, repeated_probe(run))
-    induction = InductionSettings()
-    out, note = layer_matched_controls(
-        circuit, scores, n_random, seed, induction.threshold, induction.prev_threshold
-    )
-    if note:
-        log.warning("seed %d: %s", seed, note)
-    group = f"L{model.cfg.n_layers - 1}MLP" if not model.cfg.attn_only else "EMBED"
+    out = layer_matched(run, seed, circuit, n_random)
+    cfg = run.config.model
+    group = f"L{cfg.n_layers - 1}MLP" if not cfg.attn_only else "EMBED"
     out["control_group"] = Circuit("group", [group])
     return out
 
@@ -464,10 +421,4 @@ def window_summaries(run, sel: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-__all__ = [
-    "Autocatalysis",
-    "AutocatalysisSettings",
-    "circuit_from_spec",
-    "controls",
-    "seed_circuit",
-]
+__all__ = ["Autocatalysis", "AutocatalysisSettings", "controls"]

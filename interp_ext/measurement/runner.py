@@ -20,7 +20,7 @@ A *family* is a frozen, validated settings dataclass plus pure functions of a
 
 Python use::
 
-    from interp_ext.runner import measure
+    from interp_ext.measurement.runner import measure
     from interp_ext.families.geometry import GeometrySettings
     rows = measure(run, GeometrySettings(k=3), seeds=[0, 1])
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import json
 import logging
 import time
@@ -42,13 +41,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from interp_ext import distributed
-from interp_ext import metrics_store as store
+from interp_ext.errors import MeasureError
+from interp_ext.run import io, parts
 
 log = logging.getLogger("interp_ext")
-
-
-class MeasureError(ValueError):
-    """Bad settings or selections for a measurement; the message names the value and the fix."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -167,6 +163,7 @@ class Family:
     between_checkpoints: ClassVar[bool] = (
         False  # rows at steps between checkpoints (a replay of real steps)
     )
+    report_order: ClassVar[int] = 200  # where the family's section stands in the report
 
     def families(self) -> tuple[str, ...]:
         return self.row_families or (self.name,)
@@ -220,29 +217,47 @@ class Family:
         """Metrics-store folders of other families that :meth:`finish` reads (a newer part there re-runs it)."""
         return []
 
+    def resolve(self, run, settings: Settings, compute: bool = True) -> Settings | None:
+        """Expensive run-dependent choices (a calibration sweep), made once per settings and saved.
 
-_BUILTIN = {
-    "induction": "interp_ext.families.induction",
-    "circuit": "interp_ext.families.circuit",
-    "patching": "interp_ext.families.patching",
-    "geometry": "interp_ext.families.geometry",
-    "stream2": "interp_ext.families.stream2",
-    "beta": "interp_ext.families.beta",
-    "autocatalysis": "interp_ext.families.autocatalysis",
-    "sae": "interp_ext.families.sae",
-    "ledger": "interp_ext.families.ledger",
-    "counterfactual": "interp_ext.families.counterfactual",
-    "llc": "interp_ext.families.llc",
-}
+        Called by :func:`measure` after :meth:`prepare`. With ``compute=False`` (when only an
+        id is wanted) return the saved choice, or None when it was never made.
+        """
+        return settings
+
+    def circuit_of(self, run, seed: int, settings: Settings, step: int | None = None):
+        """Families whose rows hold each seed's circuit (``--circuit NAME`` elsewhere) return it."""
+        raise MeasureError(f"the {self.name} family holds no circuits")
+
+    def report(self, page) -> list[str]:
+        """This family's section of ``report.md`` (figures written into ``page.out``).
+
+        The default draws every :attr:`summary_metrics` per step: each seed's line and the
+        seed mean with its 95% t-interval over seeds. Built-in families draw their own.
+        """
+        from interp_ext.report.draw import default_section
+
+        return default_section(self, page)
+
+    def context(self, rows) -> dict:
+        """What every time-series figure of the report marks, from this family's rows:
+        ``{"window": (start, end)}`` (shaded) and/or ``{"marks": {label: step}}`` (dashed lines)."""
+        return {}
+
+    def report_beside(self, runs: dict, out) -> list[str]:
+        """Lines comparing this family's rows across runs (``interp-ext report --beside``)."""
+        return []
+
+
+ENTRY_POINTS = "interp_ext.families"
 _REGISTRY: dict[str, Family] = {}
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator adding a family to the registry; a second family of the same name is an error."""
-    if not cls.name or cls.settings.family != cls.name:
-        raise TypeError(
-            f"{cls.__name__}: set name and a Settings subclass whose family is the same name"
-        )
+    """Class decorator adding a family to the registry (families defined in a notebook or a test);
+    a second, different family of the same name is an error. Installed packages declare theirs as
+    entry points instead (group ``interp_ext.families``)."""
+    _check_family_class(cls)
     if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
         raise ValueError(
             f"a measurement family named {cls.name!r} is already registered ({type(_REGISTRY[cls.name]).__name__})"
@@ -251,19 +266,57 @@ def register(cls: type[Family]) -> type[Family]:
     return cls
 
 
+def _check_family_class(cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Family)):
+        raise TypeError(f"{cls!r} is not a Family subclass")
+    if not cls.name or cls.settings.family != cls.name:
+        raise TypeError(
+            f"{cls.__name__}: set name and a Settings subclass whose family is the same name"
+        )
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
+
+
 def family_names() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    """Every family: those installed (entry points ``interp_ext.families``) and those registered here."""
+    return sorted(set(_entry_points()) | set(_REGISTRY))
 
 
 def get_family(name: str) -> Family:
-    """The registered family ``name``; an unknown name lists the valid ones, closest first."""
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
+    """The family ``name`` (its entry point loaded on first use); an unknown name lists the valid
+    ones, closest first."""
+    if name not in _REGISTRY:
+        ep = _entry_points().get(name)
+        if ep is not None:
+            cls = ep.load()
+            _check_family_class(cls)
+            if cls.name != name:
+                raise MeasureError(
+                    f"entry point {name!r} of group {ENTRY_POINTS} loads family {cls.name!r}; declare it under its own name"
+                )
+            _REGISTRY.setdefault(name, cls())
     if name not in _REGISTRY:
         raise MeasureError(
             f"unknown measurement family {name!r}; valid families: {closest_first(name, family_names())}"
         )
     return _REGISTRY[name]
+
+
+def families_in(run) -> list[Family]:
+    """The families that have rows in the run, in the order of :attr:`Family.report_order`."""
+    from interp_ext.run import parts
+
+    present = set(parts.families(run.metrics_dir))
+    found = []
+    for name in family_names():
+        fam = get_family(name)
+        if present & set(fam.families()):
+            found.append(fam)
+    return sorted(found, key=lambda f: (f.report_order, f.name))
 
 
 def closest_first(name: str, valid: Sequence[str]) -> list[str]:
@@ -313,21 +366,19 @@ def settings_id(run, settings: Settings) -> str:
     """The id rows of ``settings`` carry in this run (after the family resolves run-dependent
     choices, e.g. which induction rows a circuit comes from); "" if they cannot be resolved."""
     try:
-        return get_family(settings.family).prepare(run, settings).id
+        fam = get_family(settings.family)
+        resolved = fam.resolve(run, fam.prepare(run, settings), compute=False)
     except MeasureError:
         return ""
-
-
-def measurements_dir(run):
-    return run.path / "measurements"
+    return resolved.id if resolved is not None else ""
 
 
 def record_settings(run, settings: Settings) -> None:
     """``<run>/measurements/<id>.json``: the settings, when first and last used."""
-    path = measurements_dir(run) / f"{settings.id}.json"
+    path = run.layout.measurement(settings.id)
     now = time.time()
-    first = json.loads(path.read_text()).get("created", now) if path.exists() else now
-    store.save_json(
+    first = io.read_json(path).get("created", now) if path.exists() else now
+    io.write_json(
         path,
         {
             "id": settings.id,
@@ -372,6 +423,8 @@ def measure(
         )
     settings = fam.prepare(run, settings)
     distributed.init(run.device)
+    with distributed.rank_zero_first():  # one rank makes an expensive choice, the others read it
+        settings = fam.resolve(run, settings)
     distributed.barrier()
     record_settings(run, settings)
     job = _Job(run, fam, settings, seeds, steps, progress and distributed.world()[0] == 0)
@@ -445,7 +498,7 @@ class _Job:
             frame = frame.assign(
                 **{c: frame[c].fillna(v) if c in frame else v for c, v in defaults.items()}
             )
-        rows = store.normalise(
+        rows = parts.normalise(
             frame, self.run.name, self.fam.name, self.settings.id, self.fam.columns
         )
         groups = dict(tuple(rows.groupby("family"))) if len(rows) else {}
@@ -456,8 +509,8 @@ class _Job:
             )
         for fam in self.fam.families()[1:]:
             if fam in groups:
-                store.write_part(self.root, fam, self.settings.id, unit, groups[fam], seeds)
-        store.write_part(
+                parts.write_part(self.root, fam, self.settings.id, unit, groups[fam], seeds)
+        parts.write_part(
             self.root,
             self.primary,
             self.settings.id,
@@ -467,14 +520,14 @@ class _Job:
         )
 
     def _done(self, unit: str) -> bool:
-        return store.has_part(self.root, self.primary, self.settings.id, unit)
+        return parts.has_part(self.root, self.primary, self.settings.id, unit)
 
     def _part_mtime(self, unit: str) -> float:
-        path = self.root / self.primary / self.settings.id / f"{unit}.parquet"
+        path = parts.part_path(self.root, self.primary, self.settings.id, unit)
         return path.stat().st_mtime if path.exists() else -1.0
 
     def _seed(self, seed: int, bar) -> None:
-        done = {t for t in self.run.steps_for(seed) if self._done(store.unit_name(seed, t))}
+        done = {t for t in self.run.steps_for(seed) if self._done(parts.unit_name(seed, t))}
         todo, sequence = self._todo(
             done, self.fam.seed_steps(self.run, self.settings, seed, self.steps)
         )
@@ -492,14 +545,14 @@ class _Job:
                 )
                 rows = self.fam.checkpoint(ctx, self.settings, state)
                 if not ctx.replay:
-                    self._write(store.unit_name(seed, step), rows, seed, step)
+                    self._write(parts.unit_name(seed, step), rows, seed, step)
                     self.measured["checkpoints"] += 1
                     wrote = True
                 if step in self.steps:
                     shown += 1
                     bar.update(1)
         bar.update(len(self.steps) - shown)
-        final = store.unit_name(seed, None)
+        final = parts.unit_name(seed, None)
         if type(self.fam).finish_seed is not Family.finish_seed and (
             wrote or not self._done(final)
         ):
@@ -536,9 +589,9 @@ class _Job:
             dynamic_ncols=True,
         )
         for step in bar:
-            unit = store.unit_name(None, step)
+            unit = parts.unit_name(None, step)
             inputs = (
-                [self._part_mtime(store.unit_name(s, step)) for s in self.seeds]
+                [self._part_mtime(parts.unit_name(s, step)) for s in self.seeds]
                 if self.fam.scope == "checkpoint"
                 else []
             )
@@ -559,7 +612,7 @@ class _Job:
 
     def _covers(self, unit: str) -> bool:
         return (
-            store.part_seeds(self.root / self.primary / self.settings.id / f"{unit}.parquet")
+            parts.part_seeds(parts.part_path(self.root, self.primary, self.settings.id, unit))
             == self.seeds
         )
 
@@ -567,26 +620,26 @@ class _Job:
         has_summaries = type(self.fam).finish is not Family.finish or self.fam.summary_metrics
         if not has_summaries:
             return
-        unit = store.unit_name(None, None)
+        unit = parts.unit_name(None, None)
         own = [self.root / f / self.settings.id for f in self.fam.families()]
-        parts = [p for d in own for p in d.glob("*.parquet") if p.stem != unit]
-        parts += [p for d in self.fam.inputs(self.run, self.settings) for p in d.glob("*.parquet")]
-        newest = max((p.stat().st_mtime for p in parts), default=-1.0)
+        files = [p for d in own for p in d.glob("*.parquet") if p.stem != unit]
+        files += [p for d in self.fam.inputs(self.run, self.settings) for p in d.glob("*.parquet")]
+        newest = max((p.stat().st_mtime for p in files), default=-1.0)
         if self._done(unit) and newest <= self._part_mtime(unit):
             return
         rows = self.run.metrics(None, settings=self.settings.id, families=self.fam.families())
-        parts = [self.fam.finish(self.run, self.settings, rows)]
+        frames = [self.fam.finish(self.run, self.settings, rows)]
         if self.fam.summary_metrics:
             from interp_ext.stats import over_seeds
 
             sel = rows[
                 rows.metric.isin(self.fam.summary_metrics) & (rows.seed >= 0) & (rows.step >= 0)
             ]
-            parts.append(
+            frames.append(
                 over_seeds(sel, ["family", "step", "metric", "component", *self.fam.columns])
             )
-        parts = [p for p in parts if p is not None and len(p)]
-        self._write(unit, pd.concat(parts, ignore_index=True) if parts else None)
+        frames = [f for f in frames if f is not None and len(f)]
+        self._write(unit, pd.concat(frames, ignore_index=True) if frames else None)
         self.measured["summaries"] += 1
 
     def result(self) -> pd.DataFrame:

@@ -28,8 +28,14 @@ from interp_ext.geometry.dashboard import (
     function_space_alignment,
 )
 from interp_ext.geometry.gradients import GROUPS
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
-from interp_ext.store import atomic_save_safetensors, load_safetensors
+from interp_ext.measurement.grams import save_grams
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
 
 log = logging.getLogger("interp_ext")
 
@@ -93,9 +99,9 @@ class History:
     by_step: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-@register
 class Geometry(Family):
     name = "geometry"
+    report_order = 40
     settings = GeometrySettings
     stateful = True
     row_families = ("geometry", "stream1")
@@ -152,7 +158,7 @@ class Geometry(Family):
         if drift is not None:
             rows.append(("stream1", "drift_rate", "", drift))
             rows.append(("stream1", "drift_floor", "", metrics["angle_floor"] / state.delta))
-        save_grams(gram_path(ctx.run, settings.id, ctx.seed, ctx.step), geo.grams)
+        save_grams(ctx.run, settings.id, ctx.seed, ctx.step, geo.grams)
         return pd.DataFrame(rows, columns=["family", "metric", "component", "value"])
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
@@ -165,6 +171,11 @@ class Geometry(Family):
             f"geometry at step {geo.step.max()} (seed mean): "
             + ", ".join(f"{m} {last[m]:.3f}" for m in shown if m in last)
         ]
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.geometry.report import section
+
+        return section(page)
 
 
 def compare(
@@ -217,19 +228,4 @@ def step_alignment(ctx: Checkpoint) -> dict[str, float]:
     }
 
 
-def gram_path(run, settings_id: str, seed: int, step: int):
-    """``<run>/grams/<geometry settings id>/seed=<s>/step=<t>.safetensors``: the per-block B x B Gram
-    matrices of a checkpoint's per-batch gradients, kept for the basis-free cross-seed comparison."""
-    return run.path / "grams" / settings_id / f"seed={seed}" / f"step={step}.safetensors"
-
-
-def save_grams(path, grams: dict[str, torch.Tensor]) -> None:
-    if grams:
-        atomic_save_safetensors(grams, path)
-
-
-def load_grams(path) -> dict[str, torch.Tensor]:
-    return load_safetensors(path)
-
-
-__all__ = ["Geometry", "GeometrySettings", "gram_path", "load_grams"]
+__all__ = ["Geometry", "GeometrySettings"]

@@ -20,13 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.runner import (
+from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     MeasureError,
     Settings,
     closest_first,
-    register,
     setting,
 )
 from interp_ext.sae_tracking.matching import (
@@ -117,9 +116,9 @@ class Tracker:
     prev: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
 
-@register
 class SAETracking(Family):
     name = "sae"
+    report_order = 110
     settings = SAETrackingSettings
     stateful = True
     summary_metrics = QUALITY
@@ -260,6 +259,11 @@ class SAETracking(Family):
         return pd.DataFrame(
             [{"metric": "universality", "component": settings.hook, "value": float(np.mean(vals))}]
         )
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.sae.report import section
+
+        return section(page)
 
 
 __all__ = ["SAETracking", "SAETrackingSettings"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from interp_ext.families.geometry import GeometrySettings, gram_path, load_grams
+from interp_ext.families.geometry import GeometrySettings
 from interp_ext.geometry import spectral
 from interp_ext.geometry.dashboard import gram_blocks
 from interp_ext.geometry.gradients import per_batch_gradients, select_params
@@ -41,7 +41,8 @@ from interp_ext.geometry.streams import (
     match_heads,
     shuffled_null,
 )
-from interp_ext.runner import Family, MeasureError, Settings, register, setting
+from interp_ext.measurement.grams import load_grams
+from interp_ext.measurement.runner import Family, MeasureError, Settings, setting
 
 NULL_SEED = 10_000
 
@@ -80,9 +81,9 @@ class Stream2Settings(Settings):
         GeometrySettings(params=self.params)  # the same group names
 
 
-@register
 class Stream2(Family):
     name = "stream2"
+    report_order = 50
     settings = Stream2Settings
     scope = "cross_seed"
     min_seeds = 2
@@ -130,6 +131,11 @@ class Stream2(Family):
             return None
         return untrained_null(run, settings)
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.stream2.report import section
+
+        return section(page)
+
 
 def batches(run, settings: Stream2Settings) -> torch.Tensor:
     lm = run.probe_set()["lm"]
@@ -145,9 +151,9 @@ def seed_grams(
     run, settings: Stream2Settings, seed: int, step: int, model, lm: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The geometry measurement's Gram matrices of (seed, step), or formed now when it has none."""
-    path = gram_path(run, settings.geometry, seed, step)
-    if path.exists():
-        return load_grams(path)
+    saved = load_grams(run, settings.geometry, seed, step)
+    if saved is not None:
+        return saved
     return grams_of(model, lm, GeometrySettings(params=settings.params).param_groups)
 
 

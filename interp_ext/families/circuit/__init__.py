@@ -19,8 +19,15 @@ import pandas as pd
 from circuits.circuit import Circuit
 from circuits.discovery import DEFAULT_MIN_SHARE, DEFAULT_TOGETHER, discover_induction_circuit
 from circuits.induction import DEFAULT_THRESHOLD
-from interp_ext.families.induction import repeated_probe
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.measurement.circuits import circuit_from_rows
+from interp_ext.measurement.probes import repeated_probe
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,9 @@ class CircuitSettings(Settings):
         self.require(0 < self.together <= 1, "together", "must lie in (0, 1]")
 
 
-@register
 class CircuitByCause(Family):
     name = "circuit"
+    report_order = 20
     settings = CircuitSettings
     columns = ("role", "method")
 
@@ -61,6 +68,9 @@ class CircuitByCause(Family):
                 f"an induction circuit needs two layers; {run.path} has {run.config.model.n_layers}"
             )
         return settings
+
+    def circuit_of(self, run, seed: int, settings: CircuitSettings, step: int | None = None):
+        return cause_circuit(run, seed, settings, step)
 
     def checkpoint(self, ctx: Checkpoint, settings: CircuitSettings, state) -> pd.DataFrame:
         found = discover(ctx.model, repeated_probe(ctx.run), settings, f"cause-seed{ctx.seed}")
@@ -119,6 +129,11 @@ class CircuitByCause(Family):
             )
         return lines
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.circuit.report import section
+
+        return section(page)
+
 
 def discover(model, repeated, settings: CircuitSettings, name: str):
     return discover_induction_circuit(
@@ -130,11 +145,6 @@ def discover(model, repeated, settings: CircuitSettings, name: str):
         settings.corruption_seed,
         name,
     )
-
-
-def circuit_from_rows(rows: pd.DataFrame, name: str) -> Circuit:
-    members = rows[rows.metric == "member"]
-    return Circuit(name, members.component.tolist(), dict(zip(members.component, members.role)))
 
 
 def cause_circuit(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from interp_ext.geometry.streams import beta_fit, detect_transition
-from interp_ext.runner import Family, MeasureError, Settings, register, setting
+from interp_ext.measurement.runner import Family, MeasureError, Settings, setting
 
 TRANSITION_METRICS = (
     "effective_rank",
@@ -50,9 +50,9 @@ class BetaSettings(Settings):
         self.require(len(self.metrics) >= 1, "metrics", "name at least one geometry metric")
 
 
-@register
 class Beta(Family):
     name = "beta"
+    report_order = 70
     settings = BetaSettings
     scope = "run"
     row_families = ("beta", "transition")
@@ -108,6 +108,17 @@ class Beta(Family):
             for m, v in tr["points"].items()
         ]
         return pd.DataFrame(out)
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.beta.report import section
+
+        return section(page)
+
+    def context(self, rows) -> dict:
+        from interp_ext.report.draw import one, select
+
+        tr = select(rows, family="transition")
+        return {"window": (one(tr, metric="start"), one(tr, metric="end"))} if len(tr) else {}
 
 
 __all__ = ["Beta", "BetaSettings"]

@@ -16,13 +16,14 @@ the setting to change; the rest continues.
 the last checkpoint of the first seed (whole model), and keeps the largest step
 size whose chains are finite, positive, flat and local (they stay well short of
 chance loss) at both (the largest localisation among ties): the choice goes into the settings,
-and the sweep's traces into ``<run>/llc/<settings>/calibration.json`` for the
-report. devinterp's own SGLD is used throughout; nothing here samples.
+and the sweep's traces into ``<run>/calibration/<settings id>.json`` (the id of the settings
+that asked for the sweep; the file also names the chosen settings' id) for the report. The
+sweep runs once per settings, as its own step (:meth:`LLC.resolve`): computing an id never
+repeats it. devinterp's own SGLD is used throughout; nothing here samples.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -34,10 +35,16 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, Head, all_heads
-from interp_ext.families.autocatalysis import SOURCES, seed_circuit
-from interp_ext.families.ledger import LedgerSettings, resolve_circuit_spec
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    setting,
+)
 from interp_ext.optim_step import step_batch
-from interp_ext.runner import Checkpoint, Family, MeasureError, Settings, register, setting
+from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
@@ -99,9 +106,9 @@ class LLCSettings(Settings):
         )
 
 
-@register
 class LLC(Family):
     name = "llc"
+    report_order = 60
     settings = LLCSettings
     summary_metrics = ("llc",)
 
@@ -112,16 +119,24 @@ class LLC(Family):
             raise MeasureError(
                 f"the LLC samples on training-distribution data and needs the run's training data: {err}"
             ) from err
-        settings = replace(settings, **_resolved_circuit(run, settings))
-        if settings.calibrate:
-            settings = calibrate(run, settings)
-        return settings
+        return replace(settings, **_resolved_circuit(run, settings))
+
+    def resolve(self, run, settings: LLCSettings, compute: bool = True) -> LLCSettings | None:
+        """With ``calibrate``: the step size and localisation the sweep chose, from the saved
+        sweep of these settings (``<run>/calibration/<id>.json``), sweeping once when there is none."""
+        if not settings.calibrate:
+            return settings
+        path = run.layout.calibration(settings.id)
+        if path.exists():
+            chosen = io.read_json(path, "an LLC calibration")["chosen"]
+            return replace(
+                settings, lr=chosen["lr"], localization=chosen["localization"], calibrate=False
+            )
+        return calibrate(run, settings) if compute else None
 
     def start_seed(self, run, settings: LLCSettings, seed: int):
         circuit = (
-            seed_circuit(
-                run, seed, LedgerSettings(circuit=settings.circuit, source=settings.source)
-            )
+            seed_circuit(run, seed, settings.circuit, settings.source)
             if _wants_circuit(settings)
             else None
         )
@@ -149,6 +164,11 @@ class LLC(Family):
             ]
         return pd.DataFrame(rows)
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.llc.report import section
+
+        return section(page)
+
 
 def _wants_circuit(settings: LLCSettings) -> bool:
     return any(c in settings.components.split(",") for c in ("circuit", "rest"))
@@ -157,13 +177,7 @@ def _wants_circuit(settings: LLCSettings) -> bool:
 def _resolved_circuit(run, settings: LLCSettings) -> dict:
     if not _wants_circuit(settings):
         return {}
-    resolved = resolve_circuit_spec(
-        run, LedgerSettings(circuit=settings.circuit, source=settings.source)
-    )
-    return {
-        "circuit": resolved.circuit,
-        "source": resolved.source if settings.circuit in SOURCES else "",
-    }
+    return resolve_circuit(run, settings.circuit, settings.source)
 
 
 def llc_data(run, seed: int, settings: LLCSettings):
@@ -344,18 +358,15 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
         )
     best = sorted(good, key=lambda s: (-s["lr"], -s["localization"]))[0]
     chosen = replace(settings, lr=best["lr"], localization=best["localization"], calibrate=False)
-    folder = run.path / "llc" / chosen.id
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "calibration.json").write_text(
-        json.dumps(
-            {
-                "steps": probe,
-                "seed": seed,
-                "sweep": sweep,
-                "chosen": {"lr": best["lr"], "localization": best["localization"]},
-            },
-            indent=2,
-        )
+    io.write_json(
+        run.layout.calibration(settings.id),
+        {
+            "steps": probe,
+            "seed": seed,
+            "sweep": sweep,
+            "chosen": {"lr": best["lr"], "localization": best["localization"]},
+            "chosen_id": chosen.id,
+        },
     )
     return chosen
 

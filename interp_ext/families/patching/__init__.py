@@ -20,8 +20,8 @@ import pandas as pd
 
 from circuits.circuit import Head
 from circuits.patching import induction_task, patch_heads, patch_residual, path_patch_matrix
-from interp_ext.families.induction import repeated_probe
-from interp_ext.runner import Checkpoint, Family, Settings, register, setting
+from interp_ext.measurement.probes import repeated_probe
+from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ class PatchingSettings(Settings):
     )
 
 
-@register
 class Patching(Family):
     name = "patching"
+    report_order = 30
     settings = PatchingSettings
 
     def default_steps(self, run, settings: PatchingSettings) -> list[int]:
@@ -89,6 +89,11 @@ class Patching(Family):
                 f"strongest key paths (receiver-attention metric): {', '.join(f'{c} {v:.2f}' for c, v in zip(path.component, path.value))}"
             )
         return lines
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.patching.report import section
+
+        return section(page)
 
 
 __all__ = ["Patching", "PatchingSettings"]

@@ -17,14 +17,18 @@ union_by_name=true)`` and polars read it too).
 Every row carries the SPEC columns ``run, seed, step, family, metric, component,
 value`` plus ``settings``, the id of the settings that made it
 (``<run>/measurements/<id>.json``). Family-specific columns (``direction``,
-``circuit``, ...) are strings. A run written before this layout kept one
-``metrics.parquet`` (and ``metrics.rank<r>.parquet`` parts under torchrun); those
-rows still read, with ``settings="legacy"``.
+``circuit``, ...) are strings.
+
+A part counts as written only when it verifies: its footer reads and holds the
+row count written into its metadata. A part that does not (a copy cut short, a
+disk that filled) is moved aside to ``<run>/metrics/.broken/`` with a warning
+naming it, so the runner measures its unit again and readers never see it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable
@@ -35,9 +39,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+log = logging.getLogger("interp_ext")
+
 METRIC_COLUMNS = ["run", "seed", "step", "family", "metric", "component", "value"]
 COLUMNS = METRIC_COLUMNS + ["settings"]
-LEGACY = "legacy"
+BROKEN = ".broken"
+_ROWS = b"interp_ext.rows"
 _INT = ("seed", "step")
 
 
@@ -124,13 +131,50 @@ def write_part(
         ]
     )
     table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), _ROWS: str(table.num_rows).encode()}
     if seeds is not None:
-        table = table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), b"interp_ext.seeds": json.dumps(list(seeds)).encode()}
-        )
-    pq.write_table(table, tmp)
+        meta[b"interp_ext.seeds"] = json.dumps(list(seeds)).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp)
     os.replace(tmp, path)
     return path
+
+
+def part_problem(path: Path) -> str | None:
+    """Why a part is not a complete part of the store (None when it verifies)."""
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as err:
+        return f"unreadable ({str(err).splitlines()[0]})"
+    stored = (meta.metadata or {}).get(_ROWS)
+    if stored is not None and int(stored) != meta.num_rows:
+        return f"holds {meta.num_rows} rows of the {int(stored)} written"
+    return None
+
+
+def set_aside(path: Path, problem: str) -> Path:
+    """Move a broken part to ``<metrics>/.broken/`` (never counted as measured); returns where."""
+    root = path.parents[2]
+    target = root / BROKEN / path.parent.parent.name / path.parent.name / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    log.warning(
+        "metrics part %s is broken (%s): moved to %s; its unit is measured again on the next run of the measurement",
+        path,
+        problem,
+        target,
+    )
+    return target
+
+
+def verified(path: Path) -> bool:
+    """Whether the part exists and verifies; a broken one is set aside."""
+    if not path.exists():
+        return False
+    problem = part_problem(path)
+    if problem is None:
+        return True
+    set_aside(path, problem)
+    return False
 
 
 def part_seeds(path: Path) -> list[int] | None:
@@ -142,12 +186,19 @@ def part_seeds(path: Path) -> list[int] | None:
     return json.loads(raw) if raw else None
 
 
+def part_path(root: Path, family: str, settings: str, unit: str) -> Path:
+    return root / family / settings / f"{unit}.parquet"
+
+
 def has_part(root: Path, family: str, settings: str, unit: str) -> bool:
-    return (root / family / settings / f"{unit}.parquet").exists()
+    """Whether the unit is measured: its part exists and verifies (a broken one is set aside)."""
+    return verified(part_path(root, family, settings, unit))
 
 
 def families(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != BROKEN)
 
 
 def settings_ids(root: Path, family: str) -> list[str]:
@@ -158,6 +209,13 @@ def settings_ids(root: Path, family: str) -> list[str]:
 def read_family(root: Path, family: str, settings: Iterable[str]) -> pd.DataFrame:
     """Rows of one family for the given settings ids, read as one ``pyarrow.dataset``."""
     files = [str(f) for s in settings for f in sorted((root / family / s).glob("*.parquet"))]
+    try:
+        return _read(files)
+    except (OSError, pa.ArrowException):  # a broken part: set it aside, read the rest
+        return _read([f for f in files if verified(Path(f))])
+
+
+def _read(files: list[str]) -> pd.DataFrame:
     if not files:
         return empty_frame()
     schemas = [pq.read_schema(f) for f in _schema_sample(files)]
@@ -165,8 +223,7 @@ def read_family(root: Path, family: str, settings: Iterable[str]) -> pd.DataFram
         pa.unify_schemas(schemas, promote_options="permissive") if len(schemas) > 1 else schemas[0]
     )
     table = pads.dataset(files, format="parquet", schema=schema).to_table()
-    frame = table.to_pandas()
-    return _fill_strings(frame)
+    return _fill_strings(table.to_pandas())
 
 
 def _schema_sample(files: list[str]) -> list[str]:
@@ -184,19 +241,6 @@ def _fill_strings(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read_legacy(run_path: Path) -> pd.DataFrame:
-    """Rows of a run written with the single-table layout (``metrics.parquet`` and rank parts)."""
-    parts = [run_path / "metrics.parquet"] + sorted(run_path.glob("metrics.rank*.parquet"))
-    frames = [pd.read_parquet(p) for p in parts if p.exists()]
-    if not frames:
-        return empty_frame()
-    frame = pd.concat(frames, ignore_index=True)
-    frame["settings"] = LEGACY
-    key = [c for c in frame.columns if c != "value"]
-    frame[key] = frame[key].fillna("")
-    return frame.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
-
-
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate row sets with different extra columns (absent ones become "")."""
     frames = [f for f in frames if len(f)]
@@ -206,10 +250,3 @@ def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     extra = [c for c in out.columns if c not in COLUMNS]
     out[extra] = out[extra].fillna("")
     return out[COLUMNS + extra]
-
-
-def save_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)

@@ -1,0 +1,54 @@
+"""The ``circuit`` family's section of the report: the induction circuit found by cause, per seed.
+
+Drawn from the family's rows (and the summaries over seeds it wrote); nothing is computed here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from interp_ext.report.draw import (
+    one,
+    select,
+)
+
+
+def section(page) -> list[str]:
+    """``report.md`` lines of this section (its figures written into ``page.out``)."""
+    return circuit_section(page.rows)
+
+
+def circuit_section(m: pd.DataFrame) -> list[str]:
+    """The circuit each seed is followed with, found by cause, and what its members restore."""
+    circ = select(m, family="circuit")
+    if circ.empty:
+        return []
+    lines = [
+        "## Circuits found by cause",
+        "",
+        "Induction heads by score; earlier heads by the share of an induction head's attention to its targets that their key-path patch restores "
+        "(receiver-attention metric, best over the induction heads); the set is the smallest that restores the bar together.",
+        "",
+        "| seed | step | induction heads | earlier heads (key-path share, how chosen) | set restores | all earlier heads restore |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (seed, step), d in circ[circ.seed >= 0].groupby(["seed", "step"]):
+        members = d[d.metric == "member"]
+        share = d[d.metric == "key_path_share_best"].set_index("component").value
+        heads = ", ".join(members[members.role == "induction"].component)
+        earlier = ", ".join(
+            f"{r.component} ({share.get(r.component, math.nan):.2f}, {r.method})"
+            for r in members[members.role == "prev_token"].itertuples()
+        )
+        restored = one(d, metric="set_restoration", component="")
+        everything = one(d, metric="earlier_restoration", component="")
+        lines.append(
+            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {everything:.2f} |"
+        )
+    return lines + [
+        "",
+        "Reading: an earlier head outside the set with a large share means the previous-token function is spread; Stream 3 follows this circuit.",
+        "",
+    ]

@@ -1,0 +1,166 @@
+"""The ``llc`` family's section of the report: the local learning coefficient over training, per component and by circuit role.
+
+Drawn from the family's rows (and the summaries over seeds it wrote); nothing is computed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from circuits.circuit import Head
+from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
+from interp_ext.measurement.circuits import circuit_from_rows
+from interp_ext.report.draw import (
+    image,
+    metric_panel,
+    select,
+    summary,
+)
+from interp_ext.run import io
+
+
+def section(page) -> list[str]:
+    """``report.md`` lines of this section (its figures written into ``page.out``)."""
+    return llc_section(page.rows, page.out, page.ctx, page.run)
+
+
+def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
+    llc = select(m, family="llc")
+    if llc.empty:
+        return []
+    components = [
+        c for c in ("model", "circuit", "rest") if c in set(llc[llc.metric == "llc"].component)
+    ]
+    panels = [
+        metric_panel(llc, "llc", "LLC estimate", ctx, title=f"LLC: {c}", component=c)
+        for c in components
+    ]
+    panels += llc_head_panels(llc, m, ctx)
+    files = save(
+        Figure(
+            "Local learning coefficient over training (devinterp; seeds thin, seed mean bold with its 95% t-interval over seeds)",
+            panels,
+            ncols=2,
+        ),
+        out,
+        "llc",
+    )
+    lines = ["## Local learning coefficient", "", image(files, "llc"), ""]
+    lines += calibration_lines(llc, out, run)
+    diverged = llc[(llc.metric == "diverged") & (llc.value > 0)]
+    if len(diverged):
+        lines.append(
+            f"Diverged estimates (NaN rows): {len(diverged)} of {len(llc[llc.metric == 'diverged'])}."
+        )
+    drift = llc[(llc.metric == "trace_drift") & (llc.seed >= 0)].value
+    if len(drift):
+        lines.append(
+            f"Trace drift (last quarter of draws vs the third, relative to the rise over the initial loss): median {drift.median():.3f}, largest {drift.abs().max():.3f}."
+        )
+    return lines + [
+        "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
+        "",
+    ]
+
+
+def llc_head_panels(llc: pd.DataFrame, m: pd.DataFrame, ctx: dict) -> list[Panel]:
+    """Per-head LLC: each head's seed mean, and heads by their role in each seed's circuit."""
+    heads = sorted(
+        {c for c in llc[llc.metric == "llc/seed_mean"].component if Head.is_head(c)}, key=Head.parse
+    )
+    if not heads:
+        return []
+    where = dict(ylabel="LLC estimate", window=ctx["window"], marks=ctx["marks"])
+    traces = [
+        Trace(g.index.tolist(), g["mean"].tolist(), h, PALETTE[i % 10], 1.4)
+        for i, h in enumerate(heads)
+        for g in [summary(llc, "llc", component=h)]
+    ]
+    panels = [Panel("LLC per head (seed means)", traces, **where)]
+    by_role = llc_by_role(llc, head_roles(m))
+    if len(by_role):
+        traces = [
+            Trace(g.step.tolist(), g.value.tolist(), role, PALETTE[i % 10], 1.6)
+            for i, (role, g) in enumerate(by_role.groupby("role"))
+        ]
+        title = "LLC per head by its role in the seed's circuit (mean over heads, then seeds)"
+        panels.append(Panel(title, traces, **where))
+    return panels
+
+
+def head_roles(m: pd.DataFrame) -> dict[int, dict[str, str]]:
+    """Per seed, head -> its role in the circuit found at the seed's last measured checkpoint."""
+    members = select(m, family="circuit", metric="member")
+    if members.empty or "role" not in members:
+        return {}
+    last = members[members.step == members.groupby("seed").step.transform("max")]
+    return {int(s): circuit_from_rows(g, f"seed{s}").roles for s, g in last.groupby("seed")}
+
+
+def llc_by_role(llc: pd.DataFrame, roles: dict[int, dict[str, str]]) -> pd.DataFrame:
+    """Per role (a circuit role, or ``other`` for heads outside the circuit) and step: the per-head
+    LLC averaged over the seed's heads of that role, then over the seeds that have them."""
+    per = llc[(llc.metric == "llc") & (llc.seed >= 0) & llc.component.map(Head.is_head)]
+    per = per[per.seed.isin(list(roles))]
+    if per.empty:
+        return pd.DataFrame(columns=["role", "step", "value"])
+    per = per.assign(role=[roles[int(s)].get(c, "other") for s, c in zip(per.seed, per.component)])
+    by_seed = per.groupby(["role", "step", "seed"]).value.mean()
+    return by_seed.groupby(["role", "step"]).mean().reset_index()
+
+
+def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
+    """The step-size / localisation sweep behind the settings (when ``--calibrate`` chose them)."""
+    ids = set(llc.settings)
+    sweeps = [io.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
+    sweeps = [c for c in sweeps if c.get("chosen_id") in ids]
+    if not sweeps:
+        return []
+    cal = sweeps[-1]
+    chosen = cal["chosen"]
+    panels = []
+    for trial in cal["sweep"]:
+        traces = []
+        for j, (trace, init) in enumerate(zip(trial["trace"], trial["init_loss"])):
+            for chain in trace:
+                traces.append(
+                    Trace(
+                        list(range(len(chain))),
+                        [v - init for v in chain],
+                        f"step {cal['steps'][j]}",
+                        PALETTE[j % 10],
+                        0.8,
+                        legend=not panels,
+                    )
+                )
+        mark = (
+            " (chosen)"
+            if (trial["lr"], trial["localization"]) == (chosen["lr"], chosen["localization"])
+            else ("" if trial["stable"] else " (unstable)")
+        )
+        panels.append(
+            Panel(
+                f"lr {trial['lr']:g}, gamma {trial['localization']:g}{mark}",
+                traces,
+                xlabel="SGLD step",
+                ylabel="loss - initial loss",
+                zero=True,
+            )
+        )
+    files = save(
+        Figure(
+            "LLC calibration: chain traces of the sweep (flat traces after burn-in are equilibrated)",
+            panels,
+            ncols=3,
+        ),
+        out,
+        "llc_calibration",
+    )
+    return [
+        image(files, "llc calibration"),
+        "",
+        f"Calibration on steps {cal['steps']} of seed {cal['seed']}: step size {chosen['lr']:g}, localisation {chosen['localization']:g} (the largest stable step size).",
+        "",
+    ]

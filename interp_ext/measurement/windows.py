@@ -1,0 +1,85 @@
+"""Formation windows: each seed's induction formation step (from the ``induction`` family's
+rows) and the window of checkpoints around it that replays of real steps cover.
+
+A window is ``auto`` (per seed: the last checkpoint at least ``margin`` steps before
+its formation step to the first at least ``margin`` after) or ``START:END`` (two
+checkpoint steps). A seed whose heads never passed the detection threshold has no
+formation step, so it has no auto window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from interp_ext.errors import MeasureError
+
+log = logging.getLogger("interp_ext")
+
+
+def window_problem(window: str) -> str | None:
+    """What is wrong with a window spec (None when it parses)."""
+    if window == "auto":
+        return None
+    parts = window.split(":")
+    ok = (
+        len(parts) == 2
+        and all(p.strip().isdigit() for p in parts)
+        and int(parts[0]) < int(parts[1])
+    )
+    return None if ok else "use 'auto' or START:END with two checkpoint steps, START < END"
+
+
+def check_window_checkpoints(run, window: str, family: str) -> None:
+    """A ``START:END`` window names two checkpoints of the run."""
+    start, end = (int(p) for p in window.split(":"))
+    missing = [s for s in (start, end) if s not in run.steps]
+    if missing:
+        raise MeasureError(
+            f"{family} window {window}: no checkpoint at step(s) {missing}; checkpoints: {run.steps}"
+        )
+
+
+def formation_settings(run) -> str:
+    """The settings id of the run's latest induction rows that hold formation steps."""
+    rows = run.metrics("induction")
+    if rows.empty or "formation_step" not in set(rows.metric):
+        raise MeasureError(
+            f"the auto window needs each seed's formation step: run `interp-ext measure induction {run.path}` first, or pass --window START:END"
+        )
+    return str(rows.settings.iloc[0])
+
+
+def formation_of(run, formation: str, seed: int) -> float:
+    """The seed's formation step in the induction rows ``formation`` (a settings id; "" for the
+    latest); NaN when its heads never pass the detection threshold."""
+    rows = run.metrics("induction", settings=formation or "latest", seeds=[seed])
+    rows = rows[rows.seed == seed]
+    if rows.empty or rows[rows.metric == "detected_induction_head"].empty:
+        return math.nan
+    form = rows[rows.metric == "formation_step"].value
+    return float(form.iloc[0]) if len(form) else math.nan
+
+
+def formed_seeds(run) -> list[int]:
+    """The run's seeds whose induction heads passed the detection threshold (latest induction rows)."""
+    formation = formation_settings(run)
+    return [s for s in run.seeds if math.isfinite(formation_of(run, formation, s))]
+
+
+def seed_window(run, window: str, margin: int, formation: str, seed: int) -> tuple[int, int] | None:
+    """(start, end) checkpoints of the seed's window; None when its induction heads never formed."""
+    if window != "auto":
+        start, end = (int(p) for p in window.split(":"))
+        return start, end
+    form = formation_of(run, formation, seed)
+    if not math.isfinite(form):
+        log.warning(
+            "seed %d: no induction head passed the detection threshold, so it has no formation step and no window",
+            seed,
+        )
+        return None
+    steps = run.steps_for(seed)
+    before = [s for s in steps if s <= form - margin]
+    after = [s for s in steps if s >= form + margin]
+    return (before[-1] if before else steps[0], after[0] if after else steps[-1])
