@@ -45,6 +45,28 @@ DEFAULT_THRESHOLD = 0.4
 DEFAULT_PREV_THRESHOLD = 0.1  # 5x the ~0.02 a uniform head pays one key at this context length
 
 
+def repeated_tokens(
+    n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.Generator
+) -> np.ndarray:
+    """[BOS] + r + r with r uniform random non-BOS tokens, |r| = (n_ctx - 1) // 2: [n, 1 + 2S]."""
+    seq_len = (n_ctx - 1) // 2
+    choices = np.array([i for i in range(d_vocab) if i != bos])
+    r = rng.choice(choices, size=(n, seq_len))
+    return np.concatenate([np.full((n, 1), bos), r, r], axis=1).astype(np.int64)
+
+
+def repeated_batch(
+    model: HookedTransformer, n: int = 16, seq_len: int | None = None, seed: int = 0
+) -> Int[torch.Tensor, "n pos"]:
+    """``n`` sequences [BOS] + r + r for ``model``: r uniform random tokens (not BOS), |r| =
+    ``seq_len`` (default: as long as the model's context allows); BOS is the tokenizer's, else 0."""
+    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
+    n_ctx = model.cfg.n_ctx if seq_len is None else 2 * seq_len + 1
+    rng = np.random.default_rng(seed)
+    tokens = repeated_tokens(n, n_ctx, model.cfg.d_vocab, int(bos or 0), rng)
+    return torch.from_numpy(tokens).to(model.cfg.device)
+
+
 def check_repeated(tokens: Int[torch.Tensor, "batch pos"]) -> int:
     """Validate the [BOS] + r + r layout and return S."""
     if tokens.ndim != 2 or tokens.shape[1] < 3 or (tokens.shape[1] - 1) % 2 != 0:
@@ -54,7 +76,7 @@ def check_repeated(tokens: Int[torch.Tensor, "batch pos"]) -> int:
     s = (tokens.shape[1] - 1) // 2
     if not torch.equal(tokens[:, 1 : 1 + s], tokens[:, 1 + s :]):
         raise ValueError(
-            "tokens are not [BOS] + r + r: the second half differs from the first (build them with interp_ext.data.repeated_tokens)"
+            "tokens are not [BOS] + r + r: the second half differs from the first (build them with circuits.induction.repeated_batch)"
         )
     return s
 

@@ -8,10 +8,9 @@
 # %%
 import os
 
-from interp_ext import measure, open_run
+from interp_ext import measure, open_run, write_report
+from interp_ext.api import gradient_dashboard
 from interp_ext.families import BetaSettings, GeometrySettings, Stream2Settings
-from interp_ext.geometry import measure_checkpoint
-from interp_ext.report import write_report
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))  # made by 01_train_and_explore.py
@@ -22,7 +21,7 @@ probe = run.probe_set()
 
 # %%
 model = run.model(seed=0, step=run.steps[-1])
-metrics = measure_checkpoint(model, probe["lm"], k=4, heldout=probe["heldout"], params="all")
+metrics = gradient_dashboard(model, probe["lm"], k=4, heldout=probe["heldout"], params="all")
 for name, value in metrics.items():
     print(f"{name:>22}: {value:.4f}")
 

@@ -4,10 +4,9 @@
 # %%
 import os
 
-from circuits.induction import head_scores
-from circuits.patching import induction_task, patch_heads, path_patch
-from interp_ext import measure, open_run
-from interp_ext.families import InductionSettings, induction_circuit
+from interp_ext import api, measure, open_run
+from interp_ext.api import induction_task, patch_heads, path_patch
+from interp_ext.families import InductionSettings
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))
@@ -18,7 +17,7 @@ repeated = run.probe_set()["repeated"].reshape(-1, run.probe_set()["repeated"].s
 
 # %%
 model = run.model(seed=0, step=run.steps[-1])
-scores = head_scores(model, repeated)
+scores = api.induction_scores(model, repeated)
 print(scores.pivot_table(index="component", columns="metric", values="value").dropna().round(3))
 
 # %% [markdown]
@@ -30,7 +29,7 @@ best = rows[rows.metric == "best_induction_score"].pivot_table(
     index="step", columns="seed", values="value"
 )
 print(best.round(3))
-circuit = induction_circuit(run, seed=0)
+circuit = api.circuit_of(run, seed=0, spec="induction")
 print("seed 0 circuit:", circuit.components, circuit.roles)
 
 # %% [markdown]

@@ -8,9 +8,8 @@
 # %%
 import os
 
-from interp_ext import autocatalysis, measure, open_run
-from interp_ext.families import AutocatalysisSettings, induction_circuit
-from interp_ext.optim_step import optimizer_step_direction
+from interp_ext import api, measure, open_run
+from interp_ext.families import AutocatalysisSettings
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))
@@ -22,16 +21,11 @@ lm = run.probe_set()["lm"]
 # %%
 step = run.steps[len(run.steps) // 2]
 model = run.model(seed=0, step=step)
-circuit = induction_circuit(run, seed=0)
-print(
-    autocatalysis.component_matrix(model, lm, circuit, direction="sgd", include_rest=True).round(5)
-)
-_, update, _ = optimizer_step_direction(run, seed=0, step=step)
-print(
-    autocatalysis.component_matrix(
-        model, lm, circuit, direction="optimizer", update=update, include_rest=True
-    ).round(5)
-)
+circuit = api.circuit_of(run, seed=0, spec="induction")
+print(api.stream3_matrix(model, lm, circuit).round(5))  # along -gbar
+# along the real AdamW step the run took after this checkpoint (replayed exactly):
+update = api.real_update(run, seed=0, step=step)
+print(api.stream3_matrix(model, lm, circuit, update=update).round(5))
 
 # %% [markdown]
 # ## Over training, with controls (random heads, a non-circuit group) and the energy budget

@@ -8,9 +8,8 @@
 import os
 
 from interp_ext import measure, open_run
+from interp_ext.api import load_sae
 from interp_ext.families import SAETrackingSettings
-from interp_ext.sae_tracking import load_sae
-from interp_ext.sae_tracking.tracking import sae_dir
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 run = open_run(os.environ.get("DEMO_RUN", "runs/demo"))
@@ -38,5 +37,5 @@ print(
 # Each SAE is saved in sae-lens' own format and loads with sae-lens:
 
 # %%
-sae = load_sae(sae_dir(run, settings.id, run.seeds[0], steps[-1]))
+sae = load_sae(run.layout.saes(settings.id, run.seeds[0], steps[-1]))
 print(type(sae).__name__, sae.cfg.d_in, "->", sae.cfg.d_sae)

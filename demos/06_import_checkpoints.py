@@ -18,11 +18,9 @@ from transformers import (
     default_data_collator,
 )
 
-from interp_ext import measure
+from interp_ext import import_checkpoints, measure, write_report
 from interp_ext.data import build_compact_tokenizer, encode_text, gpt2_tokenizer, synthetic_corpus
 from interp_ext.families import GeometrySettings, InductionSettings
-from interp_ext.importing import import_checkpoints
-from interp_ext.report import write_report
 
 FAST = os.environ.get("DEMO_FAST") == "1"
 work = Path(os.environ.get("DEMO_RUN", "runs/demo")).parent / "imported-demo"

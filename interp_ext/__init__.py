@@ -18,6 +18,7 @@ Typical notebook use::
 """
 
 from interp_ext.config import ConfigError, RunConfig, get_preset, override
+from interp_ext.errors import InterpExtError
 from interp_ext.run import CheckpointError, Run, RunError, open_run
 
 __version__ = "0.1.0"
@@ -25,14 +26,17 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "InterpExtError",
     "Run",
     "RunConfig",
     "RunError",
     "get_preset",
+    "import_checkpoints",
     "measure",
     "open_run",
     "override",
     "train",
+    "write_report",
 ]
 
 
@@ -48,3 +52,17 @@ def train(cfg, out, resume=False, progress=True):
     from interp_ext.training import train as _train
 
     return _train(cfg, out, resume=resume, progress=progress)
+
+
+def write_report(run, out=None, beside=()):
+    """Write ``report.md`` and its figures for a run; see :func:`interp_ext.report.write_report`."""
+    from interp_ext.report import write_report as _write_report
+
+    return _write_report(run, out, beside)
+
+
+def import_checkpoints(source, out, **kwargs):
+    """Make a run from checkpoints trained elsewhere; see :func:`interp_ext.importing.import_checkpoints`."""
+    from interp_ext.importing import import_checkpoints as _import
+
+    return _import(source, out, **kwargs)

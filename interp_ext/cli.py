@@ -26,12 +26,12 @@ from interp_ext.errors import one_line, user_errors
 DEBUG_ENV = "INTERP_EXT_DEBUG"
 
 
-class _App(typer.Typer):
+class _OneLineErrors(typer.core.TyperGroup):
     """The command group: bad input becomes one line on stderr and exit code 2."""
 
-    def __call__(self, *args, **kwargs):
+    def main(self, *args, **kwargs):
         try:
-            return super().__call__(*args, **kwargs)
+            return super().main(*args, **kwargs)
         except user_errors() as err:
             if os.environ.get(DEBUG_ENV):
                 raise
@@ -39,7 +39,8 @@ class _App(typer.Typer):
             sys.exit(2)
 
 
-app = _App(
+app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Watch circuits form during training (TransformerLens).",
@@ -129,11 +130,12 @@ def train(
     Long because typer declares each command-line option as a parameter.
     """
     from interp_ext.config import RunConfig, get_preset, override
+    from interp_ext.run import Layout
     from interp_ext.training import train as run_training
 
     _setup_logging()
-    if resume and (out / "config.json").exists():
-        base = RunConfig.load(out / "config.json")
+    if resume and Layout(out).config.exists():
+        base = RunConfig.load(Layout(out).config)
         changes = dict(train__steps=steps, train__deterministic=deterministic)
     else:
         base = get_preset(preset)
@@ -303,6 +305,7 @@ def report(
     others = tuple(_open(p) for p in beside)
     path = write_report(run, beside=others)
     typer.echo(f"report: {path}")
+    _name_broken(run.info()["broken_parts"])
 
 
 @app.command()
@@ -324,6 +327,15 @@ def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     )
     typer.echo(f"recorded  {summary['recorded_hooks'] or 'no hooks'}")
     typer.echo(f"metrics   {summary['metric_families'] or 'none yet'}")
+    _name_broken(summary["broken_parts"])
+
+
+def _name_broken(parts: list) -> None:
+    if parts:
+        typer.echo(
+            f"broken    {len(parts)} metrics part(s) failed verification and were set aside "
+            f"(measure again to replace them): {', '.join(map(str, parts))}"
+        )
 
 
 def _parse_list(text: str | None) -> list[int] | None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
+from circuits.induction import repeated_tokens
 from interp_ext.config import DataConfig, ModelConfig
 from interp_ext.errors import DataError
 
@@ -496,16 +497,6 @@ def _copies(
 ) -> None:
     random_vocab = d_vocab if cfg.copy_source == "random" else None
     insert_copies(seqs, rng, cfg.copy_prob, cfg.copy_min_len, cfg.copy_max_len, random_vocab, bos)
-
-
-def repeated_tokens(
-    n: int, n_ctx: int, d_vocab: int, bos: int, rng: np.random.Generator
-) -> np.ndarray:
-    """[BOS] + r + r with r uniform random non-BOS tokens, |r| = (n_ctx - 1) // 2: [n, 1 + 2S]."""
-    seq_len = (n_ctx - 1) // 2
-    choices = np.array([i for i in range(d_vocab) if i != bos])
-    r = rng.choice(choices, size=(n, seq_len))
-    return np.concatenate([np.full((n, 1), bos), r, r], axis=1).astype(np.int64)
 
 
 def make_probe_set(

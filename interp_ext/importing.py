@@ -59,6 +59,7 @@ from interp_ext.run.sources import (
 log = logging.getLogger("interp_ext")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+HF_CONFIG = "config.json"  # a Hugging Face checkpoint's own config (not the run's)
 
 
 # --------------------------------------------------------------------------- Hugging Face folders
@@ -76,7 +77,7 @@ def find_checkpoints(folder: Path) -> dict[int, Path]:
         for p in folder.iterdir()
         if p.is_dir() and (m := _CHECKPOINT.match(p.name))
     }
-    if not found and (folder / "config.json").exists():
+    if not found and (folder / HF_CONFIG).exists():
         step = (
             json.loads((folder / "trainer_state.json").read_text()).get("global_step", 0)
             if (folder / "trainer_state.json").exists()
@@ -88,9 +89,7 @@ def find_checkpoints(folder: Path) -> dict[int, Path]:
             f"{folder} holds no checkpoints: expected checkpoint-<step>/ folders (as the Hugging Face Trainer writes them) or a config.json"
         )
     for path in found.values():
-        if not (path / "config.json").exists() or not any(
-            (path / f).exists() for f in WEIGHT_FILES
-        ):
+        if not (path / HF_CONFIG).exists() or not any((path / f).exists() for f in WEIGHT_FILES):
             raise CheckpointImportError(
                 f"{path} is not a complete checkpoint: it needs config.json and {' or '.join(WEIGHT_FILES)}"
             )
@@ -99,7 +98,7 @@ def find_checkpoints(folder: Path) -> dict[int, Path]:
 
 def architecture_of(path: Path) -> tuple[str, dict]:
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = json.loads((path / HF_CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointImportError(
             f"{path / 'config.json'} is not valid JSON ({err}); save the checkpoint's config again"
@@ -437,7 +436,7 @@ def _prepare_data(
     train_text, held_text, note = _probe_texts(probe_text, data_dir)
     tok = load_tokenizer(staging / "tokenizer")
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    cfg = RunConfig.load(staging / "config.json")
+    cfg = RunConfig.load(Layout(staging).config)
     cfg.model.n_ctx = min(n_ctx or cfg.model.n_ctx, cfg.model.n_ctx, 64)
     cfg.data.probe_batches, cfg.data.probe_batch_size = probe_batches, probe_batch_size
     cfg.data.heldout_batches, cfg.data.repeated_batches = max(2, probe_batches // 4), 2

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from interp_ext.config import ConfigError, MeasureConfig, RunConfig, get_preset, override
 from interp_ext.errors import RunExistsError
+from interp_ext.run.layout import Layout
 
 log = logging.getLogger("interp_ext")
 
@@ -47,15 +48,13 @@ def reproduce_config(
     out: Path, preset: str, resume: bool, study: bool = False, **changes
 ) -> tuple[RunConfig, bool]:
     """The run's config (saved one when resuming) and whether the run directory exists."""
-    existed = (out / "config.json").exists()
+    existed = Layout(out).config.exists()
     if existed and not resume:
         raise RunExistsError(
             f"{out} already holds a run; pass --resume to continue it (finished measurements are skipped) or choose another --out"
         )
     if existed:
-        return override(
-            RunConfig.load(out / "config.json"), train__steps=changes.get("steps")
-        ), True
+        return override(RunConfig.load(Layout(out).config), train__steps=changes.get("steps")), True
     cfg = get_preset(preset)
     if study:
         changes["seeds"] = changes.get("seeds") or cfg.measure.study_seeds

@@ -216,7 +216,7 @@ def test_seed_level_summaries_count_seeds(every_step):
 def test_ledgers_side_by_side_draw_each_seeds_window_sums(ledger_run, every_step, monkeypatch):
     """The report's comparison of runs: one panel per term, each seed's window sum a point, and the
     mean with its interval over seeds beside them, all read from the ledger's rows."""
-    from interp_ext import report
+    from interp_ext.families.ledger import report
 
     figures = []
     monkeypatch.setattr(report, "save", lambda fig, out, name: figures.append(fig) or {})

@@ -174,6 +174,7 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
     monkeypatch.setattr(llc_family, "LRS", (1e-5, 1e-4, 1e-3))
     monkeypatch.setattr(llc_family, "LOCALIZATIONS", (100.0, 1000.0))
     family = llc_family.LLC()
+    settings = family.prepare(micro_run, settings)
     assert family.resolve(micro_run, settings, compute=False) is None  # not yet calibrated
     assert settings_id(micro_run, settings) == ""
     chosen = family.resolve(micro_run, settings)
@@ -207,7 +208,7 @@ def test_llc_by_role_averages_heads_then_seeds():
     first, then the seeds, so a head index never stands for a role across seeds."""
     import pandas as pd
 
-    from interp_ext.report import head_roles, llc_by_role
+    from interp_ext.families.llc.report import head_roles, llc_by_role
 
     members = pd.DataFrame(
         [

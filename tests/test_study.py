@@ -65,10 +65,10 @@ def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
 
 def test_partial_families_take_the_first_formed_seeds(studied, monkeypatch, caplog):
     run, _, _ = studied
-    from interp_ext.families import ledger
+    from interp_ext.measurement import windows
 
     monkeypatch.setattr(
-        ledger, "formation_of", lambda run, settings, seed: 4.0 if seed == 1 else math.nan
+        windows, "formation_of", lambda run, formation, seed: 4.0 if seed == 1 else math.nan
     )
     assert first_formed_seeds(run, 1, "counterfactual") == [1]
     with caplog.at_level(logging.WARNING, logger="interp_ext"):

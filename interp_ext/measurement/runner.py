@@ -453,7 +453,7 @@ class _Job:
 
     @property
     def root(self):
-        return self.run.path / "metrics"
+        return self.run.metrics_dir
 
     @property
     def primary(self) -> str:

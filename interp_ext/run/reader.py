@@ -28,20 +28,20 @@ _SEED_RE = re.compile(r"^seed=(-?\d+)$")
 def not_a_run(path: Path) -> str:
     """Why ``path`` is not a run directory, and what it looks like instead."""
     if not path.exists():
-        return (
-            f"{path} does not exist; give a run directory (made by `interp-ext train --out {path}`)"
-        )
+        return f"{path} does not exist, so it is not a run directory; give one made by `interp-ext train --out {path}`"
     if not path.is_dir():
-        return f"{path} is a file, not a run directory; give the folder `interp-ext train` made"
-    hf = path / "config.json"
-    if any(path.glob("checkpoint-*/config.json")) or (
+        return (
+            f"{path} is a file, not a run directory; give the folder `interp-ext train --out` made"
+        )
+    hf = Layout(path).config
+    if any(path.glob(f"checkpoint-*/{hf.name}")) or (
         hf.exists() and "architectures" in hf.read_text(errors="replace")
     ):
         return (
             f"{path} is a Hugging Face checkpoint folder, not a run: "
             f"make a run from it with `interp-ext import {path} --out RUN --probe-text FILE`"
         )
-    if (path / "checkpoints").is_dir() or (path / "metrics").is_dir():
+    if Layout(path).checkpoints.is_dir() or Layout(path).metrics.is_dir():
         return f"{path} has no config.json: the run is incomplete; train it again with `interp-ext train --out {path}`"
     return f"{path} is not a run directory (no config.json); create one with `interp-ext train --out {path}`"
 
@@ -325,6 +325,11 @@ class Run:
         frame = parts.normalise(rows, self.name, family, settings)
         parts.write_part(self.metrics_dir, family, settings, unit, frame)
 
+    def broken_parts(self) -> list[Path]:
+        """Metrics parts that failed verification and were set aside (their units measure again)."""
+        folder = self.layout.broken_parts
+        return sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+
     def info(self) -> dict:
         df = self.metrics()
         return {
@@ -337,6 +342,7 @@ class Run:
             "model": self.config.model.__dict__,
             "recorded_hooks": self.recorded_hooks(),
             "metric_families": sorted(df["family"].unique().tolist()) if len(df) else [],
+            "broken_parts": [str(p.relative_to(self.path)) for p in self.broken_parts()],
         }
 
 

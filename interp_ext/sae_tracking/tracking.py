@@ -27,12 +27,6 @@ class HookNotRecordedError(MeasureError):
     """The hook was not recorded and on-the-fly generation is disabled."""
 
 
-def sae_dir(run, settings_id: str, seed: int, step: int | None = None) -> Path:
-    """``<run>/saes/<settings id>/seed=<s>[/step=<t>]``: one SAE in sae-lens' format per checkpoint."""
-    folder = run.path / "saes" / settings_id / f"seed={seed}"
-    return folder if step is None else folder / f"step={step}"
-
-
 def token_set(run, n_tokens: int, seed: int = 0) -> torch.Tensor:
     """Corpus windows [n_seq, n_ctx] (BOS first) for generating activations: fixed per run."""
     n_ctx = run.config.model.n_ctx

@@ -217,7 +217,7 @@ def test_stream2_family_writes_the_seed_level_rows(micro_run):
     np.testing.assert_allclose(both.value_x, both.value_y)
     per_seed = rows[rows.metric == "cka_seed"]
     assert set(per_seed.seed) == set(seeds) and (rows[rows.metric == "cka"].seed == -1).all()
-    from interp_ext.report import seed_level_cka
+    from interp_ext.families.stream2.report import seed_level_cka
 
     lines = seed_level_cka(rows, ["attn_qkv"])
     last = [line for line in lines if line.startswith(f"| {max(micro_run.steps)} |")]

@@ -298,3 +298,109 @@ def test_bad_sources_are_named_and_nothing_is_half_written(tmp_path, trainer_fol
     (moved / "checkpoint-200" / "model.safetensors").unlink()
     with pytest.raises(CheckpointImportError, match=r"checkpoint-200/model.safetensors is missing"):
         open_run(run.path).model(0, 200)
+
+
+def rewrite_optimizer(folder, reorder):
+    """Save ``folder``'s Trainer optimizer state as another loop would have: ``reorder(model, state)``
+    returns (state by new index, param_groups)."""
+    from interp_ext.run.sources import hf_model
+
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    state, groups = reorder(hf_model(str(folder)), saved)
+    torch.save({"state": state, "param_groups": groups}, folder / "optimizer.pt")
+
+
+def trainer_order(model):
+    from interp_ext.run.sources import decay_parameter_names
+
+    decay = set(decay_parameter_names(model))
+    named = [n for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n in named if n in decay] + [n for n in named if n not in decay], named
+
+
+def plain_loop(model, saved):
+    """``torch.optim.AdamW(model.parameters())``: one group, the model's parameter order."""
+    trainer, named = trainer_order(model)
+    state = {j: saved["state"][trainer.index(n)] for j, n in enumerate(named)}
+    group = {**saved["param_groups"][0], "params": list(range(len(named)))}
+    return state, [group]
+
+
+def scrambled(model, saved):
+    """Moments in an order no training loop uses: no shape-consistent mapping exists."""
+    trainer, _ = trainer_order(model)
+    n = len(trainer)
+    state = {j: saved["state"][(j * 7 + 3) % n] for j in range(n)}
+    return state, [{**saved["param_groups"][0], "params": list(range(n))}]
+
+
+def test_moments_of_a_plain_adamw_loop_map_by_shape(tmp_path, trainer_folder, imported, caplog):
+    text = tmp_path / "p.txt"
+    text.write_text("some text " * 500)
+    plain = tmp_path / "plain"
+    shutil.copytree(trainer_folder / "checkpoint-100", plain / "checkpoint-100")
+    rewrite_optimizer(plain / "checkpoint-100", plain_loop)
+    run = import_checkpoints(plain, tmp_path / "r", probe_text=text, probe_batches=4)
+    expected = imported.checkpoint(0, 100)
+    actual = run.checkpoint(0, 100)
+    assert set(actual["exp_avg"]) == set(expected["exp_avg"])
+    for name in expected["exp_avg"]:
+        assert torch.equal(actual["exp_avg"][name], expected["exp_avg"][name]), name
+        assert torch.equal(actual["exp_avg_sq"][name], expected["exp_avg_sq"][name]), name
+    run.model(0, 100)  # loads
+
+    odd = tmp_path / "odd"
+    shutil.copytree(trainer_folder / "checkpoint-100", odd / "checkpoint-100")
+    rewrite_optimizer(odd / "checkpoint-100", scrambled)
+    run = import_checkpoints(odd, tmp_path / "r2", probe_text=text, probe_batches=4)
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        ckpt = run.checkpoint(0, 100)
+        model = run.model(0, 100)  # the weights load all the same
+    assert ckpt["exp_avg"] == {} and "moments not imported" in ckpt["moments_absent"]
+    assert caplog.text.count("moments not imported") == 1
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_import_errors_through_the_command_line(tmp_path, trainer_folder):
+    from typer.testing import CliRunner
+
+    from interp_ext.cli import app
+
+    text = tmp_path / "p.txt"
+    text.write_text("some text " * 500)
+    cli = CliRunner()
+
+    def error_line(*args):
+        result = cli.invoke(app, ["import", *map(str, args)])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        (line,) = [x for x in result.output.splitlines() if x.strip()]
+        return line
+
+    line = error_line(
+        trainer_folder, "--out", tmp_path / "r", "--probe-text", text, "--checkpoint-index", "0,9"
+    )
+    assert "--checkpoint-index 9 is out of range" in line and "holds 3 checkpoints" in line
+    broken = tmp_path / "broken"
+    shutil.copytree(trainer_folder / "checkpoint-100", broken / "checkpoint-100")
+    weights = broken / "checkpoint-100" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    line = error_line(broken, "--out", tmp_path / "r", "--probe-text", text)
+    assert "model.safetensors cannot be loaded" in line
+    assert not (tmp_path / "r").exists()
+    picked = cli.invoke(
+        app,
+        [
+            "import",
+            str(trainer_folder),
+            "--out",
+            str(tmp_path / "r"),
+            "--probe-text",
+            str(text),
+            "--checkpoint-index",
+            "0,-1",
+            "--probe-batches",
+            "4",
+        ],
+    )
+    assert picked.exit_code == 0, picked.output
+    assert open_run(tmp_path / "r").steps == [100, 200]

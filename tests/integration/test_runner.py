@@ -163,44 +163,6 @@ def test_circuits_imports_nothing_from_interp_ext():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_old_single_table_run_still_opens(micro_run, tmp_path):
-    old = tmp_path / "old"
-    shutil.copytree(micro_run.path, old, ignore=shutil.ignore_patterns("metrics", "measurements"))
-    rows = pd.DataFrame(
-        [
-            {
-                "run": "old",
-                "seed": 0,
-                "step": 2,
-                "family": "geometry",
-                "metric": "effective_rank",
-                "component": "",
-                "value": 3.0,
-                "params": "all",
-            },
-            {
-                "run": "old",
-                "seed": 0,
-                "step": 2,
-                "family": "train",
-                "metric": "loss",
-                "component": "",
-                "value": 5.5,
-                "params": "",
-            },
-        ]
-    )
-    rows.to_parquet(old / "metrics.parquet", index=False)
-    run = open_run(old)
-    got = run.metrics()
-    assert set(got.family) == {"geometry", "train"} and set(got.settings) == {"legacy"}
-    assert float(run.metrics("geometry").value.iloc[0]) == 3.0
-    # new measurements write beside the legacy table and become the latest
-    measure(run, GeometrySettings(k=2, lag=2), progress=False)
-    assert set(run.metrics("geometry").settings) == {GeometrySettings(k=2, lag=2).id}
-    assert "legacy" in set(run.metrics("geometry", settings="legacy").settings)
-
-
 BAD = [
     (["measure", "geometry", "{missing}"], "not a run directory"),
     (["measure", "geometry", "{run}", "--steps", "3"], "available steps: [0, 2, 4, 6]"),

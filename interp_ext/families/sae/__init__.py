@@ -39,7 +39,6 @@ from interp_ext.sae_tracking.tracking import (
     birth_step,
     earlier_occurrence,
     hook_activations,
-    sae_dir,
     token_set,
 )
 
@@ -106,6 +105,20 @@ class SAETrackingSettings(Settings):
         return SAESettings(width=self.width, k=self.k, lr=self.lr, epochs=self.epochs)
 
 
+def check_vector_hook(model, hook: str) -> None:
+    """An SAE reads one vector per token: the hook's activation must be [batch, pos, d]."""
+    _, cache = model.run_with_cache(
+        torch.zeros(1, 2, dtype=torch.long), names_filter=[hook], return_type=None
+    )
+    shape = tuple(cache[hook].shape)
+    if len(shape) != 3:
+        vectors = [h for h in model.hook_dict if h.endswith(("hook_resid_post", "hook_resid_mid"))]
+        raise MeasureError(
+            f"hook {hook!r} is not a vector activation (shape {list(shape)} on a [1, 2] batch; an SAE needs "
+            f"[batch, pos, d]); use a residual-stream hook such as {vectors[:2]}"
+        )
+
+
 @dataclass
 class Tracker:
     """One seed's previous SAE (for lineage) and the fixed token sets."""
@@ -126,11 +139,13 @@ class SAETracking(Family):
     def prepare(self, run, settings: SAETrackingSettings) -> SAETrackingSettings:
         from interp_ext.models import build_model
 
-        valid = list(build_model(run.config.model, run.d_vocab).hook_dict)
+        model = build_model(run.config.model, run.d_vocab)
+        valid = list(model.hook_dict)
         if settings.hook not in valid:
             raise MeasureError(
                 f"unknown hook {settings.hook!r} for this model; valid hook names (closest first): {closest_first(settings.hook, valid)}"
             )
+        check_vector_hook(model, settings.hook)
         if settings.source == "recorded" and settings.hook not in run.config.record.hooks:
             raise MeasureError(
                 f"hook {settings.hook!r} was not recorded in {run.path}; recorded hooks: {run.config.record.hooks or 'none'}. "
@@ -154,7 +169,7 @@ class SAETracking(Family):
     ) -> pd.DataFrame | None:
         from interp_ext.sae_tracking.train import ce_recovered, encode, load_sae, sae_quality
 
-        path = sae_dir(ctx.run, settings.id, ctx.seed, ctx.step)
+        path = ctx.run.layout.saes(settings.id, ctx.seed, ctx.step)
         ensure_sae(ctx, settings, path, state.prev[0] if state.prev else None)
         sae, model = load_sae(path), ctx.model
         eval_acts = hook_activations(model, state.eval_tokens.to(model.cfg.device), settings.hook)
@@ -184,7 +199,7 @@ class SAETracking(Family):
     def finish_seed(
         self, run, settings: SAETrackingSettings, seed: int, rows: pd.DataFrame
     ) -> pd.DataFrame | None:
-        folder = sae_dir(run, settings.id, seed)
+        folder = run.layout.saes(settings.id, seed)
         steps = sorted(rows[rows.metric == "l0"].step.unique())
         parts = [folder / "lineage" / f"step={t}.parquet" for t in steps[1:]]
         parts = [p for p in parts if p.exists()]
@@ -242,10 +257,12 @@ class SAETracking(Family):
         from interp_ext.sae_tracking.tracking import eval_features
 
         eval_tokens = token_set(run, 4096, seed=1)
-        present = [s for s in seeds if (sae_dir(run, settings.id, s, step) / "cfg.json").exists()]
+        present = [
+            s for s in seeds if (run.layout.saes(settings.id, s, step) / "cfg.json").exists()
+        ]
         feats = {
             s: eval_features(
-                run, sae_dir(run, settings.id, s, step), s, step, settings.hook, eval_tokens
+                run, run.layout.saes(settings.id, s, step), s, step, settings.hook, eval_tokens
             )
             for s in present
         }
@@ -297,7 +314,7 @@ def ensure_sae(ctx: Checkpoint, settings: SAETrackingSettings, path, previous: i
         settings.training,
     )
     start = (
-        sae_dir(ctx.run, settings.id, ctx.seed, previous)
+        ctx.run.layout.saes(settings.id, ctx.seed, previous)
         if settings.warm_start and previous is not None
         else None
     )

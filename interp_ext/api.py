@@ -1,0 +1,157 @@
+"""The notebook surface: model-level functions that need no run directory.
+
+Each takes a `HookedTransformer` (any: trained here, imported, or loaded by
+TransformerLens) and token batches, and returns numbers or tables; nothing is
+written. A run directory adds checkpoints, the probe set and keyed rows on top
+(:func:`interp_ext.open_run`, :func:`interp_ext.measure`).
+
+::
+
+    from interp_ext import api
+    tokens = api.repeated_batch(model, n=32)                 # [BOS] r r
+    scores = api.induction_scores(model, tokens)              # one row per head
+    found = api.discover_circuit(model, tokens)               # the induction circuit by cause
+    api.gradient_dashboard(model, batches, k=4)               # batches: [n_batches, batch, pos]
+    api.stream3_matrix(model, batches, found.circuit, optimizer=opt, batch=train_batch)
+    api.llc_estimate(model, train_tokens)                     # devinterp's SGLD estimate
+    sae = api.train_sae(acts, api.SAESettings(width=256, k=8))
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+from transformer_lens import HookedTransformer
+
+from circuits.circuit import Circuit
+from circuits.discovery import discover_induction_circuit as discover_circuit
+from circuits.induction import head_scores as induction_scores
+from circuits.induction import repeated_batch
+from circuits.patching import induction_task, patch_heads, path_patch
+from interp_ext.geometry.dashboard import measure_checkpoint as gradient_dashboard
+from interp_ext.sae_tracking.matching import match_features, similarity_matrix
+from interp_ext.sae_tracking.train import SAESettings, encode, load_sae, sae_quality, train_sae
+from interp_ext.stream3.energy import component_matrix
+
+
+def optimizer_update(
+    model: HookedTransformer,
+    optimizer: torch.optim.Optimizer,
+    batch: Int[torch.Tensor, "batch pos"],
+) -> dict[str, torch.Tensor]:
+    """theta_{t+1} - theta_t of the step ``optimizer`` would take on ``batch`` from its current
+    state (the LM loss of ``batch``), per parameter name. The step is taken on copies: ``model``
+    and ``optimizer`` are left as they were."""
+    twin = copy.deepcopy(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = dict(twin.named_parameters())
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [params[names[id(p)]] for p in g["params"]],
+        }
+        for g in optimizer.param_groups
+    ]
+    step = type(optimizer)(groups)
+    step.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    twin.train()
+    twin.zero_grad(set_to_none=True)
+    twin(batch.to(model.cfg.device), return_type="loss").backward()
+    step.step()
+    return {n: params[n].detach() - p.detach() for n, p in model.named_parameters() if n in params}
+
+
+def stream3_matrix(
+    model: HookedTransformer,
+    batches: Int[torch.Tensor, "n_batches batch pos"],
+    circuit: Circuit | list[str],
+    optimizer: torch.optim.Optimizer | None = None,
+    batch: Int[torch.Tensor, "batch pos"] | None = None,
+    update: dict[str, torch.Tensor] | None = None,
+    include_rest: bool = True,
+) -> pd.DataFrame:
+    """K[A, B] = dE_A/d eps along B's part of an update, for the circuit's components and
+    ``rest`` (SPEC section 6): along -gbar (plain gradient descent) by default; along the step
+    ``optimizer`` takes on the training ``batch`` from its current state; or along a given
+    ``update`` (theta_{t+1} - theta_t per parameter, e.g. :func:`real_update`)."""
+    if optimizer is not None:
+        if batch is None:
+            raise ValueError(
+                "stream3_matrix with an optimizer needs batch= (the tokens it steps on)"
+            )
+        update = optimizer_update(model, optimizer, batch)
+    if update is None:
+        return component_matrix(model, batches, circuit, "sgd", include_rest=include_rest)
+    return component_matrix(model, batches, circuit, "optimizer", update, include_rest)
+
+
+def circuit_of(run, seed: int, spec: str = "cause") -> Circuit:
+    """The circuit a run's seed is followed with: ``cause`` (found by key-path patching; the
+    ``circuit`` family's rows, or discovered now), ``induction`` (by scores), or heads like
+    ``L1H2,L0H3``, as ``--circuit`` takes it on the command line."""
+    from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+
+    resolved = resolve_circuit(run, spec)
+    return seed_circuit(run, seed, resolved["circuit"], resolved["source"])
+
+
+def real_update(run, seed: int, step: int) -> dict[str, torch.Tensor]:
+    """theta_{t+1} - theta_t of the training step a run's seed took right after checkpoint
+    ``step`` (replayed exactly: the same batch, AdamW state and autocast)."""
+    from interp_ext.optim_step import optimizer_step_direction
+
+    return optimizer_step_direction(run, seed, step)[1]
+
+
+def llc_estimate(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "n pos"],
+    heads: list[str] | None = None,
+    **settings,
+) -> dict:
+    """devinterp's local learning coefficient of ``model`` on ``tokens`` (SGLD on the localised,
+    tempered posterior), for the whole model or restricted to ``heads`` (like ``["L1H2"]``).
+
+    ``settings`` are those of ``interp-ext measure llc`` (``lr``, ``localization``,
+    ``num_chains``, ``num_draws``, ``num_burnin_steps``, ``batch_size``, ...). Returns the
+    estimate ``llc``, its spread over chains, each chain's value and the trace diagnostics.
+    """
+    from datasets import Dataset
+    from devinterp.slt.weight_restrictions import create_param_masks
+
+    from circuits.circuit import Head
+    from interp_ext.families.llc import LLCSettings, estimate
+
+    chosen = LLCSettings(n_sequences=len(tokens), **settings)
+    data = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+    masks = None
+    if heads:
+        parsed = [Head.parse(h) for h in heads]
+        masks = create_param_masks(model, [f"l{h.layer}h{h.head}" for h in parsed])
+    return estimate(model, data, masks, chosen)
+
+
+__all__ = [
+    "SAESettings",
+    "circuit_of",
+    "discover_circuit",
+    "encode",
+    "gradient_dashboard",
+    "induction_scores",
+    "induction_task",
+    "llc_estimate",
+    "load_sae",
+    "match_features",
+    "optimizer_update",
+    "patch_heads",
+    "path_patch",
+    "real_update",
+    "repeated_batch",
+    "sae_quality",
+    "similarity_matrix",
+    "stream3_matrix",
+    "train_sae",
+]
