@@ -28,8 +28,9 @@ from _common import machine
 
 from circuits import Circuit
 from interp_ext import get_preset, override
-from interp_ext.families.ledger import LedgerSettings, drift_gradient, ledger_spec
+from interp_ext.families.ledger import LedgerSettings, ledger_spec
 from interp_ext.geometry.gradients import loss_function
+from interp_ext.measurement.stream3 import mean_gradient
 from interp_ext.replay import Replay
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.split import StepInputs, measure_step
@@ -67,7 +68,7 @@ def main() -> None:
         batches = run.probe_set()["lm"]
         chunk = 4 if model.cfg.d_vocab <= 4096 else 1
         circuit = Circuit("c", ["L1H0", "L0H1"])
-        spec, _ = ledger_spec(run, 0, circuit, LedgerSettings(circuit="L1H0,L0H1"), model)
+        spec = ledger_spec(run, 0, circuit, LedgerSettings(circuit="L1H0,L0H1"), model)
 
         def probe_at(theta):
             return EnergyProbe(
@@ -78,7 +79,7 @@ def main() -> None:
         ge, _ = timed(lambda: probe_at(theta0).grads, args.repeats)
         step_time, step = timed(replay.take, 1)
         drift_time, drift = timed(
-            lambda: drift_gradient(run, 0, step.step, step.theta, loss_fn, args.drift_batches),
+            lambda: mean_gradient(run, 0, step.step, step.theta, loss_fn, args.drift_batches),
             args.repeats,
         )
         inputs = StepInputs(step, drift, run.config.train)

@@ -20,6 +20,7 @@ masks over each parameter and over the flattened parameter vector (in
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -243,8 +244,10 @@ class Circuit:
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
+        if path is not None:  # a temporary file renamed into place: never half a file
+            tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
         return text
 
     @classmethod

@@ -29,11 +29,12 @@ DEBUG_ENV = "INTERP_EXT_DEBUG"
 class _OneLineErrors(typer.core.TyperGroup):
     """The command group: bad input becomes one line on stderr and exit code 2."""
 
-    def main(self, *args, **kwargs):
+    def main(self, args=None, *rest, **kwargs):
+        words = sys.argv[1:] if args is None else list(args)
         try:
-            return super().main(*args, **kwargs)
+            return super().main(args, *rest, **kwargs)
         except user_errors() as err:
-            if os.environ.get(DEBUG_ENV):
+            if os.environ.get(DEBUG_ENV) or "--debug" in words[:1]:
                 raise
             typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
             sys.exit(2)
@@ -53,8 +54,7 @@ def _options(
         False, "--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1)."
     ),
 ) -> None:
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    """The options before the command (``--debug`` is read by the group itself)."""
 
 
 measure_app = typer.Typer(

@@ -23,6 +23,7 @@ from jaxtyping import Int
 from circuits.induction import repeated_tokens
 from interp_ext.config import DataConfig, ModelConfig
 from interp_ext.errors import DataError
+from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 
@@ -76,8 +77,7 @@ def _offline_gpt2_dir(cache_dir: Path) -> Path:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
     )
-    target.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(target))
+    io.atomic_dir(target, lambda tmp: fast.save_pretrained(str(tmp)))
     return target
 
 
@@ -176,8 +176,7 @@ def build_compact_tokenizer(base, corpus_ids: np.ndarray, vocab_size: int, out_d
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
     )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
+    io.atomic_dir(out_dir, lambda tmp: fast.save_pretrained(str(tmp)))
     return load_tokenizer(out_dir)
 
 
@@ -438,8 +437,7 @@ def prepare_data(
             base, encode_text(base, corpus.train_text), cfg.vocab_size, tokenizer_dir
         )
     else:
-        tokenizer_dir.mkdir(parents=True, exist_ok=True)
-        base.save_pretrained(str(tokenizer_dir))
+        io.atomic_dir(Path(tokenizer_dir), lambda tmp: base.save_pretrained(str(tmp)))
         tok = load_tokenizer(tokenizer_dir)
     train, heldout = encode_text(tok, corpus.train_text), encode_text(tok, corpus.heldout_text)
     log.info(

@@ -284,7 +284,7 @@ def _copy_tokenizer(path: Path, target: Path) -> None:
         raise CheckpointImportError(
             f"{path} holds no tokenizer ({err}); save the tokenizer with the checkpoints (Trainer(processing_class=tokenizer))"
         ) from err
-    tok.save_pretrained(str(target))
+    io.atomic_dir(target, lambda tmp: tok.save_pretrained(str(tmp)))
 
 
 def _write_config(staging: Path, hooked: dict, opt: dict, index: dict) -> None:
@@ -364,7 +364,9 @@ def _import_mapping(source: dict, staging: Path) -> None:
         raise CheckpointImportError(
             "the HookedTransformer has no tokenizer; set one with model.set_tokenizer(...) so probe text can be tokenised"
         )
-    template.tokenizer.save_pretrained(str(staging / "tokenizer"))
+    io.atomic_dir(
+        Layout(staging).tokenizer, lambda tmp: template.tokenizer.save_pretrained(str(tmp))
+    )
 
 
 def _is_state_dict(value: dict) -> bool:

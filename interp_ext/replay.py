@@ -53,9 +53,12 @@ class Replay:
             rate, numerics) stays the run's.
     """
 
-    def __init__(self, run, seed: int, start: int, device: str | None = None, batch_of=None):
-        self.run, self.seed, self.start = run, seed, start
-        self.batch_of = batch_of or (lambda step: step_batch(run, seed, step))
+    def __init__(
+        self, run, seed: int, start: int, device: str | None = None, batch_of=None, scale: int = 1
+    ):
+        self.run, self.seed, self.start, self.scale = run, seed, start, scale
+        real_batch = batch_of or (lambda step: step_batch(run, seed, step))
+        self.batch_of = lambda j: real_batch(start + (j - start) // scale)
         self.device = device or run.device
         ckpt = run.checkpoint(seed, start)
         if start > 0 and not ckpt["exp_avg"]:
@@ -66,7 +69,20 @@ class Replay:
         self.model = run.model(seed, start, device=self.device)
         self.model.train()
         self.names = [n for n, _ in self.model.named_parameters()]
-        self.optimizer = optimizer_for(self.model, run, ckpt)
+        self.train_cfg = scaled_train(run.config.train, scale)
+        if scale == 1:
+            self.optimizer = optimizer_for(self.model, run, ckpt)
+        else:
+            self.optimizer = adamw(self.model.parameters(), self.train_cfg)
+            params = dict(self.model.named_parameters())
+            if ckpt["exp_avg"]:
+                set_adamw_state(
+                    self.optimizer,
+                    [
+                        (scale * ckpt["adam_step"], ckpt["exp_avg"][n], ckpt["exp_avg_sq"][n])
+                        for n in params
+                    ],
+                )
         self.step = start
 
     def _state(self) -> tuple[float, dict, dict]:
@@ -81,6 +97,10 @@ class Replay:
             {n: s["exp_avg"].clone() for n, s in zip(self.names, states)},
             {n: s["exp_avg_sq"].clone() for n, s in zip(self.names, states)},
         )
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The first moment m before the next step (zeros before the first)."""
+        return self._state()[1]
 
     def take(self) -> Step:
         """Take the next real step and return it."""
@@ -109,6 +129,10 @@ class Replay:
 
     def verify(self) -> None:
         """Compare the replayed state with the saved checkpoint at the current step; raise on any difference."""
+        if self.scale != 1:
+            raise ReplayError(
+                "a replay at a scaled learning rate is not the run's: it has no checkpoint to reproduce"
+            )
         saved = self.run.checkpoint(self.seed, self.step)
         params = dict(self.model.named_parameters())
         count, m, v = self._state()
@@ -123,6 +147,36 @@ class Replay:
                 "replays are bit for bit only with the training's deterministic setting, device type and thread count "
                 f"(recorded in {self.run.path / 'config.json'}, provenance.numerics)"
             )
+
+
+def scaled_train(train_cfg, scale: int):
+    """The run's AdamW at learning rate lr / scale, its time constants held fixed in units of
+    lr x steps: 1 - beta scaled by 1 / scale (a replay at scale k takes k steps per real batch, so
+    the same data and the same optimizer memory are spread over finer steps; as k grows the
+    replay approaches the continuous-time flow of the same optimizer on the same batches)."""
+    if scale == 1:
+        return train_cfg
+    from dataclasses import replace
+
+    b1, b2 = train_cfg.betas
+    return replace(
+        train_cfg, lr=train_cfg.lr / scale, betas=(1 - (1 - b1) / scale, 1 - (1 - b2) / scale)
+    )
+
+
+def update_from_moment(
+    step: Step, moment: dict[str, torch.Tensor], train_cfg
+) -> dict[str, torch.Tensor]:
+    """AdamW's update from the step's state with the first moment after the step given (m_tau)
+    and the real second moment v_tau: -lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    - lr wd theta (float64). With the real m_tau this is the real update up to float rounding."""
+    lr, wd, (b1, b2), eps = train_cfg.lr, train_cfg.weight_decay, train_cfg.betas, 1e-8
+    t = step.count + 1
+    out = {}
+    for n, theta in step.theta.items():
+        denom = (step.new_exp_avg_sq[n].double() / (1 - b2**t)).sqrt() + eps
+        out[n] = -lr * (moment[n].double() / (1 - b1**t)) / denom - lr * wd * theta.double()
+    return out
 
 
 def adamw_update(step: Step, grad: dict[str, torch.Tensor], train_cfg) -> dict[str, torch.Tensor]:

@@ -93,3 +93,48 @@ def over_seeds(
                 {**base, "seed": -1, "metric": f"{base['metric']}/{stat}", "value": float(value)}
             )
     return pd.DataFrame(out)
+
+
+def sign_test(k: int, n: int) -> float:
+    """One-sided sign-test p-value of k positive seeds out of n: P(X >= k), X ~ Binomial(n, 1/2)
+    (5 of 5 gives 1/32 = 0.031; 4 of 5 gives 6/32 = 0.19)."""
+    if n == 0:
+        return math.nan
+    return float(stats.binomtest(k, n, 0.5, alternative="greater").pvalue)
+
+
+def sampled_sum(values: np.ndarray, n_steps: float, every: int) -> tuple[float, float]:
+    """Sum over ``n_steps`` sampling intervals of ``every`` steps, estimated from one sampled step
+    per interval: every x sum, and its standard error with the finite-population correction
+    (0 when every step was measured)."""
+    n = len(values)
+    total = float(every * values.sum() * (n_steps / n))
+    if every == 1 or n < 2:
+        return total, 0.0 if every == 1 else math.nan
+    population = n_steps * every
+    fpc = max(0.0, 1 - n / population)
+    return total, float(population * values.std(ddof=1) / math.sqrt(n) * math.sqrt(fpc))
+
+
+def sums_over_seeds(sums: pd.DataFrame, p_values: bool = False) -> pd.DataFrame:
+    """For every per-seed value (one row per seed and (metric, component)): the t-interval over
+    seeds, the number of seeds where it is positive and, with ``p_values``, the one-sided
+    sign-test p-values for "positive" (``p_positive``) and "negative" (``p_negative``)."""
+    out = []
+    for (metric, component), g in sums.groupby(["metric", "component"]):
+        values = g.value.to_numpy()
+        mean, lo, hi, n = t_interval(values)
+        k, finite = sign_count(values)
+        stats_ = [("seed_mean", mean), ("seed_lo", lo), ("seed_hi", hi), ("seed_n", n)]
+        stats_.append(("seeds_positive", k))
+        if p_values:
+            below = int((values[np.isfinite(values)] < 0).sum())
+            stats_ += [
+                ("p_positive", sign_test(k, finite)),
+                ("p_negative", sign_test(below, finite)),
+            ]
+        out += [
+            {"step": -1, "metric": f"{metric}/{stat}", "component": component, "value": float(v)}
+            for stat, v in stats_
+        ]
+    return pd.DataFrame(out)

@@ -60,10 +60,6 @@ def select_params(model: HookedTransformer, params: str | Sequence[str] = "all")
     return [n for n in names if param_group(n) in groups]
 
 
-def params_label(params: str | Sequence[str]) -> str:
-    return params if isinstance(params, str) else "+".join(params)
-
-
 def group_slices(model: HookedTransformer, names: list[str]) -> dict[str, slice]:
     """Parameter name -> slice of the flattened vector built from ``names``."""
     shapes = dict(model.named_parameters())

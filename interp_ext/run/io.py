@@ -40,6 +40,30 @@ def atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_dir(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write the folder ``path`` by ``write(tmp)`` into a temporary folder beside it, then move it
+    into place (an existing folder is replaced whole): a reader never sees half of it."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if path.exists():
+            old = _tmp(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def write_text(path: Path, text: str) -> Path:
     return atomic(path, lambda tmp: tmp.write_text(text))
 

@@ -14,6 +14,8 @@ from jaxtyping import Float
 from sae_lens import SAE, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 
+from interp_ext.run import io
+
 log = logging.getLogger("interp_ext")
 
 
@@ -116,8 +118,8 @@ class _quiet_tqdm:
 
 
 def save_sae(sae: TopKTrainingSAE, path: Path) -> None:
-    """sae-lens' own inference format: cfg.json + sae_weights.safetensors."""
-    sae.save_inference_model(path)
+    """sae-lens' own inference format: cfg.json + sae_weights.safetensors (the folder written whole)."""
+    io.atomic_dir(Path(path), lambda tmp: sae.save_inference_model(tmp))
 
 
 def load_sae(path: str | Path) -> SAE:

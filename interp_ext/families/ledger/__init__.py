@@ -24,13 +24,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
 from interp_ext.geometry.gradients import loss_function, measure_dtype
 from interp_ext.measurement.circuits import (
-    layer_matched,
     resolve_circuit,
     seed_circuit,
     source_folders,
@@ -42,6 +40,7 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
+from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
 from interp_ext.measurement.windows import (
     check_window_checkpoints,
     formation_of,
@@ -49,10 +48,8 @@ from interp_ext.measurement.windows import (
     seed_window,
     window_problem,
 )
-from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
-from interp_ext.stats import sign_count, t_interval
-from interp_ext.stream3.energy import EnergyProbe
+from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.split import WHOLE, LedgerSpec, StepInputs, measure_step
 
 log = logging.getLogger("interp_ext")
@@ -220,36 +217,9 @@ class Ledger(Family):
 
 def ledger_spec(run, seed: int, circuit: Circuit, settings: LedgerSettings, model) -> LedgerSpec:
     """Masks of the circuit, its components, ``rest``, the layer-matched controls and the embedding."""
-    parts = circuit.with_rest().flat_masks(model)
-    members = [c for c in circuit.components]
-    whole = torch.stack([parts[m] for m in members]).any(0)
-    ctrl = layer_matched(run, seed, circuit, settings.controls)
-    energies = {WHOLE: whole, **parts}
-    for name, c in ctrl.items():
-        energies[name] = torch.stack(list(c.flat_masks(model).values())).any(0)
-    if "EMBED" not in members:
-        energies["EMBED"] = Circuit("embed", ["EMBED"]).flat_masks(model)["EMBED"]
+    parts, energies = tracked_sets(run, seed, circuit, settings.controls, model)
     detail = [a for a in energies if a != WHOLE]
     return LedgerSpec(parts, energies, [WHOLE], detail)
-
-
-def drift_gradient(
-    run, seed: int, step: int, theta: dict, loss_fn, m: int, chunk: int = 4
-) -> dict[str, torch.Tensor]:
-    """Mean gradient over ``m`` fresh training batches at theta (the training distribution, not the batch trained on)."""
-    total = None
-    for start in range(0, m, chunk):
-        batch = torch.cat(
-            [step_batch(run, seed, step, draw=j) for j in range(start, min(m, start + chunk))]
-        ).to(next(iter(theta.values())).device)
-        g = torch.func.grad(loss_fn)(theta, batch)
-        share = (min(m, start + chunk) - start) / m
-        total = (
-            {n: share * v for n, v in g.items()}
-            if total is None
-            else {n: total[n] + share * v for n, v in g.items()}
-        )
-    return total
 
 
 def window_rows(
@@ -278,13 +248,7 @@ def window_rows(
     )
     chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
 
-    def probe_at(theta: dict) -> EnergyProbe:
-        return EnergyProbe(
-            loss_fn,
-            {n: theta[n].detach().to(dtype) for n in names},
-            batches.to(model.cfg.device),
-            chunk,
-        )
+    probe_at = probe_factory(loss_fn, names, batches, dtype, model.cfg.device, chunk)
 
     spec = ledger_spec(run, seed, circuit, settings, model)
     rows, before = [], None
@@ -302,7 +266,7 @@ def window_rows(
             before = None
             continue
         theta = {n: step.theta[n].to(dtype) for n in names}
-        drift = drift_gradient(run, seed, step.step, theta, loss_fn, settings.drift_batches)
+        drift = mean_gradient(run, seed, step.step, theta, loss_fn, settings.drift_batches)
         inputs = StepInputs(step, drift, run.config.train)
         out, after = measure_step(
             inputs, spec, probe_at, before, detail=offset % settings.detail_every == 0
@@ -403,19 +367,6 @@ def drift_k_cc(rows: pd.DataFrame) -> pd.Series:
     return by.groupby("step").value.sum()
 
 
-def sampled_sum(values: np.ndarray, n_steps: float, every: int) -> tuple[float, float]:
-    """Sum over ``n_steps`` sampling intervals of ``every`` steps, estimated from one sampled step per
-    interval: every x sum, and its standard error with the finite-population correction
-    (0 when every step was measured)."""
-    n = len(values)
-    total = float(every * values.sum() * (n_steps / n))
-    if every == 1 or n < 2:
-        return total, 0.0 if every == 1 else math.nan
-    population = n_steps * every
-    fpc = max(0.0, 1 - n / population)
-    return total, float(population * values.std(ddof=1) / math.sqrt(n) * math.sqrt(fpc))
-
-
 def cumulative_rows(rows: pd.DataFrame, settings: LedgerSettings) -> pd.DataFrame:
     """Running sums of the circuit's terms over the sampled steps (each scaled by the sampling interval), for the figures."""
     terms = ("dE", "L1", "L1_drift", "L1_noise", "L1_inherited", "L1_fresh", "L1_decay", "L2")
@@ -447,26 +398,7 @@ def across_seeds(rows: pd.DataFrame) -> pd.DataFrame:
             | (rows.metric == "K_drift_CC_positive_share")
         )
     ]
-    out = []
-    for (metric, component), g in sums.groupby(["metric", "component"]):
-        mean, lo, hi, n = t_interval(g.value.to_numpy())
-        k, _ = sign_count(g.value.to_numpy())
-        for stat, v in (
-            ("seed_mean", mean),
-            ("seed_lo", lo),
-            ("seed_hi", hi),
-            ("seed_n", n),
-            ("seeds_positive", k),
-        ):
-            out.append(
-                {
-                    "step": -1,
-                    "metric": f"{metric}/{stat}",
-                    "component": component,
-                    "value": float(v),
-                }
-            )
-    return pd.DataFrame(out)
+    return sums_over_seeds(sums)
 
 
 def describe_ledger(rows: pd.DataFrame) -> list[str]:

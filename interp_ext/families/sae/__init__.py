@@ -28,6 +28,7 @@ from interp_ext.measurement.runner import (
     closest_first,
     setting,
 )
+from interp_ext.run import io
 from interp_ext.sae_tracking.matching import (
     activation_correlation,
     decoder_cosine,
@@ -185,9 +186,9 @@ class SAETracking(Family):
             sae, hook_activations(model, state.probe.to(model.cfg.device), settings.hook)
         )
         corr = activation_correlation(f_probe, state.indicator[:, None])[:, 0]
-        np.save(
+        io.write_npy(
             path / "induction_corr.npy", corr
-        )  # every feature's, for following one through training
+        )  # every feature's, to follow one through training
         q["induction_feature_corr"] = float(corr.max())
         q["induction_feature"] = float(np.argmax(corr))
         if prev is not None:
@@ -206,7 +207,7 @@ class SAETracking(Family):
         if not parts:
             return None
         table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-        table.to_parquet(folder / "lineage.parquet", index=False)
+        io.write_parquet(folder / "lineage.parquet", table)
         best = int(
             rows[(rows.metric == "induction_feature") & (rows.step == steps[-1])].value.iloc[0]
         )
@@ -319,7 +320,7 @@ def ensure_sae(ctx: Checkpoint, settings: SAETrackingSettings, path, previous: i
         else None
     )
     save_sae(train_sae(acts, settings.training, settings.hook, start_from=start), path)
-    marker.write_text(json.dumps(origin))
+    io.write_json(marker, origin)
 
 
 def lineage(
@@ -336,8 +337,7 @@ def lineage(
         similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method), settings.threshold
     )
     pairs = events.pairs.assign(step_from=prev[0], step_to=step)
-    (folder / "lineage").mkdir(exist_ok=True)
-    pairs.to_parquet(folder / "lineage" / f"step={step}.parquet", index=False)
+    io.write_parquet(folder / "lineage" / f"step={step}.parquet", pairs)
     cosine = decoder_cosine(prev[1], w_dec)
     out = {name: float(v) for name, v in events.counts.items()}
     out["decoder_match_share"] = float((cosine.max(axis=0) > 0.9).mean())

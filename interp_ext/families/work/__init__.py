@@ -1,0 +1,500 @@
+"""``work``: Stream 3 exactly: the work each part of the real step does on a circuit's gradient energy.
+
+For every seed, the real training steps around its induction formation are
+replayed bit for bit from a checkpoint (``interp_ext.replay``; a replay that does
+not reproduce the checkpoint after its window is refused). At every ``every``-th
+step the change of the circuit's gradient energy E_C on the fixed probe set is
+split into the exact work of each part of the step (``interp_ext.stream3.work``:
+the line integral of grad E along the step by 2-point Gauss-Legendre, which splits
+linearly over any split of the step):
+
+* ``work`` (its total) and ``work_remainder`` = dE - work (the quadrature's error);
+* ``work/drift`` and ``work/noise``: the drift is the AdamW update built from a
+  *shadow first moment* m_bar_tau = beta1 m_bar_{tau-1} + (1 - beta1) g_bar_tau,
+  g_bar_tau the mean gradient of ``drift_batches`` fresh training batches at
+  theta_tau, carried along the real trajectory from at least ``horizon`` steps
+  before the first measured step (beta1^horizon < 1e-3), with the real run's
+  second moment v_tau; the noise is the real update minus the drift, i.e.
+  -lr (m_tau - m_bar_tau) / ((1 - beta1^t) D): every earlier minibatch's noise in
+  the momentum is noise, not drift;
+* ``work/inherited``, ``work/fresh``, ``work/decay``: the momentum carried in, this
+  step's gradient and the weight decay (each set adds up to ``work``);
+* ``work_by`` / ``work_drift_by``: the work of each parameter block of the real and
+  the drift update (``C|<block>``); ``C|<member>`` summed over the circuit's members
+  is K[C, C] in its exact, integrated form;
+
+for every tracked set: the circuit ``C``, each member, ``rest``, the layer-matched
+controls and ``EMBED``. Every ``detail_every``-th step adds the null of the K-type
+terms (the same integrand along a random direction on the circuit's block with the
+norm of the update's part there: ``work_by_random``, ``work_drift_by_random``) and
+each part's own curvature term (``curv_drift``, ``curv_noise``: u^T Hess(E) u / 2 by
+central differences; the noise's is the "entropic" term whose mean is
+tr(H_E Cov(d_noise)) / 2).
+
+``scale`` = k replays the same span at lr / k with k steps per real batch (the
+optimizer's time constants held fixed in units of lr x steps): the gradient-flow
+limit is k -> infinity. Such a replay has no checkpoint to reproduce; its rows sit
+at the real step each group of k steps stands for, and its sums are over the same
+lr x steps as the real run's.
+
+Per seed: sums of every term over the window and its phases (before / rise /
+after formation) with their sampling error, per unit of lr x steps, and the exact
+telescoped change. A seed whose heads never formed is measured over the median
+window of the seeds that did (its best-scoring heads as the circuit), as the null.
+Across seeds: t-intervals, k of n seeds positive, one-sided sign-test p-values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from circuits.circuit import Circuit
+from interp_ext.geometry.gradients import loss_function, measure_dtype
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
+from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
+from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
+from interp_ext.measurement.windows import (
+    check_window_checkpoints,
+    formation_of,
+    formation_settings,
+    formed_seeds,
+    window_problem,
+)
+from interp_ext.replay import Replay, ReplayError, momentum_split, update_from_moment
+from interp_ext.stats import sampled_sum, sums_over_seeds
+from interp_ext.stream3.energy import WHOLE
+from interp_ext.stream3.split import flat
+from interp_ext.stream3.work import (
+    PARTS,
+    integrands,
+    own_curvature,
+    random_direction_work,
+    work_rows,
+)
+
+log = logging.getLogger("interp_ext")
+
+TERMS = (
+    "dE",
+    "work",
+    "work_remainder",
+    *(f"work/{p}" for p in PARTS),
+    "work_by",
+    "work_drift_by",
+    "work_by_random",
+    "work_drift_by_random",
+    "curv_drift",
+    "curv_noise",
+)
+PHASES = ("window", "before", "rise", "after")
+
+
+@dataclass(frozen=True)
+class WorkSettings(Settings):
+    family = "work"
+
+    window: str = setting(
+        "auto",
+        "'auto' (per seed: the last checkpoint >= margin steps before its formation step to the first >= margin after) or START:END.",
+    )
+    until: str = setting(
+        "window",
+        "'window' (measure to the window's end) or 'rise' (stop at the end of the rise: formation + rise).",
+    )
+    every: int = setting(5, "Measure every N-th real step.")
+    detail_every: int = setting(
+        50,
+        "Every that many steps: random-direction nulls and curvature terms (a multiple of --every).",
+    )
+    drift_batches: int = setting(
+        16, "Fresh training batches whose mean gradient feeds the shadow first moment (M)."
+    )
+    horizon: int = setting(
+        0,
+        "Steps the shadow moment runs before the first measured step (0: the smallest with beta1^k < 1e-3).",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    rise: int = setting(250, "Half-width of the 'rise' phase around the formation step.")
+    scale: int = setting(
+        1, "Replay at lr / scale, scale steps per real batch (1: the real steps, bit for bit)."
+    )
+    circuit: str = setting(
+        "cause", "'cause', 'induction', heads like L1H2,L0H3, or a Circuit JSON file."
+    )
+    controls: int = setting(2, "Layer-matched random-head control sets.")
+    nulls: bool = setting(
+        True, "Measure seeds that never formed over the median window of those that did."
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+    chunk: int | None = setting(
+        None,
+        "Probe batches per vmap (default: 4 up to 4,096 tokens, else 1); speed only.",
+        key=False,
+    )
+
+    def check(self) -> None:
+        self.require(self.every >= 1, "every", "must be >= 1")
+        self.require(
+            self.detail_every >= self.every and self.detail_every % self.every == 0,
+            "detail_every",
+            f"must be a multiple of every={self.every}",
+        )
+        self.require(self.drift_batches >= 1, "drift_batches", "must be >= 1")
+        self.require(self.horizon >= 0, "horizon", "must be >= 0 (0: automatic)")
+        self.require(self.margin >= 0 and self.rise >= 0, "margin", "margin and rise must be >= 0")
+        self.require(self.scale >= 1, "scale", "must be >= 1")
+        self.require(self.controls >= 0, "controls", "must be >= 0")
+        self.require(self.until in ("window", "rise"), "until", "choose 'window' or 'rise'")
+        self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2")
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
+
+
+def momentum_horizon(beta1: float) -> int:
+    """The fewest steps k with beta1^k < 1e-3: what the shadow moment forgets of its start."""
+    return math.ceil(math.log(1e-3) / math.log(beta1)) + 1
+
+
+class Work(Family):
+    name = "work"
+    report_order = 95
+    settings = WorkSettings
+    between_checkpoints = True
+
+    def prepare(self, run, settings: WorkSettings) -> WorkSettings:
+        available = run.probe_set()["lm"].shape[0]
+        if settings.n_batches and settings.n_batches > available:
+            raise MeasureError(
+                f"work setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
+            )
+        if run.imported:
+            raise MeasureError(
+                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
+            )
+        try:
+            run.train_tokens()
+        except FileNotFoundError as err:
+            raise MeasureError(
+                f"the work ledger replays real steps and needs the run's training data: {err}"
+            ) from err
+        if settings.window != "auto":
+            check_window_checkpoints(run, settings.window, "work")
+        else:
+            settings = replace(settings, formation=settings.formation or formation_settings(run))
+        if not settings.horizon:
+            settings = replace(settings, horizon=momentum_horizon(run.config.train.betas[0]))
+        return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
+
+    def seed_steps(self, run, settings: WorkSettings, seed: int, steps: list[int]) -> list[int]:
+        plan = seed_plan(run, settings, seed)
+        return [plan["replay_from"]] if plan else []
+
+    def start_seed(self, run, settings: WorkSettings, seed: int) -> dict:
+        return {
+            "plan": seed_plan(run, settings, seed),
+            "circuit": seed_circuit(run, seed, settings.circuit, settings.source),
+        }
+
+    def checkpoint(self, ctx: Checkpoint, settings: WorkSettings, state: dict) -> pd.DataFrame:
+        return window_work(
+            ctx.run, ctx.seed, state["plan"], state["circuit"], settings, ctx.progress
+        )
+
+    def finish_seed(self, run, settings: WorkSettings, seed: int, rows: pd.DataFrame):
+        plan = seed_plan(run, settings, seed)
+        if plan is None or rows.empty:
+            return pd.DataFrame([{"step": -1, "metric": "measured", "component": "", "value": 0.0}])
+        return window_sums(rows, plan, run.config.train.lr, settings)
+
+    def finish(self, run, settings: WorkSettings, rows: pd.DataFrame) -> pd.DataFrame:
+        sums = rows[(rows.seed >= 0) & rows.metric.str.contains("/sum|/exact|/per_lr_step")]
+        sums = sums[~sums.metric.str.endswith("/sum_se")]
+        formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].set_index("seed").value
+        out = []
+        for label, keep in (("formed", formed > 0), ("unformed", formed == 0)):
+            seeds = formed[keep].index
+            part = sums_over_seeds(sums[sums.seed.isin(seeds)], p_values=True)
+            if len(part):
+                out.append(part.assign(component=part.component + f"#{label}"))
+        return pd.concat(out, ignore_index=True) if out else None
+
+    def inputs(self, run, settings: WorkSettings) -> list:
+        folders = source_folders(run, settings.circuit, settings.source)
+        return folders + (
+            [run.metrics_dir / "induction" / settings.formation] if settings.formation else []
+        )
+
+    def describe(self, rows: pd.DataFrame) -> list[str]:
+        return describe_work(rows)
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.work.report import section
+
+        return section(page)
+
+
+# --------------------------------------------------------------------------- the plan of a seed
+
+
+def seed_plan(run, settings: WorkSettings, seed: int) -> dict | None:
+    """Where a seed's replay starts and which real steps are measured; None when it has no window.
+
+    ``formation``: the seed's formation step (NaN for a null seed measured over the median
+    window of the formed seeds); ``start``/``end``: the measured real steps [start, end);
+    ``replay_from``: the checkpoint the replay starts at, at least ``horizon`` steps before
+    ``start`` (or the first checkpoint); ``verify_at``: the checkpoint whose saved state the
+    replay must reproduce (the first at or after ``end``; None for a scaled replay).
+    """
+    steps = run.steps_for(seed)
+    if settings.window != "auto":
+        start, end = (int(p) for p in settings.window.split(":"))
+        form = formation_of(run, settings.formation, seed) if settings.formation else math.nan
+        null = False
+    else:
+        form = formation_of(run, settings.formation, seed)
+        null = not math.isfinite(form)
+        if null:
+            if not settings.nulls:
+                return None
+            formed = [formation_of(run, settings.formation, s) for s in formed_seeds(run)]
+            if not formed:
+                log.warning("seed %d never formed, and no seed did: no window for a null", seed)
+                return None
+            center = float(np.median(formed))
+        else:
+            center = form
+        before = [s for s in steps if s <= center - settings.margin]
+        after = [s for s in steps if s >= center + settings.margin]
+        start = before[-1] if before else steps[0]
+        end = after[0] if after else steps[-1]
+        if settings.until == "rise":
+            end = min(end, int(center + settings.rise))
+        form = center
+    earlier = [s for s in steps if s <= start - settings.horizon]
+    replay_from = earlier[-1] if earlier else steps[0]
+    later = [s for s in steps if s >= end]
+    verify_at = (later[0] if later else None) if settings.scale == 1 else None
+    if settings.scale == 1 and verify_at is None:
+        raise MeasureError(
+            f"seed {seed}: no checkpoint at or after step {end} to verify the replay"
+        )
+    return {
+        "formation": form,
+        "null": null,
+        "start": start,
+        "end": end,
+        "replay_from": replay_from,
+        "verify_at": verify_at,
+    }
+
+
+# --------------------------------------------------------------------------- one replay
+
+
+def window_work(
+    run, seed: int, plan: dict, circuit: Circuit, settings: WorkSettings, progress: bool = False
+) -> pd.DataFrame:
+    """Replay from ``plan["replay_from"]``, carry the shadow moment, measure the work terms at the
+    sampled steps of [start, end); refuse (nothing returned) if the replay diverges.
+
+    Long because it is the one loop of the exact ledger: replay, shadow moment, sample, measure, verify.
+    """
+    k = settings.scale
+    try:
+        replay = Replay(run, seed, plan["replay_from"], scale=k)
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    model, names, cfg = replay.model, replay.names, replay.train_cfg
+    loss_fn = loss_function(model, names)
+    dtype = measure_dtype(model)
+    batches = run.probe_set()["lm"]
+    batches = batches[: settings.n_batches] if settings.n_batches else batches
+    chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
+    probe_at = probe_factory(loss_fn, names, batches, dtype, model.cfg.device, chunk)
+    partition, sets = tracked_sets(run, seed, circuit, settings.controls, model)
+    circuit_block = sets[WHOLE]
+    shadow = replay.moments()
+    gen = torch.Generator().manual_seed(1000 + seed)
+    b1 = cfg.betas[0]
+    stop = plan["end"] if plan["verify_at"] is None else plan["verify_at"]
+    total = (stop - plan["replay_from"]) * k
+    rows: list[dict] = []
+    bar = tqdm(total=total, desc=f"work seed {seed} x{k}", leave=False, disable=not progress)
+    for step in replay.steps(plan["replay_from"] + total):
+        bar.update(1)
+        offset = step.step - plan["replay_from"]
+        real = plan["replay_from"] + offset / k
+        theta = {n: step.theta[n].to(dtype) for n in names}
+        if real == plan["end"]:  # the end of the measured span: its energies close the window
+            rows += end_energies(probe_at(step.theta), sets, plan["end"])
+        if real < plan["end"]:
+            g_bar = mean_gradient(run, seed, int(real), theta, loss_fn, settings.drift_batches)
+            shadow = {n: b1 * shadow[n] + (1 - b1) * g_bar[n].to(shadow[n].dtype) for n in names}
+        sampled = offset % (k * settings.every) == 0 and plan["start"] <= real < plan["end"]
+        if not sampled:
+            continue
+        detail = (int(real) - plan["start"]) % settings.detail_every == 0
+        out = step_work(
+            step, shadow, cfg, names, probe_at, partition, sets, circuit_block, detail, gen
+        )
+        rows += [{**r, "step": int(real)} for r in out]
+    bar.close()
+    if not any(r["metric"] == "E_end" for r in rows):  # the span ends where the replay stopped
+        rows += end_energies(probe_at(dict(replay.model.named_parameters())), sets, plan["end"])
+    if plan["verify_at"] is not None:
+        try:
+            replay.verify()
+        except ReplayError as err:
+            raise MeasureError(str(err)) from err
+    rows += [
+        {"metric": "plan", "component": key, "value": float(plan[key]), "step": -1}
+        for key in ("start", "end", "replay_from", "formation")
+    ]
+    rows.append(
+        {"metric": "formed", "component": "", "value": 0.0 if plan["null"] else 1.0, "step": -1}
+    )
+    rows += [
+        {"metric": "circuit_member", "component": c, "value": 1.0, "step": -1}
+        for c in circuit.components
+    ]
+    return pd.DataFrame(rows)
+
+
+def end_energies(probe, sets: dict, step: int) -> list[dict]:
+    return [
+        {"metric": "E_end", "component": a, "value": probe.energy(m), "step": step}
+        for a, m in sets.items()
+    ]
+
+
+def step_work(step, shadow, cfg, names, probe_at, partition, sets, circuit_block, detail, gen):
+    """Every row of one measured step (see the module docstring)."""
+    real = {n: step.update[n].double() for n in names}
+    drift = update_from_moment(step, shadow, cfg)
+    parts = momentum_split(step, cfg)
+    dirs = {
+        "real": flat(real, names),
+        "drift": flat(drift, names),
+        **{key: flat(parts[key], names) for key in ("inherited", "fresh", "decay")},
+    }
+    dirs["noise"] = dirs["real"] - dirs["drift"]
+    p0 = probe_at(step.theta)
+    e0 = {a: p0.energy(m) for a, m in sets.items()}
+    p1 = probe_at({n: step.theta[n] + step.update[n] for n in names})
+    d_e = {a: p1.energy(m) - e0[a] for a, m in sets.items()}
+    integrand = integrands(step.theta, step.update, sets, probe_at)
+    rows = [{"metric": "E", "component": a, "value": e0[a]} for a in sets]
+    rows += [{"metric": "dE", "component": a, "value": d_e[a]} for a in sets]
+    rows += work_rows(integrand, dirs, d_e, partition, [WHOLE])
+    rows.append({"metric": "update_norm", "component": "real", "value": float(dirs["real"].norm())})
+    rows.append(
+        {"metric": "update_norm", "component": "drift", "value": float(dirs["drift"].norm())}
+    )
+    if detail:
+        vec = integrand[WHOLE]
+        for label, key in (("work_by_random", "real"), ("work_drift_by_random", "drift")):
+            value = random_direction_work(vec, dirs[key], circuit_block, gen)
+            rows.append({"metric": label, "component": f"{WHOLE}|{WHOLE}", "value": value})
+
+        def energies_at(theta):
+            probe = probe_at(theta)
+            return {a: probe.energy(m) for a, m in sets.items()}
+
+        noise = {n: real[n] - drift[n] for n in names}
+        for label, u in (("curv_drift", drift), ("curv_noise", noise)):
+            curv = own_curvature(energies_at, step.theta, u, e0)
+            rows += [{"metric": label, "component": a, "value": v} for a, v in curv.items()]
+    return rows
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
+    if not math.isfinite(form):
+        return np.full(len(steps), "window", dtype=object)
+    return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))
+
+
+def window_sums(rows: pd.DataFrame, plan: dict, lr: float, settings: WorkSettings) -> pd.DataFrame:
+    """Per term and set and phase: the sum over the phase's steps estimated from the sampled ones
+    (with its sampling error), the same per unit of lr x steps, and the exact telescoped change
+    of each set's energy over the measured span (first measured E to E after the last step)."""
+    start, end, form = plan["start"], plan["end"], plan["formation"]
+    spans = {
+        "window": (start, end),
+        "before": (start, form - settings.rise),
+        "rise": (form - settings.rise, form + settings.rise),
+        "after": (form + settings.rise, end),
+    }
+    detail_terms = {"work_by_random", "work_drift_by_random", "curv_drift", "curv_noise"}
+    terms = rows[rows.metric.isin(TERMS) & (rows.step >= 0)]
+    out = []
+    for (metric, component), g in terms.groupby(["metric", "component"]):
+        phases = phase_of(g.step.to_numpy(), form, settings.rise)
+        every = settings.detail_every if metric in detail_terms else settings.every
+        for phase in PHASES:
+            vals = g.value.to_numpy() if phase == "window" else g.value.to_numpy()[phases == phase]
+            lo, hi = spans[phase]
+            length = max(0.0, min(hi, end) - max(lo, start)) if math.isfinite(lo + hi) else 0.0
+            if len(vals) == 0 or length == 0:
+                continue
+            total, se = sampled_sum(vals, length / every, every)
+            where = f"{component}@{phase}"
+            out += [
+                {"metric": f"{metric}/sum", "component": where, "value": total},
+                {"metric": f"{metric}/sum_se", "component": where, "value": se},
+                {
+                    "metric": f"{metric}/per_lr_step",
+                    "component": where,
+                    "value": total / (lr * length),
+                },
+            ]
+    e = rows[(rows.metric == "E") & (rows.step == start)].set_index("component").value
+    e_end = rows[rows.metric == "E_end"].set_index("component").value
+    out += [
+        {"metric": "dE/exact", "component": f"{a}@window", "value": float(e_end[a] - e[a])}
+        for a in e.index
+        if a in e_end.index
+    ]
+    work = rows[(rows.metric == "work") & (rows.step >= 0)]
+    out += [
+        {
+            "metric": "abs_work/sum",
+            "component": f"{a}@window",
+            "value": float(settings.every * g.value.abs().sum()),
+        }
+        for a, g in work.groupby("component")
+    ]
+    out.append({"metric": "formed", "component": "", "value": 0.0 if plan["null"] else 1.0})
+    out.append({"metric": "formation_step", "component": "", "value": form})
+    return pd.DataFrame([{**r, "step": -1} for r in out])
+
+
+def describe_work(rows: pd.DataFrame) -> list[str]:
+    per = rows[(rows.seed >= 0) & (rows.step == -1) & rows.metric.str.endswith("/sum")]
+    per = per[per.component == "C@window"]
+    if per.empty:
+        return ["no seed had a window (measure induction first, or pass --window START:END)"]
+    lines = ["window sums of the circuit's terms, per seed:"]
+    for metric, g in per.groupby("metric"):
+        values = ", ".join(f"{int(s)}: {v:+.4g}" for s, v in zip(g.seed, g.value))
+        lines.append(f"  {metric:<26} {values}")
+    return lines
+
+
+__all__ = ["Work", "WorkSettings", "momentum_horizon"]

@@ -1,0 +1,65 @@
+"""What Stream 3's replays of real steps share: the sets whose gradient energy they follow, the
+mean gradient of fresh training batches, and the probe at a parameter point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from circuits.circuit import Circuit
+from interp_ext.measurement.circuits import layer_matched
+from interp_ext.optim_step import step_batch
+from interp_ext.stream3.energy import WHOLE, EnergyProbe
+
+
+def tracked_sets(
+    run, seed: int, circuit: Circuit, controls: int, model
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(partition, energies) as flat masks over the model's parameters.
+
+    ``partition``: the circuit's components and ``rest`` (disjoint, covering theta).
+    ``energies``: every set whose energy is followed: the whole circuit ``C``, its
+    components, ``rest``, ``controls`` layer-matched random-head sets and ``EMBED``.
+    """
+    parts = circuit.with_rest().flat_masks(model)
+    whole = torch.stack([parts[m] for m in circuit.components]).any(0)
+    energies = {WHOLE: whole, **parts}
+    for name, c in layer_matched(run, seed, circuit, controls).items():
+        energies[name] = torch.stack(list(c.flat_masks(model).values())).any(0)
+    if "EMBED" not in circuit.components:
+        energies["EMBED"] = Circuit("embed", ["EMBED"]).flat_masks(model)["EMBED"]
+    return parts, energies
+
+
+def mean_gradient(
+    run, seed: int, step: int, theta: dict, loss_fn, m: int, chunk: int = 4
+) -> dict[str, torch.Tensor]:
+    """Mean gradient over ``m`` fresh training batches at theta (the training distribution at the
+    data position of ``step``, not the batch trained on)."""
+    total = None
+    for start in range(0, m, chunk):
+        batch = torch.cat(
+            [step_batch(run, seed, step, draw=j) for j in range(start, min(m, start + chunk))]
+        ).to(next(iter(theta.values())).device)
+        g = torch.func.grad(loss_fn)(theta, batch)
+        share = (min(m, start + chunk) - start) / m
+        total = (
+            {n: share * v for n, v in g.items()}
+            if total is None
+            else {n: total[n] + share * v for n, v in g.items()}
+        )
+    return total
+
+
+def probe_factory(
+    loss_fn, names: list[str], batches: torch.Tensor, dtype, device, chunk: int
+) -> Callable:
+    """theta -> the :class:`EnergyProbe` of the probe batches at theta."""
+
+    def probe_at(theta: dict) -> EnergyProbe:
+        return EnergyProbe(
+            loss_fn, {n: theta[n].detach().to(dtype) for n in names}, batches.to(device), chunk
+        )
+
+    return probe_at

@@ -1,0 +1,201 @@
+"""The exact Stream 3 ledger: Gauss-Legendre work against the reference toy (a logistic regression
+with no circuit in it), closure on a replayed run, exact splits, the shadow moment, scaled replays."""
+
+from __future__ import annotations
+
+import math
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from interp_ext import measure
+from interp_ext.families.work import WorkSettings, momentum_horizon
+from interp_ext.replay import Replay, momentum_split, update_from_moment
+from interp_ext.stream3.energy import EnergyProbe
+from interp_ext.stream3.work import NODES, integrands
+from interp_ext.training import train
+from tests.conftest import micro_config
+
+TOY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ledger_toy.py"
+CIRCUIT = "L1H0,L0H1"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    if not TOY.exists():
+        pytest.skip(f"the reference toy {TOY} is not here")
+    return runpy.run_path(str(TOY), run_name="toy")  # runs the toy once (about a second)
+
+
+def test_gauss_legendre_work_equals_the_reference_toys(toy):
+    """On the toy's own model, probe batches and a real AdamW step, the work computed by this
+    package (torch.func HVPs through EnergyProbe) equals the toy's numpy 2-point Gauss-Legendre
+    attribution, and closes dE to the toy's 1e-7."""
+    X, y, probe, C = (
+        torch.tensor(toy[k]) if k != "probe" else toy[k] for k in ("X", "y", "probe", "C")
+    )
+    batches = torch.tensor(np.stack(probe))
+
+    def loss_fn(params, idx):
+        z = y[idx] * (X[idx] @ params["w"])
+        return torch.nn.functional.softplus(-z).mean()
+
+    def probe_at(theta):
+        return EnergyProbe(loss_fn, {"w": theta["w"].double()}, batches, chunk=4)
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        w = rng.normal(size=X.shape[1]) * 0.3
+        step = rng.normal(size=X.shape[1]) * 0.01  # the size of one of the toy's AdamW steps
+        s1, s2 = NODES
+        expected = 0.5 * (toy["gradE"](w + s1 * step) + toy["gradE"](w + s2 * step)) @ step
+        theta, d = {"w": torch.tensor(w)}, {"w": torch.tensor(step)}
+        vec = integrands(theta, d, {"C": C}, probe_at)["C"]
+        actual = float(vec @ d["w"].double())
+        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-14)
+        d_e = toy["E"](w + step) - toy["E"](w)
+        assert abs(d_e - actual) < 1e-8
+    # and the reference's own closure over its 2,500 steps
+    sums = toy["S"]
+    assert abs(sums[0] - sums[5]) < 1e-6
+
+
+def test_the_momentum_horizon():
+    assert momentum_horizon(0.9) == 67 and 0.9**66 < 1e-3 < 0.9**64
+
+
+@pytest.fixture(scope="module")
+def work_run(tmp_path_factory, cache_dir):
+    cfg = micro_config(steps=8, checkpoint_every=4)
+    return train(cfg, tmp_path_factory.mktemp("work") / "run", progress=False, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def every_step(work_run):
+    settings = WorkSettings(
+        window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=1
+    )
+    return measure(work_run, settings, progress=False)
+
+
+def window_of(rows, metric, component="C", seed=0):
+    sel = rows[(rows.seed == seed) & (rows.metric == metric) & (rows.component == component)]
+    return sel[sel.step >= 0].sort_values("step")
+
+
+def test_the_work_of_every_step_closes_the_telescoped_change(every_step):
+    for seed in (0, 1):
+        work = window_of(every_step, "work", seed=seed)
+        assert work.step.tolist() == [4, 5, 6, 7]
+        per = every_step[(every_step.seed == seed) & (every_step.step == -1)]
+        exact = per[(per.metric == "dE/exact") & (per.component == "C@window")].value.item()
+        assert work.value.sum() == pytest.approx(exact, rel=1e-2)
+        remainder = window_of(every_step, "work_remainder", seed=seed).value.abs()
+        assert (remainder <= 1e-3 * work.value.abs().max() + 1e-12).all()
+
+
+def test_every_split_adds_up_to_the_work(every_step):
+    rows = every_step[(every_step.seed == 0) & (every_step.step >= 0)]
+    by = rows.pivot_table(index=["step", "component"], columns="metric", values="value")
+    sets = by.dropna(subset=["work"])
+    np.testing.assert_allclose(
+        sets["work/drift"] + sets["work/noise"], sets["work"], rtol=1e-9, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        sets["work/inherited"] + sets["work/fresh"] + sets["work/decay"],
+        sets["work"],
+        rtol=1e-4,
+        atol=1e-12,
+    )
+    blocks = rows[rows.metric == "work_by"].copy()
+    blocks["set"] = blocks.component.str.split("|").str[0]
+    total = blocks.groupby(["step", "set"]).value.sum()
+    for (step, a), value in total.items():
+        assert value == pytest.approx(by.loc[(step, a), "work"], rel=1e-9, abs=1e-15)
+    assert {"C", "L1H0", "L0H1", "rest", "EMBED"} <= set(sets.index.get_level_values(1))
+
+
+def test_detail_steps_carry_the_nulls_and_curvature(every_step):
+    rows = every_step[(every_step.seed == 0) & (every_step.step >= 0)]
+    detail = sorted(rows[rows.metric == "curv_noise"].step.unique())
+    assert detail == [4, 6]
+    assert set(rows[rows.metric == "work_drift_by_random"].component) == {"C|C"}
+
+
+def test_the_replay_is_verified_and_a_tampered_checkpoint_refused(work_run, tmp_path):
+    import shutil
+
+    from interp_ext import open_run
+    from interp_ext.errors import MeasureError
+    from interp_ext.run.checkpoints import load_checkpoint, save_checkpoint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(work_run.path, copy, ignore=shutil.ignore_patterns("metrics", "measurements"))
+    path = copy / "checkpoints" / "seed=0" / "step=8.safetensors"
+    ck = load_checkpoint(path)
+    ck["params"]["embed.W_E"][0, 0] += 1e-3
+    save_checkpoint(path, ck["params"], 0, 8, ck["exp_avg"], ck["exp_avg_sq"], ck["adam_step"])
+    with pytest.raises(MeasureError, match="does not reproduce"):
+        measure(
+            open_run(copy),
+            WorkSettings(window="4:8", every=4, detail_every=4, drift_batches=1, circuit=CIRCUIT),
+            seeds=[0],
+            progress=False,
+        )
+
+
+def test_the_drift_built_from_the_real_moment_is_the_real_update(work_run):
+    """update_from_moment with the real m_tau reproduces the real AdamW step to rounding (the real
+    update is a difference of float32 parameters computed in float32: within a few ulps of the
+    tensor's largest parameter), and
+    the momentum split adds up to it: the drift / noise split differs from it only in the moment."""
+    replay = Replay(work_run, 0, 4)
+    step = replay.take()
+    b1 = work_run.config.train.betas[0]
+    m_tau = {n: b1 * step.exp_avg[n] + (1 - b1) * step.grad[n] for n in step.theta}
+    rebuilt = update_from_moment(step, m_tau, work_run.config.train)
+    parts = momentum_split(step, work_run.config.train)
+    for n in step.theta:
+        real = step.update[n].double()
+        ulp = 2 * torch.finfo(torch.float32).eps * float(step.theta[n].abs().max())
+        assert ((rebuilt[n] - real).abs() <= ulp + 1e-9).all(), n
+        total = parts["inherited"][n] + parts["fresh"][n] + parts["decay"][n]
+        assert ((total.double() - real).abs() <= ulp + 1e-9).all(), n
+
+
+def test_a_scaled_replay_covers_the_same_span_at_finer_steps(work_run):
+    """At scale 2 the same real steps are measured (each standing for two steps at lr / 2) and the
+    work still closes each measured step's change."""
+    settings = WorkSettings(
+        window="4:8", every=2, detail_every=2, drift_batches=1, circuit=CIRCUIT, controls=0, scale=2
+    )
+    rows = measure(work_run, settings, seeds=[0], progress=False)
+    work = window_of(rows, "work")
+    assert work.step.tolist() == [4, 6]
+    remainder = window_of(rows, "work_remainder").value.abs()
+    assert (remainder <= 1e-3 * work.value.abs().max() + 1e-12).all()
+    real = measure(
+        work_run,
+        WorkSettings(
+            window="4:8", every=2, detail_every=2, drift_batches=1, circuit=CIRCUIT, controls=0
+        ),
+        seeds=[0],
+        progress=False,
+    )
+    # half the learning rate: each measured step moves about half as far
+    norms = rows[(rows.metric == "update_norm") & (rows.component == "real")].value.to_numpy()
+    full = real[(real.metric == "update_norm") & (real.component == "real")].value.to_numpy()
+    assert np.all((norms / full > 0.3) & (norms / full < 0.7))
+
+
+def test_seeds_that_never_formed_have_no_window_without_formed_seeds(work_run):
+    from interp_ext.families import InductionSettings
+
+    measure(work_run, InductionSettings(), progress=False)
+    rows = measure(work_run, WorkSettings(circuit=CIRCUIT, drift_batches=1), progress=False)
+    per = rows[(rows.step == -1) & (rows.metric == "measured")]
+    assert per.value.tolist() == [0.0, 0.0]
+    assert not math.isnan(per.seed.min())
