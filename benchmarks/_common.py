@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+import statistics
 import time
 
 import torch
@@ -33,6 +34,16 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    """(median seconds over ``repeats`` calls of ``fn``, the last call's result)."""
+    out, times = None, []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
 
 
 class timer:

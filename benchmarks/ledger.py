@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from _common import machine
+from _common import median_time as timed
 
 from circuits import Circuit
 from interp_ext import get_preset, override
@@ -35,15 +34,6 @@ from interp_ext.replay import Replay
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.split import StepInputs, measure_step
 from interp_ext.training import train
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out, times = None, []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def main() -> None:

@@ -289,6 +289,22 @@ def _paper_plan() -> dict[str, dict[str, Any]]:
     }
 
 
+# ``interp-ext study``: the circuit by cause, the exact work ledger on every seed (formed seeds
+# over their window, unformed ones over the median window as the null), its replays toward the
+# gradient flow (the last 500 steps before formation and the rise, at lr / 2 and lr / 4 with 2
+# and 4 steps per real batch), then the first-order ledger and the counterfactual replays. A key
+# "name:tag" is a second entry of the family "name".
+STUDY_PLAN: dict[str, dict[str, Any]] = {
+    "induction": {},
+    "circuit": {},
+    "work": {},
+    "work:lr/2": {"scale": 2, "until": "rise", "nulls": False, "every": 10, "detail_every": 50},
+    "work:lr/4": {"scale": 4, "until": "rise", "nulls": False, "every": 10, "detail_every": 50},
+    "ledger": {},
+    "counterfactual": {},
+}
+
+
 @dataclass
 class MeasureConfig:
     """What ``interp-ext reproduce`` measures after training, saved with the run.
@@ -305,11 +321,9 @@ class MeasureConfig:
     every: dict[str, int] = field(default_factory=lambda: {"autocatalysis": 5, "sae": 10})
     # ``interp-ext study``: seeds trained and the families measured (Stream 3 decided, SPEC section 6)
     study_seeds: int = 8
-    study_plan: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"induction": {}, "circuit": {}, "ledger": {}, "counterfactual": {}}
-    )
+    study_plan: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(STUDY_PLAN))
     study_family_seeds: dict[str, int] = field(
-        default_factory=lambda: {"counterfactual": 4}
+        default_factory=lambda: {"counterfactual": 4, "work:lr/2": 3, "work:lr/4": 3}
     )  # the first n seeds whose induction heads formed
 
     def __post_init__(self) -> None:

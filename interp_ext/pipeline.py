@@ -30,10 +30,15 @@ def plan_settings(plan: MeasureConfig, which: str = "plan") -> dict:
     out = {}
     for name, values in getattr(plan, which).items():
         try:
-            out[name] = get_family(name).settings.from_dict(values)
+            out[name] = get_family(stage_family(name)).settings.from_dict(values)
         except MeasureError as err:
             raise ConfigError(f"measure.{which}[{name!r}]: {err}") from err
     return out
+
+
+def stage_family(stage: str) -> str:
+    """The family a plan entry measures: ``work:lr/2`` is a second entry of ``work``."""
+    return stage.split(":", 1)[0]
 
 
 def plan_steps(run, plan: MeasureConfig, family: str) -> list[int] | None:
@@ -186,10 +191,10 @@ def first_formed_seeds(run, n: int, stage: str) -> list[int]:
     return formed[:n]
 
 
-def get_min_seeds(family: str) -> int:
+def get_min_seeds(stage: str) -> int:
     from interp_ext.measurement.runner import get_family
 
-    return get_family(family).min_seeds
+    return get_family(stage_family(stage)).min_seeds
 
 
 def study(

@@ -19,10 +19,12 @@ def micro_study_preset():
     cfg.measure.study_plan = {
         "induction": {},
         "circuit": {},
+        "work": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
+        "work:lr/2": {"scale": 2, "until": "rise", "drift_batches": 1},
         "ledger": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
         "counterfactual": {"orders": 1, "mean_batches": 2, "record_every": 4},
     }
-    cfg.measure.study_family_seeds = {"counterfactual": 1}
+    cfg.measure.study_family_seeds = {"counterfactual": 1, "work:lr/2": 1}
     return cfg
 
 
@@ -37,7 +39,16 @@ def studied(tmp_path_factory):
 def test_study_trains_its_seeds_and_runs_the_plan(studied):
     run, report, timings = studied
     assert run.seeds == [0, 1] and run.config.train.n_seeds == 2
-    assert list(timings) == ["train", "induction", "circuit", "ledger", "counterfactual", "report"]
+    assert list(timings) == [
+        "train",
+        "induction",
+        "circuit",
+        "work",
+        "work:lr/2",
+        "ledger",
+        "counterfactual",
+        "report",
+    ]
     assert all(t >= 0 for t in timings.values())
     assert set(run.measurements().family) >= {"induction", "circuit", "ledger"}
     assert report.exists()
@@ -59,6 +70,8 @@ def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
     assert formed.to_dict() == {0: 0.0, 1: 0.0}
     assert not (led.metric == "dE/cumulative").any()
     assert run.metrics("counterfactual").empty
+    work = run.metrics("work")  # no seed formed: no window, and no null window without formed seeds
+    assert work[work.metric == "measured"].value.tolist() == [0.0, 0.0]
     text = report.read_text()
     assert "never passed the detection threshold" in text and "[0, 1]" in text
 

@@ -1,0 +1,105 @@
+"""Cost of one measured step of the exact Stream 3 ledger (the ``work`` family), in gradient-equivalents.
+
+1 gradient-equivalent (GE) = one per-batch gradient over the probe set (B batches, the family's
+own chunking). A measured step costs: the real step (the replay), the mean gradient of M fresh
+training batches feeding the shadow moment (paid at every replayed step, measured or not),
+per-batch gradients at theta_tau and theta_{tau+1} (the energies, hence dE), and at each of the
+two Gauss-Legendre nodes per-batch gradients plus one forward-over-reverse pass with every
+tracked set's tangent vmapped (grad E_A for all sets at once). A detail step adds per-batch
+gradients at theta +- d_drift and theta +- d_noise (the curvature terms).
+
+Runs on a freshly trained tiny-preset run (the study's model; 12 steps) in a temporary folder;
+timings are medians over repeats in one process.
+
+Usage: python benchmarks/work.py [--preset tiny] [--repeats 5] [--drift-batches 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from _common import machine, peak_rss_mib
+from _common import median_time as timed
+
+from circuits import Circuit
+from interp_ext import get_preset, override
+from interp_ext.families.work import step_work
+from interp_ext.geometry.gradients import loss_function
+from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
+from interp_ext.replay import Replay
+from interp_ext.stream3.energy import WHOLE
+from interp_ext.training import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--drift-batches", type=int, default=16)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--detail-every", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = override(
+            get_preset(args.preset),
+            data__corpus="synthetic",
+            train__steps=12,
+            train__checkpoint_every=6,
+            train__n_seeds=1,
+        )
+        run = train(cfg, Path(tmp) / "run", progress=False)
+        base = peak_rss_mib()
+        replay = Replay(run, 0, 6)
+        model, names = replay.model, replay.names
+        loss_fn = loss_function(model, names)
+        batches = run.probe_set()["lm"]
+        chunk = 4 if model.cfg.d_vocab <= 4096 else 1
+        probe_at = probe_factory(loss_fn, names, batches, torch.float32, "cpu", chunk)
+        circuit = Circuit("c", ["L1H0", "L0H1"])
+        partition, sets = tracked_sets(run, 0, circuit, 2, model)
+        theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ge, _ = timed(lambda: probe_at(theta0).grads, args.repeats)
+        step_time, step = timed(replay.take, 1)
+        drift_time, g_bar = timed(
+            lambda: mean_gradient(run, 0, step.step, step.theta, loss_fn, args.drift_batches),
+            args.repeats,
+        )
+        shadow = replay.moments()
+        gen = torch.Generator().manual_seed(0)
+        terms = [names, probe_at, partition, sets, sets[WHOLE]]
+        cfg_t = run.config.train
+
+        def measured(detail: bool):
+            return step_work(step, shadow, cfg_t, *terms, detail, gen)
+
+        plain, _ = timed(lambda: measured(False), args.repeats)
+        detail, _ = timed(lambda: measured(True), max(2, args.repeats // 2))
+        peak = peak_rss_mib()
+    share = args.every / args.detail_every
+    per_real_step = step_time + drift_time
+    one = per_real_step + plain
+    amortised = per_real_step * args.every + (1 - share) * plain + share * detail
+    print(f"machine: {machine()}")
+    print(
+        f"{args.preset} preset, B = {batches.shape[0]} probe batches of {batches.shape[1]}, "
+        f"M = {args.drift_batches}, circuit of 2 heads, {len(sets)} tracked sets"
+    )
+    print(f"1 GE (per-batch gradients over the probe set): {ge * 1e3:.0f} ms")
+    print(
+        f"real step {step_time / ge:.2f} GE; shadow-moment mean gradient {drift_time / ge:.2f} GE (every replayed step); "
+        f"work terms {plain / ge:.2f} GE; a detail step's terms {detail / ge:.2f} GE"
+    )
+    print(f"one measured step: {one / ge:.2f} GE ({one:.2f} s)")
+    print(
+        f"per measured step with every = {args.every}, detail_every = {args.detail_every} "
+        f"(the replayed steps in between, each with its mean gradient): {amortised / ge:.2f} GE ({amortised:.2f} s)"
+    )
+    print(f"peak RSS growth: {peak - base:.0f} MiB")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
