@@ -30,7 +30,6 @@ from interp_ext.families.work import step_work
 from interp_ext.geometry.gradients import loss_function
 from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
 from interp_ext.replay import Replay
-from interp_ext.stream3.energy import WHOLE
 from interp_ext.training import train
 
 
@@ -67,21 +66,24 @@ def main() -> None:
             lambda: mean_gradient(run, 0, step.step, step.theta, loss_fn, args.drift_batches),
             args.repeats,
         )
-        shadow = replay.moments()
+        shadow = {h: {n: m.double() for n, m in replay.moments().items()} for h in "AB"}
         gen = torch.Generator().manual_seed(0)
-        terms = [names, probe_at, partition, sets, sets[WHOLE]]
+        terms = [names, probe_at, partition, sets]
         cfg_t = run.config.train
 
-        def measured(detail: bool):
-            return step_work(step, shadow, cfg_t, *terms, detail, gen)
+        def measured(rule: str, detail: bool):
+            return step_work(step, shadow, cfg_t, *terms, rule, detail, gen)
 
-        plain, _ = timed(lambda: measured(False), args.repeats)
-        detail, _ = timed(lambda: measured(True), max(2, args.repeats // 2))
+        costs = {
+            rule: (
+                timed(lambda r=rule: measured(r, False), args.repeats)[0],
+                timed(lambda r=rule: measured(r, True), max(2, args.repeats // 2))[0],
+            )
+            for rule in ("midpoint", "gl2")
+        }
         peak = peak_rss_mib()
     share = args.every / args.detail_every
     per_real_step = step_time + drift_time
-    one = per_real_step + plain
-    amortised = per_real_step * args.every + (1 - share) * plain + share * detail
     print(f"machine: {machine()}")
     print(
         f"{args.preset} preset, B = {batches.shape[0]} probe batches of {batches.shape[1]}, "
@@ -89,14 +91,18 @@ def main() -> None:
     )
     print(f"1 GE (per-batch gradients over the probe set): {ge * 1e3:.0f} ms")
     print(
-        f"real step {step_time / ge:.2f} GE; shadow-moment mean gradient {drift_time / ge:.2f} GE (every replayed step); "
-        f"work terms {plain / ge:.2f} GE; a detail step's terms {detail / ge:.2f} GE"
+        f"real step {step_time / ge:.2f} GE; shadow-moment mean gradient {drift_time / ge:.2f} GE "
+        "(paid at every replayed step)"
     )
-    print(f"one measured step: {one / ge:.2f} GE ({one:.2f} s)")
-    print(
-        f"per measured step with every = {args.every}, detail_every = {args.detail_every} "
-        f"(the replayed steps in between, each with its mean gradient): {amortised / ge:.2f} GE ({amortised:.2f} s)"
-    )
+    for rule, (plain, detail) in costs.items():
+        one = per_real_step + plain
+        amortised = per_real_step * args.every + (1 - share) * plain + share * detail
+        print(
+            f"{rule}: work terms {plain / ge:.2f} GE, a detail step's {detail / ge:.2f} GE; "
+            f"one measured step {one / ge:.2f} GE ({one:.2f} s); per measured step with every = "
+            f"{args.every}, detail_every = {args.detail_every} (replayed steps in between "
+            f"included) {amortised / ge:.2f} GE ({amortised:.2f} s)"
+        )
     print(f"peak RSS growth: {peak - base:.0f} MiB")
 
 

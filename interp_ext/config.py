@@ -297,9 +297,9 @@ def _paper_plan() -> dict[str, dict[str, Any]]:
 STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
     "circuit": {},
-    "work": {},
-    "work:lr/2": {"scale": 2, "until": "rise", "nulls": False, "every": 10, "detail_every": 50},
-    "work:lr/4": {"scale": 4, "until": "rise", "nulls": False, "every": 10, "detail_every": 50},
+    "work": {"every": 10},
+    "work:lr/2": {"scale": 2, "until": "rise", "nulls": False, "every": 10, "drift_batches": 4},
+    "work:lr/4": {"scale": 4, "until": "rise", "nulls": False, "every": 10, "drift_batches": 4},
     "ledger": {},
     "counterfactual": {},
 }

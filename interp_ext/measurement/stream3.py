@@ -33,17 +33,18 @@ def tracked_sets(
 
 
 def mean_gradient(
-    run, seed: int, step: int, theta: dict, loss_fn, m: int, chunk: int = 4
+    run, seed: int, step: int, theta: dict, loss_fn, m: int, chunk: int = 4, first: int = 0
 ) -> dict[str, torch.Tensor]:
     """Mean gradient over ``m`` fresh training batches at theta (the training distribution at the
-    data position of ``step``, not the batch trained on)."""
+    data position of ``step``, not the batch trained on): draws ``first`` .. ``first + m - 1``."""
     total = None
-    for start in range(0, m, chunk):
-        batch = torch.cat(
-            [step_batch(run, seed, step, draw=j) for j in range(start, min(m, start + chunk))]
-        ).to(next(iter(theta.values())).device)
+    for start in range(first, first + m, chunk):
+        stop = min(first + m, start + chunk)
+        batch = torch.cat([step_batch(run, seed, step, draw=j) for j in range(start, stop)]).to(
+            next(iter(theta.values())).device
+        )
         g = torch.func.grad(loss_fn)(theta, batch)
-        share = (min(m, start + chunk) - start) / m
+        share = (stop - start) / m
         total = (
             {n: share * v for n, v in g.items()}
             if total is None

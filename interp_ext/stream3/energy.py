@@ -148,10 +148,24 @@ class EnergyProbe:
         term is 2 Hbar P_A gbar, the part of grad E_A that comes from the mean gradient.
         Returns flat float64 vectors.
         """
+        out, _ = self._tangent_pass(masks, extra or {}, {})
+        return out
+
+    def gradients_and_contributions(
+        self, masks: dict[str, torch.Tensor], shared: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """In one pass: grad E_A for every mask (as :meth:`energy_gradients`) and, for every shared
+        direction u, (2/B) sum_b g_b * (H_b u), whose sum over a set's coordinates is grad E_A . u
+        for that set (H_b symmetric): the work of u on every set's energy."""
+        return self._tangent_pass(masks, {}, shared)
+
+    def _tangent_pass(self, masks: dict, extra: dict, shared: dict) -> tuple[dict, dict]:
         g = self.grads
-        extra = extra or {}
-        names = list(masks) + list(extra)
-        out = torch.zeros(len(names), g.shape[1], dtype=torch.float64, device=g.device)
+        names = list(masks) + list(extra) + list(shared)
+        summed = torch.zeros(
+            len(masks) + len(extra), g.shape[1], dtype=torch.float64, device=g.device
+        )
+        weighted = torch.zeros(len(shared), g.shape[1], dtype=torch.float64, device=g.device)
 
         def one(batch, v):
             _, hv = jvp(lambda p: grad(self.loss_fn)(p, batch), (self.theta,), (v,))
@@ -163,12 +177,18 @@ class EnergyProbe:
             tangents = [
                 torch.where(m.to(rows.device), rows, torch.zeros_like(rows)) for m in masks.values()
             ]
-            tangents += [u.to(rows.dtype).expand_as(rows) for u in extra.values()]
+            tangents += [
+                u.to(rows.dtype).expand_as(rows) for u in (*extra.values(), *shared.values())
+            ]
             stacked = torch.stack(tangents, dim=1)  # [chunk, T, n]
-            hv = self.flat(per(self.batches[i : i + self.chunk], self.unflat(stacked)), 2)
-            out += hv.double().sum(0)
-        out *= 2.0 / self.n_batches
-        return dict(zip(names, out))
+            hv = self.flat(per(self.batches[i : i + self.chunk], self.unflat(stacked)), 2).double()
+            k = len(masks) + len(extra)
+            summed += hv[:, :k].sum(0)
+            weighted += torch.einsum("ctn,cn->tn", hv[:, k:], rows.double())
+        summed *= 2.0 / self.n_batches
+        weighted *= 2.0 / self.n_batches
+        first = dict(zip(names[: len(masks) + len(extra)], summed))
+        return first, dict(zip(names[len(masks) + len(extra) :], weighted))
 
     @property
     def diagonal(self) -> torch.Tensor:

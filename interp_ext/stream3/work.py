@@ -5,35 +5,39 @@ the line integral of its gradient along the step,
 
     dE_A = W_A + R_A,   W_A = integral_0^1 grad E_A(theta + s d) . d ds,
 
-computed by 2-point Gauss-Legendre (nodes s = 1/2 -+ 1/(2 sqrt 3), weights 1/2),
-whose remainder R_A is fourth order in |d|: the closure dE_A - W_A is the
-quadrature's error, not a term. The integrand vector
-I_A = (1/2)(grad E_A(s1) + grad E_A(s2)) is fixed once computed, so W splits
-*linearly and exactly* over any split of d: ``W_A^u = I_A . u`` for each part u of
-the step (drift + noise = real; inherited + fresh + decay = real; a parameter
-block B of d: I_A . P_B d). No part is defined as what is left of another, and no
-second-order term appears: unlike the first-order ledger (L1 + L2), where the
-second-order part (1/B) sum_b ||delta(P_A g_b)||^2 is non-negative by construction
-on any path that jitters, nothing here has a sign forced by its construction.
+computed by a quadrature rule: 2-point Gauss-Legendre (nodes s = 1/2 -+ 1/(2 sqrt 3),
+weights 1/2; remainder fifth order in |d|) or the midpoint rule (s = 1/2; remainder
+third order). R_A is the quadrature's error, not a term. The integrand is fixed once
+its nodes are, so W splits *linearly and exactly* over any split of d:
+W_A^u = integral grad E_A(theta + s d) . u ds for each part u of the step (drift +
+noise = real; inherited + fresh + decay = real; a parameter block B of d: P_B d). No
+part is defined as what is left of a squared term: unlike the first-order ledger
+(L1 + L2), where the second-order part (1/B) sum_b ||delta(P_A g_b)||^2 is non-negative
+by construction on any path that jitters, nothing here has a sign its construction
+forces.
 
-``grad E_A = (2/B) sum_b H_b (P_A g_b)`` comes from :class:`EnergyProbe` (one
-forward-over-reverse pass per chunk of probe batches, every set's tangent vmapped
-in it). A second-order check along any direction u (its own curvature term,
-``u^T Hess(E_A) u / 2``) is a central difference, exact to fourth order.
+Two ways to the integrand, mixed in one forward-over-reverse pass per node
+(:meth:`EnergyProbe.gradients_and_contributions`): grad E_A itself (one per-batch tangent
+P_A g_b per set; then the work of *any* direction on E_A is a dot product), and, with H_b
+symmetric, grad E_A . u = (2/B) sum_b (P_A g_b) . (H_b u) = (2/B) sum_{i in A} c_u[i] with
+c_u = sum_b g_b * (H_b u) (one tangent per direction; then the work of u on *every* set's
+energy is a masked sum). A direction's own second-order term, u^T Hess(E_A) u / 2, is a central
+difference, exact to fourth order.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from interp_ext.stream3.energy import EnergyProbe
 
-NODES = (0.5 - 0.5 / math.sqrt(3.0), 0.5 + 0.5 / math.sqrt(3.0))
-PARTS = ("drift", "noise", "inherited", "fresh", "decay")
+RULES = {
+    "gl2": ((0.5 - 0.5 / math.sqrt(3.0), 0.5), (0.5 + 0.5 / math.sqrt(3.0), 0.5)),
+    "midpoint": ((0.5, 1.0),),
+}
 
 
 def moved(theta: dict[str, torch.Tensor], d: dict[str, torch.Tensor], s: float) -> dict:
@@ -41,74 +45,54 @@ def moved(theta: dict[str, torch.Tensor], d: dict[str, torch.Tensor], s: float) 
     return {n: theta[n] + s * d[n].to(theta[n].dtype) for n in theta}
 
 
-def integrands(
+def line_integrands(
     theta: dict[str, torch.Tensor],
     d: dict[str, torch.Tensor],
-    sets: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    shared: dict[str, torch.Tensor],
     probe_at: Callable[[dict], EnergyProbe],
-) -> dict[str, torch.Tensor]:
-    """I_A = (1/2) sum over the two Gauss-Legendre nodes of grad E_A(theta + s d), flat float64."""
-    total: dict[str, torch.Tensor] = {}
-    for s in NODES:
-        grads = probe_at(moved(theta, d, s)).energy_gradients(sets)
-        for a, g in grads.items():
-            total[a] = total[a] + 0.5 * g if a in total else 0.5 * g
-    return total
+    rule: str = "midpoint",
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The line integral's integrand by the rule's nodes (weighted), flat float64:
 
-
-@dataclass
-class StepWork:
-    """The work terms of one step for every tracked set."""
-
-    rows: list[dict]
-
-
-def work_rows(
-    integrand: dict[str, torch.Tensor],
-    directions: dict[str, torch.Tensor],
-    d_e: dict[str, float],
-    blocks: dict[str, torch.Tensor],
-    split_sets: list[str],
-) -> list[dict]:
-    """Rows of one step: ``work`` and ``work_remainder`` (dE - work) for every set; ``work/<part>``
-    for every part of the step; ``work_by`` and ``work_drift_by`` (the work of each parameter
-    block of the real and the drift update) for the sets in ``split_sets``.
-
-    ``directions``: flat float64 vectors ``real`` and the parts (:data:`PARTS`).
+    * for every mask A, I_A = sum_nodes w grad E_A(theta + s d): the work of *any* direction u on
+      E_A is I_A . u (one per-batch tangent per set);
+    * for every shared direction u, c_u = sum_nodes w (2/B) sum_b g_b * (H_b u): the work of u on
+      *every* set's energy is the sum of c_u over the set's coordinates (one tangent per direction).
     """
-    rows = []
-    for a, vec in integrand.items():
-        w = float(vec @ directions["real"])
-        rows += [
-            {"metric": "work", "component": a, "value": w},
-            {"metric": "work_remainder", "component": a, "value": d_e[a] - w},
-        ]
-        rows += [
-            {"metric": f"work/{part}", "component": a, "value": float(vec @ directions[part])}
-            for part in PARTS
-            if part in directions
-        ]
-        if a not in split_sets:
-            continue
-        for b, mask in blocks.items():
-            m = mask.to(vec.device)
-            for label, key in (("work_by", "real"), ("work_drift_by", "drift")):
-                value = float(vec[m] @ directions[key][m])
-                rows.append({"metric": label, "component": f"{a}|{b}", "value": value})
-    return rows
+    grads: dict[str, torch.Tensor] = {}
+    contributions: dict[str, torch.Tensor] = {}
+    for s, weight in RULES[rule]:
+        probe = probe_at(moved(theta, d, s))
+        dtype = probe.theta[probe.names[0]].dtype
+        g, c = probe.gradients_and_contributions(masks, {k: u.to(dtype) for k, u in shared.items()})
+        for out, part in ((grads, g), (contributions, c)):
+            for k, v in part.items():
+                out[k] = out[k] + weight * v if k in out else weight * v
+    return grads, contributions
 
 
-def random_direction_work(
-    vec: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
-) -> float:
-    """The null of a K-type term: I . r on the block, r a Gaussian direction on the block's
-    coordinates with the norm of the block's part of u (a direction with no relation to E)."""
-    m = mask.to(vec.device)
-    r = torch.randn(int(m.sum()), generator=generator, dtype=torch.float64).to(vec.device)
+def on(mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """P_B u: the direction restricted to a block."""
+    return torch.where(mask.to(u.device), u, torch.zeros_like(u))
+
+
+def work_of(contribution: torch.Tensor, mask: torch.Tensor) -> float:
+    """The work of one shared direction on the energy of set ``mask`` (its contribution summed
+    over the set's coordinates)."""
+    return float(contribution[mask.to(contribution.device)].sum())
+
+
+def random_like(u: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A Gaussian direction on the block's coordinates with the norm of u's part there: the null of
+    a K-type term (a direction with no relation to E)."""
+    m = mask.to(u.device)
+    r = torch.zeros_like(u)
+    draw = torch.randn(int(m.sum()), generator=generator, dtype=torch.float64).to(u.device)
     norm = float(u[m].norm())
-    if norm == 0.0:
-        return 0.0
-    return float(vec[m] @ (r * norm / r.norm()))
+    if norm > 0:
+        r[m] = (draw * norm / draw.norm()).to(u.dtype)
+    return r
 
 
 def own_curvature(

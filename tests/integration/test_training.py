@@ -236,6 +236,14 @@ def test_resume_after_crash_is_bit_exact(tmp_path, cache_dir, monkeypatch, micro
         for kind in ("params", "exp_avg", "exp_avg_sq"):
             for name in b[kind]:
                 assert torch.equal(a[kind][name], b[kind][name]), f"{kind} {name} seed {seed}"
+        # nothing else is stored: no generator state that a resume could leave different
+        from safetensors.torch import load_file
+
+        stored = load_file(str(resumed.checkpoint_path(seed, 6)))
+        expected = load_file(str(micro_run.checkpoint_path(seed, 6)))
+        assert stored.keys() == expected.keys()
+        assert not [k for k in stored if k.startswith("rng/")]
+        assert all(torch.equal(stored[k], expected[k]) for k in stored)
 
 
 def test_recorded_activations_equal_run_with_cache(micro_run):

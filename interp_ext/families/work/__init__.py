@@ -72,11 +72,12 @@ from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.energy import WHOLE
 from interp_ext.stream3.split import flat
 from interp_ext.stream3.work import (
-    PARTS,
-    integrands,
+    RULES,
+    line_integrands,
+    on,
     own_curvature,
-    random_direction_work,
-    work_rows,
+    random_like,
+    work_of,
 )
 
 log = logging.getLogger("interp_ext")
@@ -85,7 +86,8 @@ TERMS = (
     "dE",
     "work",
     "work_remainder",
-    *(f"work/{p}" for p in PARTS),
+    *(f"work/{p}" for p in ("drift", "noise", "inherited", "fresh", "decay")),
+    "work/drift_halves",
     "work_by",
     "work_drift_by",
     "work_by_random",
@@ -109,6 +111,10 @@ class WorkSettings(Settings):
         "'window' (measure to the window's end) or 'rise' (stop at the end of the rise: formation + rise).",
     )
     every: int = setting(5, "Measure every N-th real step.")
+    rule: str = setting(
+        "midpoint",
+        "Quadrature of the line integral: 'midpoint' (one node) or 'gl2' (2-point Gauss-Legendre).",
+    )
     detail_every: int = setting(
         50,
         "Every that many steps: random-direction nulls and curvature terms (a multiple of --every).",
@@ -158,6 +164,7 @@ class WorkSettings(Settings):
         self.require(self.scale >= 1, "scale", "must be >= 1")
         self.require(self.controls >= 0, "controls", "must be >= 0")
         self.require(self.until in ("window", "rise"), "until", "choose 'window' or 'rise'")
+        self.require(self.rule in RULES, "rule", f"choose one of {sorted(RULES)}")
         self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2")
         self.require(
             window_problem(self.window) is None, "window", str(window_problem(self.window))
@@ -326,8 +333,8 @@ def window_work(
     chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
     probe_at = probe_factory(loss_fn, names, batches, dtype, model.cfg.device, chunk)
     partition, sets = tracked_sets(run, seed, circuit, settings.controls, model)
-    circuit_block = sets[WHOLE]
-    shadow = replay.moments()
+    halves: dict[str, dict] = {}  # the shadow moment of each half of the M batches
+    shadow_from = max(plan["replay_from"], plan["start"] - settings.horizon)
     gen = torch.Generator().manual_seed(1000 + seed)
     b1 = cfg.betas[0]
     stop = plan["end"] if plan["verify_at"] is None else plan["verify_at"]
@@ -341,15 +348,18 @@ def window_work(
         theta = {n: step.theta[n].to(dtype) for n in names}
         if real == plan["end"]:  # the end of the measured span: its energies close the window
             rows += end_energies(probe_at(step.theta), sets, plan["end"])
-        if real < plan["end"]:
-            g_bar = mean_gradient(run, seed, int(real), theta, loss_fn, settings.drift_batches)
-            shadow = {n: b1 * shadow[n] + (1 - b1) * g_bar[n].to(shadow[n].dtype) for n in names}
+        if shadow_from <= real < plan["end"]:
+            if (
+                not halves
+            ):  # the real m here: its weight decays below 1e-3 by the first measured step
+                halves = {h: {n: m.double() for n, m in step.exp_avg.items()} for h in "AB"}
+            halves = advance_shadow(halves, run, seed, int(real), theta, loss_fn, settings, b1)
         sampled = offset % (k * settings.every) == 0 and plan["start"] <= real < plan["end"]
         if not sampled:
             continue
         detail = (int(real) - plan["start"]) % settings.detail_every == 0
         out = step_work(
-            step, shadow, cfg, names, probe_at, partition, sets, circuit_block, detail, gen
+            step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, gen
         )
         rows += [{**r, "step": int(real)} for r in out]
     bar.close()
@@ -374,6 +384,20 @@ def window_work(
     return pd.DataFrame(rows)
 
 
+def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1) -> dict:
+    """One step of the shadow moment for each half of the M fresh batches (draws 0 .. M/2 - 1
+    and M/2 .. M - 1): their mean is the shadow moment of all M, their difference measures the
+    drift's own sampling error. With M = 1 both halves see the same batch."""
+    m = settings.drift_batches
+    size = {"A": max(1, m // 2), "B": max(1, m - m // 2)}
+    first = {"A": 0, "B": m // 2 if m > 1 else 0}
+    out = {}
+    for h, shadow in halves.items():
+        g = mean_gradient(run, seed, step, theta, loss_fn, size[h], first=first[h])
+        out[h] = {n: b1 * shadow[n] + (1 - b1) * g[n].double() for n in shadow}
+    return out
+
+
 def end_energies(probe, sets: dict, step: int) -> list[dict]:
     return [
         {"metric": "E_end", "component": a, "value": probe.energy(m), "step": step}
@@ -381,43 +405,109 @@ def end_energies(probe, sets: dict, step: int) -> list[dict]:
     ]
 
 
-def step_work(step, shadow, cfg, names, probe_at, partition, sets, circuit_block, detail, gen):
-    """Every row of one measured step (see the module docstring)."""
+def step_work(step, halves, cfg, names, probe_at, partition, sets, rule, detail, gen):
+    """Every row of one measured step (see the module docstring).
+
+    Every step: the circuit's integrand I_C (so every part and block of the step on E_C) and the
+    real step's work on every set; detail steps add the drift's, the inherited and the fresh
+    part's work on every set, the circuit's per-block terms, the random-direction nulls and the
+    curvature terms.
+    """
     real = {n: step.update[n].double() for n in names}
+    shadow = {n: (halves["A"][n] + halves["B"][n]) / 2 for n in names}
     drift = update_from_moment(step, shadow, cfg)
+    drift_a, drift_b = (update_from_moment(step, halves[h], cfg) for h in "AB")
+    half_gap = flat({n: (drift_a[n] - drift_b[n]) / 2 for n in names}, names)
     parts = momentum_split(step, cfg)
     dirs = {
         "real": flat(real, names),
         "drift": flat(drift, names),
-        **{key: flat(parts[key], names) for key in ("inherited", "fresh", "decay")},
+        "inherited": flat(parts["inherited"], names),
+        "fresh": flat(parts["fresh"], names),
     }
-    dirs["noise"] = dirs["real"] - dirs["drift"]
+    block = sets[WHOLE]
+    shared = {
+        k: dirs[k] for k in (("real", "drift", "inherited", "fresh") if detail else ("real",))
+    }
     p0 = probe_at(step.theta)
     e0 = {a: p0.energy(m) for a, m in sets.items()}
     p1 = probe_at({n: step.theta[n] + step.update[n] for n in names})
     d_e = {a: p1.energy(m) - e0[a] for a, m in sets.items()}
-    integrand = integrands(step.theta, step.update, sets, probe_at)
+    grads, c = line_integrands(step.theta, step.update, {WHOLE: block}, shared, probe_at, rule)
+    i_c = grads[WHOLE]
     rows = [{"metric": "E", "component": a, "value": e0[a]} for a in sets]
     rows += [{"metric": "dE", "component": a, "value": d_e[a]} for a in sets]
-    rows += work_rows(integrand, dirs, d_e, partition, [WHOLE])
-    rows.append({"metric": "update_norm", "component": "real", "value": float(dirs["real"].norm())})
-    rows.append(
-        {"metric": "update_norm", "component": "drift", "value": float(dirs["drift"].norm())}
-    )
+    for a, mask in sets.items():
+        if a == WHOLE:
+            w = {k: float(i_c @ dirs[k]) for k in dirs}
+        elif detail:
+            w = {k: work_of(c[k], mask) for k in dirs}
+        else:
+            w = {"real": work_of(c["real"], mask)}
+        rows += work_terms(a, w, d_e[a])
+    rows += [
+        {
+            "metric": "work_by",
+            "component": f"{WHOLE}|{WHOLE}",
+            "value": float(i_c @ on(block, dirs["real"])),
+        },
+        {
+            "metric": "work_drift_by",
+            "component": f"{WHOLE}|{WHOLE}",
+            "value": float(i_c @ on(block, dirs["drift"])),
+        },
+        {"metric": "work/drift_halves", "component": WHOLE, "value": float(i_c @ half_gap)},
+        {"metric": "update_norm", "component": "real", "value": float(dirs["real"].norm())},
+        {"metric": "update_norm", "component": "drift", "value": float(dirs["drift"].norm())},
+    ]
     if detail:
-        vec = integrand[WHOLE]
-        for label, key in (("work_by_random", "real"), ("work_drift_by_random", "drift")):
-            value = random_direction_work(vec, dirs[key], circuit_block, gen)
-            rows.append({"metric": label, "component": f"{WHOLE}|{WHOLE}", "value": value})
+        rows += detail_rows(i_c, dirs, partition, block, gen)
+        rows += curvature_rows(step, real, drift, names, probe_at, sets, e0)
+    return rows
 
-        def energies_at(theta):
-            probe = probe_at(theta)
-            return {a: probe.energy(m) for a, m in sets.items()}
 
-        noise = {n: real[n] - drift[n] for n in names}
-        for label, u in (("curv_drift", drift), ("curv_noise", noise)):
-            curv = own_curvature(energies_at, step.theta, u, e0)
-            rows += [{"metric": label, "component": a, "value": v} for a, v in curv.items()]
+def work_terms(a: str, w: dict[str, float], d_e: float) -> list[dict]:
+    """``work`` (real), ``work_remainder`` and, where measured, the parts of one set's work."""
+    terms = {"work": w["real"], "work_remainder": d_e - w["real"]}
+    if "drift" in w:
+        terms.update(
+            {
+                "work/drift": w["drift"],
+                "work/noise": w["real"] - w["drift"],
+                "work/inherited": w["inherited"],
+                "work/fresh": w["fresh"],
+                "work/decay": w["real"] - w["inherited"] - w["fresh"],
+            }
+        )
+    return [{"metric": k, "component": a, "value": v} for k, v in terms.items()]
+
+
+def detail_rows(i_c, dirs, partition, block, gen) -> list[dict]:
+    """The work on E_C of each block's part of the real and the drift update, and of random
+    directions with the norms of the circuit block's parts (the nulls of the K-type terms)."""
+    rows = []
+    for b, mask in partition.items():
+        for label, key in (("work_by", "real"), ("work_drift_by", "drift")):
+            value = float(i_c @ on(mask, dirs[key]))
+            rows.append({"metric": label, "component": f"{WHOLE}|{b}", "value": value})
+    for label, key in (("work_by_random", "real"), ("work_drift_by_random", "drift")):
+        value = float(i_c @ random_like(dirs[key], block, gen))
+        rows.append({"metric": label, "component": f"{WHOLE}|{WHOLE}", "value": value})
+    return rows
+
+
+def curvature_rows(step, real, drift, names, probe_at, sets, e0) -> list[dict]:
+    """Each part's own second-order term on every set: u^T Hess(E) u / 2 by central differences."""
+
+    def energies_at(theta):
+        probe = probe_at(theta)
+        return {a: probe.energy(m) for a, m in sets.items()}
+
+    rows = []
+    noise = {n: real[n] - drift[n] for n in names}
+    for label, u in (("curv_drift", drift), ("curv_noise", noise)):
+        curv = own_curvature(energies_at, step.theta, u, e0)
+        rows += [{"metric": label, "component": a, "value": v} for a, v in curv.items()]
     return rows
 
 
