@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+
 from interp_ext.errors import MeasureError
 
 log = logging.getLogger("interp_ext")
@@ -83,3 +85,11 @@ def seed_window(run, window: str, margin: int, formation: str, seed: int) -> tup
     before = [s for s in steps if s <= form - margin]
     after = [s for s in steps if s >= form + margin]
     return (before[-1] if before else steps[0], after[0] if after else steps[-1])
+
+
+def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
+    """Each step's phase: ``before`` (earlier than formation - rise), ``rise`` (within rise of
+    the formation step), ``after``; ``window`` for all when there is no formation step."""
+    if not math.isfinite(form):
+        return np.full(len(steps), "window", dtype=object)
+    return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))

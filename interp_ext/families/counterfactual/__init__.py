@@ -41,9 +41,8 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
+from interp_ext.measurement.stream3 import check_replay
 from interp_ext.measurement.windows import (
-    check_window_checkpoints,
-    formation_settings,
     seed_window,
     window_problem,
 )
@@ -117,20 +116,9 @@ class Counterfactual(Family):
     between_checkpoints = True
 
     def prepare(self, run, settings: CounterfactualSettings) -> CounterfactualSettings:
-        if run.imported:
-            raise MeasureError(
-                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
-            )
-        try:
-            run.train_tokens()
-        except FileNotFoundError as err:
-            raise MeasureError(
-                f"counterfactual replays rebuild the run's batches and need its training data: {err}"
-            ) from err
+        formation = check_replay(run, "counterfactual", settings.window, settings.n_batches)
         if settings.window == "auto":
-            settings = replace(settings, formation=settings.formation or formation_settings(run))
-        else:
-            check_window_checkpoints(run, settings.window, "counterfactual")
+            settings = replace(settings, formation=settings.formation or formation)
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(

@@ -22,7 +22,6 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -40,11 +39,15 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
-from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
+from interp_ext.measurement.stream3 import (
+    check_replay,
+    mean_gradient,
+    probe_factory,
+    tracked_sets,
+)
 from interp_ext.measurement.windows import (
-    check_window_checkpoints,
     formation_of,
-    formation_settings,
+    phase_of,
     seed_window,
     window_problem,
 )
@@ -139,25 +142,9 @@ class Ledger(Family):
     between_checkpoints = True
 
     def prepare(self, run, settings: LedgerSettings) -> LedgerSettings:
-        available = run.probe_set()["lm"].shape[0]
-        if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(
-                f"ledger setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
-            )
-        if run.imported:
-            raise MeasureError(
-                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
-            )
-        try:
-            run.train_tokens()
-        except FileNotFoundError as err:
-            raise MeasureError(
-                f"the ledger replays real steps and needs the run's training data: {err}"
-            ) from err
-        if settings.window != "auto":
-            check_window_checkpoints(run, settings.window, "ledger")
-        else:
-            settings = replace(settings, formation=settings.formation or formation_settings(run))
+        formation = check_replay(run, "ledger", settings.window, settings.n_batches)
+        if settings.window == "auto":
+            settings = replace(settings, formation=settings.formation or formation)
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(self, run, settings: LedgerSettings, seed: int, steps: list[int]) -> list[int]:
@@ -295,12 +282,6 @@ def window_rows(
 
 
 # --------------------------------------------------------------------------- summaries
-
-
-def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
-    if not math.isfinite(form):
-        return np.full(len(steps), "window", dtype=object)
-    return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))
 
 
 def window_sums(

@@ -59,12 +59,16 @@ from circuits.circuit import Circuit
 from interp_ext.geometry.gradients import loss_function, measure_dtype
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
-from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
+from interp_ext.measurement.stream3 import (
+    check_replay,
+    mean_gradient,
+    probe_factory,
+    tracked_sets,
+)
 from interp_ext.measurement.windows import (
-    check_window_checkpoints,
     formation_of,
-    formation_settings,
     formed_seeds,
+    phase_of,
     window_problem,
 )
 from interp_ext.replay import Replay, ReplayError, momentum_split, update_from_moment
@@ -184,25 +188,9 @@ class Work(Family):
     between_checkpoints = True
 
     def prepare(self, run, settings: WorkSettings) -> WorkSettings:
-        available = run.probe_set()["lm"].shape[0]
-        if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(
-                f"work setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
-            )
-        if run.imported:
-            raise MeasureError(
-                f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"
-            )
-        try:
-            run.train_tokens()
-        except FileNotFoundError as err:
-            raise MeasureError(
-                f"the work ledger replays real steps and needs the run's training data: {err}"
-            ) from err
-        if settings.window != "auto":
-            check_window_checkpoints(run, settings.window, "work")
-        else:
-            settings = replace(settings, formation=settings.formation or formation_settings(run))
+        formation = check_replay(run, "work", settings.window, settings.n_batches)
+        if settings.window == "auto":
+            settings = replace(settings, formation=settings.formation or formation)
         if not settings.horizon:
             settings = replace(settings, horizon=momentum_horizon(run.config.train.betas[0]))
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
@@ -508,12 +496,6 @@ def curvature_rows(step, real, drift, names, probe_at, sets, e0) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- summaries
-
-
-def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
-    if not math.isfinite(form):
-        return np.full(len(steps), "window", dtype=object)
-    return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))
 
 
 def window_sums(rows: pd.DataFrame, plan: dict, lr: float, settings: WorkSettings) -> pd.DataFrame:
