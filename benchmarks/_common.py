@@ -63,3 +63,32 @@ def plain_passes(model, batches: torch.Tensor) -> float:
             model(b, return_type="loss").backward()
     model.zero_grad(set_to_none=True)
     return t.seconds
+
+
+def replay_setup(preset: str, tmp):
+    """A freshly trained 12-step run of ``preset`` (one seed, the embedded corpus) and what a
+    Stream 3 benchmark times on it: (run, a replay from step 6, its loss function, the probe
+    batches, the probe at a parameter point, the parameters at step 6)."""
+    from pathlib import Path
+
+    from interp_ext import override
+    from interp_ext.geometry.gradients import loss_function
+    from interp_ext.measurement.stream3 import probe_factory
+    from interp_ext.replay import Replay
+    from interp_ext.training import train
+
+    cfg = override(
+        get_preset(preset),
+        data__corpus="synthetic",
+        train__steps=12,
+        train__checkpoint_every=6,
+        train__n_seeds=1,
+    )
+    run = train(cfg, Path(tmp) / "run", progress=False)
+    replay = Replay(run, 0, 6)
+    loss_fn = loss_function(replay.model, replay.names)
+    batches = run.probe_set()["lm"]
+    chunk = 4 if replay.model.cfg.d_vocab <= 4096 else 1
+    probe_at = probe_factory(loss_fn, replay.names, batches, torch.float32, "cpu", chunk)
+    theta0 = {n: p.detach().clone() for n, p in replay.model.named_parameters()}
+    return run, replay, loss_fn, batches, probe_at, theta0

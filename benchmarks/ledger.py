@@ -19,21 +19,15 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
-from pathlib import Path
 
 import torch
-from _common import machine
+from _common import machine, replay_setup
 from _common import median_time as timed
 
 from circuits import Circuit
-from interp_ext import get_preset, override
 from interp_ext.families.ledger import LedgerSettings, ledger_spec
-from interp_ext.geometry.gradients import loss_function
 from interp_ext.measurement.stream3 import mean_gradient
-from interp_ext.replay import Replay
-from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.split import StepInputs, measure_step
-from interp_ext.training import train
 
 
 def main() -> None:
@@ -43,29 +37,11 @@ def main() -> None:
     parser.add_argument("--drift-batches", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = override(
-            get_preset(args.preset),
-            data__corpus="synthetic",
-            train__steps=12,
-            train__checkpoint_every=6,
-            train__n_seeds=1,
-        )
-        run = train(cfg, Path(tmp) / "run", progress=False)
+        run, replay, loss_fn, batches, probe_at, theta0 = replay_setup(args.preset, tmp)
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        replay = Replay(run, 0, 6)
-        model, names = replay.model, replay.names
-        loss_fn = loss_function(model, names)
-        batches = run.probe_set()["lm"]
-        chunk = 4 if model.cfg.d_vocab <= 4096 else 1
+        model = replay.model
         circuit = Circuit("c", ["L1H0", "L0H1"])
         spec = ledger_spec(run, 0, circuit, LedgerSettings(circuit="L1H0,L0H1"), model)
-
-        def probe_at(theta):
-            return EnergyProbe(
-                loss_fn, {n: theta[n].detach().float() for n in names}, batches, chunk
-            )
-
-        theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
         ge, _ = timed(lambda: probe_at(theta0).grads, args.repeats)
         step_time, step = timed(replay.take, 1)
         drift_time, drift = timed(

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import torch
-from _common import machine, peak_rss_mib
+from _common import machine, peak_rss_mib, replay_setup
 from _common import median_time as timed
 
 from circuits import Circuit
-from interp_ext import get_preset, override
 from interp_ext.families.work import step_work
-from interp_ext.geometry.gradients import loss_function
-from interp_ext.measurement.stream3 import mean_gradient, probe_factory, tracked_sets
-from interp_ext.replay import Replay
-from interp_ext.training import train
+from interp_ext.measurement.stream3 import mean_gradient, tracked_sets
 
 
 def main() -> None:
@@ -42,24 +37,11 @@ def main() -> None:
     parser.add_argument("--detail-every", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = override(
-            get_preset(args.preset),
-            data__corpus="synthetic",
-            train__steps=12,
-            train__checkpoint_every=6,
-            train__n_seeds=1,
-        )
-        run = train(cfg, Path(tmp) / "run", progress=False)
+        run, replay, loss_fn, batches, probe_at, theta0 = replay_setup(args.preset, tmp)
         base = peak_rss_mib()
-        replay = Replay(run, 0, 6)
-        model, names = replay.model, replay.names
-        loss_fn = loss_function(model, names)
-        batches = run.probe_set()["lm"]
-        chunk = 4 if model.cfg.d_vocab <= 4096 else 1
-        probe_at = probe_factory(loss_fn, names, batches, torch.float32, "cpu", chunk)
+        names = replay.names
         circuit = Circuit("c", ["L1H0", "L0H1"])
-        partition, sets = tracked_sets(run, 0, circuit, 2, model)
-        theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+        partition, sets = tracked_sets(run, 0, circuit, 2, replay.model)
         ge, _ = timed(lambda: probe_at(theta0).grads, args.repeats)
         step_time, step = timed(replay.take, 1)
         drift_time, g_bar = timed(
