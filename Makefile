@@ -8,7 +8,7 @@ RUN ?= runs/tiny
 DATA_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: reproduce test install clean-venv
+.PHONY: reproduce test install notebooks clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the tutorials executed top to bottom on runs/tutorial and saved with their outputs
+notebooks: install
+	$(BIN)/python demos/execute.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -17,9 +17,14 @@ Typical notebook use::
     rows = measure(run, GeometrySettings(k=4))      # keyed by its settings; re-running measures nothing
 """
 
-from interp_ext.config import ConfigError, RunConfig, get_preset, override
-from interp_ext.errors import InterpExtError
-from interp_ext.run import CheckpointError, Run, RunError, open_run
+import warnings
+
+# In a notebook without ipywidgets, tqdm.auto falls back to text bars, which serve as well.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
+from interp_ext.config import ConfigError, RunConfig, get_preset, override  # noqa: E402
+from interp_ext.errors import InterpExtError  # noqa: E402
+from interp_ext.run import CheckpointError, Run, RunError, open_run  # noqa: E402
 
 __version__ = "0.1.0"
 

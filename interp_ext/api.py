@@ -134,6 +134,44 @@ def llc_estimate(
     return estimate(model, data, masks, chosen)
 
 
+TUTORIAL_HOOKS = ["blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def tutorial_run(
+    out: str = "runs/tutorial",
+    fast: bool = False,
+    data_dir: str | None = None,
+    progress: bool = True,
+):
+    """The run the tutorials use: ``out`` opened if it holds a finished run, else trained there.
+
+    The ``tiny`` preset (2 seeds, 4,000 steps, checkpoints every 250, a few minutes on a
+    laptop CPU) with three hooks recorded; ``fast`` trains 60 steps (seconds, nothing forms),
+    enough to run every cell. ``data_dir``: a folder with WikiText-2's ``wiki.*.raw``; without
+    one, the hub's WikiText-2 when it is reachable, else a synthetic corpus. A run cut short
+    is resumed from its last checkpoint.
+    """
+    import os
+
+    from interp_ext.config import get_preset, override
+    from interp_ext.run import open_run
+    from interp_ext.training import last_complete_step, train
+
+    cfg = override(
+        get_preset("tiny"),
+        data__data_dir=data_dir,
+        record__hooks=TUTORIAL_HOOKS,
+        **(dict(train__steps=60, train__checkpoint_every=20) if fast else {}),
+    )
+    exists = os.path.exists(os.path.join(out, "config.json"))
+    if exists:
+        run = open_run(out)
+        if last_complete_step(out, run.seeds) == run.config.train.steps:
+            return run
+        cfg = run.config  # resume what is there, with the settings it was started with
+    return train(cfg, out, resume=exists, progress=progress)
+
+
 __all__ = [
     "SAESettings",
     "circuit_of",
@@ -154,4 +192,5 @@ __all__ = [
     "similarity_matrix",
     "stream3_matrix",
     "train_sae",
+    "tutorial_run",
 ]

@@ -49,7 +49,10 @@ def converters() -> dict:
 @lru_cache(maxsize=1)
 def hf_model(path: str):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar per loaded checkpoint would bury the measurement's own
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except Exception as err:  # transformers raises OSError, ValueError, safetensors' own errors...
@@ -59,6 +62,9 @@ def hf_model(path: str):
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             "the file is corrupt or truncated: save the checkpoint again"
         ) from err
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def convert(path: Path, hooked: dict) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ def section(page) -> list[str]:
     lines = ["## Stream 3, exactly: the work of each part of the step on E_C", ""]
     lines += cumulative_figure(rows, page.out)
     lines += seed_table(rows)
+    lines += phase_table(rows)
     lines += scale_table(page.run)
     return lines
 
@@ -90,8 +91,67 @@ def seed_table(rows: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+# the decision rule's terms (docs/results.md section 3.0): set, metric, label
+DECISION = (
+    ("C|C", "work_drift_by", "K[C,C] exact: the circuit block's drift on E_C"),
+    ("C|C", "work_drift_by_random", "its null: a random direction of the same norm there"),
+    ("C|C", "work_by", "the circuit block's real update on E_C"),
+    ("C", "work/drift", "the whole drift on E_C"),
+    ("C", "work/noise", "the noise on E_C"),
+    ("C", "curv_noise", "the noise's own curvature term"),
+    ("C", "dE", "E_C's change (sampled)"),
+)
+
+
+def phase_table(rows: pd.DataFrame) -> list[str]:
+    """The decision rule's terms per phase: per-seed sums, k of n seeds positive and the one-sided
+    sign-test p-values, formed seeds beside the unformed ones (the null)."""
+    per = rows[(rows.seed >= 0) & (rows.step == -1) & rows.metric.str.endswith("/sum")]
+    if per.empty:
+        return []
+    formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].set_index("seed").value
+    lines = [
+        "Per phase (before: window start to formation - rise; rise: formation +- rise), per seed:",
+        "sums over the phase's steps; then k of n seeds positive with the one-sided sign-test p.",
+        "",
+    ]
+    for phase in ("before", "rise"):
+        seeds = sorted(per.seed.unique())
+        head = " | ".join(f"{s}{'' if formed.get(s, 0) > 0 else ' (unformed)'}" for s in seeds)
+        lines += [
+            f"**{phase}**",
+            "",
+            f"| term | {head} | formed: k of n > 0, p (> 0), p (< 0) | unformed: k of n > 0 |",
+            "|---|" + "---|" * len(seeds) + "---|---|",
+        ]
+        for where, term, label in DECISION:
+            sel = per[(per.metric == f"{term}/sum") & (per.component == f"{where}@{phase}")]
+            if sel.empty:
+                continue
+            values = sel.set_index("seed").value
+            cells = " | ".join(f"{values[s]:+.3g}" if s in values else "" for s in seeds)
+            summary = []
+            for group in ("formed", "unformed"):
+                c = f"{where}@{phase}#{group}"
+                n = one(rows, metric=f"{term}/sum/seed_n", component=c)
+                k = one(rows, metric=f"{term}/sum/seeds_positive", component=c)
+                if not n or n != n:
+                    summary.append("")
+                    continue
+                text = f"{int(k)} of {int(n)}"
+                if group == "formed":
+                    p_pos = one(rows, metric=f"{term}/sum/p_positive", component=c)
+                    p_neg = one(rows, metric=f"{term}/sum/p_negative", component=c)
+                    text += f", {p_pos:.3g}, {p_neg:.3g}"
+                summary.append(text)
+            lines.append(f"| {label} | {cells} | {summary[0]} | {summary[1]} |")
+        lines.append("")
+    return lines
+
+
 def scale_table(run) -> list[str]:
-    """Every measured scale side by side: window sums per unit of lr x steps, per seed."""
+    """Every measured scale side by side, per phase (the replays at lr / k stop at the rise's end,
+    so the whole window is not comparable): sums per unit of lr x steps, per seed."""
     rows = run.metrics("work", settings="all")
     if rows.empty:
         return []
@@ -100,23 +160,26 @@ def scale_table(run) -> list[str]:
         for r in run.measurements().itertuples()
         if r.family == "work"
     }
-    sel = rows[
-        (rows.seed >= 0)
-        & (rows.metric.str.endswith("/per_lr_step"))
-        & (rows.component == "C@window")
-    ].copy()
+    wanted = {
+        (f"{term}/per_lr_step", f"{where}@{phase}")
+        for where, term, _ in DECISION
+        for phase in ("before", "rise")
+    }
+    sel = rows[(rows.seed >= 0) & (rows.step == -1)].copy()
+    sel = sel[[(m, c) in wanted for m, c in zip(sel.metric, sel.component)]]
     if sel.empty or len({scales.get(s, 1) for s in sel.settings}) < 2:
         return []
     sel["scale"] = sel.settings.map(scales)
-    table = sel.pivot_table(index=["metric", "seed"], columns="scale", values="value")
+    table = sel.pivot_table(index=["component", "metric", "seed"], columns="scale", values="value")
+    table = table.dropna(thresh=2)  # seeds replayed at one scale only say nothing about the limit
     lines = [
-        "Toward the gradient flow: window sums per unit of lr x steps at lr / scale (each column a replay",
-        "of the same span with scale steps per real batch).",
+        "Toward the gradient flow: sums per unit of lr x steps at lr / scale, per phase (each column a",
+        "replay of the same span with scale steps per real batch; the real run is lr / 1).",
         "",
-        "| term | seed | " + " | ".join(f"lr / {c}" for c in table.columns) + " |",
-        "|---|---|" + "---|" * len(table.columns),
+        "| set@phase | term | seed | " + " | ".join(f"lr / {c}" for c in table.columns) + " |",
+        "|---|---|---|" + "---|" * len(table.columns),
     ]
-    for (metric, seed), values in table.iterrows():
+    for (component, metric, seed), values in table.iterrows():
         cells = " | ".join(f"{v:+.4g}" for v in values)
-        lines.append(f"| {metric.removesuffix('/per_lr_step')} | {seed} | {cells} |")
+        lines.append(f"| {component} | {metric.removesuffix('/per_lr_step')} | {seed} | {cells} |")
     return lines + [""]

@@ -1,0 +1,78 @@
+"""The tutorial notebooks: each runs top to bottom in fast mode in an empty folder (nbclient), and
+the saved copies carry their outputs, open with what they show and end with what to try next."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+DEMOS = Path(__file__).resolve().parent.parent / "demos"
+NOTEBOOKS = sorted(DEMOS.glob("[0-9][0-9]_*.ipynb"))
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1"
+
+
+def test_the_seven_tutorials_are_there_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+    assert not list(DEMOS.glob("[0-9][0-9]_*.py")), "the notebooks are the one source"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_saved_tutorial_shows_its_results(path):
+    nb = nbformat.read(path, as_version=4)
+    first, last = nb.cells[0], nb.cells[-1]
+    assert first.cell_type == "markdown" and "What this shows" in first.source
+    assert last.cell_type == "markdown" and "What to try next" in last.source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("outputs") for c in code[:1]), f"{path.name} is saved without its outputs"
+    images = [
+        o.data["image/png"] for c in code for o in c.outputs if "image/png" in o.get("data", {})
+    ]
+    assert images, f"{path.name} has no figure"
+    assert all(len(base64.b64decode(png)) <= 200_000 for png in images)
+    text = nbformat.writes(nb)
+    assert not re.search(r"(/tmp/|/home/|/root/|/work/|site-packages)", text), (
+        f"{path.name} names a machine path"
+    )
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert all("interp_ext._" not in c.source and "from tests" not in c.source for c in code)
+
+
+def test_the_tutorials_fit_in_five_megabytes():
+    assert sum(p.stat().st_size for p in NOTEBOOKS) <= 5_000_000
+
+
+@pytest.fixture(scope="module")
+def fast_env(tmp_path_factory):
+    """Fast mode, one run shared by the notebooks, made by the first in an empty folder."""
+    folder = tmp_path_factory.mktemp("tutorials")
+    old = dict(os.environ)
+    os.environ.update(
+        INTERP_EXT_FAST="1",
+        INTERP_EXT_RUN=str(folder / "runs" / "tutorial"),
+        INTERP_EXT_IMPORT_DIR=str(folder / "runs" / "imported"),
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+    )
+    if DATA.is_dir():
+        os.environ["INTERP_EXT_DATA_DIR"] = str(DATA)
+    yield folder
+    os.environ.clear()
+    os.environ.update(old)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_tutorial_runs_top_to_bottom(path, fast_env):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(fast_env)}}
+    ).execute()
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
