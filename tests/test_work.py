@@ -221,3 +221,28 @@ def test_seeds_that_never_formed_have_no_window_without_formed_seeds(work_run):
     per = rows[(rows.step == -1) & (rows.metric == "measured")]
     assert per.value.tolist() == [0.0, 0.0]
     assert not math.isnan(per.seed.min())
+
+
+def test_the_toy_null_replays_the_reference_toy(toy):
+    """The package's no-circuit toy draws the reference toy's data, probe and batches for seed 0,
+    so its real trajectory and its telescoped E_C change are the reference's, and its
+    Gauss-Legendre work closes them the same way."""
+    from interp_ext.stream3.toy import Toy, run_toy
+
+    mine = Toy(0)
+    assert np.array_equal(mine.X, toy["X"]) and np.array_equal(mine.y, toy["y"])
+    sums = run_toy(0, steps=3000, window=(501, 3001))
+    assert sums["dE"] == pytest.approx(toy["S"][0], rel=1e-9)
+    assert sums["work"] == pytest.approx(toy["S"][5], rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_the_toy_nulls_splits_add_up(scale):
+    from interp_ext.stream3.toy import run_toy
+
+    s = run_toy(1, window=(200, 260), scale=scale, drift_batches=4, horizon=20)
+    assert abs(s["work_remainder"]) < 1e-6 * max(abs(s["work/drift"]), 1e-12)
+    assert s["work/drift"] + s["work/noise"] == pytest.approx(s["work"], abs=1e-12)
+    parts = s["work/inherited"] + s["work/fresh"] + s["work/decay"]
+    assert parts == pytest.approx(s["work"], abs=1e-12)
+    assert s["dE/per_lr_step"] == pytest.approx(s["dE"] / (0.05 * 60))

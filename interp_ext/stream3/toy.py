@@ -1,0 +1,203 @@
+"""Every split of the exact Stream 3 ledger on a model with no circuit in it: the null of its signs.
+
+A logistic regression (12 parameters, the first 4 called "the circuit" C) trained by AdamW on
+minibatches, with E_C = (1/B) sum_b ||P_C g_b||^2 on 16 fixed probe batches: the setting of the
+reference toy the ledger is checked against (the same data, batches and optimizer for a given
+seed, so seed 0's trajectory is that toy's). Over a window of real steps it measures what the
+``work`` family measures on a transformer, by the same definitions:
+
+* the exact work of the real step on E_C (2-point Gauss-Legendre) and its remainder;
+* drift and noise: the drift is the AdamW update built from a shadow first moment of the mean
+  gradient of ``drift_batches`` fresh batches (carried from ``horizon`` steps before the window)
+  with the real second moment; the noise is the rest;
+* momentum carried in, this step's gradient, weight decay;
+* K[C, C] in its exact form (the work of the circuit block's part of the drift, and of the real
+  update), beside the same integrand along a random direction of the same norm on that block;
+* the noise's and the drift's own curvature terms u^T Hess(E_C) u / 2 (central differences);
+
+and replays the same window at lr / k with k steps per batch (1 - beta scaled by 1 / k, the
+bias-correction count by k), reporting sums per unit of lr x steps, as ``Replay(scale=k)`` does.
+
+Nothing here forms, so any sign that holds on every toy seed is what the construction and plain
+AdamW give, not evidence of a self-reinforcing circuit. Run: ``python -m interp_ext.stream3.toy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+WINDOW = (500, 1000)  # steps 500-999: the loss still falling, AdamW's v settled
+GL2 = (0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3))
+TERMS = (
+    "dE",
+    "work",
+    "work_remainder",
+    "work/drift",
+    "work/noise",
+    "work/inherited",
+    "work/fresh",
+    "work/decay",
+    "K_CC/drift",
+    "K_CC/drift_random",
+    "K_CC/real",
+    "curv_drift",
+    "curv_noise",
+)
+
+
+class Toy:
+    """The reference toy's data and loss (numpy); ``seed`` 0 is the reference's own draw."""
+
+    def __init__(self, seed: int = 0, d: int = 12, n: int = 4000):
+        rng = np.random.default_rng(seed)
+        self.X = rng.normal(size=(n, d)) * np.linspace(3, 0.3, d)  # sharp and flat directions
+        w_true = rng.normal(size=d)
+        self.y = np.where(rng.random(n) < 1 / (1 + np.exp(-self.X @ w_true)), 1.0, -1.0)
+        self.probe = [rng.choice(n, 16, replace=False) for _ in range(16)]
+        self.C = np.zeros(d, bool)
+        self.C[:4] = True
+        self.rng = rng  # the training batches continue this stream, as in the reference
+        self.d, self.n = d, n
+
+    def grad(self, w, idx):
+        z = self.y[idx] * (self.X[idx] @ w)
+        s = -self.y[idx] / (1 + np.exp(z))
+        return self.X[idx].T @ s / len(idx)
+
+    def hess_vec(self, w, idx, v):
+        z = self.y[idx] * (self.X[idx] @ w)
+        p = 1 / (1 + np.exp(-z))
+        return self.X[idx].T @ (p * (1 - p) * (self.X[idx] @ v)) / len(idx)
+
+    def energy(self, w):
+        return float(np.mean([np.sum(self.grad(w, b)[self.C] ** 2) for b in self.probe]))
+
+    def grad_energy(self, w):
+        out = np.zeros(self.d)
+        for b in self.probe:
+            out += 2 * self.hess_vec(w, b, np.where(self.C, self.grad(w, b), 0.0))
+        return out / len(self.probe)
+
+
+def run_toy(
+    seed: int = 0,
+    steps: int = 3000,
+    window: tuple[int, int] = (500, 1500),
+    scale: int = 1,
+    drift_batches: int = 16,
+    horizon: int = 67,
+    lr: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
+    batch: int = 32,
+) -> dict[str, float]:
+    """Sums of every term over the window's real steps [start, end) (all steps measured), per
+    unit of lr x steps too (``<term>/per_lr_step``); at ``scale`` k the window is replayed at
+    lr / k with k steps per batch from the real state at ``start - horizon``."""
+    toy = Toy(seed)
+    start, end = window
+    b1, b2 = betas
+    w, m, v = np.zeros(toy.d), np.zeros(toy.d), np.zeros(toy.d)
+    batches = [toy.rng.choice(toy.n, batch, replace=False) for _ in range(min(steps, end))]
+    fresh = np.random.default_rng(10_000 + seed)  # the shadow's batches: a stream of their own
+    shadow_from = max(1, start - horizon)
+    sums = dict.fromkeys(TERMS, 0.0)
+    noise_rng = np.random.default_rng(20_000 + seed)
+    k, t = 1, 0
+    for real in range(1, end):
+        if real == shadow_from:  # from here on: the shadow moment, and the scaled replay
+            m_bar = m.copy()
+            k = scale
+            lr_k, b1_k, b2_k = lr / k, 1 - (1 - b1) / k, 1 - (1 - b2) / k
+            t = k * t
+        for _ in range(k):
+            t += 1
+            idx = batches[real - 1]
+            g = toy.grad(w, idx)
+            cur_lr, cur_b1, cur_b2 = (lr, b1, b2) if real < shadow_from else (lr_k, b1_k, b2_k)
+            m_old = m.copy()
+            m = cur_b1 * m + (1 - cur_b1) * g
+            v = cur_b2 * v + (1 - cur_b2) * g * g
+            denom = np.sqrt(v / (1 - cur_b2**t)) + 1e-8
+            sc = cur_lr / ((1 - cur_b1**t) * denom)
+            inherited, fresh_part, decay = (
+                -sc * cur_b1 * m_old,
+                -sc * (1 - cur_b1) * g,
+                -cur_lr * weight_decay * w,
+            )
+            step = inherited + fresh_part + decay
+            if real >= shadow_from:
+                g_bar = np.mean(
+                    [
+                        toy.grad(w, fresh.choice(toy.n, batch, replace=False))
+                        for _ in range(drift_batches)
+                    ],
+                    axis=0,
+                )
+                m_bar = cur_b1 * m_bar + (1 - cur_b1) * g_bar
+            if start <= real < end:
+                drift = -sc * m_bar + decay
+                noise = step - drift
+                integrand = 0.5 * sum(toy.grad_energy(w + s * step) for s in GL2)
+                e0, e1 = toy.energy(w), toy.energy(w + step)
+                block = np.where(toy.C, drift, 0.0)
+                rand = noise_rng.normal(size=toy.d) * toy.C
+                rand *= np.linalg.norm(block) / max(np.linalg.norm(rand), 1e-300)
+
+                def curv(u, w=w, e0=e0):
+                    return (toy.energy(w + u) + toy.energy(w - u) - 2 * e0) / 2
+
+                parts = {
+                    "dE": e1 - e0,
+                    "work": integrand @ step,
+                    "work/drift": integrand @ drift,
+                    "work/noise": integrand @ noise,
+                    "work/inherited": integrand @ inherited,
+                    "work/fresh": integrand @ fresh_part,
+                    "work/decay": integrand @ decay,
+                    "K_CC/drift": integrand @ block,
+                    "K_CC/drift_random": integrand @ rand,
+                    "K_CC/real": integrand @ np.where(toy.C, step, 0.0),
+                    "curv_drift": curv(drift),
+                    "curv_noise": curv(noise),
+                }
+                parts["work_remainder"] = parts["dE"] - parts["work"]
+                for key, value in parts.items():
+                    sums[key] += float(value)
+            w = w + step
+    out = dict(sums)
+    out.update({f"{key}/per_lr_step": value / (lr * (end - start)) for key, value in sums.items()})
+    return out
+
+
+def sign_table(seeds: int = 8, scales: tuple[int, ...] = (1, 2, 4), **kwargs) -> dict:
+    """Per scale and term: per-seed sums per unit of lr x steps, and how many seeds are positive."""
+    table = {}
+    for k in scales:
+        per = [run_toy(seed=s, scale=k, **kwargs) for s in range(seeds)]
+        for term in TERMS:
+            values = [p[f"{term}/per_lr_step"] for p in per]
+            table[(k, term)] = {"values": values, "positive": sum(x > 0 for x in values)}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    args = parser.parse_args()
+    table = sign_table(args.seeds, window=WINDOW)
+    print(f"toy with no circuit, {args.seeds} seeds, window {WINDOW}; sums per unit of lr x steps")
+    print(f"{'term':<20}" + "".join(f"{'lr / ' + str(k):>26}" for k in (1, 2, 4)))
+    for term in TERMS:
+        cells = ""
+        for k in (1, 2, 4):
+            entry = table[(k, term)]
+            mean = float(np.mean(entry["values"]))
+            cells += f"{mean:>+14.4g} ({entry['positive']} of {args.seeds} > 0)"
+        print(f"{term:<20}{cells}")
+
+
+if __name__ == "__main__":
+    main()
