@@ -246,3 +246,23 @@ def test_the_toy_nulls_splits_add_up(scale):
     parts = s["work/inherited"] + s["work/fresh"] + s["work/decay"]
     assert parts == pytest.approx(s["work"], abs=1e-12)
     assert s["dE/per_lr_step"] == pytest.approx(s["dE"] / (0.05 * 60))
+
+
+def test_the_report_reads_the_real_steps_beside_the_replays_at_lower_lr(work_run, tmp_path):
+    """With a replay at lr / 2 measured after the real steps, the report's tables still come from
+    the real steps (scale 1), and the replay feeds only the comparison across scales."""
+    from interp_ext.families.work.report import real_scale_rows
+    from interp_ext.report.draw import Page
+
+    common = dict(window="4:8", every=2, detail_every=2, drift_batches=1, circuit=CIRCUIT)
+    real = WorkSettings(controls=0, **common)
+    measure(work_run, real, seeds=[0], progress=False)
+    measure(work_run, WorkSettings(controls=0, scale=2, **common), seeds=[0], progress=False)
+    latest = work_run.metrics("work")  # the latest measurement: the replay at lr / 2
+    page = Page(work_run, latest, tmp_path, {})
+    chosen = real_scale_rows(page)
+    ids = work_run.measurements()
+    scale_one = {
+        i for i, s in zip(ids.id, ids.settings) if s.get("scale", 1) == 1 and s["every"] == 2
+    }
+    assert set(chosen.settings) <= scale_one and len(chosen)

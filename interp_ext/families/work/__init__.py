@@ -219,7 +219,7 @@ class Work(Family):
     def finish(self, run, settings: WorkSettings, rows: pd.DataFrame) -> pd.DataFrame:
         sums = rows[(rows.seed >= 0) & rows.metric.str.contains("/sum|/exact|/per_lr_step")]
         sums = sums[~sums.metric.str.endswith("/sum_se")]
-        formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].set_index("seed").value
+        formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].groupby("seed").value.first()
         out = []
         for label, keep in (("formed", formed > 0), ("unformed", formed == 0)):
             seeds = formed[keep].index

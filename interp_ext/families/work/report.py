@@ -18,7 +18,7 @@ SUMMARY = ("work", "work/drift", "work/noise", "curv_noise", "curv_drift", "work
 
 def section(page) -> list[str]:
     """``report.md`` lines of this section (its figures written into ``page.out``)."""
-    rows = select(page.rows, family="work")
+    rows = real_scale_rows(page)
     if rows.empty:
         return []
     lines = ["## Stream 3, exactly: the work of each part of the step on E_C", ""]
@@ -27,6 +27,20 @@ def section(page) -> list[str]:
     lines += phase_table(rows)
     lines += scale_table(page.run)
     return lines
+
+
+def real_scale_rows(page) -> pd.DataFrame:
+    """The rows of the latest measurement of the real steps (scale 1); the replays at lr / k only
+    feed the table toward the gradient flow."""
+    rows = select(page.rows, family="work")
+    found = page.run.measurements()
+    found = found[found.family == "work"]
+    real = found[[int(s.get("scale", 1)) == 1 for s in found.settings]]
+    if rows.empty or real.empty or set(rows.settings) <= set(real.id):
+        return rows
+    latest = real.sort_values("used").id.iloc[-1]
+    every = page.run.metrics("work", settings="all")
+    return every[every.settings == latest]
 
 
 def cumulative_figure(rows: pd.DataFrame, out) -> list[str]:
@@ -109,7 +123,7 @@ def phase_table(rows: pd.DataFrame) -> list[str]:
     per = rows[(rows.seed >= 0) & (rows.step == -1) & rows.metric.str.endswith("/sum")]
     if per.empty:
         return []
-    formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].set_index("seed").value
+    formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].groupby("seed").value.first()
     lines = [
         "Per phase (before: window start to formation - rise; rise: formation +- rise), per seed:",
         "sums over the phase's steps; then k of n seeds positive with the one-sided sign-test p.",
