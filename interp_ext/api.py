@@ -134,7 +134,11 @@ def llc_estimate(
     return estimate(model, data, masks, chosen)
 
 
-TUTORIAL_HOOKS = ["blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+TUTORIAL_HOOKS = [
+    "blocks.0.attn.hook_pattern",
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_resid_post",
+]
 
 
 def tutorial_run(
