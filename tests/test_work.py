@@ -263,6 +263,8 @@ def test_the_report_reads_the_real_steps_beside_the_replays_at_lower_lr(work_run
     chosen = real_scale_rows(page)
     ids = work_run.measurements()
     scale_one = {
-        i for i, s in zip(ids.id, ids.settings) if s.get("scale", 1) == 1 and s["every"] == 2
+        i
+        for i, f, s in zip(ids.id, ids.family, ids.settings)
+        if f == "work" and s.get("scale", 1) == 1 and s.get("every") == 2
     }
     assert set(chosen.settings) <= scale_one and len(chosen)

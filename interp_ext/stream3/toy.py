@@ -95,7 +95,10 @@ def run_toy(
 ) -> dict[str, float]:
     """Sums of every term over the window's real steps [start, end) (all steps measured), per
     unit of lr x steps too (``<term>/per_lr_step``); at ``scale`` k the window is replayed at
-    lr / k with k steps per batch from the real state at ``start - horizon``."""
+    lr / k with k steps per batch from the real state at ``start - horizon``.
+
+    Long because it is the toy's one loop: train, switch to the replay, carry the shadow, measure.
+    """
     toy = Toy(seed)
     start, end = window
     b1, b2 = betas
