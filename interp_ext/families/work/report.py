@@ -78,6 +78,27 @@ def cumulative_figure(rows: pd.DataFrame, out) -> list[str]:
     return [image(files, "work"), ""]
 
 
+OVER_SEEDS = (
+    "seed_n",
+    "seed_mean",
+    "seed_lo",
+    "seed_hi",
+    "seeds_positive",
+    "p_positive",
+    "p_negative",
+)
+
+
+def over_seeds(rows: pd.DataFrame, term: str, component: str) -> dict | None:
+    """A term's summary over seeds (``<term>/sum/<stat>`` rows of ``component``); None without one."""
+    n = one(rows, metric=f"{term}/sum/seed_n", component=component)
+    if not n or n != n:
+        return None
+    return {
+        stat: one(rows, metric=f"{term}/sum/{stat}", component=component) for stat in OVER_SEEDS
+    }
+
+
 def seed_table(rows: pd.DataFrame) -> list[str]:
     lines = [
         "Window sums over each seed's window (`C@window`), over seeds: mean [95% t-interval], k of n seeds",
@@ -90,17 +111,12 @@ def seed_table(rows: pd.DataFrame) -> list[str]:
     for term in SUMMARY:
         for group in ("formed", "unformed"):
             where = f"C@window#{group}"
-            n = one(rows, metric=f"{term}/sum/seed_n", component=where)
-            if not n or n != n:
+            o = over_seeds(rows, term, where)
+            if o is None:
                 continue
-            mean = one(rows, metric=f"{term}/sum/seed_mean", component=where)
-            lo = one(rows, metric=f"{term}/sum/seed_lo", component=where)
-            hi = one(rows, metric=f"{term}/sum/seed_hi", component=where)
-            k = one(rows, metric=f"{term}/sum/seeds_positive", component=where)
-            p_pos = one(rows, metric=f"{term}/sum/p_positive", component=where)
-            p_neg = one(rows, metric=f"{term}/sum/p_negative", component=where)
             lines.append(
-                f"| {term} | {group} | {mean:+.4g} [{lo:+.4g}, {hi:+.4g}] | {int(k)} of {int(n)} | {p_pos:.3g} | {p_neg:.3g} |"
+                f"| {term} | {group} | {o['seed_mean']:+.4g} [{o['seed_lo']:+.4g}, {o['seed_hi']:+.4g}] "
+                f"| {int(o['seeds_positive'])} of {int(o['seed_n'])} | {o['p_positive']:.3g} | {o['p_negative']:.3g} |"
             )
     return lines + [""]
 
@@ -146,17 +162,13 @@ def phase_table(rows: pd.DataFrame) -> list[str]:
             cells = " | ".join(f"{values[s]:+.3g}" if s in values else "" for s in seeds)
             summary = []
             for group in ("formed", "unformed"):
-                c = f"{where}@{phase}#{group}"
-                n = one(rows, metric=f"{term}/sum/seed_n", component=c)
-                k = one(rows, metric=f"{term}/sum/seeds_positive", component=c)
-                if not n or n != n:
+                o = over_seeds(rows, term, f"{where}@{phase}#{group}")
+                if o is None:
                     summary.append("")
                     continue
-                text = f"{int(k)} of {int(n)}"
+                text = f"{int(o['seeds_positive'])} of {int(o['seed_n'])}"
                 if group == "formed":
-                    p_pos = one(rows, metric=f"{term}/sum/p_positive", component=c)
-                    p_neg = one(rows, metric=f"{term}/sum/p_negative", component=c)
-                    text += f", {p_pos:.3g}, {p_neg:.3g}"
+                    text += f", {o['p_positive']:.3g}, {o['p_negative']:.3g}"
                 summary.append(text)
             lines.append(f"| {label} | {cells} | {summary[0]} | {summary[1]} |")
         lines.append("")
