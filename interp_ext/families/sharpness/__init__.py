@@ -1,0 +1,211 @@
+"""``sharpness``: the top Hessian eigenvalue, plain and preconditioned by AdamW, against the edge of
+stability (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
+
+Per checkpoint (and, with ``--window``, every ``--window-every`` real steps replayed bit for bit
+through each seed's formation window), on the training loss averaged over the first
+``--batches`` probe batches:
+
+* ``sharpness``: lambda_1(H);
+* ``sharpness_precond``: lambda_1(P^-1 H), P built from the saved AdamW second moment
+  (:func:`interp_ext.geometry.sharpness.adam_preconditioner`);
+* ``edge_of_stability``: (2 + 2 beta1) / ((1 - beta1) lr), 38 / lr for beta1 = 0.9, and
+  ``precond_edge_ratio`` = ``sharpness_precond`` / ``edge_of_stability``;
+* with ``--circuit``, the same two eigenvalues of the circuit's block of H (component ``C``);
+* ``hvp_calls``: Hessian-vector products spent (each costs about two gradients).
+
+Rows at step 0 (no AdamW state yet) have no preconditioned values. Lanczos runs on
+``torch.func`` Hessian-vector products through scipy's ``eigsh``; the operator is tested against
+the dense Hessian of a micro model (``tests/geometry/test_sharpness.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+
+from interp_ext.geometry.gradients import current_params, loss_function
+from interp_ext.geometry.sharpness import HessianOperator, adam_preconditioner, stability_threshold
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
+from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
+from interp_ext.measurement.stream3 import check_replay
+from interp_ext.measurement.windows import seed_window, window_problem
+from interp_ext.replay import Replay
+from interp_ext.training import adamw
+
+log = logging.getLogger("interp_ext")
+
+METRICS = ("sharpness", "sharpness_precond", "precond_edge_ratio")
+
+
+@dataclass(frozen=True)
+class SharpnessSettings(Settings):
+    family = "sharpness"
+
+    n_batches: int = setting(4, "Probe batches the Hessian's loss averages over.", cli="--batches")
+    k: int = setting(1, "Top eigenvalues per operator.")
+    tol: float = setting(1e-3, "Lanczos relative tolerance.")
+    circuit: str = setting(
+        "",
+        "Also the circuit's block: 'cause', 'induction', heads like L1H2,L0H3, or a Circuit JSON file ('' for none).",
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    window: str = setting(
+        "",
+        "Real steps replayed and measured between checkpoints: 'auto' (each formed seed's window), START:END, or '' (checkpoints only).",
+    )
+    window_every: int = setting(50, "Real steps between measurements inside the window.")
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+    chunk: int | None = setting(None, "Probe batches per vmap call; speed only.", key=False)
+
+    def check(self) -> None:
+        self.require(self.n_batches >= 1, "n_batches", "must be >= 1")
+        self.require(self.k >= 1, "k", "must be >= 1")
+        self.require(0 < self.tol < 1, "tol", "must lie in (0, 1)")
+        self.require(self.window_every >= 1, "window_every", "must be >= 1")
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        if self.window:
+            problem = window_problem(self.window)
+            self.require(problem is None, "window", str(problem))
+
+
+class Sharpness(Family):
+    name = "sharpness"
+    report_order = 88
+    settings = SharpnessSettings
+    summary_metrics = METRICS
+    between_checkpoints = True
+
+    def prepare(self, run, settings: SharpnessSettings) -> SharpnessSettings:
+        available = run.probe_set()["lm"].shape[0]
+        if settings.n_batches > available:
+            raise MeasureError(
+                f"sharpness setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
+            )
+        if settings.window:
+            formation = check_replay(run, "sharpness", settings.window)
+            settings = replace(settings, formation=settings.formation or formation)
+        if settings.circuit:
+            settings = replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
+        return settings
+
+    def start_seed(self, run, settings: SharpnessSettings, seed: int) -> dict:
+        circuit = (
+            seed_circuit(run, seed, settings.circuit, settings.source) if settings.circuit else None
+        )
+        window = (
+            seed_window(run, settings.window, settings.margin, settings.formation, seed)
+            if settings.window
+            else None
+        )
+        return {"circuit": circuit, "window": window}
+
+    def checkpoint(self, ctx: Checkpoint, settings: SharpnessSettings, state: dict) -> pd.DataFrame:
+        run = ctx.run
+        ckpt = run.checkpoint(ctx.seed, ctx.step)
+        v = ckpt["exp_avg_sq"] or None
+        rows = measure_point(
+            ctx.model, run, settings, state["circuit"], v, float(ckpt["adam_step"] or 0)
+        )
+        rows["step"] = ctx.step
+        frames = [rows]
+        window = state["window"]
+        if window and ctx.step == window[0]:
+            frames.append(window_rows(run, ctx.seed, window, settings, state["circuit"]))
+        out = pd.concat(frames, ignore_index=True)
+        out["value"] = out["value"].astype(float)
+        return out[["step", "metric", "component", "value"]]
+
+    def inputs(self, run, settings: SharpnessSettings) -> list:
+        return source_folders(run, settings.circuit, settings.source) if settings.circuit else []
+
+    def describe(self, rows: pd.DataFrame) -> list[str]:
+        sel = rows[
+            (rows.metric == "precond_edge_ratio") & (rows.component == "") & (rows.seed >= 0)
+        ]
+        if sel.empty:
+            return []
+        top = sel.loc[sel.value.idxmax()]
+        return [
+            f"largest lambda_1(P^-1 H) / edge: {top.value:.3g} (seed {int(top.seed)}, step {int(top.step)}); "
+            f"median over measured points {sel.value.median():.3g}"
+        ]
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.sharpness.report import section
+
+        return section(page)
+
+
+def measure_point(
+    model, run, settings: SharpnessSettings, circuit, exp_avg_sq: dict | None, count: float
+) -> pd.DataFrame:
+    """The rows of one point: eigenvalues of H and of P^-1 H, for the model and the circuit block."""
+    cfg = run.config.train
+    names = [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    batches = run.probe_set()["lm"][: settings.n_batches].to(next(iter(theta.values())).device)
+    op = HessianOperator(loss_function(model, names), theta, batches, settings.chunk)
+    precond = (
+        adam_preconditioner(exp_avg_sq, count, cfg.betas, adamw_eps(cfg))
+        if exp_avg_sq and count >= 1
+        else None
+    )
+    edge = stability_threshold(cfg.lr, cfg.betas[0])
+    blocks = {"": None}
+    if circuit is not None:
+        masks = circuit.flat_masks(model)
+        blocks["C"] = torch.stack([m for c, m in masks.items() if c != "rest"]).any(0)
+    out = []
+    for comp, mask in blocks.items():
+        top = op.top(mask=mask, k=settings.k, tol=settings.tol)
+        out += eigen_rows("sharpness", comp, top)
+        if precond is not None:
+            pre = op.top(preconditioner=precond, mask=mask, k=settings.k, tol=settings.tol)
+            out += eigen_rows("sharpness_precond", comp, pre)
+            out.append({"metric": "precond_edge_ratio", "component": comp, "value": pre[0] / edge})
+    out.append({"metric": "edge_of_stability", "component": "", "value": edge})
+    out.append({"metric": "hvp_calls", "component": "", "value": float(op.calls)})
+    return pd.DataFrame(out)
+
+
+def adamw_eps(train_cfg) -> float:
+    """The eps of the run's AdamW (as the trainer builds it)."""
+    return float(adamw([torch.zeros(1)], train_cfg).defaults["eps"])
+
+
+def eigen_rows(metric: str, component: str, values) -> list[dict]:
+    """lambda_1 as ``metric``; lambda_2.. as ``metric_2``.."""
+    return [
+        {"metric": metric if i == 0 else f"{metric}_{i + 1}", "component": component, "value": v}
+        for i, v in enumerate(values)
+    ]
+
+
+def window_rows(run, seed: int, window, settings: SharpnessSettings, circuit) -> pd.DataFrame:
+    """Replay the window's real steps and measure every ``window_every`` steps between checkpoints;
+    the replay must reproduce the checkpoint at the window's end bit for bit."""
+    start, end = window
+    checkpoints = set(run.steps_for(seed))
+    replay = Replay(run, seed, start)
+    frames = []
+    for step in replay.steps(end):
+        at = step.step + 1  # the state after this step
+        if (at - start) % settings.window_every or at in checkpoints or at >= end:
+            continue
+        count, _, v = replay._state()
+        rows = measure_point(replay.model, run, settings, circuit, v, count)
+        frames.append(rows.assign(step=at))
+    if end in checkpoints:
+        replay.verify()
+    else:
+        log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+__all__ = ["Sharpness", "SharpnessSettings", "measure_point"]

@@ -1,0 +1,148 @@
+"""Sharpness: the top eigenvalues of the loss Hessian, plain and preconditioned by AdamW.
+
+Adaptive optimizers train at the edge of stability of their *preconditioned*
+Hessian (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"):
+with AdamW's update -eta m_hat / (sqrt(v_hat) + eps), the preconditioner is
+
+    P = (1 - beta1^t) (diag(sqrt(v_t / (1 - beta2^t))) + eps),
+
+and on a quadratic the EMA-momentum iteration is stable only while
+lambda_1(P^-1 H) < (2 + 2 beta1) / ((1 - beta1) eta) (38 / eta for beta1 = 0.9):
+:func:`stability_threshold`.
+
+P^-1 H is not symmetric, but it is similar to D^1/2 H D^1/2 with D = P^-1, which
+is; Lanczos (scipy's ``eigsh``) runs on that operator, built from Hessian-vector
+products (``torch.func``: forward-mode ``jvp`` of the reverse-mode ``grad``),
+never a dense Hessian. ``mask`` restricts the operator to a block of coordinates
+(a circuit's parameters): the top eigenvalue of that block of H.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch.func import grad, jvp
+
+
+def stability_threshold(lr: float, beta1: float) -> float:
+    """(2 + 2 beta1) / ((1 - beta1) lr): the preconditioned sharpness above which the
+    momentum iteration diverges on a quadratic."""
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+
+
+def adam_preconditioner(
+    exp_avg_sq: dict[str, torch.Tensor], count: float, betas: tuple[float, float], eps: float
+) -> dict[str, torch.Tensor]:
+    """D = P^-1 per parameter, from AdamW's second moment after ``count`` steps (bias-corrected, eps
+    included). ``count`` must be >= 1: before the first step AdamW has no preconditioner."""
+    if count < 1:
+        raise ValueError("AdamW has no preconditioner before its first step (count = 0)")
+    beta1, beta2 = betas
+    c1, c2 = 1.0 - beta1**count, 1.0 - beta2**count
+    return {n: 1.0 / (c1 * ((v / c2).sqrt() + eps)) for n, v in exp_avg_sq.items()}
+
+
+def top_eigenvalues(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    k: int = 1,
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, largest first.
+
+    ``matvec`` maps a [n] tensor of ``dtype`` to a [n] tensor; Lanczos (ARPACK via
+    ``scipy.sparse.linalg.eigsh``) from a fixed random start, to relative tolerance ``tol``.
+    """
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        out = matvec(torch.from_numpy(np.ascontiguousarray(x).ravel()).to(dtype))
+        return out.detach().double().cpu().numpy()
+
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    vals = eigsh(op, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+    return np.sort(vals)[::-1]
+
+
+class HessianOperator:
+    """Products with the Hessian of the mean loss over ``batches`` at ``theta``.
+
+    Args:
+        loss_fn: loss(params: dict, tokens) -> mean loss over the tokens' sequences
+            (``interp_ext.geometry.loss_function``).
+        theta: the parameters (a dict of tensors).
+        batches: [n_batches, batch, pos] token batches of one size; the loss is their mean,
+            i.e. the mean over all their sequences.
+        chunk: batches per forward-over-reverse call (default: all at once).
+    """
+
+    def __init__(self, loss_fn, theta: dict[str, torch.Tensor], batches, chunk: int | None = None):
+        self.loss_fn, self.theta = loss_fn, theta
+        self.names = list(theta)
+        chunk = chunk or batches.shape[0]
+        self.groups = [
+            batches[i : i + chunk].flatten(0, 1) for i in range(0, batches.shape[0], chunk)
+        ]
+        self.n = sum(t.numel() for t in theta.values())
+        self.calls = 0
+
+    def flat(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[n].reshape(-1) for n in self.names])
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat [n] vector (one forward-over-reverse pass per group of batches)."""
+        self.calls += 1
+        tangent, start = {}, 0
+        for n in self.names:
+            size = self.theta[n].numel()
+            tangent[n] = v[start : start + size].reshape(self.theta[n].shape)
+            start += size
+        total = None
+        for tokens in self.groups:
+            _, hv = jvp(lambda p, t=tokens: grad(self.loss_fn)(p, t), (self.theta,), (tangent,))
+            part = self.flat(hv) * (tokens.shape[0] / sum(g.shape[0] for g in self.groups))
+            total = part if total is None else total + part
+        return total
+
+    def top(
+        self,
+        preconditioner: dict[str, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        k: int = 1,
+        tol: float = 1e-3,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Top ``k`` eigenvalues of H, of P^-1 H (``preconditioner`` = D = P^-1 per parameter), or of
+        either restricted to the coordinates ``mask`` (a flat bool [n])."""
+        dtype = next(iter(self.theta.values())).dtype
+        device = next(iter(self.theta.values())).device
+        half = (
+            self.flat({n: d.to(dtype) for n, d in preconditioner.items()}).sqrt().to(device)
+            if preconditioner is not None
+            else None
+        )
+        idx = mask.nonzero().squeeze(1).to(device) if mask is not None else None
+        size = int(idx.numel()) if idx is not None else self.n
+
+        def matvec(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(device)
+            if idx is not None:
+                full = torch.zeros(self.n, dtype=dtype, device=device)
+                full[idx] = x
+                x = full
+            if half is not None:
+                x = half * x
+            y = self.hvp(x)
+            if half is not None:
+                y = half * y
+            return y[idx] if idx is not None else y
+
+        return top_eigenvalues(matvec, size, k, tol, seed, dtype)
+
+
+__all__ = ["HessianOperator", "adam_preconditioner", "stability_threshold", "top_eigenvalues"]

@@ -1,0 +1,185 @@
+"""Sharpness against references nobody here wrote: the dense autograd Hessian's eigenvalues
+(numpy), and the analytic stability edge of EMA momentum on a quadratic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuits.circuit import Circuit
+from interp_ext.geometry.gradients import current_params, flatten, loss_function
+from interp_ext.geometry.sharpness import (
+    HessianOperator,
+    adam_preconditioner,
+    stability_threshold,
+    top_eigenvalues,
+)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        n_heads=2,
+        d_model=6,
+        d_head=3,
+        n_ctx=6,
+        d_vocab=7,
+        attn_only=True,
+        normalization_type=None,
+        dtype=torch.float64,
+        seed=0,
+    )
+    model = HookedTransformer(cfg)
+    names = [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    batches = torch.randint(0, 7, (3, 2, 6), generator=torch.Generator().manual_seed(1))
+    loss = loss_function(model, names)
+
+    def mean_loss(flat):
+        out, start = {}, 0
+        for n in names:
+            size = theta[n].numel()
+            out[n] = flat[start : start + size].reshape(theta[n].shape)
+            start += size
+        return torch.stack([loss(out, b) for b in batches]).mean()
+
+    x = flatten(theta, names)
+    dense = torch.autograd.functional.hessian(mean_loss, x).numpy()
+    return model, names, theta, batches, loss, dense
+
+
+def test_top_eigenvalues_match_the_dense_hessian(micro):
+    model, names, theta, batches, loss, dense = micro
+    op = HessianOperator(loss, theta, batches)
+    assert op.n == dense.shape[0]
+    got = op.top(k=3, tol=1e-10)
+    want = np.sort(np.linalg.eigvalsh((dense + dense.T) / 2))[::-1][:3]
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_preconditioned_and_block_eigenvalues_match_the_dense_hessian(micro):
+    model, names, theta, batches, loss, dense = micro
+    rng = torch.Generator().manual_seed(2)
+    v = {
+        n: torch.rand(t.shape, generator=rng, dtype=torch.float64) * 1e-4 for n, t in theta.items()
+    }
+    d = adam_preconditioner(v, count=3, betas=(0.9, 0.999), eps=1e-8)
+    dvec = flatten(d, names).numpy()
+    op = HessianOperator(loss, theta, batches)
+    got = op.top(preconditioner=d, tol=1e-10)[0]
+    # P^-1 H is not symmetric: its eigenvalues straight from numpy's general solver
+    want = np.linalg.eigvals(dvec[:, None] * dense).real.max()
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+    mask = Circuit("c", ["L1H0"]).flat_masks(model)["L1H0"]
+    idx = mask.nonzero().squeeze(1).numpy()
+    block = dense[np.ix_(idx, idx)]
+    np.testing.assert_allclose(
+        op.top(mask=mask, tol=1e-10)[0], np.linalg.eigvalsh(block).max(), rtol=1e-7
+    )
+    both = np.linalg.eigvals(dvec[idx, None] * block).real.max()
+    np.testing.assert_allclose(op.top(preconditioner=d, mask=mask, tol=1e-10)[0], both, rtol=1e-7)
+
+
+def test_adam_preconditioner_is_the_inverse_of_adamw_denominator():
+    """One AdamW step from a state with m = g: the update is -lr * D * m exactly."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    opt = torch.optim.AdamW([p], lr=0.1, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.0)
+    for _ in range(4):
+        opt.zero_grad()
+        (p**3).sum().backward()
+        before = p.detach().clone()
+        opt.step()
+    st = opt.state[p]
+    d = adam_preconditioner({"p": st["exp_avg_sq"]}, float(st["step"]), (0.9, 0.99), 1e-3)["p"]
+    np.testing.assert_allclose(
+        (p.detach() - before).numpy(), (-0.1 * d * st["exp_avg"]).numpy(), rtol=1e-12
+    )
+    with pytest.raises(ValueError):
+        adam_preconditioner({"p": st["exp_avg_sq"]}, 0, (0.9, 0.99), 1e-3)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
+def test_stability_threshold_is_where_momentum_diverges_on_a_quadratic(beta1):
+    """m <- beta1 m + (1 - beta1) lam x; x <- x - lr m, on 1/2 lam x^2: bounded just below the
+    threshold, divergent just above."""
+    lr = 0.01
+
+    def final(lam):
+        x, m = 1.0, 0.0
+        for _ in range(20_000):
+            m = beta1 * m + (1 - beta1) * lam * x
+            x -= lr * m
+            if abs(x) > 1e6:
+                break
+        return abs(x)
+
+    edge = stability_threshold(lr, beta1)
+    assert final(0.99 * edge) < 1.0
+    assert final(1.01 * edge) > 1e3
+    if beta1 == 0.9:
+        assert edge == pytest.approx(38 / lr)
+
+
+def test_top_eigenvalues_of_a_known_matrix():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    lam = np.linspace(-5, 3, 40)
+    a = torch.from_numpy((q * lam) @ q.T)
+    got = top_eigenvalues(lambda x: a @ x, 40, k=2, tol=1e-12, dtype=torch.float64)
+    np.testing.assert_allclose(got, [3.0, lam[-2]], rtol=1e-9)
+
+
+def test_sharpness_rows_on_a_run(micro_run):
+    """Through the runner: checkpoints and a replayed window; the window's points are the replayed
+    parameters' (equal to a direct measurement where a checkpoint exists), bad settings refused."""
+    from interp_ext import measure
+    from interp_ext.families.sharpness import SharpnessSettings, measure_point
+    from interp_ext.measurement.runner import MeasureError
+
+    settings = SharpnessSettings(
+        n_batches=2, circuit="L1H0", window="2:6", window_every=1, tol=1e-6
+    )
+    measured = measure(micro_run, settings, seeds=[0], steps=[0, 2], progress=False)
+    # the window's points between checkpoints come with its first checkpoint's unit
+    rows = micro_run.metrics("sharpness", settings=measured.attrs["settings"], seeds=[0])
+    assert sorted(rows[rows.metric == "sharpness"].step.unique()) == [0, 2, 3, 5]
+    pre = rows[(rows.metric == "sharpness_precond") & (rows.component == "")]
+    assert sorted(pre.step) == [2, 3, 5]  # step 0 has no AdamW state
+    assert (pre.value > 0).all()
+    ratio = rows[(rows.metric == "precond_edge_ratio") & (rows.component == "")].set_index("step")
+    edge = rows[rows.metric == "edge_of_stability"].value.iloc[0]
+    assert edge == pytest.approx(38 / micro_run.config.train.lr)
+    np.testing.assert_allclose(ratio.value, pre.set_index("step").value / edge)
+    # the block's top eigenvalue never exceeds the whole model's (Cauchy interlacing)
+    whole = rows[(rows.metric == "sharpness") & (rows.component == "")].set_index("step").value
+    block = rows[(rows.metric == "sharpness") & (rows.component == "C")].set_index("step").value
+    assert (block <= whole + 1e-6).all()
+    # a checkpoint's row equals a direct measurement from that checkpoint's saved state
+    ckpt = micro_run.checkpoint(0, 2)
+    direct = measure_point(
+        micro_run.model(0, 2),
+        micro_run,
+        settings,
+        None,
+        ckpt["exp_avg_sq"],
+        float(ckpt["adam_step"]),
+    )
+    got = rows[(rows.step == 2) & (rows.metric == "sharpness_precond") & (rows.component == "")]
+    assert got.value.iloc[0] == pytest.approx(
+        direct[direct.metric == "sharpness_precond"].value.iloc[0], rel=1e-4
+    )
+    assert (
+        measure(micro_run, settings, seeds=[0], steps=[0, 2], progress=False).attrs["measured"][
+            "checkpoints"
+        ]
+        == 0
+    )
+    with pytest.raises(MeasureError, match="n_batches=99"):
+        measure(micro_run, SharpnessSettings(n_batches=99), progress=False)
+    with pytest.raises(MeasureError, match="window"):
+        measure(micro_run, SharpnessSettings(window="3:5"), progress=False)
