@@ -335,8 +335,8 @@ class MeasureConfig:
     study_seeds: int = 8
     study_plan: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(STUDY_PLAN))
     study_family_seeds: dict[str, int] = field(
-        default_factory=lambda: {"counterfactual": 4, "work:lr/2": 3, "work:lr/4": 3}
-    )  # the first n seeds whose induction heads formed
+        default_factory=lambda: {"counterfactual": 4}
+    )  # the first n seeds whose induction heads formed (a family not named: every seed)
 
     def __post_init__(self) -> None:
         self.plan = {str(k): dict(v) for k, v in self.plan.items()}

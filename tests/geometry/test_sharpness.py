@@ -144,8 +144,9 @@ def test_sharpness_rows_on_a_run(micro_run):
     settings = SharpnessSettings(
         n_batches=2, circuit="L1H0", window="2:6", window_every=1, tol=1e-6
     )
-    measured = measure(micro_run, settings, seeds=[0], steps=[0, 2], progress=False)
-    # the window's points between checkpoints come with its first checkpoint's unit
+    measured = measure(micro_run, settings, seeds=[0], steps=[0], progress=False)
+    # the window's first checkpoint is measured even when not asked for, and the points between
+    # checkpoints come with it
     rows = micro_run.metrics("sharpness", settings=measured.attrs["settings"], seeds=[0])
     assert sorted(rows[rows.metric == "sharpness"].step.unique()) == [0, 2, 3, 5]
     pre = rows[(rows.metric == "sharpness_precond") & (rows.component == "")]
@@ -174,7 +175,7 @@ def test_sharpness_rows_on_a_run(micro_run):
         direct[direct.metric == "sharpness_precond"].value.iloc[0], rel=1e-4
     )
     assert (
-        measure(micro_run, settings, seeds=[0], steps=[0, 2], progress=False).attrs["measured"][
+        measure(micro_run, settings, seeds=[0], steps=[0], progress=False).attrs["measured"][
             "checkpoints"
         ]
         == 0

@@ -94,6 +94,17 @@ class Sharpness(Family):
             settings = replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
         return settings
 
+    def seed_steps(
+        self, run, settings: SharpnessSettings, seed: int, steps: list[int]
+    ) -> list[int]:
+        """The chosen checkpoints, plus the window's first (its replay starts there)."""
+        window = (
+            seed_window(run, settings.window, settings.margin, settings.formation, seed)
+            if settings.window
+            else None
+        )
+        return sorted(set(steps) | ({window[0]} if window else set()))
+
     def start_seed(self, run, settings: SharpnessSettings, seed: int) -> dict:
         circuit = (
             seed_circuit(run, seed, settings.circuit, settings.source) if settings.circuit else None
