@@ -141,6 +141,20 @@ TUTORIAL_HOOKS = [
 ]
 
 
+def hessian_operator(model, batches, names: list[str] | None = None):
+    """Hessian-vector products of the mean next-token loss over token ``batches``
+    [n_batches, batch, pos] at ``model``'s parameters (all, or ``names``), and Lanczos on them:
+    ``op.top()`` is lambda_1(H); ``op.top(preconditioner=adam_preconditioner(...))`` is AdamW's
+    lambda_1(P^-1 H) (:mod:`interp_ext.geometry.sharpness`)."""
+    from interp_ext.geometry.gradients import current_params, loss_function
+    from interp_ext.geometry.sharpness import HessianOperator
+
+    names = names or [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    device = next(iter(theta.values())).device
+    return HessianOperator(loss_function(model, names), theta, batches.to(device))
+
+
 def tutorial_run(
     out: str = "runs/tutorial",
     fast: bool = False,
@@ -182,6 +196,7 @@ __all__ = [
     "discover_circuit",
     "encode",
     "gradient_dashboard",
+    "hessian_operator",
     "induction_scores",
     "induction_task",
     "llc_estimate",
