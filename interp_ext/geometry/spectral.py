@@ -7,6 +7,8 @@ K the eigenvectors of G are u_i = sum_b v_ib g_b / sqrt(B lambda_i).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float
 
@@ -150,6 +152,36 @@ def linear_cka(k1: Float[torch.Tensor, "B B"], k2: Float[torch.Tensor, "B B"]) -
     a, b = center_gram(k1.double()), center_gram(k2.double())
     denom = float(a.norm() * b.norm())
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def unbiased_hsic(k1: torch.Tensor, k2: torch.Tensor) -> float:
+    """The unbiased HSIC estimator of Song et al. 2012 (a U-statistic; needs B >= 4):
+
+    [tr(K1~ K2~) + 1'K1~1 1'K2~1 / ((B-1)(B-2)) - 2/(B-2) 1'K1~ K2~1] / (B(B-3)),
+
+    K~ the Gram with its diagonal set to 0. Unlike the centred-Gram (biased) estimator, it does
+    not read the diagonal (each batch's own squared gradient norm), so batches whose gradients
+    are nearly orthogonal with similar norms do not make two Grams look alike."""
+    n = k1.shape[0]
+    if n < 4:
+        raise ValueError(f"unbiased HSIC needs at least 4 batches, got {n}")
+    a = k1.double() - torch.diag(torch.diagonal(k1.double()))
+    b = k2.double() - torch.diag(torch.diagonal(k2.double()))
+    ones = torch.ones(n, dtype=torch.float64, device=a.device)
+    term = (
+        (a * b).sum()
+        + a.sum() * b.sum() / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (ones @ a @ b @ ones)
+    )
+    return float(term / (n * (n - 3)))
+
+
+def linear_cka_unbiased(k1: Float[torch.Tensor, "B B"], k2: Float[torch.Tensor, "B B"]) -> float:
+    """Linear CKA from the unbiased HSIC (Nguyen et al. 2021): HSIC_u(K1, K2) /
+    sqrt(HSIC_u(K1, K1) HSIC_u(K2, K2)); near 0 in expectation for unrelated Grams, and NaN when
+    either self-term is not positive."""
+    denom = unbiased_hsic(k1, k1) * unbiased_hsic(k2, k2)
+    return unbiased_hsic(k1, k2) / math.sqrt(denom) if denom > 0 else float("nan")
 
 
 def split_half_bases(

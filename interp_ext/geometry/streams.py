@@ -27,7 +27,7 @@ from transformer_lens import HookedTransformer
 
 from circuits.circuit import Head
 from interp_ext.geometry.gradients import group_names, per_batch_gradients, select_params, unflatten
-from interp_ext.geometry.spectral import cosine, linear_cka
+from interp_ext.geometry.spectral import cosine, linear_cka, linear_cka_unbiased
 
 log = logging.getLogger("interp_ext")
 
@@ -182,6 +182,7 @@ def cka_alignment(
     grams: Sequence[dict[str, torch.Tensor]],
     perms: dict[tuple[int, int], dict[int, np.ndarray]] | None = None,
     seeds: Sequence[int] | None = None,
+    unbiased: bool = False,
 ) -> pd.DataFrame:
     """Basis-free cross-seed alignment: mean over seed pairs of the linear CKA of their per-batch
     gradient Gram matrices on the same probe batches (SPEC section 5), for every block.
@@ -194,12 +195,15 @@ def cka_alignment(
         seeds: the seeds' names; when given, the seed-level rows are added: ``cka_pair`` and
             ``cka_heads_pair`` per pair (``seed`` the first of the pair, ``partner`` the second) and
             ``cka_seed`` / ``cka_heads_seed`` per seed, the mean over the pairs it is in.
+        unbiased: CKA from the unbiased HSIC (:func:`linear_cka_unbiased`); every metric's name
+            then ends in ``_unbiased`` (``cka_unbiased``, ``cka_unbiased_pair``, ...).
 
     Returns:
         DataFrame (metric, component, value[, seed, partner]).
     """
     pairs: dict[tuple[str, str, int, int], list[float]] = {}
     first: dict[str, list[float]] = {}
+    cka, tag = (linear_cka_unbiased, "_unbiased") if unbiased else (linear_cka, "")
     for i, j in itertools.combinations(range(len(grams)), 2):
         for block, k in grams[i].items():
             if Head.is_head(block):
@@ -207,14 +211,17 @@ def cka_alignment(
                     continue
                 h = Head.parse(block)
                 partner = str(Head(h.layer, int(perms[(i, j)][h.layer][h.head])))
-                value = linear_cka(k, grams[j][partner])
-                pairs.setdefault(("cka_heads", f"blocks.{h.layer}.heads", i, j), []).append(value)
+                value = cka(k, grams[j][partner])
+                pairs.setdefault((f"cka_heads{tag}", f"blocks.{h.layer}.heads", i, j), []).append(
+                    value
+                )
                 if i == 0:
                     first.setdefault(block, []).append(value)
             else:
-                pairs.setdefault(("cka", block, i, j), []).append(linear_cka(k, grams[j][block]))
+                pairs.setdefault((f"cka{tag}", block, i, j), []).append(cka(k, grams[j][block]))
     rows = [
-        {"metric": "cka_head", "component": c, "value": float(np.mean(v))} for c, v in first.items()
+        {"metric": f"cka_head{tag}", "component": c, "value": float(np.mean(v))}
+        for c, v in first.items()
     ]
     return pd.concat([_over_pairs(pairs, seeds), pd.DataFrame(rows)], ignore_index=True)
 
@@ -263,19 +270,21 @@ def shuffled_null(
     draws: int = 4,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
+    unbiased: bool = False,
 ) -> pd.DataFrame:
     """The same CKA with the batch order of the second seed of each pair shuffled: what it reads when
     the batches no longer correspond (``cka_null_shuffled``, groups only; with ``seeds``, also per pair
-    and per seed, as :func:`cka_alignment`)."""
+    and per seed, as :func:`cka_alignment`; ``unbiased``: ``cka_null_shuffled_unbiased``)."""
     gen = torch.Generator().manual_seed(seed)
+    cka, tag = (linear_cka_unbiased, "_unbiased") if unbiased else (linear_cka, "")
     pairs: dict[tuple[str, str, int, int], list[float]] = {}
     for i, j in itertools.combinations(range(len(grams)), 2):
         for _ in range(draws):
             perm = torch.randperm(next(iter(grams[j].values())).shape[0], generator=gen)
             for block, k in grams[i].items():
                 if not Head.is_head(block):
-                    pairs.setdefault(("cka_null_shuffled", block, i, j), []).append(
-                        linear_cka(k, grams[j][block][perm][:, perm])
+                    pairs.setdefault((f"cka_null_shuffled{tag}", block, i, j), []).append(
+                        cka(k, grams[j][block][perm][:, perm])
                     )
     return _over_pairs(pairs, seeds)
 

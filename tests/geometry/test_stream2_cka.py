@@ -95,6 +95,46 @@ def test_cka_is_one_for_gradients_equal_up_to_rotation():
     assert spectral.linear_cka(g @ g.T, other @ other.T) < 0.9
 
 
+def test_unbiased_hsic_is_the_u_statistic_over_distinct_quadruples():
+    """Song et al. 2012: HSIC_u is the mean over ordered distinct (i, j, q, r) of
+    K_ij L_ij + K_ij L_qr - 2 K_ij L_iq, computed here by brute force."""
+    import itertools
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    y += 0.5 * torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    k, lk = (x @ x.T).numpy(), (y @ y.T).numpy()
+    terms = [
+        k[i, j] * lk[i, j] + k[i, j] * lk[q, r] - 2 * k[i, j] * lk[i, q]
+        for i, j, q, r in itertools.permutations(range(7), 4)
+    ]
+    got = spectral.unbiased_hsic(torch.from_numpy(k), torch.from_numpy(lk))
+    assert got == pytest.approx(float(np.mean(terms)), rel=1e-12)
+    with pytest.raises(ValueError):
+        spectral.unbiased_hsic(torch.eye(3), torch.eye(3))
+
+
+def test_unbiased_cka_has_no_floor_from_the_diagonal():
+    """Nearly orthogonal per-batch gradients of similar norm: the biased CKA of two unrelated
+    sets reads high (the diagonal dominates both centred Grams), the unbiased one near 0; both
+    read 1 for gradients equal up to a rotation."""
+    gen = torch.Generator().manual_seed(5)
+    biased, unbiased = [], []
+    for _ in range(20):
+        a = torch.randn(16, 4000, generator=gen, dtype=torch.float64)
+        b = torch.randn(16, 4000, generator=gen, dtype=torch.float64)
+        biased.append(spectral.linear_cka(a @ a.T, b @ b.T))
+        unbiased.append(spectral.linear_cka_unbiased(a @ a.T, b @ b.T))
+    assert np.mean(biased) > 0.9
+    assert abs(np.mean(unbiased)) < 0.05
+    g = torch.randn(12, 30, generator=gen, dtype=torch.float64)
+    rotated = g @ random_orthogonal(30, gen)
+    assert spectral.linear_cka_unbiased(g @ g.T, rotated @ rotated.T) == pytest.approx(
+        1.0, abs=1e-12
+    )
+
+
 def test_untrained_models_score_at_the_untrained_null():
     batches = torch.randint(0, 11, (10, 3, 6), generator=torch.Generator().manual_seed(2))
     models = [small_model(seed=s) for s in range(6)]
@@ -206,7 +246,7 @@ def test_stream2_family_writes_the_seed_level_rows(micro_run):
     from interp_ext.measurement.runner import measure
 
     settings = Stream2Settings(n_batches=4, null_models=0, shuffles=1)
-    assert settings.revision == 1
+    assert settings.revision == 2
     measure(micro_run, settings, progress=False)
     rows = micro_run.metrics("stream2")
     pair = rows[rows.metric == "cka_pair"]
@@ -217,6 +257,10 @@ def test_stream2_family_writes_the_seed_level_rows(micro_run):
     np.testing.assert_allclose(both.value_x, both.value_y)
     per_seed = rows[rows.metric == "cka_seed"]
     assert set(per_seed.seed) == set(seeds) and (rows[rows.metric == "cka"].seed == -1).all()
+    # the unbiased estimator's rows stand beside the biased ones, block for block
+    unbiased = rows[rows.metric == "cka_unbiased_pair"]
+    assert set(zip(unbiased.step, unbiased.component)) == set(zip(pair.step, pair.component))
+    assert {"cka_null_shuffled_unbiased", "cka_heads_unbiased"} <= set(rows.metric)
     from interp_ext.families.stream2.report import seed_level_cka
 
     lines = seed_level_cka(rows, ["attn_qkv"])

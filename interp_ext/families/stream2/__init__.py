@@ -10,6 +10,9 @@ At each checkpoint, over every selected seed:
   neurons), so a function-identical twin scores 1. Per head (``cka_head`` for the
   first seed's heads, ``cka_heads`` per layer): heads matched across seeds by
   their attention patterns on the shared probe batches first.
+* ``cka_unbiased`` (and ``_pair``, ``_seed``, heads, nulls: every ``cka`` metric with
+  ``_unbiased``): the same from the unbiased HSIC, which ignores the Grams' diagonals
+  (each batch's own squared gradient norm) that make the biased estimator's floors high.
 * Nulls: ``cka_null_shuffled``, the same with one seed's batch order shuffled
   (no batch correspondence left), and ``cka_null_untrained`` (step -1), the
   measure between independently initialised untrained models.
@@ -50,7 +53,8 @@ NULL_SEED = 10_000
 @dataclass(frozen=True)
 class Stream2Settings(Settings):
     family = "stream2"
-    revision = 1  # the seed-level rows (per pair, per seed) added; earlier measurements lack them
+    # 1: the seed-level rows (per pair, per seed); 2: the unbiased-HSIC CKA beside the biased one
+    revision = 2
 
     n_batches: int | None = setting(
         None, "Probe batches (default: all of the probe set).", cli="--batches"
@@ -121,8 +125,12 @@ class Stream2(Family):
             for i, j in itertools.combinations(range(len(models)), 2)
         }
         rows += [
-            cka_alignment(grams, perms, seeds),
-            shuffled_null(grams, settings.shuffles, seed=step, seeds=seeds),
+            part
+            for unbiased in (False, True)
+            for part in (
+                cka_alignment(grams, perms, seeds, unbiased=unbiased),
+                shuffled_null(grams, settings.shuffles, seed=step, seeds=seeds, unbiased=unbiased),
+            )
         ]
         return pd.concat(rows, ignore_index=True)
 
@@ -171,8 +179,12 @@ def untrained_null(run, settings: Stream2Settings) -> pd.DataFrame:
     patterns = [head_patterns(m, lm[: settings.pattern_batches].flatten(0, 1)) for m in models]
     per_pair = []
     for i, j in itertools.combinations(range(len(models)), 2):
-        pair = cka_alignment([grams[i], grams[j]], {(0, 1): match_heads(patterns[i], patterns[j])})
-        per_pair.append(pair[pair.metric != "cka_head"])
+        perm = {(0, 1): match_heads(patterns[i], patterns[j])}
+        for unbiased in (False, True):
+            pair = cka_alignment([grams[i], grams[j]], perm, unbiased=unbiased)
+            per_pair.append(
+                pair[~pair.metric.str.startswith("cka_head_") & (pair.metric != "cka_head")]
+            )
     frame = pd.concat(per_pair, ignore_index=True)
     stats = frame.groupby(["metric", "component"]).value.agg(["mean", "std"]).reset_index()
     out = [

@@ -49,8 +49,8 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
         "",
         "At the last checkpoint, mean over seed pairs:",
         "",
-        "| group | CKA (basis-free) | shuffled-batch null | untrained null (mean +- sd) | raw cosine (basis-dependent) | permutation-matched cosine (basis-dependent) |",
-        "|---|---|---|---|---|---|",
+        "| group | CKA (basis-free) | shuffled-batch null | untrained null (mean +- sd) | unbiased CKA | its shuffled null | its untrained null | raw cosine (basis-dependent) | permutation-matched cosine (basis-dependent) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         null, sd = (
@@ -64,10 +64,13 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
                 "cka_null_shuffled",
                 "cross_seed_alignment",
                 "cross_seed_alignment_perm",
+                "cka_unbiased",
+                "cka_null_shuffled_unbiased",
             )
         ]
+        null_u = one(s2, metric="cka_unbiased_null_untrained", component=g)
         lines.append(
-            f"| {g} | {cells[0]:.3f} | {cells[1]:.3f} | {null:.3f} +- {sd:.3f} | {cells[2]:.3f} | {cells[3]:.3f} |"
+            f"| {g} | {cells[0]:.3f} | {cells[1]:.3f} | {null:.3f} +- {sd:.3f} | {cells[4]:.3f} | {cells[5]:.3f} | {null_u:.3f} | {cells[2]:.3f} | {cells[3]:.3f} |"
         )
     return (
         lines
@@ -75,6 +78,7 @@ def stream2_section(m: pd.DataFrame, out: Path) -> list[str]:
         + [
             "",
             "Reading: CKA asks whether the same probe batches push two seeds' group alike, whatever the coordinates; it means something only above both nulls. "
+            "The unbiased CKA (zero-diagonal HSIC) does not read each batch's own gradient norm, which lifts the biased estimator's floors when per-batch gradients are nearly orthogonal. "
             "The cosines compare raw coordinates, which differ between seeds by head rotations, permutations and the residual basis.",
             "",
         ]
@@ -148,6 +152,20 @@ def cka_panel(s2: pd.DataFrame, group: str) -> Panel:
             shuffled.step.tolist(), shuffled.value.tolist(), "shuffled-batch null", "#7f7f7f", 1.2
         ),
     ]
+    unbiased = select(s2, metric="cka_unbiased", component=group).sort_values("step")
+    unbiased_null = select(s2, metric="cka_null_shuffled_unbiased", component=group)
+    unbiased_null = unbiased_null.sort_values("step")
+    if len(unbiased):
+        traces += [
+            Trace(unbiased.step.tolist(), unbiased.value.tolist(), "unbiased CKA", "#2ca02c", 2.0),
+            Trace(
+                unbiased_null.step.tolist(),
+                unbiased_null.value.tolist(),
+                "its shuffled-batch null",
+                "#98df8a",
+                1.2,
+            ),
+        ]
     null, sd = (
         one(s2, metric="cka_null_untrained", component=group),
         one(s2, metric="cka_null_untrained_sd", component=group),
