@@ -94,6 +94,34 @@ def test_llc_rows_on_a_run(micro_run):
         measure(micro_run, LLCSettings(circuit="L5H0", components="circuit"), progress=False)
 
 
+def test_the_preconditioned_sampler_is_devinterps_rmsprop_sgld(micro_run, monkeypatch):
+    """sampler='rmsprop' runs devinterp's RMSProp-preconditioned SGLD (its sampling method named
+    through), keyed apart from plain SGLD, and gives a finite estimate."""
+    import devinterp.slt.llc as devinterp_llc
+
+    from interp_ext.families.llc import LLCSettings, estimate, llc_data
+    from interp_ext.measurement.runner import MeasureError
+
+    seen = []
+    real = devinterp_llc.llc
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["sampling_method"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(devinterp_llc, "llc", spy)
+    small = dict(num_chains=1, num_draws=8, num_burnin_steps=2, batch_size=4, n_sequences=8)
+    plain, pre = LLCSettings(**small), LLCSettings(sampler="rmsprop", **small)
+    assert plain.id != pre.id
+    model = micro_run.model(0, 6)
+    data = llc_data(micro_run, 0, pre)
+    out = {s.sampler: estimate(model, data, None, s)["llc"] for s in (plain, pre)}
+    assert seen == ["sgmcmc_sgld", "rmsprop_sgld"]
+    assert all(np.isfinite(v) for v in out.values())
+    with pytest.raises(MeasureError, match="sampler"):
+        LLCSettings(sampler="adam")
+
+
 def test_a_diverging_setting_is_marked_and_the_rest_continues(micro_run, caplog):
     from interp_ext import measure
     from interp_ext.families.llc import LLCSettings

@@ -52,6 +52,9 @@ LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 LOCALIZATIONS = (10.0, 100.0, 1000.0)
 
 
+SAMPLERS = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}  # devinterp's sampling methods
+
+
 @dataclass(frozen=True)
 class LLCSettings(Settings):
     family = "llc"
@@ -81,6 +84,10 @@ class LLCSettings(Settings):
     )
     seed: int = setting(100, "SGLD seed.")
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    sampler: str = setting(
+        "sgld",
+        "'sgld' (devinterp's plain SGLD) or 'rmsprop' (its RMSProp-preconditioned SGLD).",
+    )
 
     def check(self) -> None:
         self.require(
@@ -96,6 +103,7 @@ class LLCSettings(Settings):
             "n_sequences",
             "need n_sequences >= batch_size >= 1",
         )
+        self.require(self.sampler in SAMPLERS, "sampler", f"choose one of {sorted(SAMPLERS)}")
         bad = [
             c for c in self.components.split(",") if c not in ("model", "circuit", "rest", "heads")
         ]
@@ -253,6 +261,7 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         batch_size=settings.batch_size,
         init_seed=settings.seed,
         device=str(next(model.parameters()).device),
+        sampling_method=SAMPLERS[settings.sampler],
     )
     failed = {
         "llc": math.nan,
