@@ -146,13 +146,9 @@ def hessian_operator(model, batches, names: list[str] | None = None):
     [n_batches, batch, pos] at ``model``'s parameters (all, or ``names``), and Lanczos on them:
     ``op.top()`` is lambda_1(H); ``op.top(preconditioner=adam_preconditioner(...))`` is AdamW's
     lambda_1(P^-1 H) (:mod:`interp_ext.geometry.sharpness`)."""
-    from interp_ext.geometry.gradients import current_params, loss_function
-    from interp_ext.geometry.sharpness import HessianOperator
+    from interp_ext.geometry.sharpness import model_hessian
 
-    names = names or [n for n, _ in model.named_parameters()]
-    theta = current_params(model, names)
-    device = next(iter(theta.values())).device
-    return HessianOperator(loss_function(model, names), theta, batches.to(device))
+    return model_hessian(model, batches, names)
 
 
 def tutorial_run(

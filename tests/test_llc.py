@@ -79,6 +79,8 @@ def test_llc_rows_on_a_run(micro_run):
         batch_size=4,
         n_sequences=8,
         circuit="L1H0,L0H1",
+        trace_probes=3,
+        trace_batches=2,
     )
     rows = measure(micro_run, settings, steps=[0, 6], progress=False)
     per = rows[rows.seed >= 0]
@@ -86,6 +88,10 @@ def test_llc_rows_on_a_run(micro_run):
     assert {"llc", "llc_std", "trace_drift", "diverged", "init_loss", "llc_chain"} <= set(
         per.metric
     )
+    # a Hutchinson estimate of each component's Hessian trace beside its LLC
+    trace = per[per.metric == "hessian_trace"].set_index(["step", "component"]).value
+    assert set(trace.index.get_level_values(1)) == set(per[per.metric == "llc"].component)
+    assert (per[per.metric == "hessian_trace_se"].value > 0).all()
     assert (per[per.metric == "diverged"].value.isin([0.0, 1.0])).all()
     assert np.isfinite(per[(per.metric == "llc") & (per.component == "model")].value).all()
     with pytest.raises(MeasureError, match="components"):

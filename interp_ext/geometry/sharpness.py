@@ -145,4 +145,42 @@ class HessianOperator:
         return top_eigenvalues(matvec, size, k, tol, seed, dtype)
 
 
-__all__ = ["HessianOperator", "adam_preconditioner", "stability_threshold", "top_eigenvalues"]
+def model_hessian(model, batches: torch.Tensor, names: list[str] | None = None) -> HessianOperator:
+    """The Hessian operator of a ``HookedTransformer``'s mean next-token loss over token ``batches``
+    [n_batches, batch, pos] at its current parameters (all, or ``names``)."""
+    from interp_ext.geometry.gradients import current_params, loss_function
+
+    names = names or [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    device = next(iter(theta.values())).device
+    return HessianOperator(loss_function(model, names), theta, batches.to(device))
+
+
+def hutchinson_trace(
+    op: HessianOperator, n_probes: int, mask: torch.Tensor | None = None, seed: int = 0
+) -> tuple[float, float]:
+    """(estimate, standard error) of tr(H), or of the trace of H's block on the coordinates
+    ``mask``: the mean of z^T H z over ``n_probes`` Rademacher vectors z (zero off the block),
+    an unbiased estimate (Hutchinson 1989)."""
+    dtype = next(iter(op.theta.values())).dtype
+    device = next(iter(op.theta.values())).device
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(n_probes):
+        z = torch.randint(0, 2, (op.n,), generator=gen).to(dtype) * 2 - 1
+        if mask is not None:
+            z = z * mask.to(dtype)
+        z = z.to(device)
+        values.append(float(z @ op.hvp(z)))
+    v = np.asarray(values)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+__all__ = [
+    "HessianOperator",
+    "hutchinson_trace",
+    "adam_preconditioner",
+    "stability_threshold",
+    "top_eigenvalues",
+]

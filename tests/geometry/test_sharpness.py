@@ -13,6 +13,7 @@ from interp_ext.geometry.gradients import current_params, flatten, loss_function
 from interp_ext.geometry.sharpness import (
     HessianOperator,
     adam_preconditioner,
+    hutchinson_trace,
     stability_threshold,
     top_eigenvalues,
 )
@@ -82,6 +83,17 @@ def test_preconditioned_and_block_eigenvalues_match_the_dense_hessian(micro):
     )
     both = np.linalg.eigvals(dvec[idx, None] * block).real.max()
     np.testing.assert_allclose(op.top(preconditioner=d, mask=mask, tol=1e-10)[0], both, rtol=1e-7)
+
+
+def test_hutchinson_trace_is_unbiased_for_the_dense_trace(micro):
+    model, names, theta, batches, loss, dense = micro
+    op = HessianOperator(loss, theta, batches)
+    est, se = hutchinson_trace(op, 100, seed=1)
+    assert abs(est - np.trace(dense)) < 4 * se
+    mask = Circuit("c", ["L0H1"]).flat_masks(model)["L0H1"]
+    idx = mask.nonzero().squeeze(1).numpy()
+    est, se = hutchinson_trace(op, 100, mask=mask, seed=2)
+    assert abs(est - np.trace(dense[np.ix_(idx, idx)])) < 4 * se
 
 
 def test_adam_preconditioner_is_the_inverse_of_adamw_denominator():

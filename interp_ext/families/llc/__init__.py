@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, Head, all_heads
+from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.runner import (
     Checkpoint,
@@ -84,6 +85,11 @@ class LLCSettings(Settings):
     )
     seed: int = setting(100, "SGLD seed.")
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    trace_probes: int = setting(
+        16,
+        "Rademacher probes of the Hutchinson estimate of each component's Hessian trace beside its LLC (0: none).",
+    )
+    trace_batches: int = setting(4, "Probe batches the Hessian trace's loss averages over.")
     sampler: str = setting(
         "sgld",
         "'sgld' (devinterp's plain SGLD) or 'rmsprop' (its RMSProp-preconditioned SGLD).",
@@ -102,6 +108,11 @@ class LLCSettings(Settings):
             self.n_sequences >= self.batch_size >= 1,
             "n_sequences",
             "need n_sequences >= batch_size >= 1",
+        )
+        self.require(
+            self.trace_probes >= 0 and self.trace_batches >= 1,
+            "trace_probes",
+            "need trace_probes >= 0 and trace_batches >= 1",
         )
         self.require(self.sampler in SAMPLERS, "sampler", f"choose one of {sorted(SAMPLERS)}")
         bad = [
@@ -152,7 +163,20 @@ class LLC(Family):
 
     def checkpoint(self, ctx: Checkpoint, settings: LLCSettings, state) -> pd.DataFrame:
         rows = []
+        trace_op = (
+            model_hessian(ctx.model, ctx.probe["lm"][: settings.trace_batches])
+            if settings.trace_probes
+            else None
+        )
         for component, masks in component_masks(ctx.model, state["circuit"], settings).items():
+            if trace_op is not None:
+                est, se = hutchinson_trace(
+                    trace_op, settings.trace_probes, flat_mask(ctx.model, masks), settings.seed
+                )
+                rows += [
+                    {"metric": "hessian_trace", "component": component, "value": est},
+                    {"metric": "hessian_trace_se", "component": component, "value": se},
+                ]
             result = estimate(ctx.model, state["data"], masks, settings)
             if result["diverged"]:
                 log.warning(
@@ -222,6 +246,21 @@ def component_masks(
             {str(h): create_param_masks(model, f"l{h.layer}h{h.head}") for h in all_heads(model)}
         )
     return out
+
+
+def flat_mask(model, masks: dict | None) -> torch.Tensor | None:
+    """devinterp parameter masks as one bool mask over the flattened parameters (None: all)."""
+    if masks is None:
+        return None
+    parts = []
+    for name, p in model.named_parameters():
+        if name not in masks:
+            parts.append(torch.zeros(p.numel(), dtype=torch.bool))
+        elif masks[name] is None:
+            parts.append(torch.ones(p.numel(), dtype=torch.bool))
+        else:
+            parts.append(masks[name].detach().bool().flatten().cpu())
+    return torch.cat(parts)
 
 
 @contextmanager
