@@ -15,3 +15,17 @@ def heldout_probe(run) -> torch.Tensor:
     """The held-out probe sequences as one batch: [n_seq, pos]."""
     held = run.probe_set()["heldout"]
     return held.reshape(-1, held.shape[-1])
+
+
+def probe_batches(run, family: str, n_batches: int | None) -> int:
+    """The number of probe batches a measurement uses (``n_batches``, or all when None), refused
+    with one line naming the setting when the run's probe set holds fewer."""
+    from interp_ext.errors import MeasureError
+
+    available = run.probe_set()["lm"].shape[0]
+    wanted = n_batches or available
+    if wanted > available:
+        raise MeasureError(
+            f"{family} setting n_batches={wanted} is invalid: the run's probe set holds {available} batches; use at most {available}"
+        )
+    return wanted

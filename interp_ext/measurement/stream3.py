@@ -10,6 +10,7 @@ import torch
 from circuits.circuit import Circuit
 from interp_ext.errors import MeasureError
 from interp_ext.measurement.circuits import layer_matched
+from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.windows import check_window_checkpoints, formation_settings
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.energy import WHOLE, EnergyProbe
@@ -39,11 +40,7 @@ def check_replay(run, family: str, window: str, n_batches: int | None = None) ->
     ``n_batches``, the run was trained here (its batches are known) and keeps its training data,
     and a START:END window names two checkpoints. Returns the induction rows' settings id that
     an ``auto`` window reads formation steps from ("" for START:END)."""
-    available = run.probe_set()["lm"].shape[0]
-    if n_batches and n_batches > available:
-        raise MeasureError(
-            f"{family} setting n_batches={n_batches} is invalid: the run's probe set holds {available} batches"
-        )
+    probe_batches(run, family, n_batches)
     if run.imported:
         raise MeasureError(
             f"{run.path} was imported: the batches of its real steps are unknown, so its steps cannot be replayed"

@@ -33,10 +33,10 @@ from interp_ext.measurement.circuits import (
     seed_circuit,
     source_folders,
 )
+from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
-    MeasureError,
     Settings,
     setting,
 )
@@ -120,11 +120,7 @@ class Autocatalysis(Family):
     columns = ("direction", "circuit")
 
     def prepare(self, run, settings: AutocatalysisSettings) -> AutocatalysisSettings:
-        available = run.probe_set()["lm"].shape[0]
-        if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(
-                f"autocatalysis setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
-            )
+        probe_batches(run, "autocatalysis", settings.n_batches)
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def start_seed(

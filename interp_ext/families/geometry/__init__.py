@@ -29,6 +29,7 @@ from interp_ext.geometry.dashboard import (
 )
 from interp_ext.geometry.gradients import GROUPS
 from interp_ext.measurement.grams import save_grams
+from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
@@ -108,12 +109,7 @@ class Geometry(Family):
     summary_metrics = DASHBOARD + COMPANIONS + ("drift_rate", "drift_floor")
 
     def prepare(self, run, settings: GeometrySettings) -> GeometrySettings:
-        available = run.probe_set()["lm"].shape[0]
-        b = settings.n_batches or available
-        if b > available:
-            raise MeasureError(
-                f"geometry setting n_batches={b} is invalid: the run's probe set holds {available} batches; use at most {available}"
-            )
+        b = probe_batches(run, "geometry", settings.n_batches)
         if settings.k > b:
             raise MeasureError(
                 f"geometry setting k={settings.k} is invalid: G from B={b} batches has at most {b} eigenvectors; use k <= {b}"

@@ -29,7 +29,8 @@ import torch
 from interp_ext.geometry.gradients import current_params, loss_function
 from interp_ext.geometry.sharpness import HessianOperator, adam_preconditioner, stability_threshold
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
-from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
+from interp_ext.measurement.probes import probe_batches
+from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import check_replay
 from interp_ext.measurement.windows import seed_window, window_problem
 from interp_ext.replay import Replay
@@ -82,11 +83,7 @@ class Sharpness(Family):
     between_checkpoints = True
 
     def prepare(self, run, settings: SharpnessSettings) -> SharpnessSettings:
-        available = run.probe_set()["lm"].shape[0]
-        if settings.n_batches > available:
-            raise MeasureError(
-                f"sharpness setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
-            )
+        probe_batches(run, "sharpness", settings.n_batches)
         if settings.window:
             formation = check_replay(run, "sharpness", settings.window)
             settings = replace(settings, formation=settings.formation or formation)

@@ -45,7 +45,8 @@ from interp_ext.geometry.streams import (
     shuffled_null,
 )
 from interp_ext.measurement.grams import load_grams
-from interp_ext.measurement.runner import Family, MeasureError, Settings, setting
+from interp_ext.measurement.probes import probe_batches
+from interp_ext.measurement.runner import Family, Settings, setting
 
 NULL_SEED = 10_000
 
@@ -94,11 +95,8 @@ class Stream2(Family):
     columns = ("partner",)
 
     def prepare(self, run, settings: Stream2Settings) -> Stream2Settings:
-        available = run.probe_set()["lm"].shape[0]
-        if settings.n_batches and settings.n_batches > available:
-            raise MeasureError(
-                f"stream2 setting n_batches={settings.n_batches} is invalid: the run's probe set holds {available} batches"
-            )
+        available = probe_batches(run, "stream2", None)
+        probe_batches(run, "stream2", settings.n_batches)
         if settings.geometry:
             return settings
         geo = run.measurements()
