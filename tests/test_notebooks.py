@@ -44,6 +44,19 @@ def test_a_tutorial_says_what_it_shows_and_what_to_try_next(path):
     assert not any(o.output_type == "error" for c in code for o in c.get("outputs", []))
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_tutorial_is_saved_with_its_outputs(path):
+    """Readable without running: every code cell executed in order, at least one figure inline."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert all(isinstance(n, int) for n in counts), f"{path.name} has unexecuted cells"
+    assert counts == sorted(counts), f"{path.name} was not run top to bottom"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", [])), (
+        f"{path.name} is saved without a figure"
+    )
+
+
 def test_the_tutorials_fit_in_five_megabytes():
     assert sum(p.stat().st_size for p in NOTEBOOKS) <= 5_000_000
 

@@ -192,6 +192,14 @@ def test_sharpness_rows_on_a_run(micro_run):
         ]
         == 0
     )
+    # the seed's summary: its peak ratio and where (the micro run has no induction rows, so no
+    # formation step), and the report draws the section from the rows
+    peak = rows[(rows.metric == "precond_edge_ratio/max") & (rows.seed == 0)].value.iloc[0]
+    assert peak == pytest.approx(ratio.value.max())
+    from interp_ext.report import write_report
+
+    report = write_report(micro_run).read_text()
+    assert "## Sharpness and the edge of stability" in report
     with pytest.raises(MeasureError, match="n_batches=99"):
         measure(micro_run, SharpnessSettings(n_batches=99), progress=False)
     with pytest.raises(MeasureError, match="window"):

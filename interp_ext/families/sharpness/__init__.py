@@ -21,8 +21,10 @@ the dense Hessian of a micro model (``tests/geometry/test_sharpness.py``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -32,7 +34,7 @@ from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, sourc
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import check_replay
-from interp_ext.measurement.windows import seed_window, window_problem
+from interp_ext.measurement.windows import formation_of, formed_seeds, seed_window, window_problem
 from interp_ext.replay import Replay
 from interp_ext.training import adamw
 
@@ -129,6 +131,55 @@ class Sharpness(Family):
         out["value"] = out["value"].astype(float)
         return out[["step", "metric", "component", "value"]]
 
+    def finish_seed(self, run, settings: SharpnessSettings, seed: int, rows: pd.DataFrame):
+        """The seed's largest lambda_1(P^-1 H) / edge, its step, the share of points within 10% of
+        the edge, and whether the peak lies within one checkpoint interval of the seed's formation
+        step (a never-formed seed: of the median formation step of the seeds that did; ``null_``)."""
+        ratio = rows[
+            (rows.metric == "precond_edge_ratio") & (rows.component == "") & (rows.step >= 0)
+        ]
+        if ratio.empty:
+            return None
+        top = ratio.loc[ratio.value.idxmax()]
+        out = [
+            ("precond_edge_ratio/max", float(top.value)),
+            ("precond_edge_ratio/argmax", float(top.step)),
+            ("near_edge_share", float((ratio.value >= 0.9).mean())),
+        ]
+        form, prefix = formation_near(run, seed)
+        if math.isfinite(form):
+            interval = float(np.median(np.diff(run.steps_for(seed))))
+            out += [
+                (f"{prefix}formation_step", form),
+                (f"{prefix}peak_at_formation", float(abs(top.step - form) <= interval)),
+            ]
+        return pd.DataFrame(
+            [{"step": -1, "metric": m, "component": "", "value": v} for m, v in out]
+        )
+
+    def finish(self, run, settings: SharpnessSettings, rows: pd.DataFrame):
+        """k of n seeds whose peak sits at formation (and the same for the never-formed seeds)."""
+        per = rows[(rows.seed >= 0) & (rows.step == -1)]
+        out = []
+        for prefix in ("", "null_"):
+            hit = per[per.metric == f"{prefix}peak_at_formation"].value
+            if len(hit):
+                out += [
+                    {
+                        "step": -1,
+                        "metric": f"{prefix}peak_at_formation/seeds",
+                        "component": "",
+                        "value": float((hit > 0).sum()),
+                    },
+                    {
+                        "step": -1,
+                        "metric": f"{prefix}peak_at_formation/seed_n",
+                        "component": "",
+                        "value": float(len(hit)),
+                    },
+                ]
+        return pd.DataFrame(out) if out else None
+
     def inputs(self, run, settings: SharpnessSettings) -> list:
         return source_folders(run, settings.circuit, settings.source) if settings.circuit else []
 
@@ -180,6 +231,18 @@ def measure_point(
     out.append({"metric": "edge_of_stability", "component": "", "value": edge})
     out.append({"metric": "hvp_calls", "component": "", "value": float(op.calls)})
     return pd.DataFrame(out)
+
+
+def formation_near(run, seed: int) -> tuple[float, str]:
+    """(the seed's formation step, ""), or for a seed that never formed (the median formation step
+    of the seeds that did, "null_"); NaN when the run has no induction rows or no seed formed."""
+    if run.metrics("induction").empty:
+        return math.nan, ""
+    form = formation_of(run, "", seed)
+    if math.isfinite(form):
+        return form, ""
+    formed = [formation_of(run, "", s) for s in formed_seeds(run)]
+    return (float(np.median(formed)), "null_") if formed else (math.nan, "")
 
 
 def adamw_eps(train_cfg) -> float:

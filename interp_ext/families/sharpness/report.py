@@ -5,17 +5,19 @@ Drawn from the family's rows; nothing is computed here but the log of a ratio fo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
-from interp_ext.report.draw import image, seeds_of, select
+from interp_ext.report.draw import image, one, seeds_of, select
 
 
 def section(page) -> list[str]:
     """``report.md`` lines of this section (its figures written into ``page.out``)."""
-    rows = select(page.rows, family="sharpness")
-    rows = rows[(rows.seed >= 0) & (rows.step >= 0)]
+    every = select(page.rows, family="sharpness")
+    rows = every[(every.seed >= 0) & (every.step >= 0)]
     if rows.empty:
         return []
     edge = float(select(rows, metric="edge_of_stability").value.iloc[0])
@@ -28,7 +30,7 @@ def section(page) -> list[str]:
         page.out,
         "sharpness",
     )
-    return table_lines(rows, files)
+    return table_lines(every, files)
 
 
 def panels(rows: pd.DataFrame, ctx: dict) -> list[Panel]:
@@ -70,46 +72,47 @@ def panels(rows: pd.DataFrame, ctx: dict) -> list[Panel]:
 
 
 def table_lines(rows: pd.DataFrame, files: list[str]) -> list[str]:
-    per_seed = edge_summary(rows)
+    per = rows[rows.step == -1]
     lines = [
         "## Sharpness and the edge of stability",
         "",
         image(files, "sharpness"),
         "",
-        "| seed | largest lambda_1(P^-1 H) / edge | at step | points within 10% of the edge | points |",
-        "|---|---|---|---|---|",
+        "| seed | largest lambda_1(P^-1 H) / edge | at step | formation step | peak within one checkpoint interval of formation | points within 10% of the edge |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {s} | {v['max_ratio']:.3g} | {v['at']} | {v['near_edge']:.0%} | {v['n']} |"
-        for s, v in sorted(per_seed.items())
-    ]
-    at_edge = sum(v["max_ratio"] >= 0.9 for v in per_seed.values())
+    for seed in seeds_of(per):
+        g = per[per.seed == seed]
+        null = math.isfinite(one(g, metric="null_formation_step"))
+        prefix = "null_" if null else ""
+        form = one(g, metric=f"{prefix}formation_step")
+        hit = one(g, metric=f"{prefix}peak_at_formation")
+        shown = f"never formed (median {form:.0f})" if null else f"{form:.0f}"
+        answer = "yes" if hit > 0 else ("no" if hit == 0 else "")
+        lines.append(
+            f"| {seed} | {one(g, metric='precond_edge_ratio/max'):.3g} | {one(g, metric='precond_edge_ratio/argmax'):.0f} | "
+            f"{shown} | {answer} | {one(g, metric='near_edge_share'):.0%} |"
+        )
+    lines.append("")
+    for prefix, who in (
+        ("", "formed seeds"),
+        ("null_", "never-formed seeds, at the formed seeds' median formation step"),
+    ):
+        k = one(rows, metric=f"{prefix}peak_at_formation/seeds")
+        if math.isfinite(k):
+            n = one(rows, metric=f"{prefix}peak_at_formation/seed_n")
+            lines.append(
+                f"Peak of the preconditioned sharpness within one checkpoint interval of formation: {k:.0f} of {n:.0f} {who}."
+            )
     return lines + [
         "",
-        f"Seeds reaching 90% of the edge at some measured point: {at_edge} of {len(per_seed)}. "
         "Reading: a preconditioned sharpness that rises to the edge and stays there is AdamW at the edge of "
         "stability (Cohen et al. 2022); the per-step oscillation of the gradient is then expected, not a property "
         "of any circuit. The Hessian is that of the mean loss over the first probe batches, so it is an estimate of "
-        "the training loss's curvature, not the minibatch's.",
+        "the training loss's curvature, not the minibatch's. Points between checkpoints (a replayed window) are "
+        "denser than the checkpoints, so a peak is likelier to be caught there.",
         "",
     ]
-
-
-def edge_summary(rows: pd.DataFrame) -> dict:
-    """Per seed: the largest ratio, where, and the share of measured points within 10% of the edge."""
-    sel = rows[(rows.metric == "precond_edge_ratio") & (rows.component == "")]
-    out = {}
-    for seed, g in sel.groupby("seed"):
-        if seed < 0 or g.empty:
-            continue
-        top = g.loc[g.value.idxmax()]
-        out[int(seed)] = {
-            "max_ratio": float(top.value),
-            "at": int(top.step),
-            "near_edge": float((g.value >= 0.9).mean()),
-            "n": len(g),
-        }
-    return out
 
 
 def seed_lines(rows: pd.DataFrame, metric: str, component: str, transform=None) -> list[Trace]:
