@@ -33,8 +33,35 @@ def execute(path: Path, workdir: Path, save: bool, timeout: int = 3600) -> float
     if save:
         for cell in nb.cells:
             cell.metadata.pop("execution", None)  # no wall-clock stamps in the saved file
+            if "outputs" in cell:
+                cell.outputs = merged_streams(cell.outputs)
         nbformat.write(nb, path)
     return time.perf_counter() - start
+
+
+def final_frames(text: str) -> str:
+    """A progress bar's last frame per line: each line's text after its last carriage return
+    (a saved notebook shows every frame otherwise)."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def merged_streams(outputs: list) -> list:
+    """Consecutive stream outputs of one name joined, showing each progress bar's last frame."""
+    out: list = []
+    for o in outputs:
+        if (
+            o.get("output_type") == "stream"
+            and out
+            and out[-1].get("output_type") == "stream"
+            and out[-1].get("name") == o.get("name")
+        ):
+            out[-1]["text"] += o["text"]
+        else:
+            out.append(o)
+    for o in out:
+        if o.get("output_type") == "stream":
+            o["text"] = final_frames(o["text"])
+    return out
 
 
 def main() -> None:
