@@ -19,12 +19,15 @@ never a dense Hessian. ``mask`` restricts the operator to a block of coordinates
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import grad, jvp
+
+log = logging.getLogger("interp_ext")
 
 
 def stability_threshold(lr: float, beta1: float) -> float:
@@ -52,11 +55,14 @@ def top_eigenvalues(
     tol: float = 1e-3,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    maxiter: int = 30,
 ) -> np.ndarray:
     """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, largest first.
 
     ``matvec`` maps a [n] tensor of ``dtype`` to a [n] tensor; Lanczos (ARPACK via
-    ``scipy.sparse.linalg.eigsh``) from a fixed random start, to relative tolerance ``tol``.
+    ``scipy.sparse.linalg.eigsh``) from a fixed random start, to relative tolerance ``tol``,
+    with at most ``maxiter`` implicit restarts (a well-separated top eigenvalue needs one or
+    two); eigenvalues that do not converge are NaN, with a warning, never a silent value.
     """
 
     def mv(x: np.ndarray) -> np.ndarray:
@@ -65,7 +71,21 @@ def top_eigenvalues(
 
     op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(n)
-    vals = eigsh(op, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+    try:
+        vals = eigsh(
+            op, k=k, which="LA", tol=tol, v0=v0, maxiter=maxiter, return_eigenvectors=False
+        )
+    except ArpackNoConvergence as err:
+        log.warning(
+            "Lanczos did not reach tolerance %g within %d restarts: %d of %d eigenvalues converged, the rest are NaN",
+            tol,
+            maxiter,
+            len(err.eigenvalues),
+            k,
+        )
+        vals = np.concatenate(
+            [np.asarray(err.eigenvalues, float), np.full(k - len(err.eigenvalues), np.nan)]
+        )
     return np.sort(vals)[::-1]
 
 

@@ -204,3 +204,15 @@ def test_sharpness_rows_on_a_run(micro_run):
         measure(micro_run, SharpnessSettings(n_batches=99), progress=False)
     with pytest.raises(MeasureError, match="window"):
         measure(micro_run, SharpnessSettings(window="3:5"), progress=False)
+
+
+def test_lanczos_that_does_not_converge_gives_nan_not_a_value(caplog):
+    """An operator whose top eigenvalues are nearly degenerate, given one restart and a tolerance
+    it cannot reach: NaN and a warning."""
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    lam = np.concatenate([1.0 + 1e-9 * np.arange(40), np.linspace(-1, 0.5, 260)])
+    a = torch.from_numpy((q * lam) @ q.T)
+    got = top_eigenvalues(lambda x: a @ x, 300, k=3, tol=1e-15, dtype=torch.float64, maxiter=1)
+    assert np.isnan(got).any()
+    assert "did not reach tolerance" in caplog.text
