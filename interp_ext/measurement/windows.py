@@ -69,6 +69,19 @@ def formed_seeds(run) -> list[int]:
     return [s for s in run.seeds if math.isfinite(formation_of(run, formation, s))]
 
 
+def formation_or_null(run, seed: int) -> tuple[float, str]:
+    """(the seed's formation step, ""), or, for a seed that never formed, (the median formation step
+    of the seeds that did, "null_"): where a per-seed signal is read against formation, and its
+    null. NaN when the run has no induction rows or no seed formed."""
+    if run.metrics("induction").empty:
+        return math.nan, ""
+    form = formation_of(run, "", seed)
+    if math.isfinite(form):
+        return form, ""
+    formed = [formation_of(run, "", s) for s in formed_seeds(run)]
+    return (float(np.median(formed)), "null_") if formed else (math.nan, "")
+
+
 def seed_window(run, window: str, margin: int, formation: str, seed: int) -> tuple[int, int] | None:
     """(start, end) checkpoints of the seed's window; None when its induction heads never formed."""
     if window != "auto":

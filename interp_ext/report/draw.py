@@ -136,6 +136,18 @@ def heatmap_figure(
     return save(figure, out, name)
 
 
+def formation_cells(seed_rows: pd.DataFrame, hit_metric: str) -> tuple[str, str, str]:
+    """(formation step as shown, "yes"/"no"/"" for ``hit_metric``, the rows' prefix) for one seed's
+    step -1 rows, where a seed that never formed carries ``null_``-prefixed rows read at the formed
+    seeds' median formation step."""
+    null = math.isfinite(one(seed_rows, metric="null_formation_step"))
+    prefix = "null_" if null else ""
+    form = one(seed_rows, metric=f"{prefix}formation_step")
+    hit = one(seed_rows, metric=f"{prefix}{hit_metric}")
+    shown = f"never formed (median {form:.0f})" if null else f"{form:.0f}"
+    return shown, "yes" if hit > 0 else ("no" if hit == 0 else ""), prefix
+
+
 def seeds_of(rows: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in rows.seed.unique() if s >= 0)
 

@@ -37,6 +37,17 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
         metric_panel(llc, "llc", "LLC estimate", ctx, title=f"LLC: {c}", component=c)
         for c in components
     ]
+    if len(llc[(llc.metric == "hessian_trace") & (llc.component == "model")]):
+        panels.append(
+            metric_panel(
+                llc,
+                "hessian_trace",
+                "Hutchinson estimate",
+                ctx,
+                title="Hessian trace beside the LLC: model",
+                component="model",
+            )
+        )
     panels += llc_head_panels(llc, m, ctx)
     files = save(
         Figure(

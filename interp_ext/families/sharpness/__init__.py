@@ -34,7 +34,7 @@ from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, sourc
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import check_replay
-from interp_ext.measurement.windows import formation_of, formed_seeds, seed_window, window_problem
+from interp_ext.measurement.windows import formation_or_null, seed_window, window_problem
 from interp_ext.replay import Replay
 from interp_ext.training import adamw
 
@@ -146,7 +146,7 @@ class Sharpness(Family):
             ("precond_edge_ratio/argmax", float(top.step)),
             ("near_edge_share", float((ratio.value >= 0.9).mean())),
         ]
-        form, prefix = formation_near(run, seed)
+        form, prefix = formation_or_null(run, seed)
         if math.isfinite(form):
             interval = float(np.median(np.diff(run.steps_for(seed))))
             out += [
@@ -231,18 +231,6 @@ def measure_point(
     out.append({"metric": "edge_of_stability", "component": "", "value": edge})
     out.append({"metric": "hvp_calls", "component": "", "value": float(op.calls)})
     return pd.DataFrame(out)
-
-
-def formation_near(run, seed: int) -> tuple[float, str]:
-    """(the seed's formation step, ""), or for a seed that never formed (the median formation step
-    of the seeds that did, "null_"); NaN when the run has no induction rows or no seed formed."""
-    if run.metrics("induction").empty:
-        return math.nan, ""
-    form = formation_of(run, "", seed)
-    if math.isfinite(form):
-        return form, ""
-    formed = [formation_of(run, "", s) for s in formed_seeds(run)]
-    return (float(np.median(formed)), "null_") if formed else (math.nan, "")
 
 
 def adamw_eps(train_cfg) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
-from interp_ext.report.draw import image, one, seeds_of, select
+from interp_ext.report.draw import formation_cells, image, one, seeds_of, select
 
 
 def section(page) -> list[str]:
@@ -83,12 +83,7 @@ def table_lines(rows: pd.DataFrame, files: list[str]) -> list[str]:
     ]
     for seed in seeds_of(per):
         g = per[per.seed == seed]
-        null = math.isfinite(one(g, metric="null_formation_step"))
-        prefix = "null_" if null else ""
-        form = one(g, metric=f"{prefix}formation_step")
-        hit = one(g, metric=f"{prefix}peak_at_formation")
-        shown = f"never formed (median {form:.0f})" if null else f"{form:.0f}"
-        answer = "yes" if hit > 0 else ("no" if hit == 0 else "")
+        shown, answer, _ = formation_cells(g, "peak_at_formation")
         lines.append(
             f"| {seed} | {one(g, metric='precond_edge_ratio/max'):.3g} | {one(g, metric='precond_edge_ratio/argmax'):.0f} | "
             f"{shown} | {answer} | {one(g, metric='near_edge_share'):.0%} |"

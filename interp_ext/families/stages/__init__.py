@@ -34,7 +34,7 @@ from interp_ext.geometry.stages import (
 )
 from interp_ext.measurement.probes import heldout_probe
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
-from interp_ext.measurement.windows import formation_of, formed_seeds
+from interp_ext.measurement.windows import formation_or_null
 
 
 @dataclass(frozen=True)
@@ -177,14 +177,9 @@ def formation_rows(run, seed: int, steps: list[int], boundaries: list[float]) ->
     the chance of that for a random formation step. A seed that never formed is read the same
     way at the median formation step of those that did (the null, metrics ``null_...``);
     nothing when no seed's formation is known."""
-    if run.metrics("induction").empty:
-        return []
-    form, prefix = formation_of(run, "", seed), ""
+    form, prefix = formation_or_null(run, seed)
     if not math.isfinite(form):
-        formed = [formation_of(run, "", s) for s in formed_seeds(run)]
-        if not formed:
-            return []
-        form, prefix = float(np.median(formed)), "null_"
+        return []
     tolerance = float(np.median(np.diff(steps)))
     hit, chance = boundary_match(sorted(set(boundaries)), form, np.array(steps), tolerance)
     return [

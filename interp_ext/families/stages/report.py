@@ -6,13 +6,12 @@ Drawn from the family's rows; nothing is computed here.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Heatmap, Panel, Trace, save
 from interp_ext.report.draw import (
+    formation_cells,
     heatmap_figure,
     image,
     metric_panel,
@@ -129,13 +128,8 @@ def boundary_table(rows: pd.DataFrame) -> list[str]:
     for seed in seeds_of(per):
         g = per[per.seed == seed]
         bounds = sorted({int(v) for v in g[g.metric == "stage_boundary"].value})
-        null = math.isfinite(one(g, metric="null_formation_step"))
-        prefix = "null_" if null else ""
-        form = one(g, metric=f"{prefix}formation_step")
-        hit = one(g, metric=f"{prefix}boundary_at_formation")
+        shown, answer, prefix = formation_cells(g, "boundary_at_formation")
         chance = one(g, metric=f"{prefix}boundary_chance")
-        shown = f"never formed (median {form:.0f})" if null else f"{form:.0f}"
-        answer = "yes" if hit > 0 else ("no" if hit == 0 else "")
         lines.append(
             f"| {seed} | {', '.join(map(str, bounds)) or 'none'} | {shown} | {answer} | {chance:.2f} |"
         )
