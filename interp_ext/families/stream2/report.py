@@ -129,6 +129,18 @@ def seed_level_cka(s2: pd.DataFrame, groups: list[str]) -> list[str]:
     return lines
 
 
+def unbiased_traces(s2: pd.DataFrame, group: str) -> list[Trace]:
+    """The unbiased CKA (mean over pairs) and its shuffled-batch null, when measured."""
+    unbiased = select(s2, metric="cka_unbiased", component=group).sort_values("step")
+    null = select(s2, metric="cka_null_shuffled_unbiased", component=group).sort_values("step")
+    if unbiased.empty:
+        return []
+    return [
+        Trace(unbiased.step.tolist(), unbiased.value.tolist(), "unbiased CKA", "#2ca02c", 2.0),
+        Trace(null.step.tolist(), null.value.tolist(), "its shuffled-batch null", "#98df8a", 1.2),
+    ]
+
+
 def cka_panel(s2: pd.DataFrame, group: str) -> Panel:
     cka = select(s2, metric="cka", component=group).sort_values("step")
     shuffled = select(s2, metric="cka_null_shuffled", component=group).sort_values("step")
@@ -152,20 +164,7 @@ def cka_panel(s2: pd.DataFrame, group: str) -> Panel:
             shuffled.step.tolist(), shuffled.value.tolist(), "shuffled-batch null", "#7f7f7f", 1.2
         ),
     ]
-    unbiased = select(s2, metric="cka_unbiased", component=group).sort_values("step")
-    unbiased_null = select(s2, metric="cka_null_shuffled_unbiased", component=group)
-    unbiased_null = unbiased_null.sort_values("step")
-    if len(unbiased):
-        traces += [
-            Trace(unbiased.step.tolist(), unbiased.value.tolist(), "unbiased CKA", "#2ca02c", 2.0),
-            Trace(
-                unbiased_null.step.tolist(),
-                unbiased_null.value.tolist(),
-                "its shuffled-batch null",
-                "#98df8a",
-                1.2,
-            ),
-        ]
+    traces += unbiased_traces(s2, group)
     null, sd = (
         one(s2, metric="cka_null_untrained", component=group),
         one(s2, metric="cka_null_untrained_sd", component=group),
