@@ -21,6 +21,14 @@ def random_batches(n: int, batch: int = 8, pos: int = 64, seed: int = 0) -> torc
     return torch.randint(0, 50257, (n, batch, pos), generator=torch.Generator().manual_seed(seed))
 
 
+def middle_checkpoint(run):
+    """(seed, step, model) at the middle checkpoint of the run's first seed."""
+    seed = run.seeds[0]
+    steps = run.steps_for(seed)
+    step = steps[len(steps) // 2]
+    return seed, step, run.model(seed, step)
+
+
 def machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 

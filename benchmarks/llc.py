@@ -15,7 +15,7 @@ import argparse
 import statistics
 import time
 
-from _common import machine
+from _common import machine, middle_checkpoint
 
 from interp_ext import open_run
 from interp_ext.families.llc import LLCSettings, estimate, llc_data
@@ -32,9 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     run = open_run(args.run)
-    seed = run.seeds[0]
-    step = run.steps_for(seed)[len(run.steps_for(seed)) // 2]
-    model = run.model(seed, step)
+    seed, step, model = middle_checkpoint(run)
     settings = LLCSettings(
         lr=args.lr,
         localization=args.localization,

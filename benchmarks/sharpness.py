@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from _common import machine
+from _common import machine, middle_checkpoint
 from torch.func import grad
 
 from interp_ext import open_run
@@ -43,9 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     run = open_run(args.run)
-    seed = run.seeds[0]
-    step = run.steps_for(seed)[len(run.steps_for(seed)) // 2]
-    model = run.model(seed, step)
+    seed, step, model = middle_checkpoint(run)
     names = [n for n, _ in model.named_parameters()]
     theta = current_params(model, names)
     batches = run.probe_set()["lm"][: args.batches]
