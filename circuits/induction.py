@@ -183,6 +183,11 @@ def repeat_loss_drop(
 def icl_score(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]) -> float:
     """Mean loss on the last 8 predicted positions minus positions 6..13 (held-out text)."""
     loss = model(tokens.to(model.cfg.device), return_type="loss", loss_per_token=True).float().cpu()
+    return icl_from_loss(loss)
+
+
+def icl_from_loss(loss: Float[torch.Tensor, "batch pos_minus_1"]) -> float:
+    """The in-context-learning score from per-token losses already computed (:func:`icl_score`)."""
     return float(loss[:, -8:].mean() - loss[:, 6:14].mean())
 
 

@@ -165,15 +165,18 @@ class HessianOperator:
         return top_eigenvalues(matvec, size, k, tol, seed, dtype)
 
 
-def model_hessian(model, batches: torch.Tensor, names: list[str] | None = None) -> HessianOperator:
+def model_hessian(
+    model, batches: torch.Tensor, names: list[str] | None = None, chunk: int | None = None
+) -> HessianOperator:
     """The Hessian operator of a ``HookedTransformer``'s mean next-token loss over token ``batches``
-    [n_batches, batch, pos] at its current parameters (all, or ``names``)."""
+    [n_batches, batch, pos] at its current parameters (all, or ``names``); ``chunk``: batches per
+    forward-over-reverse pass (default: all)."""
     from interp_ext.geometry.gradients import current_params, loss_function
 
     names = names or [n for n, _ in model.named_parameters()]
     theta = current_params(model, names)
     device = next(iter(theta.values())).device
-    return HessianOperator(loss_function(model, names), theta, batches.to(device))
+    return HessianOperator(loss_function(model, names), theta, batches.to(device), chunk)
 
 
 def hutchinson_trace(

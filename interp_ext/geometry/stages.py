@@ -10,7 +10,7 @@ free additive shift), and a turning point is a checkpoint where a smoothed PC sc
 stops rising and starts falling or the reverse.
 
 Progress measures (Olsson et al. 2022): the loss at every context position over
-training (:func:`loss_by_position`); the in-context-learning and prefix-matching
+training (the batch mean of :func:`token_losses`); the in-context-learning and prefix-matching
 (induction) scores come from :mod:`circuits.induction`.
 """
 
@@ -34,12 +34,12 @@ def output_features(
 
 
 @torch.no_grad()
-def loss_by_position(
+def token_losses(
     model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"]
-) -> Float[np.ndarray, " pos_minus_1"]:
-    """Mean next-token loss at each position (position p predicts token p + 1), over the batch."""
-    per_token = model(tokens, return_type="loss", loss_per_token=True)
-    return per_token.float().mean(0).cpu().numpy()
+) -> Float[torch.Tensor, "batch pos_minus_1"]:
+    """Next-token loss of every sequence at every position (position p predicts token p + 1); its
+    mean over the batch is the loss by position."""
+    return model(tokens, return_type="loss", loss_per_token=True).float().cpu()
 
 
 def essential_dynamics(
@@ -125,7 +125,7 @@ def poisson_binomial_tail(k: int, probs: list[float]) -> float:
 __all__ = [
     "boundary_match",
     "essential_dynamics",
-    "loss_by_position",
+    "token_losses",
     "output_features",
     "poisson_binomial_tail",
     "smooth",

@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.geometry.gradients import current_params, loss_function
-from interp_ext.geometry.sharpness import HessianOperator, adam_preconditioner, stability_threshold
+from interp_ext.geometry.sharpness import adam_preconditioner, model_hessian, stability_threshold
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
@@ -97,23 +96,14 @@ class Sharpness(Family):
         self, run, settings: SharpnessSettings, seed: int, steps: list[int]
     ) -> list[int]:
         """The chosen checkpoints, plus the window's first (its replay starts there)."""
-        window = (
-            seed_window(run, settings.window, settings.margin, settings.formation, seed)
-            if settings.window
-            else None
-        )
+        window = window_of(run, settings, seed)
         return sorted(set(steps) | ({window[0]} if window else set()))
 
     def start_seed(self, run, settings: SharpnessSettings, seed: int) -> dict:
         circuit = (
             seed_circuit(run, seed, settings.circuit, settings.source) if settings.circuit else None
         )
-        window = (
-            seed_window(run, settings.window, settings.margin, settings.formation, seed)
-            if settings.window
-            else None
-        )
-        return {"circuit": circuit, "window": window}
+        return {"circuit": circuit, "window": window_of(run, settings, seed)}
 
     def checkpoint(self, ctx: Checkpoint, settings: SharpnessSettings, state: dict) -> pd.DataFrame:
         run = ctx.run
@@ -201,15 +191,19 @@ class Sharpness(Family):
         return section(page)
 
 
+def window_of(run, settings: SharpnessSettings, seed: int) -> tuple[int, int] | None:
+    """The seed's replayed window (start, end), or None (no ``--window``, or a seed that never formed)."""
+    if not settings.window:
+        return None
+    return seed_window(run, settings.window, settings.margin, settings.formation, seed)
+
+
 def measure_point(
     model, run, settings: SharpnessSettings, circuit, exp_avg_sq: dict | None, count: float
 ) -> pd.DataFrame:
     """The rows of one point: eigenvalues of H and of P^-1 H, for the model and the circuit block."""
     cfg = run.config.train
-    names = [n for n, _ in model.named_parameters()]
-    theta = current_params(model, names)
-    batches = run.probe_set()["lm"][: settings.n_batches].to(next(iter(theta.values())).device)
-    op = HessianOperator(loss_function(model, names), theta, batches, settings.chunk)
+    op = model_hessian(model, run.probe_set()["lm"][: settings.n_batches], chunk=settings.chunk)
     precond = (
         adam_preconditioner(exp_avg_sq, count, cfg.betas, adamw_eps(cfg))
         if exp_avg_sq and count >= 1
@@ -257,8 +251,10 @@ def window_rows(run, seed: int, window, settings: SharpnessSettings, circuit) ->
         at = step.step + 1  # the state after this step
         if (at - start) % settings.window_every or at in checkpoints or at >= end:
             continue
-        count, _, v = replay._state()
-        rows = measure_point(replay.model, run, settings, circuit, v, count)
+        # the state after the step: its second moment and AdamW's count one past the step's
+        rows = measure_point(
+            replay.model, run, settings, circuit, step.new_exp_avg_sq, step.count + 1
+        )
         frames.append(rows.assign(step=at))
     if end in checkpoints:
         replay.verify()

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from circuits.induction import frequent_tokens, icl_score
+from circuits.induction import frequent_tokens, icl_from_loss
 from interp_ext.geometry.stages import (
     boundary_match,
     essential_dynamics,
-    loss_by_position,
     output_features,
     poisson_binomial_tail,
+    token_losses,
     turning_points,
 )
 from interp_ext.measurement.probes import heldout_probe
@@ -72,12 +72,12 @@ class Stages(Family):
 
     def checkpoint(self, ctx: Checkpoint, settings: StagesSettings, state) -> pd.DataFrame:
         held = heldout_probe(ctx.run).to(ctx.run.device)
-        loss = loss_by_position(ctx.model, held)
+        losses = token_losses(ctx.model, held)  # one forward pass for both measures
         rows = [
             {"metric": "loss_by_position", "component": str(p), "value": float(v)}
-            for p, v in enumerate(loss)
+            for p, v in enumerate(losses.mean(0))
         ]
-        rows.append({"metric": "icl_score", "component": "", "value": icl_score(ctx.model, held)})
+        rows.append({"metric": "icl_score", "component": "", "value": icl_from_loss(losses)})
         return pd.DataFrame(rows)
 
     def finish_seed(self, run, settings: StagesSettings, seed: int, rows: pd.DataFrame):

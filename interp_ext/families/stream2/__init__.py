@@ -180,9 +180,7 @@ def untrained_null(run, settings: Stream2Settings) -> pd.DataFrame:
         perm = {(0, 1): match_heads(patterns[i], patterns[j])}
         for unbiased in (False, True):
             pair = cka_alignment([grams[i], grams[j]], perm, unbiased=unbiased)
-            per_pair.append(
-                pair[~pair.metric.str.startswith("cka_head_") & (pair.metric != "cka_head")]
-            )
+            per_pair.append(pair[~pair.metric.isin(["cka_head", "cka_head_unbiased"])])
     frame = pd.concat(per_pair, ignore_index=True)
     stats = frame.groupby(["metric", "component"]).value.agg(["mean", "std"]).reset_index()
     out = [
