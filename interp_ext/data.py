@@ -469,25 +469,44 @@ def training_batch(
     of the one trained on (e.g. the fresh batches the Stream 3 ledger averages to
     separate the drift of a step from its noise).
     """
+    seqs, _ = training_rows(stream, seed, step, batch_size, n_ctx, bos, data_cfg, d_vocab, draw)
+    return torch.from_numpy(seqs)
+
+
+def training_rows(
+    stream: np.ndarray,
+    seed: int,
+    step: int,
+    batch_size: int,
+    n_ctx: int,
+    bos: int,
+    data_cfg: DataConfig,
+    d_vocab: int | None = None,
+    draw: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`training_batch` as numpy, with which of its rows are uniform random tokens
+    (``random_seq_prob``; the others are corpus text; both carry the copied span)."""
     key = [0xDA7A, seed, step] if draw is None else [0xD81F7, seed, step, draw]
     rng = np.random.default_rng(key)
     seqs = sample_sequences(stream, batch_size, n_ctx, bos, rng)
-    _randomize(seqs, rng, data_cfg, d_vocab, bos)
+    random_rows = _randomize(seqs, rng, data_cfg, d_vocab, bos)
     _copies(seqs, rng, data_cfg, d_vocab, bos)
-    return torch.from_numpy(seqs)
+    return seqs, random_rows
 
 
 def _randomize(
     seqs: np.ndarray, rng: np.random.Generator, cfg: DataConfig, d_vocab: int | None, bos: int
-) -> None:
-    """In place: with probability ``random_seq_prob`` a row becomes uniform random tokens (BOS kept)."""
+) -> np.ndarray:
+    """In place: with probability ``random_seq_prob`` a row becomes uniform random tokens (BOS kept).
+    Returns which rows did."""
     if cfg.random_seq_prob <= 0:
-        return
+        return np.zeros(len(seqs), dtype=bool)
     if d_vocab is None:
         raise ValueError("random sequences need the vocabulary size")
     pick = rng.random(len(seqs)) < cfg.random_seq_prob
     fresh = rng.integers(0, d_vocab - 1, size=(int(pick.sum()), seqs.shape[1] - 1))
     seqs[pick, 1:] = fresh + (fresh >= bos)
+    return pick
 
 
 def _copies(

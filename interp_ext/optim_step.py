@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from interp_ext.data import training_batch
+from interp_ext.data import training_batch, training_rows
 from interp_ext.training import _autocast, adamw, deterministic_algorithms, set_adamw_state
 
 
@@ -34,6 +34,26 @@ def step_batch(run, seed: int, step: int, draw: int | None = None) -> torch.Tens
     bos = run.bos
     args = (cfg.train.batch_size, cfg.model.n_ctx, bos, cfg.data, run.d_vocab)
     return training_batch(run.train_tokens(), seed, step, *args, draw=draw)
+
+
+def step_rows(
+    run, seed: int, step: int, draw: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`step_batch` and a bool per row: True where the row is uniform random tokens, False
+    where it is corpus text (both carry the copied span)."""
+    cfg = run.config
+    seqs, random_rows = training_rows(
+        run.train_tokens(),
+        seed,
+        step,
+        cfg.train.batch_size,
+        cfg.model.n_ctx,
+        run.bos,
+        cfg.data,
+        run.d_vocab,
+        draw,
+    )
+    return torch.from_numpy(seqs), torch.from_numpy(random_rows)
 
 
 def optimizer_step_direction(

@@ -180,10 +180,24 @@ def test_calibration_criteria_on_known_traces():
     assert not stable(_result(flat, diverged=1.0), chance)
 
 
-def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
-    """The sweep on the run's checkpoints with a stand-in sampler whose chains are local and flat up to
-    lr 1e-4 at localisation 1000 and up to 1e-5 at 100, and wander to chance beyond: the choice is
-    the largest stable step size (the larger localisation among ties), its sweep saved."""
+def test_plateau_needs_every_probe_stable_and_within_tolerance():
+    from interp_ext.families.llc import LRS, plateau, window_size
+
+    assert window_size(LRS, 3.0) == 3  # quarter decades: three in a row span 3.16x
+    assert window_size((1e-3, 1e-4), 3.0) == 2
+    flat = [{"stable": True, "llc": [100.0, 50.0]}, {"stable": True, "llc": [105.0, 52.0]}]
+    assert plateau(flat, 0.1)
+    assert not plateau(flat + [{"stable": True, "llc": [100.0, 60.0]}], 0.1)  # 60 / 50 - 1 = 0.2
+    assert not plateau(flat + [{"stable": False, "llc": [100.0]}], 0.1)
+    assert not plateau([], 0.1)
+
+
+def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
+    """A stand-in sampler whose whole-model chains wander to chance above lr 4e-4 and give 100 (105 at
+    one step size) below; every head's estimate grows with the step size (no plateau) except L0H0's,
+    constant at 7. From the largest step size down the whole model's first 3x window is 3.16e-4 ..
+    1e-4 (its middle, 1.78e-4, is chosen); L0H0 plateaus at once; the other heads never do and are not
+    estimated; the sweep is saved, computing the id reads it and samples nothing."""
     import json
 
     from interp_ext.families import llc as llc_family
@@ -192,49 +206,93 @@ def test_calibration_keeps_the_largest_stable_step_size(micro_run, monkeypatch):
     chance = math.log(micro_run.d_vocab)
     steps = np.arange(40)
     seen = []
+    model_masks = {}
 
     def fake_estimate(model, data, masks, settings):
-        seen.append(model.cfg.n_layers)
-        limit = 1e-4 if settings.localization >= 1000 else 1e-5
-        reach = 0.1 if settings.lr <= limit else 0.9
+        seen.append(settings.lr)
+        name = "model" if masks is None else model_masks.get(id(masks), "head")
         init = chance - 1.0
+        reach = 0.9 if (name == "model" and settings.lr > 4e-4) else 0.1
         trace = np.stack([init + reach * (1 - np.exp(-steps / 2.0))] * 2)
-        return _result(trace, init=init)
+        value = {"model": 105.0 if settings.lr == 1.78e-4 else 100.0, "L0H0": 7.0}.get(
+            name, 1e6 * settings.lr
+        )
+        return {**_result(trace, init=init, llc=value), "chains": [value, value]}
 
-    settings = llc_family.LLCSettings(
-        num_chains=2, num_draws=36, num_burnin_steps=4, calibrate=True, n_sequences=8, batch_size=4
-    )
+    real_masks = llc_family.component_masks
+
+    def tagged_masks(model, circuit, settings):
+        out = real_masks(model, circuit, settings)
+        for name, m in out.items():
+            if m is not None:
+                model_masks[id(m)] = name
+        return out
+
     monkeypatch.setattr(llc_family, "estimate", fake_estimate)
-    monkeypatch.setattr(llc_family, "LRS", (1e-5, 1e-4, 1e-3))
-    monkeypatch.setattr(llc_family, "LOCALIZATIONS", (100.0, 1000.0))
+    monkeypatch.setattr(llc_family, "component_masks", tagged_masks)
+    settings = llc_family.LLCSettings(
+        num_chains=2,
+        num_draws=36,
+        num_burnin_steps=4,
+        calibrate=True,
+        n_sequences=8,
+        batch_size=4,
+        components="model,heads",
+        trace_probes=0,
+        calibration_seeds="0",
+    )
     family = llc_family.LLC()
     settings = family.prepare(micro_run, settings)
     assert family.resolve(micro_run, settings, compute=False) is None  # not yet calibrated
     assert settings_id(micro_run, settings) == ""
     chosen = family.resolve(micro_run, settings)
-    assert (chosen.lr, chosen.localization) == (1e-4, 1000.0)
+    lrs = chosen.component_lrs()
+    assert lrs["model"] == 1.78e-4 and chosen.lr == lrs["model"]
+    assert lrs["L0H0"] == 5.62e-4  # 1e-3, 5.6e-4, 3.2e-4: its middle
+    assert all(lrs[h] is None for h in lrs if h not in ("model", "L0H0"))
     cal = json.loads(micro_run.layout.calibration(settings.id).read_text())
-    assert cal["chosen_id"] == chosen.id
-    steps_run = micro_run.steps_for(micro_run.seeds[0])
-    assert cal["steps"] == [steps_run[len(steps_run) // 2], steps_run[-1]]
-    assert len(seen) == 3 * 2 * 2  # every setting at both checkpoints
-    # computing the id, or resolving again, reads the saved sweep and samples nothing
+    assert cal["chosen_id"] == chosen.id and cal["rule"] == "plateau"
+    steps_run = micro_run.steps_for(0)
+    assert cal["probes"] == [[0, steps_run[len(steps_run) // 2]], [0, steps_run[-1]]]
+    # the model: 1e-3 and 5.6e-4 stop at their first (unstable) probe, then 3 step sizes at 2 probes
+    assert [t["stable"] for t in cal["sweep"]["model"]] == [False, False, True, True, True]
+    n = len(seen)
     assert settings_id(micro_run, settings) == chosen.id
     assert family.resolve(micro_run, settings) == chosen
-    assert len(seen) == 3 * 2 * 2
-    verdicts = {(t["lr"], t["localization"]): t["stable"] for t in cal["sweep"]}
-    assert verdicts == {
-        (1e-5, 100.0): True,
-        (1e-5, 1000.0): True,
-        (1e-4, 100.0): False,
-        (1e-4, 1000.0): True,
-        (1e-3, 100.0): False,
-        (1e-3, 1000.0): False,
-    }
-    monkeypatch.setattr(llc_family, "LRS", (1e-3,))
-    with pytest.raises(MeasureError, match="no stable step size"):
+    assert len(seen) == n
+    # the calibrated settings estimate each component at its own step size, and skip the ones without
+    seen.clear()
+    seed = micro_run.seeds[0]
+    state = family.start_seed(micro_run, chosen, seed)
+    from interp_ext.measurement.runner import Checkpoint
+
+    ctx = Checkpoint(run=micro_run, seed=seed, step=steps_run[-1])
+    rows = family.checkpoint(ctx, chosen, state)
+    cal_rows = rows[rows.metric == "calibrated"].set_index("component").value
+    assert (
+        cal_rows["model"] == 1
+        and cal_rows["L0H0"] == 1
+        and (cal_rows.drop(["model", "L0H0"]) == 0).all()
+    )
+    assert sorted(seen) == sorted([lrs["model"], lrs["L0H0"]])
+    with pytest.raises(MeasureError, match="no plateau of the whole model"):
+        monkeypatch.setattr(llc_family, "LRS", (1e-3, 5e-4))
         llc_family.calibrate(micro_run, settings)
     micro_run.layout.calibration(settings.id).unlink()
+
+
+def test_calibration_settings_key_the_request_not_the_result():
+    """The calibration's fields key settings that ask for a calibration; once resolved (calibrate off)
+    only the step sizes do, and fields added later leave old ids alone."""
+    from interp_ext.families.llc import LLCSettings
+
+    plain = LLCSettings(lr=3e-4, localization=1000.0)
+    assert plain.id == LLCSettings(lr=3e-4, localization=1000.0, calibration_seeds="0,1,3").id
+    assert "data" not in plain.keyed() and "component_lr" not in plain.keyed()
+    assert LLCSettings(data="text").id != LLCSettings().id
+    ask = LLCSettings(calibrate=True)
+    assert ask.keyed()["calibration"] == "plateau"
+    assert ask.id != LLCSettings(calibrate=True, calibration_steps="2000,4000").id
 
 
 def test_llc_by_role_averages_heads_then_seeds():

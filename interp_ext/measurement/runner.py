@@ -57,7 +57,9 @@ class Settings:
     Subclasses set ``family`` and validate their fields in :meth:`check` with
     :meth:`require`. Field metadata ``help`` becomes the command-line help;
     fields with ``metadata={"key": False}`` (speed knobs that leave values
-    unchanged) are left out of the id.
+    unchanged) are left out of the id, and fields with ``key="if_set"`` (added
+    after rows were made without them) only when they hold their default, so
+    the rows made before keep their id.
     """
 
     family: ClassVar[str] = ""
@@ -86,7 +88,12 @@ class Settings:
 
     def keyed(self) -> dict[str, Any]:
         """The fields that decide the values (the id is their hash)."""
-        skip = {f.name for f in fields(self) if not f.metadata.get("key", True)}
+        skip = {
+            f.name
+            for f in fields(self)
+            if not f.metadata.get("key", True)
+            or (f.metadata.get("key") == "if_set" and getattr(self, f.name) == f.default)
+        }
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     @property
@@ -106,8 +113,9 @@ class Settings:
         return cls(**payload)
 
 
-def setting(default: Any, help: str, key: bool = True, **kwargs: Any) -> Any:
-    """A settings field with its command-line help (``key=False``: not part of the id)."""
+def setting(default: Any, help: str, key: bool | str = True, **kwargs: Any) -> Any:
+    """A settings field with its command-line help (``key=False``: not part of the id;
+    ``key="if_set"``: part of it only when it differs from its default)."""
     return field(default=default, metadata={"help": help, "key": key, **kwargs})
 
 

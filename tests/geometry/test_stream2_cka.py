@@ -270,3 +270,29 @@ def test_stream2_family_writes_the_seed_level_rows(micro_run):
     null = null[null.step == max(micro_run.steps)].set_index("seed").value
     above = sum(r.value > null[r.seed] for r in excess.itertuples())
     assert len(last) == 1 and f"{above}/{len(seeds)}" in last[0]
+
+
+def test_fixed_composition_batches_key_their_own_rows(micro_run, monkeypatch):
+    """With ``composition=fixed`` Stream 2 compares seeds on fixed-composition batches (formed here,
+    not read from the geometry family's Grams of the probe batches), under an id of its own, while
+    the default keeps the id rows were made under before the setting existed."""
+    from interp_ext.families import stream2 as fam
+    from interp_ext.measurement.runner import measure
+
+    plain = fam.Stream2Settings(n_batches=4, null_models=0, shuffles=1)
+    fixed = fam.Stream2Settings(n_batches=4, null_models=0, shuffles=1, composition="fixed")
+    assert "composition" not in plain.keyed() and fixed.id != plain.id
+    assert fam.Stream2().prepare(micro_run, fixed).geometry == "none"
+    asked = []
+    real = fam.fixed_composition_batches
+
+    def spy(run, n, b):
+        asked.append((n, b))
+        return real(run, n, b)
+
+    monkeypatch.setattr(fam, "fixed_composition_batches", spy)
+    measure(micro_run, fixed, progress=False)
+    rows = micro_run.metrics("stream2")
+    mine = rows[rows.settings == fam.Stream2().prepare(micro_run, fixed).id]
+    assert set(mine.step) == set(micro_run.steps) and "cka_unbiased" in set(mine.metric)
+    assert asked and set(asked) == {(4, micro_run.config.data.probe_batch_size)}

@@ -12,14 +12,23 @@ equilibrated trace is flat) and ``diverged`` (a non-finite or exploding chain).
 A diverged estimate is kept as NaN, with a warning naming the checkpoint and
 the setting to change; the rest continues.
 
-``calibrate`` sweeps the SGLD step size and the localisation on the middle and
-the last checkpoint of the first seed (whole model), and keeps the largest step
-size whose chains are finite, positive, flat and local (they stay well short of
-chance loss) at both (the largest localisation among ties): the choice goes into the settings,
-and the sweep's traces into ``<run>/calibration/<settings id>.json`` (the id of the settings
-that asked for the sweep; the file also names the chosen settings' id) for the report. The
-sweep runs once per settings, as its own step (:meth:`LLC.resolve`): computing an id never
-repeats it. devinterp's own SGLD is used throughout; nothing here samples.
+``calibrate`` looks for a plateau of each component's estimate in the SGLD step size, at
+the settings' localisation and n_beta: step sizes on a quarter-decade grid are tried from
+the largest down, on ``calibration_seeds`` (default the first three) at ``calibration_steps``
+(default each seed's middle and last checkpoint: choose them before and after formation),
+and the first window spanning ``plateau_range`` (3x) whose estimates are all
+:func:`stable` (finite, positive, flat by the trace criterion, local) and agree within
+``plateau_tolerance`` (10%) at every probed checkpoint is the plateau; its middle step
+size is the component's. A component without one is not estimated (its rows say
+``calibrated`` 0); the whole model without one is an error. The choice goes into the
+settings (``component_lr``), the sweep into ``<run>/calibration/<settings id>.json`` (the
+id of the settings that asked for it; the file also names the chosen settings' id) for the
+report. The sweep runs once per settings, as its own step (:meth:`LLC.resolve`):
+computing an id never repeats it. devinterp's own SGLD (plain or RMSProp-preconditioned)
+is used throughout; nothing here samples.
+
+``data`` restricts the sampled data to one of the preset's two parts (rows of uniform
+random tokens, or corpus text; both carry a copied span): the data-refined LLC.
 """
 
 from __future__ import annotations
@@ -44,13 +53,20 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
-from interp_ext.optim_step import step_batch
+from interp_ext.optim_step import step_rows
 from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
-LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
-LOCALIZATIONS = (10.0, 100.0, 1000.0)
+# the calibration's step sizes: quarter decades from 1e-3 down to 1e-6 (three in a row span 3.2x)
+LRS = tuple(float(f"{10.0 ** (k / 4):.3g}") for k in range(-12, -25, -1))
+DATA_PARTS = ("all", "random", "text")
+CALIBRATION_FIELDS = (
+    "calibration_seeds",
+    "calibration_steps",
+    "plateau_tolerance",
+    "plateau_range",
+)
 
 
 SAMPLERS = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}  # devinterp's sampling methods
@@ -81,7 +97,8 @@ class LLCSettings(Settings):
         "cause", "The circuit ('cause', 'induction', heads, or a Circuit JSON file)."
     )
     calibrate: bool = setting(
-        False, "Sweep step size and localisation first and keep the stable choice."
+        False,
+        "Find each component's plateau in the SGLD step size first (at this localisation) and use it.",
     )
     seed: int = setting(100, "SGLD seed.")
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
@@ -94,6 +111,34 @@ class LLCSettings(Settings):
         "sgld",
         "'sgld' (devinterp's plain SGLD) or 'rmsprop' (its RMSProp-preconditioned SGLD).",
     )
+    sampling_time: float = setting(
+        0.0,
+        "Chain length as SGLD time: draws = sampling_time / lr, burn-in a third of that, so every step size samples as far (0: --draws and --burnin as given).",
+        key="if_set",
+        cli="--sampling-time",
+    )
+    data: str = setting(
+        "all",
+        "Rows sampled on: all, random (uniform random tokens) or text (corpus text); both parts carry a copied span.",
+        key="if_set",
+    )
+    component_lr: str = setting(
+        "",
+        "Per-component step sizes, 'component=lr;...' ('none': no plateau, not estimated); set by --calibrate.",
+        key="if_set",
+        cli="--component-lr",
+    )
+    calibration_seeds: str = setting(
+        "", "Seeds the calibration probes, comma-separated (default: the first three)."
+    )
+    calibration_steps: str = setting(
+        "",
+        "Checkpoint steps the calibration probes, comma-separated (default: each seed's middle and last).",
+    )
+    plateau_tolerance: float = setting(
+        0.1, "Largest relative spread of the estimates inside a plateau."
+    )
+    plateau_range: float = setting(3.0, "Ratio of step sizes a plateau must span.")
 
     def check(self) -> None:
         self.require(
@@ -115,6 +160,23 @@ class LLCSettings(Settings):
             "need trace_probes >= 0 and trace_batches >= 1",
         )
         self.require(self.sampler in SAMPLERS, "sampler", f"choose one of {sorted(SAMPLERS)}")
+        self.require(self.data in DATA_PARTS, "data", f"choose one of {list(DATA_PARTS)}")
+        self.require(self.sampling_time >= 0, "sampling_time", "must be >= 0")
+        self.require(
+            self.plateau_tolerance > 0 and self.plateau_range > 1,
+            "plateau_range",
+            "need plateau_tolerance > 0 and plateau_range > 1",
+        )
+        try:
+            self.component_lrs()
+            _ints(self.calibration_seeds)
+            _ints(self.calibration_steps)
+        except ValueError:
+            self.require(
+                False,
+                "component_lr",
+                "write component=lr pairs joined by ';' and seeds/steps as comma-separated integers",
+            )
         bad = [
             c for c in self.components.split(",") if c not in ("model", "circuit", "rest", "heads")
         ]
@@ -123,6 +185,30 @@ class LLCSettings(Settings):
             "components",
             f"unknown {bad}; choose from model, circuit, rest, heads",
         )
+
+    def keyed(self) -> dict:
+        """The calibration's own fields decide the values only through the step sizes it chooses
+        (``lr``, ``component_lr``): they key the settings that ask for a calibration, not its result."""
+        out = super().keyed()
+        if self.calibrate:
+            return {
+                **out,
+                **{k: getattr(self, k) for k in CALIBRATION_FIELDS},
+                "calibration": "plateau",
+            }
+        return {k: v for k, v in out.items() if k not in CALIBRATION_FIELDS}
+
+    def component_lrs(self) -> dict[str, float | None]:
+        """component -> its step size (None: no plateau) from ``component_lr``."""
+        out: dict[str, float | None] = {}
+        for part in filter(None, self.component_lr.split(";")):
+            name, value = part.split("=")
+            out[name.strip()] = None if value.strip() == "none" else float(value)
+        return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 class LLC(Family):
@@ -138,6 +224,11 @@ class LLC(Family):
             raise MeasureError(
                 f"the LLC samples on training-distribution data and needs the run's training data: {err}"
             ) from err
+        p = run.config.data.random_seq_prob
+        if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
+            raise MeasureError(
+                f"llc setting data={settings.data!r} is invalid: this run's random_seq_prob is {p}, so it has no {settings.data} rows; use data=all"
+            )
         return replace(settings, **_resolved_circuit(run, settings))
 
     def resolve(self, run, settings: LLCSettings, compute: bool = True) -> LLCSettings | None:
@@ -147,10 +238,7 @@ class LLC(Family):
             return settings
         path = run.layout.calibration(settings.id)
         if path.exists():
-            chosen = io.read_json(path, "an LLC calibration")["chosen"]
-            return replace(
-                settings, lr=chosen["lr"], localization=chosen["localization"], calibrate=False
-            )
+            return chosen_settings(settings, io.read_json(path, "an LLC calibration")["chosen"])
         return calibrate(run, settings) if compute else None
 
     def start_seed(self, run, settings: LLCSettings, seed: int):
@@ -159,16 +247,27 @@ class LLC(Family):
             if _wants_circuit(settings)
             else None
         )
-        return {"data": llc_data(run, seed, settings), "circuit": circuit}
+        data = llc_data(run, seed, settings)
+        if settings.data == "all":
+            trace_batches = None  # the run's probe batches
+        else:
+            per = run.config.data.probe_batch_size
+            ids = data[: settings.trace_batches * per]["input_ids"]
+            trace_batches = ids.reshape(-1, per, ids.shape[-1])
+        return {"data": data, "circuit": circuit, "trace_batches": trace_batches}
 
     def checkpoint(self, ctx: Checkpoint, settings: LLCSettings, state) -> pd.DataFrame:
+        """Long because each component's rows gather the Hessian trace, the estimate with its
+        diagnostics, the chains and (when calibrated) the step size, or say it has no plateau."""
         rows = []
-        trace_op = (
-            model_hessian(ctx.model, ctx.probe["lm"][: settings.trace_batches])
-            if settings.trace_probes
-            else None
-        )
+        batches = state.get("trace_batches")
+        batches = ctx.probe["lm"][: settings.trace_batches] if batches is None else batches
+        trace_op = model_hessian(ctx.model, batches) if settings.trace_probes else None
+        lrs = settings.component_lrs()
         for component, masks in component_masks(ctx.model, state["circuit"], settings).items():
+            if component in lrs and lrs[component] is None:
+                rows.append({"metric": "calibrated", "component": component, "value": 0.0})
+                continue
             if trace_op is not None:
                 est, se = hutchinson_trace(
                     trace_op, settings.trace_probes, flat_mask(ctx.model, masks), settings.seed
@@ -177,7 +276,14 @@ class LLC(Family):
                     {"metric": "hessian_trace", "component": component, "value": est},
                     {"metric": "hessian_trace_se", "component": component, "value": se},
                 ]
-            result = estimate(ctx.model, state["data"], masks, settings)
+            own = settings
+            if component in lrs:
+                own = replace(settings, lr=lrs[component])
+                rows += [
+                    {"metric": "calibrated", "component": component, "value": 1.0},
+                    {"metric": "step_size", "component": component, "value": own.lr},
+                ]
+            result = estimate(ctx.model, state["data"], masks, own)
             if result["diverged"]:
                 log.warning(
                     "LLC of %s at seed %d step %d diverged (non-finite or exploding chains): rows are NaN; lower --lr or raise --localization",
@@ -216,11 +322,14 @@ def llc_data(run, seed: int, settings: LLCSettings):
     """A fixed data set of training-distribution sequences (HF ``datasets.Dataset`` with ``input_ids``)."""
     from datasets import Dataset
 
-    per = run.config.train.batch_size
-    draws = math.ceil(settings.n_sequences / per)
-    seqs = torch.cat([step_batch(run, seed, 0, draw=LLC_DRAW + j) for j in range(draws)])[
-        : settings.n_sequences
-    ]
+    parts, have, j = [], 0, 0
+    while have < settings.n_sequences:
+        seqs, random_rows = step_rows(run, seed, 0, draw=LLC_DRAW + j)
+        keep = {"all": slice(None), "random": random_rows, "text": ~random_rows}[settings.data]
+        parts.append(seqs[keep])
+        have += len(parts[-1])
+        j += 1
+    seqs = torch.cat(parts)[: settings.n_sequences]
     return Dataset.from_dict({"input_ids": seqs.tolist()}).with_format("torch")
 
 
@@ -289,14 +398,15 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
 
     n = len(data) * (len(data[0]["input_ids"]) - 1)
     n_beta = settings.n_beta or n / math.log(n)
+    draws, burnin = chain_length(settings)
     kwargs = dict(
         lr=settings.lr,
         n_beta=n_beta,
         param_masks=masks,
         localization=settings.localization,
         num_chains=settings.num_chains,
-        num_draws=settings.num_draws,
-        num_burnin_steps=settings.num_burnin_steps,
+        num_draws=draws,
+        num_burnin_steps=burnin,
         batch_size=settings.batch_size,
         init_seed=settings.seed,
         device=str(next(model.parameters()).device),
@@ -328,12 +438,20 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
     return {
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
-        "trace_drift": trace_drift(trace, init, settings.num_burnin_steps),
+        "trace_drift": trace_drift(trace, init, burnin),
         "init_loss": init,
         "diverged": 0.0,
         "chains": chains,
         "trace": trace.tolist(),
     }
+
+
+def chain_length(settings: LLCSettings) -> tuple[int, int]:
+    """(draws, burn-in steps): as set, or from ``sampling_time`` / lr (burn-in a third of the draws)."""
+    if not settings.sampling_time:
+        return settings.num_draws, settings.num_burnin_steps
+    draws = max(4, round(settings.sampling_time / settings.lr))
+    return draws, draws // 3
 
 
 def trace_drift(trace: np.ndarray, init: float, burnin: int) -> float:
@@ -366,57 +484,128 @@ def stable(result: dict, chance: float) -> bool:
     )
 
 
-def calibrate(run, settings: LLCSettings) -> LLCSettings:
-    """Sweep step size x localisation on the middle and the last checkpoint of the first seed; keep the
-    stable choice.
-
-    Stable at a checkpoint (:func:`stable`): every chain finite, LLC > 0, the trace flat after burn-in
-    (|trace_drift| < 0.1) and the chain local (its loss rises by less than half the way from the
-    checkpoint's loss to chance, log d_vocab: a chain that forgets what the model learned samples
-    another region, not this checkpoint's neighbourhood). The largest step size stable at both wins
-    (the sampler moves most), the largest localisation among ties. Early checkpoints near chance are
-    not probed: there is nothing local to keep the chain near.
-    """
-    seed = run.seeds[0]
-    steps = run.steps_for(seed)
-    probe = sorted({steps[len(steps) // 2], steps[-1]})
-    data = llc_data(run, seed, settings)
-    chance = math.log(run.d_vocab)
-    sweep = []
-    for lr in LRS:
-        for gamma in LOCALIZATIONS:
-            trial = replace(settings, lr=lr, localization=gamma, calibrate=False)
-            results = [estimate(run.model(seed, t), data, None, trial) for t in probe]
-            sweep.append(
-                {
-                    "lr": lr,
-                    "localization": gamma,
-                    "stable": all(stable(r, chance) for r in results),
-                    "llc": [r["llc"] for r in results],
-                    "trace_drift": [r["trace_drift"] for r in results],
-                    "locality": [locality(r, chance) for r in results],
-                    "init_loss": [r["init_loss"] for r in results],
-                    "trace": [r["trace"] for r in results],
-                }
+def calibration_probes(run, settings: LLCSettings) -> list[tuple[int, int]]:
+    """The (seed, step) checkpoints the calibration probes, each refused in one line when absent."""
+    seeds = _ints(settings.calibration_seeds) or run.seeds[:3]
+    probes = []
+    for seed in seeds:
+        if seed not in run.seeds:
+            raise MeasureError(
+                f"llc setting calibration_seeds: seed {seed} is not in this run (seeds {run.seeds})"
             )
-    good = [s for s in sweep if s["stable"]]
-    if not good:
+        steps = run.steps_for(seed)
+        wanted = _ints(settings.calibration_steps) or sorted({steps[len(steps) // 2], steps[-1]})
+        missing = [t for t in wanted if t not in steps]
+        if missing:
+            raise MeasureError(
+                f"llc setting calibration_steps: seed {seed} has no checkpoint at {missing}; its steps are {steps}"
+            )
+        probes += [(seed, t) for t in wanted]
+    return probes
+
+
+def window_size(grid: tuple[float, ...], span: float) -> int:
+    """How many consecutive grid step sizes a window needs to span at least ``span``."""
+    ratio = grid[0] / grid[1] if grid[0] > grid[1] else grid[1] / grid[0]
+    return 1 + math.ceil(math.log(span) / math.log(ratio) - 1e-9)
+
+
+def plateau(trials: list[dict], tolerance: float) -> bool:
+    """Every trial stable at every probe, and at each probe the estimates agree within
+    ``tolerance`` (largest over smallest, minus 1)."""
+    if not trials or not all(t["stable"] for t in trials):
+        return False
+    per_probe = np.array([t["llc"] for t in trials], dtype=float)  # [trial, probe]
+    return bool((per_probe.max(0) / per_probe.min(0) - 1 <= tolerance).all())
+
+
+def calibrate(run, settings: LLCSettings) -> LLCSettings:
+    """Each component's plateau in the step size (module docstring); the choice and the sweep saved.
+
+    Long because it walks components x step sizes x probed checkpoints, stopping a step size at
+    its first unstable probe (it cannot be in a plateau) and a component at its first plateau.
+    """
+    from tqdm.auto import tqdm
+
+    probes = calibration_probes(run, settings)
+    data = {s: llc_data(run, s, settings) for s in {s for s, _ in probes}}
+    circuits = {
+        s: seed_circuit(run, s, settings.circuit, settings.source)
+        if _wants_circuit(settings)
+        else None
+        for s in data
+    }
+    models = {p: run.model(*p) for p in probes}
+    masks = {p: component_masks(models[p], circuits[p[0]], settings) for p in probes}
+    names = list(masks[probes[0]])
+    chance = math.log(run.d_vocab)
+    need = window_size(LRS, settings.plateau_range)
+    sweep, chosen = {}, {}
+    bar = tqdm(total=len(names) * len(LRS), desc="LLC calibration", unit="step size")
+    for name in names:
+        trials = []
+        for lr in sorted(LRS, reverse=True):
+            trial = {
+                "lr": lr,
+                "stable": True,
+                "llc": [],
+                "trace_drift": [],
+                "locality": [],
+                "init_loss": [],
+                "trace": [],
+            }
+            for p in probes:
+                r = estimate(
+                    models[p], data[p[0]], masks[p][name], replace(settings, lr=lr, calibrate=False)
+                )
+                trial["llc"].append(r["llc"])
+                trial["trace_drift"].append(r["trace_drift"])
+                trial["locality"].append(locality(r, chance))
+                trial["init_loss"].append(r["init_loss"])
+                if name == "model":
+                    trial["trace"].append(r["trace"])
+                if not stable(r, chance):
+                    trial["stable"] = False
+                    break
+            trials.append(trial)
+            bar.update()
+            if len(trials) >= need and plateau(trials[-need:], settings.plateau_tolerance):
+                chosen[name] = trials[-need:][need // 2]["lr"]
+                break
+        bar.update(len(LRS) - len(trials))
+        chosen.setdefault(name, None)
+        sweep[name] = trials
+    bar.close()
+    if chosen.get("model", 0.0) is None:
         raise MeasureError(
-            f"LLC calibration found no stable step size in {LRS} x localisation {LOCALIZATIONS} at steps {probe}; raise --draws or --burnin, or set --lr/--localization by hand"
+            f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {LRS[-1]:g}..{LRS[0]:g} at {probes}; raise --draws or --burnin, or change --localization"
         )
-    best = sorted(good, key=lambda s: (-s["lr"], -s["localization"]))[0]
-    chosen = replace(settings, lr=best["lr"], localization=best["localization"], calibrate=False)
+    lost = [n for n, lr in chosen.items() if lr is None]
+    if lost:
+        log.warning("LLC calibration: no plateau for %s; they are not estimated", ", ".join(lost))
+    result = chosen_settings(settings, chosen)
     io.write_json(
         run.layout.calibration(settings.id),
         {
-            "steps": probe,
-            "seed": seed,
+            "rule": "plateau",
+            "probes": [list(p) for p in probes],
+            "grid": list(LRS),
+            "window": need,
             "sweep": sweep,
-            "chosen": {"lr": best["lr"], "localization": best["localization"]},
-            "chosen_id": chosen.id,
+            "chosen": chosen,
+            "chosen_id": result.id,
         },
     )
-    return chosen
+    return result
+
+
+def chosen_settings(settings: LLCSettings, chosen: dict[str, float | None]) -> LLCSettings:
+    """The settings with the calibration's step sizes (the whole model's as ``lr``)."""
+    text = ";".join(
+        f"{c}={'none' if lr is None else format(lr, '.6g')}" for c, lr in chosen.items()
+    )
+    lr = chosen.get("model") or settings.lr
+    return replace(settings, lr=lr, component_lr=text, calibrate=False)
 
 
 __all__ = ["LLC", "LLCSettings"]

@@ -123,55 +123,78 @@ def llc_by_role(llc: pd.DataFrame, roles: dict[int, dict[str, str]]) -> pd.DataF
 
 
 def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
-    """The step-size / localisation sweep behind the settings (when ``--calibrate`` chose them)."""
+    """The plateau search behind the step sizes (when ``--calibrate`` chose them): each component's
+    estimate against the step size at every probed checkpoint, the plateau it kept shaded."""
     ids = set(llc.settings)
     sweeps = [io.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
-    sweeps = [c for c in sweeps if c.get("chosen_id") in ids]
-    if not sweeps:
-        return []
-    cal = sweeps[-1]
-    chosen = cal["chosen"]
-    panels = []
-    for trial in cal["sweep"]:
-        traces = []
-        for j, (trace, init) in enumerate(zip(trial["trace"], trial["init_loss"])):
-            for chain in trace:
-                traces.append(
-                    Trace(
-                        list(range(len(chain))),
-                        [v - init for v in chain],
-                        f"step {cal['steps'][j]}",
-                        PALETTE[j % 10],
-                        0.8,
-                        legend=not panels,
-                    )
-                )
-        mark = (
-            " (chosen)"
-            if (trial["lr"], trial["localization"]) == (chosen["lr"], chosen["localization"])
-            else ("" if trial["stable"] else " (unstable)")
+    sweeps = [c for c in sweeps if c.get("chosen_id") in ids and c.get("rule") == "plateau"]
+    lines = []
+    for k, cal in enumerate(sweeps):
+        panels = [calibration_panel(cal, name) for name in cal["sweep"]]
+        files = save(
+            Figure(
+                "LLC calibration: the estimate against the SGLD step size at each probed checkpoint "
+                "(a line per probed checkpoint; a step size stops at its first unstable chain; "
+                "shaded: the plateau kept, its middle step size used)",
+                panels,
+                ncols=3,
+            ),
+            out,
+            f"llc_calibration_{k}" if k else "llc_calibration",
         )
-        panels.append(
-            Panel(
-                f"lr {trial['lr']:g}, gamma {trial['localization']:g}{mark}",
-                traces,
-                xlabel="SGLD step",
-                ylabel="loss - initial loss",
-                zero=True,
+        chosen = cal["chosen"]
+        kept = {n: lr for n, lr in chosen.items() if lr is not None}
+        lines += [
+            image(files, "llc calibration"),
+            "",
+            f"Calibration (settings {cal['chosen_id']}) on (seed, step) {[tuple(p) for p in cal['probes']]}: "
+            + ", ".join(f"{n} {lr:g}" for n, lr in kept.items())
+            + (
+                f"; no plateau (not estimated): {', '.join(n for n in chosen if n not in kept)}"
+                if len(kept) < len(chosen)
+                else ""
+            )
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def calibration_panel(cal: dict, name: str) -> Panel:
+    """One component's sweep: log10 step size against the estimate, one line per probed checkpoint."""
+    import math
+
+    trials = cal["sweep"][name]
+    traces = []
+    for j, (seed, step) in enumerate(cal["probes"]):
+        pts = [
+            (math.log10(t["lr"]), t["llc"][j])
+            for t in trials
+            if j < len(t["llc"]) and math.isfinite(t["llc"][j])
+        ]
+        traces.append(
+            Trace(
+                [x for x, _ in pts],
+                [y for _, y in pts],
+                f"seed {seed}, step {step}",
+                PALETTE[j % 10],
+                1.2,
+                mode="markers",
+                legend=name == next(iter(cal["sweep"])),
             )
         )
-    files = save(
-        Figure(
-            "LLC calibration: chain traces of the sweep (flat traces after burn-in are equilibrated)",
-            panels,
-            ncols=3,
-        ),
-        out,
-        "llc_calibration",
+    chosen = cal["chosen"][name]
+    window = None
+    if chosen is not None:
+        grid = sorted(cal["grid"])
+        i = grid.index(min(grid, key=lambda v: abs(v - chosen)))
+        half = cal["window"] // 2
+        lo, hi = grid[max(0, i - half)], grid[min(len(grid) - 1, i + half)]
+        window = (math.log10(lo), math.log10(hi))
+    return Panel(
+        f"{name}: " + (f"step size {chosen:g}" if chosen is not None else "no plateau"),
+        traces,
+        xlabel="log10 SGLD step size",
+        ylabel="LLC estimate",
+        window=window,
     )
-    return [
-        image(files, "llc calibration"),
-        "",
-        f"Calibration on steps {cal['steps']} of seed {cal['seed']}: step size {chosen['lr']:g}, localisation {chosen['localization']:g} (the largest stable step size).",
-        "",
-    ]

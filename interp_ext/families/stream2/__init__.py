@@ -22,7 +22,10 @@ At each checkpoint, over every selected seed:
 
 The Gram matrices come from the per-batch gradients the ``geometry`` family
 already formed (saved beside its rows); without a geometry measurement they are
-formed here.
+formed here. ``composition=fixed`` compares the seeds on batches that each hold the
+same number of corpus-text rows (``measurement.probes.fixed_composition_batches``)
+instead of the probe batches, whose binomial mix of text and random rows makes
+per-batch gradients differ alike in every seed.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from interp_ext.geometry.streams import (
     shuffled_null,
 )
 from interp_ext.measurement.grams import load_grams
-from interp_ext.measurement.probes import probe_batches
+from interp_ext.measurement.probes import fixed_composition_batches, probe_batches
 from interp_ext.measurement.runner import Family, Settings, setting
 
 NULL_SEED = 10_000
@@ -70,6 +73,11 @@ class Stream2Settings(Settings):
     pattern_batches: int = setting(
         2, "Probe batches whose attention patterns match heads across seeds."
     )
+    composition: str = setting(
+        "probe",
+        "'probe': the run's probe batches; 'fixed': as many batches of the same size, each with the same number of text rows (one set for every seed).",
+        key="if_set",
+    )
 
     def check(self) -> None:
         self.require(self.n_batches is None or self.n_batches >= 2, "n_batches", "must be >= 2")
@@ -84,6 +92,9 @@ class Stream2Settings(Settings):
             "shuffles >= 0 and pattern_batches >= 1",
         )
         GeometrySettings(params=self.params)  # the same group names
+        self.require(
+            self.composition in ("probe", "fixed"), "composition", "choose 'probe' or 'fixed'"
+        )
 
 
 class Stream2(Family):
@@ -99,6 +110,8 @@ class Stream2(Family):
         probe_batches(run, "stream2", settings.n_batches)
         if settings.geometry:
             return settings
+        if settings.composition == "fixed":  # other batches than the geometry family's Grams
+            return replace(settings, geometry="none")
         geo = run.measurements()
         geo = geo[geo.family == "geometry"].sort_values("used")
         match = [
@@ -145,7 +158,10 @@ class Stream2(Family):
 
 def batches(run, settings: Stream2Settings) -> torch.Tensor:
     lm = run.probe_set()["lm"]
-    return lm[: settings.n_batches] if settings.n_batches else lm
+    lm = lm[: settings.n_batches] if settings.n_batches else lm
+    if settings.composition == "fixed":
+        return fixed_composition_batches(run, lm.shape[0], lm.shape[1])
+    return lm
 
 
 def grams_of(model, lm: torch.Tensor, params) -> dict[str, torch.Tensor]:
