@@ -5,8 +5,13 @@ SGLD: chains x (burn-in + draws) steps of a batch each, plus the initial loss),
 against one per-batch gradient over the probe set (1 GE), on a middle
 checkpoint of the first seed; medians over repeats.
 
+With ``--calibration FILE`` (a plateau calibration the llc family saved under
+``<run>/calibration/``): the whole model at the step size it chose, its chains as long as
+the calibration's settings make them, and the one-off cost of the calibration itself (every
+SGLD step of its sweep, at the measured seconds per step), in GE.
+
 Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--draws 150] [--burnin 50]
-       [--repeats 3]
+       [--sampler sgld] [--sampling-time 0] [--calibration FILE] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 from _common import machine, middle_checkpoint
 
 from interp_ext import open_run
-from interp_ext.families.llc import LLCSettings, estimate, llc_data
+from interp_ext.families.llc import LLCSettings, chain_length, estimate, llc_data
+from interp_ext.run import io
 from interp_ext.stream3.energy import model_probe
 
 
@@ -29,6 +36,9 @@ def main() -> None:
     parser.add_argument("--localization", type=float, default=100.0)
     parser.add_argument("--draws", type=int, default=150)
     parser.add_argument("--burnin", type=int, default=50)
+    parser.add_argument("--sampler", default="sgld")
+    parser.add_argument("--sampling-time", type=float, default=0.0)
+    parser.add_argument("--calibration", default="")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     run = open_run(args.run)
@@ -38,7 +48,30 @@ def main() -> None:
         localization=args.localization,
         num_draws=args.draws,
         num_burnin_steps=args.burnin,
+        sampler=args.sampler,
+        sampling_time=args.sampling_time,
     )
+    cal = io.read_json(args.calibration, "an LLC calibration") if args.calibration else None
+    if cal is not None:
+        asked = run.measurements()
+        asked = {r.id: r.settings for r in asked.itertuples()}
+        chosen = LLCSettings.from_dict(asked[cal["chosen_id"]])
+        settings = LLCSettings(
+            **{
+                k: getattr(chosen, k)
+                for k in (
+                    "lr",
+                    "localization",
+                    "num_chains",
+                    "num_draws",
+                    "num_burnin_steps",
+                    "batch_size",
+                    "sampler",
+                    "sampling_time",
+                    "n_sequences",
+                )
+            }
+        )
     data = llc_data(run, seed, settings)
     lm = run.probe_set()["lm"]
     chunk = 4 if model.cfg.d_vocab <= 4096 else 1
@@ -53,14 +86,25 @@ def main() -> None:
         result = estimate(model, data, None, settings)
         llc.append(time.perf_counter() - start)
     g, t = statistics.median(ge), statistics.median(llc)
-    steps = settings.num_chains * (settings.num_burnin_steps + settings.num_draws)
+    draws, burnin = chain_length(settings)
+    steps = settings.num_chains * (burnin + draws)
     print(f"machine: {machine()}")
     print(
-        f"run {run.path.name}, seed {seed}, step {step}; {settings.num_chains} chains x ({settings.num_burnin_steps} burn-in + {settings.num_draws} draws) = {steps} SGLD steps of {settings.batch_size} sequences"
+        f"run {run.path.name}, seed {seed}, step {step}; {settings.sampler} at step size {settings.lr:g}: {settings.num_chains} chains x ({burnin} burn-in + {draws} draws) = {steps} SGLD steps of {settings.batch_size} sequences"
     )
     print(
         f"whole-model LLC {t:.2f} s = {t / g:.1f} GE (1 GE = {g * 1e3:.0f} ms: per-batch gradients over the {lm.shape[0]} x {lm.shape[1]} probe set); estimate {result['llc']:.2f} +- {result['llc_std']:.2f}"
     )
+    if cal is not None:
+        per_step = t / steps
+        swept = 0
+        for trials in cal["sweep"].values():
+            for trial in trials:
+                d, b = chain_length(replace(settings, lr=trial["lr"]))
+                swept += len(trial["llc"]) * settings.num_chains * (d + b)
+        print(
+            f"the calibration (once per settings): {swept:,} SGLD steps over {len(cal['sweep'])} component(s) and {len(cal['probes'])} checkpoints = about {swept * per_step:.0f} s = {swept * per_step / g:.0f} GE"
+        )
 
 
 if __name__ == "__main__":
