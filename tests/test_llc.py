@@ -275,9 +275,17 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
         and (cal_rows.drop(["model", "L0H0"]) == 0).all()
     )
     assert sorted(seen) == sorted([lrs["model"], lrs["L0H0"]])
+    # no plateau for the whole model: an error, the sweep kept, and asking again repeats nothing
+    micro_run.layout.calibration(settings.id).unlink()
+    monkeypatch.setattr(llc_family, "LRS", (1e-3, 5e-4))
     with pytest.raises(MeasureError, match="no plateau of the whole model"):
-        monkeypatch.setattr(llc_family, "LRS", (1e-3, 5e-4))
-        llc_family.calibrate(micro_run, settings)
+        family.resolve(micro_run, settings)
+    failed = json.loads(micro_run.layout.calibration(settings.id).read_text())
+    assert [t["lr"] for t in failed["sweep"]["model"]] == [1e-3, 5e-4]
+    n = len(seen)
+    with pytest.raises(MeasureError, match="the sweep is saved"):
+        family.resolve(micro_run, settings)
+    assert len(seen) == n
     micro_run.layout.calibration(settings.id).unlink()
 
 

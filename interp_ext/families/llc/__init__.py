@@ -58,8 +58,9 @@ from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
-# the calibration's step sizes: quarter decades from 1e-3 down to 1e-6 (three in a row span 3.2x)
-LRS = tuple(float(f"{10.0 ** (k / 4):.3g}") for k in range(-12, -25, -1))
+# the calibration's step sizes: quarter decades from 1e-3 down to 1e-7 (three in a row span 3.2x;
+# RMSProp-preconditioned SGLD plateaus about ten times lower than plain SGLD)
+LRS = tuple(float(f"{10.0 ** (k / 4):.3g}") for k in range(-12, -29, -1))
 DATA_PARTS = ("all", "random", "text")
 CALIBRATION_FIELDS = (
     "calibration_seeds",
@@ -238,7 +239,10 @@ class LLC(Family):
             return settings
         path = run.layout.calibration(settings.id)
         if path.exists():
-            return chosen_settings(settings, io.read_json(path, "an LLC calibration")["chosen"])
+            saved = io.read_json(path, "an LLC calibration")
+            if saved.get("failed"):
+                raise MeasureError(saved["failed"] + f" (the sweep is saved in {path})")
+            return chosen_settings(settings, saved["chosen"])
         return calibrate(run, settings) if compute else None
 
     def start_seed(self, run, settings: LLCSettings, seed: int):
@@ -576,26 +580,23 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
         chosen.setdefault(name, None)
         sweep[name] = trials
     bar.close()
+    saved = {
+        "rule": "plateau",
+        "probes": [list(p) for p in probes],
+        "grid": list(LRS),
+        "window": need,
+        "sweep": sweep,
+        "chosen": chosen,
+    }
     if chosen.get("model", 0.0) is None:
-        raise MeasureError(
-            f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {LRS[-1]:g}..{LRS[0]:g} at {probes}; raise --draws or --burnin, or change --localization"
-        )
+        failed = f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {LRS[-1]:g}..{LRS[0]:g} at {probes}; set --sampling-time (chains of equal SGLD time), raise --draws or --burnin, or change --localization"
+        io.write_json(run.layout.calibration(settings.id), {**saved, "failed": failed})
+        raise MeasureError(failed)
     lost = [n for n, lr in chosen.items() if lr is None]
     if lost:
         log.warning("LLC calibration: no plateau for %s; they are not estimated", ", ".join(lost))
     result = chosen_settings(settings, chosen)
-    io.write_json(
-        run.layout.calibration(settings.id),
-        {
-            "rule": "plateau",
-            "probes": [list(p) for p in probes],
-            "grid": list(LRS),
-            "window": need,
-            "sweep": sweep,
-            "chosen": chosen,
-            "chosen_id": result.id,
-        },
-    )
+    io.write_json(run.layout.calibration(settings.id), {**saved, "chosen_id": result.id})
     return result
 
 
