@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -287,6 +288,14 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
         family.resolve(micro_run, settings)
     assert len(seen) == n
     micro_run.layout.calibration(settings.id).unlink()
+    # the walk stops where chains of equal SGLD time would need more than max_draws
+    capped = family.prepare(micro_run, replace(settings, sampling_time=0.01, max_draws=50))
+    monkeypatch.setattr(llc_family, "LRS", (1e-3, 5.62e-4, 3.16e-4, 1.78e-4, 1e-4))
+    seen.clear()
+    with pytest.raises(MeasureError, match="more than --max-draws 50"):
+        family.resolve(micro_run, capped)
+    assert max(seen) == 1e-3 and min(seen) == 3.16e-4  # 0.01 / 1.78e-4 = 56 draws > 50
+    micro_run.layout.calibration(capped.id).unlink()
 
 
 def test_calibration_settings_key_the_request_not_the_result():

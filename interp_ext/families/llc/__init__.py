@@ -19,7 +19,7 @@ the largest down, on ``calibration_seeds`` (default the first three) at ``calibr
 and the first window spanning ``plateau_range`` (3x) whose estimates are all
 :func:`stable` (finite, positive, flat by the trace criterion, local) and agree within
 ``plateau_tolerance`` (10%) at every probed checkpoint is the plateau; its middle step
-size is the component's. A component without one is not estimated (its rows say
+size is the component's. The walk stops where a chain would need more than ``max_draws``. A component without one is not estimated (its rows say
 ``calibrated`` 0); the whole model without one is an error. The choice goes into the
 settings (``component_lr``), the sweep into ``<run>/calibration/<settings id>.json`` (the
 id of the settings that asked for it; the file also names the chosen settings' id) for the
@@ -140,6 +140,10 @@ class LLCSettings(Settings):
         0.1, "Largest relative spread of the estimates inside a plateau."
     )
     plateau_range: float = setting(3.0, "Ratio of step sizes a plateau must span.")
+    max_draws: int = setting(
+        4000,
+        "The calibration stops going down in step size where a chain would need more draws than this.",
+    )
 
     def check(self) -> None:
         self.require(
@@ -163,6 +167,7 @@ class LLCSettings(Settings):
         self.require(self.sampler in SAMPLERS, "sampler", f"choose one of {sorted(SAMPLERS)}")
         self.require(self.data in DATA_PARTS, "data", f"choose one of {list(DATA_PARTS)}")
         self.require(self.sampling_time >= 0, "sampling_time", "must be >= 0")
+        self.require(self.max_draws >= 4, "max_draws", "must be >= 4")
         self.require(
             self.plateau_tolerance > 0 and self.plateau_range > 1,
             "plateau_range",
@@ -549,6 +554,8 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
     for name in names:
         trials = []
         for lr in sorted(LRS, reverse=True):
+            if chain_length(replace(settings, lr=lr))[0] > settings.max_draws:
+                break
             trial = {
                 "lr": lr,
                 "stable": True,
@@ -589,7 +596,12 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
         "chosen": chosen,
     }
     if chosen.get("model", 0.0) is None:
-        failed = f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {LRS[-1]:g}..{LRS[0]:g} at {probes}; set --sampling-time (chains of equal SGLD time), raise --draws or --burnin, or change --localization"
+        cap = (
+            f" (smaller step sizes need more than --max-draws {settings.max_draws} draws)"
+            if min(t["lr"] for t in sweep["model"]) > LRS[-1]
+            else ""
+        )
+        failed = f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {min(t['lr'] for t in sweep['model']):g}..{LRS[0]:g}{cap} at {probes}; set --sampling-time (chains of equal SGLD time), raise --draws or --burnin, or change --localization"
         io.write_json(run.layout.calibration(settings.id), {**saved, "failed": failed})
         raise MeasureError(failed)
     lost = [n for n, lr in chosen.items() if lr is None]
