@@ -60,6 +60,7 @@ class Panel:
     ylabel: str = ""
     marks: dict[str, float] = field(default_factory=dict)  # label -> x of a dashed vertical line
     window: tuple[float, float] | None = None  # shaded x range (the transition)
+    window_label: str = "transition"
     zero: bool = False
     heatmap: Heatmap | None = None
     stacked: bool = False  # bars stacked
@@ -164,7 +165,7 @@ def _draw_mpl(ax, panel: Panel, figure) -> None:
         elif t.lo is not None and t.hi is not None:
             ax.fill_between(t.x, t.lo, t.hi, color=t.color, alpha=0.18)
     if _finite(panel.window):
-        ax.axvspan(*panel.window, color="orange", alpha=0.15, label="transition")
+        ax.axvspan(*panel.window, color="orange", alpha=0.15, label=panel.window_label)
     for label, x in panel.marks.items():
         if math.isfinite(x):
             ax.axvline(x, color="red", ls="--", lw=1, label=label)

@@ -128,6 +128,7 @@ def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
     ids = set(llc.settings)
     sweeps = [io.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
     sweeps = [c for c in sweeps if c.get("chosen_id") in ids and c.get("rule") == "plateau"]
+    sweeps = list({c["chosen_id"]: c for c in sweeps}.values())  # one per chosen settings
     lines = []
     for k, cal in enumerate(sweeps):
         panels = [calibration_panel(cal, name) for name in cal["sweep"]]
@@ -168,9 +169,9 @@ def calibration_panel(cal: dict, name: str) -> Panel:
     traces = []
     for j, (seed, step) in enumerate(cal["probes"]):
         pts = [
-            (math.log10(t["lr"]), t["llc"][j])
+            (math.log10(t["lr"]), math.log10(t["llc"][j]))
             for t in trials
-            if j < len(t["llc"]) and math.isfinite(t["llc"][j])
+            if j < len(t["llc"]) and math.isfinite(t["llc"][j]) and t["llc"][j] > 0
         ]
         traces.append(
             Trace(
@@ -195,6 +196,7 @@ def calibration_panel(cal: dict, name: str) -> Panel:
         f"{name}: " + (f"step size {chosen:g}" if chosen is not None else "no plateau"),
         traces,
         xlabel="log10 SGLD step size",
-        ylabel="LLC estimate",
+        ylabel="log10 LLC estimate",
         window=window,
+        window_label="plateau",
     )
