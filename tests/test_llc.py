@@ -301,10 +301,15 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
 def test_calibration_settings_key_the_request_not_the_result():
     """The calibration's fields key settings that ask for a calibration; once resolved (calibrate off)
     only the step sizes do, and fields added later leave old ids alone."""
-    from interp_ext.families.llc import LLCSettings
+    from interp_ext.families.llc import CALIBRATION_FIELDS, LLCSettings
 
     plain = LLCSettings(lr=3e-4, localization=1000.0)
     assert plain.id == LLCSettings(lr=3e-4, localization=1000.0, calibration_seeds="0,1,3").id
+    assert not set(CALIBRATION_FIELDS) & set(plain.keyed())
+    assert "max_draws" in CALIBRATION_FIELDS
+    # settings rows were made under before the plateau calibration's fields existed keep their id
+    before = LLCSettings(lr=3e-4, localization=1000.0, components="model", trace_probes=16)
+    assert before.id == "llc-756a8f1a8e"
     assert "data" not in plain.keyed() and "component_lr" not in plain.keyed()
     assert LLCSettings(data="text").id != LLCSettings().id
     ask = LLCSettings(calibrate=True)

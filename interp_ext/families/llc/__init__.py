@@ -67,6 +67,7 @@ CALIBRATION_FIELDS = (
     "calibration_steps",
     "plateau_tolerance",
     "plateau_range",
+    "max_draws",
 )
 
 

@@ -138,7 +138,7 @@ def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
                 "(a line per probed checkpoint; a step size stops at its first unstable chain; "
                 "shaded: the plateau kept, its middle step size used)",
                 panels,
-                ncols=3,
+                ncols=min(3, len(panels)),
             ),
             out,
             f"llc_calibration_{k}" if k else "llc_calibration",
