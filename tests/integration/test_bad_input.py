@@ -156,3 +156,22 @@ def test_resume_of_a_run_with_a_truncated_last_checkpoint_starts_from_the_one_be
     last = run_copy / "checkpoints" / "seed=0" / "step=6.safetensors"
     last.write_bytes(last.read_bytes()[:500])
     assert last_complete_step(run_copy, [0, 1]) == 4
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("llc", "--data", "words"), ("data='words'", "random", "text")),
+        (("llc", "--data", "random"), ("random_seq_prob is 0.0", "data=all")),
+        (("llc", "--calibrate", "--calibration-seeds", "9"), ("seed 9 is not in this run",)),
+        (("llc", "--calibrate", "--calibration-steps", "5"), ("no checkpoint at [5]",)),
+        (("llc", "--calibration-seeds", "a,b"), ("calibration_seeds='a,b'", "integers")),
+        (("llc", "--component-lr", "model"), ("component_lr='model'", "component=lr")),
+        (("stream2", "--composition", "mixed"), ("composition='mixed'", "fixed")),
+    ],
+)
+def test_bad_calibration_and_composition_settings(run_copy, args, fragments):
+    """The LLC's plateau calibration, its data part, and Stream 2's batch composition: each bad value
+    named in one line before any sampling."""
+    family, *rest = args
+    one_line_error(invoke("measure", family, run_copy, *rest), *fragments)

@@ -174,16 +174,23 @@ class LLCSettings(Settings):
             "plateau_range",
             "need plateau_tolerance > 0 and plateau_range > 1",
         )
-        try:
-            self.component_lrs()
-            _ints(self.calibration_seeds)
-            _ints(self.calibration_steps)
-        except ValueError:
-            self.require(
-                False,
-                "component_lr",
-                "write component=lr pairs joined by ';' and seeds/steps as comma-separated integers",
-            )
+        for name, parse, form in (
+            ("component_lr", lambda: self.component_lrs(), "component=lr pairs joined by ';'"),
+            (
+                "calibration_seeds",
+                lambda: _ints(self.calibration_seeds),
+                "comma-separated integers",
+            ),
+            (
+                "calibration_steps",
+                lambda: _ints(self.calibration_steps),
+                "comma-separated integers",
+            ),
+        ):
+            try:
+                parse()
+            except ValueError:
+                self.require(False, name, f"write {form}")
         bad = [
             c for c in self.components.split(",") if c not in ("model", "circuit", "rest", "heads")
         ]
