@@ -1,26 +1,34 @@
-"""Circuits found by cause: induction heads and the earlier heads their keys read.
+"""Circuits found by cause: induction heads and the earlier components their keys read.
 
 Detection by score (SPEC section 7) keeps one previous-token partner per
 induction head, chosen by K-composition x previous-token score. When the
-previous-token function is spread over several heads, that leaves part of the
-circuit out. Here the partners are chosen by what they do:
+previous-token function is spread over several heads, or passes through an MLP,
+that leaves part of the circuit out. Here the partners are chosen by what they do:
 
 1. Induction heads: heads in layer >= 1 whose induction score exceeds a threshold.
-2. For every earlier head, its key-path share: patch its clean output into an
-   induction head's key input in the corrupted run ([BOS] + r' + r) and measure
-   how much of the receiver's attention to its induction targets comes back
-   (:func:`circuits.patching.path_patch_attention`, 0 = corrupted, 1 = clean);
-   the best share over the induction heads counts.
-3. Candidates: earlier heads with a share of at least ``min_share`` (default 10%).
-4. The set: the smallest subset of the candidates (searched exhaustively, as a
-   model of this size allows) whose joint key-path patch restores at least
-   ``together`` (default 80%) of the target attention, averaged over the
-   induction heads; among subsets of that size, the one restoring most.
+2. Senders: every earlier head ``L{l}H{h}`` and, in models with MLPs, every
+   earlier MLP ``L{l}MLP``. For each, its key-path share: patch its clean output
+   into an induction head's key input in the corrupted run ([BOS] + r' + r) and
+   measure how much of the receiver's attention to its induction targets comes
+   back (:func:`circuits.patching.path_patch_attention`, 0 = corrupted,
+   1 = clean); the best share over the induction heads counts.
+3. Routes through MLPs: for each earlier head (and the embeddings) and each MLP
+   between it and the receiver, the share of the route ``L{l}H{h}>L{m}MLP``: the
+   head's clean output patched into that MLP's input only, and the MLP's changed
+   output into the key input. It says whether an MLP that carries the key path
+   relays a head (a previous-token route) or works from the tokens themselves.
+4. The set: the smallest subset of all senders whose joint key-path patch
+   restores at least ``together`` (default 80%) of the target attention,
+   averaged over the induction heads; among subsets of that size, the one
+   restoring most. Every subset up to ``max_size`` members is tried, in order of
+   the members' individual shares: the order only decides which of equally good
+   sets is met first, nothing is left out for a small share (key-path effects
+   are super-additive: two heads at 8% each can restore 80% together).
 5. When no subset reaches the bar, the circuit falls back to the whole layer
-   before the induction heads, labelled as such.
+   before the induction heads (its heads and its MLP), labelled as such.
 
 Every member records how it was chosen; the restoration of the chosen set and
-of all earlier heads together are reported beside it.
+of all earlier senders together are reported beside it.
 """
 
 from __future__ import annotations
@@ -37,10 +45,15 @@ from transformer_lens import HookedTransformer
 
 from circuits.circuit import Circuit, Head, all_heads
 from circuits.induction import DEFAULT_THRESHOLD, detect_induction_heads, head_scores
-from circuits.patching import InductionTask, induction_task, path_patch_attention
+from circuits.patching import (
+    InductionTask,
+    induction_task,
+    path_patch_attention,
+    sender_layer,
+)
 
-DEFAULT_MIN_SHARE = 0.1
 DEFAULT_TOGETHER = 0.8
+DEFAULT_MAX_SIZE = 4
 
 
 @dataclass
@@ -51,10 +64,16 @@ class Discovery:
     shares: pd.DataFrame  # sender, receiver, share (key-path attention metric of the sender alone)
     set_restoration: dict[
         str, float
-    ]  # receiver -> restoration by the chosen earlier heads together
-    earlier_restoration: dict[str, float]  # receiver -> restoration by every earlier head together
+    ]  # receiver -> restoration by the chosen earlier senders together
+    earlier_restoration: dict[
+        str, float
+    ]  # receiver -> restoration by every earlier sender together
     method: dict[str, str] = field(default_factory=dict)  # member -> how it was chosen
     fallback: bool = False
+    routes: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["sender", "via", "receiver", "share"])
+    )  # the key-path share of each sender through each MLP on the way
+    subsets_tried: int = 0
 
     @property
     def mean_set_restoration(self) -> float:
@@ -70,18 +89,41 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
+def earlier_senders(model: HookedTransformer, layer: int) -> list[str]:
+    """Heads and (in models with MLPs) MLPs before ``layer``: what can write a layer-``layer`` key."""
+    mlps = [] if model.cfg.attn_only else [f"L{l}MLP" for l in range(layer)]
+    return [str(h) for h in all_heads(model) if h.layer < layer] + mlps
+
+
 def key_path_shares(
     model: HookedTransformer, task: InductionTask, receivers: list[str]
 ) -> pd.DataFrame:
-    """The attention metric of every earlier head's key path into every receiver."""
+    """The attention metric of every earlier sender's key path into every receiver."""
     rows = []
     for receiver in receivers:
-        r = Head.parse(receiver)
-        for sender in all_heads(model):
-            if sender.layer < r.layer:
-                share = path_patch_attention(model, task, str(sender), receiver, "k")
-                rows.append({"sender": str(sender), "receiver": receiver, "share": share})
+        for sender in earlier_senders(model, Head.parse(receiver).layer):
+            share = path_patch_attention(model, task, sender, receiver, "k")
+            rows.append({"sender": sender, "receiver": receiver, "share": share})
     return pd.DataFrame(rows, columns=["sender", "receiver", "share"])
+
+
+def route_shares(
+    model: HookedTransformer, task: InductionTask, receivers: list[str]
+) -> pd.DataFrame:
+    """The key-path share of each earlier head (and ``EMBED``) through each MLP on its way to
+    each receiver: route ``SENDER>L{m}MLP``, the sender patched into MLP m's input only."""
+    rows = []
+    if model.cfg.attn_only:
+        return pd.DataFrame(rows, columns=["sender", "via", "receiver", "share"])
+    for receiver in receivers:
+        r_layer = Head.parse(receiver).layer
+        for via in range(r_layer):
+            for sender in ["EMBED"] + [str(h) for h in all_heads(model) if h.layer <= via]:
+                share = path_patch_attention(model, task, f"{sender}>L{via}MLP", receiver, "k")
+                rows.append(
+                    {"sender": sender, "via": f"L{via}MLP", "receiver": receiver, "share": share}
+                )
+    return pd.DataFrame(rows, columns=["sender", "via", "receiver", "share"])
 
 
 def joint_restoration(
@@ -91,7 +133,7 @@ def joint_restoration(
     out = {}
     for receiver in receivers:
         layer = Head.parse(receiver).layer
-        earlier = [s for s in senders if Head.parse(s).layer < layer]
+        earlier = [s for s in senders if sender_layer(s) < layer]
         out[receiver] = (
             path_patch_attention(model, task, earlier, receiver, "k") if earlier else 0.0
         )
@@ -104,41 +146,45 @@ def smallest_sufficient_set(
     candidates: list[str],
     receivers: list[str],
     together: float,
-) -> tuple[list[str], dict[str, float]] | None:
-    """The smallest subset of ``candidates`` restoring >= ``together`` on average; the best of that size."""
-    for size in range(1, len(candidates) + 1):
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> tuple[tuple[list[str], dict[str, float]] | None, int]:
+    """The smallest subset of ``candidates`` (at most ``max_size``) restoring >= ``together`` on
+    average, the best of that size; and how many subsets were tried."""
+    tried = 0
+    for size in range(1, min(max_size, len(candidates)) + 1):
         best = None
         for subset in itertools.combinations(candidates, size):
             restored = joint_restoration(model, task, list(subset), receivers)
+            tried += 1
             score = _mean(restored.values())
             if score >= together and (best is None or score > best[2]):
                 best = (list(subset), restored, score)
         if best is not None:
-            return best[0], best[1]
-    return None
+            return (best[0], best[1]), tried
+    return None, tried
 
 
 def discover_induction_circuit(
     model: HookedTransformer,
     repeated: Int[torch.Tensor, "batch pos"],
     threshold: float = DEFAULT_THRESHOLD,
-    min_share: float = DEFAULT_MIN_SHARE,
     together: float = DEFAULT_TOGETHER,
+    max_size: int = DEFAULT_MAX_SIZE,
     corruption_seed: int = 0,
     name: str = "induction-by-cause",
 ) -> Discovery:
-    """Induction heads by score, their previous-token heads by key-path patching (module docstring).
+    """Induction heads by score, the heads and MLPs their keys read by key-path patching (module docstring).
 
     Args:
         repeated: [BOS] + r + r token sequences.
         threshold: induction score an induction head needs.
-        min_share: key-path share an earlier head needs to be a candidate.
         together: share the chosen set must restore together (mean over induction heads).
+        max_size: largest subset of earlier senders searched.
 
     Returns:
-        A :class:`Discovery`; its circuit holds the induction heads (role ``induction``)
-        and the chosen earlier heads (role ``prev_token``). With no head above the
-        threshold, the best layer >= 1 head is taken (method ``best_score``).
+        A :class:`Discovery`; its circuit holds the induction heads (role ``induction``),
+        the chosen earlier heads (role ``prev_token``) and MLPs (role ``key_mlp``). With
+        no head above the threshold, the best layer >= 1 head is taken (method ``best_score``).
     """
     scores = head_scores(model, repeated)
     heads = detect_induction_heads(scores, threshold)
@@ -150,22 +196,24 @@ def discover_induction_circuit(
         method = {heads[0]: "best_score"}
     task = induction_task(model, repeated, seed=corruption_seed)
     shares = key_path_shares(model, task, heads)
-    best = shares.groupby("sender")["share"].max()
-    candidates = [s for s in best.sort_values(ascending=False).index if best[s] >= min_share]
-    earlier = sorted({s for s in shares.sender})
-    earlier_restoration = joint_restoration(model, task, earlier, heads)
-    found = (
-        smallest_sufficient_set(model, task, candidates, heads, together) if candidates else None
-    )
+    best = shares.groupby("sender")["share"].max().fillna(-math.inf)
+    order = sorted(best.index, key=lambda s: (-best[s], s))  # orders the search, filters nothing
+    earlier_restoration = joint_restoration(model, task, order, heads)
+    found, tried = smallest_sufficient_set(model, task, order, heads, together, max_size)
     fallback = found is None
     if fallback:
         layer = min(Head.parse(h).layer for h in heads) - 1
-        members = [str(h) for h in all_heads(model) if h.layer == layer]
+        members = [s for s in earlier_senders(model, layer + 1) if sender_layer(s) == layer]
         restoration = joint_restoration(model, task, members, heads)
         method.update(dict.fromkeys(members, "fallback_whole_layer"))
     else:
         members, restoration = found
         method.update(dict.fromkeys(members, "key_path"))
-    roles = dict.fromkeys(heads, "induction") | dict.fromkeys(members, "prev_token")
+    roles = dict.fromkeys(heads, "induction") | {
+        m: "prev_token" if Head.is_head(m) else "key_mlp" for m in members
+    }
     circuit = Circuit(name, heads + [m for m in members if m not in heads], roles)
-    return Discovery(circuit, shares, restoration, earlier_restoration, method, fallback)
+    routes = route_shares(model, task, heads)
+    return Discovery(
+        circuit, shares, restoration, earlier_restoration, method, fallback, routes, tried
+    )

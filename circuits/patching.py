@@ -14,6 +14,15 @@ another head's query/key/value input.
 * Patching follows TransformerLens: the corrupted run with clean activations
   patched in.
 
+Senders on a path are named like circuit components: a head ``L{l}H{h}`` (its
+clean-minus-corrupted output, dz @ W_O), an MLP ``L{l}MLP`` (its
+clean-minus-corrupted output ``hook_mlp_out``, which holds everything that
+reached it), or a route through an MLP, ``L{l}H{h}>L{m}MLP`` or ``EMBED>L{m}MLP``:
+the head's (or the embeddings') clean-minus-corrupted output added to MLP m's
+input only (``hook_mlp_in``, before ``ln2``), and the change this makes to MLP m's
+output is what the route sends on. Each sender's change reaches the receivers'
+inputs only (direct path), nothing in between.
+
 What each corruption can show: [BOS] + r' + r removes what induction copies.
 Patching a head's output, a residual position or a value path restores the
 logits only if it carries the copied token, so the logit metric sees
@@ -125,18 +134,52 @@ def patch_heads(
     ).cpu()
 
 
+def sender_layer(sender: str) -> int:
+    """The layer whose output a sender writes: a head's or MLP's own layer, a route's last hop
+    (``L0H1>L1MLP`` -> 1), -1 for ``EMBED``."""
+    last = str(sender).split(">")[-1]
+    if last == "EMBED":
+        return -1
+    if last.endswith("MLP") and last[1:-3].isdigit():
+        return int(last[1:-3])
+    return Head.parse(last).layer
+
+
+def _one_delta(model: HookedTransformer, task: InductionTask, sender: str) -> torch.Tensor:
+    """Clean minus corrupted output of one sender (module docstring): [batch, pos, d_model]."""
+    if ">" in sender:
+        source, via = sender.split(">", 1)
+        layer = sender_layer(via)
+        if ">" in via or not via.endswith("MLP") or sender_layer(source) > layer:
+            raise ValueError(
+                f"route {sender!r} must be SENDER>L<m>MLP with the sender at or before layer m, e.g. L0H1>L0MLP"
+            )
+        block = model.blocks[layer]
+        mlp_in = task.corrupted_cache["resid_mid", layer]
+
+        def mlp(x):
+            return block.mlp(block.ln2(x))
+
+        return mlp(mlp_in + _one_delta(model, task, source)) - mlp(mlp_in)
+    if sender == "EMBED":
+        return sum(
+            task.clean_cache[name] - task.corrupted_cache[name] for name in ("embed", "pos_embed")
+        )
+    if sender.endswith("MLP"):
+        layer = sender_layer(sender)
+        return task.clean_cache["mlp_out", layer] - task.corrupted_cache["mlp_out", layer]
+    layer, head = Head.parse(sender)
+    dz = task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]
+    return dz @ model.W_O[layer, head]
+
+
 def _sender_delta(
     model: HookedTransformer, task: InductionTask, senders: str | Sequence[str]
 ) -> torch.Tensor:
-    """Clean minus corrupted output of the sender heads, summed: [batch, pos, d_model]."""
-    total = 0.0
-    for sender in [senders] if isinstance(senders, str) else senders:
-        layer, head = Head.parse(sender)
-        dz = (
-            task.clean_cache["z", layer][:, :, head] - task.corrupted_cache["z", layer][:, :, head]
-        )  # [batch, pos, d_head]
-        total = total + dz @ model.W_O[layer, head]
-    return total
+    """Clean minus corrupted output of the senders, summed: [batch, pos, d_model]."""
+    return sum(
+        _one_delta(model, task, s) for s in ([senders] if isinstance(senders, str) else senders)
+    )
 
 
 def _path_hooks(
@@ -148,7 +191,7 @@ def _path_hooks(
     """Hooks adding the senders' clean-minus-corrupted output to the receivers' inputs only."""
     names = [senders] if isinstance(senders, str) else list(senders)
     delta = _sender_delta(model, task, names)
-    s_layer = max(Head.parse(s).layer for s in names)
+    s_layer = max(sender_layer(s) for s in names)
     hooks: list[tuple[str, Callable]] = []
     per_layer: dict[tuple[int, str], list[int]] = {}
     for receiver, kind in receivers:
@@ -196,7 +239,8 @@ def path_patch(
     """Patch the clean output of ``sender`` into the corrupted run along given paths only.
 
     Args:
-        sender: head name, e.g. ``"L0H3"`` (or several, their outputs patched together).
+        sender: head name, e.g. ``"L0H3"``, an MLP or a route (module docstring), or
+            several, their outputs patched together.
         receivers: (head, input) pairs with input in ``"q"``, ``"k"``, ``"v"``,
             e.g. ``[("L1H2", "k")]``; the pseudo-receiver ``("resid_final", "")``
             adds the direct path to the unembedding. Receivers in a layer at or

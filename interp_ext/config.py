@@ -502,7 +502,7 @@ def tiny_mlp_preset() -> RunConfig:
     Same data mix, vocabulary and probe set as ``tiny``, learning rate 3e-3 and 7,000 steps;
     tuned so induction heads form on every seed within the run (docs/tiny_preset.md, "The MLP
     preset"). ``interp-ext study`` trains 4 seeds and measures induction, the circuit and the
-    ledger (no counterfactuals).
+    exact work ledger (no counterfactuals).
     """
     cfg = tiny_preset()
     cfg.preset = "tiny_mlp"
@@ -510,7 +510,7 @@ def tiny_mlp_preset() -> RunConfig:
     cfg.train.steps = 7000
     cfg.train.lr = 3e-3
     cfg.measure.study_seeds = 4
-    cfg.measure.study_plan = {"induction": {}, "circuit": {}, "ledger": {}}
+    cfg.measure.study_plan = {"induction": {}, "circuit": {}, "work": {"every": 10}}
     cfg.measure.study_family_seeds = {}
     cfg.measure.plan["sae"] = {"hook": "blocks.0.hook_resid_post", "width": 128}
     return cfg

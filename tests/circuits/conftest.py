@@ -100,3 +100,89 @@ def repeated_batch(batch: int = 6, seed: int = 0, bos: int = 0) -> torch.Tensor:
         r = torch.randperm(V - 1, generator=gen)[:S] + 1
         rows.append(torch.cat([torch.tensor([bos]), r, r]))
     return torch.stack(rows)
+
+
+def build_hand_built_mlp() -> HookedTransformer:
+    """The previous token reaches the induction key only through MLP0.
+
+    Residual = [token (V) | position (N) | previous-token slot read by L1H0's key (V) |
+    a scratch slot (V)]. L0H0 attends p -> p-1 and writes the token it sees into the
+    scratch slot, which no key reads; MLP0 (ReLU, identity weights) copies the scratch
+    slot into the previous-token slot. So L0H0's direct key path restores nothing,
+    MLP0's restores everything, and the route L0H0 > L0MLP carries it.
+    """
+    cfg = _base_cfg()
+    cfg = HookedTransformerConfig(
+        **{
+            **{k: getattr(cfg, k) for k in ("n_layers", "d_head", "n_heads", "d_vocab", "n_ctx")},
+            "d_model": 3 * V + N,
+            "d_mlp": V,
+            "act_fn": "relu",
+            "attn_only": False,
+            "normalization_type": None,
+            "positional_embedding_type": "standard",
+            "seed": 0,
+        }
+    )
+    model = HookedTransformer(cfg)
+    c = 40.0 * math.sqrt(cfg.d_head)
+    prev_slot, scratch = V + N, 2 * V + N
+    a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    mlp0 = model.blocks[0].mlp
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W_E[:] = torch.eye(V, cfg.d_model)
+        model.W_pos[:] = torch.cat([torch.zeros(N, V), torch.eye(N), torch.zeros(N, 2 * V)], dim=1)
+        model.W_U[:V, :] = torch.eye(V) * 10
+        for p in range(N):
+            a0.W_Q[0, V + p, p] = c
+            if p + 1 < N:
+                a0.W_K[0, V + p, p + 1] = 1.0
+        for t in range(V):
+            a0.W_V[0, t, t] = 1.0
+            a0.W_O[0, t, scratch + t] = 1.0
+            mlp0.W_in[scratch + t, t] = 1.0
+            mlp0.W_out[t, prev_slot + t] = 1.0
+            a1.W_Q[0, t, t] = c
+            a1.W_K[0, prev_slot + t, t] = 1.0
+            a1.W_V[0, t, t] = 1.0
+            a1.W_O[0, t, t] = 1.0
+    return model
+
+
+def build_hand_built_weak_pair() -> HookedTransformer:
+    """Two previous-token heads, each writing half the previous token; neither alone is enough.
+
+    L0H0 and L0H1 both attend p -> p-1 and write 0.5 x the token they see into the
+    previous-token slot. L1H0's query also meets BOS's key with 0.75 of a full
+    match, so it attends to its induction target only when both halves are there:
+    each head's key path alone restores ~0 of the target attention, both together
+    ~1 (a super-additive pair that a per-head share filter would drop).
+    """
+    model = build_hand_built()
+    cfg = model.cfg
+    c = 40.0 * math.sqrt(cfg.d_head)
+    prev_slot = V + N
+    a0, a1 = model.blocks[0].attn, model.blocks[1].attn
+    with torch.no_grad():
+        a0.W_Q[1], a0.W_K[1], a0.W_V[1] = a0.W_Q[0], a0.W_K[0], a0.W_V[0]
+        for head in (0, 1):
+            for t in range(V):
+                a0.W_O[head, t, prev_slot + t] = 0.5
+        for p in range(N):
+            a1.W_Q[0, V + p, V] = c  # every query meets BOS's key at 0.75 of a full match
+        a1.W_K[0, V + 0, V] = 0.75
+    return model
+
+
+@pytest.fixture(scope="session")
+def hand_built_mlp():
+    """The previous-token head reaches the induction key only through MLP0."""
+    return build_hand_built_mlp()
+
+
+@pytest.fixture(scope="session")
+def hand_built_weak_pair():
+    """A super-additive pair of previous-token heads."""
+    return build_hand_built_weak_pair()

@@ -1,13 +1,14 @@
 """``circuit``: the induction circuit found by cause (``circuits.discovery``).
 
 At each selected checkpoint (default: the last) and seed: induction heads by
-score, then the earlier heads whose key-path patch restores the induction heads'
-attention to their targets (the receiver-attention metric), chosen as the
-smallest set that restores at least ``together`` of it, or the whole earlier
-layer when none does. Rows: each member with its role and how it was chosen,
-every earlier head's key-path share into every induction head, and what the
-chosen set and all earlier heads together restore. Stream 3 follows this circuit
-by default.
+score, then the earlier heads and MLPs whose key-path patch restores the
+induction heads' attention to their targets (the receiver-attention metric),
+chosen as the smallest set that restores at least ``together`` of it, searched
+over every subset up to ``max_size`` members, or the whole earlier layer when
+none does. Rows: each member with its role and how it was chosen, every earlier
+sender's key-path share into every induction head, each head's share through
+each MLP on the way (``route_share``), and what the chosen set and all earlier
+senders together restore. Stream 3 follows this circuit by default.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from circuits.circuit import Circuit
-from circuits.discovery import DEFAULT_MIN_SHARE, DEFAULT_TOGETHER, discover_induction_circuit
+from circuits.discovery import DEFAULT_MAX_SIZE, DEFAULT_TOGETHER, discover_induction_circuit
 from circuits.induction import DEFAULT_THRESHOLD
 from interp_ext.measurement.circuits import circuit_from_rows
 from interp_ext.measurement.probes import repeated_probe
@@ -35,13 +36,13 @@ class CircuitSettings(Settings):
     family = "circuit"
 
     threshold: float = setting(DEFAULT_THRESHOLD, "Induction score an induction head needs.")
-    min_share: float = setting(
-        DEFAULT_MIN_SHARE,
-        "Key-path share of the target attention an earlier head needs to be a candidate.",
-    )
     together: float = setting(
         DEFAULT_TOGETHER,
-        "Share the chosen earlier heads must restore together (mean over induction heads).",
+        "Share the chosen earlier heads and MLPs must restore together (mean over induction heads).",
+    )
+    max_size: int = setting(
+        DEFAULT_MAX_SIZE,
+        "Largest subset of earlier heads and MLPs the exhaustive search tries.",
     )
     corruption_seed: int = setting(
         0, "Seed of the fresh tokens of the corrupted input [BOS] + r' + r."
@@ -49,7 +50,11 @@ class CircuitSettings(Settings):
 
     def check(self) -> None:
         self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
-        self.require(0 < self.min_share < 1, "min_share", "must lie in (0, 1)")
+        self.require(
+            isinstance(self.max_size, int) and self.max_size >= 1,
+            "max_size",
+            "must be an integer >= 1",
+        )
         self.require(0 < self.together <= 1, "together", "must lie in (0, 1]")
 
 
@@ -93,6 +98,14 @@ class CircuitByCause(Family):
             {"metric": "key_path_share_best", "component": s, "value": v}
             for s, v in found.shares.groupby("sender").share.max().items()
         ]
+        rows += [
+            {
+                "metric": "route_share",
+                "component": f"{r.sender}>{r.via}->{r.receiver}",
+                "value": r.share,
+            }
+            for r in found.routes.itertuples()
+        ]
         for name, per in (
             ("set_restoration", found.set_restoration),
             ("earlier_restoration", found.earlier_restoration),
@@ -106,6 +119,7 @@ class CircuitByCause(Family):
                 "value": found.mean_earlier_restoration,
             },
             {"metric": "fallback", "component": "", "value": float(found.fallback)},
+            {"metric": "subsets_tried", "component": "", "value": float(found.subsets_tried)},
         ]
         return pd.DataFrame(rows)
 
@@ -140,8 +154,8 @@ def discover(model, repeated, settings: CircuitSettings, name: str):
         model,
         repeated,
         settings.threshold,
-        settings.min_share,
         settings.together,
+        settings.max_size,
         settings.corruption_seed,
         name,
     )

@@ -28,11 +28,12 @@ def circuit_section(m: pd.DataFrame) -> list[str]:
     lines = [
         "## Circuits found by cause",
         "",
-        "Induction heads by score; earlier heads by the share of an induction head's attention to its targets that their key-path patch restores "
-        "(receiver-attention metric, best over the induction heads); the set is the smallest that restores the bar together.",
+        "Induction heads by score; earlier heads and MLPs by the share of an induction head's attention to its targets that their key-path patch restores "
+        "(receiver-attention metric, best over the induction heads); the set is the smallest that restores the bar together, every subset up to the size bound tried. "
+        "Routes: a head (or the embeddings) patched into an MLP's input only, the MLP's changed output into the key (best over the induction heads).",
         "",
-        "| seed | step | induction heads | earlier heads (key-path share, how chosen) | set restores | all earlier heads restore |",
-        "|---|---|---|---|---|---|",
+        "| seed | step | induction heads | earlier heads and MLPs (key-path share, how chosen) | set restores | all earlier restore | routes through MLPs (share) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (seed, step), d in circ[circ.seed >= 0].groupby(["seed", "step"]):
         members = d[d.metric == "member"]
@@ -40,15 +41,28 @@ def circuit_section(m: pd.DataFrame) -> list[str]:
         heads = ", ".join(members[members.role == "induction"].component)
         earlier = ", ".join(
             f"{r.component} ({share.get(r.component, math.nan):.2f}, {r.method})"
-            for r in members[members.role == "prev_token"].itertuples()
+            for r in members[members.role != "induction"].itertuples()
+        )
+        routes = d[d.metric == "route_share"]
+        best_route = (
+            routes.assign(route=routes.component.str.split("->").str[0])
+            .groupby("route")
+            .value.max()
+            .sort_values(ascending=False)
+        )
+        route_text = (
+            ", ".join(f"{k} ({v:.2f})" for k, v in best_route.head(3).items())
+            if len(best_route)
+            else "none (no MLP)"
         )
         restored = one(d, metric="set_restoration", component="")
         everything = one(d, metric="earlier_restoration", component="")
         lines.append(
-            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {everything:.2f} |"
+            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {everything:.2f} | {route_text} |"
         )
     return lines + [
         "",
-        "Reading: an earlier head outside the set with a large share means the previous-token function is spread; Stream 3 follows this circuit.",
+        "Reading: an earlier head outside the set with a large share means the previous-token function is spread; "
+        "a route through an MLP with a large share means the MLP relays that head to the key. Stream 3 follows this circuit.",
         "",
     ]
