@@ -138,3 +138,61 @@ def sums_over_seeds(sums: pd.DataFrame, p_values: bool = False) -> pd.DataFrame:
             for stat, v in stats_
         ]
     return pd.DataFrame(out)
+
+
+def km_median(times: Sequence[float], censored: Sequence[bool]) -> tuple[float, bool]:
+    """Kaplan-Meier median of right-censored times (``censored``: the event was not seen by that
+    time, so the true time is larger): the smallest time where the survival estimate falls to 0.5
+    or below (``scipy.stats.ecdf``). When it never does, the largest time observed and True: the
+    median is above that bound."""
+    t = np.asarray(times, float)
+    c = np.asarray(censored, bool)
+    if len(t) == 0:
+        return math.nan, False
+    if c.all():
+        return float(t.max()), True
+    sf = stats.ecdf(stats.CensoredData(uncensored=t[~c], right=t[c])).sf
+    below = np.flatnonzero(sf.probabilities <= 0.5)
+    if len(below) == 0:
+        return float(t.max()), True
+    return float(sf.quantiles[below[0]]), False
+
+
+def logrank_p(
+    times_a: Sequence[float],
+    censored_a: Sequence[bool],
+    times_b: Sequence[float],
+    censored_b: Sequence[bool],
+) -> float:
+    """Two-sided log-rank p-value of two samples of right-censored times (``scipy.stats.logrank``);
+    NaN when a sample is empty or no event was seen in either."""
+    ta, ca = np.asarray(times_a, float), np.asarray(censored_a, bool)
+    tb, cb = np.asarray(times_b, float), np.asarray(censored_b, bool)
+    if len(ta) == 0 or len(tb) == 0 or (ca.all() and cb.all()):
+        return math.nan
+    x = stats.CensoredData(uncensored=ta[~ca], right=ta[ca])
+    y = stats.CensoredData(uncensored=tb[~cb], right=tb[cb])
+    return float(stats.logrank(x, y).pvalue)
+
+
+def paired_order(
+    a: Sequence[float], a_censored: Sequence[bool], b: Sequence[float], b_censored: Sequence[bool]
+) -> tuple[int, int]:
+    """Seeds where time a is later than time b, and seeds where the order is known, for paired
+    right-censored times: a censored time is later than an observed one below its bound; two
+    censored times, or a censored bound below the other's time, leave the order unknown."""
+    later = known = 0
+    for ta, ca, tb, cb in zip(a, a_censored, b, b_censored):
+        if ca and cb:
+            continue
+        if ca:  # a > ta; known later when tb <= ta
+            if tb <= ta:
+                later, known = later + 1, known + 1
+            continue
+        if cb:
+            if ta <= tb:
+                known += 1
+            continue
+        if ta != tb:
+            later, known = later + (ta > tb), known + 1
+    return later, known

@@ -361,3 +361,15 @@ def test_llc_by_role_averages_heads_then_seeds():
     assert got["induction"] == pytest.approx((10 + 20) / 2)
     assert got["prev_token"] == pytest.approx((5 + 7) / 2)
     assert got["other"] == pytest.approx(((1 + 2) / 2 + (3 + 4) / 2) / 2)
+
+
+def test_a_circuit_with_an_mlp_is_restricted_to_its_heads_and_mlp_parameters():
+    from circuits.circuit import Circuit
+    from interp_ext.families.llc import LLCSettings, component_masks, flat_mask
+    from tests.circuits.conftest import build_hand_built_mlp
+
+    model = build_hand_built_mlp()
+    circuit = Circuit("c", ["L1H0", "L0MLP"])
+    masks = component_masks(model, circuit, LLCSettings(components="circuit"))
+    expected = sum(circuit.n_params(model).values())
+    assert int(flat_mask(model, masks["circuit"]).sum()) == expected

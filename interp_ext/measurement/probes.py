@@ -35,25 +35,46 @@ def probe_batches(run, family: str, n_batches: int | None) -> int:
     return wanted
 
 
-def fixed_composition_batches(run, n_batches: int, batch_size: int) -> torch.Tensor:
-    """Training-distribution batches in which every batch holds the same number of corpus-text rows,
-    ``round(batch_size * (1 - random_seq_prob))``, the rest uniform random rows (both parts carry the
-    copied span): [n_batches, batch_size, n_ctx], one set shared by every seed. Probe batches drawn
-    as training batches hold a binomial number of text rows, and batch-to-batch differences in that
-    count shape every seed's per-batch gradients alike."""
+def rows_by_part(
+    run, seed: int, first_draw: int, n_random: int, n_text: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """At least ``n_random`` uniform-random rows and ``n_text`` corpus-text rows of the training
+    distribution (both carry the copied span), in draw order from ``step_rows(run, seed, 0,
+    draw=first_draw)`` on: (random rows, text rows), each exactly as long as asked."""
     from interp_ext.optim_step import step_rows
 
-    p = run.config.data.random_seq_prob
-    n_text = round(batch_size * (1 - p))
-    n_random = batch_size - n_text
-    text, rand, draw = [], [], 0
-    while len(text) < n_batches * n_text or len(rand) < n_batches * n_random:
-        seqs, random_rows = step_rows(run, FIXED_COMPOSITION_KEY, 0, draw=draw)
+    text, rand, draw = [], [], first_draw
+    while len(text) < n_text or len(rand) < n_random:
+        seqs, random_rows = step_rows(run, seed, 0, draw=draw)
         text += list(seqs[~random_rows])
         rand += list(seqs[random_rows])
         draw += 1
-    out = [
-        torch.stack(rand[i * n_random : (i + 1) * n_random] + text[i * n_text : (i + 1) * n_text])
-        for i in range(n_batches)
-    ]
-    return torch.stack(out)
+    return rand[:n_random], text[:n_text]
+
+
+_FIXED: dict[tuple, torch.Tensor] = {}
+
+
+def fixed_composition_batches(run, n_batches: int, batch_size: int) -> torch.Tensor:
+    """Training-distribution batches in which every batch holds the same number of corpus-text rows,
+    ``round(batch_size * (1 - random_seq_prob))``, the rest uniform random rows (both parts carry the
+    copied span): [n_batches, batch_size, n_ctx], one set shared by every seed (drawn once per run
+    and shape, then reused). Probe batches drawn as training batches hold a binomial number of text
+    rows, and batch-to-batch differences in that count shape every seed's per-batch gradients alike."""
+    p = run.config.data.random_seq_prob
+    key = (str(run.path), n_batches, batch_size, p)
+    if key not in _FIXED:
+        n_text = round(batch_size * (1 - p))
+        n_random = batch_size - n_text
+        rand, text = rows_by_part(
+            run, FIXED_COMPOSITION_KEY, 0, n_batches * n_random, n_batches * n_text
+        )
+        _FIXED[key] = torch.stack(
+            [
+                torch.stack(
+                    rand[i * n_random : (i + 1) * n_random] + text[i * n_text : (i + 1) * n_text]
+                )
+                for i in range(n_batches)
+            ]
+        )
+    return _FIXED[key].clone()

@@ -1,19 +1,26 @@
 """What Stream 3's replays of real steps share: the sets whose gradient energy they follow, the
-mean gradient of fresh training batches, and the probe at a parameter point."""
+mean gradient of fresh training batches, the probe at a parameter point, and the recorder of a
+replay's loss, E_C and induction score."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from circuits.circuit import Circuit
+from circuits.induction import attention_scores
 from interp_ext.errors import MeasureError
+from interp_ext.geometry.gradients import loss_function, measure_dtype
 from interp_ext.measurement.circuits import layer_matched
-from interp_ext.measurement.probes import probe_batches
+from interp_ext.measurement.probes import probe_batches, repeated_probe
 from interp_ext.measurement.windows import check_window_checkpoints, formation_settings
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.energy import WHOLE, EnergyProbe
+
+# fresh batches of the replays: other data orders (draws 1000 + k) and a mean's batches (2000 + j)
+ORDER_DRAWS, MEAN_DRAWS = 1000, 2000
 
 
 def tracked_sets(
@@ -89,3 +96,39 @@ def probe_factory(
         )
 
     return probe_at
+
+
+class Recorder:
+    """Probe loss, E_C and the best induction score of a replay's current parameters (anything with
+    ``model`` and ``names``), one row each, with the replay's name in ``variant``."""
+
+    def __init__(self, run, replay, circuit: Circuit, n_batches: int | None = None):
+        self.replay, self.model = replay, replay.model
+        names = replay.names
+        self.loss_fn, self.names, self.dtype = (
+            loss_function(self.model, names),
+            names,
+            measure_dtype(self.model),
+        )
+        lm = run.probe_set()["lm"]
+        self.lm = (lm[:n_batches] if n_batches else lm).to(self.model.cfg.device)
+        self.repeated = repeated_probe(run)
+        self.mask = torch.stack(list(circuit.flat_masks(self.model).values())).any(0)
+        self.chunk = 4 if self.model.cfg.d_vocab <= 4096 else 1
+
+    @torch.no_grad()
+    def _loss_and_score(self) -> tuple[float, float]:
+        self.model.eval()
+        loss = float(np.mean([float(self.model(b, return_type="loss")) for b in self.lm]))
+        scores = attention_scores(self.model, self.repeated)["induction_score"][1:]
+        self.model.train()
+        return loss, float(scores.max())
+
+    def __call__(self, step: int, name: str) -> list[dict]:
+        theta = {n: p.detach().to(self.dtype) for n, p in self.model.named_parameters()}
+        energy = EnergyProbe(self.loss_fn, theta, self.lm, self.chunk).energy(self.mask)
+        loss, score = self._loss_and_score()
+        return [
+            {"step": step, "metric": m, "component": "", "value": v, "variant": name}
+            for m, v in (("loss", loss), ("E_C", energy), ("induction_score", score))
+        ]

@@ -30,10 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
-from circuits.induction import attention_scores, formation_step
-from interp_ext.geometry.gradients import loss_function, measure_dtype
+from circuits.induction import formation_step
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
-from interp_ext.measurement.probes import repeated_probe
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
@@ -41,7 +39,7 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
-from interp_ext.measurement.stream3 import check_replay
+from interp_ext.measurement.stream3 import MEAN_DRAWS, ORDER_DRAWS, Recorder, check_replay
 from interp_ext.measurement.windows import (
     seed_window,
     window_problem,
@@ -49,9 +47,6 @@ from interp_ext.measurement.windows import (
 from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
 from interp_ext.stats import sign_count, t_interval
-from interp_ext.stream3.energy import EnergyProbe
-
-ORDER_DRAWS, MEAN_DRAWS = 1000, 2000
 
 
 @dataclass(frozen=True)
@@ -195,7 +190,7 @@ def trajectory(
         replay = Replay(run, seed, start, batch_of=batch_of)
     except ReplayError as err:
         raise MeasureError(str(err)) from err
-    record = Recorder(run, replay, circuit, settings)
+    record = Recorder(run, replay, circuit, settings.n_batches)
     rows = record(start, name)
     for step in tqdm(
         replay.steps(end),
@@ -212,41 +207,6 @@ def trajectory(
         except ReplayError as err:
             raise MeasureError(str(err)) from err
     return pd.DataFrame(rows)
-
-
-class Recorder:
-    """Probe loss, E_C and the best induction score of the replay's current parameters."""
-
-    def __init__(self, run, replay: Replay, circuit: Circuit, settings: CounterfactualSettings):
-        self.replay, self.model = replay, replay.model
-        names = replay.names
-        self.loss_fn, self.names, self.dtype = (
-            loss_function(self.model, names),
-            names,
-            measure_dtype(self.model),
-        )
-        lm = run.probe_set()["lm"]
-        self.lm = (lm[: settings.n_batches] if settings.n_batches else lm).to(self.model.cfg.device)
-        self.repeated = repeated_probe(run)
-        self.mask = torch.stack(list(circuit.flat_masks(self.model).values())).any(0)
-        self.chunk = 4 if self.model.cfg.d_vocab <= 4096 else 1
-
-    @torch.no_grad()
-    def _loss_and_score(self) -> tuple[float, float]:
-        self.model.eval()
-        loss = float(np.mean([float(self.model(b, return_type="loss")) for b in self.lm]))
-        scores = attention_scores(self.model, self.repeated)["induction_score"][1:]
-        self.model.train()
-        return loss, float(scores.max())
-
-    def __call__(self, step: int, name: str) -> list[dict]:
-        theta = {n: p.detach().to(self.dtype) for n, p in self.model.named_parameters()}
-        energy = EnergyProbe(self.loss_fn, theta, self.lm, self.chunk).energy(self.mask)
-        loss, score = self._loss_and_score()
-        return [
-            {"step": step, "metric": m, "component": "", "value": v, "variant": name}
-            for m, v in (("loss", loss), ("E_C", energy), ("induction_score", score))
-        ]
 
 
 def seed_outcomes(rows: pd.DataFrame, settings: CounterfactualSettings) -> pd.DataFrame:

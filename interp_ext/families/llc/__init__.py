@@ -46,6 +46,7 @@ import torch
 from circuits.circuit import Circuit, Head, all_heads
 from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.probes import rows_by_part
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
@@ -339,15 +340,39 @@ def llc_data(run, seed: int, settings: LLCSettings):
     """A fixed data set of training-distribution sequences (HF ``datasets.Dataset`` with ``input_ids``)."""
     from datasets import Dataset
 
-    parts, have, j = [], 0, 0
-    while have < settings.n_sequences:
-        seqs, random_rows = step_rows(run, seed, 0, draw=LLC_DRAW + j)
-        keep = {"all": slice(None), "random": random_rows, "text": ~random_rows}[settings.data]
-        parts.append(seqs[keep])
-        have += len(parts[-1])
-        j += 1
-    seqs = torch.cat(parts)[: settings.n_sequences]
+    n = settings.n_sequences
+    if settings.data == "all":
+        parts, j = [], 0
+        while sum(len(p) for p in parts) < n:
+            parts.append(step_rows(run, seed, 0, draw=LLC_DRAW + j)[0])
+            j += 1
+        seqs = torch.cat(parts)[:n]
+    else:
+        rand, text = rows_by_part(
+            run,
+            seed,
+            LLC_DRAW,
+            n if settings.data == "random" else 0,
+            n if settings.data == "text" else 0,
+        )
+        seqs = torch.stack(rand if settings.data == "random" else text)
     return Dataset.from_dict({"input_ids": seqs.tolist()}).with_format("torch")
+
+
+def devinterp_restrictions(circuit: Circuit) -> list[str]:
+    """A circuit's heads and MLPs as devinterp weight restrictions (``l1h2``, ``l0 mlp``); other
+    components (LayerNorms, embeddings) are refused: they have no restriction of their own."""
+    out = []
+    for c in circuit.components:
+        if Head.is_head(c):
+            out.append(f"l{Head.parse(c).layer}h{Head.parse(c).head}")
+        elif c.endswith("MLP") and c[1:-3].isdigit():
+            out.append(f"l{c[1:-3]} mlp")
+        else:
+            raise MeasureError(
+                f"the LLC of a circuit covers heads and MLPs; {c!r} of circuit {circuit.name!r} is neither"
+            )
+    return out
 
 
 def component_masks(
@@ -361,10 +386,7 @@ def component_masks(
     if "model" in wanted:
         out["model"] = None
     if circuit is not None and "circuit" in wanted:
-        heads = [c for c in circuit.components if Head.is_head(c)]
-        out["circuit"] = create_param_masks(
-            model, [f"l{Head.parse(h).layer}h{Head.parse(h).head}" for h in heads]
-        )
+        out["circuit"] = create_param_masks(model, devinterp_restrictions(circuit))
     if circuit is not None and "rest" in wanted:
         out["rest"] = circuit.with_rest().masks(model)["rest"]
     if "heads" in wanted:

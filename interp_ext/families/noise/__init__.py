@@ -1,0 +1,490 @@
+"""``noise``: gradient noise apart from data per step, in replays that read the same data.
+
+The ``counterfactual`` family's mean-of-M and half-batch replays change the data each
+step reads along with the noise. Here every noise arm reads the same sequences per
+step. From each seed's pre-formation checkpoint (the ledger's window) the seed's
+training continues with its AdamW state, learning rate and numerics, but the
+update's gradient is
+
+    g = g_bar_M + c xi,   xi = (g_A - g_B) / sqrt(2),
+
+with g_bar_M the mean gradient of M real-size batches (the real batch and M - 1
+fresh ones, as the ``counterfactual`` family's ``mean<M>``) and g_A, g_B two more
+independent real-size batches: xi has mean 0 and one minibatch's covariance, so
+c = 1 has the real minibatch's noise level (plus the mean's 1/M), c = 0 none and
+c = sqrt(2) twice its variance. The batches of a step are the same in every arm.
+One backward pass per arm and step: the loss mean_M + c (L_A - L_B) / sqrt(2).
+
+Adam's second moment: each arm runs with its own v (``/own``) and with the real
+run's v_tau fed in at every step (``/fed``, from the real replay in lockstep, which
+is checked bit for bit against the window's end checkpoint). Both use AdamW's
+update written out (:func:`adamw_step`, equal to torch's AdamW to float rounding,
+tested); every step logs the update norm and the mean of 1 / (sqrt(v_hat) + eps).
+
+Batch-size arms (``batch<B>``, own v): B sequences per step (the real batch cut or
+extended with fresh ones), formation in steps and in tokens, beside the gradient
+noise scale B_noise = tr(Sigma) / |G|^2 (McCandlish et al. 2018) measured at the
+window's start from M per-batch gradients (per sequence; |G|^2 unbiased).
+
+Formation: the steepest rise of the best induction score on the record grid, if
+the score ends above ``threshold``; otherwise the arm is censored at the window's
+end (formation > end) and counted as such: summaries over seeds are Kaplan-Meier
+medians and log-rank tests, and paired orders that treat censored pairs by their
+bounds. No seed is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from circuits.induction import formation_step
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
+from interp_ext.measurement.stream3 import MEAN_DRAWS, Recorder, check_replay
+from interp_ext.measurement.windows import seed_window, window_problem
+from interp_ext.optim_step import step_batch
+from interp_ext.replay import Replay, ReplayError
+from interp_ext.stats import km_median, logrank_p, paired_order, sign_test
+from interp_ext.training import _autocast
+
+NOISE_DRAWS = 3000  # the two batches of xi: draws 3000 and 3001 of each step
+EPS = 1e-8  # AdamW's eps (torch's default, the run's)
+
+
+def parse_scales(text: str) -> list[float]:
+    """``"0,1,sqrt2"`` -> [0.0, 1.0, 1.414...]; ``sqrt<x>`` is the square root of x."""
+    out = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        value = math.sqrt(float(part[4:])) if part.startswith("sqrt") else float(part)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(part)
+        out.append(value)
+    return out
+
+
+def scale_name(text: str) -> str:
+    return f"c{text}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One replay: its name, what its gradient is made of, and its second moment."""
+
+    name: str
+    c: float = 0.0  # noise arms: the scale of xi
+    fed: bool = False  # the real run's v_tau instead of its own
+    rows: int = 0  # batch arms: sequences per step (0: a noise arm)
+
+    @property
+    def is_batch(self) -> bool:
+        return self.rows > 0
+
+
+@dataclass(frozen=True)
+class NoiseSettings(Settings):
+    family = "noise"
+
+    window: str = setting(
+        "auto",
+        "'auto' (as the ledger's: checkpoints >= margin steps around each seed's formation step) or START:END.",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    mean_batches: int = setting(16, "M: real-size batches whose mean gradient every arm follows.")
+    scales: str = setting(
+        "0,1,sqrt2", "Noise scales c of the arms (comma-separated; sqrtX for the root of X)."
+    )
+    second_moment: str = setting(
+        "both", "'own' (each arm's v), 'fed' (the real run's v_tau) or 'both'."
+    )
+    batch_sizes: str = setting(
+        "16,32,64,128", "Sequences per step of the batch-size arms (comma-separated; '' for none)."
+    )
+    record_every: int = setting(
+        50, "Record loss, E_C and the induction score every that many steps."
+    )
+    threshold: float = setting(
+        0.4, "Best induction score that counts as formed at the window's end."
+    )
+    circuit: str = setting(
+        "cause",
+        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+
+    def check(self) -> None:
+        self.require(self.mean_batches >= 2, "mean_batches", "must be >= 2")
+        try:
+            scales = parse_scales(self.scales)
+        except ValueError as err:
+            scales = None
+            self.require(False, "scales", f"{err} is no scale >= 0; e.g. 0,1,sqrt2")
+        self.require(bool(scales) or self.batch_arms(), "scales", "no arm left to replay")
+        self.require(
+            self.second_moment in ("own", "fed", "both"),
+            "second_moment",
+            "choose 'own', 'fed' or 'both'",
+        )
+        sizes = [p for p in str(self.batch_sizes).replace(" ", "").split(",") if p]
+        self.require(
+            all(p.isdigit() and int(p) >= 1 for p in sizes),
+            "batch_sizes",
+            "must be positive integers, e.g. 16,32,64,128",
+        )
+        self.require(self.record_every >= 1, "record_every", "must be >= 1")
+        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
+
+    def batch_arms(self) -> list[int]:
+        return [int(p) for p in str(self.batch_sizes).replace(" ", "").split(",") if p]
+
+    def arms(self) -> list[Arm]:
+        """Noise arms (each scale with its own and/or the fed second moment), then batch arms."""
+        moments = {"own": [False], "fed": [True], "both": [False, True]}[self.second_moment]
+        parts = [p for p in str(self.scales).replace(" ", "").split(",") if p]
+        out = [
+            Arm(f"{scale_name(p)}/{'fed' if fed else 'own'}", c, fed)
+            for p, c in zip(parts, parse_scales(self.scales))
+            for fed in moments
+        ]
+        return out + [Arm(f"batch{b}", rows=b) for b in self.batch_arms()]
+
+    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
+        return seed_window(run, self.window, self.margin, self.formation, seed)
+
+
+def adamw_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    count: float,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    v_fed: torch.Tensor | None = None,
+) -> None:
+    """One AdamW step in place (torch's single-tensor AdamW, written out): decoupled decay, then
+    m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2 (or ``v_fed``), and
+    theta <- theta - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps), t = count + 1."""
+    b1, b2 = betas
+    t = count + 1
+    param.mul_(1 - lr * weight_decay)
+    m.lerp_(grad, 1 - b1)
+    if v_fed is None:
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    else:
+        v.copy_(v_fed)
+    denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(EPS)
+    param.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+
+
+class ArmState:
+    """A model at the window's start with its own AdamW moments, stepped by :func:`adamw_step`."""
+
+    def __init__(self, run, seed: int, start: int, arm: Arm):
+        ckpt = run.checkpoint(seed, start)
+        self.arm, self.model = arm, run.model(seed, start)
+        self.model.train()
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.m = {n: ckpt["exp_avg"][n].clone() for n in self.names}
+        self.v = {n: ckpt["exp_avg_sq"][n].clone() for n in self.names}
+        self.count = float(ckpt["adam_step"])
+        self.train = run.config.train
+
+    def loss(self, tokens: torch.Tensor, batch: int, mean_batches: int, cfg) -> torch.Tensor:
+        """The loss whose gradient is the arm's: rows of ``tokens`` are the M mean batches, then
+        xi's two batches (noise arms), or the arm's own rows (batch arms)."""
+        arm = self.arm
+        rows = tokens[: arm.rows] if arm.is_batch else tokens
+        if not arm.is_batch and arm.c == 0:
+            rows = tokens[: mean_batches * batch]
+        with _autocast(cfg):
+            per = self.model(rows, return_type="loss", loss_per_token=True).float().mean(-1)
+        if arm.is_batch:
+            return per.mean()
+        mean = per[: mean_batches * batch].mean()
+        if arm.c == 0:
+            return mean
+        a = per[mean_batches * batch : (mean_batches + 1) * batch].mean()
+        b = per[(mean_batches + 1) * batch :].mean()
+        return mean + arm.c * (a - b) / math.sqrt(2)
+
+    def step(self, loss: torch.Tensor, v_real: dict | None) -> tuple[float, float]:
+        """Back-propagate ``loss`` and take the AdamW step; (update norm, mean 1/(sqrt(v_hat)+eps))."""
+        params = dict(self.model.named_parameters())
+        grads = torch.autograd.grad(loss, [params[n] for n in self.names])
+        t = self.count + 1
+        b2 = self.train.betas[1]
+        sq, inv, size = 0.0, 0.0, 0
+        with torch.no_grad():
+            for n, g in zip(self.names, grads):
+                before = params[n].detach().clone()
+                fed = v_real[n] if (self.arm.fed and v_real is not None) else None
+                adamw_step(
+                    params[n].data,
+                    g.to(params[n].dtype),
+                    self.m[n],
+                    self.v[n],
+                    self.count,
+                    self.train.lr,
+                    tuple(self.train.betas),
+                    self.train.weight_decay,
+                    fed,
+                )
+                sq += float((params[n] - before).double().pow(2).sum())
+                inv += float((1 / ((self.v[n].double() / (1 - b2**t)).sqrt() + EPS)).sum())
+                size += g.numel()
+        self.count = t
+        return math.sqrt(sq), inv / size
+
+
+def step_tokens(run, seed: int, step: int, mean_batches: int) -> torch.Tensor:
+    """The rows every arm of one step reads: the real batch, M - 1 fresh batches (draws
+    ``MEAN_DRAWS`` ..), then xi's two batches (draws ``NOISE_DRAWS`` ..)."""
+    parts = [step_batch(run, seed, step)]
+    parts += [step_batch(run, seed, step, draw=MEAN_DRAWS + j) for j in range(mean_batches - 1)]
+    parts += [step_batch(run, seed, step, draw=NOISE_DRAWS + j) for j in range(2)]
+    return torch.cat(parts)
+
+
+def batch_arm_tokens(tokens: torch.Tensor, batch: int, mean_batches: int) -> torch.Tensor:
+    """A batch arm's rows: the real batch first, then the mean's fresh batches (never xi's)."""
+    return tokens[: mean_batches * batch]
+
+
+def noise_scale(run, seed: int, start: int, mean_batches: int) -> dict[str, float]:
+    """B_noise = tr(Sigma) / |G|^2 per sequence at checkpoint ``start``, from the M per-batch
+    gradients of the step's mean batches: tr(Sigma_batch) by the unbiased variance over batches,
+    |G|^2 = |g_bar|^2 - tr(Sigma_batch) / M (unbiased), Sigma per sequence = batch x Sigma_batch."""
+    cfg = run.config
+    model = run.model(seed, start)
+    grads = []
+    for j in range(mean_batches):
+        batch = (
+            step_batch(run, seed, start)
+            if j == 0
+            else step_batch(run, seed, start, draw=MEAN_DRAWS + j - 1)
+        )
+        model.zero_grad(set_to_none=True)
+        with _autocast(cfg):
+            loss = model(batch.to(model.cfg.device), return_type="loss")
+        loss.float().backward()
+        grads.append(torch.cat([p.grad.detach().double().flatten() for p in model.parameters()]))
+    return noise_scale_of(torch.stack(grads), cfg.train.batch_size)
+
+
+def noise_scale_of(grads: torch.Tensor, batch: int) -> dict[str, float]:
+    """B_noise from per-batch gradients [n_batches, n_params] of batches of ``batch`` sequences:
+    tr(Sigma) per sequence = batch x the unbiased variance summed over coordinates, |G|^2 =
+    |mean|^2 - tr(Sigma_batch) / n (unbiased), B_noise = tr(Sigma) / |G|^2 (inf when |G|^2 <= 0)."""
+    n = grads.shape[0]
+    trace = float(grads.double().var(dim=0, unbiased=True).sum())
+    mean_sq = float(grads.double().mean(0).pow(2).sum()) - trace / n
+    return {
+        "trace_sigma": batch * trace,
+        "mean_grad_sq": mean_sq,
+        "B_noise": batch * trace / mean_sq if mean_sq > 0 else math.inf,
+    }
+
+
+class Noise(Family):
+    name = "noise"
+    report_order = 101
+    settings = NoiseSettings
+    columns = ("variant",)
+    between_checkpoints = True
+
+    def prepare(self, run, settings: NoiseSettings) -> NoiseSettings:
+        formation = check_replay(run, "noise", settings.window, settings.n_batches)
+        largest = max(settings.batch_arms(), default=0)
+        per_step = settings.mean_batches * run.config.train.batch_size
+        if largest > per_step:
+            raise MeasureError(
+                f"noise setting batch_sizes={settings.batch_sizes!r} is invalid: {largest} sequences exceed the "
+                f"{per_step} a step reads (mean_batches x the run's batch size); use at most {per_step}"
+            )
+        if settings.window == "auto":
+            settings = replace(settings, formation=settings.formation or formation)
+        return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
+
+    def seed_steps(self, run, settings: NoiseSettings, seed: int, steps: list[int]) -> list[int]:
+        window = settings.seed_window(run, seed)
+        return [window[0]] if window else []
+
+    def checkpoint(self, ctx: Checkpoint, settings: NoiseSettings, state) -> pd.DataFrame:
+        window = settings.seed_window(ctx.run, ctx.seed)
+        circuit = seed_circuit(ctx.run, ctx.seed, settings.circuit, settings.source)
+        rows = replay_arms(ctx.run, ctx.seed, window, settings, circuit, ctx.progress)
+        scale = noise_scale(ctx.run, ctx.seed, window[0], settings.mean_batches)
+        rows += [
+            {"step": window[0], "metric": k, "component": "", "value": v, "variant": ""}
+            for k, v in scale.items()
+        ]
+        return pd.DataFrame(rows)
+
+    def finish_seed(
+        self, run, settings: NoiseSettings, seed: int, rows: pd.DataFrame
+    ) -> pd.DataFrame | None:
+        return seed_outcomes(run, rows, settings)
+
+    def finish(self, run, settings: NoiseSettings, rows: pd.DataFrame) -> pd.DataFrame:
+        return across_seeds(rows, f"batch{run.config.train.batch_size}")
+
+    def report(self, page) -> list[str]:
+        from interp_ext.families.noise.report import section
+
+        return section(page)
+
+
+def tokens_per_step(run, arm: Arm, settings: NoiseSettings) -> int:
+    """Sequences x context a step's gradient reads: the M batches of the mean for a noise arm
+    (xi's two batches add noise, not signal), the arm's rows for a batch arm."""
+    rows = arm.rows if arm.is_batch else settings.mean_batches * run.config.train.batch_size
+    return rows * run.config.model.n_ctx
+
+
+def replay_arms(
+    run, seed: int, window: tuple[int, int], settings: NoiseSettings, circuit, progress: bool
+) -> list[dict]:
+    """Every arm and the real run, in lockstep over the window (rows: the record grid and, per
+    step, each arm's update norm and mean 1 / (sqrt(v_hat) + eps)).
+
+    Long because the arms share each step's batches and the real run's v_tau, so one loop
+    steps them together and records them on one grid.
+    """
+    start, end = window
+    try:
+        real = Replay(run, seed, start)
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    arms = [ArmState(run, seed, start, arm) for arm in settings.arms()]
+    recorders = {"real": Recorder(run, real, circuit, settings.n_batches)}
+    recorders |= {a.arm.name: Recorder(run, a, circuit, settings.n_batches) for a in arms}
+    rows = [r for name, rec in recorders.items() for r in rec(start, name)]
+    batch, m = run.config.train.batch_size, settings.mean_batches
+    for step in tqdm(
+        range(start, end), desc=f"noise arms seed {seed}", leave=False, disable=not progress
+    ):
+        v_real = real.take().new_exp_avg_sq
+        tokens = step_tokens(run, seed, step, m).to(real.device)
+        for a in arms:
+            rows_in = batch_arm_tokens(tokens, batch, m) if a.arm.is_batch else tokens
+            norm, inv = a.step(a.loss(rows_in, batch, m, run.config), v_real)
+            rows += [
+                {"step": step, "metric": k, "component": "", "value": v, "variant": a.arm.name}
+                for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
+            ]
+        if (step + 1 - start) % settings.record_every == 0 or step + 1 == end:
+            rows += [r for name, rec in recorders.items() for r in rec(step + 1, name)]
+    try:
+        real.verify()
+    except ReplayError as err:
+        raise MeasureError(str(err)) from err
+    return rows
+
+
+def seed_outcomes(run, rows: pd.DataFrame, settings: NoiseSettings) -> pd.DataFrame:
+    """Per arm: formation step (or censored at the window's end), steps and tokens from the
+    window's start to formation, tokens per step, E_C's change and the final induction score."""
+    out = []
+    arms = {a.name: a for a in settings.arms()}
+    scores = rows[(rows.metric == "induction_score") & (rows.step >= 0)]
+    for variant, g in scores.groupby("variant"):
+        g = g.sort_values("step")
+        start, end = int(g.step.iloc[0]), int(g.step.iloc[-1])
+        formed = bool(g.value.iloc[-1] > settings.threshold)
+        form = formation_step(g.step.to_numpy(), g.value.to_numpy()) if formed else math.nan
+        per_step = (
+            tokens_per_step(run, arms[variant], settings)
+            if variant in arms
+            else run.config.train.batch_size * run.config.model.n_ctx  # the real run
+        )
+        elapsed = (form if formed else end) - start
+        e = rows[(rows.metric == "E_C") & (rows.variant == variant)].sort_values("step").value
+        for metric, value in (
+            ("formed", float(formed)),
+            ("censored", float(not formed)),
+            ("formation_step", form),
+            ("formation_bound", float(end)),
+            ("steps_to_formation", float(elapsed)),
+            ("tokens_per_step", float(per_step)),
+            ("formation_tokens", float(elapsed * per_step)),
+            ("E_C_change", float(e.iloc[-1] - e.iloc[0])),
+            ("final_induction_score", float(g.value.iloc[-1])),
+        ):
+            out.append({"metric": metric, "value": value, "variant": variant})
+    return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
+
+
+def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
+    """Per arm over seeds, censoring kept: seeds formed, Kaplan-Meier medians of steps and tokens
+    to formation (a bound when the median is censored), and against the reference arm (c = 1 with
+    its own v for noise arms; ``batch_reference``, the run's batch size, for batch arms): the log-rank p-value and the
+    paired order (seeds later / seeds whose order is known, with its sign-test p)."""
+    per = rows[(rows.seed >= 0) & (rows.step < 0) & (rows.variant != "")]
+    table = per.pivot_table(index=["variant", "seed"], columns="metric", values="value")
+    out = []
+    for variant, g in table.groupby(level="variant"):
+        cens = g["censored"].to_numpy() > 0
+        for metric in ("steps_to_formation", "formation_tokens"):
+            median, bound = km_median(g[metric].to_numpy(), cens)
+            out += [
+                {"metric": f"{metric}/km_median", "value": median, "variant": variant},
+                {
+                    "metric": f"{metric}/km_median_censored",
+                    "value": float(bound),
+                    "variant": variant,
+                },
+            ]
+        out += [
+            {"metric": "formed/seeds", "value": float((~cens).sum()), "variant": variant},
+            {"metric": "formed/seed_n", "value": float(len(cens)), "variant": variant},
+        ]
+        ref = batch_reference if variant.startswith("batch") else "c1/own"
+        if variant == ref or ref not in table.index.get_level_values("variant"):
+            continue
+        r = table.loc[ref].reindex(g.index.get_level_values("seed"))
+        a_t, r_t = g["steps_to_formation"].to_numpy(), r["steps_to_formation"].to_numpy()
+        r_c = r["censored"].to_numpy() > 0
+        later, known = paired_order(a_t, cens, r_t, r_c)
+        earlier, _ = paired_order(r_t, r_c, a_t, cens)
+        out += [
+            {
+                "metric": "vs_reference/logrank_p",
+                "value": logrank_p(a_t, cens, r_t, r_c),
+                "variant": variant,
+            },
+            {"metric": "vs_reference/seeds_later", "value": float(later), "variant": variant},
+            {"metric": "vs_reference/seeds_earlier", "value": float(earlier), "variant": variant},
+            {"metric": "vs_reference/seeds_known", "value": float(known), "variant": variant},
+            {
+                "metric": "vs_reference/p_later",
+                "value": sign_test(later, known),
+                "variant": variant,
+            },
+            {
+                "metric": "vs_reference/p_earlier",
+                "value": sign_test(earlier, known),
+                "variant": variant,
+            },
+        ]
+    return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
+
+
+__all__ = ["Noise", "NoiseSettings", "adamw_step", "noise_scale", "noise_scale_of", "parse_scales"]

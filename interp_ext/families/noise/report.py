@@ -1,0 +1,196 @@
+"""The ``noise`` family's section of the report: arms at a fixed data budget, a batch-size sweep,
+censored formation.
+
+Drawn from the family's rows (and the summaries over seeds it wrote); nothing is computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
+from interp_ext.report.draw import image, one, seeds_of, select
+
+ARM_COLORS = {"real": "#000000"}
+
+
+def section(page) -> list[str]:
+    """``report.md`` lines of this section (its figures written into ``page.out``)."""
+    return noise_section(page.rows, page.out)
+
+
+def _arms(rows: pd.DataFrame) -> list[str]:
+    names = sorted(set(rows.variant) - {""})
+    batch = sorted(
+        (v for v in names if v.startswith("batch")),
+        key=lambda v: int(v[5:]) if v[5:].isdigit() else 0,
+    )
+    return ["real"] * ("real" in names) + [v for v in names if v.startswith("c")] + batch
+
+
+def _color(i: int, name: str) -> str:
+    return ARM_COLORS.get(name, PALETTE[i % 10])
+
+
+def _trajectories(rows: pd.DataFrame, seeds: list[int], arms: list[str], out: Path) -> list[str]:
+    panels = []
+    for metric, ylabel in (
+        ("induction_score", "best induction score"),
+        ("E_C", "E_C on the probe set"),
+        ("inv_sqrt_vhat", "mean 1/(sqrt(v_hat)+eps)"),
+    ):
+        for seed in seeds:
+            traces = []
+            for i, arm in enumerate(arms):
+                g = select(rows, metric=metric, seed=seed, variant=arm).sort_values("step")
+                if g.empty:
+                    continue
+                traces.append(
+                    Trace(
+                        g.step.tolist(),
+                        g.value.tolist(),
+                        arm,
+                        _color(i, arm),
+                        2.4 if arm == "real" else 1.2,
+                        legend=seed == seeds[0],
+                    )
+                )
+            panels.append(Panel(f"seed {seed}: {metric}", traces, ylabel=ylabel))
+    title = "Replays at a fixed data budget: g = mean of M batches + c xi, own or fed second moment; batch-size arms"
+    return save(Figure(title, panels, ncols=len(seeds)), out, "noise_arms")
+
+
+def _batch_sweep(per: pd.DataFrame, seeds: list[int], out: Path) -> list[str]:
+    """Steps and tokens to formation against sequences per step, per seed (censored as open markers)."""
+    batch = per[per.variant.str.startswith("batch")]
+    if batch.empty:
+        return []
+    panels = []
+    for metric, ylabel in (
+        ("steps_to_formation", "steps from the window's start"),
+        ("formation_tokens", "tokens from the window's start"),
+    ):
+        traces = []
+        for i, seed in enumerate(seeds):
+            g = batch[batch.seed == seed].copy()
+            g["size"] = g.variant.str[5:].astype(int)
+            g = g.pivot_table(index="size", columns="metric", values="value").sort_index()
+            if metric not in g:
+                continue
+            traces.append(
+                Trace(
+                    g.index.tolist(),
+                    g[metric].tolist(),
+                    f"seed {seed}",
+                    PALETTE[i % 10],
+                    1.4,
+                    mode="markers",
+                )
+            )
+            cens = g[g.censored > 0]
+            if len(cens):
+                traces.append(
+                    Trace(
+                        cens.index.tolist(),
+                        cens[metric].tolist(),
+                        f"seed {seed} censored (> value)",
+                        PALETTE[i % 10],
+                        mode="points",
+                        legend=False,
+                    )
+                )
+        panels.append(Panel(metric, traces, xlabel="sequences per step", ylabel=ylabel))
+    title = "Batch-size sweep from the window's start (censored arms: the window's length, a lower bound)"
+    return save(Figure(title, panels, ncols=2), out, "noise_batch_sweep")
+
+
+def _cell(g: pd.DataFrame, metric: str) -> str:
+    v = one(g, metric=metric)
+    if one(g, metric="censored") > 0:
+        return f"> {v:,.0f}"
+    return f"{v:,.0f}" if math.isfinite(v) else "n/a"
+
+
+def summary_lines(summary: pd.DataFrame, arms: list[str]) -> list[str]:
+    """One table row per arm: seeds formed, Kaplan-Meier medians, the comparison with the reference."""
+    lines = []
+    for arm in arms:
+        g = summary[summary.variant == arm]
+        if g.empty:
+            continue
+        med = []
+        for metric in ("steps_to_formation", "formation_tokens"):
+            v = one(g, metric=f"{metric}/km_median")
+            med.append(
+                ("> " if one(g, metric=f"{metric}/km_median_censored") > 0 else "") + f"{v:,.0f}"
+            )
+        p = one(g, metric="vs_reference/logrank_p")
+        order = (
+            f"{one(g, metric='vs_reference/seeds_later'):.0f} / {one(g, metric='vs_reference/seeds_earlier'):.0f} / "
+            f"{one(g, metric='vs_reference/seeds_known'):.0f}"
+            if math.isfinite(one(g, metric="vs_reference/seeds_known"))
+            else "reference"
+        )
+        lines.append(
+            f"| {arm} | {one(g, metric='formed/seeds'):.0f} of {one(g, metric='formed/seed_n'):.0f} | {med[0]} | {med[1]} | "
+            f"{p:.3f} | {order} |"
+        )
+    return lines
+
+
+def noise_section(m: pd.DataFrame, out: Path) -> list[str]:
+    rows = select(m, family="noise")
+    if rows.empty:
+        return []
+    seeds = seeds_of(rows[rows.step >= 0])
+    arms = _arms(rows[rows.seed >= 0])
+    per = rows[(rows.seed >= 0) & (rows.step < 0)]
+    files = _trajectories(rows, seeds, arms, out) + _batch_sweep(per, seeds, out)
+    lines = [
+        "## Noise apart from data per step",
+        "",
+        "Every noise arm follows g = (mean gradient of M real-size batches) + c xi, xi = (g_A - g_B) / sqrt(2) from two more "
+        "batches: c = 1 is the real minibatch's noise, 0 none, sqrt(2) twice its variance; the same batches in every arm, "
+        "with each arm's own Adam second moment (/own) or the real run's (/fed). Batch arms read B sequences per step. "
+        "A replay that does not form by the window's end is censored (> that many steps).",
+        "",
+        image(files[:2], "noise arms") if files else "",
+        "",
+    ]
+    if len(files) > 2:
+        lines += [image(files[2:], "batch-size sweep"), ""]
+    header = "| seed | B_noise (sequences) | " + " | ".join(arms) + " |"
+    lines += [
+        "Steps from the window's start to formation (tokens in the second table):",
+        "",
+        header,
+        "|---|---|" + "---|" * len(arms),
+    ]
+    token_lines = [header.replace("B_noise (sequences)", "tokens per step"), lines[-1]]
+    for seed in seeds:
+        s = per[per.seed == seed]
+        b_noise = one(rows[rows.seed == seed], metric="B_noise")
+        cells = [_cell(s[s.variant == a], "steps_to_formation") for a in arms]
+        lines.append(f"| {seed} | {b_noise:,.0f} | " + " | ".join(cells) + " |")
+        tok = [_cell(s[s.variant == a], "formation_tokens") for a in arms]
+        token_lines.append(f"| {seed} | | " + " | ".join(tok) + " |")
+    lines += (
+        [""]
+        + token_lines
+        + [
+            "",
+            "| arm | seeds formed | Kaplan-Meier median steps | KM median tokens | vs reference: log-rank p | seeds later / earlier / order known |",
+            "|---|---|---|---|---|---|",
+        ]
+    )
+    lines += summary_lines(rows[rows.seed < 0], arms)
+    return lines + [
+        "",
+        "Reading: the reference is c1/own for noise arms and the run's own batch size for batch arms; the noise arms read the same data per step, "
+        "so a difference among them is the noise's (and the second moment's, /own against /fed); the batch arms move data and "
+        "noise together, read on a token clock beside B_noise.",
+        "",
+    ]

@@ -1,0 +1,217 @@
+"""Noise apart from data per step: the arms' gradient and AdamW, the lockstep replay, censoring."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp_ext import measure
+from interp_ext.families.counterfactual import CounterfactualSettings
+from interp_ext.families.noise import (
+    Arm,
+    ArmState,
+    NoiseSettings,
+    adamw_step,
+    noise_scale_of,
+    seed_outcomes,
+    step_tokens,
+)
+from interp_ext.measurement.runner import MeasureError
+from interp_ext.replay import Replay
+from interp_ext.training import train
+from tests.conftest import micro_config
+
+CIRCUIT = "L1H0,L0H1"
+
+
+@pytest.fixture(scope="module")
+def noise_run(tmp_path_factory, cache_dir):
+    cfg = micro_config(steps=8, checkpoint_every=4)
+    return train(cfg, tmp_path_factory.mktemp("noise") / "run", progress=False, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def noise_rows(noise_run):
+    settings = NoiseSettings(
+        window="4:8",
+        mean_batches=2,
+        scales="0,1",
+        batch_sizes="2,8",
+        record_every=2,
+        circuit=CIRCUIT,
+    )
+    return measure(noise_run, settings, seeds=[0], progress=False)
+
+
+def test_adamw_written_out_is_torchs_adamw():
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(50, generator=gen)
+    ref = torch.nn.Parameter(theta.clone())
+    opt = torch.optim.AdamW([ref], lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01, foreach=False)
+    mine, m, v = theta.clone(), torch.zeros(50), torch.zeros(50)
+    for count in range(5):
+        g = torch.randn(50, generator=gen)
+        ref.grad = g.clone()
+        opt.step()
+        adamw_step(mine, g, m, v, count, 3e-3, (0.9, 0.999), 0.01)
+    assert torch.allclose(mine, ref.detach(), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(v, opt.state[ref]["exp_avg_sq"], rtol=1e-6)
+    fed = torch.rand(50, generator=gen)
+    adamw_step(mine, g, m, v, 5, 3e-3, (0.9, 0.999), 0.01, v_fed=fed)
+    assert torch.equal(v, fed)  # a fed second moment replaces the arm's own
+
+
+@pytest.mark.parametrize("c", [0.0, 1.0, math.sqrt(2)])
+def test_an_arms_gradient_is_the_mean_plus_c_times_xi_by_brute_force(noise_run, c):
+    state = ArmState(noise_run, 0, 4, Arm("arm", c=c))
+    tokens = step_tokens(noise_run, 0, 4, 3)
+    params = [p for _, p in state.model.named_parameters()]
+    got = torch.autograd.grad(state.loss(tokens, 4, 3, noise_run.config), params)
+
+    def grad_of(rows):
+        loss = state.model(rows, return_type="loss")
+        return torch.autograd.grad(loss, params)
+
+    batches = [grad_of(tokens[4 * j : 4 * (j + 1)]) for j in range(5)]
+    for i, g in enumerate(got):
+        mean = sum(b[i] for b in batches[:3]) / 3
+        xi = (batches[3][i] - batches[4][i]) / math.sqrt(2)
+        assert torch.allclose(g, mean + c * xi, rtol=1e-4, atol=1e-7)
+
+
+def test_every_arm_and_the_real_run_are_recorded_and_the_real_run_is_its_checkpoint(
+    noise_run, noise_rows
+):
+    traj = noise_rows[(noise_rows.seed == 0) & (noise_rows.step >= 0) & (noise_rows.variant != "")]
+    assert set(traj.variant) == {
+        "real",
+        "c0/own",
+        "c0/fed",
+        "c1/own",
+        "c1/fed",
+        "batch2",
+        "batch8",
+    }
+    grid = traj[traj.metric == "E_C"]
+    assert sorted(grid.step.unique()) == [4, 6, 8]
+    start = grid[grid.step == 4].value
+    assert np.allclose(start, start.iloc[0])  # every arm starts from the same checkpoint
+    per_step = traj[traj.metric == "update_norm"]
+    assert sorted(per_step.step.unique()) == [4, 5, 6, 7]  # logged at every step
+    assert (traj[traj.metric == "inv_sqrt_vhat"].value > 0).all()
+    end = grid[grid.step == 8].set_index("variant").value
+    assert end["c1/own"] != end["c1/fed"] and end["c0/own"] != end["c1/own"]
+    b_noise = noise_rows[noise_rows.metric == "B_noise"]
+    assert len(b_noise) == 1 and b_noise.step.iloc[0] == 4
+
+
+def test_c0_with_its_own_v_is_the_counterfactual_mean_of_m_replay(noise_run, noise_rows):
+    cf = measure(
+        noise_run,
+        CounterfactualSettings(
+            window="4:8",
+            orders=0,
+            mean_batches=2,
+            half_batch=False,
+            record_every=2,
+            circuit=CIRCUIT,
+        ),
+        seeds=[0],
+        progress=False,
+    )
+    ours = noise_rows[(noise_rows.variant == "c0/own") & (noise_rows.metric == "E_C")]
+    theirs = cf[(cf.variant == "mean2") & (cf.metric == "E_C")]
+    merged = ours.merge(theirs, on="step")
+    assert len(merged) == 3
+    # torch's fused AdamW on the mean loss vs AdamW written out on the mean of per-row losses
+    assert np.allclose(merged.value_x, merged.value_y, rtol=1e-4)
+
+
+def test_outcomes_carry_tokens_and_censoring(noise_rows):
+    out = noise_rows[(noise_rows.seed == 0) & (noise_rows.step < 0)].pivot_table(
+        index="variant", columns="metric", values="value"
+    )
+    n_ctx = 16
+    assert out.loc["c1/own", "tokens_per_step"] == 2 * 4 * n_ctx  # the M mean batches
+    assert out.loc["batch8", "tokens_per_step"] == 8 * n_ctx
+    assert out.loc["real", "tokens_per_step"] == 4 * n_ctx
+    censored = out[out.censored > 0]
+    assert (censored.formation_bound == 8).all() and (censored.steps_to_formation == 4).all()
+    assert np.allclose(
+        out.formation_tokens, out.steps_to_formation * out.tokens_per_step, equal_nan=True
+    )
+    summary = noise_rows[noise_rows.seed < 0]
+    assert {"steps_to_formation/km_median", "formed/seeds"} <= set(summary.metric)
+
+
+def test_a_seed_that_never_forms_is_censored_not_dropped(noise_run):
+    settings = NoiseSettings(window="0:200", scales="1", batch_sizes="", second_moment="own")
+    steps = np.arange(0, 201, 50)
+    rows = pd.DataFrame(
+        [
+            {"step": int(s), "metric": "induction_score", "value": v, "variant": name}
+            for name, values in (("c1/own", [0.1, 0.1, 0.2, 0.6, 0.7]), ("real", [0.1] * 5))
+            for s, v in zip(steps, values)
+        ]
+        + [
+            {"step": int(s), "metric": "E_C", "value": 1.0, "variant": name}
+            for name in ("c1/own", "real")
+            for s in steps
+        ]
+    )
+    out = seed_outcomes(noise_run, rows, settings).pivot_table(
+        index="variant", columns="metric", values="value"
+    )
+    assert out.loc["real", "censored"] == 1 and out.loc["real", "formation_bound"] == 200
+    assert out.loc["c1/own", "formation_step"] == 125 and out.loc["c1/own", "censored"] == 0
+
+
+def test_noise_scale_recovers_a_known_covariance():
+    gen = torch.Generator().manual_seed(0)
+    n_params, batch, n = 200, 8, 4000
+    mean = torch.full((n_params,), 0.05)
+    sigma_seq = 0.2  # per-sequence variance per coordinate: tr(Sigma) = 200 x 0.2 = 40
+    grads = mean + torch.randn(n, n_params, generator=gen) * math.sqrt(sigma_seq / batch)
+    got = noise_scale_of(grads, batch)
+    assert got["trace_sigma"] == pytest.approx(40.0, rel=0.02)
+    assert got["mean_grad_sq"] == pytest.approx(0.5, rel=0.05)
+    assert got["B_noise"] == pytest.approx(80.0, rel=0.06)
+
+
+def test_a_batch_arm_larger_than_a_step_reads_is_refused(noise_run):
+    with pytest.raises(MeasureError, match="batch_sizes"):
+        measure(
+            noise_run,
+            NoiseSettings(window="4:8", mean_batches=2, batch_sizes="64", circuit=CIRCUIT),
+            progress=False,
+        )
+
+
+def test_a_fed_arm_ends_with_the_real_runs_second_moment(noise_run):
+    real = Replay(noise_run, 0, 4)
+    arm = ArmState(noise_run, 0, 4, Arm("c1/fed", c=1.0, fed=True))
+    own = ArmState(noise_run, 0, 4, Arm("c1/own", c=1.0))
+    for step in range(4, 8):
+        v_real = real.take().new_exp_avg_sq
+        tokens = step_tokens(noise_run, 0, step, 2)
+        for a in (arm, own):
+            a.step(a.loss(tokens, 4, 2, noise_run.config), v_real)
+    saved = noise_run.checkpoint(0, 8)["exp_avg_sq"]
+    assert all(torch.equal(arm.v[n], saved[n]) for n in arm.names)
+    assert not all(torch.equal(own.v[n], saved[n]) for n in own.names)
+
+
+def test_the_report_draws_the_arms_and_the_censored_table(noise_run, noise_rows, tmp_path):
+    from interp_ext.families.noise.report import noise_section
+
+    lines = noise_section(noise_rows.assign(family="noise"), tmp_path)
+    text = "\n".join(lines)
+    assert "## Noise apart from data per step" in text and "Kaplan-Meier" in text
+    assert (tmp_path / "noise_arms.png").exists() and (tmp_path / "noise_arms.html").exists()
+    assert (tmp_path / "noise_batch_sweep.png").exists()
+    row = next(line for line in lines if line.startswith("| c0/own |"))
+    assert " of 1 |" in row
