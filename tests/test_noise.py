@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from interp_ext import measure
+from interp_ext.arms import Arm, ArmReplay, ArmState, adamw_step, step_tokens
 from interp_ext.families.counterfactual import CounterfactualSettings
-from interp_ext.families.noise import (
-    Arm,
-    ArmState,
-    NoiseSettings,
-    adamw_step,
-    noise_scale_of,
-    seed_outcomes,
-    step_tokens,
-)
+from interp_ext.families.noise import NoiseSettings, noise_scale_of, seed_outcomes
 from interp_ext.measurement.runner import MeasureError
 from interp_ext.replay import Replay
 from interp_ext.training import train
@@ -199,7 +192,7 @@ def test_a_fed_arm_ends_with_the_real_runs_second_moment(noise_run):
         v_real = real.take().new_exp_avg_sq
         tokens = step_tokens(noise_run, 0, step, 2)
         for a in (arm, own):
-            a.step(a.loss(tokens, 4, 2, noise_run.config), v_real)
+            a.take(a.loss(tokens, 4, 2, noise_run.config), v_real)
     saved = noise_run.checkpoint(0, 8)["exp_avg_sq"]
     assert all(torch.equal(arm.v[n], saved[n]) for n in arm.names)
     assert not all(torch.equal(own.v[n], saved[n]) for n in own.names)
@@ -215,3 +208,32 @@ def test_the_report_draws_the_arms_and_the_censored_table(noise_run, noise_rows,
     assert (tmp_path / "noise_batch_sweep.png").exists()
     row = next(line for line in lines if line.startswith("| c0/own |"))
     assert " of 1 |" in row
+
+
+def test_arm_names_parse_back_to_their_arms():
+    assert Arm.parse("c0/own") == Arm("c0/own", c=0.0)
+    assert Arm.parse("csqrt2/fed") == Arm("csqrt2/fed", c=math.sqrt(2), fed=True)
+    assert Arm.parse("batch64") == Arm("batch64", rows=64)
+    with pytest.raises(ValueError, match="no arm"):
+        Arm.parse("c1")
+
+
+def test_an_arm_replays_steps_whose_parts_add_up_to_its_update(noise_run):
+    from interp_ext.replay import momentum_split
+
+    replay = ArmReplay(noise_run, 0, 4, Arm.parse("c1/fed"), mean_batches=2)
+    steps = list(replay.steps(6))
+    assert [s.step for s in steps] == [4, 5] and replay.step == 6
+    saved_v6 = Replay(noise_run, 0, 4)
+    v_real = [saved_v6.take().new_exp_avg_sq for _ in range(2)]
+    assert all(torch.equal(steps[1].new_exp_avg_sq[n], v_real[1][n]) for n in v_real[1])
+    parts = momentum_split(steps[1], noise_run.config.train)
+    last = steps[1]
+    for n, u in last.update.items():
+        total = parts["inherited"][n] + parts["fresh"][n] + parts["decay"][n]
+        # the update is a difference of float32 parameters, rounded twice (the decay, then the
+        # step): exact to a few ulp of theta
+        ulp = torch.finfo(torch.float32).eps * (last.theta[n].abs() + (last.theta[n] + u).abs())
+        assert ((total - u).abs() <= 4 * ulp + 1e-12).all(), n
+    with pytest.raises(Exception, match="no checkpoint to reproduce"):
+        replay.verify()

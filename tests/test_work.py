@@ -268,3 +268,45 @@ def test_the_report_reads_the_real_steps_beside_the_replays_at_lower_lr(work_run
         if f == "work" and s.get("scale", 1) == 1 and s.get("every") == 2
     }
     assert set(chosen.settings) <= scale_one and len(chosen)
+
+
+def test_the_ledger_of_an_arm_closes_and_is_keyed_apart_from_the_real_steps(work_run):
+    """An arm of the noise family (mean of M batches + c xi): it starts at the window's
+    checkpoint, the measured steps begin a horizon later, its work closes the telescoped change
+    of E_C along the arm's own trajectory, and its rows are never the real steps'."""
+    common = dict(
+        window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=0
+    )
+    real = WorkSettings(**common, horizon=1)
+    arm = WorkSettings(**common, horizon=1, arm="csqrt2/own", arm_batches=2)
+    assert real.id != arm.id
+    rows = measure(work_run, arm, seeds=[0], progress=False)
+    work = window_of(rows, "work")
+    assert work.step.tolist() == [5, 6, 7]  # the arm starts at 4; one step of horizon
+    per = rows[(rows.seed == 0) & (rows.step == -1)]
+    exact = per[(per.metric == "dE/exact") & (per.component == "C@window")].value.item()
+    assert work.value.sum() == pytest.approx(exact, rel=1e-2)
+    split = rows[(rows.step >= 0) & (rows.component == "C")].pivot_table(
+        index="step", columns="metric", values="value"
+    )
+    np.testing.assert_allclose(
+        split["work/drift"] + split["work/noise"], split["work"], rtol=1e-9, atol=1e-15
+    )
+    plan = per[per.metric == "plan"].set_index("component").value
+    assert plan["replay_from"] == 4 and plan["start"] == 5
+    # the real steps over the same span are another trajectory: another E_C change
+    real_rows = measure(work_run, real, seeds=[0], progress=False)
+    real_per = real_rows[(real_rows.seed == 0) & (real_rows.step == -1)]
+    real_exact = real_per[
+        (real_per.metric == "dE/exact") & (real_per.component == "C@window")
+    ].value.item()
+    assert real_exact != exact
+
+
+def test_a_bad_arm_is_named(work_run):
+    from interp_ext.measurement.runner import MeasureError
+
+    with pytest.raises((MeasureError, ValueError), match="arm"):
+        WorkSettings(arm="c1", circuit=CIRCUIT).check()
+    with pytest.raises((MeasureError, ValueError), match="arm"):
+        WorkSettings(arm="c1/own", scale=2, circuit=CIRCUIT).check()

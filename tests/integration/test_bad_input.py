@@ -168,6 +168,11 @@ def test_resume_of_a_run_with_a_truncated_last_checkpoint_starts_from_the_one_be
         (("llc", "--calibration-seeds", "a,b"), ("calibration_seeds='a,b'", "integers")),
         (("llc", "--component-lr", "model"), ("component_lr='model'", "component=lr")),
         (("stream2", "--composition", "mixed"), ("composition='mixed'", "fixed")),
+        (("noise", "--scales", "0,x"), ("scales='0,x'", "sqrt2")),
+        (("noise", "--second-moment", "mine"), ("second_moment='mine'", "fed")),
+        (("noise", "--batch-sizes", "100000"), ("batch_sizes='100000'", "use at most")),
+        (("noise", "--mean-batches", "1"), ("mean_batches=1", ">= 2")),
+        (("work", "--arm", "c1"), ("arm='c1'", "c<scale>/own")),
     ],
 )
 def test_bad_calibration_and_composition_settings(run_copy, args, fragments):

@@ -43,6 +43,14 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.induction import formation_step
+from interp_ext.arms import (
+    Arm,
+    ArmState,
+    batch_arm_tokens,
+    parse_scales,
+    step_norms,
+    step_tokens,
+)
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
 from interp_ext.measurement.stream3 import MEAN_DRAWS, Recorder, check_replay
@@ -51,40 +59,6 @@ from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
 from interp_ext.stats import km_median, logrank_p, paired_order, sign_test
 from interp_ext.training import _autocast
-
-NOISE_DRAWS = 3000  # the two batches of xi: draws 3000 and 3001 of each step
-EPS = 1e-8  # AdamW's eps (torch's default, the run's)
-
-
-def parse_scales(text: str) -> list[float]:
-    """``"0,1,sqrt2"`` -> [0.0, 1.0, 1.414...]; ``sqrt<x>`` is the square root of x."""
-    out = []
-    for part in str(text).replace(" ", "").split(","):
-        if not part:
-            continue
-        value = math.sqrt(float(part[4:])) if part.startswith("sqrt") else float(part)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(part)
-        out.append(value)
-    return out
-
-
-def scale_name(text: str) -> str:
-    return f"c{text}"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One replay: its name, what its gradient is made of, and its second moment."""
-
-    name: str
-    c: float = 0.0  # noise arms: the scale of xi
-    fed: bool = False  # the real run's v_tau instead of its own
-    rows: int = 0  # batch arms: sequences per step (0: a noise arm)
-
-    @property
-    def is_batch(self) -> bool:
-        return self.rows > 0
 
 
 @dataclass(frozen=True)
@@ -158,7 +132,7 @@ class NoiseSettings(Settings):
         moments = {"own": [False], "fed": [True], "both": [False, True]}[self.second_moment]
         parts = [p for p in str(self.scales).replace(" ", "").split(",") if p]
         out = [
-            Arm(f"{scale_name(p)}/{'fed' if fed else 'own'}", c, fed)
+            Arm(f"c{p}/{'fed' if fed else 'own'}", c, fed)
             for p, c in zip(parts, parse_scales(self.scales))
             for fed in moments
         ]
@@ -166,106 +140,6 @@ class NoiseSettings(Settings):
 
     def seed_window(self, run, seed: int) -> tuple[int, int] | None:
         return seed_window(run, self.window, self.margin, self.formation, seed)
-
-
-def adamw_step(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    count: float,
-    lr: float,
-    betas: tuple[float, float],
-    weight_decay: float,
-    v_fed: torch.Tensor | None = None,
-) -> None:
-    """One AdamW step in place (torch's single-tensor AdamW, written out): decoupled decay, then
-    m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2 (or ``v_fed``), and
-    theta <- theta - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps), t = count + 1."""
-    b1, b2 = betas
-    t = count + 1
-    param.mul_(1 - lr * weight_decay)
-    m.lerp_(grad, 1 - b1)
-    if v_fed is None:
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    else:
-        v.copy_(v_fed)
-    denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(EPS)
-    param.addcdiv_(m, denom, value=-lr / (1 - b1**t))
-
-
-class ArmState:
-    """A model at the window's start with its own AdamW moments, stepped by :func:`adamw_step`."""
-
-    def __init__(self, run, seed: int, start: int, arm: Arm):
-        ckpt = run.checkpoint(seed, start)
-        self.arm, self.model = arm, run.model(seed, start)
-        self.model.train()
-        self.names = [n for n, _ in self.model.named_parameters()]
-        self.m = {n: ckpt["exp_avg"][n].clone() for n in self.names}
-        self.v = {n: ckpt["exp_avg_sq"][n].clone() for n in self.names}
-        self.count = float(ckpt["adam_step"])
-        self.train = run.config.train
-
-    def loss(self, tokens: torch.Tensor, batch: int, mean_batches: int, cfg) -> torch.Tensor:
-        """The loss whose gradient is the arm's: rows of ``tokens`` are the M mean batches, then
-        xi's two batches (noise arms), or the arm's own rows (batch arms)."""
-        arm = self.arm
-        rows = tokens[: arm.rows] if arm.is_batch else tokens
-        if not arm.is_batch and arm.c == 0:
-            rows = tokens[: mean_batches * batch]
-        with _autocast(cfg):
-            per = self.model(rows, return_type="loss", loss_per_token=True).float().mean(-1)
-        if arm.is_batch:
-            return per.mean()
-        mean = per[: mean_batches * batch].mean()
-        if arm.c == 0:
-            return mean
-        a = per[mean_batches * batch : (mean_batches + 1) * batch].mean()
-        b = per[(mean_batches + 1) * batch :].mean()
-        return mean + arm.c * (a - b) / math.sqrt(2)
-
-    def step(self, loss: torch.Tensor, v_real: dict | None) -> tuple[float, float]:
-        """Back-propagate ``loss`` and take the AdamW step; (update norm, mean 1/(sqrt(v_hat)+eps))."""
-        params = dict(self.model.named_parameters())
-        grads = torch.autograd.grad(loss, [params[n] for n in self.names])
-        t = self.count + 1
-        b2 = self.train.betas[1]
-        sq, inv, size = 0.0, 0.0, 0
-        with torch.no_grad():
-            for n, g in zip(self.names, grads):
-                before = params[n].detach().clone()
-                fed = v_real[n] if (self.arm.fed and v_real is not None) else None
-                adamw_step(
-                    params[n].data,
-                    g.to(params[n].dtype),
-                    self.m[n],
-                    self.v[n],
-                    self.count,
-                    self.train.lr,
-                    tuple(self.train.betas),
-                    self.train.weight_decay,
-                    fed,
-                )
-                sq += float((params[n] - before).double().pow(2).sum())
-                inv += float((1 / ((self.v[n].double() / (1 - b2**t)).sqrt() + EPS)).sum())
-                size += g.numel()
-        self.count = t
-        return math.sqrt(sq), inv / size
-
-
-def step_tokens(run, seed: int, step: int, mean_batches: int) -> torch.Tensor:
-    """The rows every arm of one step reads: the real batch, M - 1 fresh batches (draws
-    ``MEAN_DRAWS`` ..), then xi's two batches (draws ``NOISE_DRAWS`` ..)."""
-    parts = [step_batch(run, seed, step)]
-    parts += [step_batch(run, seed, step, draw=MEAN_DRAWS + j) for j in range(mean_batches - 1)]
-    parts += [step_batch(run, seed, step, draw=NOISE_DRAWS + j) for j in range(2)]
-    return torch.cat(parts)
-
-
-def batch_arm_tokens(tokens: torch.Tensor, batch: int, mean_batches: int) -> torch.Tensor:
-    """A batch arm's rows: the real batch first, then the mean's fresh batches (never xi's)."""
-    return tokens[: mean_batches * batch]
 
 
 def noise_scale(run, seed: int, start: int, mean_batches: int) -> dict[str, float]:
@@ -311,7 +185,6 @@ class Noise(Family):
     between_checkpoints = True
 
     def prepare(self, run, settings: NoiseSettings) -> NoiseSettings:
-        formation = check_replay(run, "noise", settings.window, settings.n_batches)
         largest = max(settings.batch_arms(), default=0)
         per_step = settings.mean_batches * run.config.train.batch_size
         if largest > per_step:
@@ -319,6 +192,7 @@ class Noise(Family):
                 f"noise setting batch_sizes={settings.batch_sizes!r} is invalid: {largest} sequences exceed the "
                 f"{per_step} a step reads (mean_batches x the run's batch size); use at most {per_step}"
             )
+        formation = check_replay(run, "noise", settings.window, settings.n_batches)
         if settings.window == "auto":
             settings = replace(settings, formation=settings.formation or formation)
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
@@ -385,7 +259,7 @@ def replay_arms(
         tokens = step_tokens(run, seed, step, m).to(real.device)
         for a in arms:
             rows_in = batch_arm_tokens(tokens, batch, m) if a.arm.is_batch else tokens
-            norm, inv = a.step(a.loss(rows_in, batch, m, run.config), v_real)
+            norm, inv = step_norms(a.take(a.loss(rows_in, batch, m, run.config), v_real), a.train)
             rows += [
                 {"step": step, "metric": k, "component": "", "value": v, "variant": a.arm.name}
                 for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
@@ -487,4 +361,4 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
     return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
 
 
-__all__ = ["Noise", "NoiseSettings", "adamw_step", "noise_scale", "noise_scale_of", "parse_scales"]
+__all__ = ["Noise", "NoiseSettings", "noise_scale", "noise_scale_of"]

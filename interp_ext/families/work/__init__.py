@@ -31,6 +31,11 @@ each part's own curvature term (``curv_drift``, ``curv_noise``: u^T Hess(E) u / 
 central differences; the noise's is the "entropic" term whose mean is
 tr(H_E Cov(d_noise)) / 2).
 
+``arm`` measures a replay of the ``noise`` family (``interp_ext.arms``: the mean gradient of M
+batches plus c times a minibatch's noise, own or fed second moment) over the seed's window:
+it starts at the window's first checkpoint, so the measured steps begin ``horizon`` steps
+later; it has no checkpoint to reproduce.
+
 ``scale`` = k replays the same span at lr / k with k steps per real batch (the
 optimizer's time constants held fixed in units of lr x steps): the gradient-flow
 limit is k -> infinity. Such a replay has no checkpoint to reproduce; its rows sit
@@ -56,6 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
+from interp_ext.arms import Arm, ArmReplay
 from interp_ext.geometry.gradients import loss_function, measure_dtype
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
@@ -136,6 +142,16 @@ class WorkSettings(Settings):
     scale: int = setting(
         1, "Replay at lr / scale, scale steps per real batch (1: the real steps, bit for bit)."
     )
+    arm: str = setting(
+        "",
+        "Measure an arm of the noise family instead of the real steps (c0/own, csqrt2/own, "
+        "c1/fed, batch64, ...): it starts at the window's first checkpoint, the shadow moment "
+        "runs its horizon from there; '' the real steps.",
+        key="if_set",
+    )
+    arm_batches: int = setting(
+        16, "An arm's M: real-size batches whose mean gradient it follows.", key="if_set"
+    )
     circuit: str = setting(
         "cause", "'cause', 'induction', heads like L1H2,L0H3, or a Circuit JSON file."
     )
@@ -167,6 +183,13 @@ class WorkSettings(Settings):
         self.require(self.horizon >= 0, "horizon", "must be >= 0 (0: automatic)")
         self.require(self.margin >= 0 and self.rise >= 0, "margin", "margin and rise must be >= 0")
         self.require(self.scale >= 1, "scale", "must be >= 1")
+        if self.arm:
+            try:
+                Arm.parse(self.arm)
+            except ValueError as err:
+                self.require(False, "arm", str(err))
+            self.require(self.scale == 1, "arm", "an arm is replayed at the run's lr (scale 1)")
+        self.require(self.arm_batches >= 2, "arm_batches", "must be >= 2")
         self.require(self.controls >= 0, "controls", "must be >= 0")
         self.require(self.until in ("window", "rise"), "until", "choose 'window' or 'rise'")
         self.require(self.rule in RULES, "rule", f"choose one of {sorted(RULES)}")
@@ -280,11 +303,20 @@ def seed_plan(run, settings: WorkSettings, seed: int) -> dict | None:
         if settings.until == "rise":
             end = min(end, int(center + settings.rise))
         form = center
-    earlier = [s for s in steps if s <= start - settings.horizon]
-    replay_from = earlier[-1] if earlier else steps[0]
-    later = [s for s in steps if s >= end]
-    verify_at = (later[0] if later else None) if settings.scale == 1 else None
-    if settings.scale == 1 and verify_at is None:
+    if settings.arm:  # an arm starts at the window's checkpoint; the shadow moment from there
+        replay_from, start = start, start + settings.horizon
+        if start >= end:
+            raise MeasureError(
+                f"seed {seed}: the window {replay_from}:{end} is not longer than the shadow moment's "
+                f"horizon ({settings.horizon} steps); an arm needs a longer window"
+            )
+        verify_at = None
+    else:
+        earlier = [s for s in steps if s <= start - settings.horizon]
+        replay_from = earlier[-1] if earlier else steps[0]
+        later = [s for s in steps if s >= end]
+        verify_at = (later[0] if later else None) if settings.scale == 1 else None
+    if settings.scale == 1 and not settings.arm and verify_at is None:
         raise MeasureError(
             f"seed {seed}: no checkpoint at or after step {end} to verify the replay"
         )
@@ -311,7 +343,11 @@ def window_work(
     """
     k = settings.scale
     try:
-        replay = Replay(run, seed, plan["replay_from"], scale=k)
+        replay = (
+            ArmReplay(run, seed, plan["replay_from"], Arm.parse(settings.arm), settings.arm_batches)
+            if settings.arm
+            else Replay(run, seed, plan["replay_from"], scale=k)
+        )
     except ReplayError as err:
         raise MeasureError(str(err)) from err
     model, names, cfg = replay.model, replay.names, replay.train_cfg

@@ -35,7 +35,7 @@ def real_scale_rows(page) -> pd.DataFrame:
     rows = select(page.rows, family="work")
     found = page.run.measurements()
     found = found[found.family == "work"]
-    real = found[[int(s.get("scale", 1)) == 1 for s in found.settings]]
+    real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
     if rows.empty or real.empty or set(rows.settings) <= set(real.id):
         return rows
     latest = real.sort_values("used").id.iloc[-1]
@@ -184,14 +184,14 @@ def scale_table(run) -> list[str]:
     scales = {
         r.id: int(r.settings.get("scale", 1))
         for r in run.measurements().itertuples()
-        if r.family == "work"
+        if r.family == "work" and not r.settings.get("arm")
     }
     wanted = {
         (f"{term}/per_lr_step", f"{where}@{phase}")
         for where, term, _ in DECISION
         for phase in ("before", "rise")
     }
-    sel = rows[(rows.seed >= 0) & (rows.step == -1)].copy()
+    sel = rows[(rows.seed >= 0) & (rows.step == -1) & rows.settings.isin(scales)].copy()
     sel = sel[[(m, c) in wanted for m, c in zip(sel.metric, sel.component)]]
     if sel.empty or len({scales.get(s, 1) for s in sel.settings}) < 2:
         return []
