@@ -19,9 +19,10 @@ import time
 
 from _common import machine, middle_checkpoint
 
+from circuits.circuit import Circuit
 from interp_ext import open_run
-from interp_ext.families.noise import ArmState, NoiseSettings, batch_arm_tokens, step_tokens
-from interp_ext.measurement.circuits import seed_circuit
+from interp_ext.arms import ArmState, batch_arm_tokens, step_tokens
+from interp_ext.families.noise import NoiseSettings
 from interp_ext.measurement.stream3 import Recorder
 from interp_ext.replay import Replay
 
@@ -59,10 +60,10 @@ def main() -> None:
         for a in arms:
             t = time.perf_counter()
             rows = batch_arm_tokens(tokens, batch, m) if a.arm.is_batch else tokens
-            a.step(a.loss(rows, batch, m, run.config), v_real)
+            a.take(a.loss(rows, batch, m, run.config), v_real)
             per[a.arm.name].append(time.perf_counter() - t)
     ge = statistics.median(per["real replay"])
-    circuit = seed_circuit(run, seed, "L1H0,L0H0", "")
+    circuit = Circuit("probe", ["L1H0", "L0H0"])
     recorder = Recorder(run, arms[0], circuit)
     t = time.perf_counter()
     recorder(start, "probe")

@@ -74,6 +74,7 @@ class Discovery:
         default_factory=lambda: pd.DataFrame(columns=["sender", "via", "receiver", "share"])
     )  # the key-path share of each sender through each MLP on the way
     subsets_tried: int = 0
+    best_by_size: dict[int, float] = field(default_factory=dict)  # size -> best mean restoration
 
     @property
     def mean_set_restoration(self) -> float:
@@ -110,18 +111,21 @@ def key_path_shares(
 def route_shares(
     model: HookedTransformer, task: InductionTask, receivers: list[str]
 ) -> pd.DataFrame:
-    """The key-path share of each earlier head (and ``EMBED``) through each MLP on its way to
-    each receiver: route ``SENDER>L{m}MLP``, the sender patched into MLP m's input only."""
+    """The key-path share of each earlier head (``EMBED``, and ``all_heads`` up to that layer
+    together) through each MLP on its way to each receiver: route ``SENDER>L{m}MLP``, the
+    sender patched into MLP m's input only."""
     rows = []
     if model.cfg.attn_only:
         return pd.DataFrame(rows, columns=["sender", "via", "receiver", "share"])
     for receiver in receivers:
         r_layer = Head.parse(receiver).layer
         for via in range(r_layer):
-            for sender in ["EMBED"] + [str(h) for h in all_heads(model) if h.layer <= via]:
-                share = path_patch_attention(model, task, f"{sender}>L{via}MLP", receiver, "k")
+            heads = [str(h) for h in all_heads(model) if h.layer <= via]
+            senders = {"EMBED": "EMBED", **{h: h for h in heads}, "all_heads": "+".join(heads)}
+            for name, source in senders.items():
+                share = path_patch_attention(model, task, f"{source}>L{via}MLP", receiver, "k")
                 rows.append(
-                    {"sender": sender, "via": f"L{via}MLP", "receiver": receiver, "share": share}
+                    {"sender": name, "via": f"L{via}MLP", "receiver": receiver, "share": share}
                 )
     return pd.DataFrame(rows, columns=["sender", "via", "receiver", "share"])
 
@@ -147,21 +151,23 @@ def smallest_sufficient_set(
     receivers: list[str],
     together: float,
     max_size: int = DEFAULT_MAX_SIZE,
-) -> tuple[tuple[list[str], dict[str, float]] | None, int]:
+) -> tuple[tuple[list[str], dict[str, float]] | None, int, dict[int, float]]:
     """The smallest subset of ``candidates`` (at most ``max_size``) restoring >= ``together`` on
-    average, the best of that size; and how many subsets were tried."""
-    tried = 0
+    average, the best of that size; how many subsets were tried; the best mean restoration at
+    each size tried (how much a second member adds: key-path effects are not additive)."""
+    tried, by_size = 0, {}
     for size in range(1, min(max_size, len(candidates)) + 1):
         best = None
         for subset in itertools.combinations(candidates, size):
             restored = joint_restoration(model, task, list(subset), receivers)
             tried += 1
             score = _mean(restored.values())
+            by_size[size] = max(by_size.get(size, -math.inf), score)
             if score >= together and (best is None or score > best[2]):
                 best = (list(subset), restored, score)
         if best is not None:
-            return (best[0], best[1]), tried
-    return None, tried
+            return (best[0], best[1]), tried, by_size
+    return None, tried, by_size
 
 
 def discover_induction_circuit(
@@ -199,7 +205,7 @@ def discover_induction_circuit(
     best = shares.groupby("sender")["share"].max().fillna(-math.inf)
     order = sorted(best.index, key=lambda s: (-best[s], s))  # orders the search, filters nothing
     earlier_restoration = joint_restoration(model, task, order, heads)
-    found, tried = smallest_sufficient_set(model, task, order, heads, together, max_size)
+    found, tried, by_size = smallest_sufficient_set(model, task, order, heads, together, max_size)
     fallback = found is None
     if fallback:
         layer = min(Head.parse(h).layer for h in heads) - 1
@@ -215,5 +221,5 @@ def discover_induction_circuit(
     circuit = Circuit(name, heads + [m for m in members if m not in heads], roles)
     routes = route_shares(model, task, heads)
     return Discovery(
-        circuit, shares, restoration, earlier_restoration, method, fallback, routes, tried
+        circuit, shares, restoration, earlier_restoration, method, fallback, routes, tried, by_size
     )

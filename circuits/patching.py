@@ -20,7 +20,8 @@ clean-minus-corrupted output ``hook_mlp_out``, which holds everything that
 reached it), or a route through an MLP, ``L{l}H{h}>L{m}MLP`` or ``EMBED>L{m}MLP``:
 the head's (or the embeddings') clean-minus-corrupted output added to MLP m's
 input only (``hook_mlp_in``, before ``ln2``), and the change this makes to MLP m's
-output is what the route sends on. Each sender's change reaches the receivers'
+output is what the route sends on; ``L0H1+L0H2>L0MLP`` sends several senders' outputs
+into the MLP together (the MLP is not linear: a joint route is not the sum of its parts). Each sender's change reaches the receivers'
 inputs only (direct path), nothing in between.
 
 What each corruption can show: [BOS] + r' + r removes what induction copies.
@@ -150,7 +151,11 @@ def _one_delta(model: HookedTransformer, task: InductionTask, sender: str) -> to
     if ">" in sender:
         source, via = sender.split(">", 1)
         layer = sender_layer(via)
-        if ">" in via or not via.endswith("MLP") or sender_layer(source) > layer:
+        if (
+            ">" in via
+            or not via.endswith("MLP")
+            or max(sender_layer(part) for part in source.split("+")) > layer
+        ):
             raise ValueError(
                 f"route {sender!r} must be SENDER>L<m>MLP with the sender at or before layer m, e.g. L0H1>L0MLP"
             )
@@ -160,7 +165,8 @@ def _one_delta(model: HookedTransformer, task: InductionTask, sender: str) -> to
         def mlp(x):
             return block.mlp(block.ln2(x))
 
-        return mlp(mlp_in + _one_delta(model, task, source)) - mlp(mlp_in)
+        source_delta = sum(_one_delta(model, task, part) for part in source.split("+"))
+        return mlp(mlp_in + source_delta) - mlp(mlp_in)
     if sender == "EMBED":
         return sum(
             task.clean_cache[name] - task.corrupted_cache[name] for name in ("embed", "pos_embed")

@@ -96,6 +96,7 @@ def test_an_mlp_between_head_and_key_is_found_as_the_sender_and_its_route(hand_b
     assert share["L0MLP"] > 0.95 and abs(share["L0H0"]) < 0.01  # the head's direct path: nothing
     route = found.routes.set_index("sender").share
     assert route["L0H0"] > 0.95 and abs(route["L0H1"]) < 0.01 and abs(route["EMBED"]) < 0.01
+    assert route["all_heads"] > 0.95
 
 
 def test_a_super_additive_pair_below_any_share_filter_is_found(hand_built_weak_pair):
@@ -109,6 +110,7 @@ def test_a_super_additive_pair_below_any_share_filter_is_found(hand_built_weak_p
 def test_a_search_bounded_below_the_needed_size_falls_back(hand_built_weak_pair):
     found = discover_induction_circuit(hand_built_weak_pair, repeated_batch(8), max_size=1)
     assert found.fallback and found.subsets_tried == 2
+    assert found.best_by_size[1] < 0.1  # neither head alone
 
 
 def _target(pattern, r_head):

@@ -120,6 +120,10 @@ class CircuitByCause(Family):
             },
             {"metric": "fallback", "component": "", "value": float(found.fallback)},
             {"metric": "subsets_tried", "component": "", "value": float(found.subsets_tried)},
+            *(
+                {"metric": "best_restoration_by_size", "component": str(k), "value": v}
+                for k, v in found.best_by_size.items()
+            ),
         ]
         return pd.DataFrame(rows)
 

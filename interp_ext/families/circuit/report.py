@@ -32,8 +32,8 @@ def circuit_section(m: pd.DataFrame) -> list[str]:
         "(receiver-attention metric, best over the induction heads); the set is the smallest that restores the bar together, every subset up to the size bound tried. "
         "Routes: a head (or the embeddings) patched into an MLP's input only, the MLP's changed output into the key (best over the induction heads).",
         "",
-        "| seed | step | induction heads | earlier heads and MLPs (key-path share, how chosen) | set restores | all earlier restore | routes through MLPs (share) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | step | induction heads | earlier heads and MLPs (key-path share, how chosen) | set restores | best single one restores | all earlier restore | routes through MLPs (share) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (seed, step), d in circ[circ.seed >= 0].groupby(["seed", "step"]):
         members = d[d.metric == "member"]
@@ -57,8 +57,9 @@ def circuit_section(m: pd.DataFrame) -> list[str]:
         )
         restored = one(d, metric="set_restoration", component="")
         everything = one(d, metric="earlier_restoration", component="")
+        single = one(d, metric="best_restoration_by_size", component="1")
         lines.append(
-            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {everything:.2f} | {route_text} |"
+            f"| {seed} | {step} | {heads} | {earlier} | {restored:.2f} | {single:.2f} | {everything:.2f} | {route_text} |"
         )
     return lines + [
         "",
