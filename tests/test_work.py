@@ -310,3 +310,24 @@ def test_a_bad_arm_is_named(work_run):
         WorkSettings(arm="c1", circuit=CIRCUIT).check()
     with pytest.raises((MeasureError, ValueError), match="arm"):
         WorkSettings(arm="c1/own", scale=2, circuit=CIRCUIT).check()
+
+
+def test_ledgers_of_two_runs_side_by_side_read_only_the_real_steps(work_run, tmp_path):
+    from interp_ext.families.work.report import real_rows_of, work_comparison
+
+    common = dict(window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT)
+    real = WorkSettings(**common, controls=0, horizon=1)
+    measured = measure(work_run, real, seeds=[0, 1], progress=False)
+    measure(
+        work_run,
+        WorkSettings(**common, controls=0, horizon=1, arm="c0/own", arm_batches=2),
+        seeds=[0],
+        progress=False,
+    )
+    # the arm, measured last, is not read
+    assert set(real_rows_of(work_run).settings) == set(measured.settings)
+    lines = work_comparison({"one": work_run, "two": work_run}, tmp_path)
+    assert (tmp_path / "work_comparison.png").exists()
+    rows = [line for line in lines if line.startswith("| window | K[C,C]")]  # no formation here
+    assert len(rows) == 2 and rows[0].split("|")[4] == rows[1].split("|")[4]
+    assert work_comparison({"one": work_run}, tmp_path) == []  # nothing to compare

@@ -265,6 +265,11 @@ class Work(Family):
 
         return section(page)
 
+    def report_beside(self, runs: dict, out) -> list[str]:
+        from interp_ext.families.work.report import work_comparison
+
+        return work_comparison(runs, out)
+
 
 # --------------------------------------------------------------------------- the plan of a seed
 

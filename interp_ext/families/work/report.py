@@ -38,9 +38,7 @@ def real_scale_rows(page) -> pd.DataFrame:
     real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
     if rows.empty or real.empty or set(rows.settings) <= set(real.id):
         return rows
-    latest = real.sort_values("used").id.iloc[-1]
-    every = page.run.metrics("work", settings="all")
-    return every[every.settings == latest]
+    return real_rows_of(page.run)
 
 
 def cumulative_figure(rows: pd.DataFrame, out) -> list[str]:
@@ -209,3 +207,112 @@ def scale_table(run) -> list[str]:
         cells = " | ".join(f"{v:+.4g}" for v in values)
         lines.append(f"| {component} | {metric.removesuffix('/per_lr_step')} | {seed} | {cells} |")
     return lines + [""]
+
+
+BESIDE = (
+    ("C|C", "work_drift_by", "K[C,C]: the circuit block's drift"),
+    ("C", "work/drift", "the whole drift"),
+    ("C", "work/noise", "the noise"),
+    ("C", "curv_noise", "the noise's curvature term"),
+)
+
+
+def real_rows_of(run) -> pd.DataFrame:
+    """A run's latest measurement of the real steps (scale 1, no arm)."""
+    found = run.measurements()
+    found = found[found.family == "work"]
+    real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
+    if real.empty:
+        return pd.DataFrame()
+    rows = run.metrics("work", settings="all")
+    return rows[rows.settings == real.sort_values("used").id.iloc[-1]]
+
+
+def work_comparison(runs: dict, out) -> list[str]:
+    """The exact ledgers of several runs side by side (e.g. the attention-only and the MLP preset):
+    each decision term per phase, per unit of lr x steps (the presets differ in lr and phase
+    lengths), per formed seed and over formed seeds (mean, 95% t), with k of n seeds positive."""
+    ledgers = {label: real_rows_of(run) for label, run in runs.items()}
+    ledgers = {label: rows for label, rows in ledgers.items() if not rows.empty}
+    if len(ledgers) < 2:
+        return []
+    panels, table = [], []
+    found = {c.rsplit("@", 1)[-1] for rows in ledgers.values() for c in rows.component.unique()}
+    phases = [p for p in ("before", "rise") if p in found] or ["window"]
+    for phase in phases:
+        for k, (where, term, label) in enumerate(BESIDE):
+            traces = []
+            for i, (name, rows) in enumerate(ledgers.items()):
+                formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].groupby("seed").value
+                seeds = [s for s, v in formed.first().items() if v > 0]
+                sel = rows[
+                    (rows.metric == f"{term}/per_lr_step")
+                    & (rows.component == f"{where}@{phase}")
+                    & rows.seed.isin(seeds)
+                ]
+                if sel.empty:
+                    continue
+                values = sel.value.to_numpy()
+                traces.append(
+                    Trace(
+                        [i] * len(values),
+                        values.tolist(),
+                        f"{name}: each formed seed",
+                        PALETTE[i % 10],
+                        0.5,
+                        0.7,
+                        mode="points",
+                        legend=k == 0 and phase == "before",
+                    )
+                )
+                stats = {
+                    s: one(
+                        rows, metric=f"{term}/per_lr_step/{s}", component=f"{where}@{phase}#formed"
+                    )
+                    for s in ("seed_mean", "seed_lo", "seed_hi", "seeds_positive", "seed_n")
+                }
+                traces.append(
+                    Trace(
+                        [i + 0.3],
+                        [stats["seed_mean"]],
+                        f"{name}: mean, 95% t",
+                        PALETTE[i % 10],
+                        1.5,
+                        lo=[stats["seed_lo"]],
+                        hi=[stats["seed_hi"]],
+                        mode="points",
+                        legend=False,
+                    )
+                )
+                table.append(
+                    f"| {phase} | {label} | {name} | {stats['seed_mean']:+.3g} [{stats['seed_lo']:+.3g}, "
+                    f"{stats['seed_hi']:+.3g}] | {stats['seeds_positive']:.0f} of {stats['seed_n']:.0f} |"
+                )
+            panels.append(
+                Panel(
+                    f"{phase}: {label}",
+                    traces,
+                    xlabel=" | ".join(f"{i}: {n}" for i, n in enumerate(ledgers)),
+                    ylabel="per unit lr x steps",
+                    zero=True,
+                )
+            )
+    files = save(
+        Figure(
+            "Exact ledgers side by side: per formed seed (points) and over formed seeds",
+            panels,
+            ncols=4,
+        ),
+        out,
+        "work_comparison",
+    )
+    return [
+        "## Exact ledgers side by side",
+        "",
+        image(files, "exact ledgers side by side"),
+        "",
+        "| phase | term | run | formed seeds: mean [95% t] per unit lr x steps | k of n > 0 |",
+        "|---|---|---|---|---|",
+        *table,
+        "",
+    ]
