@@ -373,3 +373,27 @@ def test_a_circuit_with_an_mlp_is_restricted_to_its_heads_and_mlp_parameters():
     masks = component_masks(model, circuit, LLCSettings(components="circuit"))
     expected = sum(circuit.n_params(model).values())
     assert int(flat_mask(model, masks["circuit"]).sum()) == expected
+
+
+def test_rmsprop_eps_and_accumulation_reach_devinterp_and_key_only_when_set(monkeypatch):
+    import devinterp.slt.llc as devinterp_llc
+
+    from interp_ext.families.llc import LLCSettings, estimate
+    from tests.circuits.conftest import build_hand_built_mlp
+
+    seen = {}
+
+    def fake_llc(model, data, callbacks, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stand-in")
+
+    monkeypatch.setattr(devinterp_llc, "llc", fake_llc)
+    data = [{"input_ids": torch.arange(8)}] * 4
+    settings = LLCSettings(sampler="rmsprop", rmsprop_eps=1e-4, accumulation=3)
+    out = estimate(build_hand_built_mlp(), data, None, settings)
+    assert out["diverged"] == 1.0  # the stand-in's failure is reported as a failed chain
+    assert seen["rmsprop_eps"] == 1e-4 and seen["gradient_accumulation_steps"] == 3
+    assert LLCSettings().id == LLCSettings(rmsprop_eps=0.1, accumulation=1).id
+    assert settings.id != LLCSettings(sampler="rmsprop").id
+    with pytest.raises(Exception, match="rmsprop only"):
+        LLCSettings(rmsprop_eps=1e-3).check()

@@ -114,6 +114,18 @@ class LLCSettings(Settings):
         "sgld",
         "'sgld' (devinterp's plain SGLD) or 'rmsprop' (its RMSProp-preconditioned SGLD).",
     )
+    rmsprop_eps: float = setting(
+        0.1,
+        "RMSProp-SGLD's stability constant (devinterp's default 0.1; below the gradients' scale "
+        "the preconditioner adapts, above it it is a constant 1 / eps).",
+        key="if_set",
+    )
+    accumulation: int = setting(
+        1,
+        "Batches of --batch-size whose mean loss each SGLD step follows (devinterp's gradient "
+        "accumulation): less minibatch noise per step at the same step size.",
+        key="if_set",
+    )
     sampling_time: float = setting(
         0.0,
         "Chain length as SGLD time: draws = sampling_time / lr, burn-in a third of that, so every step size samples as far (0: --draws and --burnin as given).",
@@ -167,6 +179,13 @@ class LLCSettings(Settings):
             "need trace_probes >= 0 and trace_batches >= 1",
         )
         self.require(self.sampler in SAMPLERS, "sampler", f"choose one of {sorted(SAMPLERS)}")
+        self.require(self.rmsprop_eps > 0, "rmsprop_eps", "must be > 0")
+        self.require(
+            self.rmsprop_eps == 0.1 or self.sampler == "rmsprop",
+            "rmsprop_eps",
+            "applies to --sampler rmsprop only",
+        )
+        self.require(self.accumulation >= 1, "accumulation", "must be an integer >= 1")
         self.require(self.data in DATA_PARTS, "data", f"choose one of {list(DATA_PARTS)}")
         self.require(self.sampling_time >= 0, "sampling_time", "must be >= 0")
         self.require(self.max_draws >= 4, "max_draws", "must be >= 4")
@@ -450,7 +469,10 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         init_seed=settings.seed,
         device=str(next(model.parameters()).device),
         sampling_method=SAMPLERS[settings.sampler],
+        gradient_accumulation_steps=settings.accumulation,
     )
+    if settings.sampler == "rmsprop":
+        kwargs["rmsprop_eps"] = settings.rmsprop_eps
     failed = {
         "llc": math.nan,
         "llc_std": math.nan,
