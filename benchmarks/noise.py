@@ -21,7 +21,7 @@ from _common import machine, middle_checkpoint
 
 from circuits.circuit import Circuit
 from interp_ext import open_run
-from interp_ext.arms import ArmState, batch_arm_tokens, step_tokens
+from interp_ext.arms import ArmState, step_tokens
 from interp_ext.families.noise import NoiseSettings
 from interp_ext.measurement.stream3 import Recorder
 from interp_ext.replay import Replay
@@ -59,8 +59,7 @@ def main() -> None:
         per["batches"].append(time.perf_counter() - t)
         for a in arms:
             t = time.perf_counter()
-            rows = batch_arm_tokens(tokens, batch, m) if a.arm.is_batch else tokens
-            a.take(a.loss(rows, batch, m, run.config), v_real)
+            a.take(a.gradient(tokens, batch, m, run.config), v_real)
             per[a.arm.name].append(time.perf_counter() - t)
     ge = statistics.median(per["real replay"])
     circuit = Circuit("probe", ["L1H0", "L0H0"])

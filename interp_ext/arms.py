@@ -112,11 +112,6 @@ def step_tokens(run, seed: int, step: int, mean_batches: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def batch_arm_tokens(tokens: torch.Tensor, batch: int, mean_batches: int) -> torch.Tensor:
-    """A batch arm's rows: the real batch first, then the mean's fresh batches (never xi's)."""
-    return tokens[: mean_batches * batch]
-
-
 class ArmState:
     """A model at a checkpoint with its own AdamW moments, stepped by :func:`adamw_step`."""
 
@@ -136,33 +131,47 @@ class ArmState:
         self.train = run.config.train
         self.step_index = start
 
-    def loss(self, tokens: torch.Tensor, batch: int, mean_batches: int, cfg) -> torch.Tensor:
-        """The loss whose gradient is the arm's: rows of ``tokens`` are the M mean batches, then
-        xi's two batches (noise arms), or the arm's own rows (batch arms)."""
-        arm = self.arm
-        rows = tokens[: arm.rows] if arm.is_batch else tokens
-        if not arm.is_batch and arm.c == 0:
-            rows = tokens[: mean_batches * batch]
-        with _autocast(cfg):
-            per = self.model(rows, return_type="loss", loss_per_token=True).float().mean(-1)
-        if arm.is_batch:
-            return per.mean()
-        mean = per[: mean_batches * batch].mean()
-        if arm.c == 0:
-            return mean
-        a = per[mean_batches * batch : (mean_batches + 1) * batch].mean()
-        b = per[(mean_batches + 1) * batch :].mean()
-        return mean + arm.c * (a - b) / math.sqrt(2)
+    def weights(self, n_rows: int, batch: int, mean_batches: int) -> torch.Tensor:
+        """Per-row weights w with sum_r w_r L_r the arm's loss (L_r a row's mean token loss): 1 / MB
+        on the M mean batches, +-c / (B sqrt 2) on xi's two batches (noise arms), 1 / B' on a
+        batch arm's first B' rows; 0 elsewhere."""
+        w = torch.zeros(n_rows)
+        if self.arm.is_batch:
+            w[: self.arm.rows] = 1 / self.arm.rows
+            return w
+        m = mean_batches * batch
+        w[:m] = 1 / m
+        if self.arm.c:
+            w[m : m + batch] = self.arm.c / (batch * math.sqrt(2))
+            w[m + batch : m + 2 * batch] = -self.arm.c / (batch * math.sqrt(2))
+        return w
 
-    def take(self, loss: torch.Tensor, v_real: dict | None) -> Step:
-        """Back-propagate ``loss``, take the AdamW step (the real run's ``v_real`` fed in for a
-        ``fed`` arm) and return it as a :class:`~interp_ext.replay.Step`."""
+    def gradient(
+        self, tokens: torch.Tensor, batch: int, mean_batches: int, cfg, chunk: int = 64
+    ) -> dict[str, torch.Tensor]:
+        """The arm's gradient: g_bar_M + c xi (noise arms) or the mean over its rows (batch arms),
+        accumulated over chunks of ``chunk`` rows (one large batch is about twice as slow on a CPU)."""
+        w = self.weights(tokens.shape[0], batch, mean_batches)
+        rows = torch.nonzero(w).flatten()
         params = dict(self.model.named_parameters())
-        grads = torch.autograd.grad(loss, [params[n] for n in self.names])
+        out = {n: torch.zeros_like(params[n]) for n in self.names}
+        for start in range(0, len(rows), chunk):
+            idx = rows[start : start + chunk]
+            with _autocast(cfg):
+                per = self.model(tokens[idx], return_type="loss", loss_per_token=True)
+            loss = (per.float().mean(-1) * w[idx].to(per.device)).sum()
+            grads = torch.autograd.grad(loss, [params[n] for n in self.names])
+            for n, g in zip(self.names, grads):
+                out[n] += g.detach().to(params[n].dtype)
+        return out
+
+    def take(self, grad: dict[str, torch.Tensor], v_real: dict | None) -> Step:
+        """Take the AdamW step with ``grad`` (the real run's ``v_real`` fed in for a ``fed`` arm)
+        and return it as a :class:`~interp_ext.replay.Step`."""
+        params = dict(self.model.named_parameters())
         theta = {n: params[n].detach().clone() for n in self.names}
         m_before = {n: self.m[n].clone() for n in self.names}
         v_before = {n: self.v[n].clone() for n in self.names}
-        grad = {n: g.detach().to(params[n].dtype) for n, g in zip(self.names, grads)}
         if self.arm.fed and v_real is None:
             raise ReplayError(f"arm {self.arm.name} needs the real run's second moment")
         with torch.no_grad():
@@ -223,12 +232,10 @@ class ArmReplay:
         v_real = self.real.take().new_exp_avg_sq if self.real is not None else None
         tokens = step_tokens(self.run, self.seed, self.step, self.mean_batches)
         batch = self.run.config.train.batch_size
-        if self.arm.is_batch:
-            tokens = batch_arm_tokens(tokens, batch, self.mean_batches)
-        loss = self.state.loss(
+        grad = self.state.gradient(
             tokens.to(self.model.cfg.device), batch, self.mean_batches, self.run.config
         )
-        out = self.state.take(loss, v_real)
+        out = self.state.take(grad, v_real)
         self.step += 1
         return out
 

@@ -63,7 +63,8 @@ def test_an_arms_gradient_is_the_mean_plus_c_times_xi_by_brute_force(noise_run, 
     state = ArmState(noise_run, 0, 4, Arm("arm", c=c))
     tokens = step_tokens(noise_run, 0, 4, 3)
     params = [p for _, p in state.model.named_parameters()]
-    got = torch.autograd.grad(state.loss(tokens, 4, 3, noise_run.config), params)
+    grad = state.gradient(tokens, 4, 3, noise_run.config, chunk=3)  # chunks cut across batches
+    got = [grad[n] for n, _ in state.model.named_parameters()]
 
     def grad_of(rows):
         loss = state.model(rows, return_type="loss")
@@ -192,7 +193,7 @@ def test_a_fed_arm_ends_with_the_real_runs_second_moment(noise_run):
         v_real = real.take().new_exp_avg_sq
         tokens = step_tokens(noise_run, 0, step, 2)
         for a in (arm, own):
-            a.take(a.loss(tokens, 4, 2, noise_run.config), v_real)
+            a.take(a.gradient(tokens, 4, 2, noise_run.config), v_real)
     saved = noise_run.checkpoint(0, 8)["exp_avg_sq"]
     assert all(torch.equal(arm.v[n], saved[n]) for n in arm.names)
     assert not all(torch.equal(own.v[n], saved[n]) for n in own.names)
@@ -237,3 +238,14 @@ def test_an_arm_replays_steps_whose_parts_add_up_to_its_update(noise_run):
         assert ((total - u).abs() <= 4 * ulp + 1e-12).all(), n
     with pytest.raises(Exception, match="no checkpoint to reproduce"):
         replay.verify()
+
+
+def test_a_batch_arms_gradient_is_the_mean_over_its_rows(noise_run):
+    state = ArmState(noise_run, 0, 4, Arm.parse("batch6"))
+    tokens = step_tokens(noise_run, 0, 4, 3)
+    grad = state.gradient(tokens, 4, 3, noise_run.config, chunk=4)
+    params = dict(state.model.named_parameters())
+    loss = state.model(tokens[:6], return_type="loss")
+    expected = torch.autograd.grad(loss, list(params.values()))
+    for (n, _), e in zip(params.items(), expected):
+        assert torch.allclose(grad[n], e, rtol=1e-4, atol=1e-7), n

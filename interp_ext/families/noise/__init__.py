@@ -46,7 +46,6 @@ from circuits.induction import formation_step
 from interp_ext.arms import (
     Arm,
     ArmState,
-    batch_arm_tokens,
     parse_scales,
     step_norms,
     step_tokens,
@@ -258,8 +257,9 @@ def replay_arms(
         v_real = real.take().new_exp_avg_sq
         tokens = step_tokens(run, seed, step, m).to(real.device)
         for a in arms:
-            rows_in = batch_arm_tokens(tokens, batch, m) if a.arm.is_batch else tokens
-            norm, inv = step_norms(a.take(a.loss(rows_in, batch, m, run.config), v_real), a.train)
+            norm, inv = step_norms(
+                a.take(a.gradient(tokens, batch, m, run.config), v_real), a.train
+            )
             rows += [
                 {"step": step, "metric": k, "component": "", "value": v, "variant": a.arm.name}
                 for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
