@@ -77,7 +77,9 @@ def seed_circuit(run, seed: int, circuit: str, source: str) -> Circuit:
     fam = _source_family(circuit)
     recorded = run.measurements()
     match = recorded[recorded.id == source]
-    settings = fam.settings.from_dict(match.settings.iloc[0]) if len(match) else fam.settings()
+    settings = (
+        fam.settings.from_saved(match.settings.iloc[0], source) if len(match) else fam.settings()
+    )
     return fam.circuit_of(run, seed, settings)
 
 

@@ -66,6 +66,9 @@ class Settings:
     # Raised when a fix changes the values a family computes: the id changes with it, so rows
     # made by the code before the fix are never returned as the new code's
     revision: ClassVar[int] = 0
+    # Fields a family no longer has: saved settings holding them still load (from_saved), and
+    # keep the id their rows were keyed by
+    retired: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -98,6 +101,8 @@ class Settings:
 
     @property
     def id(self) -> str:
+        if self.__dict__.get("_saved_id"):
+            return self.__dict__["_saved_id"]
         head = {"family": self.family, **({"revision": self.revision} if self.revision else {})}
         text = json.dumps({**head, **self.keyed()}, sort_keys=True, default=str)
         return f"{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
@@ -111,6 +116,16 @@ class Settings:
                 f"unknown {cls.family} setting(s) {unknown}; valid settings: {sorted(known)}"
             )
         return cls(**payload)
+
+    @classmethod
+    def from_saved(cls, payload: dict[str, Any], saved_id: str) -> Settings:
+        """Settings as a run recorded them under ``saved_id``: fields retired since (``retired``)
+        are dropped, and when that changes the id the saved one is kept, so the rows made with
+        them are still the ones read (never rows of the settings without the retired field)."""
+        kept = cls.from_dict({k: v for k, v in payload.items() if k not in cls.retired})
+        if kept.id != saved_id and set(payload) & set(cls.retired):
+            kept.__dict__["_saved_id"] = saved_id
+        return kept
 
 
 def setting(default: Any, help: str, key: bool | str = True, **kwargs: Any) -> Any:

@@ -34,6 +34,8 @@ from interp_ext.measurement.runner import (
 @dataclass(frozen=True)
 class CircuitSettings(Settings):
     family = "circuit"
+    # the 10% candidate filter of the search before it covered every subset and MLPs
+    retired = ("min_share",)
 
     threshold: float = setting(DEFAULT_THRESHOLD, "Induction score an induction head needs.")
     together: float = setting(
