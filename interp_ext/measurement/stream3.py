@@ -5,6 +5,7 @@ replay's loss, E_C and induction score."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +16,13 @@ from interp_ext.errors import MeasureError
 from interp_ext.geometry.gradients import loss_function, measure_dtype
 from interp_ext.measurement.circuits import layer_matched
 from interp_ext.measurement.probes import probe_batches, repeated_probe
-from interp_ext.measurement.windows import check_window_checkpoints, formation_settings
+from interp_ext.measurement.runner import Settings, setting
+from interp_ext.measurement.windows import (
+    check_window_checkpoints,
+    formation_settings,
+    seed_window,
+    window_problem,
+)
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.energy import WHOLE, EnergyProbe
 
@@ -132,3 +139,43 @@ class Recorder:
             {"step": step, "metric": m, "component": "", "value": v, "variant": name}
             for m, v in (("loss", loss), ("E_C", energy), ("induction_score", score))
         ]
+
+
+@dataclass(frozen=True)
+class TrajectorySettings(Settings):
+    """What replays recorded on a grid share (``counterfactual``, ``noise``): the window around
+    each seed's formation, the record grid, the formation threshold and the circuit of E_C."""
+
+    window: str = setting(
+        "auto",
+        "'auto' (as the ledger's: checkpoints >= margin steps around each seed's formation step) or START:END.",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    record_every: int = setting(
+        50, "Record loss, E_C and the induction score every that many steps."
+    )
+    threshold: float = setting(
+        0.4, "Best induction score that counts as formed at the window's end."
+    )
+    circuit: str = setting(
+        "cause",
+        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+
+    def check(self) -> None:
+        self.require(self.record_every >= 1, "record_every", "must be >= 1")
+        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
+
+    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
+        return seed_window(run, self.window, self.margin, self.formation, seed)

@@ -40,31 +40,10 @@ def test_no_sufficient_set_falls_back_to_the_whole_earlier_layer(hand_built_spli
 def test_attention_metric_equals_a_manual_hook_computation(hand_built_split):
     model = hand_built_split
     task = induction_task(model, repeated_batch(6), seed=3)
-    sender, (r_layer, r_head) = (0, 1), (1, 0)
-    q = torch.arange(S + 1, 2 * S + 1)
-
-    def target(pattern):
-        return float(pattern[:, r_head, q, q - S + 1].mean())
-
-    delta = (
-        task.clean_cache["z", 0][:, :, sender[1]] - task.corrupted_cache["z", 0][:, :, sender[1]]
-    ) @ model.W_O[0, sender[1]]
-
-    def add_to_key(x, hook):
-        x[:, :, r_head] = x[:, :, r_head] + delta
-        return x
-
-    model.set_use_split_qkv_input(True)
-    try:
-        with model.hooks(fwd_hooks=[(get_act_name("k_input", r_layer), add_to_key)]):
-            _, cache = model.run_with_cache(task.corrupted)
-    finally:
-        model.set_use_split_qkv_input(False)
-    clean, corrupted = (
-        target(task.clean_cache["pattern", 1]),
-        target(task.corrupted_cache["pattern", 1]),
-    )
-    expected = (target(cache["pattern", 1]) - corrupted) / (clean - corrupted)
+    delta = (task.clean_cache["z", 0][:, :, 1] - task.corrupted_cache["z", 0][:, :, 1]) @ model.W_O[
+        0, 1
+    ]
+    expected = _key_patch_by_hooks(model, task, delta)
     actual = path_patch_attention(model, task, "L0H1", "L1H0", "k")
     assert actual == pytest.approx(expected, rel=1e-5, abs=1e-6) and 0.1 < actual < 0.9
 

@@ -36,13 +36,14 @@ from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     MeasureError,
-    Settings,
     setting,
 )
-from interp_ext.measurement.stream3 import MEAN_DRAWS, ORDER_DRAWS, Recorder, check_replay
-from interp_ext.measurement.windows import (
-    seed_window,
-    window_problem,
+from interp_ext.measurement.stream3 import (
+    MEAN_DRAWS,
+    ORDER_DRAWS,
+    Recorder,
+    TrajectorySettings,
+    check_replay,
 )
 from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
@@ -50,57 +51,24 @@ from interp_ext.stats import sign_count, t_interval
 
 
 @dataclass(frozen=True)
-class CounterfactualSettings(Settings):
+class CounterfactualSettings(TrajectorySettings):
     family = "counterfactual"
 
-    window: str = setting(
-        "auto",
-        "'auto' (as the ledger's: checkpoints >= margin steps around each seed's formation step) or START:END.",
-    )
-    margin: int = setting(500, "Auto window: steps before and after the formation step.")
     orders: int = setting(4, "Other data orders replayed.")
     mean_batches: int = setting(
         16,
         "Batches whose mean gradient replaces the minibatch gradient (noise cut about that many times); 0: skip.",
     )
     half_batch: bool = setting(True, "Also replay with half of each real batch (noise doubled).")
-    record_every: int = setting(
-        50, "Record loss, E_C and the induction score every that many steps."
-    )
-    threshold: float = setting(
-        0.4, "Best induction score that counts as formed at the window's end."
-    )
-    circuit: str = setting(
-        "cause",
-        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
-    )
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
-    )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
-    formation: str = setting(
-        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
-    )
 
     def check(self) -> None:
-        self.require(
-            self.orders >= 0 and self.record_every >= 1,
-            "orders",
-            "orders >= 0 and record_every >= 1",
-        )
+        super().check()
+        self.require(self.orders >= 0, "orders", "must be >= 0")
         self.require(
             self.mean_batches == 0 or self.mean_batches >= 2,
             "mean_batches",
             "must be 0 (skip) or >= 2",
         )
-        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
-        self.require(self.margin >= 0, "margin", "must be >= 0")
-        self.require(
-            window_problem(self.window) is None, "window", str(window_problem(self.window))
-        )
-
-    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
-        return seed_window(run, self.window, self.margin, self.formation, seed)
 
 
 class Counterfactual(Family):

@@ -51,9 +51,8 @@ from interp_ext.arms import (
     step_tokens,
 )
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
-from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
-from interp_ext.measurement.stream3 import MEAN_DRAWS, Recorder, check_replay
-from interp_ext.measurement.windows import seed_window, window_problem
+from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, setting
+from interp_ext.measurement.stream3 import MEAN_DRAWS, Recorder, TrajectorySettings, check_replay
 from interp_ext.optim_step import step_batch
 from interp_ext.replay import Replay, ReplayError
 from interp_ext.stats import km_median, logrank_p, paired_order, sign_test
@@ -61,14 +60,9 @@ from interp_ext.training import _autocast
 
 
 @dataclass(frozen=True)
-class NoiseSettings(Settings):
+class NoiseSettings(TrajectorySettings):
     family = "noise"
 
-    window: str = setting(
-        "auto",
-        "'auto' (as the ledger's: checkpoints >= margin steps around each seed's formation step) or START:END.",
-    )
-    margin: int = setting(500, "Auto window: steps before and after the formation step.")
     mean_batches: int = setting(16, "M: real-size batches whose mean gradient every arm follows.")
     scales: str = setting(
         "0,1,sqrt2", "Noise scales c of the arms (comma-separated; sqrtX for the root of X)."
@@ -79,25 +73,9 @@ class NoiseSettings(Settings):
     batch_sizes: str = setting(
         "16,32,64,128", "Sequences per step of the batch-size arms (comma-separated; '' for none)."
     )
-    record_every: int = setting(
-        50, "Record loss, E_C and the induction score every that many steps."
-    )
-    threshold: float = setting(
-        0.4, "Best induction score that counts as formed at the window's end."
-    )
-    circuit: str = setting(
-        "cause",
-        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
-    )
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
-    )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
-    formation: str = setting(
-        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
-    )
 
     def check(self) -> None:
+        super().check()
         self.require(self.mean_batches >= 2, "mean_batches", "must be >= 2")
         try:
             scales = parse_scales(self.scales)
@@ -116,12 +94,6 @@ class NoiseSettings(Settings):
             "batch_sizes",
             "must be positive integers, e.g. 16,32,64,128",
         )
-        self.require(self.record_every >= 1, "record_every", "must be >= 1")
-        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
-        self.require(self.margin >= 0, "margin", "must be >= 0")
-        self.require(
-            window_problem(self.window) is None, "window", str(window_problem(self.window))
-        )
 
     def batch_arms(self) -> list[int]:
         return [int(p) for p in str(self.batch_sizes).replace(" ", "").split(",") if p]
@@ -136,9 +108,6 @@ class NoiseSettings(Settings):
             for fed in moments
         ]
         return out + [Arm(f"batch{b}", rows=b) for b in self.batch_arms()]
-
-    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
-        return seed_window(run, self.window, self.margin, self.formation, seed)
 
 
 def noise_scale(run, seed: int, start: int, mean_batches: int) -> dict[str, float]:

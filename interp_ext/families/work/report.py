@@ -228,6 +228,50 @@ def real_rows_of(run) -> pd.DataFrame:
     return rows[rows.settings == real.sort_values("used").id.iloc[-1]]
 
 
+def _one_run_beside(i, name, rows, phase, where, term, legend) -> tuple[list[Trace], dict]:
+    """One run's traces in a side-by-side panel (its formed seeds' values per unit lr x steps and
+    their mean with the 95% t-interval) and the summary over its formed seeds."""
+    formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].groupby("seed").value.first()
+    seeds = [s for s, v in formed.items() if v > 0]
+    sel = rows[
+        (rows.metric == f"{term}/per_lr_step")
+        & (rows.component == f"{where}@{phase}")
+        & rows.seed.isin(seeds)
+    ]
+    if sel.empty:
+        return [], {}
+    stats = {
+        s: one(rows, metric=f"{term}/per_lr_step/{s}", component=f"{where}@{phase}#formed")
+        for s in ("seed_mean", "seed_lo", "seed_hi", "seeds_positive", "seed_n")
+    }
+    color = PALETTE[i % 10]
+    values = sel.value.tolist()
+    traces = [
+        Trace(
+            [i] * len(values),
+            values,
+            f"{name}: each formed seed",
+            color,
+            0.5,
+            0.7,
+            mode="points",
+            legend=legend,
+        ),
+        Trace(
+            [i + 0.3],
+            [stats["seed_mean"]],
+            f"{name}: mean, 95% t",
+            color,
+            1.5,
+            lo=[stats["seed_lo"]],
+            hi=[stats["seed_hi"]],
+            mode="points",
+            legend=False,
+        ),
+    ]
+    return traces, stats
+
+
 def work_comparison(runs: dict, out) -> list[str]:
     """The exact ledgers of several runs side by side (e.g. the attention-only and the MLP preset):
     each decision term per phase, per unit of lr x steps (the presets differ in lr and phase
@@ -239,73 +283,30 @@ def work_comparison(runs: dict, out) -> list[str]:
     panels, table = [], []
     found = {c.rsplit("@", 1)[-1] for rows in ledgers.values() for c in rows.component.unique()}
     phases = [p for p in ("before", "rise") if p in found] or ["window"]
+    xlabel = " | ".join(f"{i}: {n}" for i, n in enumerate(ledgers))
     for phase in phases:
         for k, (where, term, label) in enumerate(BESIDE):
             traces = []
             for i, (name, rows) in enumerate(ledgers.items()):
-                formed = rows[(rows.seed >= 0) & (rows.metric == "formed")].groupby("seed").value
-                seeds = [s for s, v in formed.first().items() if v > 0]
-                sel = rows[
-                    (rows.metric == f"{term}/per_lr_step")
-                    & (rows.component == f"{where}@{phase}")
-                    & rows.seed.isin(seeds)
-                ]
-                if sel.empty:
-                    continue
-                values = sel.value.to_numpy()
-                traces.append(
-                    Trace(
-                        [i] * len(values),
-                        values.tolist(),
-                        f"{name}: each formed seed",
-                        PALETTE[i % 10],
-                        0.5,
-                        0.7,
-                        mode="points",
-                        legend=k == 0 and phase == "before",
+                legend = k == 0 and phase == phases[0]
+                part, stats = _one_run_beside(i, name, rows, phase, where, term, legend)
+                traces += part
+                if stats:
+                    table.append(
+                        f"| {phase} | {label} | {name} | {stats['seed_mean']:+.3g} [{stats['seed_lo']:+.3g}, "
+                        f"{stats['seed_hi']:+.3g}] | {stats['seeds_positive']:.0f} of {stats['seed_n']:.0f} |"
                     )
-                )
-                stats = {
-                    s: one(
-                        rows, metric=f"{term}/per_lr_step/{s}", component=f"{where}@{phase}#formed"
-                    )
-                    for s in ("seed_mean", "seed_lo", "seed_hi", "seeds_positive", "seed_n")
-                }
-                traces.append(
-                    Trace(
-                        [i + 0.3],
-                        [stats["seed_mean"]],
-                        f"{name}: mean, 95% t",
-                        PALETTE[i % 10],
-                        1.5,
-                        lo=[stats["seed_lo"]],
-                        hi=[stats["seed_hi"]],
-                        mode="points",
-                        legend=False,
-                    )
-                )
-                table.append(
-                    f"| {phase} | {label} | {name} | {stats['seed_mean']:+.3g} [{stats['seed_lo']:+.3g}, "
-                    f"{stats['seed_hi']:+.3g}] | {stats['seeds_positive']:.0f} of {stats['seed_n']:.0f} |"
-                )
             panels.append(
                 Panel(
                     f"{phase}: {label}",
                     traces,
-                    xlabel=" | ".join(f"{i}: {n}" for i, n in enumerate(ledgers)),
+                    xlabel=xlabel,
                     ylabel="per unit lr x steps",
                     zero=True,
                 )
             )
-    files = save(
-        Figure(
-            "Exact ledgers side by side: per formed seed (points) and over formed seeds",
-            panels,
-            ncols=4,
-        ),
-        out,
-        "work_comparison",
-    )
+    title = "Exact ledgers side by side: per formed seed (points) and over formed seeds"
+    files = save(Figure(title, panels, ncols=4), out, "work_comparison")
     return [
         "## Exact ledgers side by side",
         "",
