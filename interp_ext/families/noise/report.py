@@ -169,7 +169,7 @@ def noise_section(m: pd.DataFrame, out: Path) -> list[str]:
         header,
         "|---|---|" + "---|" * len(arms),
     ]
-    token_lines = [header.replace("B_noise (sequences)", "tokens per step"), lines[-1]]
+    token_lines = [header.replace("B_noise (sequences)", "(tokens)"), lines[-1]]
     for seed in seeds:
         s = per[per.seed == seed]
         b_noise = one(rows[rows.seed == seed], metric="B_noise")
