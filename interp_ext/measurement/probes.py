@@ -62,8 +62,9 @@ def fixed_composition_batches(run, n_batches: int, batch_size: int) -> torch.Ten
     and shape, then reused). Probe batches drawn as training batches hold a binomial number of text
     rows, and batch-to-batch differences in that count shape every seed's per-batch gradients alike."""
     p = run.config.data.random_seq_prob
-    key = (str(run.path), n_batches, batch_size, p)
-    if key not in _FIXED:
+    path = getattr(run, "path", None)  # a run on disk; anything else is drawn every time
+    key = (str(path), n_batches, batch_size, p)
+    if path is None or key not in _FIXED:
         n_text = round(batch_size * (1 - p))
         n_random = batch_size - n_text
         rand, text = rows_by_part(
