@@ -1,7 +1,7 @@
 """The attention-only circuits of the tiny study stay as they were found.
 
-``data/tiny_study.safetensors`` holds the 8 study seeds at step 4,000 and the run's
-repeated probe (written by ``data/make_tiny_study.py``); the expected members are the
+``data/tiny_study.safetensors`` holds the 8 study seeds at step 4,000 (in float16, loaded
+back as float32) and the run's repeated probe (written by ``data/make_tiny_study.py``); the expected members are the
 study's ``circuit`` rows, found before the search covered MLPs and every subset.
 """
 
@@ -41,7 +41,11 @@ def study():
     models = {}
     for seed in STUDY_CIRCUITS:
         model = build_model(cfg, int(meta["d_vocab"]), seed=0)
-        state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"seed{seed}/")}
+        state = {
+            k.split("/", 1)[1]: v.float()
+            for k, v in tensors.items()
+            if k.startswith(f"seed{seed}/")
+        }
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert not unexpected and all(not k.endswith(("W_Q", "W_K")) for k in missing)
         models[seed] = model

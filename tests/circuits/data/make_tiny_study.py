@@ -1,4 +1,4 @@
-"""Write ``tiny_study.safetensors``: the tiny study's 8 seeds at their last checkpoint and its repeated probe.
+"""Write ``tiny_study.safetensors``: the tiny study's 8 seeds at their last checkpoint (float16) and its repeated probe.
 
 Run from the repository root on a finished ``interp-ext study`` run:
 ``python tests/circuits/data/make_tiny_study.py runs/study``. The expected circuits in
@@ -24,7 +24,8 @@ def main(run_dir: str) -> None:
     for seed in run.seeds:
         model = run.model(seed, run.steps_for(seed)[-1])
         for name, param in model.named_parameters():
-            tensors[f"seed{seed}/{name}"] = param.detach().contiguous()
+            # float16 keeps the fixture under 2 MB; the test loads it back as float32
+            tensors[f"seed{seed}/{name}"] = param.detach().half().contiguous()
     meta = {"model": json.dumps(dataclasses.asdict(run.config.model)), "d_vocab": str(run.d_vocab)}
     save_file(tensors, Path(__file__).with_name("tiny_study.safetensors"), metadata=meta)
 
