@@ -226,7 +226,11 @@ class ArmReplay:
         self.model, self.names = self.state.model, self.state.names
         self.train_cfg = run.config.train
         self.real = Replay(run, seed, start) if arm.fed else None
-        self.step = start
+
+    @property
+    def step(self) -> int:
+        """The next step the arm takes."""
+        return self.state.step_index
 
     def take(self) -> Step:
         v_real = self.real.take().new_exp_avg_sq if self.real is not None else None
@@ -235,9 +239,7 @@ class ArmReplay:
         grad = self.state.gradient(
             tokens.to(self.model.cfg.device), batch, self.mean_batches, self.run.config
         )
-        out = self.state.take(grad, v_real)
-        self.step += 1
-        return out
+        return self.state.take(grad, v_real)
 
     def steps(self, stop: int) -> Iterator[Step]:
         while self.step < stop:

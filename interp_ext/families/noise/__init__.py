@@ -50,13 +50,12 @@ from interp_ext.arms import (
     step_norms,
     step_tokens,
 )
+from interp_ext.geometry.gradients import per_batch_gradients
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, setting
-from interp_ext.measurement.stream3 import MEAN_DRAWS, Recorder, TrajectorySettings, check_replay
-from interp_ext.optim_step import step_batch
+from interp_ext.measurement.stream3 import Recorder, TrajectorySettings, check_replay
 from interp_ext.replay import Replay, ReplayError
 from interp_ext.stats import km_median, logrank_p, paired_order, sign_test
-from interp_ext.training import _autocast
 
 
 @dataclass(frozen=True)
@@ -114,21 +113,10 @@ def noise_scale(run, seed: int, start: int, mean_batches: int) -> dict[str, floa
     """B_noise = tr(Sigma) / |G|^2 per sequence at checkpoint ``start``, from the M per-batch
     gradients of the step's mean batches: tr(Sigma_batch) by the unbiased variance over batches,
     |G|^2 = |g_bar|^2 - tr(Sigma_batch) / M (unbiased), Sigma per sequence = batch x Sigma_batch."""
-    cfg = run.config
-    model = run.model(seed, start)
-    grads = []
-    for j in range(mean_batches):
-        batch = (
-            step_batch(run, seed, start)
-            if j == 0
-            else step_batch(run, seed, start, draw=MEAN_DRAWS + j - 1)
-        )
-        model.zero_grad(set_to_none=True)
-        with _autocast(cfg):
-            loss = model(batch.to(model.cfg.device), return_type="loss")
-        loss.float().backward()
-        grads.append(torch.cat([p.grad.detach().double().flatten() for p in model.parameters()]))
-    return noise_scale_of(torch.stack(grads), cfg.train.batch_size)
+    batch = run.config.train.batch_size
+    rows = step_tokens(run, seed, start, mean_batches)[: mean_batches * batch]
+    grads = per_batch_gradients(run.model(seed, start), rows.view(mean_batches, batch, -1))
+    return noise_scale_of(grads, batch)
 
 
 def noise_scale_of(grads: torch.Tensor, batch: int) -> dict[str, float]:
