@@ -27,6 +27,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
+from interp_ext import distributed
 from interp_ext.config import ConfigError, RunConfig, TrainConfig
 from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
 from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsError
@@ -69,13 +70,32 @@ def _provenance(cfg: RunConfig) -> dict:
     }
 
 
+def seeds_per_pass(train: TrainConfig, n_seeds: int) -> int:
+    """Seeds per forward/backward (``train.seed_chunk``; 0 = automatic).
+
+    Automatic: every seed of the process in one vmap on a GPU (one kernel launch per
+    op for all of them); one seed at a time on a CPU, where the stacked activations
+    of many seeds (the 50,257-wide logits above all) overflow the caches and one
+    vmap over 16 seeds runs at half the speed (docs/benchmarks.md).
+    """
+    if train.seed_chunk:
+        return min(train.seed_chunk, n_seeds)
+    return n_seeds if torch.device(train.device).type == "cuda" else 1
+
+
+NUMERICS = ("deterministic", "device_type", "threads", "seeds_per_pass")
+
+
 def numerics(cfg: RunConfig) -> dict:
     """What decides whether a repeat of this training is equal bit for bit: the
-    deterministic-algorithms setting, the device type and the CPU thread count."""
+    deterministic-algorithms setting, the device type, the CPU thread count and the
+    seeds sharing one forward/backward (a vmap over 4 seeds and one seed at a time
+    differ at float level: 1.4e-3 relative after 50 bf16 steps on a GPU)."""
     return {
         "deterministic": cfg.train.deterministic,
         "device_type": torch.device(cfg.train.device).type,
         "threads": torch.get_num_threads(),
+        "seeds_per_pass": seeds_per_pass(cfg.train, len(distributed.my_seeds(cfg.train.seeds))),
     }
 
 
@@ -311,17 +331,9 @@ class StackedTrainer:
         return torch.stack(toks).to(self.device)
 
     def seed_chunk(self) -> int:
-        """Seeds per forward/backward (``train.seed_chunk``; 0 = automatic).
-
-        Automatic: every seed in one vmap on a GPU (one kernel launch per op for
-        all of them); one seed at a time on a CPU, where the stacked activations
-        of many seeds (the 50,257-wide logits above all) overflow the caches and
-        one vmap over 16 seeds runs at half the speed (docs/benchmarks.md).
-        Either way the parameters stay stacked and each seed's AdamW steps its views.
-        """
-        if self.cfg.train.seed_chunk:
-            return min(self.cfg.train.seed_chunk, len(self.seeds))
-        return len(self.seeds) if self.device.type == "cuda" else 1
+        """Seeds per forward/backward (:func:`seeds_per_pass`). Either way the parameters
+        stay stacked and each seed's AdamW steps its views."""
+        return seeds_per_pass(self.cfg.train, len(self.seeds))
 
     def _set_seed_grads(self, start: int, grads: dict[str, torch.Tensor]) -> None:
         """Hand rows of stacked gradients [chunk, ...] to seeds ``start, start + 1, ...`` as views.
@@ -491,11 +503,11 @@ def _reopen(
 def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: int) -> None:
     """Warn when a resume cannot continue the run bit for bit (setting, device type or threads changed)."""
     history = [provenance.get("numerics")] + [
-        {k: r.get(k) for k in ("deterministic", "device_type", "threads")}
-        for r in provenance.get("resumed", [])
+        {k: r[k] for k in NUMERICS if k in r} for r in provenance.get("resumed", [])
     ]
     last = next((h for h in reversed(history) if h), None)
-    now = numerics(cfg)
+    # a run saved before a field was recorded is compared on the fields it has
+    now = {k: v for k, v in numerics(cfg).items() if last is None or k in last}
     if last is None:
         if cfg.train.deterministic:
             log.warning(
@@ -509,7 +521,8 @@ def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: i
         what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
         log.warning(
             "resuming %s at step %d with %s: training continues, but not bit for bit as the uninterrupted run would have "
-            "(that needs the same deterministic setting, device type and thread count; set torch.set_num_threads / OMP_NUM_THREADS or train.deterministic as before)",
+            "(that needs the same deterministic setting, device type, thread count and seeds per forward pass; set torch.set_num_threads / OMP_NUM_THREADS, "
+            "train.deterministic, train.seed_chunk or the number of torchrun processes as before)",
             out,
             start,
             what,
@@ -548,8 +561,6 @@ def train(
     Under ``torchrun`` each rank trains its share of the seeds (see
     :mod:`interp_ext.distributed`); rank 0 prepares the run directory first.
     """
-    from interp_ext import distributed
-
     out = Path(out)
     distributed.init(cfg.train.device)
     seeds = distributed.my_seeds(cfg.train.seeds)

@@ -76,6 +76,7 @@ def test_two_identical_runs_are_equal_bit_for_bit(reference, tmp_path, cache_dir
         "deterministic": True,
         "device_type": "cpu",
         "threads": torch.get_num_threads(),
+        "seeds_per_pass": 1,
     }
 
 
@@ -135,18 +136,55 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(reference, tmp
 
 
 def test_resume_warns_when_the_setting_changes(reference, tmp_path, cache_dir, caplog):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(reference.path, copy)
-    for seed in reference.seeds:
-        (copy / "checkpoints" / f"seed={seed}" / "step=40.safetensors").unlink()
+    copy = _resumable_copy(reference, tmp_path)
     with caplog.at_level("WARNING", logger="interp_ext"):
         train(
             tiny(train__deterministic=False), copy, resume=True, progress=False, cache_dir=cache_dir
         )
     assert "deterministic True -> False" in caplog.text and "not bit for bit" in caplog.text
     assert json.loads((Path(copy) / "config.json").read_text())["train"]["deterministic"] is False
+
+
+def _resumable_copy(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference.path, copy)
+    for seed in reference.seeds:
+        (copy / "checkpoints" / f"seed={seed}" / "step=40.safetensors").unlink()
+    return copy
+
+
+def test_resume_warns_when_the_seeds_per_pass_change(reference, tmp_path, cache_dir, caplog):
+    """One vmap over the seeds and one seed at a time differ at float level (docs/benchmarks.md)."""
+    copy = _resumable_copy(reference, tmp_path)
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        train(tiny(train__seed_chunk=2), copy, resume=True, progress=False, cache_dir=cache_dir)
+    assert "seeds_per_pass 1 -> 2" in caplog.text and "not bit for bit" in caplog.text
+
+
+def test_a_run_saved_before_seeds_per_pass_resumes_without_a_warning(
+    reference, tmp_path, cache_dir, caplog
+):
+    copy = _resumable_copy(reference, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    del config["provenance"]["numerics"]["seeds_per_pass"]
+    (copy / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        train(tiny(), copy, resume=True, progress=False, cache_dir=cache_dir)
+    assert "not bit for bit" not in caplog.text
+    assert differing(open_run(copy), reference, 40) == []
+
+
+def test_seeds_per_pass_by_device_and_setting():
+    from interp_ext.training import seeds_per_pass
+
+    train_cfg = get_preset("tiny").train
+    assert seeds_per_pass(train_cfg, 8) == 1  # CPU: one seed at a time
+    train_cfg.device = "cuda"
+    assert seeds_per_pass(train_cfg, 8) == 8  # GPU: every seed of the process in one vmap
+    train_cfg.seed_chunk = 3
+    assert seeds_per_pass(train_cfg, 8) == 3 and seeds_per_pass(train_cfg, 2) == 2
 
 
 def test_deterministic_setting_is_restored_after_training(tmp_path, cache_dir):
