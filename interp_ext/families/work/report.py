@@ -26,6 +26,7 @@ def section(page) -> list[str]:
     lines += seed_table(rows)
     lines += phase_table(rows)
     lines += scale_table(page.run)
+    lines += arm_table(page.run)
     return lines
 
 
@@ -207,6 +208,102 @@ def scale_table(run) -> list[str]:
         cells = " | ".join(f"{v:+.4g}" for v in values)
         lines.append(f"| {component} | {metric.removesuffix('/per_lr_step')} | {seed} | {cells} |")
     return lines + [""]
+
+
+# the terms of an arm's ledger beside the real steps': set, metric, label
+ARM_TERMS = (
+    ("C|C", "work_drift_by", "K[C,C]"),
+    ("C", "work/drift", "drift"),
+    ("C", "work/noise", "noise"),
+    ("C", "work", "all"),
+)
+ARM_KEYS = ("arm", "arm_batches")
+
+
+def arm_twins(run) -> list[tuple[str, str, str]]:
+    """(arm, arm measurement id, id of the real steps' measurement with the same other settings)
+    for every measured arm that has such a twin; the latest twin where several exist."""
+    found = run.measurements()
+    found = found[found.family == "work"].sort_values("used")
+    bare = lambda s: {k: v for k, v in s.items() if k not in ARM_KEYS}  # noqa: E731
+    out = []
+    for r in found.itertuples():
+        if not r.settings.get("arm"):
+            continue
+        twins = [
+            t.id
+            for t in found.itertuples()
+            if not t.settings.get("arm") and bare(t.settings) == bare(r.settings)
+        ]
+        if twins:
+            out.append((r.settings["arm"], r.id, twins[-1]))
+    return out
+
+
+def arm_sums(rows: pd.DataFrame, steps: list[int], every: int) -> dict:
+    """Sums of the ledger's terms over ``steps`` (each standing for ``every`` real steps) and E_C's
+    exact change from the first of them to the span's end."""
+    at = rows[rows.step.isin(steps)]
+    out = {}
+    for where, term, label in ARM_TERMS:
+        sel = at[(at.metric == term) & (at.component == where)]
+        out[label] = float(every * sel.value.sum()) if len(sel) == len(steps) else float("nan")
+    e0 = one(rows, metric="E", component="C", step=steps[0])
+    out["dE"] = one(rows, metric="E_end", component="C") - e0
+    return out
+
+
+def arm_table(run) -> list[str]:
+    """Each measured arm of the noise family (``measure work --arm``) beside the real steps measured
+    with the same settings, over the same sampled steps (the arm's: it starts at the window's
+    checkpoint and measures after the shadow moment's horizon), per seed; with each replay's own
+    formation step where the noise family recorded it."""
+    twins = arm_twins(run)
+    if not twins:
+        return []
+    rows = run.metrics("work", settings="all")
+    noise = run.metrics("noise", settings="all")
+    noise = (
+        noise if not noise.empty else pd.DataFrame(columns=["seed", "variant", "metric", "value"])
+    )
+    every = {
+        r.id: int(r.settings.get("every", 1))
+        for r in run.measurements().itertuples()
+        if r.family == "work"
+    }
+    lines = [
+        "Arms of the noise family through the exact ledger, beside the real steps over the same",
+        "sampled steps (sums x every; E_C's change exact from the first of them to the window's end).",
+        "",
+        "| seed | replay | formation (its own) | K[C,C] | drift | noise | all | E_C change | noise / -drift |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    done = set()
+    for arm, arm_id, real_id in twins:
+        arm_rows = rows[(rows.settings == arm_id) & (rows.seed >= 0)]
+        for seed in sorted(arm_rows.seed.unique()):
+            mine = arm_rows[arm_rows.seed == seed]
+            steps = sorted(mine[(mine.metric == "work") & (mine.component == "C")].step)
+            steps = [s for s in steps if s >= 0]
+            real = rows[(rows.settings == real_id) & (rows.seed == seed)]
+            if not steps or real.empty:
+                continue
+            for name, part in (("real", real), (arm, mine)):
+                if (seed, name, steps[0]) in done:
+                    continue
+                done.add((seed, name, steps[0]))
+                sums = arm_sums(part, steps, every[arm_id])
+                form = one(noise, seed=seed, variant=name, metric="formation_step")
+                form_text = f"{form:,.0f}" if form == form else ""
+                ratio = sums["noise"] / -sums["drift"] if sums["drift"] else float("nan")
+                lines.append(
+                    f"| {seed} | {name} | {form_text} | "
+                    + " | ".join(
+                        f"{sums[k]:+.3g}" for k in ("K[C,C]", "drift", "noise", "all", "dE")
+                    )
+                    + f" | {ratio:.2f} |"
+                )
+    return lines + [""] if len(lines) > 5 else []
 
 
 BESIDE = (
