@@ -249,3 +249,53 @@ def test_a_batch_arms_gradient_is_the_mean_over_its_rows(noise_run):
     expected = torch.autograd.grad(loss, list(params.values()))
     for (n, _), e in zip(params.items(), expected):
         assert torch.allclose(grad[n], e, rtol=1e-4, atol=1e-7), n
+
+
+def test_a_noise_arm_is_compared_with_c1_of_the_same_second_moment():
+    """c0/fed against c1/fed, not against c1/own: on this hand case c0/fed forms after c1/fed on
+    every seed but before c1/own."""
+    from interp_ext.families.noise import across_seeds
+
+    times = {"c1/own": 300, "c1/fed": 100, "c0/fed": 200, "c0/own": 50}
+    rows = pd.DataFrame(
+        [
+            {"seed": seed, "step": -1, "metric": metric, "value": value, "variant": arm}
+            for seed in range(3)
+            for arm, t in times.items()
+            for metric, value in (
+                ("steps_to_formation", t + seed),
+                ("formation_tokens", 10 * t),
+                ("censored", 0.0),
+            )
+        ]
+    )
+    out = across_seeds(rows, "batch32").set_index(["variant", "metric"]).value
+    assert out["c0/fed", "vs_reference/seeds_later"] == 3  # against c1/fed
+    assert out["c0/own", "vs_reference/seeds_earlier"] == 3  # against c1/own
+    assert ("c1/fed", "vs_reference/seeds_later") not in out.index  # the reference itself
+
+
+def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows, tmp_path):
+    """Arms with the real run's second moment measured apart from the rest: both in the report,
+    each with its own figures and its own summaries."""
+    from interp_ext.families.noise.report import section
+    from interp_ext.report.draw import Page
+
+    fed = NoiseSettings(
+        window="4:8",
+        mean_batches=2,
+        scales="0,1",
+        batch_sizes="",
+        second_moment="fed",
+        record_every=2,
+        circuit=CIRCUIT,
+    )
+    fed_rows = measure(noise_run, fed, seeds=[0], progress=False)
+    lines = section(Page(noise_run, fed_rows.assign(family="noise"), tmp_path, {}))
+    heads = [line for line in lines if line.startswith("### `noise-")]
+    assert len(heads) == 2 and any("second_moment fed" in h for h in heads)
+    for settings_id in set(noise_rows.settings) | set(fed_rows.settings):
+        assert (tmp_path / f"noise_arms_{settings_id}.png").exists()
+    fed_table = lines[lines.index(next(h for h in heads if "fed" in h)) :]
+    assert any(line.startswith("| c0/fed |") for line in fed_table)
+    assert not any(line.startswith("| c0/own |") for line in fed_table)

@@ -266,7 +266,7 @@ def seed_outcomes(run, rows: pd.DataFrame, settings: NoiseSettings) -> pd.DataFr
 def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
     """Per arm over seeds, censoring kept: seeds formed, Kaplan-Meier medians of steps and tokens
     to formation (a bound when the median is censored), and against the reference arm (c = 1 with
-    its own v for noise arms; ``batch_reference``, the run's batch size, for batch arms): the log-rank p-value and the
+    the same second moment for noise arms; ``batch_reference``, the run's batch size, for batch arms): the log-rank p-value and the
     paired order (seeds later / seeds whose order is known, with its sign-test p)."""
     per = rows[(rows.seed >= 0) & (rows.step < 0) & (rows.variant != "")]
     table = per.pivot_table(index=["variant", "seed"], columns="metric", values="value")
@@ -287,7 +287,8 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
             {"metric": "formed/seeds", "value": float((~cens).sum()), "variant": variant},
             {"metric": "formed/seed_n", "value": float(len(cens)), "variant": variant},
         ]
-        ref = batch_reference if variant.startswith("batch") else "c1/own"
+        # a noise arm against c = 1 with the same second moment (own against own, fed against fed)
+        ref = batch_reference if variant.startswith("batch") else "c1/" + variant.split("/")[-1]
         if variant == ref or ref not in table.index.get_level_values("variant"):
             continue
         r = table.loc[ref].reindex(g.index.get_level_values("seed"))

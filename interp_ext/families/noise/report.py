@@ -18,8 +18,29 @@ ARM_COLORS = {"real": "#000000"}
 
 
 def section(page) -> list[str]:
-    """``report.md`` lines of this section (its figures written into ``page.out``)."""
-    return noise_section(page.rows, page.out)
+    """``report.md`` lines of this section (its figures written into ``page.out``): every noise
+    measurement of the run, oldest first (arms with their own second moment and with the real
+    run's are often measured apart), each with its own figures and summaries over its seeds."""
+    found = page.run.measurements() if hasattr(page.run, "measurements") else pd.DataFrame()
+    found = found[found.family == "noise"].sort_values("used") if len(found) else found
+    if len(found) < 2:
+        return noise_section(page.rows, page.out)
+    lines = []
+    for r in found.itertuples():
+        rows = page.run.metrics("noise", settings=r.id)
+        if rows.empty:
+            continue
+        part = noise_section(rows, page.out, suffix=f"_{r.id}")
+        if not lines and part:
+            lines = part[:2]
+        if part:
+            seeds = ", ".join(str(s) for s in seeds_of(rows[rows.seed >= 0]))
+            what = ", ".join(f"{k} {r.settings[k]}" for k in SHOWN if k in r.settings)
+            lines += [f"### `{r.id}`: seeds {seeds}; {what}", ""] + part[2:]
+    return lines
+
+
+SHOWN = ("margin", "second_moment", "scales", "batch_sizes", "mean_batches")
 
 
 def _arms(rows: pd.DataFrame) -> list[str]:
@@ -35,7 +56,9 @@ def _color(i: int, name: str) -> str:
     return ARM_COLORS.get(name, PALETTE[i % 10])
 
 
-def _trajectories(rows: pd.DataFrame, seeds: list[int], arms: list[str], out: Path) -> list[str]:
+def _trajectories(
+    rows: pd.DataFrame, seeds: list[int], arms: list[str], out: Path, suffix: str = ""
+) -> list[str]:
     panels = []
     for metric, ylabel in (
         ("induction_score", "best induction score"),
@@ -60,10 +83,10 @@ def _trajectories(rows: pd.DataFrame, seeds: list[int], arms: list[str], out: Pa
                 )
             panels.append(Panel(f"seed {seed}: {metric}", traces, ylabel=ylabel))
     title = "Replays at a fixed data budget: g = mean of M batches + c xi, own or fed second moment; batch-size arms"
-    return save(Figure(title, panels, ncols=len(seeds)), out, "noise_arms")
+    return save(Figure(title, panels, ncols=len(seeds)), out, f"noise_arms{suffix}")
 
 
-def _batch_sweep(per: pd.DataFrame, seeds: list[int], out: Path) -> list[str]:
+def _batch_sweep(per: pd.DataFrame, seeds: list[int], out: Path, suffix: str = "") -> list[str]:
     """Steps and tokens to formation against sequences per step, per seed (censored as open markers)."""
     batch = per[per.variant.str.startswith("batch")]
     if batch.empty:
@@ -104,7 +127,7 @@ def _batch_sweep(per: pd.DataFrame, seeds: list[int], out: Path) -> list[str]:
                 )
         panels.append(Panel(metric, traces, xlabel="sequences per step", ylabel=ylabel))
     title = "Batch-size sweep from the window's start (censored arms: the window's length, a lower bound)"
-    return save(Figure(title, panels, ncols=2), out, "noise_batch_sweep")
+    return save(Figure(title, panels, ncols=2), out, f"noise_batch_sweep{suffix}")
 
 
 def _cell(g: pd.DataFrame, metric: str) -> str:
@@ -141,14 +164,14 @@ def summary_lines(summary: pd.DataFrame, arms: list[str]) -> list[str]:
     return lines
 
 
-def noise_section(m: pd.DataFrame, out: Path) -> list[str]:
+def noise_section(m: pd.DataFrame, out: Path, suffix: str = "") -> list[str]:
     rows = select(m, family="noise")
     if rows.empty:
         return []
     seeds = seeds_of(rows[rows.step >= 0])
     arms = _arms(rows[rows.seed >= 0])
     per = rows[(rows.seed >= 0) & (rows.step < 0)]
-    files = _trajectories(rows, seeds, arms, out) + _batch_sweep(per, seeds, out)
+    files = _trajectories(rows, seeds, arms, out, suffix) + _batch_sweep(per, seeds, out, suffix)
     lines = [
         "## Noise apart from data per step",
         "",
@@ -189,7 +212,7 @@ def noise_section(m: pd.DataFrame, out: Path) -> list[str]:
     lines += summary_lines(rows[rows.seed < 0], arms)
     return lines + [
         "",
-        "Reading: the reference is c1/own for noise arms and the run's own batch size for batch arms; the noise arms read the same data per step, "
+        "Reading: the reference is c = 1 with the same second moment for noise arms and the run's own batch size for batch arms; the noise arms read the same data per step, "
         "so a difference among them is the noise's (and the second moment's, /own against /fed); the batch arms move data and "
         "noise together, read on a token clock beside B_noise.",
         "",
