@@ -256,7 +256,7 @@ def test_a_noise_arm_is_compared_with_c1_of_the_same_second_moment():
     every seed but before c1/own."""
     from interp_ext.families.noise import across_seeds
 
-    times = {"c1/own": 300, "c1/fed": 100, "c0/fed": 200, "c0/own": 50}
+    times = {"c1/own": 300, "c1/fed": 100, "c0/fed": 200, "c0/own": 50, "real": 400}
     rows = pd.DataFrame(
         [
             {"seed": seed, "step": -1, "metric": metric, "value": value, "variant": arm}
@@ -273,6 +273,7 @@ def test_a_noise_arm_is_compared_with_c1_of_the_same_second_moment():
     assert out["c0/fed", "vs_reference/seeds_later"] == 3  # against c1/fed
     assert out["c0/own", "vs_reference/seeds_earlier"] == 3  # against c1/own
     assert ("c1/fed", "vs_reference/seeds_later") not in out.index  # the reference itself
+    assert out["real", "vs_reference/seeds_later"] == 3  # the real run against c1/own
 
 
 def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows, tmp_path):

@@ -315,6 +315,28 @@ def test_the_ledger_of_an_arm_closes_and_is_keyed_apart_from_the_real_steps(work
     assert float(table["csqrt2/own"][8]) == pytest.approx(exact, rel=1e-2)
 
 
+def test_an_arm_is_measured_on_its_sampling_grid_with_its_detail_steps(work_run):
+    """With a horizon that is not a multiple of ``every``, the arm's first measured step is the
+    next step of its grid, and the detail steps (nulls, curvature) fall on that grid."""
+    settings = WorkSettings(
+        window="4:8",
+        every=2,
+        detail_every=2,
+        drift_batches=2,
+        circuit=CIRCUIT,
+        controls=0,
+        horizon=1,
+        arm="c0/own",
+        arm_batches=2,
+    )
+    rows = measure(work_run, settings, seeds=[0], progress=False)
+    assert window_of(rows, "work").step.tolist() == [6]
+    assert window_of(rows, "curv_noise").step.tolist() == [6]
+    per = rows[(rows.seed == 0) & (rows.step == -1)]
+    assert per[(per.metric == "dE/exact") & (per.component == "C@window")].value.notna().all()
+    assert len(per[(per.metric == "dE/exact") & (per.component == "C@window")]) == 1
+
+
 def test_a_bad_arm_is_named(work_run):
     from interp_ext.measurement.runner import MeasureError
 

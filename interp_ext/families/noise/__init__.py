@@ -288,7 +288,8 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
             {"metric": "formed/seed_n", "value": float(len(cens)), "variant": variant},
         ]
         # a noise arm against c = 1 with the same second moment (own against own, fed against fed)
-        ref = batch_reference if variant.startswith("batch") else "c1/" + variant.split("/")[-1]
+        moment = variant.split("/")[1] if "/" in variant else "own"
+        ref = batch_reference if variant.startswith("batch") else f"c1/{moment}"
         if variant == ref or ref not in table.index.get_level_values("variant"):
             continue
         r = table.loc[ref].reindex(g.index.get_level_values("seed"))

@@ -309,7 +309,10 @@ def seed_plan(run, settings: WorkSettings, seed: int) -> dict | None:
             end = min(end, int(center + settings.rise))
         form = center
     if settings.arm:  # an arm starts at the window's checkpoint; the shadow moment from there
-        replay_from, start = start, start + settings.horizon
+        # measured from the first step of the sampling grid after the horizon, so that the
+        # detail steps (every detail_every from the start) fall on the grid
+        first = math.ceil(settings.horizon / settings.every) * settings.every
+        replay_from, start = start, start + first
         if start >= end:
             raise MeasureError(
                 f"seed {seed}: the window {replay_from}:{end} is not longer than the shadow moment's "
@@ -573,7 +576,11 @@ def window_sums(rows: pd.DataFrame, plan: dict, lr: float, settings: WorkSetting
                     "value": total / (lr * length),
                 },
             ]
-    e = rows[(rows.metric == "E") & (rows.step == start)].set_index("component").value
+    # from the first measured step: the window's start, or for an arm the first step on the
+    # sampling grid after the shadow moment's horizon
+    measured = rows[(rows.metric == "E") & (rows.step >= start)]
+    first = measured.step.min() if len(measured) else start
+    e = measured[measured.step == first].set_index("component").value
     e_end = rows[rows.metric == "E_end"].set_index("component").value
     out += [
         {"metric": "dE/exact", "component": f"{a}@window", "value": float(e_end[a] - e[a])}

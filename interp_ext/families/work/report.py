@@ -217,12 +217,14 @@ ARM_TERMS = (
     ("C", "work/noise", "noise"),
     ("C", "work", "all"),
 )
-ARM_KEYS = ("arm", "arm_batches")
+# what an arm's twin may differ in: the arm, and the span (the table reads the arm's steps only)
+ARM_KEYS = ("arm", "arm_batches", "window", "margin", "until", "rise", "nulls")
 
 
 def arm_twins(run) -> list[tuple[str, str, str]]:
     """(arm, arm measurement id, id of the real steps' measurement with the same other settings)
-    for every measured arm that has such a twin; the latest twin where several exist."""
+    for every measured arm that has such a twin (its span may differ: only the arm's sampled steps
+    are read from it); the latest twin where several exist."""
     found = run.measurements()
     found = found[found.family == "work"].sort_values("used")
     bare = lambda s: {k: v for k, v in s.items() if k not in ARM_KEYS}  # noqa: E731
@@ -286,8 +288,9 @@ def arm_table(run) -> list[str]:
             steps = sorted(mine[(mine.metric == "work") & (mine.component == "C")].step)
             steps = [s for s in steps if s >= 0]
             real = rows[(rows.settings == real_id) & (rows.seed == seed)]
-            if not steps or real.empty:
-                continue
+            real_steps = set(real[(real.metric == "work") & (real.component == "C")].step)
+            if not steps or not set(steps) <= real_steps:
+                continue  # the twin did not measure every step of the arm's span
             for name, part in (("real", real), (arm, mine)):
                 if (seed, name, steps[0]) in done:
                     continue
