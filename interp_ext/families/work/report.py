@@ -11,6 +11,9 @@ import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
 from interp_ext.report.draw import image, one, select
+from interp_ext.stats import sampled_sum
+
+NAN = float("nan")
 
 PARTS = ("work", "work/drift", "work/noise", "work/inherited", "work/fresh")
 SUMMARY = ("work", "work/drift", "work/noise", "curv_noise", "curv_drift", "work_remainder")
@@ -243,15 +246,19 @@ def arm_twins(run) -> list[tuple[str, str, str]]:
 
 
 def arm_sums(rows: pd.DataFrame, steps: list[int], every: int) -> dict:
-    """Sums of the ledger's terms over ``steps`` (each standing for ``every`` real steps) and E_C's
-    exact change from the first of them to the span's end."""
+    """Sums of the ledger's terms over ``steps`` (each standing for ``every`` real steps) with
+    their sampling errors, and E_C's exact change over the same span: from the first of them to
+    one grid step after the last (the span's end where the measurement ended there)."""
     at = rows[rows.step.isin(steps)]
     out = {}
     for where, term, label in ARM_TERMS:
         sel = at[(at.metric == term) & (at.component == where)]
-        out[label] = float(every * sel.value.sum()) if len(sel) == len(steps) else float("nan")
+        full = len(sel) == len(steps)
+        total, se = sampled_sum(sel.value.to_numpy(), len(steps), every) if full else (NAN, NAN)
+        out[label], out[f"{label} se"] = total, se
     e0 = one(rows, metric="E", component="C", step=steps[0])
-    out["dE"] = one(rows, metric="E_end", component="C") - e0
+    e1 = one(rows, metric="E", component="C", step=steps[-1] + every)
+    out["dE"] = (e1 if e1 == e1 else one(rows, metric="E_end", component="C")) - e0
     return out
 
 
@@ -275,7 +282,8 @@ def arm_table(run) -> list[str]:
     }
     lines = [
         "Arms of the noise family through the exact ledger, beside the real steps over the same",
-        "sampled steps (sums x every; E_C's change exact from the first of them to the window's end).",
+        "sampled steps (sums x every, +- the sampling error of the steps not measured; E_C's change",
+        "exact, from the first of them to one grid step after the last).",
         "",
         "| seed | replay | formation (its own) | K[C,C] | drift | noise | all | E_C change | noise / -drift |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -302,9 +310,10 @@ def arm_table(run) -> list[str]:
                 lines.append(
                     f"| {seed} | {name} | {form_text} | "
                     + " | ".join(
-                        f"{sums[k]:+.3g}" for k in ("K[C,C]", "drift", "noise", "all", "dE")
+                        f"{sums[k]:+.3g} ± {sums[k + ' se']:.2g}"
+                        for k in ("K[C,C]", "drift", "noise", "all")
                     )
-                    + f" | {ratio:.2f} |"
+                    + f" | {sums['dE']:+.3g} | {ratio:.2f} |"
                 )
     return lines + [""] if len(lines) > 5 else []
 
