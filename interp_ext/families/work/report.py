@@ -262,11 +262,21 @@ def arm_sums(rows: pd.DataFrame, steps: list[int], every: int) -> dict:
     return out
 
 
+# the span around a replay's own formation step over which the arms are also compared: the rise,
+# where the ledger's terms are largest, falls at different steps in different arms
+AROUND = (-150, 75)
+ARM_HEAD = [
+    "| seed | replay | formation (its own) | K[C,C] | drift | noise | all | E_C change | noise / -drift |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def arm_table(run) -> list[str]:
     """Each measured arm of the noise family (``measure work --arm``) beside the real steps measured
-    with the same settings, over the same sampled steps (the arm's: it starts at the window's
-    checkpoint and measures after the shadow moment's horizon), per seed; with each replay's own
-    formation step where the noise family recorded it."""
+    with the same settings, per seed: over the same sampled steps (the arm's: it starts at the
+    window's checkpoint and measures after the shadow moment's horizon), and over the same span
+    around each replay's own formation step (from the noise family's rows), where the arms form
+    at different steps."""
     twins = arm_twins(run)
     if not twins:
         return []
@@ -280,20 +290,12 @@ def arm_table(run) -> list[str]:
         for r in run.measurements().itertuples()
         if r.family == "work"
     }
-    lines = [
-        "Arms of the noise family through the exact ledger, beside the real steps over the same",
-        "sampled steps (sums x every, +- the sampling error of the steps not measured; E_C's change",
-        "exact, from the first of them to one grid step after the last).",
-        "",
-        "| seed | replay | formation (its own) | K[C,C] | drift | noise | all | E_C change | noise / -drift |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    done = set()
+    same, around, done = [], [], set()
     for arm, arm_id, real_id in twins:
         arm_rows = rows[(rows.settings == arm_id) & (rows.seed >= 0)]
         for seed in sorted(arm_rows.seed.unique()):
             mine = arm_rows[arm_rows.seed == seed]
-            steps = sorted(mine[(mine.metric == "work") & (mine.component == "C")].step)
+            steps = sorted(s for s in mine[(mine.metric == "work") & (mine.component == "C")].step)
             steps = [s for s in steps if s >= 0]
             real = rows[(rows.settings == real_id) & (rows.seed == seed)]
             real_steps = set(real[(real.metric == "work") & (real.component == "C")].step)
@@ -303,19 +305,47 @@ def arm_table(run) -> list[str]:
                 if (seed, name, steps[0]) in done:
                     continue
                 done.add((seed, name, steps[0]))
-                sums = arm_sums(part, steps, every[arm_id])
                 form = one(noise, seed=seed, variant=name, metric="formation_step")
-                form_text = f"{form:,.0f}" if form == form else ""
-                ratio = sums["noise"] / -sums["drift"] if sums["drift"] else float("nan")
-                lines.append(
-                    f"| {seed} | {name} | {form_text} | "
-                    + " | ".join(
-                        f"{sums[k]:+.3g} ± {sums[k + ' se']:.2g}"
-                        for k in ("K[C,C]", "drift", "noise", "all")
-                    )
-                    + f" | {sums['dE']:+.3g} | {ratio:.2f} |"
-                )
-    return lines + [""] if len(lines) > 5 else []
+                same.append(_arm_line(seed, name, form, arm_sums(part, steps, every[arm_id])))
+                if form != form:
+                    continue
+                near = [s for s in steps if form + AROUND[0] <= s < form + AROUND[1]]
+                if (
+                    near
+                    and near[0] - every[arm_id] < form + AROUND[0]
+                    and near[-1] + every[arm_id] >= form + AROUND[1]
+                ):  # the whole span inside the arm's
+                    around.append(_arm_line(seed, name, form, arm_sums(part, near, every[arm_id])))
+    if not same:
+        return []
+    lines = [
+        "Arms of the noise family through the exact ledger, beside the real steps over the same",
+        "sampled steps (sums x every, +- the sampling error of the steps not measured; E_C's change",
+        "exact, from the first of them to one grid step after the last).",
+        "",
+        *ARM_HEAD,
+        *same,
+        "",
+    ]
+    if around:
+        lines += [
+            f"The same over [F {AROUND[0]:+d}, F {AROUND[1]:+d}) around each replay's own formation step F",
+            "(where that span lies inside the arm's):",
+            "",
+            *ARM_HEAD,
+            *around,
+            "",
+        ]
+    return lines
+
+
+def _arm_line(seed: int, name: str, form: float, sums: dict) -> str:
+    ratio = sums["noise"] / -sums["drift"] if sums["drift"] else NAN
+    cells = " | ".join(
+        f"{sums[k]:+.3g} ± {sums[k + ' se']:.2g}" for k in ("K[C,C]", "drift", "noise", "all")
+    )
+    form_text = f"{form:,.0f}" if form == form else ""
+    return f"| {seed} | {name} | {form_text} | {cells} | {sums['dE']:+.3g} | {ratio:.2f} |"
 
 
 BESIDE = (
