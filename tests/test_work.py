@@ -369,3 +369,46 @@ def test_ledgers_of_two_runs_side_by_side_read_only_the_real_steps(work_run, tmp
     rows = [line for line in lines if line.startswith("| window | K[C,C]")]  # no formation here
     assert len(rows) == 2 and rows[0].split("|")[4] == rows[1].split("|")[4]
     assert work_comparison({"one": work_run}, tmp_path) == []  # nothing to compare
+
+
+def test_arms_are_also_compared_around_their_own_formation(work_run, monkeypatch):
+    """With each replay's formation step (the noise family's rows), the arm table adds the span
+    around it; a span reaching outside the arm's measured steps is left out."""
+    import pandas as pd
+
+    from interp_ext.families.work import report
+
+    common = dict(window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT)
+    for arm in ("", "csqrt2/own"):
+        settings = WorkSettings(**common, controls=0, horizon=1, arm=arm, arm_batches=2)
+        measure(work_run, settings, seeds=[0], progress=False)
+
+    class WithFormation:
+        """The run, with noise rows giving formation steps for the real steps and the arm."""
+
+        def __init__(self, run, steps):
+            self.run, self.steps = run, steps
+
+        def measurements(self):
+            return self.run.measurements()
+
+        def metrics(self, family, settings=None):
+            if family != "noise":
+                return self.run.metrics(family, settings=settings)
+            return pd.DataFrame(
+                [
+                    {"seed": 0, "variant": v, "metric": "formation_step", "value": float(f)}
+                    for v, f in self.steps.items()
+                ]
+            )
+
+    monkeypatch.setattr(report, "AROUND", (-1, 2))
+    lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 6}))
+    cut = next(i for i, line in enumerate(lines) if line.startswith("The same over"))
+    ours = ("| 0 | real |", "| 0 | csqrt2/own |")  # other tests may have measured other arms
+    same = [line for line in lines[:cut] if line.startswith(ours)]
+    around = [line for line in lines[cut:] if line.startswith(ours)]
+    assert len(same) == 2 and same == around  # [5, 8) is the arm's whole span
+    lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 7}))
+    around = [line for line in lines if line.startswith("| 0 | csqrt2/own |")]
+    assert len(around) == 1  # [6, 9) reaches past the arm's last step: only the span table
