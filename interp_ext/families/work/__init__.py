@@ -282,6 +282,9 @@ def seed_plan(run, settings: WorkSettings, seed: int) -> dict | None:
     ``replay_from``: the checkpoint the replay starts at, at least ``horizon`` steps before
     ``start`` (or the first checkpoint); ``verify_at``: the checkpoint whose saved state the
     replay must reproduce (the first at or after ``end``; None for a scaled replay).
+
+    Long because it plans every case in one place: a fixed or automatic window, a formed or a
+    null seed, the real steps or an arm.
     """
     steps = run.steps_for(seed)
     if settings.window != "auto":
@@ -308,11 +311,11 @@ def seed_plan(run, settings: WorkSettings, seed: int) -> dict | None:
         if settings.until == "rise":
             end = min(end, int(center + settings.rise))
         form = center
-    if settings.arm:  # an arm starts at the window's checkpoint; the shadow moment from there
-        # measured from the first step of the sampling grid after the horizon, so that the
-        # detail steps (every detail_every from the start) fall on the grid
-        first = math.ceil(settings.horizon / settings.every) * settings.every
-        replay_from, start = start, start + first
+    if settings.arm:  # starts at the window's checkpoint, measured from its grid after the horizon
+        replay_from, start = (
+            start,
+            start + math.ceil(settings.horizon / settings.every) * settings.every,
+        )
         if start >= end:
             raise MeasureError(
                 f"seed {seed}: the window {replay_from}:{end} is not longer than the shadow moment's "

@@ -290,6 +290,33 @@ def arm_table(run) -> list[str]:
         for r in run.measurements().itertuples()
         if r.family == "work"
     }
+    same, around = _arm_lines(twins, rows, noise, every)
+    if not same:
+        return []
+    lines = [
+        "Arms of the noise family through the exact ledger, beside the real steps over the same",
+        "sampled steps (sums x every, +- the sampling error of the steps not measured; E_C's change",
+        "exact, from the first of them to one grid step after the last).",
+        "",
+        *ARM_HEAD,
+        *same,
+        "",
+    ]
+    if around:
+        lines += [
+            f"The same over [F {AROUND[0]:+d}, F {AROUND[1]:+d}) around each replay's own formation step F",
+            "(where that span lies inside the arm's):",
+            "",
+            *ARM_HEAD,
+            *around,
+            "",
+        ]
+    return lines
+
+
+def _arm_lines(twins, rows, noise, every) -> tuple[list[str], list[str]]:
+    """The table lines of each arm and its real twin, per seed: over the arm's sampled steps, and
+    over the span around each replay's own formation step (where it lies inside the arm's)."""
     same, around, done = [], [], set()
     for arm, arm_id, real_id in twins:
         arm_rows = rows[(rows.settings == arm_id) & (rows.seed >= 0)]
@@ -316,27 +343,7 @@ def arm_table(run) -> list[str]:
                     and near[-1] + every[arm_id] >= form + AROUND[1]
                 ):  # the whole span inside the arm's
                     around.append(_arm_line(seed, name, form, arm_sums(part, near, every[arm_id])))
-    if not same:
-        return []
-    lines = [
-        "Arms of the noise family through the exact ledger, beside the real steps over the same",
-        "sampled steps (sums x every, +- the sampling error of the steps not measured; E_C's change",
-        "exact, from the first of them to one grid step after the last).",
-        "",
-        *ARM_HEAD,
-        *same,
-        "",
-    ]
-    if around:
-        lines += [
-            f"The same over [F {AROUND[0]:+d}, F {AROUND[1]:+d}) around each replay's own formation step F",
-            "(where that span lies inside the arm's):",
-            "",
-            *ARM_HEAD,
-            *around,
-            "",
-        ]
-    return lines
+    return same, around
 
 
 def _arm_line(seed: int, name: str, form: float, sums: dict) -> str:
