@@ -21,6 +21,8 @@ from tests.conftest import micro_config
 
 TOY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ledger_toy.py"
 CIRCUIT = "L1H0,L0H1"
+# a short span of the micro run, every step measured: the arm tests' settings
+ARM_SPAN = dict(window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT)
 
 
 @pytest.fixture(scope="module")
@@ -274,9 +276,7 @@ def test_the_ledger_of_an_arm_closes_and_is_keyed_apart_from_the_real_steps(work
     """An arm of the noise family (mean of M batches + c xi): it starts at the window's
     checkpoint, the measured steps begin a horizon later, its work closes the telescoped change
     of E_C along the arm's own trajectory, and its rows are never the real steps'."""
-    common = dict(
-        window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=0
-    )
+    common = dict(ARM_SPAN, controls=0)
     real = WorkSettings(**common, horizon=1)
     arm = WorkSettings(**common, horizon=1, arm="csqrt2/own", arm_batches=2)
     assert real.id != arm.id
@@ -353,12 +353,11 @@ def test_a_bad_arm_is_named(work_run):
 def test_ledgers_of_two_runs_side_by_side_read_only_the_real_steps(work_run, tmp_path):
     from interp_ext.families.work.report import real_rows_of, work_comparison
 
-    common = dict(window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT)
-    real = WorkSettings(**common, controls=0, horizon=1)
+    real = WorkSettings(**ARM_SPAN, controls=0, horizon=1)
     measured = measure(work_run, real, seeds=[0, 1], progress=False)
     measure(
         work_run,
-        WorkSettings(**common, controls=0, horizon=1, arm="c0/own", arm_batches=2),
+        WorkSettings(**ARM_SPAN, controls=0, horizon=1, arm="c0/own", arm_batches=2),
         seeds=[0],
         progress=False,
     )
@@ -378,9 +377,8 @@ def test_arms_are_also_compared_around_their_own_formation(work_run, monkeypatch
 
     from interp_ext.families.work import report
 
-    common = dict(window="4:8", every=1, detail_every=2, drift_batches=2, circuit=CIRCUIT)
     for arm in ("", "csqrt2/own"):
-        settings = WorkSettings(**common, controls=0, horizon=1, arm=arm, arm_batches=2)
+        settings = WorkSettings(**ARM_SPAN, controls=0, horizon=1, arm=arm, arm_batches=2)
         measure(work_run, settings, seeds=[0], progress=False)
 
     class WithFormation:

@@ -21,8 +21,8 @@ def section(page) -> list[str]:
     """``report.md`` lines of this section (its figures written into ``page.out``): every noise
     measurement of the run, oldest first (arms with their own second moment and with the real
     run's are often measured apart), each with its own figures and summaries over its seeds."""
-    found = page.run.measurements() if hasattr(page.run, "measurements") else pd.DataFrame()
-    found = found[found.family == "noise"].sort_values("used") if len(found) else found
+    found = page.run.measurements()
+    found = found[found.family == "noise"].sort_values("used")
     if len(found) < 2:
         return noise_section(page.rows, page.out)
     lines = []

@@ -224,10 +224,10 @@ ARM_TERMS = (
 ARM_KEYS = ("arm", "arm_batches", "window", "margin", "until", "rise", "nulls")
 
 
-def arm_twins(run) -> list[tuple[str, str, str]]:
-    """(arm, arm measurement id, id of the real steps' measurement with the same other settings)
-    for every measured arm that has such a twin (its span may differ: only the arm's sampled steps
-    are read from it); the latest twin where several exist."""
+def arm_twins(run) -> list[tuple[str, str, str, int]]:
+    """(arm, arm measurement id, id of the real steps' measurement with the same other settings,
+    their ``every``) for every measured arm that has such a twin (its span may differ: only the
+    arm's sampled steps are read from it); the latest twin where several exist."""
     found = run.measurements()
     found = found[found.family == "work"].sort_values("used")
     bare = lambda s: {k: v for k, v in s.items() if k not in ARM_KEYS}  # noqa: E731
@@ -241,7 +241,7 @@ def arm_twins(run) -> list[tuple[str, str, str]]:
             if not t.settings.get("arm") and bare(t.settings) == bare(r.settings)
         ]
         if twins:
-            out.append((r.settings["arm"], r.id, twins[-1]))
+            out.append((r.settings["arm"], r.id, twins[-1], int(r.settings.get("every", 1))))
     return out
 
 
@@ -285,12 +285,7 @@ def arm_table(run) -> list[str]:
     noise = (
         noise if not noise.empty else pd.DataFrame(columns=["seed", "variant", "metric", "value"])
     )
-    every = {
-        r.id: int(r.settings.get("every", 1))
-        for r in run.measurements().itertuples()
-        if r.family == "work"
-    }
-    same, around = _arm_lines(twins, rows, noise, every)
+    same, around = _arm_lines(twins, rows, noise)
     if not same:
         return []
     lines = [
@@ -314,11 +309,11 @@ def arm_table(run) -> list[str]:
     return lines
 
 
-def _arm_lines(twins, rows, noise, every) -> tuple[list[str], list[str]]:
+def _arm_lines(twins, rows, noise) -> tuple[list[str], list[str]]:
     """The table lines of each arm and its real twin, per seed: over the arm's sampled steps, and
     over the span around each replay's own formation step (where it lies inside the arm's)."""
     same, around, done = [], [], set()
-    for arm, arm_id, real_id in twins:
+    for arm, arm_id, real_id, every in twins:
         arm_rows = rows[(rows.settings == arm_id) & (rows.seed >= 0)]
         for seed in sorted(arm_rows.seed.unique()):
             mine = arm_rows[arm_rows.seed == seed]
@@ -333,16 +328,16 @@ def _arm_lines(twins, rows, noise, every) -> tuple[list[str], list[str]]:
                     continue
                 done.add((seed, name, steps[0]))
                 form = one(noise, seed=seed, variant=name, metric="formation_step")
-                same.append(_arm_line(seed, name, form, arm_sums(part, steps, every[arm_id])))
+                same.append(_arm_line(seed, name, form, arm_sums(part, steps, every)))
                 if form != form:
                     continue
                 near = [s for s in steps if form + AROUND[0] <= s < form + AROUND[1]]
                 if (
                     near
-                    and near[0] - every[arm_id] < form + AROUND[0]
-                    and near[-1] + every[arm_id] >= form + AROUND[1]
+                    and near[0] - every < form + AROUND[0]
+                    and near[-1] + every >= form + AROUND[1]
                 ):  # the whole span inside the arm's
-                    around.append(_arm_line(seed, name, form, arm_sums(part, near, every[arm_id])))
+                    around.append(_arm_line(seed, name, form, arm_sums(part, near, every)))
     return same, around
 
 
