@@ -300,3 +300,78 @@ def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows
     fed_table = lines[lines.index(next(h for h in heads if "fed" in h)) :]
     assert any(line.startswith("| c0/fed |") for line in fed_table)
     assert not any(line.startswith("| c0/own |") for line in fed_table)
+
+
+# A slow arm's curve from the study (seed 1, 16 sequences per step, every 50 steps from 2,000):
+# above the threshold at 2,600, but still climbing as fast as ever to the window's end.
+SLOW = [0.061, 0.057, 0.067, 0.074, 0.077, 0.082, 0.088, 0.108, 0.120, 0.143, 0.198, 0.333]
+SLOW += [0.449, 0.579, 0.699, 0.838]
+# the real run of the same seed: formed and levelled off
+REAL = [0.061, 0.065, 0.076, 0.101, 0.103, 0.155, 0.259, 0.469, 0.693, 0.831, 0.869, 0.897]
+REAL += [0.917, 0.913, 0.921, 0.932]
+
+
+@pytest.mark.parametrize("after", [50, 100])
+def test_an_arm_stops_only_after_its_steepest_rise_and_keeps_its_formation_step(after):
+    from circuits.induction import formation_step
+    from interp_ext.families.noise import has_formed
+
+    steps = np.arange(2000, 2751, 50)
+    first = next(
+        k for k in range(len(steps)) if has_formed(steps[: k + 1], REAL[: k + 1], 0.4, after)
+    )
+    # the steepest rise is 2,350-2,400 (+0.224); at 2,450 it lies 50 steps behind but the last
+    # interval still rose +0.138, more than half of it; at 2,500 +0.038
+    assert steps[first] == 2500
+    assert formation_step(steps[: first + 1], REAL[: first + 1]) == formation_step(steps, REAL)
+    # a curve still climbing steeply is never stopped, although it passed the threshold
+    assert not any(has_formed(steps[: k + 1], SLOW[: k + 1], 0.4, after) for k in range(len(steps)))
+    # below the threshold nothing stops, however flat
+    assert not has_formed(steps, np.full(len(steps), 0.3), 0.4, after)
+
+
+def test_a_stopped_arm_leaves_the_other_arms_and_the_real_run_bit_for_bit(
+    noise_run, noise_rows, monkeypatch
+):
+    """Stop every arm after its second record (a stand-in for formation): each arm's rows end
+    there, the real run goes on to the window's end, and every value recorded is the one the
+    run without stopping recorded."""
+    import interp_ext.families.noise as noise
+
+    monkeypatch.setattr(
+        noise, "has_formed", lambda steps, scores, threshold, after: len(steps) >= 2
+    )
+    settings = NoiseSettings(
+        window="4:8",
+        mean_batches=2,
+        scales="0,1",
+        batch_sizes="2,8",
+        record_every=2,
+        circuit=CIRCUIT,
+        stop_after=2,
+    )
+    rows = measure(noise_run, settings, seeds=[0], progress=False)
+    assert rows.settings.iloc[0] != noise_rows.settings.iloc[0]  # keyed apart
+    traj = rows[(rows.step >= 0) & (rows.variant != "")]
+    last = traj[traj.metric == "E_C"].groupby("variant").step.max()
+    assert last["real"] == 8 and (last.drop("real") == 6).all()
+    assert traj[traj.metric == "update_norm"].step.max() == 5
+    cols = ["step", "metric", "variant"]
+    ref = noise_rows[(noise_rows.step >= 0) & (noise_rows.variant != "")]
+    merged = traj.merge(ref, on=cols, suffixes=("", "_full"))
+    assert len(merged) == len(traj) and (merged.value == merged.value_full).all()
+    out = rows[(rows.seed == 0) & (rows.step < 0)].pivot_table(
+        index="variant", columns="metric", values="value"
+    )
+    assert out.loc["c1/own", "last_step"] == 6 and out.loc["real", "last_step"] == 8
+
+
+def test_stopping_is_keyed_only_when_set():
+    """A measurement made before ``stop_after`` existed keeps its id (the study's own arms)."""
+    settings = dict(
+        window="auto", margin=250, record_every=50, threshold=0.4, circuit="cause",
+        n_batches=None, source="circuit-dd1d40c760", formation="induction-1ccca5f8e3",
+        mean_batches=16, scales="0,1,sqrt2", second_moment="own", batch_sizes="16,32,64,128",
+    )  # fmt: skip
+    assert NoiseSettings(**settings).id == "noise-3c0c972aba"
+    assert NoiseSettings(**settings, stop_after=50).id != "noise-3c0c972aba"

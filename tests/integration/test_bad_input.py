@@ -172,6 +172,7 @@ def test_resume_of_a_run_with_a_truncated_last_checkpoint_starts_from_the_one_be
         (("noise", "--second-moment", "mine"), ("second_moment='mine'", "fed")),
         (("noise", "--batch-sizes", "100000"), ("batch_sizes='100000'", "use at most")),
         (("noise", "--mean-batches", "1"), ("mean_batches=1", ">= 2")),
+        (("noise", "--stop-after", "30"), ("stop_after=30", "multiple of record_every")),
         (("work", "--arm", "c1"), ("arm='c1'", "c<scale>/own")),
     ],
 )

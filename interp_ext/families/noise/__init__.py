@@ -30,7 +30,11 @@ Formation: the steepest rise of the best induction score on the record grid, if
 the score ends above ``threshold``; otherwise the arm is censored at the window's
 end (formation > end) and counted as such: summaries over seeds are Kaplan-Meier
 medians and log-rank tests, and paired orders that treat censored pairs by their
-bounds. No seed is dropped.
+bounds. No seed is dropped. With ``stop_after`` an arm stops once it has formed
+(:func:`has_formed`: its steepest rise lies that many steps behind and the score has
+levelled off), so its formation step is the one the whole window would give unless
+a steeper rise came later; E_C's change and the final score are then read at the
+arm's last step (``last_step`` in its rows).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -72,10 +77,22 @@ class NoiseSettings(TrajectorySettings):
     batch_sizes: str = setting(
         "16,32,64,128", "Sequences per step of the batch-size arms (comma-separated; '' for none)."
     )
+    stop_after: int = setting(
+        0,
+        "Stop an arm once formed: its score above threshold, its steepest rise ended at least "
+        "this many steps before and the last record's rise at most half of it (0: every arm "
+        "runs to the window's end).",
+        key="if_set",
+    )
 
     def check(self) -> None:
         super().check()
         self.require(self.mean_batches >= 2, "mean_batches", "must be >= 2")
+        self.require(
+            self.stop_after >= 0 and self.stop_after % self.record_every == 0,
+            "stop_after",
+            f"must be 0 or a multiple of record_every ({self.record_every}), e.g. 50",
+        )
         try:
             scales = parse_scales(self.scales)
         except ValueError as err:
@@ -207,6 +224,8 @@ def replay_arms(
     recorders = {"real": Recorder(run, real, circuit, settings.n_batches)}
     recorders |= {a.arm.name: Recorder(run, a, circuit, settings.n_batches) for a in arms}
     rows = [r for name, rec in recorders.items() for r in rec(start, name)]
+    scores = {name: [] for name in recorders}  # (step, best induction score) per record
+    _note_scores(scores, rows)
     batch, m = run.config.train.batch_size, settings.mean_batches
     for step in tqdm(
         range(start, end), desc=f"noise arms seed {seed}", leave=False, disable=not progress
@@ -222,12 +241,44 @@ def replay_arms(
                 for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
             ]
         if (step + 1 - start) % settings.record_every == 0 or step + 1 == end:
-            rows += [r for name, rec in recorders.items() for r in rec(step + 1, name)]
+            new = [r for name, rec in recorders.items() for r in rec(step + 1, name)]
+            rows += new
+            _note_scores(scores, new)
+            if settings.stop_after:
+                stopped = [
+                    a
+                    for a in arms
+                    if has_formed(
+                        *zip(*scores[a.arm.name]), settings.threshold, settings.stop_after
+                    )
+                ]
+                arms = [a for a in arms if a not in stopped]
+                for a in stopped:
+                    del recorders[a.arm.name]
     try:
         real.verify()
     except ReplayError as err:
         raise MeasureError(str(err)) from err
     return rows
+
+
+def _note_scores(scores: dict[str, list], rows: list[dict]) -> None:
+    for r in rows:
+        if r["metric"] == "induction_score":
+            scores[r["variant"]].append((r["step"], r["value"]))
+
+
+def has_formed(steps, scores, threshold: float, after: int) -> bool:
+    """Whether a score curve recorded so far has formed for good: it ends above ``threshold``,
+    its steepest rise (the interval :func:`formation_step` picks) ended at least ``after`` steps
+    ago, and the last interval rose at most half as fast. A curve still climbing steeply (a slow
+    arm whose rise has not peaked) is not formed yet."""
+    steps, scores = np.asarray(steps, float), np.asarray(scores, float)
+    if len(steps) < 3 or scores[-1] <= threshold:
+        return False
+    rate = np.diff(scores) / np.diff(steps)
+    i = int(np.nanargmax(rate))
+    return bool(steps[-1] - steps[i + 1] >= after and rate[-1] <= rate[i] / 2)
 
 
 def seed_outcomes(run, rows: pd.DataFrame, settings: NoiseSettings) -> pd.DataFrame:
@@ -258,6 +309,7 @@ def seed_outcomes(run, rows: pd.DataFrame, settings: NoiseSettings) -> pd.DataFr
             ("formation_tokens", float(elapsed * per_step)),
             ("E_C_change", float(e.iloc[-1] - e.iloc[0])),
             ("final_induction_score", float(g.value.iloc[-1])),
+            ("last_step", float(end)),
         ):
             out.append({"metric": metric, "value": value, "variant": variant})
     return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
@@ -320,4 +372,4 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
     return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
 
 
-__all__ = ["Noise", "NoiseSettings", "noise_scale", "noise_scale_of"]
+__all__ = ["Noise", "NoiseSettings", "has_formed", "noise_scale", "noise_scale_of"]
