@@ -297,9 +297,18 @@ def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows
     assert len(heads) == 2 and any("second_moment fed" in h for h in heads)
     for settings_id in set(noise_rows.settings) | set(fed_rows.settings):
         assert (tmp_path / f"noise_arms_{settings_id}.png").exists()
-    fed_table = lines[lines.index(next(h for h in heads if "fed" in h)) :]
+    fed_start = lines.index(next(h for h in heads if "fed" in h))
+    together = lines.index(next(line for line in lines if line.startswith("### Together")))
+    fed_table = lines[fed_start:together]
     assert any(line.startswith("| c0/fed |") for line in fed_table)
     assert not any(line.startswith("| c0/own |") for line in fed_table)
+    # read together: every arm of both, the arms measured twice agreeing
+    pooled = lines[together:]
+    assert all(i in pooled[0] for i in set(noise_rows.settings) | set(fed_rows.settings))
+    assert any("form at the same step in both" in line for line in pooled)
+    assert {"| c0/own |", "| c0/fed |", "| batch8 |"} <= {
+        line[: line.find("|", 2) + 1] for line in pooled
+    }
 
 
 # A slow arm's curve from the study (seed 1, 16 sequences per step, every 50 steps from 2,000):
@@ -331,12 +340,20 @@ def test_an_arm_stops_only_after_its_steepest_rise_and_keeps_its_formation_step(
 
 
 def test_a_stopped_arm_leaves_the_other_arms_and_the_real_run_bit_for_bit(
-    noise_run, noise_rows, monkeypatch
+    tmp_path, cache_dir, noise_rows, monkeypatch
 ):
     """Stop every arm after its second record (a stand-in for formation): each arm's rows end
     there, the real run goes on to the window's end, and every value recorded is the one the
-    run without stopping recorded."""
+    run without stopping recorded. (On a second training of the same run, so the stand-in's
+    rows stay out of the shared run's reports.)"""
     import interp_ext.families.noise as noise
+
+    noise_run = train(
+        micro_config(steps=8, checkpoint_every=4),
+        tmp_path / "run",
+        progress=False,
+        cache_dir=cache_dir,
+    )
 
     monkeypatch.setattr(
         noise, "has_formed", lambda steps, scores, threshold, after: len(steps) >= 2
@@ -375,3 +392,30 @@ def test_stopping_is_keyed_only_when_set():
     )  # fmt: skip
     assert NoiseSettings(**settings).id == "noise-3c0c972aba"
     assert NoiseSettings(**settings, stop_after=50).id != "noise-3c0c972aba"
+
+
+def test_pooled_measurements_name_an_arm_whose_formation_differs():
+    """Measurements of the same replays are read together only where they agree: an arm
+    measured twice with different outcomes is named; other settings are never pooled."""
+    from interp_ext.families.noise.report import pool
+
+    def outcome(seed, arm, steps, censored=0.0):
+        return pd.DataFrame(
+            [
+                {"seed": seed, "step": -1, "variant": arm, "metric": m, "value": v}
+                for m, v in (("steps_to_formation", steps), ("censored", censored))
+            ]
+        )
+
+    base = {"window": "auto", "margin": 250, "mean_batches": 16}
+    a = ("noise-a", {**base, "second_moment": "own"}, outcome(1, "c1/own", 375))
+    b = ("noise-b", {**base, "second_moment": "both", "stop_after": 50}, outcome(1, "c1/own", 425))
+    c = ("noise-c", {**base, "margin": 500}, outcome(1, "c1/own", 375))
+    ((ids, per, disagree),) = pool([a, b, c])
+    assert ids == ["noise-a", "noise-b"]
+    assert disagree == ["seed 1 c1/own: 425 vs 375 (noise-a)"]
+    assert one_value(per) == 425  # the newest measurement's
+
+
+def one_value(per):
+    return float(per[per.metric == "steps_to_formation"].value.iloc[0])

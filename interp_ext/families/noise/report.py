@@ -25,11 +25,12 @@ def section(page) -> list[str]:
     found = found[found.family == "noise"].sort_values("used")
     if len(found) < 2:
         return noise_section(page.rows, page.out)
-    lines = []
+    lines, measured = [], []
     for r in found.itertuples():
         rows = page.run.metrics("noise", settings=r.id)
         if rows.empty:
             continue
+        measured.append((r.id, r.settings, rows))
         part = noise_section(rows, page.out, suffix=f"_{r.id}")
         if not lines and part:
             lines = part[:2]
@@ -37,10 +38,76 @@ def section(page) -> list[str]:
             seeds = ", ".join(str(s) for s in seeds_of(rows[rows.seed >= 0]))
             what = ", ".join(f"{k} {r.settings[k]}" for k in SHOWN if k in r.settings)
             lines += [f"### `{r.id}`: seeds {seeds}; {what}", ""] + part[2:]
+    return lines + pooled_section(measured, f"batch{page.run.config.train.batch_size}")
+
+
+SHOWN = ("margin", "second_moment", "scales", "batch_sizes", "mean_batches", "stop_after")
+# settings that choose which arms run and how long, not what an arm's replay is: measurements
+# that differ only in these replay the same arms from the same window and are read together
+ARM_CHOICE = ("scales", "second_moment", "batch_sizes", "stop_after")
+
+
+def pool(
+    measured: list[tuple[str, dict, pd.DataFrame]],
+) -> list[tuple[list[str], pd.DataFrame, list[str]]]:
+    """Per group of measurements that differ only in their choice of arms: the ids, every (seed,
+    arm)'s outcome rows from the newest measurement that has it (a seed's B_noise too), and the
+    (seed, arm)s whose formation differs between measurements (none expected: the replays are
+    deterministic and stopping keeps the formation step)."""
+    groups: dict[str, list] = {}
+    for sid, settings, rows in measured:
+        key = repr(sorted((k, str(v)) for k, v in settings.items() if k not in ARM_CHOICE))
+        groups.setdefault(key, []).append((sid, rows))
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        kept, disagree = {}, []
+        for sid, rows in reversed(members):  # newest first
+            per = rows[(rows.seed >= 0) & ((rows.step < 0) | (rows.metric == "B_noise"))]
+            for (seed, arm), g in per.groupby(["seed", "variant"]):
+                if (seed, arm) not in kept:
+                    kept[seed, arm] = g
+                    continue
+                a, b = kept[seed, arm], g
+                if arm and _formation(a) != _formation(b):
+                    disagree.append(
+                        f"seed {seed} {arm}: {_formation(a)} vs {_formation(b)} ({sid})"
+                    )
+        ids = [sid for sid, _ in members]
+        out.append((ids, pd.concat(kept.values(), ignore_index=True), disagree))
+    return out
+
+
+def _formation(g: pd.DataFrame) -> str:
+    return _cell(g, "steps_to_formation")
+
+
+def pooled_section(
+    measured: list[tuple[str, dict, pd.DataFrame]], batch_reference: str
+) -> list[str]:
+    """Tables over every seed each arm was measured on, across measurements of the same replays."""
+    from interp_ext.families.noise import across_seeds
+
+    lines = []
+    for ids, per, disagree in pool(measured):
+        summary = across_seeds(per, batch_reference).assign(seed=-1)
+        arms = _arms(per)
+        seeds = seeds_of(per)
+        lines += [
+            f"### Together: {', '.join(f'`{i}`' for i in ids)}",
+            "",
+            "The same replays (window, grid, M, threshold) measured in parts; each seed's arm from the newest "
+            "measurement that has it. "
+            + (
+                "Measured twice and different: " + "; ".join(disagree) + "."
+                if disagree
+                else "Arms measured twice form at the same step in both."
+            ),
+            "",
+        ]
+        lines += _tables(per, summary, seeds, arms)
     return lines
-
-
-SHOWN = ("margin", "second_moment", "scales", "batch_sizes", "mean_batches")
 
 
 def _arms(rows: pd.DataFrame) -> list[str]:
@@ -185,8 +252,28 @@ def noise_section(m: pd.DataFrame, out: Path, suffix: str = "") -> list[str]:
     ]
     if len(files) > 2:
         lines += [image(files[2:], "batch-size sweep"), ""]
+    lines += _tables(per, rows[rows.seed < 0], seeds, arms, rows)
+    return lines + [
+        "",
+        "Reading: the reference is c = 1 with the same second moment for noise arms and the run's own batch size for batch arms; the noise arms read the same data per step, "
+        "so a difference among them is the noise's (and the second moment's, /own against /fed); the batch arms move data and "
+        "noise together, read on a token clock beside B_noise.",
+        "",
+    ]
+
+
+def _tables(
+    per: pd.DataFrame,
+    summary: pd.DataFrame,
+    seeds: list[int],
+    arms: list[str],
+    rows: pd.DataFrame | None = None,
+) -> list[str]:
+    """Steps and tokens to formation per seed and arm (censored as "> bound"), then the summary
+    over seeds per arm. B_noise is read from ``rows`` (default ``per``)."""
+    rows = per if rows is None else rows
     header = "| seed | B_noise (sequences) | " + " | ".join(arms) + " |"
-    lines += [
+    lines = [
         "Steps from the window's start to formation (tokens in the second table):",
         "",
         header,
@@ -209,11 +296,4 @@ def noise_section(m: pd.DataFrame, out: Path, suffix: str = "") -> list[str]:
             "|---|---|---|---|---|---|",
         ]
     )
-    lines += summary_lines(rows[rows.seed < 0], arms)
-    return lines + [
-        "",
-        "Reading: the reference is c = 1 with the same second moment for noise arms and the run's own batch size for batch arms; the noise arms read the same data per step, "
-        "so a difference among them is the noise's (and the second moment's, /own against /fed); the batch arms move data and "
-        "noise together, read on a token clock beside B_noise.",
-        "",
-    ]
+    return lines + summary_lines(summary, arms)
