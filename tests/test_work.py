@@ -8,6 +8,7 @@ import runpy
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -370,37 +371,39 @@ def test_ledgers_of_two_runs_side_by_side_read_only_the_real_steps(work_run, tmp
     assert work_comparison({"one": work_run}, tmp_path) == []  # nothing to compare
 
 
-def test_arms_are_also_compared_around_their_own_formation(work_run, monkeypatch):
-    """With each replay's formation step (the noise family's rows), the arm table adds the span
-    around it; a span reaching outside the arm's measured steps is left out."""
-    import pandas as pd
+class WithFormation:
+    """A run, with noise rows giving formation steps for the real steps and an arm (seed 0)."""
 
-    from interp_ext.families.work import report
+    def __init__(self, run, steps):
+        self.run, self.steps = run, steps
 
+    def measurements(self):
+        return self.run.measurements()
+
+    def metrics(self, family, settings=None):
+        if family != "noise":
+            return self.run.metrics(family, settings=settings)
+        return pd.DataFrame(
+            [
+                {"seed": 0, "variant": v, "metric": "formation_step", "value": float(f)}
+                for v, f in self.steps.items()
+            ]
+        )
+
+
+def _arm_and_its_twin(work_run) -> None:
     for arm in ("", "csqrt2/own"):
         settings = WorkSettings(**ARM_SPAN, controls=0, horizon=1, arm=arm, arm_batches=2)
         measure(work_run, settings, seeds=[0], progress=False)
 
-    class WithFormation:
-        """The run, with noise rows giving formation steps for the real steps and the arm."""
 
-        def __init__(self, run, steps):
-            self.run, self.steps = run, steps
+def test_arms_are_also_compared_around_their_own_formation(work_run, monkeypatch):
+    """With each replay's formation step (the noise family's rows), the arm table adds the span
+    around it; a span reaching outside the arm's measured steps is left out."""
+    from interp_ext.families.work import report
 
-        def measurements(self):
-            return self.run.measurements()
-
-        def metrics(self, family, settings=None):
-            if family != "noise":
-                return self.run.metrics(family, settings=settings)
-            return pd.DataFrame(
-                [
-                    {"seed": 0, "variant": v, "metric": "formation_step", "value": float(f)}
-                    for v, f in self.steps.items()
-                ]
-            )
-
-    monkeypatch.setattr(report, "AROUND", (-1, 2))
+    _arm_and_its_twin(work_run)
+    monkeypatch.setattr(report, "AROUND", ((-1, 2),))
     lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 6}))
     cut = next(i for i, line in enumerate(lines) if line.startswith("The same over"))
     ours = ("| 0 | real |", "| 0 | csqrt2/own |")  # other tests may have measured other arms
@@ -410,3 +413,17 @@ def test_arms_are_also_compared_around_their_own_formation(work_run, monkeypatch
     lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 7}))
     around = [line for line in lines if line.startswith("| 0 | csqrt2/own |")]
     assert len(around) == 1  # [6, 9) reaches past the arm's last step: only the span table
+
+
+def test_each_span_around_formation_gets_its_own_table_only_where_the_arm_covers_it(
+    work_run, monkeypatch
+):
+    """Two spans around formation: [F - 1, F + 2) lies inside the arm's steps, [F - 3, F + 2)
+    begins before its first measured step, so only the first is tabled."""
+    from interp_ext.families.work import report
+
+    _arm_and_its_twin(work_run)
+    monkeypatch.setattr(report, "AROUND", ((-1, 2), (-3, 2)))
+    lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 6}))
+    heads = [line for line in lines if line.startswith("The same over")]
+    assert heads == ["The same over [F -1, F +2) around each replay's own formation step F"]

@@ -262,9 +262,11 @@ def arm_sums(rows: pd.DataFrame, steps: list[int], every: int) -> dict:
     return out
 
 
-# the span around a replay's own formation step over which the arms are also compared: the rise,
-# where the ledger's terms are largest, falls at different steps in different arms
-AROUND = (-150, 75)
+# the spans around a replay's own formation step over which the arms are also compared: the rise,
+# where the ledger's terms are largest, falls at different steps in different arms. The second,
+# shorter before formation, covers arms that form soon after the window's start (their ledger
+# begins a shadow-moment horizon in).
+AROUND = ((-150, 75), (-100, 75))
 ARM_HEAD = [
     "| seed | replay | formation (its own) | K[C,C] | drift | noise | all | E_C change | noise / -drift |",
     "|---|---|---|---|---|---|---|---|---|",
@@ -297,22 +299,23 @@ def arm_table(run) -> list[str]:
         *same,
         "",
     ]
-    if around:
-        lines += [
-            f"The same over [F {AROUND[0]:+d}, F {AROUND[1]:+d}) around each replay's own formation step F",
-            "(where that span lies inside the arm's):",
-            "",
-            *ARM_HEAD,
-            *around,
-            "",
-        ]
+    for (lo, hi), part in around.items():
+        if part:
+            lines += [
+                f"The same over [F {lo:+d}, F {hi:+d}) around each replay's own formation step F",
+                "(where that span lies inside the arm's):",
+                "",
+                *ARM_HEAD,
+                *part,
+                "",
+            ]
     return lines
 
 
-def _arm_lines(twins, rows, noise) -> tuple[list[str], list[str]]:
+def _arm_lines(twins, rows, noise) -> tuple[list[str], dict[tuple[int, int], list[str]]]:
     """The table lines of each arm and its real twin, per seed: over the arm's sampled steps, and
-    over the span around each replay's own formation step (where it lies inside the arm's)."""
-    same, around, done = [], [], set()
+    over each span around each replay's own formation step (where it lies inside the arm's)."""
+    same, around, done = [], {span: [] for span in AROUND}, set()
     for arm, arm_id, real_id, every in twins:
         arm_rows = rows[(rows.settings == arm_id) & (rows.seed >= 0)]
         for seed in sorted(arm_rows.seed.unique()):
@@ -331,13 +334,13 @@ def _arm_lines(twins, rows, noise) -> tuple[list[str], list[str]]:
                 same.append(_arm_line(seed, name, form, arm_sums(part, steps, every)))
                 if form != form:
                     continue
-                near = [s for s in steps if form + AROUND[0] <= s < form + AROUND[1]]
-                if (
-                    near
-                    and near[0] - every < form + AROUND[0]
-                    and near[-1] + every >= form + AROUND[1]
-                ):  # the whole span inside the arm's
-                    around.append(_arm_line(seed, name, form, arm_sums(part, near, every)))
+                for lo, hi in AROUND:
+                    near = [s for s in steps if form + lo <= s < form + hi]
+                    if (
+                        near and near[0] - every < form + lo and near[-1] + every >= form + hi
+                    ):  # the whole span inside the arm's
+                        sums = arm_sums(part, near, every)
+                        around[lo, hi].append(_arm_line(seed, name, form, sums))
     return same, around
 
 
