@@ -19,6 +19,10 @@ from interp_ext.training import train
 from tests.conftest import micro_config
 
 CIRCUIT = "L1H0,L0H1"
+# the arms most tests measure on the micro run
+ARMS = dict(
+    window="4:8", mean_batches=2, scales="0,1", batch_sizes="2,8", record_every=2, circuit=CIRCUIT
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +33,7 @@ def noise_run(tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="module")
 def noise_rows(noise_run):
-    settings = NoiseSettings(
-        window="4:8",
-        mean_batches=2,
-        scales="0,1",
-        batch_sizes="2,8",
-        record_every=2,
-        circuit=CIRCUIT,
-    )
-    return measure(noise_run, settings, seeds=[0], progress=False)
+    return measure(noise_run, NoiseSettings(**ARMS), seeds=[0], progress=False)
 
 
 def test_adamw_written_out_is_torchs_adamw():
@@ -358,15 +354,7 @@ def test_a_stopped_arm_leaves_the_other_arms_and_the_real_run_bit_for_bit(
     monkeypatch.setattr(
         noise, "has_formed", lambda steps, scores, threshold, after: len(steps) >= 2
     )
-    settings = NoiseSettings(
-        window="4:8",
-        mean_batches=2,
-        scales="0,1",
-        batch_sizes="2,8",
-        record_every=2,
-        circuit=CIRCUIT,
-        stop_after=2,
-    )
+    settings = NoiseSettings(**ARMS, stop_after=2)
     rows = measure(noise_run, settings, seeds=[0], progress=False)
     assert rows.settings.iloc[0] != noise_rows.settings.iloc[0]  # keyed apart
     traj = rows[(rows.step >= 0) & (rows.variant != "")]
