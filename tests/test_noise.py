@@ -275,6 +275,7 @@ def test_a_noise_arm_is_compared_with_c1_of_the_same_second_moment():
 def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows, tmp_path):
     """Arms with the real run's second moment measured apart from the rest: both in the report,
     each with its own figures and its own summaries."""
+    from interp_ext.families.noise import across_seeds
     from interp_ext.families.noise.report import section
     from interp_ext.report.draw import Page
 
@@ -288,7 +289,7 @@ def test_the_report_draws_every_noise_measurement_of_a_run(noise_run, noise_rows
         circuit=CIRCUIT,
     )
     fed_rows = measure(noise_run, fed, seeds=[0], progress=False)
-    lines = section(Page(noise_run, fed_rows.assign(family="noise"), tmp_path, {}))
+    lines = section(Page(noise_run, fed_rows.assign(family="noise"), tmp_path, {}), across_seeds)
     heads = [line for line in lines if line.startswith("### `noise-")]
     assert len(heads) == 2 and any("second_moment fed" in h for h in heads)
     for settings_id in set(noise_rows.settings) | set(fed_rows.settings):

@@ -196,7 +196,7 @@ class Noise(Family):
     def report(self, page) -> list[str]:
         from interp_ext.families.noise.report import section
 
-        return section(page)
+        return section(page, across_seeds)
 
 
 def tokens_per_step(run, arm: Arm, settings: NoiseSettings) -> int:

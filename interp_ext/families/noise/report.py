@@ -17,10 +17,12 @@ from interp_ext.report.draw import image, one, seeds_of, select
 ARM_COLORS = {"real": "#000000"}
 
 
-def section(page) -> list[str]:
+def section(page, summarise=None) -> list[str]:
     """``report.md`` lines of this section (its figures written into ``page.out``): every noise
     measurement of the run, oldest first (arms with their own second moment and with the real
-    run's are often measured apart), each with its own figures and summaries over its seeds."""
+    run's are often measured apart), each with its own figures and summaries over its seeds, and
+    with ``summarise`` (the family's summary over seeds) those that differ only in their choice of
+    arms read together."""
     found = page.run.measurements()
     found = found[found.family == "noise"].sort_values("used")
     if len(found) < 2:
@@ -38,7 +40,9 @@ def section(page) -> list[str]:
             seeds = ", ".join(str(s) for s in seeds_of(rows[rows.seed >= 0]))
             what = ", ".join(f"{k} {r.settings[k]}" for k in SHOWN if k in r.settings)
             lines += [f"### `{r.id}`: seeds {seeds}; {what}", ""] + part[2:]
-    return lines + pooled_section(measured, f"batch{page.run.config.train.batch_size}")
+    if summarise is None:
+        return lines
+    return lines + pooled_section(measured, f"batch{page.run.config.train.batch_size}", summarise)
 
 
 SHOWN = ("margin", "second_moment", "scales", "batch_sizes", "mean_batches", "stop_after")
@@ -84,14 +88,13 @@ def _formation(g: pd.DataFrame) -> str:
 
 
 def pooled_section(
-    measured: list[tuple[str, dict, pd.DataFrame]], batch_reference: str
+    measured: list[tuple[str, dict, pd.DataFrame]], batch_reference: str, summarise
 ) -> list[str]:
-    """Tables over every seed each arm was measured on, across measurements of the same replays."""
-    from interp_ext.families.noise import across_seeds
-
+    """Tables over every seed each arm was measured on, across measurements of the same replays
+    (``summarise``: the family's summary over seeds, :func:`interp_ext.families.noise.across_seeds`)."""
     lines = []
     for ids, per, disagree in pool(measured):
-        summary = across_seeds(per, batch_reference).assign(seed=-1)
+        summary = summarise(per, batch_reference).assign(seed=-1)
         arms = _arms(per)
         seeds = seeds_of(per)
         lines += [
