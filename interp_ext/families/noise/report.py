@@ -17,12 +17,12 @@ from interp_ext.report.draw import image, one, seeds_of, select
 ARM_COLORS = {"real": "#000000"}
 
 
-def section(page, summarise=None) -> list[str]:
+def section(page, summarise) -> list[str]:
     """``report.md`` lines of this section (its figures written into ``page.out``): every noise
     measurement of the run, oldest first (arms with their own second moment and with the real
-    run's are often measured apart), each with its own figures and summaries over its seeds, and
-    with ``summarise`` (the family's summary over seeds) those that differ only in their choice of
-    arms read together."""
+    run's are often measured apart), each with its own figures and summaries over its seeds, then
+    those that differ only in their choice of arms read together, summarised over seeds by
+    ``summarise`` (the family's :func:`interp_ext.families.noise.across_seeds`)."""
     found = page.run.measurements()
     found = found[found.family == "noise"].sort_values("used")
     if len(found) < 2:
@@ -40,8 +40,6 @@ def section(page, summarise=None) -> list[str]:
             seeds = ", ".join(str(s) for s in seeds_of(rows[rows.seed >= 0]))
             what = ", ".join(f"{k} {r.settings[k]}" for k in SHOWN if k in r.settings)
             lines += [f"### `{r.id}`: seeds {seeds}; {what}", ""] + part[2:]
-    if summarise is None:
-        return lines
     return lines + pooled_section(measured, f"batch{page.run.config.train.batch_size}", summarise)
 
 
@@ -55,7 +53,7 @@ def pool(
     measured: list[tuple[str, dict, pd.DataFrame]],
 ) -> list[tuple[list[str], pd.DataFrame, list[str]]]:
     """Per group of measurements that differ only in their choice of arms: the ids, every (seed,
-    arm)'s outcome rows from the newest measurement that has it (a seed's B_noise too), and the
+    arm)'s outcome rows from the last-used measurement that has it (a seed's B_noise too), and the
     (seed, arm)s whose formation differs between measurements (none expected: the replays are
     deterministic and stopping keeps the formation step)."""
     groups: dict[str, list] = {}
@@ -67,16 +65,15 @@ def pool(
         if len(members) < 2:
             continue
         kept, disagree = {}, []
-        for sid, rows in reversed(members):  # newest first
+        for sid, rows in reversed(members):  # last used first
             per = rows[(rows.seed >= 0) & ((rows.step < 0) | (rows.metric == "B_noise"))]
             for (seed, arm), g in per.groupby(["seed", "variant"]):
                 if (seed, arm) not in kept:
                     kept[seed, arm] = g
                     continue
-                a, b = kept[seed, arm], g
-                if arm and _formation(a) != _formation(b):
+                if arm and _formation(kept[seed, arm]) != _formation(g):
                     disagree.append(
-                        f"seed {seed} {arm}: {_formation(a)} vs {_formation(b)} ({sid})"
+                        f"seed {seed} {arm}: {_formation(kept[seed, arm])} vs {_formation(g)} ({sid})"
                     )
         ids = [sid for sid, _ in members]
         out.append((ids, pd.concat(kept.values(), ignore_index=True), disagree))
@@ -100,7 +97,7 @@ def pooled_section(
         lines += [
             f"### Together: {', '.join(f'`{i}`' for i in ids)}",
             "",
-            "The same replays (window, grid, M, threshold) measured in parts; each seed's arm from the newest "
+            "The same replays (window, grid, M, threshold) measured in parts; each seed's arm from the last-used "
             "measurement that has it. "
             + (
                 "Measured twice and different: " + "; ".join(disagree) + "."
