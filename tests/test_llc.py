@@ -104,19 +104,19 @@ def test_llc_rows_on_a_run(micro_run):
 def test_the_preconditioned_sampler_is_devinterps_rmsprop_sgld(micro_run, monkeypatch):
     """sampler='rmsprop' runs devinterp's RMSProp-preconditioned SGLD (its sampling method named
     through), keyed apart from plain SGLD, and gives a finite estimate."""
-    import devinterp.slt.llc as devinterp_llc
+    import devinterp.slt.sampling as devinterp_sampling
 
     from interp_ext.families.llc import LLCSettings, estimate, llc_data
     from interp_ext.measurement.runner import MeasureError
 
     seen = []
-    real = devinterp_llc.llc
+    real = devinterp_sampling.sample
 
-    def spy(*args, **kwargs):
+    def spy(**kwargs):
         seen.append(kwargs["sampling_method"])
-        return real(*args, **kwargs)
+        return real(**kwargs)
 
-    monkeypatch.setattr(devinterp_llc, "llc", spy)
+    monkeypatch.setattr(devinterp_sampling, "sample", spy)
     small = dict(num_chains=1, num_draws=8, num_burnin_steps=2, batch_size=4, n_sequences=8)
     plain, pre = LLCSettings(**small), LLCSettings(sampler="rmsprop", **small)
     assert plain.id != pre.id
@@ -376,18 +376,18 @@ def test_a_circuit_with_an_mlp_is_restricted_to_its_heads_and_mlp_parameters():
 
 
 def test_rmsprop_eps_and_accumulation_reach_devinterp_and_key_only_when_set(monkeypatch):
-    import devinterp.slt.llc as devinterp_llc
+    import devinterp.slt.sampling as devinterp_sampling
 
     from interp_ext.families.llc import LLCSettings, estimate
     from tests.circuits.conftest import build_hand_built_mlp
 
     seen = {}
 
-    def fake_llc(model, data, callbacks, **kwargs):
+    def fake_sample(**kwargs):
         seen.update(kwargs)
         raise RuntimeError("stand-in")
 
-    monkeypatch.setattr(devinterp_llc, "llc", fake_llc)
+    monkeypatch.setattr(devinterp_sampling, "sample", fake_sample)
     data = [{"input_ids": torch.arange(8)}] * 4
     settings = LLCSettings(sampler="rmsprop", rmsprop_eps=1e-4, accumulation=3)
     out = estimate(build_hand_built_mlp(), data, None, settings)
@@ -397,3 +397,74 @@ def test_rmsprop_eps_and_accumulation_reach_devinterp_and_key_only_when_set(monk
     assert settings.id != LLCSettings(sampler="rmsprop").id
     with pytest.raises(Exception, match="rmsprop only"):
         LLCSettings(rmsprop_eps=1e-3).check()
+
+
+def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
+    """At a step size too small to move the parameters, each step's minibatch loss equals the same
+    sequences' loss at the checkpoint: the paired trace is zero while devinterp's own trace still
+    moves by the minibatches' spread (a wrong pairing would keep that spread). The samples'
+    temporary directory is removed."""
+    import glob
+    import tempfile
+
+    from devinterp.slt.sampling import sample
+
+    from interp_ext.families.llc import LLCSettings, estimate, llc_data, paired_trace
+
+    settings = LLCSettings(
+        lr=1e-14,
+        num_chains=2,
+        num_draws=24,
+        num_burnin_steps=4,
+        batch_size=4,
+        n_sequences=16,
+        drift_trace="paired",
+    )
+    model, data = micro_run.model(0, 6), llc_data(micro_run, 0, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = sample(
+            model=model,
+            dataset=data,
+            observables={},
+            lr=settings.lr,
+            n_beta=100.0,
+            num_chains=2,
+            num_draws=24,
+            batch_size=4,
+            device="cpu",
+            output_path=f"{tmp}/s.zarr",
+        )
+        paired = paired_trace(model, data, samples)
+        raw = samples.dataset.sampling_loss_micro.values.mean((-1, -2))
+    assert paired.shape == raw.shape == (2, 24)
+    assert np.abs(paired).max() < 1e-5
+    assert raw.std() > 1e-3
+    before = len(glob.glob(f"{tempfile.gettempdir()}/interp-ext-llc-*"))
+    out = estimate(model, data, None, settings)
+    assert abs(out["llc_paired"]) < 1e-3
+    assert len(glob.glob(f"{tempfile.gettempdir()}/interp-ext-llc-*")) == before
+
+
+def test_the_paired_drift_reads_the_chain_and_keys_only_when_set(micro_run):
+    """At a sampling step size the paired trace's estimate agrees with devinterp's (the same
+    expectation, the minibatch noise removed); the setting keys only when set; a bad value is named."""
+    from interp_ext.families.llc import LLCSettings, estimate, llc_data
+    from interp_ext.measurement.runner import MeasureError
+
+    settings = LLCSettings(
+        lr=1e-4,
+        localization=100.0,
+        num_chains=2,
+        num_draws=60,
+        num_burnin_steps=20,
+        batch_size=4,
+        n_sequences=16,
+        drift_trace="paired",
+    )
+    model, data = micro_run.model(0, 6), llc_data(micro_run, 0, settings)
+    out = estimate(model, data, None, settings)
+    assert out["llc"] > 0 and np.isfinite(out["trace_drift"])
+    assert out["llc_paired"] == pytest.approx(out["llc"], rel=0.25)
+    assert LLCSettings().id == LLCSettings(drift_trace="batch").id != settings.id
+    with pytest.raises(MeasureError, match="drift_trace"):
+        LLCSettings(drift_trace="minibatch")

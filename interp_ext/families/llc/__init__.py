@@ -27,6 +27,11 @@ report. The sweep runs once per settings, as its own step (:meth:`LLC.resolve`):
 computing an id never repeats it. devinterp's own SGLD (plain or RMSProp-preconditioned)
 is used throughout; nothing here samples.
 
+``drift_trace='paired'`` makes the trace criterion read each step's minibatch loss minus the same
+sequences' loss at the checkpoint (:func:`paired_trace`): a head's or a circuit's chains raise the
+loss by less than the minibatches differ from one another, and on devinterp's own trace that noise,
+not the chain, decides the criterion.
+
 ``data`` restricts the sampled data to one of the preset's two parts (rows of uniform
 random tokens, or corpus text; both carry a copied span): the data-refined LLC.
 """
@@ -59,9 +64,10 @@ from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
-# the calibration's step sizes: quarter decades from 1e-3 down to 1e-7 (three in a row span 3.2x;
-# RMSProp-preconditioned SGLD plateaus about ten times lower than plain SGLD)
-LRS = tuple(float(f"{10.0 ** (k / 4):.3g}") for k in range(-12, -29, -1))
+# the calibration's step sizes: quarter decades from 1e-3 down to 1e-9 (three in a row span 3.2x;
+# RMSProp-preconditioned SGLD with devinterp's eps plateaus about ten times lower than plain SGLD,
+# with an eps below the gradients' scale (the preconditioner in the hundreds) far lower still)
+LRS = tuple(float(f"{10.0 ** (k / 4):.3g}") for k in range(-12, -37, -1))
 DATA_PARTS = ("all", "random", "text")
 CALIBRATION_FIELDS = (
     "calibration_seeds",
@@ -132,6 +138,13 @@ class LLCSettings(Settings):
         key="if_set",
         cli="--sampling-time",
     )
+    drift_trace: str = setting(
+        "batch",
+        "What the trace criterion reads: 'batch' (devinterp's minibatch loss trace) or 'paired' "
+        "(each step's minibatch loss minus the same sequences' loss at the checkpoint: the "
+        "minibatch's noise removed, for components whose rise is below it).",
+        key="if_set",
+    )
     data: str = setting(
         "all",
         "Rows sampled on: all, random (uniform random tokens) or text (corpus text); both parts carry a copied span.",
@@ -186,6 +199,9 @@ class LLCSettings(Settings):
             "applies to --sampler rmsprop only",
         )
         self.require(self.accumulation >= 1, "accumulation", "must be an integer >= 1")
+        self.require(
+            self.drift_trace in ("batch", "paired"), "drift_trace", "choose 'batch' or 'paired'"
+        )
         self.require(self.data in DATA_PARTS, "data", f"choose one of {list(DATA_PARTS)}")
         self.require(self.sampling_time >= 0, "sampling_time", "must be >= 0")
         self.require(self.max_draws >= 4, "max_draws", "must be >= 4")
@@ -451,8 +467,17 @@ def quiet_sampler():
 
 def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
     """devinterp's LLC with these settings; NaN (and ``diverged``) when a chain is non-finite or explodes
-    (its loss climbs more than 100 times the initial loss above it)."""
-    from devinterp.slt.llc import llc
+    (its loss climbs more than 100 times the initial loss above it).
+
+    devinterp's ``sample`` and ``compute_llc`` (what its ``llc`` runs), writing the samples into a
+    temporary directory removed afterwards. With ``drift_trace='paired'`` the trace the drift
+    criterion reads is :func:`paired_trace` (each step's minibatch loss minus the same sequences'
+    loss at the checkpoint); ``llc_paired`` is the estimate read from it, a check on devinterp's.
+    """
+    import tempfile
+
+    from devinterp.slt.llc import compute_llc
+    from devinterp.slt.sampling import sample
 
     n = len(data) * (len(data[0]["input_ids"]) - 1)
     n_beta = settings.n_beta or n / math.log(n)
@@ -483,8 +508,18 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         "trace": [],
     }
     try:
-        with quiet_sampler():
-            res = llc(model, data, {}, **kwargs)
+        with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-llc-") as tmp:
+            samples = sample(
+                model=model,
+                dataset=data,
+                observables={},
+                output_path=f"{tmp}/samples.zarr",
+                **kwargs,
+            )
+            res = compute_llc(samples).load()
+            paired = (
+                paired_trace(model, data, samples) if settings.drift_trace == "paired" else None
+            )
     except (ValueError, RuntimeError) as err:  # devinterp raises on non-finite logits
         log.info("LLC chain failed: %s", err)
         return failed
@@ -496,7 +531,7 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
     )
     if exploded or not all(map(math.isfinite, chains)):
         return {**failed, "init_loss": init, "trace": np.nan_to_num(trace, nan=np.inf).tolist()}
-    return {
+    out = {
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
         "trace_drift": trace_drift(trace, init, burnin),
@@ -505,6 +540,37 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         "chains": chains,
         "trace": trace.tolist(),
     }
+    if paired is not None:
+        out["trace_drift"] = trace_drift(paired, 0.0, burnin)
+        out["llc_paired"] = float(n_beta * paired.mean())
+    return out
+
+
+def paired_trace(model, data, samples) -> np.ndarray:
+    """[chain, step] the mean over each step's minibatch of its sequences' loss at the sampled
+    parameters minus the same sequences' loss at the checkpoint (``model`` as given).
+
+    devinterp's loss trace mixes the rise of the loss with which sequences each step drew; pairing
+    each sequence with itself removes the second (the minibatches come from devinterp's stored
+    ``sampling_input_ids_micro``), so what remains moves only with the parameters.
+    """
+    from devinterp.slt.lm_loss import compute_per_token_loss
+
+    ds = samples.dataset
+    ids = np.asarray(ds.sampling_input_ids_micro.values)  # [chain, step, batch, token]
+    sampled = np.asarray(ds.sampling_loss_micro.values, dtype=np.float64).mean(-1)
+    rows = np.asarray(data["input_ids"])
+    index = {row.tobytes(): i for i, row in enumerate(rows)}
+    where = np.array([index[r.tobytes()] for r in ids.reshape(-1, ids.shape[-1])]).reshape(
+        ids.shape[:-1]
+    )
+    with torch.no_grad():
+        parts = [
+            compute_per_token_loss(model, torch.as_tensor(rows[i : i + 64]))
+            for i in range(0, len(rows), 64)
+        ]
+    start = torch.cat(parts).double().mean(-1).cpu().numpy()
+    return (sampled - start[where]).mean(-1)
 
 
 def chain_length(settings: LLCSettings) -> tuple[int, int]:
