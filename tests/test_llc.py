@@ -99,6 +99,14 @@ def test_llc_rows_on_a_run(micro_run):
         LLCSettings(components="model,nothing")
     with pytest.raises(MeasureError, match="layers 0..1"):
         measure(micro_run, LLCSettings(circuit="L5H0", components="circuit"), progress=False)
+    # a single head is its own component, with the same estimate as among all heads
+    one = measure(micro_run, replace(settings, components="L1H1"), steps=[6], progress=False)
+    one = one[(one.seed >= 0) & (one.metric == "llc")]
+    assert set(one.component) == {"L1H1"}
+    among = per[(per.metric == "llc") & (per.component == "L1H1") & (per.step == 6)]
+    assert sorted(one.value) == sorted(among.value)
+    with pytest.raises(MeasureError, match="head L2H0 does not exist"):
+        measure(micro_run, LLCSettings(components="L2H0"), progress=False)
 
 
 def test_the_preconditioned_sampler_is_devinterps_rmsprop_sgld(micro_run, monkeypatch):

@@ -100,7 +100,7 @@ class LLCSettings(Settings):
     )
     components: str = setting(
         "model,circuit,rest,heads",
-        "Which estimates: model, circuit, rest, heads (comma-separated).",
+        "Which estimates: model, circuit, rest, heads (every head), single heads such as L1H2 (comma-separated).",
     )
     circuit: str = setting(
         "cause", "The circuit ('cause', 'induction', heads, or a Circuit JSON file)."
@@ -228,12 +228,14 @@ class LLCSettings(Settings):
             except ValueError:
                 self.require(False, name, f"write {form}")
         bad = [
-            c for c in self.components.split(",") if c not in ("model", "circuit", "rest", "heads")
+            c
+            for c in self.components.split(",")
+            if c not in ("model", "circuit", "rest", "heads") and not Head.is_head(c)
         ]
         self.require(
             bool(self.components) and not bad,
             "components",
-            f"unknown {bad}; choose from model, circuit, rest, heads",
+            f"unknown {bad}; choose from model, circuit, rest, heads or single heads (L1H2)",
         )
 
     def keyed(self) -> dict:
@@ -274,6 +276,13 @@ class LLC(Family):
             raise MeasureError(
                 f"the LLC samples on training-distribution data and needs the run's training data: {err}"
             ) from err
+        cfg = run.config.model
+        for c in filter(Head.is_head, settings.components.split(",")):
+            h = Head.parse(c)
+            if not (h.layer < cfg.n_layers and h.head < cfg.n_heads):
+                raise MeasureError(
+                    f"llc setting components: head {c} does not exist; this run has layers 0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1} per layer"
+                )
         p = run.config.data.random_seq_prob
         if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
             raise MeasureError(
@@ -424,10 +433,9 @@ def component_masks(
         out["circuit"] = create_param_masks(model, devinterp_restrictions(circuit))
     if circuit is not None and "rest" in wanted:
         out["rest"] = circuit.with_rest().masks(model)["rest"]
-    if "heads" in wanted:
-        out.update(
-            {str(h): create_param_masks(model, f"l{h.layer}h{h.head}") for h in all_heads(model)}
-        )
+    heads = all_heads(model) if "heads" in wanted else []
+    heads += [Head.parse(c).check(model) for c in wanted if Head.is_head(c)]
+    out.update({str(h): create_param_masks(model, f"l{h.layer}h{h.head}") for h in heads})
     return out
 
 
