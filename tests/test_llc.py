@@ -476,3 +476,26 @@ def test_the_paired_drift_reads_the_chain_and_keys_only_when_set(micro_run):
     assert LLCSettings().id == LLCSettings(drift_trace="batch").id != settings.id
     with pytest.raises(MeasureError, match="drift_trace"):
         LLCSettings(drift_trace="minibatch")
+
+
+def test_the_report_says_when_no_component_was_estimated(micro_run, tmp_path):
+    """A measurement whose calibration found no plateau for any component has only ``calibrated`` 0
+    rows: the section says so instead of drawing an empty figure."""
+    import pandas as pd
+
+    from interp_ext.families.llc.report import llc_section
+
+    rows = pd.DataFrame(
+        {
+            "family": "llc",
+            "metric": "calibrated",
+            "component": "circuit",
+            "seed": [0, 1],
+            "step": 6,
+            "value": 0.0,
+            "settings": "llc-0000000000",
+        }
+    )
+    lines = llc_section(rows, tmp_path, {}, micro_run)
+    assert any("no plateau for circuit" in line for line in lines)
+    assert not list(tmp_path.glob("llc.png"))

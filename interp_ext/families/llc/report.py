@@ -49,6 +49,16 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
             )
         )
     panels += llc_head_panels(llc, m, ctx)
+    if not panels:
+        lost = sorted(set(llc[(llc.metric == "calibrated") & (llc.value == 0)].component))
+        return [
+            "## Local learning coefficient",
+            "",
+            f"No estimate: the calibration found no plateau for {', '.join(lost) or 'any component'}, "
+            "so none was estimated (its sweep below).",
+            "",
+            *calibration_lines(llc, out, run),
+        ]
     files = save(
         Figure(
             "Local learning coefficient over training (devinterp; seeds thin, seed mean bold with its 95% t-interval over seeds)",
