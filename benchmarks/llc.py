@@ -11,7 +11,11 @@ the calibration's settings make them, and the one-off cost of the calibration it
 SGLD step of its sweep, at the measured seconds per step), in GE.
 
 Usage: python benchmarks/llc.py RUN [--lr 1e-4] [--localization 100] [--draws 150] [--burnin 50]
-       [--sampler sgld] [--sampling-time 0] [--calibration FILE] [--repeats 3]
+       [--sampler sgld] [--sampling-time 0] [--drift-trace batch|paired] [--calibration FILE]
+       [--repeats 3]
+
+``--drift-trace paired`` also pairs each step's minibatch with its loss at the checkpoint (the
+trace criterion's paired trace); the difference of the two timings is that pairing's cost.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--burnin", type=int, default=50)
     parser.add_argument("--sampler", default="sgld")
     parser.add_argument("--sampling-time", type=float, default=0.0)
+    parser.add_argument("--drift-trace", default="batch")
     parser.add_argument("--calibration", default="")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -50,6 +55,7 @@ def main() -> None:
         num_burnin_steps=args.burnin,
         sampler=args.sampler,
         sampling_time=args.sampling_time,
+        drift_trace=args.drift_trace,
     )
     cal = io.read_json(args.calibration, "an LLC calibration") if args.calibration else None
     if cal is not None:
@@ -70,7 +76,8 @@ def main() -> None:
                     "sampling_time",
                     "n_sequences",
                 )
-            }
+            },
+            drift_trace=args.drift_trace,
         )
     data = llc_data(run, seed, settings)
     lm = run.probe_set()["lm"]
@@ -90,7 +97,7 @@ def main() -> None:
     steps = settings.num_chains * (burnin + draws)
     print(f"machine: {machine()}")
     print(
-        f"run {run.path.name}, seed {seed}, step {step}; {settings.sampler} at step size {settings.lr:g}: {settings.num_chains} chains x ({burnin} burn-in + {draws} draws) = {steps} SGLD steps of {settings.batch_size} sequences"
+        f"run {run.path.name}, seed {seed}, step {step}; {settings.sampler} at step size {settings.lr:g}, {settings.drift_trace} drift trace: {settings.num_chains} chains x ({burnin} burn-in + {draws} draws) = {steps} SGLD steps of {settings.batch_size} sequences"
     )
     print(
         f"whole-model LLC {t:.2f} s = {t / g:.1f} GE (1 GE = {g * 1e3:.0f} ms: per-batch gradients over the {lm.shape[0]} x {lm.shape[1]} probe set); estimate {result['llc']:.2f} +- {result['llc_std']:.2f}"
