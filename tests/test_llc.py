@@ -407,6 +407,14 @@ def test_rmsprop_eps_and_accumulation_reach_devinterp_and_key_only_when_set(monk
         LLCSettings(rmsprop_eps=1e-3).check()
 
 
+def _paired(micro_run, **kw):
+    """Small paired-trace settings, and the micro run's last checkpoint of seed 0 with their data."""
+    from interp_ext.families.llc import LLCSettings, llc_data
+
+    settings = LLCSettings(num_chains=2, batch_size=4, n_sequences=16, drift_trace="paired", **kw)
+    return settings, micro_run.model(0, 6), llc_data(micro_run, 0, settings)
+
+
 def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
     """At a step size too small to move the parameters, each step's minibatch loss equals the same
     sequences' loss at the checkpoint: the paired trace is zero while devinterp's own trace still
@@ -417,18 +425,9 @@ def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
 
     from devinterp.slt.sampling import sample
 
-    from interp_ext.families.llc import LLCSettings, estimate, llc_data, paired_trace
+    from interp_ext.families.llc import estimate, paired_trace
 
-    settings = LLCSettings(
-        lr=1e-14,
-        num_chains=2,
-        num_draws=24,
-        num_burnin_steps=4,
-        batch_size=4,
-        n_sequences=16,
-        drift_trace="paired",
-    )
-    model, data = micro_run.model(0, 6), llc_data(micro_run, 0, settings)
+    settings, model, data = _paired(micro_run, lr=1e-14, num_draws=24, num_burnin_steps=4)
     with tempfile.TemporaryDirectory() as tmp:
         samples = sample(
             model=model,
@@ -456,20 +455,12 @@ def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
 def test_the_paired_drift_reads_the_chain_and_keys_only_when_set(micro_run):
     """At a sampling step size the paired trace's estimate agrees with devinterp's (the same
     expectation, the minibatch noise removed); the setting keys only when set; a bad value is named."""
-    from interp_ext.families.llc import LLCSettings, estimate, llc_data
+    from interp_ext.families.llc import LLCSettings, estimate
     from interp_ext.measurement.runner import MeasureError
 
-    settings = LLCSettings(
-        lr=1e-4,
-        localization=100.0,
-        num_chains=2,
-        num_draws=60,
-        num_burnin_steps=20,
-        batch_size=4,
-        n_sequences=16,
-        drift_trace="paired",
+    settings, model, data = _paired(
+        micro_run, lr=1e-4, localization=100.0, num_draws=60, num_burnin_steps=20
     )
-    model, data = micro_run.model(0, 6), llc_data(micro_run, 0, settings)
     out = estimate(model, data, None, settings)
     assert out["llc"] > 0 and np.isfinite(out["trace_drift"])
     assert out["llc_paired"] == pytest.approx(out["llc"], rel=0.25)
