@@ -572,9 +572,10 @@ def paired_trace(model, data, samples) -> np.ndarray:
     where = np.array([index[r.tobytes()] for r in ids.reshape(-1, ids.shape[-1])]).reshape(
         ids.shape[:-1]
     )
+    device = next(model.parameters()).device
     with torch.no_grad():
         parts = [
-            compute_per_token_loss(model, torch.as_tensor(rows[i : i + 64]))
+            compute_per_token_loss(model, torch.as_tensor(rows[i : i + 64], device=device))
             for i in range(0, len(rows), 64)
         ]
     start = torch.cat(parts).double().mean(-1).cpu().numpy()
