@@ -173,6 +173,7 @@ class LLCSettings(Settings):
     )
 
     def check(self) -> None:
+        """Long because every setting gets its own one-line requirement naming it."""
         self.require(
             self.lr > 0 and self.localization >= 0, "lr", "lr must be > 0 and localization >= 0"
         )
@@ -487,34 +488,11 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
     from devinterp.slt.llc import compute_llc
     from devinterp.slt.sampling import sample
 
-    n = len(data) * (len(data[0]["input_ids"]) - 1)
-    n_beta = settings.n_beta or n / math.log(n)
-    draws, burnin = chain_length(settings)
-    kwargs = dict(
-        lr=settings.lr,
-        n_beta=n_beta,
-        param_masks=masks,
-        localization=settings.localization,
-        num_chains=settings.num_chains,
-        num_draws=draws,
-        num_burnin_steps=burnin,
-        batch_size=settings.batch_size,
-        init_seed=settings.seed,
-        device=str(next(model.parameters()).device),
-        sampling_method=SAMPLERS[settings.sampler],
-        gradient_accumulation_steps=settings.accumulation,
-    )
-    if settings.sampler == "rmsprop":
-        kwargs["rmsprop_eps"] = settings.rmsprop_eps
-    failed = {
-        "llc": math.nan,
-        "llc_std": math.nan,
-        "trace_drift": math.nan,
-        "init_loss": math.nan,
-        "diverged": 1.0,
-        "chains": [],
-        "trace": [],
-    }
+    kwargs = sampler_kwargs(model, data, masks, settings)
+    n_beta, burnin = kwargs["n_beta"], kwargs["num_burnin_steps"]
+    nan = math.nan
+    failed = dict(llc=nan, llc_std=nan, trace_drift=nan, init_loss=nan, diverged=1.0)
+    failed.update(chains=[], trace=[])
     try:
         with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-llc-") as tmp:
             samples = sample(
@@ -552,6 +530,29 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         out["trace_drift"] = trace_drift(paired, 0.0, burnin)
         out["llc_paired"] = float(n_beta * paired.mean())
     return out
+
+
+def sampler_kwargs(model, data, masks: dict | None, settings: LLCSettings) -> dict:
+    """devinterp ``sample`` arguments for these settings (n beta = n / log n unless set)."""
+    n = len(data) * (len(data[0]["input_ids"]) - 1)
+    draws, burnin = chain_length(settings)
+    kwargs = dict(
+        lr=settings.lr,
+        n_beta=settings.n_beta or n / math.log(n),
+        param_masks=masks,
+        localization=settings.localization,
+        num_chains=settings.num_chains,
+        num_draws=draws,
+        num_burnin_steps=burnin,
+        batch_size=settings.batch_size,
+        init_seed=settings.seed,
+        device=str(next(model.parameters()).device),
+        sampling_method=SAMPLERS[settings.sampler],
+        gradient_accumulation_steps=settings.accumulation,
+    )
+    if settings.sampler == "rmsprop":
+        kwargs["rmsprop_eps"] = settings.rmsprop_eps
+    return kwargs
 
 
 def paired_trace(model, data, samples) -> np.ndarray:
