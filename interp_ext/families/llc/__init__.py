@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -457,8 +456,8 @@ def flat_mask(model, masks: dict | None) -> torch.Tensor | None:
 
 @contextmanager
 def quiet_sampler():
-    """devinterp's per-chain progress bars and its temporary-output warning silenced (one estimate of
-    many), and its full garbage collection around each chain skipped (0.3 s a chain in a process that
+    """devinterp's per-chain progress bars silenced (one estimate of many), and its full garbage
+    collection around each chain skipped (0.3 s a chain in a process that
     holds a run's tables, more than the chains of a small model take)."""
     import devinterp.slt.sampler as sampler
     from tqdm.auto import trange
@@ -467,9 +466,7 @@ def quiet_sampler():
     sampler.trange = lambda *a, **k: trange(*a, **{**k, "disable": True})
     sampler._gc_and_empty_cache = lambda: None
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sampling without output_path")
-            yield
+        yield
     finally:
         sampler.trange, sampler._gc_and_empty_cache = original
 
