@@ -487,9 +487,6 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
 
     kwargs = sampler_kwargs(model, data, masks, settings)
     n_beta, burnin = kwargs["n_beta"], kwargs["num_burnin_steps"]
-    nan = math.nan
-    failed = dict(llc=nan, llc_std=nan, trace_drift=nan, init_loss=nan, diverged=1.0)
-    failed.update(chains=[], trace=[])
     try:
         with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-llc-") as tmp:
             samples = sample(
@@ -505,7 +502,7 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
             )
     except (ValueError, RuntimeError) as err:  # devinterp raises on non-finite logits
         log.info("LLC chain failed: %s", err)
-        return failed
+        return failed_estimate()
     chains = [float(v) for v in np.asarray(res.llc_per_chain.values).ravel()]
     trace = np.asarray(res.loss_trace.values)  # [chain, step]
     init = float(res.init_loss)
@@ -513,7 +510,7 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         abs(init), 1.0
     )
     if exploded or not all(map(math.isfinite, chains)):
-        return {**failed, "init_loss": init, "trace": np.nan_to_num(trace, nan=np.inf).tolist()}
+        return failed_estimate(init, np.nan_to_num(trace, nan=np.inf).tolist())
     out = {
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
@@ -527,6 +524,20 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         out["trace_drift"] = trace_drift(paired, 0.0, burnin)
         out["llc_paired"] = float(n_beta * paired.mean())
     return out
+
+
+def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> dict:
+    """The rows of an estimate whose chains failed or exploded: NaN, marked ``diverged``."""
+    nan = math.nan
+    return {
+        "llc": nan,
+        "llc_std": nan,
+        "trace_drift": nan,
+        "init_loss": init_loss,
+        "diverged": 1.0,
+        "chains": [],
+        "trace": trace or [],
+    }
 
 
 def sampler_kwargs(model, data, masks: dict | None, settings: LLCSettings) -> dict:
