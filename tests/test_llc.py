@@ -27,14 +27,28 @@ class Toy(torch.nn.Module):
 
 
 def toy_llc(degenerate: bool) -> float:
+    return float(toy_sample(degenerate).llc_mean)
+
+
+def toy_sample(
+    degenerate: bool,
+    lr: float = 2e-4,
+    burnin: int = 200,
+    seed: int = 0,
+    draws: int = 600,
+    batch_size: int = 512,
+    n: int = N,
+):
+    """devinterp's ``llc`` on the toy (4 chains, ``n`` samples): its result, loss trace included."""
     from datasets import Dataset
     from devinterp.slt.llc import llc
 
     gen = torch.Generator().manual_seed(0)
     x, y = (
-        torch.randn(N, 2, generator=gen),
-        torch.randn(N, generator=gen),
+        torch.randn(n, 2, generator=gen),
+        torch.randn(n, generator=gen),
     )  # y is pure noise: w = 0 is true
+    y = y - x @ torch.linalg.lstsq(x, y).solution  # and the sample's exact minimum
 
     def loss_fn(model, input_ids):
         idx = input_ids[:, 0]
@@ -42,23 +56,23 @@ def toy_llc(degenerate: bool) -> float:
             :, None
         ]  # Gaussian negative log-likelihood per sample
 
-    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(N)]}).with_format("torch")
+    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
     res = llc(
         Toy(degenerate),
         data,
         {},
-        lr=2e-4,
-        n_beta=N / math.log(N),
+        lr=lr,
+        n_beta=n / math.log(n),
         localization=1.0,
         loss_fn=loss_fn,
         num_chains=4,
-        num_draws=600,
-        num_burnin_steps=200,
-        batch_size=512,
-        init_seed=0,
+        num_draws=draws,
+        num_burnin_steps=burnin,
+        batch_size=batch_size,
+        init_seed=seed,
         device="cpu",
     )
-    return float(res.llc_mean)
+    return res
 
 
 def test_estimator_recovers_known_learning_coefficients():
@@ -66,6 +80,30 @@ def test_estimator_recovers_known_learning_coefficients():
     assert regular == pytest.approx(1.0, abs=0.25), regular  # d / 2 for d = 2
     assert degenerate == pytest.approx(0.75, abs=0.15), degenerate
     assert degenerate < regular
+
+
+def test_the_draws_estimate_and_its_standard_error_on_a_known_coefficient():
+    """Full-batch chains on the regular toy (lambda = 1) at a step size where leaving the
+    checkpoint takes a good part of the burn-in: devinterp's estimate (every step averaged,
+    burn-in included) reads low; the draws after burn-in read 1 within their standard error, and
+    that standard error matches how far independent runs' estimates actually spread."""
+    from interp_ext.families.llc import drawn_estimate
+
+    n, burnin = 1000, 150
+    steps, drawn, se = [], [], []
+    for seed in range(0, 600, 100):  # devinterp seeds chain c with seed + c: keep runs apart
+        res = toy_sample(False, lr=1.4e-4, burnin=burnin, seed=seed, draws=450, batch_size=n, n=n)
+        rise = np.asarray(res.loss_trace.values) - float(res.init_loss)
+        out = drawn_estimate(rise[:, burnin:], n / math.log(n))
+        steps.append(float(res.llc_mean))
+        drawn.append(out["llc_draws"])
+        se.append(out["llc_draws_se"])
+        assert 0 < out["llc_draws_ess"] < rise[:, burnin:].size  # the draws are correlated
+    steps, drawn, se = map(np.array, (steps, drawn, se))
+    assert abs(drawn.mean() - 1.0) < 3 * se.mean() / math.sqrt(len(drawn)), (drawn, se)
+    assert steps.mean() < drawn.mean() - 0.03, (steps, drawn)  # the approach from the checkpoint
+    # the reported standard error against the spread of six independent estimates
+    assert 0.4 < drawn.std(ddof=1) / se.mean() < 2.5, (drawn, se)
 
 
 def test_llc_rows_on_a_run(micro_run):
@@ -86,9 +124,17 @@ def test_llc_rows_on_a_run(micro_run):
     rows = measure(micro_run, settings, steps=[0, 6], progress=False)
     per = rows[rows.seed >= 0]
     assert {"model", "circuit", "rest", "L0H0", "L1H1"} <= set(per[per.metric == "llc"].component)
-    assert {"llc", "llc_std", "trace_drift", "diverged", "init_loss", "llc_chain"} <= set(
-        per.metric
-    )
+    assert {
+        "llc",
+        "llc_std",
+        "llc_draws",
+        "llc_draws_se",
+        "llc_draws_ess",
+        "trace_drift",
+        "diverged",
+        "init_loss",
+        "llc_chain",
+    } <= set(per.metric)
     # a Hutchinson estimate of each component's Hessian trace beside its LLC
     trace = per[per.metric == "hessian_trace"].set_index(["step", "component"]).value
     assert set(trace.index.get_level_values(1)) == set(per[per.metric == "llc"].component)
@@ -469,6 +515,25 @@ def test_the_paired_drift_reads_the_chain_and_keys_only_when_set(micro_run):
         LLCSettings(drift_trace="minibatch")
 
 
+def test_estimate_from_draws_makes_the_draws_estimate_the_llc(micro_run):
+    """``--estimate-from draws``: ``llc`` and its chains are read from the draws after burn-in of the
+    trace the criterion reads (by default devinterp's, every step averaged, stays ``llc`` and the
+    draws' estimate is written beside it); the setting keys only when set; a bad value is named."""
+    from interp_ext.families.llc import LLCSettings, estimate
+    from interp_ext.measurement.runner import MeasureError
+
+    settings, model, data = _paired(micro_run, lr=1e-4, localization=100.0, num_draws=40)
+    default = estimate(model, data, None, settings)
+    drawn = estimate(model, data, None, replace(settings, estimate_from="draws"))
+    assert default["llc_draws"] == drawn["llc_draws"] == drawn["llc"] != default["llc"]
+    assert np.mean(drawn["chains"]) == pytest.approx(drawn["llc"], rel=1e-9)
+    assert drawn["llc_draws_se"] > 0 and drawn["llc_draws_ess"] > 0
+    assert LLCSettings().id == LLCSettings(estimate_from="steps").id
+    assert LLCSettings().id != LLCSettings(estimate_from="draws").id
+    with pytest.raises(MeasureError, match="estimate_from"):
+        LLCSettings(estimate_from="burnin")
+
+
 def test_the_report_says_when_no_component_was_estimated(micro_run, tmp_path):
     """A measurement whose calibration found no plateau for any component has only ``calibrated`` 0
     rows: the section says so instead of drawing an empty figure."""
@@ -490,3 +555,24 @@ def test_the_report_says_when_no_component_was_estimated(micro_run, tmp_path):
     lines = llc_section(rows, tmp_path, {}, micro_run)
     assert any("no plateau for circuit" in line for line in lines)
     assert not list(tmp_path.glob("llc.png"))
+
+
+def test_the_report_states_the_chains_standard_error_when_rows_have_it():
+    import pandas as pd
+
+    from interp_ext.families.llc.report import standard_error_lines
+
+    def rows(metrics: dict) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"metric": k, "component": "model", "seed": s, "step": 6, "value": v * (1 + s)}
+                for s in (0, 1)
+                for k, v in metrics.items()
+            ]
+        ).assign(settings="llc-0000000000", family="llc")
+
+    assert standard_error_lines(rows({"llc": 10.0})) == []  # rows from before the standard error
+    (line,) = standard_error_lines(
+        rows({"llc": 10.0, "llc_draws": 10.0, "llc_draws_se": 0.5, "llc_draws_ess": 40.0})
+    )
+    assert "median 5.0% of it" in line and "effective draws median 60" in line

@@ -144,6 +144,14 @@ class LLCSettings(Settings):
         "minibatch's noise removed, for components whose rise is below it).",
         key="if_set",
     )
+    estimate_from: str = setting(
+        "steps",
+        "Which steps the estimate averages: 'steps' (devinterp's: every step, burn-in included) "
+        "or 'draws' (the draws after burn-in, of the trace the criterion reads). Both are written "
+        "(llc and llc_draws); this chooses which is llc, the one the calibration reads.",
+        key="if_set",
+        cli="--estimate-from",
+    )
     data: str = setting(
         "all",
         "Rows sampled on: all, random (uniform random tokens) or text (corpus text); both parts carry a copied span.",
@@ -201,6 +209,11 @@ class LLCSettings(Settings):
         self.require(self.accumulation >= 1, "accumulation", "must be an integer >= 1")
         self.require(
             self.drift_trace in ("batch", "paired"), "drift_trace", "choose 'batch' or 'paired'"
+        )
+        self.require(
+            self.estimate_from in ("steps", "draws"),
+            "estimate_from",
+            "choose 'steps' or 'draws'",
         )
         self.require(self.data in DATA_PARTS, "data", f"choose one of {list(DATA_PARTS)}")
         self.require(self.sampling_time >= 0, "sampling_time", "must be >= 0")
@@ -504,26 +517,53 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         log.info("LLC chain failed: %s", err)
         return failed_estimate()
     chains = [float(v) for v in np.asarray(res.llc_per_chain.values).ravel()]
-    trace = np.asarray(res.loss_trace.values)  # [chain, step]
+    trace = np.asarray(res.loss_trace.values)  # [chain, step], burn-in included
     init = float(res.init_loss)
     exploded = not np.isfinite(trace).all() or float(np.nanmax(trace)) - init > 100 * max(
         abs(init), 1.0
     )
     if exploded or not all(map(math.isfinite, chains)):
         return failed_estimate(init, np.nan_to_num(trace, nan=np.inf).tolist())
+    read = trace - init if paired is None else paired  # the rise the trace criterion reads
     out = {
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
-        "trace_drift": trace_drift(trace, init, burnin),
+        "trace_drift": trace_drift(read, 0.0, burnin),
         "init_loss": init,
         "diverged": 0.0,
         "chains": chains,
         "trace": trace.tolist(),
+        **drawn_estimate(read[:, burnin:], n_beta),
     }
     if paired is not None:
-        out["trace_drift"] = trace_drift(paired, 0.0, burnin)
         out["llc_paired"] = float(n_beta * paired.mean())
+    if settings.estimate_from == "draws":
+        drawn = n_beta * read[:, burnin:].mean(1)
+        out.update(llc=out["llc_draws"], llc_std=float(drawn.std()), chains=drawn.tolist())
     return out
+
+
+def drawn_estimate(rise: np.ndarray, n_beta: float) -> dict:
+    """The estimate from the draws after burn-in (``rise``: [chain, draw], the loss's rise over
+    the checkpoint), with its Monte Carlo standard error and effective sample size (ArviZ's
+    ``mcse`` and ``ess`` of the mean, over chains and draws).
+
+    devinterp's estimate averages every step, burn-in included (its ``compute_llc``), so it
+    carries the chain's approach from the checkpoint; this one does not. The standard error is
+    the chains' own: how far another run of the same length would land.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its 1.0 refactor on import
+        import arviz
+
+    enough = rise.shape[1] >= 4  # ArviZ's least
+    return {
+        "llc_draws": float(n_beta * rise.mean()),
+        "llc_draws_se": float(n_beta * arviz.mcse(rise, method="mean")) if enough else math.nan,
+        "llc_draws_ess": float(arviz.ess(rise, method="mean")) if enough else math.nan,
+    }
 
 
 def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> dict:
@@ -533,6 +573,9 @@ def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> d
         "llc": nan,
         "llc_std": nan,
         "trace_drift": nan,
+        "llc_draws": nan,
+        "llc_draws_se": nan,
+        "llc_draws_ess": nan,
         "init_loss": init_loss,
         "diverged": 1.0,
         "chains": [],

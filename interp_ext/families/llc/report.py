@@ -80,9 +80,30 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
         lines.append(
             f"Trace drift (last quarter of draws vs the third, relative to the rise over the initial loss): median {drift.median():.3f}, largest {drift.abs().max():.3f}."
         )
+    lines += standard_error_lines(llc)
     return lines + [
         "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
         "",
+    ]
+
+
+def standard_error_lines(llc: pd.DataFrame) -> list[str]:
+    """The chains' own uncertainty: the draws' estimate's Monte Carlo standard error relative to
+    it, and the effective draws behind it (rows written before these existed have neither)."""
+    per = llc[llc.seed >= 0].pivot_table(
+        index=["settings", "seed", "step", "component"], columns="metric", values="value"
+    )
+    if "llc_draws_se" not in per:
+        return []
+    per = per.dropna(subset=["llc_draws_se", "llc_draws"])
+    per = per[per.llc_draws > 0]
+    if per.empty:
+        return []
+    rel = per.llc_draws_se / per.llc_draws
+    return [
+        f"Monte Carlo standard error of the estimate from the draws after burn-in (ArviZ, over "
+        f"chains and draws): median {rel.median():.1%} of it, largest {rel.max():.1%}; effective "
+        f"draws median {per.llc_draws_ess.median():.0f} (of {len(per)} estimates).",
     ]
 
 
