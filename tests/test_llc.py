@@ -576,3 +576,27 @@ def test_the_report_states_the_chains_standard_error_when_rows_have_it():
         rows({"llc": 10.0, "llc_draws": 10.0, "llc_draws_se": 0.5, "llc_draws_ess": 40.0})
     )
     assert "median 5.0% of it" in line and "effective draws median 60" in line
+
+
+def test_the_drift_standard_error_matches_the_spread_of_flat_traces():
+    """On stationary AR(1) traces (no trend; correlated like a chain) the drift divided by its
+    standard error spreads like a standard normal, and a trace with a trend stands out of it."""
+    from interp_ext.families.llc import trace_drift, trace_drift_se
+
+    rng = np.random.default_rng(0)
+
+    def ar1(n: int, rho: float = 0.9) -> np.ndarray:
+        e = rng.normal(size=(2, n))
+        x = np.zeros((2, n))
+        for i in range(1, n):
+            x[:, i] = rho * x[:, i - 1] + e[:, i]
+        return 20.0 + x  # a rise of 20 with unit-scale noise
+
+    z = []
+    for _ in range(60):
+        rise = ar1(1200)
+        z.append(trace_drift(rise, 0.0, 200) / trace_drift_se(rise, 200))
+    assert abs(np.mean(z)) < 0.45 and 0.7 < np.std(z) < 1.4, (np.mean(z), np.std(z))
+    rise = ar1(1200)
+    trend = rise + np.linspace(0, 20.0, 1200)  # the rise doubles along the chain
+    assert trace_drift(trend, 0.0, 200) / trace_drift_se(trend, 200) > 3

@@ -529,6 +529,7 @@ def estimate(model, data, masks: dict | None, settings: LLCSettings) -> dict:
         "llc": float(res.llc_mean),
         "llc_std": float(res.llc_std),
         "trace_drift": trace_drift(read, 0.0, burnin),
+        "trace_drift_se": trace_drift_se(read, burnin),
         "init_loss": init,
         "diverged": 0.0,
         "chains": chains,
@@ -573,6 +574,7 @@ def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> d
         "llc": nan,
         "llc_std": nan,
         "trace_drift": nan,
+        "trace_drift_se": nan,
         "llc_draws": nan,
         "llc_draws_se": nan,
         "llc_draws_ess": nan,
@@ -650,6 +652,27 @@ def trace_drift(trace: np.ndarray, init: float, burnin: int) -> float:
     last, third = draws[:, -q:].mean(), draws[:, -2 * q : -q].mean()
     rise = last - init
     return float((last - third) / rise) if rise > 0 else math.inf
+
+
+def trace_drift_se(rise: np.ndarray, burnin: int) -> float:
+    """The standard error of :func:`trace_drift` from the chains' own fluctuation (ArviZ's Monte
+    Carlo standard error of the last and the third quarter's means, over chains): a drift many
+    times this is a trend, one within two of it is the chain's noise, and the chain is too short
+    for the criterion's 0.1 when this is not well below it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    draws = rise[:, burnin:]
+    q = max(1, draws.shape[1] // 4)
+    last, third = draws[:, -q:], draws[:, -2 * q : -q]
+    level = last.mean()
+    if q < 4 or level <= 0:
+        return math.nan
+    se = [float(arviz.mcse(part, method="mean")) for part in (last, third)]
+    return math.hypot(*se) / level
 
 
 def locality(result: dict, chance: float) -> float:
