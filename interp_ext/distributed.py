@@ -69,7 +69,11 @@ def shard(seeds: list[int], device: str = "cpu") -> list[int]:
 
 def share(items: list) -> list:
     """Round-robin share of a work list (e.g. checkpoint steps of a cross-seed metric); may be empty."""
-    rank, size = world()
+    return rank_share(items, *world())
+
+
+def rank_share(items: list, rank: int, size: int) -> list:
+    """Rank ``rank``'s round-robin share of ``items`` among ``size`` ranks."""
     return list(items)[rank::size]
 
 

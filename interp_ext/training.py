@@ -95,8 +95,20 @@ def numerics(cfg: RunConfig) -> dict:
         "deterministic": cfg.train.deterministic,
         "device_type": torch.device(cfg.train.device).type,
         "threads": torch.get_num_threads(),
-        "seeds_per_pass": seeds_per_pass(cfg.train, len(distributed.my_seeds(cfg.train.seeds))),
+        "seeds_per_pass": ranks_seeds_per_pass(cfg.train),
     }
+
+
+def ranks_seeds_per_pass(train: TrainConfig) -> int | list[int]:
+    """:func:`seeds_per_pass` of the process, or under torchrun of every rank in rank order (the
+    shares can differ: 3 seeds on 2 ranks are 2 and 1), so the record describes every rank."""
+    distributed.my_seeds(train.seeds)  # refuses more ranks than seeds, in one line
+    _, size = distributed.world()
+    per_rank = [
+        seeds_per_pass(train, len(distributed.rank_share(train.seeds, r, size)))
+        for r in range(size)
+    ]
+    return per_rank[0] if size == 1 else per_rank
 
 
 @contextmanager

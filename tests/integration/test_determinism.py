@@ -8,6 +8,7 @@ sets the thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -185,6 +186,22 @@ def test_seeds_per_pass_by_device_and_setting():
     assert seeds_per_pass(train_cfg, 8) == 8  # GPU: every seed of the process in one vmap
     train_cfg.seed_chunk = 3
     assert seeds_per_pass(train_cfg, 8) == 3 and seeds_per_pass(train_cfg, 2) == 2
+
+
+def test_seeds_per_pass_is_recorded_for_every_rank(monkeypatch):
+    """The numerics record describes every rank under torchrun, not only the recording one."""
+    from interp_ext.config import TrainConfig
+    from interp_ext.training import ranks_seeds_per_pass
+
+    train = dataclasses.replace(TrainConfig(), n_seeds=3, seed_chunk=4)
+    assert ranks_seeds_per_pass(train) == 3  # one process: its own count, as before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):  # every rank records the same list: 2 seeds on rank 0, 1 on rank 1
+        monkeypatch.setenv("RANK", rank)
+        assert ranks_seeds_per_pass(train) == [2, 1]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="4 processes for 3 seeds"):
+        ranks_seeds_per_pass(train)
 
 
 def test_deterministic_setting_is_restored_after_training(tmp_path, cache_dir):
