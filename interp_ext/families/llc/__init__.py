@@ -553,18 +553,23 @@ def drawn_estimate(rise: np.ndarray, n_beta: float) -> dict:
     carries the chain's approach from the checkpoint; this one does not. The standard error is
     the chains' own: how far another run of the same length would land.
     """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # ArviZ announces its 1.0 refactor on import
-        import arviz
-
+    arviz = _arviz()
     enough = rise.shape[1] >= 4  # ArviZ's least
     return {
         "llc_draws": float(n_beta * rise.mean()),
         "llc_draws_se": float(n_beta * arviz.mcse(rise, method="mean")) if enough else math.nan,
         "llc_draws_ess": float(arviz.ess(rise, method="mean")) if enough else math.nan,
     }
+
+
+def _arviz():
+    """ArviZ, imported without its announcement of the 1.0 refactor (a FutureWarning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+    return arviz
 
 
 def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> dict:
@@ -659,12 +664,7 @@ def trace_drift_se(rise: np.ndarray, burnin: int) -> float:
     Carlo standard error of the last and the third quarter's means, over chains): a drift many
     times this is a trend, one within two of it is the chain's noise, and the chain is too short
     for the criterion's 0.1 when this is not well below it."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
+    arviz = _arviz()
     draws = rise[:, burnin:]
     q = max(1, draws.shape[1] // 4)
     last, third = draws[:, -q:], draws[:, -2 * q : -q]
