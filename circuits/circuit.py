@@ -69,9 +69,11 @@ class Head(NamedTuple):
     def is_head(name: str) -> bool:
         return bool(_HEAD.match(str(name)))
 
-    def check(self, model: HookedTransformer) -> Head:
-        """The head itself, or an error naming the model's layers and heads."""
-        n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    def check(self, model) -> Head:
+        """The head itself, or an error naming the model's layers and heads (``model``: a
+        ``HookedTransformer`` or its config, anything with ``n_layers`` and ``n_heads``)."""
+        cfg = getattr(model, "cfg", model)
+        n_l, n_h = cfg.n_layers, cfg.n_heads
         if not (0 <= self.layer < n_l and 0 <= self.head < n_h):
             raise CircuitError(
                 f"head {self} does not exist: the model has layers 0..{n_l - 1} and heads 0..{n_h - 1} per layer (L0H0 .. L{n_l - 1}H{n_h - 1})"

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuits.circuit import Circuit, Head, all_heads
+from circuits.circuit import Circuit, CircuitError, Head, all_heads
 from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.probes import rows_by_part
@@ -289,13 +289,11 @@ class LLC(Family):
             raise MeasureError(
                 f"the LLC samples on training-distribution data and needs the run's training data: {err}"
             ) from err
-        cfg = run.config.model
         for c in filter(Head.is_head, settings.components.split(",")):
-            h = Head.parse(c)
-            if not (h.layer < cfg.n_layers and h.head < cfg.n_heads):
-                raise MeasureError(
-                    f"llc setting components: head {c} does not exist; this run has layers 0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1} per layer"
-                )
+            try:
+                Head.parse(c).check(run.config.model)
+            except CircuitError as err:
+                raise MeasureError(f"llc setting components: {err}") from err
         p = run.config.data.random_seq_prob
         if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
             raise MeasureError(
@@ -649,12 +647,18 @@ def chain_length(settings: LLCSettings) -> tuple[int, int]:
     return draws, draws // 3
 
 
+def last_quarters(trace: np.ndarray, burnin: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last and the third quarter of the draws after burn-in ([chain, draw] each): what the
+    drift criterion and its standard error compare."""
+    draws = trace[:, burnin:]
+    q = max(1, draws.shape[1] // 4)
+    return draws[:, -q:], draws[:, -2 * q : -q]
+
+
 def trace_drift(trace: np.ndarray, init: float, burnin: int) -> float:
     """Mean loss of the last quarter of draws minus the third quarter, relative to the rise over the initial
     loss: near 0 for an equilibrated trace, large for one still climbing."""
-    draws = trace[:, burnin:]
-    q = max(1, draws.shape[1] // 4)
-    last, third = draws[:, -q:].mean(), draws[:, -2 * q : -q].mean()
+    last, third = (part.mean() for part in last_quarters(trace, burnin))
     rise = last - init
     return float((last - third) / rise) if rise > 0 else math.inf
 
@@ -665,11 +669,9 @@ def trace_drift_se(rise: np.ndarray, burnin: int) -> float:
     times this is a trend, one within two of it is the chain's noise, and the chain is too short
     for the criterion's 0.1 when this is not well below it."""
     arviz = _arviz()
-    draws = rise[:, burnin:]
-    q = max(1, draws.shape[1] // 4)
-    last, third = draws[:, -q:], draws[:, -2 * q : -q]
+    last, third = last_quarters(rise, burnin)
     level = last.mean()
-    if q < 4 or level <= 0:
+    if last.shape[1] < 4 or level <= 0:
         return math.nan
     se = [float(arviz.mcse(part, method="mean")) for part in (last, third)]
     return math.hypot(*se) / level
