@@ -213,6 +213,8 @@ def _result(trace, init=4.0, llc=10.0, diverged=0.0):
         "llc": llc,
         "diverged": diverged,
         "trace_drift": trace_drift(trace, init, 4),
+        "llc_draws_se": 0.01 * llc,
+        "trace_drift_se": 0.02,
     }
 
 
@@ -311,6 +313,10 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
     assert cal["probes"] == [[0, steps_run[len(steps_run) // 2]], [0, steps_run[-1]]]
     # the model: 1e-3 and 5.6e-4 stop at their first (unstable) probe, then 3 step sizes at 2 probes
     assert [t["stable"] for t in cal["sweep"]["model"]] == [False, False, True, True, True]
+    # each trial keeps its estimates' and drifts' own errors beside them, probe by probe
+    for t in cal["sweep"]["model"]:
+        assert t["llc_se"] == pytest.approx([0.01 * v for v in t["llc"]])
+        assert t["trace_drift_se"] == [0.02] * len(t["llc"])
     n = len(seen)
     assert settings_id(micro_run, settings) == chosen.id
     assert family.resolve(micro_run, settings) == chosen
