@@ -91,10 +91,13 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
                 bound = 2 * adamw_step_bound(cfg.train.lr, cfg.train.betas, cfg.train.steps)
                 diff = (actual[name] - p.detach()).abs()
                 assert (diff[noise] <= bound).all(), f"{name} seed {seed}: beyond the AdamW bound"
+                # per-op and fused AdamW round differently, and the steps compound it: on some
+                # CPUs one W_E element ends 3.7e-5 apart (relative), where a wrong AdamW (bias
+                # correction, decay) moves elements by about lr, 1e-2 of their size
                 torch.testing.assert_close(
                     actual[name][~noise],
                     p.detach()[~noise],
-                    rtol=1e-5,
+                    rtol=1e-4,
                     atol=1e-6,
                     msg=f"{name} seed {seed}",
                 )
