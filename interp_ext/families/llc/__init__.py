@@ -776,9 +776,9 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
                     models[p], data[p[0]], masks[p][name], replace(settings, lr=lr, calibrate=False)
                 )
                 trial["llc"].append(r["llc"])
-                trial["llc_se"].append(r.get("llc_draws_se", math.nan))
+                trial["llc_se"].append(r["llc_draws_se"])
                 trial["trace_drift"].append(r["trace_drift"])
-                trial["trace_drift_se"].append(r.get("trace_drift_se", math.nan))
+                trial["trace_drift_se"].append(r["trace_drift_se"])
                 trial["locality"].append(locality(r, chance))
                 trial["init_loss"].append(r["init_loss"])
                 if name == "model":
