@@ -606,3 +606,61 @@ def test_the_drift_standard_error_matches_the_spread_of_flat_traces():
     rise = ar1(1200)
     trend = rise + np.linspace(0, 20.0, 1200)  # the rise doubles along the chain
     assert trace_drift(trend, 0.0, 200) / trace_drift_se(trend, 200) > 3
+
+
+def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(micro_run):
+    """``quadratic``: each head's Hessian block and gradient on the estimate's own data, against
+    torch.autograd's dense Hessian of the same loss over the head's coordinates."""
+    from interp_ext import measure
+    from interp_ext.families.llc import LLCSettings, component_masks, llc_data
+    from interp_ext.geometry.sharpness import quadratic_llc
+    from interp_ext.measurement.runner import MeasureError
+
+    settings = LLCSettings(
+        num_chains=1,
+        num_draws=4,
+        num_burnin_steps=0,
+        batch_size=4,
+        n_sequences=8,
+        components="L1H1",
+        trace_probes=0,
+        localization=300.0,
+        quadratic=True,
+    )
+    rows = measure(micro_run, settings, seeds=[1], steps=[6], progress=False)
+    got = rows[rows.seed == 1].set_index("metric").value
+    run = micro_run
+    model = run.model(1, 6)
+    tokens = torch.as_tensor(np.asarray(llc_data(run, 1, settings)["input_ids"]))
+    masks = component_masks(model, None, settings)["L1H1"]
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    where = {n: m.bool() for n, m in masks.items()}
+    x0 = torch.cat([params[n][where[n]] for n in where]).double()
+
+    def loss(x):
+        full, start = dict(params), 0
+        for n, w in where.items():
+            k = int(w.sum())
+            t = params[n].double().clone()
+            t[w] = x[start : start + k]
+            full[n] = t.to(params[n].dtype)
+            start += k
+        return torch.func.functional_call(model, full, (tokens,), {"return_type": "loss"})
+
+    dense = torch.autograd.functional.hessian(loss, x0).numpy()
+    g = torch.autograd.functional.jacobian(loss, x0).numpy()
+    n = tokens.shape[0] * (tokens.shape[1] - 1)
+    want = quadratic_llc((dense + dense.T) / 2, g, n / math.log(n), 300.0)
+    assert got["improper_directions"] == want["improper"]
+    for metric, key in [
+        ("llc_quadratic_count", "count"),
+        ("llc_quadratic_gradient", "gradient_term"),
+        ("hessian_min", "hessian_min"),
+        ("hessian_max", "hessian_max"),
+        ("gradient_norm", "gradient_norm"),
+    ]:
+        assert got[metric] == pytest.approx(want[key], rel=1e-3, abs=1e-6), metric
+    assert "llc" in got.index  # the SGLD estimate beside it
+    assert settings.id != replace(settings, quadratic=False).id
+    with pytest.raises(MeasureError, match="quadratic covers heads"):
+        measure(micro_run, replace(settings, components="model,L1H1"), progress=False)

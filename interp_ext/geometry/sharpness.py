@@ -129,6 +129,33 @@ class HessianOperator:
             total = part if total is None else total + part
         return total
 
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient [n] of the mean loss at ``theta`` (the groups weighted as in :meth:`hvp`)."""
+        total = None
+        for tokens in self.groups:
+            g = self.flat(grad(self.loss_fn)(self.theta, tokens))
+            part = g * (tokens.shape[0] / sum(t.shape[0] for t in self.groups))
+            total = part if total is None else total + part
+        return total
+
+    def block(self, mask: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """The dense block H[mask, mask] (a flat bool ``mask`` [n]), one Hessian-vector product per
+        coordinate, ``chunk`` of them at a time (``torch.func.vmap``); symmetrised."""
+        from torch.func import vmap
+
+        dtype = next(iter(self.theta.values())).dtype
+        device = next(iter(self.theta.values())).device
+        idx = mask.nonzero().squeeze(1).to(device)
+        rows = []
+        for start in range(0, idx.numel(), chunk):
+            part = idx[start : start + chunk]
+            basis = torch.zeros(part.numel(), self.n, dtype=dtype, device=device)
+            basis[torch.arange(part.numel(), device=device), part] = 1
+            rows.append(vmap(self.hvp)(basis)[:, idx])
+        self.calls += idx.numel() - len(rows)  # vmap counted one call per chunk
+        dense = torch.cat(rows)
+        return (dense + dense.T) / 2
+
     def top(
         self,
         preconditioner: dict[str, torch.Tensor] | None = None,
@@ -179,6 +206,46 @@ def model_hessian(
     return HessianOperator(loss_function(model, names), theta, batches.to(device), chunk)
 
 
+def quadratic_llc(
+    hessian: np.ndarray, gradient: np.ndarray, n_beta: float, localization: float
+) -> dict[str, float]:
+    """What the LLC's estimator reads if the loss were its second-order Taylor expansion about the
+    checkpoint, in closed form: ``hessian`` [k, k] and ``gradient`` [k] of the loss on the sampled
+    coordinates.
+
+    The localised, tempered posterior exp(-n_beta L(w) - gamma / 2 |w - w0|^2) of the quadratic
+    L(w0 + d) = L(w0) + g.d + d'Hd / 2 is Gaussian with precision A = n_beta H + gamma I and mean
+    mu = -n_beta A^-1 g, so n_beta E[L(w) - L(w0)] splits over H's eigendirections (h_i, g_i the
+    gradient's component) into
+
+        count    = sum_i n_beta h_i / (2 a_i)                       (a_i = n_beta h_i + gamma)
+        gradient = -sum_i n_beta^2 g_i^2 (n_beta h_i + 2 gamma) / (2 a_i^2)
+
+    the first a soft count of the directions curved beyond gamma / n_beta, the second negative
+    wherever the checkpoint is not a stationary point. Where a_i <= 0 (curvature below
+    -gamma / n_beta: ``improper`` directions) the quadratic posterior does not exist, a chain
+    leaves along them until the higher-order terms stop it, and ``llc`` is NaN.
+    """
+    h, q = np.linalg.eigh(np.asarray(hessian, dtype=np.float64))
+    g = q.T @ np.asarray(gradient, dtype=np.float64)
+    a = n_beta * h + localization
+    improper = a <= 0
+    ok = ~improper
+    count = float(np.sum(n_beta * h[ok] / (2 * a[ok])))
+    grad_term = float(
+        -np.sum(n_beta**2 * g[ok] ** 2 * (n_beta * h[ok] + 2 * localization) / (2 * a[ok] ** 2))
+    )
+    return {
+        "llc": count + grad_term if not improper.any() else float("nan"),
+        "count": count,
+        "gradient_term": grad_term,
+        "improper": int(improper.sum()),
+        "hessian_min": float(h[0]),
+        "hessian_max": float(h[-1]),
+        "gradient_norm": float(np.linalg.norm(g)),
+    }
+
+
 def hutchinson_trace(
     op: HessianOperator, n_probes: int, mask: torch.Tensor | None = None, seed: int = 0
 ) -> tuple[float, float]:
@@ -202,6 +269,7 @@ def hutchinson_trace(
 
 __all__ = [
     "HessianOperator",
+    "quadratic_llc",
     "hutchinson_trace",
     "adam_preconditioner",
     "stability_threshold",

@@ -14,6 +14,7 @@ from interp_ext.geometry.sharpness import (
     HessianOperator,
     adam_preconditioner,
     hutchinson_trace,
+    quadratic_llc,
     stability_threshold,
     top_eigenvalues,
 )
@@ -83,6 +84,49 @@ def test_preconditioned_and_block_eigenvalues_match_the_dense_hessian(micro):
     )
     both = np.linalg.eigvals(dvec[idx, None] * block).real.max()
     np.testing.assert_allclose(op.top(preconditioner=d, mask=mask, tol=1e-10)[0], both, rtol=1e-7)
+
+
+def test_block_and_gradient_match_dense_autograd(micro):
+    model, names, theta, batches, loss, dense = micro
+    op = HessianOperator(loss, theta, batches)
+    mask = Circuit("c", ["L1H1"]).flat_masks(model)["L1H1"]
+    idx = mask.nonzero().squeeze(1).numpy()
+    np.testing.assert_allclose(
+        op.block(mask, chunk=5).numpy(), dense[np.ix_(idx, idx)], rtol=1e-10, atol=1e-12
+    )
+    x = flatten(theta, names).requires_grad_(True)
+    out, start = {}, 0
+    for n in names:
+        out[n] = x[start : start + theta[n].numel()].reshape(theta[n].shape)
+        start += theta[n].numel()
+    mean = torch.stack([loss(out, b) for b in batches]).mean()
+    (want,) = torch.autograd.grad(mean, x)
+    np.testing.assert_allclose(op.gradient().numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_quadratic_llc_is_the_gaussian_posteriors_mean_rise():
+    """Closed form against draws from the localised tempered posterior of a quadratic (numpy's
+    Gaussian sampler): n_beta E[g.d + d'Hd/2] with d ~ N(-n_beta A^-1 g, A^-1), A = n_beta H + gamma."""
+    rng = np.random.default_rng(0)
+    k, n_beta, gamma = 6, 50.0, 30.0
+    q, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    h = np.array([-0.4, 0.0, 0.05, 0.3, 2.0, 10.0])  # one negative direction, still proper
+    hess = q @ np.diag(h) @ q.T
+    g = rng.normal(size=k) * 0.05
+    got = quadratic_llc(hess, g, n_beta, gamma)
+    a = n_beta * hess + gamma * np.eye(k)
+    cov = np.linalg.inv(a)
+    d = rng.multivariate_normal(-n_beta * cov @ g, cov, size=400_000)
+    rise = n_beta * (d @ g + 0.5 * np.einsum("ni,ij,nj->n", d, hess, d))
+    assert got["improper"] == 0
+    assert abs(got["llc"] - rise.mean()) < 4 * rise.std() / np.sqrt(len(rise))
+    assert got["gradient_term"] < 0 < got["count"]
+    # with g = 0 the count alone: half the number of directions curved far beyond gamma / n_beta
+    stiff = quadratic_llc(np.diag([1e6, 1e6, 0.0]), np.zeros(3), n_beta, gamma)
+    assert abs(stiff["llc"] - 1.0) < 1e-3 and stiff["gradient_term"] == 0
+    # curvature below -gamma / n_beta: no posterior, no estimate
+    bad = quadratic_llc(np.diag([-1.0, 1.0]), np.zeros(2), n_beta, gamma)
+    assert bad["improper"] == 1 and np.isnan(bad["llc"]) and bad["hessian_min"] == -1.0
 
 
 def test_hutchinson_trace_is_unbiased_for_the_dense_trace(micro):

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, CircuitError, Head, all_heads
-from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian
+from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian, quadratic_llc
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.probes import rows_by_part
 from interp_ext.measurement.runner import (
@@ -155,6 +155,15 @@ class LLCSettings(Settings):
     data: str = setting(
         "all",
         "Rows sampled on: all, random (uniform random tokens) or text (corpus text); both parts carry a copied span.",
+        key="if_set",
+    )
+    quadratic: bool = setting(
+        False,
+        "Beside each head's estimate, what the estimator reads on the loss's second-order Taylor "
+        "model at the checkpoint (closed form from the head's dense Hessian block and gradient on "
+        "the same data): its curvature count, its gradient term and the directions curved below "
+        "-localization / n_beta, where the localised posterior does not exist. Heads only: one "
+        "Hessian-vector product per parameter of the head.",
         key="if_set",
     )
     component_lr: str = setting(
@@ -294,6 +303,11 @@ class LLC(Family):
                 Head.parse(c).check(run.config.model)
             except CircuitError as err:
                 raise MeasureError(f"llc setting components: {err}") from err
+        wide = [c for c in settings.components.split(",") if c in ("model", "circuit", "rest")]
+        if settings.quadratic and wide:
+            raise MeasureError(
+                f"llc setting quadratic covers heads (heads, or single heads such as L1H2), not {', '.join(wide)}: drop them from --components or drop --quadratic"
+            )
         p = run.config.data.random_seq_prob
         if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
             raise MeasureError(
@@ -349,6 +363,9 @@ class LLC(Family):
                     {"metric": "hessian_trace", "component": component, "value": est},
                     {"metric": "hessian_trace_se", "component": component, "value": se},
                 ]
+            if settings.quadratic:
+                quad = quadratic_rows(ctx.model, state["data"], masks, settings)
+                rows += [{"metric": k, "component": component, "value": v} for k, v in quad.items()]
             own = settings
             if component in lrs:
                 own = replace(settings, lr=lrs[component])
@@ -609,6 +626,40 @@ def sampler_kwargs(model, data, masks: dict | None, settings: LLCSettings) -> di
     if settings.sampler == "rmsprop":
         kwargs["rmsprop_eps"] = settings.rmsprop_eps
     return kwargs
+
+
+def quadratic_rows(model, data, masks: dict, settings: LLCSettings) -> dict[str, float]:
+    """:func:`interp_ext.geometry.sharpness.quadratic_llc` for one component (devinterp ``masks``)
+    on the estimate's own data, n_beta and localisation: the dense Hessian block of the mean
+    loss over the data's sequences and its gradient, differentiated only through the tensors
+    the masks name."""
+    names = list(masks)
+    seqs = torch.as_tensor(np.asarray(data["input_ids"]))
+    op = model_hessian(model, seqs[:, None], names=names, chunk=64)
+    params = dict(model.named_parameters())
+    mask = torch.cat(
+        [
+            torch.ones(params[n].numel(), dtype=torch.bool)
+            if masks[n] is None
+            else masks[n].detach().bool().flatten().cpu()
+            for n in op.names
+        ]
+    )
+    n = seqs.shape[0] * (seqs.shape[1] - 1)
+    n_beta = settings.n_beta or n / math.log(n)
+    hessian = op.block(mask).double().cpu().numpy()
+    g = op.gradient()
+    gradient = g[mask.to(g.device)].double().cpu().numpy()
+    q = quadratic_llc(hessian, gradient, n_beta, settings.localization)
+    return {
+        "llc_quadratic": q["llc"],
+        "llc_quadratic_count": q["count"],
+        "llc_quadratic_gradient": q["gradient_term"],
+        "improper_directions": float(q["improper"]),
+        "hessian_min": q["hessian_min"],
+        "hessian_max": q["hessian_max"],
+        "gradient_norm": q["gradient_norm"],
+    }
 
 
 def paired_trace(model, data, samples) -> np.ndarray:
