@@ -608,13 +608,14 @@ def test_the_drift_standard_error_matches_the_spread_of_flat_traces():
     assert trace_drift(trend, 0.0, 200) / trace_drift_se(trend, 200) > 3
 
 
-def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(micro_run):
+def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
+    micro_run, monkeypatch
+):
     """``quadratic``: each head's Hessian block and gradient on the estimate's own data, against
     torch.autograd's dense Hessian of the same loss over the head's coordinates."""
     from interp_ext import measure
     from interp_ext.families.llc import LLCSettings, component_masks, llc_data
     from interp_ext.geometry.sharpness import quadratic_llc
-    from interp_ext.measurement.runner import MeasureError
 
     settings = LLCSettings(
         num_chains=1,
@@ -662,5 +663,11 @@ def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
         assert got[metric] == pytest.approx(want[key], rel=1e-3, abs=1e-6), metric
     assert "llc" in got.index  # the SGLD estimate beside it
     assert settings.id != replace(settings, quadratic=False).id
-    with pytest.raises(MeasureError, match="quadratic covers heads"):
-        measure(micro_run, replace(settings, components="model,L1H1"), progress=False)
+    # above the dense limit (here set below a head's size) the gradient term alone, by CG
+    monkeypatch.setattr("interp_ext.families.llc.DENSE_LIMIT", 10)
+    wide = measure(micro_run, replace(settings, seed=101), seeds=[1], steps=[6], progress=False)
+    wide = wide[wide.seed == 1].set_index("metric").value
+    assert "llc_quadratic_count" not in wide.index
+    assert want["improper"] == 0  # localisation 300 holds this head's negative curvature
+    assert wide["quadratic_proper"] == 1
+    assert wide["llc_quadratic_gradient"] == pytest.approx(want["gradient_term"], rel=1e-3)

@@ -14,6 +14,7 @@ from interp_ext.geometry.sharpness import (
     HessianOperator,
     adam_preconditioner,
     hutchinson_trace,
+    quadratic_gradient_term,
     quadratic_llc,
     stability_threshold,
     top_eigenvalues,
@@ -127,6 +128,28 @@ def test_quadratic_llc_is_the_gaussian_posteriors_mean_rise():
     # curvature below -gamma / n_beta: no posterior, no estimate
     bad = quadratic_llc(np.diag([-1.0, 1.0]), np.zeros(2), n_beta, gamma)
     assert bad["improper"] == 1 and np.isnan(bad["llc"]) and bad["hessian_min"] == -1.0
+
+
+def test_the_conjugate_gradient_term_equals_the_dense_closed_form(micro):
+    model, names, theta, batches, loss, dense = micro
+    op = HessianOperator(loss, theta, batches)
+    mask = (
+        Circuit("c", ["L1H0", "L0H1"]).flat_masks(model)["L1H0"]
+        | (Circuit("c", ["L0H1"]).flat_masks(model)["L0H1"])
+    )
+    idx = mask.nonzero().squeeze(1).numpy()
+    g = op.gradient()[mask]
+    block = dense[np.ix_(idx, idx)]
+    lam_min = np.linalg.eigvalsh(block).min()
+    n_beta = 40.0
+    gamma = max(5.0, -2 * n_beta * lam_min)  # proper
+    want = quadratic_llc(block, g.numpy(), n_beta, gamma)["gradient_term"]
+    got = quadratic_gradient_term(op.block_matvec(mask), g, n_beta, gamma, tol=1e-12)
+    assert got["improper"] == 0 and got["gradient_term"] == pytest.approx(want, rel=1e-8)
+    # an untrained model has negative curvature; a localisation too weak for it: no posterior
+    assert lam_min < 0
+    bad = quadratic_gradient_term(op.block_matvec(mask), g, n_beta, -0.5 * n_beta * lam_min)
+    assert bad["improper"] == 1 and np.isnan(bad["gradient_term"])
 
 
 def test_hutchinson_trace_is_unbiased_for_the_dense_trace(micro):

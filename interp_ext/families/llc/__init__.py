@@ -48,7 +48,12 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, CircuitError, Head, all_heads
-from interp_ext.geometry.sharpness import hutchinson_trace, model_hessian, quadratic_llc
+from interp_ext.geometry.sharpness import (
+    hutchinson_trace,
+    model_hessian,
+    quadratic_gradient_term,
+    quadratic_llc,
+)
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.probes import rows_by_part
 from interp_ext.measurement.runner import (
@@ -162,8 +167,9 @@ class LLCSettings(Settings):
         "Beside each head's estimate, what the estimator reads on the loss's second-order Taylor "
         "model at the checkpoint (closed form from the head's dense Hessian block and gradient on "
         "the same data): its curvature count, its gradient term and the directions curved below "
-        "-localization / n_beta, where the localised posterior does not exist. Heads only: one "
-        "Hessian-vector product per parameter of the head.",
+        "-localization / n_beta, where the localised posterior does not exist (one Hessian-vector "
+        "product per parameter of a head; for a circuit or the model only the gradient term, by "
+        "conjugate gradients).",
         key="if_set",
     )
     component_lr: str = setting(
@@ -303,11 +309,6 @@ class LLC(Family):
                 Head.parse(c).check(run.config.model)
             except CircuitError as err:
                 raise MeasureError(f"llc setting components: {err}") from err
-        wide = [c for c in settings.components.split(",") if c in ("model", "circuit", "rest")]
-        if settings.quadratic and wide:
-            raise MeasureError(
-                f"llc setting quadratic covers heads (heads, or single heads such as L1H2), not {', '.join(wide)}: drop them from --components or drop --quadratic"
-            )
         p = run.config.data.random_seq_prob
         if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
             raise MeasureError(
@@ -628,28 +629,40 @@ def sampler_kwargs(model, data, masks: dict | None, settings: LLCSettings) -> di
     return kwargs
 
 
-def quadratic_rows(model, data, masks: dict, settings: LLCSettings) -> dict[str, float]:
-    """:func:`interp_ext.geometry.sharpness.quadratic_llc` for one component (devinterp ``masks``)
-    on the estimate's own data, n_beta and localisation: the dense Hessian block of the mean
-    loss over the data's sequences and its gradient, differentiated only through the tensors
-    the masks name."""
-    names = list(masks)
+DENSE_LIMIT = 8192  # coordinates: above it a dense Hessian block costs more than the chains
+
+
+def quadratic_rows(model, data, masks: dict | None, settings: LLCSettings) -> dict[str, float]:
+    """:func:`interp_ext.geometry.sharpness.quadratic_llc` for one component (devinterp ``masks``,
+    None: the whole model) on the estimate's own data, n_beta and localisation: the dense Hessian
+    block of the mean loss over the data's sequences and its gradient, differentiated only through
+    the tensors the masks name. Above ``DENSE_LIMIT`` coordinates (a circuit, the model) only the
+    gradient term, by conjugate gradients (:func:`quadratic_gradient_term`)."""
+    names = list(masks) if masks is not None else [n for n, _ in model.named_parameters()]
     seqs = torch.as_tensor(np.asarray(data["input_ids"]))
     op = model_hessian(model, seqs[:, None], names=names, chunk=64)
     params = dict(model.named_parameters())
     mask = torch.cat(
         [
             torch.ones(params[n].numel(), dtype=torch.bool)
-            if masks[n] is None
+            if masks is None or masks[n] is None
             else masks[n].detach().bool().flatten().cpu()
             for n in op.names
         ]
     )
     n = seqs.shape[0] * (seqs.shape[1] - 1)
     n_beta = settings.n_beta or n / math.log(n)
+    full = op.gradient()
+    g = full[mask.to(full.device)]
+    if int(mask.sum()) > DENSE_LIMIT:
+        cg = quadratic_gradient_term(op.block_matvec(mask), g, n_beta, settings.localization)
+        return {
+            "llc_quadratic_gradient": cg["gradient_term"],
+            "quadratic_proper": float(1 - cg["improper"]),
+            "gradient_norm": float(g.double().norm()),
+        }
     hessian = op.block(mask).double().cpu().numpy()
-    g = op.gradient()
-    gradient = g[mask.to(g.device)].double().cpu().numpy()
+    gradient = g.double().cpu().numpy()
     q = quadratic_llc(hessian, gradient, n_beta, settings.localization)
     return {
         "llc_quadratic": q["llc"],
