@@ -671,3 +671,29 @@ def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
     assert want["improper"] == 0  # localisation 300 holds this head's negative curvature
     assert wide["quadratic_proper"] == 1
     assert wide["llc_quadratic_gradient"] == pytest.approx(want["gradient_term"], rel=1e-3)
+
+
+def test_the_report_states_the_gradients_pull_beside_quadratic_rows():
+    import pandas as pd
+
+    from interp_ext.families.llc.report import quadratic_lines
+
+    def rows(component: str, metrics: dict) -> list[dict]:
+        return [
+            {"metric": k, "component": component, "seed": 0, "step": 6, "value": v}
+            for k, v in metrics.items()
+        ]
+
+    head = {"llc": 5.0, "llc_quadratic_count": 10.0, "llc_quadratic_gradient": -8.0}
+    other = {**head, "llc_quadratic_gradient": -2.0, "improper_directions": 3.0}
+    circuit = {"llc": 40.0, "llc_quadratic_gradient": -4.0, "quadratic_proper": 1.0}
+    m = pd.DataFrame(
+        rows("L1H3", {**head, "improper_directions": 0.0})
+        + rows("L1H1", other)
+        + rows("circuit", circuit)
+    ).assign(settings="llc-0000000000", family="llc")
+    assert quadratic_lines(m[~m.metric.str.contains("quadratic")]) == []
+    heads, wide = quadratic_lines(m)
+    assert "2 head estimates" in heads and "50% of the curvature count" in heads
+    assert "20% to 80%" in heads and "does not exist for 1 of them" in heads
+    assert "1 larger components" in wide and "-10% of the estimate" in wide

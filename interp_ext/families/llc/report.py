@@ -81,6 +81,7 @@ def llc_section(m: pd.DataFrame, out: Path, ctx: dict, run) -> list[str]:
             f"Trace drift (last quarter of draws vs the third, relative to the rise over the initial loss): median {drift.median():.3f}, largest {drift.abs().max():.3f}."
         )
     lines += standard_error_lines(llc)
+    lines += quadratic_lines(llc)
     return lines + [
         "Reading: the LLC counts effective parameters; a stage boundary shows as a change of slope or level where the dashboard and the induction score change.",
         "",
@@ -105,6 +106,37 @@ def standard_error_lines(llc: pd.DataFrame) -> list[str]:
         f"chains and draws): median {rel.median():.1%} of it, largest {rel.max():.1%}; effective "
         f"draws median {per.llc_draws_ess.median():.0f} (of {len(per)} estimates).",
     ]
+
+
+def quadratic_lines(llc: pd.DataFrame) -> list[str]:
+    """With ``--quadratic``: how much of each estimate the loss's second-order model puts in its
+    curvature count and how much in the pull of the checkpoint's gradient."""
+    per = llc[llc.seed >= 0].pivot_table(
+        index=["settings", "seed", "step", "component"], columns="metric", values="value"
+    )
+    if "llc_quadratic_gradient" not in per:
+        return []
+    per = per.dropna(subset=["llc_quadratic_gradient"], how="all")
+    lines = []
+    dense = per.dropna(subset=["llc_quadratic_count"]) if "llc_quadratic_count" in per else per[:0]
+    if len(dense):
+        pull = (-dense.llc_quadratic_gradient / dense.llc_quadratic_count).dropna()
+        lines.append(
+            f"Second-order model of the loss at the checkpoint ({len(dense)} head estimates): the "
+            f"gradient's pull takes {pull.median():.0%} of the curvature count at the median "
+            f"(range {pull.min():.0%} to {pull.max():.0%}); the quadratic posterior does not exist "
+            f"for {int((dense.improper_directions > 0).sum())} of them. An estimate that is mostly "
+            "count minus pull reads the checkpoint's slope, not its basin."
+        )
+    wide = per.dropna(subset=["quadratic_proper"]) if "quadratic_proper" in per else per[:0]
+    if len(wide):
+        share = (wide.llc_quadratic_gradient / wide.llc).dropna()
+        lines.append(
+            f"Gradient term beside {len(wide)} larger components' estimates (conjugate gradients): "
+            f"{share.median():+.0%} of the estimate at the median (range {share.min():+.0%} to "
+            f"{share.max():+.0%}); no quadratic posterior for {int((wide.quadratic_proper == 0).sum())}."
+        )
+    return lines
 
 
 def llc_head_panels(llc: pd.DataFrame, m: pd.DataFrame, ctx: dict) -> list[Panel]:
