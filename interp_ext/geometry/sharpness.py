@@ -272,9 +272,10 @@ def quadratic_gradient_term(
 
         gradient term = -n_beta^2 (g.x + gamma |x|^2) / 2,
 
-    x by conjugate gradients, which also meets any direction where p'Ap <= 0 (the quadratic
-    posterior does not exist; the term is then NaN and ``improper`` 1). ``iterations``: CG steps
-    to a residual below ``tol`` |g|."""
+    x by conjugate gradients. Where CG meets a direction with p'Ap <= 0, A is not positive
+    definite and the quadratic posterior does not exist: the term is then NaN and ``improper`` 1
+    (a negative direction CG never meets, one orthogonal to the Krylov space of g, goes
+    unseen). ``iterations``: CG steps to a residual below ``tol`` |g|."""
     g = gradient.double()
     x = torch.zeros_like(g)
     r, p = g.clone(), g.clone()
