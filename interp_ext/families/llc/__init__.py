@@ -196,8 +196,9 @@ class LLCSettings(Settings):
 
     def check(self) -> None:
         """Long because every setting gets its own one-line requirement naming it."""
+        self.require(self.lr > 0, "lr", "the SGLD step size must be > 0")
         self.require(
-            self.lr > 0 and self.localization >= 0, "lr", "lr must be > 0 and localization >= 0"
+            self.localization >= 0, "localization", "the pull towards the checkpoint must be >= 0"
         )
         self.require(
             self.num_chains >= 1 and self.num_draws >= 4,
