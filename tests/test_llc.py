@@ -143,6 +143,8 @@ def test_llc_rows_on_a_run(micro_run):
     assert np.isfinite(per[(per.metric == "llc") & (per.component == "model")].value).all()
     with pytest.raises(MeasureError, match="components"):
         LLCSettings(components="model,nothing")
+    with pytest.raises(MeasureError, match="localization=-1.0"):
+        LLCSettings(localization=-1.0)
     with pytest.raises(MeasureError, match="layers 0..1"):
         measure(micro_run, LLCSettings(circuit="L5H0", components="circuit"), progress=False)
     # a single head is its own component, with the same estimate as among all heads
