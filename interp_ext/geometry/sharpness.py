@@ -181,26 +181,17 @@ class HessianOperator:
         either restricted to the coordinates ``mask`` (a flat bool [n])."""
         dtype = next(iter(self.theta.values())).dtype
         device = next(iter(self.theta.values())).device
-        half = (
-            self.flat({n: d.to(dtype) for n, d in preconditioner.items()}).sqrt().to(device)
-            if preconditioner is not None
-            else None
-        )
-        idx = mask.nonzero().squeeze(1).to(device) if mask is not None else None
-        size = int(idx.numel()) if idx is not None else self.n
+        mask = torch.ones(self.n, dtype=torch.bool) if mask is None else mask
+        block = self.block_matvec(mask)
+        size = int(mask.sum())
+        if preconditioner is None:
+            matvec = block
+        else:  # D^1/2 H D^1/2 on the block: the block's coordinates of D^1/2 on either side
+            d = self.flat({n: t.to(dtype) for n, t in preconditioner.items()}).sqrt().to(device)
+            half = d[mask.to(device)]
 
-        def matvec(x: torch.Tensor) -> torch.Tensor:
-            x = x.to(device)
-            if idx is not None:
-                full = torch.zeros(self.n, dtype=dtype, device=device)
-                full[idx] = x
-                x = full
-            if half is not None:
-                x = half * x
-            y = self.hvp(x)
-            if half is not None:
-                y = half * y
-            return y[idx] if idx is not None else y
+            def matvec(x: torch.Tensor) -> torch.Tensor:
+                return half * block(half * x.to(device))
 
         return top_eigenvalues(matvec, size, k, tol, seed, dtype)
 

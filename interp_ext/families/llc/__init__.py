@@ -469,12 +469,14 @@ def component_masks(
     return out
 
 
-def flat_mask(model, masks: dict | None) -> torch.Tensor | None:
-    """devinterp parameter masks as one bool mask over the flattened parameters (None: all)."""
+def flat_mask(model, masks: dict | None, names: list[str] | None = None) -> torch.Tensor | None:
+    """devinterp parameter masks as one bool mask over the flattened parameters (None: all), or
+    over the parameters ``names`` only, in that order."""
     if masks is None:
         return None
+    params = dict(model.named_parameters())
     parts = []
-    for name, p in model.named_parameters():
+    for name, p in ((n, params[n]) for n in names or params):
         if name not in masks:
             parts.append(torch.zeros(p.numel(), dtype=torch.bool))
         elif masks[name] is None:
@@ -642,15 +644,8 @@ def quadratic_rows(model, data, masks: dict | None, settings: LLCSettings) -> di
     names = list(masks) if masks is not None else [n for n, _ in model.named_parameters()]
     seqs = torch.as_tensor(np.asarray(data["input_ids"]))
     op = model_hessian(model, seqs[:, None], names=names, chunk=64)
-    params = dict(model.named_parameters())
-    mask = torch.cat(
-        [
-            torch.ones(params[n].numel(), dtype=torch.bool)
-            if masks is None or masks[n] is None
-            else masks[n].detach().bool().flatten().cpu()
-            for n in op.names
-        ]
-    )
+    mask = flat_mask(model, masks, op.names)
+    mask = torch.ones(op.n, dtype=torch.bool) if mask is None else mask
     n = seqs.shape[0] * (seqs.shape[1] - 1)
     n_beta = settings.n_beta or n / math.log(n)
     full = op.gradient()
