@@ -164,7 +164,7 @@ class LLCSettings(Settings):
     )
     quadratic: bool = setting(
         False,
-        "Beside each head's estimate, what the estimator reads on the loss's second-order Taylor "
+        "Beside each component's estimate, what the estimator reads on the loss's second-order Taylor "
         "model at the checkpoint (closed form from the head's dense Hessian block and gradient on "
         "the same data): its curvature count, its gradient term and the directions curved below "
         "-localization / n_beta, where the localised posterior does not exist (one Hessian-vector "
@@ -609,13 +609,18 @@ def failed_estimate(init_loss: float = math.nan, trace: list | None = None) -> d
     }
 
 
+def inverse_temperature(data, settings: LLCSettings) -> float:
+    """n beta: as set, or n / log n with n the data's predicted tokens (sequences x (length - 1))."""
+    n = len(data) * (len(data[0]["input_ids"]) - 1)
+    return settings.n_beta or n / math.log(n)
+
+
 def sampler_kwargs(model, data, masks: dict | None, settings: LLCSettings) -> dict:
     """devinterp ``sample`` arguments for these settings (n beta = n / log n unless set)."""
-    n = len(data) * (len(data[0]["input_ids"]) - 1)
     draws, burnin = chain_length(settings)
     kwargs = dict(
         lr=settings.lr,
-        n_beta=settings.n_beta or n / math.log(n),
+        n_beta=inverse_temperature(data, settings),
         param_masks=masks,
         localization=settings.localization,
         num_chains=settings.num_chains,
@@ -641,13 +646,11 @@ def quadratic_rows(model, data, masks: dict | None, settings: LLCSettings) -> di
     block of the mean loss over the data's sequences and its gradient, differentiated only through
     the tensors the masks name. Above ``DENSE_LIMIT`` coordinates (a circuit, the model) only the
     gradient term, by conjugate gradients (:func:`quadratic_gradient_term`)."""
-    names = list(masks) if masks is not None else [n for n, _ in model.named_parameters()]
     seqs = torch.as_tensor(np.asarray(data["input_ids"]))
-    op = model_hessian(model, seqs[:, None], names=names, chunk=64)
+    op = model_hessian(model, seqs[:, None], names=None if masks is None else list(masks), chunk=64)
     mask = flat_mask(model, masks, op.names)
     mask = torch.ones(op.n, dtype=torch.bool) if mask is None else mask
-    n = seqs.shape[0] * (seqs.shape[1] - 1)
-    n_beta = settings.n_beta or n / math.log(n)
+    n_beta = inverse_temperature(data, settings)
     full = op.gradient()
     g = full[mask.to(full.device)]
     if int(mask.sum()) > DENSE_LIMIT:
