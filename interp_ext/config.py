@@ -298,9 +298,9 @@ STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
     "circuit": {},
     "work": {"every": 10},
-    # the gradient-flow limit: k replayed steps per real batch make the shadow moment's fresh
-    # batches k times as many, so M = 2 (still averaged over ~10 k steps) and every 25th real step
-    # keep each replay within about 8 minutes per seed on a 2-core CPU
+    # toward the gradient flow: the same span (window start to the rise's end) replayed at lr / k,
+    # k in 1, 2, 4, every other setting the same (a replay turns one knob): every 25th real step
+    # measured on all k of its sub-steps, M = 8 fresh batches per real step (M / k per sub-step)
     **{
         f"work:lr/{k}": {
             "scale": k,
@@ -308,9 +308,9 @@ STUDY_PLAN: dict[str, dict[str, Any]] = {
             "nulls": False,
             "every": 25,
             "detail_every": 50,
-            "drift_batches": 2,
+            "drift_batches": 8,
         }
-        for k in (2, 4)
+        for k in (1, 2, 4)
     },
     "ledger": {},
     "counterfactual": {},

@@ -108,6 +108,29 @@ def test_closure_with_every_step_measured(every_step):
         )  # the split by component closes
 
 
+def test_sampled_window_sums_are_every_times_the_sampled_steps_and_close_within_their_error(
+    ledger_run, every_step
+):
+    """Measured every second step, the window's sum of a term is 2 x the every-step rows at the
+    sampled steps (the replay is the same trajectory whatever is measured), and dE's sum is the
+    exact telescoped change within the standard error the rows report."""
+    settings = LedgerSettings(
+        window="4:8", every=2, detail_every=2, drift_batches=3, circuit=CIRCUIT, controls=1
+    )
+    half = measure(ledger_run, settings, seeds=[0], progress=False)
+    full = every_step[every_step.seed == 0]
+    rows = half[half.seed == 0]
+    window = rows[rows.component == "C@window"].set_index("metric").value
+    exact = window["dE/exact"]
+    for metric in ("dE", "L1", "L1_drift", "L1_noise", "L2"):
+        sampled = rows[(rows.metric == metric) & (rows.component == "C") & (rows.step >= 0)]
+        assert sampled.step.tolist() == [4, 6]
+        each = full[(full.metric == metric) & (full.component == "C") & (full.step >= 0)]
+        each = each.set_index("step").value
+        assert window[f"{metric}/sum"] == pytest.approx(2 * each[[4, 6]].sum(), rel=1e-9)
+    assert abs(window["dE/sum"] - exact) <= 3 * window["dE/sum_se"] + 1e-12
+
+
 def test_k_cc_along_the_drift_update_is_the_members_share_of_it(every_step):
     """K[C,C] along the drift update (the circuit's own part) plus its `rest` part is the whole
     first-order drift term: members and rest partition the parameters."""

@@ -20,7 +20,7 @@ def micro_study_preset():
         "induction": {},
         "circuit": {},
         "work": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
-        "work:lr/2": {"scale": 2, "until": "rise", "drift_batches": 1},
+        "work:lr/2": {"scale": 2, "until": "rise", "drift_batches": 2},
         "ledger": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
         "counterfactual": {"orders": 1, "mean_batches": 2, "record_every": 4},
     }

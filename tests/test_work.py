@@ -192,28 +192,162 @@ def test_the_drift_built_from_the_real_moment_is_the_real_update(work_run):
 
 
 def test_a_scaled_replay_covers_the_same_span_at_finer_steps(work_run):
-    """At scale 2 the same real steps are measured (each standing for two steps at lr / 2) and the
-    work still closes each measured step's change."""
+    """At scale 2 the same real steps are measured, each row holding both of its steps at lr / 2
+    (a ``substeps`` row says so), and the work still closes each measured step's change."""
     settings = WorkSettings(
-        window="4:8", every=2, detail_every=2, drift_batches=1, circuit=CIRCUIT, controls=0, scale=2
+        window="4:8", every=2, detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=0, scale=2
     )
     rows = measure(work_run, settings, seeds=[0], progress=False)
     work = window_of(rows, "work")
     assert work.step.tolist() == [4, 6]
+    assert window_of(rows, "substeps", component="").value.tolist() == [2.0, 2.0]
     remainder = window_of(rows, "work_remainder").value.abs()
     assert (remainder <= 1e-3 * work.value.abs().max() + 1e-12).all()
     real = measure(
         work_run,
         WorkSettings(
-            window="4:8", every=2, detail_every=2, drift_batches=1, circuit=CIRCUIT, controls=0
+            window="4:8", every=2, detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=0
         ),
         seeds=[0],
         progress=False,
     )
-    # half the learning rate: each measured step moves about half as far
+    assert window_of(real, "substeps", component="").empty  # the real steps: one per row
+    # two steps at lr / 2 make a path about as long as one real step
     norms = rows[(rows.metric == "update_norm") & (rows.component == "real")].value.to_numpy()
     full = real[(real.metric == "update_norm") & (real.component == "real")].value.to_numpy()
-    assert np.all((norms / full > 0.3) & (norms / full < 0.7))
+    assert np.all((norms / full > 0.8) & (norms / full < 1.25))
+
+
+def window_sum(rows, metric, component="C", seed=0) -> tuple[float, float]:
+    per = rows[(rows.seed == seed) & (rows.step == -1) & (rows.component == f"{component}@window")]
+    per = per.set_index("metric").value
+    return float(per[f"{metric}/sum"]), float(per[f"{metric}/sum_se"])
+
+
+@pytest.fixture(scope="module")
+def scaled_sums(work_run):
+    """Seed 0's window 4:8 at scales 1, 2, 4, with every step (and sub-step) measured and with
+    every second step."""
+    out = {}
+    for k in (1, 2, 4):
+        for every in (1, 2):
+            settings = WorkSettings(
+                window="4:8",
+                every=every,
+                detail_every=2,
+                drift_batches=4,
+                circuit=CIRCUIT,
+                controls=0,
+                scale=k,
+            )
+            out[k, every] = measure(work_run, settings, seeds=[0], progress=False)
+    return out
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_the_window_sums_of_a_scaled_replay_close_the_exact_change(scaled_sums, scale):
+    """The window's sums of dE and of the work on C equal the exact telescoped change of E_C: to
+    1% of the summed |work| with every step measured, at every scale (a replay at lr / k that
+    summed one sub-step in k would miss (k - 1) / k of it); with every second step measured,
+    within the sampling error the rows report, and exactly ``every`` x the every-step rows at the
+    sampled steps (the replay is the same trajectory whatever is measured)."""
+    full, half = scaled_sums[scale, 1], scaled_sums[scale, 2]
+    per = full[(full.seed == 0) & (full.step == -1)]
+    exact = per[(per.metric == "dE/exact") & (per.component == "C@window")].value.item()
+    scale_of_work = per[(per.metric == "abs_work/sum") & (per.component == "C@window")].value.item()
+    assert abs(exact) > 0.05 * scale_of_work  # the change is no small difference of large terms
+    for metric in ("dE", "work"):
+        total, se = window_sum(full, metric)
+        assert se == 0.0
+        assert abs(total - exact) <= 0.01 * scale_of_work, (metric, total, exact)
+        sampled, sampled_se = window_sum(half, metric)
+        steps = window_of(half, metric).step.tolist()
+        assert steps == [4, 6]
+        every_step = window_of(full, metric).set_index("step").value
+        assert sampled == pytest.approx(2 * every_step[steps].sum(), rel=1e-9)
+        assert abs(sampled - exact) <= 3 * sampled_se + 0.01 * scale_of_work, (metric, scale)
+    # the same real steps hold the same values whatever else is sampled
+    np.testing.assert_allclose(
+        window_of(half, "E").value, window_of(full, "E").set_index("step").value[[4, 6]]
+    )
+
+
+def test_each_replayed_step_draws_its_own_fresh_batches(work_run, monkeypatch):
+    """At scale k a real step's M fresh batches are shared out over its k sub-steps (M / k each,
+    independent draws, together the M batches the real-lr measurement draws at that step), not
+    the same batches reused k times."""
+    from interp_ext.families import work as family
+
+    seen = []
+    real_mean_gradient = family.mean_gradient
+
+    def spy(run, seed, step, theta, loss_fn, m, chunk=4, first=0):
+        seen.append((step, first, m))
+        return real_mean_gradient(run, seed, step, theta, loss_fn, m, chunk=chunk, first=first)
+
+    monkeypatch.setattr(family, "mean_gradient", spy)
+    for k in (1, 2, 4):
+        seen.clear()
+        settings = WorkSettings(
+            window="4:8",
+            every=4,
+            detail_every=4,
+            drift_batches=8,
+            circuit=CIRCUIT,
+            controls=0,
+            scale=k,
+        )
+        measure(work_run, settings, seeds=[0], progress=False)
+        draws = {}
+        for step, first, m in seen:
+            draws.setdefault(step, []).append(set(range(first, first + m)))
+        for step, sets in draws.items():
+            assert len(sets) == 2 * k  # two halves per sub-step
+            assert set().union(*sets) == set(range(8)), (k, step)  # the M draws, each once
+            assert sum(len(d) for d in sets) == 8
+
+
+def test_drift_batches_must_share_out_over_the_sub_steps():
+    from interp_ext.measurement.runner import MeasureError
+
+    with pytest.raises(MeasureError, match="drift_batches=6.*multiple of scale=4"):
+        WorkSettings(scale=4, drift_batches=6, circuit=CIRCUIT)
+
+
+def test_rows_of_a_scaled_replay_have_their_own_id_and_the_real_steps_keep_theirs():
+    """A scaled replay's rows are keyed by the revision of their sums, so rows made when they held
+    one sub-step in k are never returned; the real steps' rows did not change, nor did their id."""
+    assert "scaled_sums" not in WorkSettings().keyed()
+    assert WorkSettings().id == "work-e1f8401d8c"  # the id its rows had before the revision
+    assert WorkSettings(scale=2).keyed()["scaled_sums"] == 2
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_the_reference_toy_through_the_familys_sampling_and_sums(scale):
+    """The toy with no circuit, its k sub-steps summed by the family's ``sum_substeps`` and its
+    rows sampled and summed by the family's own ``sampled`` and ``window_sums``: with every step
+    measured the family's sums are the toy's every-sub-step totals; at every = 5 they are within
+    their standard errors of them; and per unit of lr x steps the drift's, the noise's and
+    K[C,C]'s work are the same at every k within their errors (a sum that counted one sub-step
+    in k would fall by (k - 1) / k), while the noise's curvature term falls like 1 / k."""
+    from interp_ext.stream3.toy import family_sums, run_toy
+
+    window = (500, 700)
+    kwargs = dict(steps=800, window=window, drift_batches=8)
+    base = run_toy(1, scale=1, **kwargs)
+    toy = run_toy(1, scale=scale, **kwargs)
+    every_step = family_sums(toy["rows"], window, every=1)
+    sampled = family_sums(toy["rows"], window, every=5, detail_every=10)
+    for term, (value, se) in every_step.items():
+        assert se == 0.0
+        assert value == pytest.approx(toy[f"{term}/per_lr_step"], rel=1e-9, abs=1e-15), term
+    for term in ("dE", "work", "work/drift", "work/noise", "K_CC/drift", "curv_noise"):
+        value, se = sampled[term]
+        assert abs(value - toy[f"{term}/per_lr_step"]) <= 3 * se + 1e-12, term
+    for term in ("work/drift", "work/noise", "K_CC/drift"):
+        assert toy[f"{term}/per_lr_step"] == pytest.approx(base[f"{term}/per_lr_step"], rel=0.05)
+    ratio = toy["curv_noise/per_lr_step"] / base["curv_noise/per_lr_step"]
+    assert ratio == pytest.approx(1 / scale, rel=0.25)
 
 
 def test_seeds_that_never_formed_have_no_window_without_formed_seeds(work_run):
@@ -318,6 +452,27 @@ def test_the_ledger_of_an_arm_closes_and_is_keyed_apart_from_the_real_steps(work
         real_work[real_work.step >= 5].value.sum(), rel=1e-2
     )
     assert float(table["csqrt2/own"][8]) == pytest.approx(exact, rel=1e-2)
+
+
+def test_an_arms_sampled_sums_are_every_times_its_sampled_steps(work_run):
+    """A noise arm measured every second step: its window sums are 2 x its every-step rows at the
+    sampled steps (the arm's trajectory does not depend on what is measured), within their
+    standard error of the exact change."""
+    common = dict(window="4:8", detail_every=2, drift_batches=2, circuit=CIRCUIT, controls=0)
+    arm = dict(horizon=1, arm="csqrt2/own", arm_batches=2)
+    full = measure(work_run, WorkSettings(every=1, **common, **arm), seeds=[0], progress=False)
+    # horizon 1 at every 2: the arm starts at 4, its first measured step is 6
+    half = measure(work_run, WorkSettings(every=2, **common, **arm), seeds=[0], progress=False)
+    sampled = window_of(half, "work")
+    assert sampled.step.tolist() == [6]
+    each = window_of(full, "work").set_index("step").value
+    total, se = window_sum(half, "work")
+    assert total == pytest.approx(2 * each[6], rel=1e-9)
+    per = half[(half.seed == 0) & (half.step == -1)]
+    exact = per[(per.metric == "dE/exact") & (per.component == "C@window")].value.item()
+    # one sampled step: no standard error, but the exact change spans the same two steps
+    assert math.isnan(se)
+    assert exact == pytest.approx(each[6] + each[7], rel=1e-2)
 
 
 def test_an_arm_is_measured_on_its_sampling_grid_with_its_detail_steps(work_run):

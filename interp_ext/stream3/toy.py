@@ -16,7 +16,14 @@ seed, so seed 0's trajectory is that toy's). Over a window of real steps it meas
 * the noise's and the drift's own curvature terms u^T Hess(E_C) u / 2 (central differences);
 
 and replays the same window at lr / k with k steps per batch (1 - beta scaled by 1 / k, the
-bias-correction count by k), reporting sums per unit of lr x steps, as ``Replay(scale=k)`` does.
+bias-correction count by k, the shadow's M fresh batches of a real step shared out over its k
+sub-steps), reporting sums per unit of lr x steps, as ``Replay(scale=k)`` does.
+
+Each real step's k sub-steps are summed into one row per term by the ``work`` family's own
+:func:`~interp_ext.families.work.sum_substeps`; :func:`family_sums` then samples and sums those
+rows by the family's own rule (:func:`~interp_ext.families.work.sampled`,
+:func:`~interp_ext.families.work.window_sums`), so the family's sums can be checked against the
+toy's every-sub-step totals at any ``every`` and scale.
 
 Nothing here forms, so any sign that holds on every toy seed is what the construction and plain
 AdamW give, not evidence of a self-reinforcing circuit. Run: ``python -m interp_ext.stream3.toy``.
@@ -25,8 +32,10 @@ AdamW give, not evidence of a self-reinforcing circuit. Run: ``python -m interp_
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
+import pandas as pd
 
 WINDOW = (500, 1000)  # steps 500-999: the loss still falling, AdamW's v settled
 GL2 = (0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3))
@@ -45,6 +54,18 @@ TERMS = (
     "curv_drift",
     "curv_noise",
 )
+# each toy term as the ``work`` family names it: (metric, component)
+FAMILY_NAMES = {
+    "dE": ("dE", "C"),
+    "work": ("work", "C"),
+    "work_remainder": ("work_remainder", "C"),
+    **{f"work/{p}": (f"work/{p}", "C") for p in ("drift", "noise", "inherited", "fresh", "decay")},
+    "K_CC/drift": ("work_drift_by", "C|C"),
+    "K_CC/drift_random": ("work_drift_by_random", "C|C"),
+    "K_CC/real": ("work_by", "C|C"),
+    "curv_drift": ("curv_drift", "C"),
+    "curv_noise": ("curv_noise", "C"),
+}
 
 
 class Toy:
@@ -93,12 +114,77 @@ def run_toy(
     weight_decay: float = 0.01,
     batch: int = 32,
 ) -> dict[str, float]:
-    """Sums of every term over the window's real steps [start, end) (all steps measured), per
-    unit of lr x steps too (``<term>/per_lr_step``); at ``scale`` k the window is replayed at
-    lr / k with k steps per batch from the real state at ``start - horizon``.
+    """Sums of every term over the window's real steps [start, end) (every sub-step measured),
+    per unit of lr x steps too (``<term>/per_lr_step``); at ``scale`` k the window is replayed at
+    lr / k with k steps per batch from the real state at ``start - horizon``. ``rows`` holds one
+    row per real step and term, its k sub-steps summed as the ``work`` family sums them."""
+    rows = toy_rows(
+        seed, steps, window, scale, drift_batches, horizon, lr, betas, weight_decay, batch
+    )
+    start, end = window
+    out = {}
+    for term, (metric, component) in FAMILY_NAMES.items():
+        sel = rows[(rows.metric == metric) & (rows.component == component)]
+        out[term] = float(sel.value.sum())
+        out[f"{term}/per_lr_step"] = out[term] / (lr * (end - start))
+    out["rows"] = rows
+    return out
+
+
+def family_sums(
+    rows: pd.DataFrame,
+    window: tuple[int, int],
+    every: int,
+    detail_every: int | None = None,
+    lr: float = 0.05,
+) -> dict[str, tuple[float, float]]:
+    """The toy's rows sampled and summed by the ``work`` family's own code: the real steps it
+    measures at ``every`` (detail terms at ``detail_every``), then its window sums. Per toy term:
+    (sum per unit of lr x steps, its standard error)."""
+    from interp_ext.families.work import WorkSettings, sampled, window_sums
+
+    start, end = window
+    detail_every = detail_every or every
+    settings = WorkSettings(every=every, detail_every=detail_every)
+    plan = {"replay_from": start, "start": start, "end": end, "formation": math.nan, "null": False}
+    keep = np.array([sampled(int(s), plan, every) for s in rows.step])
+    detail = ((rows.step - start) % detail_every == 0).to_numpy()
+    is_detail = rows.metric.isin(["work_drift_by_random", "curv_drift", "curv_noise"]).to_numpy()
+    sums = window_sums(rows[keep & (detail | ~is_detail)], plan, lr, settings)
+    sums = sums.set_index(["metric", "component"]).value
+    out = {}
+    for term, (metric, component) in FAMILY_NAMES.items():
+        where = f"{component}@window"
+        scale = 1 / (lr * (end - start))
+        out[term] = (
+            sums[(f"{metric}/sum", where)] * scale,
+            sums[(f"{metric}/sum_se", where)] * scale,
+        )
+    return out
+
+
+def toy_rows(
+    seed: int = 0,
+    steps: int = 3000,
+    window: tuple[int, int] = (500, 1500),
+    scale: int = 1,
+    drift_batches: int = 16,
+    horizon: int = 67,
+    lr: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
+    batch: int = 32,
+) -> pd.DataFrame:
+    """One row per real step of the window and term (``step``, ``metric``, ``component``,
+    ``value``, named as the ``work`` family names them), its k sub-steps summed by the family's
+    :func:`~interp_ext.families.work.sum_substeps`.
 
     Long because it is the toy's one loop: train, switch to the replay, carry the shadow, measure.
     """
+    from interp_ext.families.work import sum_substeps
+
+    if drift_batches % scale:
+        raise ValueError(f"drift_batches={drift_batches} must be a multiple of scale={scale}")
     toy = Toy(seed)
     start, end = window
     b1, b2 = betas
@@ -106,7 +192,7 @@ def run_toy(
     batches = [toy.rng.choice(toy.n, batch, replace=False) for _ in range(min(steps, end))]
     fresh = np.random.default_rng(10_000 + seed)  # the shadow's batches: a stream of their own
     shadow_from = max(1, start - horizon)
-    sums = dict.fromkeys(TERMS, 0.0)
+    rows: list[dict] = []
     noise_rng = np.random.default_rng(20_000 + seed)
     k, t = 1, 0
     for real in range(1, end):
@@ -115,6 +201,7 @@ def run_toy(
             k = scale
             lr_k, b1_k, b2_k = lr / k, 1 - (1 - b1) / k, 1 - (1 - b2) / k
             t = k * t
+        substeps = []
         for _ in range(k):
             t += 1
             idx = batches[real - 1]
@@ -135,7 +222,7 @@ def run_toy(
                 g_bar = np.mean(
                     [
                         toy.grad(w, fresh.choice(toy.n, batch, replace=False))
-                        for _ in range(drift_batches)
+                        for _ in range(drift_batches // k)  # M per real step, M / k per sub-step
                     ],
                     axis=0,
                 )
@@ -167,12 +254,16 @@ def run_toy(
                     "curv_noise": curv(noise),
                 }
                 parts["work_remainder"] = parts["dE"] - parts["work"]
-                for key, value in parts.items():
-                    sums[key] += float(value)
+                substeps.append(
+                    [
+                        {"metric": m, "component": c, "value": float(parts[term])}
+                        for term, (m, c) in FAMILY_NAMES.items()
+                    ]
+                )
             w = w + step
-    out = dict(sums)
-    out.update({f"{key}/per_lr_step": value / (lr * (end - start)) for key, value in sums.items()})
-    return out
+        if substeps:
+            rows += [{**r, "step": real} for r in sum_substeps(substeps)]
+    return pd.DataFrame(rows, columns=["step", "metric", "component", "value"])
 
 
 def sign_table(seeds: int = 8, scales: tuple[int, ...] = (1, 2, 4), **kwargs) -> dict:

@@ -38,9 +38,15 @@ later; it has no checkpoint to reproduce.
 
 ``scale`` = k replays the same span at lr / k with k steps per real batch (the
 optimizer's time constants held fixed in units of lr x steps): the gradient-flow
-limit is k -> infinity. Such a replay has no checkpoint to reproduce; its rows sit
-at the real step each group of k steps stands for, and its sums are over the same
-lr x steps as the real run's.
+limit is k -> infinity. Such a replay has no checkpoint to reproduce. A sampled real
+step is measured on *every one* of its k sub-steps, and its rows hold their sum (the
+work of the whole real step, as at k = 1; ``E`` is the energy before the first
+sub-step, ``update_norm`` the length of the k sub-steps' path, and a ``substeps``
+row says how many were summed), so a window's sums are over the same lr x steps as
+the real run's. The shadow moment's M fresh batches of a real step are shared out
+over its k sub-steps (M / k each, independent draws: the same batches the real-lr
+measurement draws at that step), so both estimate the drift from the same number
+of batches per unit of lr x steps.
 
 Per seed: sums of every term over the window and its phases (before / rise /
 after formation) with their sampling error, per unit of lr x steps, and the exact
@@ -131,7 +137,9 @@ class WorkSettings(Settings):
         "Every that many steps: random-direction nulls and curvature terms (a multiple of --every).",
     )
     drift_batches: int = setting(
-        16, "Fresh training batches whose mean gradient feeds the shadow first moment (M)."
+        16,
+        "Fresh training batches per real step whose mean gradient feeds the shadow first moment "
+        "(M; at --scale k, M / k per replayed step).",
     )
     horizon: int = setting(
         0,
@@ -183,6 +191,11 @@ class WorkSettings(Settings):
         self.require(self.horizon >= 0, "horizon", "must be >= 0 (0: automatic)")
         self.require(self.margin >= 0 and self.rise >= 0, "margin", "margin and rise must be >= 0")
         self.require(self.scale >= 1, "scale", "must be >= 1")
+        self.require(
+            self.drift_batches % self.scale == 0,
+            "drift_batches",
+            f"must be a multiple of scale={self.scale} (each replayed step draws M / scale batches)",
+        )
         if self.arm:
             try:
                 Arm.parse(self.arm)
@@ -197,6 +210,20 @@ class WorkSettings(Settings):
         self.require(
             window_problem(self.window) is None, "window", str(window_problem(self.window))
         )
+
+    def keyed(self) -> dict:
+        """The id's fields; a scaled replay's rows also carry the revision of its sums (every
+        sub-step of a sampled real step summed, fresh batches drawn per sub-step), so rows made
+        before, which held one sub-step in k, are never read as its rows. The real steps' ids
+        (scale 1) are unchanged: their rows are."""
+        out = super().keyed()
+        if self.scale > 1:
+            out["scaled_sums"] = SCALED_SUMS
+        return out
+
+
+# the revision of a scaled replay's rows: 2 = every sub-step of a sampled real step summed
+SCALED_SUMS = 2
 
 
 def momentum_horizon(beta1: float) -> int:
@@ -376,28 +403,32 @@ def window_work(
     stop = plan["end"] if plan["verify_at"] is None else plan["verify_at"]
     total = (stop - plan["replay_from"]) * k
     rows: list[dict] = []
+    substeps: list[list[dict]] = []  # the measured sub-steps of the current sampled real step
     bar = tqdm(total=total, desc=f"work seed {seed} x{k}", leave=False, disable=not progress)
     for step in replay.steps(plan["replay_from"] + total):
         bar.update(1)
         offset = step.step - plan["replay_from"]
-        real = plan["replay_from"] + offset / k
+        real, sub = plan["replay_from"] + offset // k, offset % k  # the real step, its sub-step
         theta = {n: step.theta[n].to(dtype) for n in names}
-        if real == plan["end"]:  # the end of the measured span: its energies close the window
+        if real == plan["end"] and sub == 0:  # the end of the measured span: its energies
             rows += end_energies(probe_at(step.theta), sets, plan["end"])
         if shadow_from <= real < plan["end"]:
             if (
                 not halves
             ):  # the real m here: its weight decays below 1e-3 by the first measured step
                 halves = {h: {n: m.double() for n, m in step.exp_avg.items()} for h in "AB"}
-            halves = advance_shadow(halves, run, seed, int(real), theta, loss_fn, settings, b1)
-        sampled = offset % (k * settings.every) == 0 and plan["start"] <= real < plan["end"]
-        if not sampled:
+            halves = advance_shadow(halves, run, seed, real, theta, loss_fn, settings, b1, sub, k)
+        if not sampled(real, plan, settings.every):
             continue
-        detail = (int(real) - plan["start"]) % settings.detail_every == 0
-        out = step_work(
-            step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, gen
+        detail = (real - plan["start"]) % settings.detail_every == 0
+        substeps.append(
+            step_work(
+                step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, gen
+            )
         )
-        rows += [{**r, "step": int(real)} for r in out]
+        if sub == k - 1:  # the real step's last sub-step: one row per term for all k of them
+            rows += [{**r, "step": real} for r in sum_substeps(substeps)]
+            substeps = []
     bar.close()
     if not any(r["metric"] == "E_end" for r in rows):  # the span ends where the replay stopped
         rows += end_energies(probe_at(dict(replay.model.named_parameters())), sets, plan["end"])
@@ -420,13 +451,51 @@ def window_work(
     return pd.DataFrame(rows)
 
 
-def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1) -> dict:
-    """One step of the shadow moment for each half of the M fresh batches (draws 0 .. M/2 - 1
-    and M/2 .. M - 1): their mean is the shadow moment of all M, their difference measures the
-    drift's own sampling error. With M = 1 both halves see the same batch."""
-    m = settings.drift_batches
+def sampled(real: int, plan: dict, every: int) -> bool:
+    """Whether real step ``real`` is measured: every ``every``-th real step from the replay's start,
+    within the measured span [start, end). At a scale k every sub-step of a sampled real step is
+    measured (:func:`sum_substeps`), so a row always stands for one whole real step and a window's
+    sum is ``every`` x the sum of its rows (``interp_ext.stats.sampled_sum``)."""
+    return (real - plan["replay_from"]) % every == 0 and plan["start"] <= real < plan["end"]
+
+
+# the rows of a measured step that are a state before it, not a change along it: a real step's
+# value is its first sub-step's
+STATE_METRICS = frozenset({"E"})
+
+
+def sum_substeps(substeps: list[list[dict]]) -> list[dict]:
+    """The rows of one real step from the rows of its k measured sub-steps (at k = 1, unchanged):
+    every change along the step (dE, work and its parts, the curvature terms, the length of the
+    path ``update_norm``) is the sum over the sub-steps, a state (``E``) is the first sub-step's;
+    for k > 1 a ``substeps`` row says how many were summed."""
+    if len(substeps) == 1:
+        return substeps[0]
+    out: dict[tuple[str, str], float] = {}
+    for rows in substeps:
+        for r in rows:
+            key = (r["metric"], r["component"])
+            if key not in out:
+                out[key] = r["value"]
+            elif r["metric"] not in STATE_METRICS:
+                out[key] += r["value"]
+    rows = [{"metric": m, "component": c, "value": v} for (m, c), v in out.items()]
+    return rows + [{"metric": "substeps", "component": "", "value": float(len(substeps))}]
+
+
+def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1, sub=0, k=1) -> dict:
+    """One replayed step of the shadow moment for each half of its fresh batches.
+
+    Real step ``step`` draws M fresh batches (draws 0 .. M - 1); at scale k its sub-step ``sub``
+    takes its own M / k of them (draws sub M / k ..), so each sub-step's are independent and a
+    real step's k sub-steps together see the M batches the real-lr measurement sees there. Half
+    A takes the first half of a sub-step's draws, half B the rest: their mean is the shadow
+    moment of all of them, their difference measures the drift's own sampling error. With one
+    batch per sub-step both halves see it."""
+    m = settings.drift_batches // k
+    base = sub * m
     size = {"A": max(1, m // 2), "B": max(1, m - m // 2)}
-    first = {"A": 0, "B": m // 2 if m > 1 else 0}
+    first = {"A": base, "B": base + (m // 2 if m > 1 else 0)}
     out = {}
     for h, shadow in halves.items():
         g = mean_gradient(run, seed, step, theta, loss_fn, size[h], first=first[h])

@@ -7,6 +7,8 @@ running sums of the rows for the figure.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
@@ -28,7 +30,7 @@ def section(page) -> list[str]:
     lines += cumulative_figure(rows, page.out)
     lines += seed_table(rows)
     lines += phase_table(rows)
-    lines += scale_table(page.run)
+    lines += scale_table(page.run, page.out)
     lines += arm_table(page.run)
     return lines
 
@@ -177,40 +179,129 @@ def phase_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def scale_table(run) -> list[str]:
-    """Every measured scale side by side, per phase (the replays at lr / k stop at the rise's end,
-    so the whole window is not comparable): sums per unit of lr x steps, per seed."""
+def scale_replays(run) -> dict[str, int]:
+    """The replays the table toward the gradient flow reads: measurement id -> scale, for the
+    latest set of measurements that differ in ``scale`` alone (at least two scales; a replay
+    turns one knob). Rows whose id their settings no longer give (made before a revision of the
+    scaled sums) are never read."""
+    from interp_ext.families.work import WorkSettings
+    from interp_ext.measurement.runner import MeasureError
+
+    found = run.measurements()
+    found = found[found.family == "work"].sort_values("used")
+    groups: dict[str, dict[str, int]] = {}
+    used: dict[str, float] = {}
+    for r in found.itertuples():
+        if r.settings.get("arm"):
+            continue
+        try:
+            current = WorkSettings.from_saved(r.settings, r.id).id == r.id
+        except (MeasureError, TypeError, ValueError):
+            current = False
+        if not current:
+            continue
+        rest = {k: v for k, v in r.settings.items() if k != "scale"}
+        key = json.dumps(rest, sort_keys=True, default=str)
+        groups.setdefault(key, {})[r.id] = int(r.settings.get("scale", 1))
+        used[key] = r.used
+    wide = [k for k, g in groups.items() if len(set(g.values())) >= 2]
+    return groups[max(wide, key=used.get)] if wide else {}
+
+
+def scale_rows(run) -> pd.DataFrame:
+    """Per seed, phase and term of the decision rule: the sums per unit of lr x steps (and their
+    standard errors) of every replay :func:`scale_replays` reads, with their ``scale``."""
+    scales = scale_replays(run)
+    if not scales:
+        return pd.DataFrame()
     rows = run.metrics("work", settings="all")
-    if rows.empty:
-        return []
-    scales = {
-        r.id: int(r.settings.get("scale", 1))
-        for r in run.measurements().itertuples()
-        if r.family == "work" and not r.settings.get("arm")
-    }
-    wanted = {
-        (f"{term}/per_lr_step", f"{where}@{phase}")
-        for where, term, _ in DECISION
-        for phase in ("before", "rise")
-    }
     sel = rows[(rows.seed >= 0) & (rows.step == -1) & rows.settings.isin(scales)].copy()
-    sel = sel[[(m, c) in wanted for m, c in zip(sel.metric, sel.component)]]
-    if sel.empty or len({scales.get(s, 1) for s in sel.settings}) < 2:
-        return []
     sel["scale"] = sel.settings.map(scales)
-    table = sel.pivot_table(index=["component", "metric", "seed"], columns="scale", values="value")
+    sel["term"] = sel.metric.str.rsplit("/", n=1).str[0]
+    keep = {(f"{where}@{phase}", term) for where, term, _ in DECISION for phase in PHASES}
+    sel = sel[[(c, t) in keep for c, t in zip(sel.component, sel.term)]]
+    return sel[sel.metric.str.endswith(("/per_lr_step", "/sum", "/sum_se"))]
+
+
+PHASES = ("before", "rise")
+
+
+def scale_table(run, out=None) -> list[str]:
+    """Every measured scale side by side, per phase (the replays at lr / k stop at the rise's end,
+    so the whole window is not comparable): sums per unit of lr x steps, per seed, +- their
+    standard errors; and a figure of each term against lr / k."""
+    sel = scale_rows(run)
+    if sel.empty:
+        return []
+    per = sel[sel.metric.str.endswith("/per_lr_step")]
+    table = per.pivot_table(index=["component", "term", "seed"], columns="scale", values="value")
     table = table.dropna(thresh=2)  # seeds replayed at one scale only say nothing about the limit
+    sums = sel.pivot_table(
+        index=["component", "term", "seed", "scale"], columns="metric", values="value"
+    )
     lines = [
-        "Toward the gradient flow: sums per unit of lr x steps at lr / scale, per phase (each column a",
-        "replay of the same span with scale steps per real batch; the real run is lr / 1).",
+        "Toward the gradient flow: sums per unit of lr x steps at lr / scale, per phase (+- standard",
+        "error; each column a replay of the same span with scale steps per real batch, every other",
+        "setting the same; lr / 1 is the real run).",
         "",
         "| set@phase | term | seed | " + " | ".join(f"lr / {c}" for c in table.columns) + " |",
         "|---|---|---|" + "---|" * len(table.columns),
     ]
-    for (component, metric, seed), values in table.iterrows():
-        cells = " | ".join(f"{v:+.4g}" for v in values)
-        lines.append(f"| {component} | {metric.removesuffix('/per_lr_step')} | {seed} | {cells} |")
+    for (component, term, seed), values in table.iterrows():
+        cells = []
+        for k, v in values.items():
+            se = (
+                sums.loc[(component, term, seed, k)]
+                if (component, term, seed, k) in sums.index
+                else None
+            )
+            ratio = se[f"{term}/sum_se"] / se[f"{term}/sum"] * v if se is not None else NAN
+            cells.append(f"{v:+.4g} ± {abs(ratio):.2g}" if v == v else "")
+        lines.append(f"| {component} | {term} | {seed} | {' | '.join(cells)} |")
+    if out is not None:
+        lines += ["", *scale_figure(per, out)]
     return lines + [""]
+
+
+def scale_figure(per: pd.DataFrame, out) -> list[str]:
+    """K[C,C] and the drift's and the noise's work per unit of lr x steps against 1 / k, one
+    line per seed, a panel per phase and term."""
+    panels = []
+    for where, term, label in DECISION[:1] + DECISION[3:5]:
+        for phase in PHASES:
+            g = per[(per.component == f"{where}@{phase}") & (per.term == term)]
+            if g.empty:
+                continue
+            traces = [
+                Trace(
+                    (1 / h.scale).tolist(),
+                    h.value.tolist(),
+                    f"seed {seed}",
+                    PALETTE[i % 10],
+                    1.4,
+                    mode="markers",
+                    legend=not panels,
+                )
+                for i, (seed, h) in enumerate(g.sort_values("scale").groupby("seed"))
+            ]
+            panels.append(
+                Panel(
+                    f"{label.split(':')[0]}, {phase}",
+                    traces,
+                    xlabel="step size (x lr)",
+                    ylabel="per unit of lr x steps",
+                )
+            )
+    if not panels:
+        return []
+    files = save(
+        Figure(
+            "Toward the gradient flow: each term per unit of lr x steps at lr / k", panels, ncols=2
+        ),
+        out,
+        "work_flow",
+    )
+    return [image(files, "work toward the flow"), ""]
 
 
 # the terms of an arm's ledger beside the real steps': set, metric, label
