@@ -582,3 +582,30 @@ def test_each_span_around_formation_gets_its_own_table_only_where_the_arm_covers
     lines = report.arm_table(WithFormation(work_run, {"real": 6, "csqrt2/own": 6}))
     heads = [line for line in lines if line.startswith("The same over")]
     assert heads == ["The same over [F -1, F +2) around each replay's own formation step F"]
+
+
+def test_the_flow_table_reads_one_set_of_replays_that_differ_in_scale_alone(work_run, scaled_sums):
+    """The table toward the gradient flow reads the latest set of measurements whose settings
+    differ only in scale (never a mix of settings), and never rows whose id their settings no
+    longer give (a scaled replay made before its sums were revised)."""
+    import json
+
+    from interp_ext.families.work.report import scale_replays
+    from interp_ext.run import io
+
+    chosen = scale_replays(work_run)
+    found = work_run.measurements().set_index("id")
+    assert sorted(chosen.values()) == [1, 2, 4]
+    settings = [found.settings[i] for i in chosen]
+    bare = {
+        json.dumps({k: v for k, v in s.items() if k != "scale"}, sort_keys=True) for s in settings
+    }
+    assert len(bare) == 1
+    # a stale record: the same settings as a current scaled replay under another id
+    some = next(i for i, k in chosen.items() if k == 2)
+    stale = dict(found.loc[some].to_dict(), id="work-0000000000", used=1e12)
+    io.write_json(work_run.layout.measurement("work-0000000000"), stale)
+    try:
+        assert scale_replays(work_run) == chosen
+    finally:
+        work_run.layout.measurement("work-0000000000").unlink()

@@ -26,8 +26,9 @@ from interp_ext.measurement.windows import (
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.energy import WHOLE, EnergyProbe
 
-# fresh batches of the replays: other data orders (draws 1000 + k) and a mean's batches (2000 + j)
-ORDER_DRAWS, MEAN_DRAWS = 1000, 2000
+# fresh batches of the replays: other data orders (draws 1000 + k) and a mean's batches (2000 + j);
+# the member matrix's probe sequences (3000 + j) and its flow direction's batches (4000 + j)
+ORDER_DRAWS, MEAN_DRAWS, PROBE_DRAWS, FRESH_DRAWS = 1000, 2000, 3000, 4000
 
 
 def tracked_sets(

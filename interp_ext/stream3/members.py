@@ -114,6 +114,24 @@ def rates(
     return pd.DataFrame(out)
 
 
+def with_unions(frame: pd.DataFrame, unions: dict[str, list[str]]) -> pd.DataFrame:
+    """Add the rows and columns of unions of disjoint sets (e.g. the circuit ``C`` from its
+    members): S, N and E are sums over coordinates, so a union's levels and rates are the sums of
+    its sets' (rates as rows, as columns, and the union against itself)."""
+    if not unions:
+        return frame
+    rows = [
+        frame[frame.A.isin(sets)].groupby(["part", "B"], as_index=False).value.sum().assign(A=name)
+        for name, sets in unions.items()
+    ]
+    frame = pd.concat([frame, *rows], ignore_index=True)
+    columns = [
+        frame[frame.B.isin(sets)].groupby(["part", "A"], as_index=False).value.sum().assign(B=name)
+        for name, sets in unions.items()
+    ]
+    return pd.concat([frame, *columns], ignore_index=True)
+
+
 def grouped_rates(
     probe_at: Callable[[torch.Tensor], EnergyProbe],
     probe_batches: torch.Tensor,
@@ -121,10 +139,14 @@ def grouped_rates(
     masks: dict[str, torch.Tensor],
     columns: dict[str, torch.Tensor] | None = None,
     groups: int = 4,
+    unions: dict[str, list[str]] | None = None,
+    levels: dict[str, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """:func:`rates` on ``groups`` disjoint groups of the probe batches (each with its own flow
     direction ``u_of_group(i)``, from fresh batches of its own), then per entry the mean over
-    groups (``value``), its standard error (``se``) and the number of groups (``n``)."""
+    groups (``value``), its standard error (``se``) and the number of groups (``n``).
+    ``unions``: derived sets (:func:`with_unions`); ``levels``: more sets whose S, N, E alone are
+    wanted (no rates: they cost no tangent)."""
     n = probe_batches.shape[0]
     if groups < 1 or n // groups < 2:
         raise ValueError(
@@ -135,7 +157,23 @@ def grouped_rates(
     frames = []
     for i in range(groups):
         probe = probe_at(probe_batches[i * per : (i + 1) * per])
-        frames.append(rates(probe, masks, u_of_group(i), columns).assign(group=i))
+        frame = with_unions(rates(probe, masks, u_of_group(i), columns), unions or {})
+        if levels:
+            more = signal_noise(probe, levels)
+            frame = pd.concat(
+                [
+                    frame,
+                    pd.DataFrame(
+                        [
+                            {"part": x, "A": a, "B": "", "value": v[x]}
+                            for a, v in more.items()
+                            for x in PARTS
+                        ]
+                    ),
+                ],
+                ignore_index=True,
+            )
+        frames.append(frame.assign(group=i))
     rows = pd.concat(frames, ignore_index=True)
     summary = rows.groupby(["part", "A", "B"], sort=False).value.agg(["mean", "std", "count"])
     summary = summary.reset_index().rename(columns={"mean": "value", "count": "n"})
@@ -143,4 +181,101 @@ def grouped_rates(
     return summary.drop(columns="std")
 
 
-__all__ = ["PARTS", "flow_direction", "grouped_rates", "part_gradients", "rates", "signal_noise"]
+# torch.optim.AdamW's default eps, which the run's optimizer (interp_ext.training.adamw) keeps
+ADAMW_EPS = 1e-8
+
+
+def adam_denominator(
+    exp_avg_sq: dict[str, torch.Tensor], count: float, beta2: float, eps: float = ADAMW_EPS
+) -> dict[str, torch.Tensor]:
+    """D = sqrt(v / (1 - beta2^t)) + eps per parameter, AdamW's denominator after ``count`` steps."""
+    if count < 1:
+        raise ValueError("AdamW has no denominator before its first step (count = 0)")
+    return {n: (v.double() / (1 - beta2**count)).sqrt() + eps for n, v in exp_avg_sq.items()}
+
+
+def set_masks(model, sets: dict[str, list[str] | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each set as one flat mask over the model's parameters: the union of its components'
+    (``circuits.Circuit`` names), or a given flat mask as it is."""
+    from circuits.circuit import Circuit
+
+    out = {}
+    for a, c in sets.items():
+        if isinstance(c, torch.Tensor):
+            out[a] = c
+        else:
+            out[a] = torch.stack(list(Circuit(a, list(c)).flat_masks(model).values())).any(0)
+    return out
+
+
+def member_matrix(
+    model,
+    probe_batches: torch.Tensor,
+    fresh_batches: torch.Tensor,
+    rows: dict[str, list[str]],
+    denominator: dict[str, torch.Tensor],
+    weight_decay: float,
+    groups: int = 4,
+    unions: dict[str, list[str]] | None = None,
+    levels: dict[str, list[str] | torch.Tensor] | None = None,
+    chunk: int | None = None,
+) -> pd.DataFrame:
+    """The member matrix of a ``HookedTransformer`` at its current parameters.
+
+    Args:
+        probe_batches: [n, batch, pos] tokens whose per-batch gradients make S, N and E; split
+            into ``groups`` disjoint groups.
+        fresh_batches: [m, batch, pos] tokens, independent of the probe batches, whose mean
+            gradient makes the flow direction; split into the same number of groups (group i's
+            u beside probe group i, so the groups are independent).
+        rows: set name -> component names (``L1H3``, ``L0MLP``, ...): the rows and columns of R.
+        denominator: AdamW's D per parameter (:func:`adam_denominator`).
+        unions: derived sets, e.g. ``{"C": members}``; ``levels``: sets with S, N, E only
+            (component names, or a flat mask such as a circuit's ``rest``).
+
+    Returns:
+        Rows ``part`` (S, N, E), ``A``, ``B`` ("" for the level X_A itself), ``value`` (mean over
+        groups, per unit of lr x steps for rates), ``se``, ``n``.
+    """
+    from interp_ext.geometry.gradients import current_params, flatten, loss_function
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    theta = current_params(model, names)
+    loss_fn = loss_function(model, names)
+    device = next(iter(theta.values())).device
+    masks, level_masks = set_masks(model, rows), set_masks(model, levels or {})
+    flat_theta = flatten(theta, names).double()
+    flat_d = flatten({n: denominator[n].to(device) for n in names}, names)
+    if fresh_batches.shape[0] < groups:
+        raise ValueError(
+            f"{fresh_batches.shape[0]} fresh batches cannot make {groups} groups: give at least one per group"
+        )
+    per = fresh_batches.shape[0] // groups
+
+    def u_of_group(i: int) -> torch.Tensor:
+        grads = [
+            flatten(torch.func.grad(loss_fn)(theta, b.to(device)), names)
+            for b in fresh_batches[i * per : (i + 1) * per]
+        ]
+        return flow_direction(torch.stack(grads).double().mean(0), flat_d, flat_theta, weight_decay)
+
+    def probe_at(sub):
+        return EnergyProbe(loss_fn, theta, sub.to(device), chunk)
+
+    return grouped_rates(
+        probe_at, probe_batches, u_of_group, masks, groups=groups, unions=unions, levels=level_masks
+    )
+
+
+__all__ = [
+    "ADAMW_EPS",
+    "adam_denominator",
+    "member_matrix",
+    "with_unions",
+    "PARTS",
+    "flow_direction",
+    "grouped_rates",
+    "part_gradients",
+    "rates",
+    "signal_noise",
+]

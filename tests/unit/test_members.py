@@ -15,11 +15,14 @@ from circuits.circuit import Circuit
 from interp_ext.geometry.gradients import current_params, flatten, loss_function
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.members import (
+    adam_denominator,
     flow_direction,
     grouped_rates,
+    member_matrix,
     part_gradients,
     rates,
     signal_noise,
+    with_unions,
 )
 
 HEADS = ["L1H0", "L0H1", "L0H0"]
@@ -184,3 +187,52 @@ def test_the_noise_falls_with_the_probe_batch_size_and_the_signal_does_not():
         ]
     assert levels[8]["N"] / levels[32]["N"] == pytest.approx(4.0, rel=0.15)
     assert levels[8]["S"] == pytest.approx(levels[32]["S"], rel=0.1)
+
+
+def test_a_union_of_members_reads_as_that_set_measured_directly(micro):
+    """S, N, E and every rate are sums over coordinates, so the circuit's row and column built from
+    its members (``with_unions``) equal those of the union's own mask."""
+    model, names, theta, batches, loss, masks = micro
+    probe = EnergyProbe(loss, theta, batches)
+    x = flatten(theta, names)
+    u = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    whole = torch.stack(list(masks.values())).any(0)
+    derived = with_unions(rates(probe, masks, u), {"C": list(masks)})
+    direct = rates(probe, {**masks, "C": whole}, u)
+    for part in ("S", "N", "E"):
+        for a, b in [("C", ""), ("C", "C"), ("C", "L0H1"), ("L1H0", "C")]:
+            got = derived[(derived.part == part) & (derived.A == a) & (derived.B == b)]
+            want = direct[(direct.part == part) & (direct.A == a) & (direct.B == b)]
+            assert got.value.item() == pytest.approx(want.value.item(), rel=1e-9, abs=1e-15)
+
+
+def test_member_matrix_of_a_model_with_adamw_state(micro):
+    """The model-level entry: its groups pair probe and fresh batches, its C is the members'
+    union, its rates are those of grouped_rates with u from each fresh group's mean gradient."""
+    model, names, theta, batches, loss, masks = micro
+    params = dict(model.named_parameters())
+    v = {n: torch.full_like(p, 0.01) for n, p in params.items()}
+    d = adam_denominator(v, count=10, beta2=0.999)
+    fresh = torch.randint(0, 7, (2, 2, 6), generator=torch.Generator().manual_seed(7))
+    rows = {h: [h] for h in HEADS}
+    out = member_matrix(
+        model, batches, fresh, rows, d, 0.01, groups=2, unions={"C": HEADS}, levels={"all": HEADS}
+    )
+    x = flatten(theta, names)
+    flat_d = flatten(d, names)
+
+    def u_of(i):
+        g = flatten(torch.func.grad(loss)(theta, fresh[i]), names)
+        return flow_direction(g, flat_d, x, 0.01)
+
+    group = [
+        rates(EnergyProbe(loss, theta, batches[3 * i : 3 * i + 3]), masks, u_of(i)) for i in (0, 1)
+    ]
+    for part, a, b in [("S", "L1H0", "L0H1"), ("E", "L0H0", "L0H0")]:
+        want = np.mean([f[(f.part == part) & (f.A == a) & (f.B == b)].value.item() for f in group])
+        got = out[(out.part == part) & (out.A == a) & (out.B == b)].value.item()
+        assert got == pytest.approx(want, rel=1e-9)
+    c = out[(out.part == "E") & (out.A == "C") & (out.B == "")].value.item()
+    assert c == pytest.approx(out[(out.part == "E") & (out.A == "all")].value.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="no denominator before its first step"):
+        adam_denominator(v, count=0, beta2=0.999)

@@ -184,8 +184,9 @@ def scale_replays(run) -> dict[str, int]:
     latest set of measurements that differ in ``scale`` alone (at least two scales; a replay
     turns one knob). Rows whose id their settings no longer give (made before a revision of the
     scaled sums) are never read."""
-    from interp_ext.families.work import WorkSettings
-    from interp_ext.measurement.runner import MeasureError
+    from interp_ext.measurement.runner import MeasureError, get_family
+
+    settings_of = get_family("work").settings
 
     found = run.measurements()
     found = found[found.family == "work"].sort_values("used")
@@ -195,7 +196,7 @@ def scale_replays(run) -> dict[str, int]:
         if r.settings.get("arm"):
             continue
         try:
-            current = WorkSettings.from_saved(r.settings, r.id).id == r.id
+            current = settings_of.from_saved(r.settings, r.id).id == r.id
         except (MeasureError, TypeError, ValueError):
             current = False
         if not current:

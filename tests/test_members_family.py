@@ -1,0 +1,126 @@
+"""The ``members`` family on a micro run: the signal and noise split of every set's energy at two
+probe batch sizes, the member matrix with its standard errors, and bad settings named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from interp_ext import measure
+from interp_ext.families.members import MembersSettings
+from interp_ext.measurement.runner import MeasureError
+
+CIRCUIT = "L1H0,L0H1"
+SMALL = dict(circuit=CIRCUIT, probe_sizes="2,4", sequences=16, fresh=2, groups=2)
+
+
+@pytest.fixture(scope="module")
+def members(micro_run):
+    return measure(micro_run, MembersSettings(**SMALL), seeds=[0], progress=False)
+
+
+def test_every_set_splits_into_signal_and_noise_at_each_probe_size(members, micro_run):
+    rows = members[(members.seed == 0) & (members.step >= 0)]
+    assert sorted(rows.step.unique()) == [s for s in micro_run.steps_for(0) if s > 0]
+    assert set(rows.probe) == {"2", "4"}
+    levels = rows[rows.metric.isin(["S", "N", "E"])].pivot_table(
+        index=["step", "probe", "component"], columns="metric", values="value"
+    )
+    assert set(levels.index.get_level_values("component")) >= {"L1H0", "L0H1", "C", "rest"}
+    np.testing.assert_allclose(levels.S + levels.N, levels.E, rtol=1e-9, atol=1e-15)
+    # C is the union of its members
+    for _key, g in levels.groupby(level=["step", "probe"]):
+        g = g.droplevel(["step", "probe"])
+        assert g.loc["C", "E"] == pytest.approx(g.loc["L1H0", "E"] + g.loc["L0H1", "E"], rel=1e-9)
+
+
+def test_the_member_matrix_has_every_pair_with_its_error(members):
+    rows = members[(members.seed == 0) & (members.step >= 0) & (members.probe == "4")]
+    controls = members[(members.seed == 0) & (members.metric == "control")].component.tolist()
+    assert [c.split("|")[0] for c in controls] == ["L1H0", "L0H1"]  # one per member head
+    sets = ["L1H0", "L0H1", *(c.split("|")[1] for c in controls), "C", "CTRL"]
+    pairs = set(rows[rows.metric == "R_S"].component)
+    assert pairs == {f"{a}|{b}" for a in sets for b in sets}
+    se = rows[rows.metric == "R_S/se"]
+    assert len(se) == len(pairs) * rows.step.nunique() and (se.value >= 0).all()
+    step = rows.step.max()
+    at = rows[rows.step == step].set_index(["metric", "component"]).value
+    for x in ("S", "N", "E"):  # the circuit's row is its members' rows summed
+        assert at[(f"R_{x}", "C|L0H1")] == pytest.approx(
+            at[(f"R_{x}", "L1H0|L0H1")] + at[(f"R_{x}", "L0H1|L0H1")], rel=1e-9, abs=1e-15
+        )
+        assert (
+            at[(f"R_{x}", "L1H0|L0H1")]
+            == pytest.approx(
+                at[("R_S", "L1H0|L0H1")] + at[("R_N", "L1H0|L0H1")], rel=1e-9, abs=1e-15
+            )
+            if x == "E"
+            else True
+        )
+
+
+def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, micro_run):
+    """One entry recomputed through interp_ext.stream3.members.member_matrix from the checkpoint's
+    own state and the family's documented batches."""
+    import torch
+
+    from interp_ext.families.members import probe_sequences
+    from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
+    from interp_ext.optim_step import step_batch
+    from interp_ext.stream3.members import adam_denominator, member_matrix
+
+    step = max(micro_run.steps_for(0))
+    ckpt = micro_run.checkpoint(0, step)
+    train = micro_run.config.train
+    d = adam_denominator(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
+    seqs = probe_sequences(micro_run, 0, step, 16, PROBE_DRAWS)
+    fresh = torch.stack([step_batch(micro_run, 0, step, draw=FRESH_DRAWS + j) for j in range(2)])
+    frame = member_matrix(
+        micro_run.model(0, step),
+        seqs.reshape(-1, 4, seqs.shape[-1]),
+        fresh,
+        {"L1H0": ["L1H0"], "L0H1": ["L0H1"]},
+        d,
+        train.weight_decay,
+        groups=2,
+    )
+    want = frame[(frame.part == "N") & (frame.A == "L0H1") & (frame.B == "L1H0")].value.item()
+    rows = members[(members.step == step) & (members.probe == "4")]
+    got = rows[(rows.metric == "R_N") & (rows.component == "L0H1|L1H0")].value.item()
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(probe_sizes="0"), "probe_sizes"),
+        (dict(probe_sizes="8,x"), "probe_sizes"),
+        (dict(sequences=10), "sequences"),
+        (dict(fresh=1), "fresh"),
+    ],
+)
+def test_bad_settings_are_named(change, name):
+    with pytest.raises(MeasureError, match=name):
+        MembersSettings(**{**SMALL, **change})
+
+
+def test_a_bad_probe_size_on_the_command_line_is_one_line(micro_run):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interp_ext.cli",
+            "measure",
+            "members",
+            str(micro_run.path),
+            "--probe-sizes",
+            "8,x",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "probe" in (out.stderr + out.stdout)
