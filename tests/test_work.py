@@ -609,3 +609,53 @@ def test_the_flow_table_reads_one_set_of_replays_that_differ_in_scale_alone(work
         assert scale_replays(work_run) == chosen
     finally:
         work_run.layout.measurement("work-0000000000").unlink()
+
+
+def test_the_flow_table_gives_each_seeds_limit_and_the_sign_count(monkeypatch, tmp_path):
+    """Per seed the sums per unit of lr x steps at each scale with their errors and the
+    Richardson limit 2 X(lr/4) - X(lr/2) with its error; per term k of n seeds negative with the
+    one-sided sign test; and the figure against the step size."""
+    from interp_ext.families.work import report
+
+    rows = []
+    for seed, (x1, x2, x4) in {0: (-0.4, -0.5, -0.5), 1: (-0.2, -0.3, -0.2)}.items():
+        for scale, x in ((1, x1), (2, x2), (4, x4)):
+            length, lr = 375, 2e-3
+            total = x * lr * length
+            where = "C|C@before"
+            rows += [
+                {
+                    "seed": seed,
+                    "scale": scale,
+                    "component": where,
+                    "term": "work_drift_by",
+                    "metric": "work_drift_by/per_lr_step",
+                    "value": x,
+                },
+                {
+                    "seed": seed,
+                    "scale": scale,
+                    "component": where,
+                    "term": "work_drift_by",
+                    "metric": "work_drift_by/sum",
+                    "value": total,
+                },
+                {
+                    "seed": seed,
+                    "scale": scale,
+                    "component": where,
+                    "term": "work_drift_by",
+                    "metric": "work_drift_by/sum_se",
+                    "value": abs(total) / 10,
+                },
+            ]
+    monkeypatch.setattr(report, "scale_rows", lambda run: pd.DataFrame(rows))
+    lines = report.scale_table(None, tmp_path)
+    table = [line.replace("\\|", "/").split("|") for line in lines if line.startswith("| C\\|C@")]
+    body = {cells[3].strip(): cells[4:-1] for cells in table}
+    limit0 = body["0"][3].split("±")
+    assert float(limit0[0]) == pytest.approx(2 * -0.5 - -0.5)
+    assert float(limit0[1]) == pytest.approx((4 * 0.05**2 + 0.05**2) ** 0.5, rel=0.05)
+    assert float(body["1"][1].split("±")[1]) == pytest.approx(0.03, rel=1e-2)
+    assert body["all"][0].strip() == "2 of 2 < 0, p = 0.25"
+    assert (tmp_path / "work_flow.png").exists() and (tmp_path / "work_flow.html").exists()

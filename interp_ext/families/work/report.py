@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
@@ -227,38 +228,75 @@ def scale_rows(run) -> pd.DataFrame:
 PHASES = ("before", "rise")
 
 
+def per_lr_step_with_se(sel: pd.DataFrame) -> pd.DataFrame:
+    """Per (component, term, seed, scale): the sum per unit of lr x steps and its standard error
+    (the sum's, in the same units)."""
+    wide = sel.pivot_table(
+        index=["component", "term", "seed", "scale"], columns="metric", values="value"
+    ).reset_index()
+    out = []
+    for r in wide.to_dict("records"):
+        value, total = r.get(f"{r['term']}/per_lr_step", NAN), r.get(f"{r['term']}/sum", NAN)
+        se = abs(r.get(f"{r['term']}/sum_se", NAN) * value / total) if total else NAN
+        out.append(
+            {**{k: r[k] for k in ("component", "term", "seed", "scale")}, "value": value, "se": se}
+        )
+    return pd.DataFrame(out)
+
+
+def cell(text: str) -> str:
+    """A markdown table cell: a set pair like ``C|C`` with its bar escaped."""
+    return text.replace("|", "\\|")
+
+
+def richardson(values: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    """The flow limit from lr / 2 and lr / 4 that removes a term linear in lr: 2 X(lr/4) -
+    X(lr/2), and its standard error (the two replays' errors independent); NaN without both."""
+    if 2 not in values or 4 not in values:
+        return NAN, NAN
+    (x2, s2), (x4, s4) = values[2], values[4]
+    return 2 * x4 - x2, float((4 * s4**2 + s2**2) ** 0.5)
+
+
 def scale_table(run, out=None) -> list[str]:
     """Every measured scale side by side, per phase (the replays at lr / k stop at the rise's end,
     so the whole window is not comparable): sums per unit of lr x steps, per seed, +- their
-    standard errors; and a figure of each term against lr / k."""
+    standard errors, the Richardson limit from lr / 2 and lr / 4; per term, k of n seeds
+    negative with the one-sided sign test; and a figure of each term against lr / k."""
+    from interp_ext.stats import sign_test
+
     sel = scale_rows(run)
     if sel.empty:
         return []
-    per = sel[sel.metric.str.endswith("/per_lr_step")]
-    table = per.pivot_table(index=["component", "term", "seed"], columns="scale", values="value")
-    table = table.dropna(thresh=2)  # seeds replayed at one scale only say nothing about the limit
-    sums = sel.pivot_table(
-        index=["component", "term", "seed", "scale"], columns="metric", values="value"
-    )
+    per = per_lr_step_with_se(sel)
+    scales = sorted(per.scale.unique())
     lines = [
         "Toward the gradient flow: sums per unit of lr x steps at lr / scale, per phase (+- standard",
         "error; each column a replay of the same span with scale steps per real batch, every other",
-        "setting the same; lr / 1 is the real run).",
+        "setting the same; lr / 1 is the real run), and the limit 2 X(lr / 4) - X(lr / 2). Per term:",
+        "k of n seeds negative, one-sided sign test p.",
         "",
-        "| set@phase | term | seed | " + " | ".join(f"lr / {c}" for c in table.columns) + " |",
-        "|---|---|---|" + "---|" * len(table.columns),
+        "| set@phase | term | seed | " + " | ".join(f"lr / {c}" for c in scales) + " | limit |",
+        "|---|---|---|" + "---|" * (len(scales) + 1),
     ]
-    for (component, term, seed), values in table.iterrows():
-        cells = []
-        for k, v in values.items():
-            se = (
-                sums.loc[(component, term, seed, k)]
-                if (component, term, seed, k) in sums.index
-                else None
-            )
-            ratio = se[f"{term}/sum_se"] / se[f"{term}/sum"] * v if se is not None else NAN
-            cells.append(f"{v:+.4g} ± {abs(ratio):.2g}" if v == v else "")
-        lines.append(f"| {component} | {term} | {seed} | {' | '.join(cells)} |")
+    for (component, term), g in per.groupby(["component", "term"], sort=True):
+        columns: dict = {k: [] for k in [*scales, "limit"]}
+        for seed, h in g.groupby("seed"):
+            values = {int(r.scale): (r.value, r.se) for r in h.itertuples()}
+            if len(values) < 2:  # a seed replayed at one scale says nothing about the limit
+                continue
+            limit = richardson(values)
+            cells = [values.get(k, (NAN, NAN)) for k in scales] + [limit]
+            for key, (v, _) in zip(columns, cells):
+                columns[key].append(v)
+            text = " | ".join(f"{v:+.4g} ± {e:.2g}" if v == v else "" for v, e in cells)
+            lines.append(f"| {cell(component)} | {term} | {seed} | {text} |")
+        counts = []
+        for values in columns.values():
+            v = np.asarray([x for x in values if x == x])
+            k, n = int((v < 0).sum()), len(v)
+            counts.append(f"{k} of {n} < 0, p = {sign_test(k, n):.3g}" if n else "")
+        lines.append(f"| {cell(component)} | {term} | all | {' | '.join(counts)} |")
     if out is not None:
         lines += ["", *scale_figure(per, out)]
     return lines + [""]
@@ -280,6 +318,8 @@ def scale_figure(per: pd.DataFrame, out) -> list[str]:
                     f"seed {seed}",
                     PALETTE[i % 10],
                     1.4,
+                    lo=(h.value - h.se).tolist(),
+                    hi=(h.value + h.se).tolist(),
                     mode="markers",
                     legend=not panels,
                 )
