@@ -149,6 +149,30 @@ class Replay:
             )
 
 
+def polyak_average(run, seed: int, step: int, width: int) -> dict[str, torch.Tensor]:
+    """The slow weights at checkpoint ``step``: the mean (float64) of the real trajectory's
+    parameters theta_tau over the ``width`` steps tau = step - width + 1 .. step, replayed bit for
+    bit from the last checkpoint at or before the first of them and verified against the saved
+    checkpoint at ``step`` (:class:`ReplayError` when it does not reproduce it)."""
+    first = step - width + 1
+    earlier = [s for s in run.steps_for(seed) if s <= first]
+    if width < 1 or not earlier or step not in run.steps_for(seed):
+        raise ReplayError(
+            f"seed {seed}: no checkpoint at or before step {first} to average the {width} steps "
+            f"up to checkpoint {step} (width must be >= 1 and fit after the run's first checkpoint)"
+        )
+    replay = Replay(run, seed, earlier[-1])
+    total: dict[str, torch.Tensor] = {}
+    for taken in replay.steps(step):
+        if taken.step >= first:
+            for n, t in taken.theta.items():
+                total[n] = total.get(n, 0) + t.double()
+    for n, p in replay.model.named_parameters():
+        total[n] = total.get(n, 0) + p.detach().double()
+    replay.verify()
+    return {n: t / width for n, t in total.items()}
+
+
 def scaled_train(train_cfg, scale: int):
     """The run's AdamW at learning rate lr / scale, its time constants held fixed in units of
     lr x steps: 1 - beta scaled by 1 / scale (a replay at scale k takes k steps per real batch, so

@@ -14,7 +14,15 @@ from interp_ext.families.members import MembersSettings
 from interp_ext.measurement.runner import MeasureError
 
 CIRCUIT = "L1H0,L0H1"
-SMALL = dict(circuit=CIRCUIT, probe_sizes="2,4", sequences=16, fresh=2, groups=2)
+SMALL = dict(
+    circuit=CIRCUIT,
+    probe_sizes="2,4",
+    sequences=16,
+    fresh=2,
+    groups=2,
+    weights="raw,polyak2",
+    modes=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +31,9 @@ def members(micro_run):
 
 
 def test_every_set_splits_into_signal_and_noise_at_each_probe_size(members, micro_run):
-    rows = members[(members.seed == 0) & (members.step >= 0)]
+    rows = members[(members.seed == 0) & (members.step >= 0) & (members.weights == "raw")]
     assert sorted(rows.step.unique()) == [s for s in micro_run.steps_for(0) if s > 0]
-    assert set(rows.probe) == {"2", "4"}
+    assert set(rows.probe) == {"2", "4", ""}  # "": the saddle signature, on all the sequences
     levels = rows[rows.metric.isin(["S", "N", "E"])].pivot_table(
         index=["step", "probe", "component"], columns="metric", values="value"
     )
@@ -38,7 +46,12 @@ def test_every_set_splits_into_signal_and_noise_at_each_probe_size(members, micr
 
 
 def test_the_member_matrix_has_every_pair_with_its_error(members):
-    rows = members[(members.seed == 0) & (members.step >= 0) & (members.probe == "4")]
+    rows = members[
+        (members.seed == 0)
+        & (members.step >= 0)
+        & (members.probe == "4")
+        & (members.weights == "raw")
+    ]
     controls = members[(members.seed == 0) & (members.metric == "control")].component.tolist()
     assert [c.split("|")[0] for c in controls] == ["L1H0", "L0H1"]  # one per member head
     sets = ["L1H0", "L0H1", *(c.split("|")[1] for c in controls), "C", "CTRL"]
@@ -88,7 +101,7 @@ def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, m
         groups=2,
     )
     want = frame[(frame.part == "N") & (frame.A == "L0H1") & (frame.B == "L1H0")].value.item()
-    rows = members[(members.step == step) & (members.probe == "4")]
+    rows = members[(members.step == step) & (members.probe == "4") & (members.weights == "raw")]
     got = rows[(rows.metric == "R_N") & (rows.component == "L0H1|L1H0")].value.item()
     assert got == pytest.approx(want, rel=1e-6, abs=1e-12)
 
@@ -100,6 +113,9 @@ def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, m
         (dict(probe_sizes="8,x"), "probe_sizes"),
         (dict(sequences=10), "sequences"),
         (dict(fresh=1), "fresh"),
+        (dict(weights="raw,slow"), "weights"),
+        (dict(weights="polyak0"), "weights"),
+        (dict(modes=-1), "modes"),
     ],
 )
 def test_bad_settings_are_named(change, name):
@@ -124,3 +140,23 @@ def test_a_bad_probe_size_on_the_command_line_is_one_line(micro_run):
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "probe" in (out.stderr + out.stdout)
+
+
+def test_the_slow_weights_and_the_saddle_signature(members, micro_run):
+    """The same rows at the Polyak-averaged weights (other values, same sets), and at each point
+    rho = flow_curvature / flow_rate for the circuit and each member, the circuit's soft modes in
+    ascending order with overlaps in [0, 1]."""
+    rows = members[(members.seed == 0) & (members.step >= 0)]
+    assert set(rows.weights) == {"raw", "polyak2"}
+    e = rows[(rows.metric == "E") & (rows.component == "C") & (rows.probe == "4")]
+    by = e.pivot_table(index="step", columns="weights", values="value")
+    assert (by.raw != by.polyak2).all()
+    for (_step, _weights), g in rows[rows.probe == ""].groupby(["step", "weights"]):
+        at = g.set_index(["metric", "component"]).value
+        for a in ("C", "L1H0", "L0H1"):
+            assert at[("rho", a)] == pytest.approx(at[("flow_curvature", a)] / at[("flow_rate", a)])
+        eig = [at[("soft_eigenvalue", f"C#{i}")] for i in range(2)]
+        assert eig == sorted(eig)
+        overlaps = [at[("soft_overlap", f"C#{i}")] for i in range(2)]
+        assert all(0 <= o <= 1 + 1e-9 for o in overlaps)
+        assert at[("saddle_hvps", "C")] > 0

@@ -659,3 +659,24 @@ def test_the_flow_table_gives_each_seeds_limit_and_the_sign_count(monkeypatch, t
     assert float(body["1"][1].split("±")[1]) == pytest.approx(0.03, rel=1e-2)
     assert body["all"][0].strip() == "2 of 2 < 0, p = 0.25"
     assert (tmp_path / "work_flow.png").exists() and (tmp_path / "work_flow.html").exists()
+
+
+def test_polyak_weights_are_the_mean_of_the_replayed_trajectory(work_run):
+    """The slow weights at a checkpoint: the mean of theta over the last W steps, each replayed bit
+    for bit (the replay is verified against the checkpoint); W = 1 is the checkpoint itself."""
+    from interp_ext.errors import ReplayError
+    from interp_ext.replay import polyak_average
+
+    ckpt = work_run.checkpoint(0, 8)["params"]
+    one = polyak_average(work_run, 0, 8, 1)
+    assert all(torch.equal(one[n].float(), ckpt[n]) for n in ckpt)
+    replay = Replay(work_run, 0, 4)
+    thetas = [s.theta for s in replay.steps(8)][1:]  # theta_5 .. theta_7
+    want = {n: (sum(t[n].double() for t in thetas) + ckpt[n].double()) / 4 for n in ckpt}
+    got = polyak_average(work_run, 0, 8, 4)
+    for n in ckpt:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ReplayError, match="no checkpoint at or before step"):
+        polyak_average(work_run, 0, 8, 20)
+    with pytest.raises(ReplayError):
+        polyak_average(work_run, 0, 7, 2)  # not a checkpoint

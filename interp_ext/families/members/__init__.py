@@ -15,7 +15,20 @@ For every seed and checkpoint after the first step (AdamW has a denominator ther
   the members, their controls, ``C`` and ``CTRL``. The diagonal of the members' block is each
   member's self term, the off-diagonal entries reinforcement between members;
 * each with ``/se``: the standard error of the mean over ``groups`` independent groups (each
-  group its own probe and fresh batches).
+  group its own probe and fresh batches);
+* the saddle signature (:mod:`interp_ext.stream3.saddle`, ``modes`` > 0) on the probe sequences'
+  mean loss: ``rho`` = gbar_A^T H_AA D_A^-1 gbar_A / (gbar_A^T D_A^-1 gbar_A) for the circuit and
+  each member (negative exactly when the block's own flow raises its mean-gradient energy), its
+  numerator ``flow_curvature`` and denominator ``flow_rate``, gbar from the two halves of the
+  fresh batches; the circuit block's lowest eigenvalues of D^-1/2 H_CC D^-1/2
+  (``soft_eigenvalue``, component ``C#i``) and the flow's share in each (``soft_overlap``);
+  ``saddle_hvps``, the Hessian-vector products it spent.
+
+Every row carries ``weights``: ``raw`` (the checkpoint's) or ``polyakW``, the slow weights, the
+mean of the real trajectory's weights over the W steps up to the checkpoint, replayed bit for
+bit from the checkpoint before (``interp_ext.replay.polyak_average``): the mean gradient at a
+noisy point carries the restoring force of its current noise displacement, which the average
+removes. D is the checkpoint's at every weights.
 
 The probe sequences are fresh draws of the seed's training distribution at the checkpoint's data
 position (the same sequences for every batch size), not the run's probe set, so that both batch
@@ -73,6 +86,17 @@ class MembersSettings(Settings):
         16, "Fresh training batches whose mean gradient makes the flow direction u."
     )
     groups: int = setting(4, "Independent groups of probe and fresh batches (standard errors).")
+    weights: str = setting(
+        "raw",
+        "Where to measure, comma-separated: 'raw' (the checkpoint's weights) and/or polyakW (the "
+        "slow weights: the mean of the real weights over the W steps up to the checkpoint, "
+        "replayed bit for bit), e.g. raw,polyak50,polyak200.",
+    )
+    modes: int = setting(
+        3,
+        "Lowest eigenvalues of the circuit block's preconditioned Hessian D^-1/2 H_CC D^-1/2 (and "
+        "the flow's overlap with each); 0: no saddle signature.",
+    )
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
@@ -97,19 +121,46 @@ class MembersSettings(Settings):
                 f"group ({2 * self.groups * size} sequences at size {size}, {self.groups} groups)",
             )
         self.require(self.fresh >= self.groups, "fresh", f"needs one per group ({self.groups})")
+        self.require(
+            self.fresh >= 2, "fresh", "needs at least 2 (two halves for the saddle signature)"
+        )
+        self.require(self.modes >= 0, "modes", "must be >= 0")
+        try:
+            parse_weights(self.weights)
+        except ValueError:
+            self.require(False, "weights", "choose raw and/or polyakW (W >= 1), e.g. raw,polyak50")
+
+
+def parse_weights(text: str) -> dict[str, int]:
+    """``"raw,polyak50"`` -> {"raw": 0, "polyak50": 50}: each weights' Polyak width (0: raw)."""
+    out = {}
+    for part in str(text).replace(" ", "").split(","):
+        if part == "raw":
+            out[part] = 0
+        elif part.startswith("polyak") and part[6:].isdigit() and int(part[6:]) >= 1:
+            out[part] = int(part[6:])
+        elif part:
+            raise ValueError(part)
+    if not out:
+        raise ValueError(text)
+    return out
 
 
 class Members(Family):
     name = "members"
     report_order = 96
     settings = MembersSettings
-    columns = ("probe",)
+    columns = ("probe", "weights")
 
     def prepare(self, run, settings: MembersSettings) -> MembersSettings:
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(self, run, settings: MembersSettings, seed: int, steps: list[int]) -> list[int]:
-        return [s for s in steps if s > 0]  # AdamW has no denominator before its first step
+        """Checkpoints after the first step (AdamW has a denominator there) with room before them
+        for the widest Polyak average."""
+        width = max(parse_weights(settings.weights).values())
+        first = run.steps_for(seed)[0]
+        return [s for s in steps if s > 0 and s - width + 1 >= first]
 
     def start_seed(self, run, settings: MembersSettings, seed: int) -> dict:
         circuit = seed_circuit(run, seed, settings.circuit, settings.source)
@@ -130,6 +181,7 @@ class Members(Family):
             {"metric": "control", "component": f"{m}|{c}", "value": 1.0, "probe": ""}
             for m, c in state["controls"].items()
         ]
+        out = [{**r, "weights": ""} for r in out]
         return pd.DataFrame([{**r, "step": -1} for r in out])
 
     def inputs(self, run, settings: MembersSettings) -> list:
@@ -177,34 +229,51 @@ def probe_sequences(run, seed: int, step: int, sequences: int, first: int) -> to
 def checkpoint_rows(
     ctx: Checkpoint, settings: MembersSettings, circuit: Circuit, controls: dict[str, str]
 ) -> pd.DataFrame:
-    """Every row of one seed at one checkpoint (see the module docstring)."""
-    run, model = ctx.run, ctx.model
+    """Every row of one seed at one checkpoint (see the module docstring), at each weights."""
+    run = ctx.run
     ckpt = run.checkpoint(ctx.seed, ctx.step)
     train = run.config.train
     denominator = adam_denominator(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
+    seqs = probe_sequences(run, ctx.seed, ctx.step, settings.sequences, PROBE_DRAWS)
+    fresh = torch.stack(
+        [step_batch(run, ctx.seed, ctx.step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
+    )
+    frames = []
+    for label, width in parse_weights(settings.weights).items():
+        model = ctx.model if not width else slow_model(run, ctx.seed, ctx.step, width)
+        rows = point_rows(
+            model, settings, circuit, controls, denominator, train.weight_decay, seqs, fresh
+        )
+        frames.append(rows.assign(weights=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def slow_model(run, seed: int, step: int, width: int):
+    """The seed's model at ``step`` carrying the Polyak-averaged weights over ``width`` steps."""
+    from interp_ext.replay import polyak_average
+
+    model = run.model(seed, step)
+    slow = polyak_average(run, seed, step, width)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(slow[n].to(p.dtype))
+    return model
+
+
+def point_rows(model, settings, circuit, controls, denominator, wd, seqs, fresh) -> pd.DataFrame:
+    """S, N, E and the member matrix at each probe size, and the saddle signature, at the
+    model's current weights."""
     sets = {c: [c] for c in circuit.components} | {c: [c] for c in controls.values()}
     unions = {"C": list(circuit.components)}
     if controls:
         unions["CTRL"] = list(controls.values())
     levels = {"rest": circuit.with_rest().flat_masks(model)["rest"]}
-    seqs = probe_sequences(run, ctx.seed, ctx.step, settings.sequences, PROBE_DRAWS)
-    fresh = torch.stack(
-        [step_batch(run, ctx.seed, ctx.step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
-    )
+    chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
     out = []
     for size in parse_sizes(settings.probe_sizes):
         batches = seqs.reshape(-1, size, seqs.shape[-1])
         frame = member_matrix(
-            model,
-            batches,
-            fresh,
-            sets,
-            denominator,
-            train.weight_decay,
-            settings.groups,
-            unions,
-            levels,
-            settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1),
+            model, batches, fresh, sets, denominator, wd, settings.groups, unions, levels, chunk
         )
         for r in frame.itertuples():
             metric = r.part if r.B == "" else f"R_{r.part}"
@@ -220,7 +289,46 @@ def checkpoint_rows(
                     "probe": str(size),
                 }
             )
+    if settings.modes:
+        out += saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk)
     return pd.DataFrame(out)
+
+
+def saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk) -> list[dict]:
+    """The saddle signature (:mod:`interp_ext.stream3.saddle`) on the probe sequences' mean loss:
+    rho, its numerator and denominator for the circuit and each member (gbar from the two halves
+    of the fresh batches), and the circuit block's ``modes`` softest modes with the flow's
+    overlap; ``saddle_hvps`` counts the Hessian-vector products spent."""
+    from interp_ext.geometry.gradients import current_params, flatten, loss_function
+    from interp_ext.geometry.sharpness import model_hessian
+    from interp_ext.stream3.members import set_masks
+    from interp_ext.stream3.saddle import flow_curvature, soft_modes
+
+    names = [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    loss_fn = loss_function(model, names)
+    device = next(iter(theta.values())).device
+    size = min(parse_sizes(settings.probe_sizes))
+    hess = model_hessian(model, seqs.reshape(-1, size, seqs.shape[-1]), names, chunk)
+    half = fresh.shape[0] // 2
+
+    def mean_grad(part):
+        grads = [flatten(torch.func.grad(loss_fn)(theta, b.to(device)), names) for b in part]
+        return torch.stack(grads).double().mean(0)
+
+    gbar_a, gbar_b = mean_grad(fresh[:half]), mean_grad(fresh[half:])
+    inv_d = 1 / flatten({n: denominator[n].to(device) for n in names}, names).double()
+    masks = set_masks(model, {"C": list(circuit.components)} | {c: [c] for c in circuit.components})
+    out = []
+    for a, mask in masks.items():
+        for metric, value in flow_curvature(hess, mask, inv_d, gbar_a, gbar_b).items():
+            out.append({"metric": metric, "component": a, "value": value})
+    modes = soft_modes(hess, masks["C"], inv_d, (gbar_a + gbar_b) / 2, k=settings.modes)
+    for i, (value, overlap) in enumerate(zip(modes["eigenvalues"], modes["overlap"])):
+        out.append({"metric": "soft_eigenvalue", "component": f"C#{i}", "value": float(value)})
+        out.append({"metric": "soft_overlap", "component": f"C#{i}", "value": float(overlap)})
+    out.append({"metric": "saddle_hvps", "component": "C", "value": float(hess.calls)})
+    return [{**r, "probe": ""} for r in out]
 
 
 def describe_members(rows: pd.DataFrame) -> list[str]:

@@ -1,0 +1,108 @@
+"""The saddle signature of a block: the curvature its own AdamW flow meets, and its softest modes.
+
+Along the block's own expected flow u_C = -D_C^-1 gbar_C (weight decay aside) the energy of its
+mean gradient moves at d/dt ||gbar_C||^2 = 2 gbar_C^T H_CC u_C = -2 gbar_C^T H_CC D_C^-1 gbar_C.
+So the **curvature met by the flow**
+
+    rho = gbar_C^T H_CC D_C^-1 gbar_C / (gbar_C^T D_C^-1 gbar_C)
+
+is negative exactly when the block's own flow raises its mean-gradient energy: the flow runs
+along a direction of negative curvature, away from a saddle. The denominator is the flow's own
+rate of loss decrease, positive. Both are estimated without the bias a noisy gbar puts in a
+quadratic form: gbar comes from two independent halves of fresh batches, a and b, and each form
+is the symmetric cross product (gbar_a^T M gbar_b + gbar_b^T M gbar_a) / 2, unbiased for
+gbar^T M gbar.
+
+The **soft modes**: the lowest eigenvalues of the block's preconditioned Hessian
+Hhat = D_C^-1/2 H_CC D_C^-1/2 (symmetric, similar to D^-1 H_CC, whose eigenvalues set how AdamW's
+flow moves along each mode) by Lanczos on Hessian-vector products (scipy's ``eigsh``), and the
+share of the flow direction in each: the overlap (q_i . w)^2 / |w|^2 of w = D_C^-1/2 gbar_C (the
+flow in the coordinates where Hhat is symmetric) with each eigenvector q_i.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+log = logging.getLogger("interp_ext")
+
+
+def flow_curvature(
+    hess, mask: torch.Tensor, inv_d: torch.Tensor, gbar_a: torch.Tensor, gbar_b: torch.Tensor
+) -> dict[str, float]:
+    """``rho``, its numerator ``flow_curvature`` (gbar^T H_CC D^-1 gbar) and denominator
+    ``flow_rate`` (gbar^T D^-1 gbar) on the block ``mask``, each the symmetric cross product of
+    two independent gradient estimates. ``hess``: a
+    :class:`~interp_ext.geometry.sharpness.HessianOperator`; ``inv_d``: 1 / D, flat."""
+    dtype = gbar_a.dtype
+    m = mask.to(gbar_a.device)
+    a = torch.where(m, gbar_a, torch.zeros_like(gbar_a))
+    b = torch.where(m, gbar_b, torch.zeros_like(gbar_b))
+    inv = inv_d.to(dtype)
+    h_da = hess.hvp((inv * a).to(hess_dtype(hess)))[m].to(dtype)  # (H D^-1 gbar_a) on the block
+    h_db = hess.hvp((inv * b).to(hess_dtype(hess)))[m].to(dtype)
+    curvature = float((b[m] @ h_da + a[m] @ h_db) / 2)
+    rate = float((a[m] * inv[m]) @ b[m])
+    return {
+        "flow_curvature": curvature,
+        "flow_rate": rate,
+        "rho": curvature / rate if rate != 0 else float("nan"),
+    }
+
+
+def hess_dtype(hess) -> torch.dtype:
+    return next(iter(hess.theta.values())).dtype
+
+
+def soft_modes(
+    hess,
+    mask: torch.Tensor,
+    inv_d: torch.Tensor,
+    gbar: torch.Tensor,
+    k: int = 3,
+    tol: float = 1e-2,
+    ncv: int | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The ``k`` lowest eigenvalues of Hhat = D^-1/2 H_CC D^-1/2 on the block ``mask`` (ascending),
+    the overlap of w = D^-1/2 gbar_C with each eigenvector, and ``hvps``: the Hessian-vector
+    products spent. Eigenvalues that do not converge are NaN (with a warning), never a silent
+    value; their overlaps too."""
+    dtype = hess_dtype(hess)
+    device = gbar.device
+    idx = mask.nonzero().squeeze(1).to(device)
+    half = inv_d.to(device)[idx].sqrt().double()
+    calls = hess.calls
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        full = torch.zeros(hess.n, dtype=dtype, device=device)
+        full[idx] = (half * torch.from_numpy(np.ascontiguousarray(x).ravel()).to(device)).to(dtype)
+        return (half * hess.hvp(full)[idx].double()).cpu().numpy()
+
+    n = idx.numel()
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    w = (half * gbar.double()[idx]).cpu().numpy()
+    try:
+        vals, vecs = eigsh(op, k=k, which="SA", tol=tol, v0=v0, ncv=ncv)
+    except ArpackNoConvergence as err:
+        log.warning(
+            "Lanczos on the block's preconditioned Hessian: %d of %d lowest eigenvalues converged",
+            len(err.eigenvalues),
+            k,
+        )
+        vals = np.concatenate([err.eigenvalues, np.full(k - len(err.eigenvalues), np.nan)])
+        vecs = np.concatenate(
+            [err.eigenvectors, np.full((n, k - len(err.eigenvalues)), np.nan)], axis=1
+        )
+    order = np.argsort(vals)
+    vals, vecs = vals[order], vecs[:, order]
+    overlap = (vecs.T @ w) ** 2 / float(w @ w) if float(w @ w) > 0 else np.full(k, np.nan)
+    return {"eigenvalues": vals, "overlap": overlap, "hvps": hess.calls - calls}
+
+
+__all__ = ["flow_curvature", "soft_modes"]
