@@ -14,6 +14,7 @@ over a window of steps), then form the interval over seeds. Two intervals:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -196,3 +197,104 @@ def paired_order(
         if ta != tb:
             later, known = later + (ta > tb), known + 1
     return later, known
+
+
+# --------------------------------------------------------------------------- exact tests at the
+# design's resolution: every p-value comes with the smallest value its design can give
+
+
+def sign_test_floor(n: int) -> float:
+    """The smallest one-sided sign-test p-value n units can give: 0.5^n."""
+    return 0.5**n if n else math.nan
+
+
+def signed_rank_p(
+    differences: Sequence[float], alternative: str = "greater"
+) -> tuple[float, float]:
+    """(p, floor) of the exact Wilcoxon signed-rank test of paired differences (per seed: arm minus
+    its pair) against 0 (``scipy.stats.wilcoxon``, ``method="exact"``); zeros dropped. The floor
+    is 0.5^n one-sided, 2 x 0.5^n two-sided."""
+    d = np.asarray(differences, float)
+    d = d[np.isfinite(d) & (d != 0)]
+    n = len(d)
+    if n == 0:
+        return math.nan, math.nan
+    p = float(stats.wilcoxon(d, alternative=alternative, method="exact").pvalue)
+    floor = sign_test_floor(n) * (2 if alternative == "two-sided" else 1)
+    return p, min(1.0, floor)
+
+
+def permutation_p(
+    a: Sequence[float], b: Sequence[float], alternative: str = "greater"
+) -> tuple[float, float]:
+    """(p, floor) of the exact permutation test of mean(a) - mean(b) over every assignment of the
+    pooled units to groups of the observed sizes (seed labels permuted: formed against
+    never-formed). ``alternative``: "greater" (a larger), "less" or "two-sided" (|difference|).
+    The floor is 1 / C(n_a + n_b, n_a) (twice that two-sided, when the design is symmetric)."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if len(x) == 0 or len(y) == 0:
+        return math.nan, math.nan
+    pooled = np.concatenate([x, y])
+    n, k = len(pooled), len(x)
+    observed = x.mean() - y.mean()
+    total = pooled.sum()
+    diffs = []
+    for idx in itertools.combinations(range(n), k):
+        s = pooled[list(idx)].sum()
+        diffs.append(s / k - (total - s) / (n - k))
+    diffs = np.asarray(diffs)
+    tol = 1e-12 * max(1.0, abs(observed))
+    if alternative == "greater":
+        p = float(np.mean(diffs >= observed - tol))
+    elif alternative == "less":
+        p = float(np.mean(diffs <= observed + tol))
+    else:
+        p = float(np.mean(np.abs(diffs) >= abs(observed) - tol))
+    return p, 1 / len(diffs)
+
+
+def growth_law(steps: Sequence[float], values: Sequence[float]) -> dict[str, float]:
+    """Which law a series grows by: least-squares fits (in the values' own scale, Gaussian errors)
+    of ``exponential`` y = a exp(r t), ``linear`` y = a + b t and ``power`` y = a (t / t_0)^p
+    (t_0 the first step), each with its AIC; ``best`` the law with the lowest AIC (index into
+    ``LAWS``), ``delta_aic`` exponential's AIC minus the best other law's (negative: exponential
+    preferred), ``rate`` r with its 95% interval ``rate_lo``, ``rate_hi`` (per step). What
+    self-reinforcement predicts, dS/dt proportional to S, is the exponential law."""
+    from scipy.optimize import curve_fit
+
+    t = np.asarray(steps, float)
+    y = np.asarray(values, float)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    out = {"n": float(len(t))}
+    if len(t) < 4:
+        return {**out, "best": math.nan, "delta_aic": math.nan, "rate": math.nan}
+    t0 = t[0]
+    span = max(t[-1] - t0, 1.0)
+    laws = {
+        "exponential": (lambda x, a, r: a * np.exp(r * (x - t0)), [max(y[0], 1e-12), 1 / span]),
+        "linear": (lambda x, a, b: a + b * (x - t0), [y[0], (y[-1] - y[0]) / span]),
+        "power": (lambda x, a, p: a * (x / max(t0, 1.0)) ** p, [max(y[0], 1e-12), 1.0]),
+    }
+    aic = {}
+    for name, (f, p0) in laws.items():
+        try:
+            params, cov = curve_fit(f, t, y, p0=p0, maxfev=20000)
+        except (RuntimeError, ValueError):
+            aic[name] = math.inf
+            continue
+        rss = float(np.sum((y - f(t, *params)) ** 2))
+        aic[name] = len(t) * math.log(max(rss, 1e-300) / len(t)) + 2 * 2
+        out[f"aic_{name}"] = aic[name]
+        if name == "exponential":
+            se = float(np.sqrt(cov[1, 1])) if np.all(np.isfinite(cov)) else math.nan
+            half = float(stats.t.ppf(0.975, len(t) - 2)) * se
+            out.update(rate=float(params[1]), rate_lo=params[1] - half, rate_hi=params[1] + half)
+    best = min(aic, key=aic.get)
+    others = min(v for k, v in aic.items() if k != "exponential")
+    out.update(best=float(LAWS.index(best)), delta_aic=aic["exponential"] - others)
+    return out
+
+
+LAWS = ("exponential", "linear", "power")
