@@ -96,3 +96,22 @@ def test_the_rule_reads_each_outcome():
     # a sign that flips at the other Polyak width
     check = per_seed_table(down, formed)
     assert decide(per_seed_table(up, formed), check)["reading"] == "undecided"
+
+
+def test_the_report_draws_the_role_matrix_and_reads_the_rule(monkeypatch, tmp_path):
+    from interp_ext.families.members import report
+    from interp_ext.report.draw import Page
+
+    rows = []
+    for seed in range(12):
+        cross = 0.3 if seed < 9 else 0.0
+        rows += member_rows(seed, cross, 0.01)
+    frame = pd.DataFrame(rows).assign(family="members")
+    forms = {s: (2375.0, s < 9) for s in range(12)}
+    monkeypatch.setattr(report, "seed_formation", lambda run, seed: forms[seed])
+    lines = report.section(Page(None, frame, tmp_path, {}))
+    assert "**Reading by the rule of results 3.6: self-reinforcing.**" in lines
+    assert (tmp_path / "member_matrix.png").exists() and (tmp_path / "member_matrix.html").exists()
+    z = report.role_matrix(frame, 0, [1750, 2000])
+    assert z[0, 1] == pytest.approx(0.3) and z[1, 0] == pytest.approx(0.3)
+    assert z[0, 3] == pytest.approx(0.01) and z[2, 2] == 0.0

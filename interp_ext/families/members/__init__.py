@@ -190,6 +190,11 @@ class Members(Family):
     def describe(self, rows: pd.DataFrame) -> list[str]:
         return describe_members(rows)
 
+    def report(self, page) -> list[str]:
+        from interp_ext.families.members.report import section
+
+        return section(page)
+
 
 def member_controls(run, seed: int, circuit: Circuit) -> dict[str, str]:
     """member head -> a random head of its layer outside the circuit, each used once, heads below

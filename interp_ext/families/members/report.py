@@ -1,0 +1,152 @@
+"""The ``members`` family's section of the report: the member matrix by role through formation, and
+the decision rule of docs/results.md 3.6 read on it.
+
+Each seed's matrix is read by role (its first induction member ``ind``, its first previous-token
+member ``prev`` and their controls), averaged over the phase's checkpoints, then over the formed
+seeds; the decision reads every (induction, previous-token) pair (``decision.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from interp_ext.families.members.decision import (
+    PHASES,
+    controls_of,
+    decide,
+    own_rise,
+    pairs_of,
+    phase_steps,
+    seed_entries,
+)
+from interp_ext.figures import Heatmap
+from interp_ext.report.draw import heatmap_figure, image, select
+
+ROLES = ("ind", "prev", "ctrl(ind)", "ctrl(prev)")
+
+
+def seed_formation(run, seed: int) -> tuple[float, bool]:
+    """(the step a seed's phases are read around, whether it formed): its formation step, or for
+    a seed that never formed its own steepest rise of the best induction score."""
+    from interp_ext.measurement.windows import formation_of
+
+    form = formation_of(run, "", seed)
+    if math.isfinite(form):
+        return form, True
+    rows = run.metrics("induction", seeds=[seed])
+    best = rows[(rows.seed == seed) & (rows.metric == "best_induction_score")]
+    return own_rise(best.set_index("step").value), False
+
+
+def role_matrix(rows: pd.DataFrame, seed: int, steps: list[int], part: str = "S") -> np.ndarray:
+    """The seed's R^X by role (:data:`ROLES`), averaged over ``steps``; NaN where a role is
+    missing."""
+    pairs = pairs_of(rows, seed)
+    if not pairs:
+        return np.full((len(ROLES), len(ROLES)), np.nan)
+    ctrl = controls_of(rows, seed)
+    ind, prev = pairs[0]
+    names = [ind, prev, ctrl.get(ind), ctrl.get(prev)]
+    sel = rows[(rows.seed == seed) & (rows.metric == f"R_{part}") & rows.step.isin(steps)]
+    mean = sel.groupby("component").value.mean()
+    z = np.full((len(ROLES), len(ROLES)), np.nan)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if a and b and f"{a}|{b}" in mean.index:
+                z[i, j] = mean[f"{a}|{b}"]
+    return z
+
+
+def section(page) -> list[str]:
+    rows = select(page.rows, family="members")
+    if rows.empty:
+        return []
+    weights = (
+        "polyak200" if "polyak200" in set(rows.weights) else sorted(set(rows.weights) - {""})[0]
+    )
+    probe = str(max(int(p) for p in set(rows.probe) if p.isdigit()))
+    at = rows[(rows.weights.isin([weights, ""])) & (rows.probe.isin([probe, ""]) | (rows.step < 0))]
+    lines = [
+        "## Who reinforces whom: the member matrix",
+        "",
+        f"R^S[A, B] = grad_B S_A . u_B per unit of lr x steps at the {weights} weights, probe batches "
+        f"of {probe} sequences: rows the set whose mean-gradient energy moves, columns the set that "
+        "moves (docs/metrics.md).",
+        "",
+    ]
+    seeds = sorted(s for s in at.seed.unique() if s >= 0)
+    forms = {s: seed_formation(page.run, s) for s in seeds}
+    panels = []
+    for phase in PHASES:
+        mats = [
+            role_matrix(at, s, phase_steps(sorted(at.step.unique()), f, phase))
+            for s, (f, formed) in forms.items()
+            if formed and math.isfinite(f)
+        ]
+        if mats:
+            z = np.nanmean(np.stack(mats), axis=0)
+            panels.append(
+                (f"{phase}, {len(mats)} formed seeds", Heatmap(z, list(ROLES), list(ROLES), "R^S"))
+            )
+    if panels:
+        files = heatmap_figure(
+            page.out, "member_matrix", "The member matrix by role", panels, "moves", "energy of"
+        )
+        lines += [image(files, "member matrix"), ""]
+    per_seed = pd.DataFrame(
+        [
+            {**e, "formed": formed}
+            for s, (f, formed) in forms.items()
+            if math.isfinite(f)
+            for e in seed_entries(at, s, f, weights, probe)
+        ]
+    )
+    if per_seed.empty:
+        return lines
+    check = None
+    if weights == "polyak200" and "polyak50" in set(rows.weights):
+        check = pd.DataFrame(
+            [
+                {**e, "formed": formed}
+                for s, (f, formed) in forms.items()
+                if math.isfinite(f)
+                for e in seed_entries(rows, s, f, "polyak50", probe)
+            ]
+        )
+    result = decide(per_seed, check)
+    lines += [f"**Reading by the rule of results 3.6: {result['reading']}.**", ""]
+    lines += decision_table(result["tests"]) + seed_table(per_seed)
+    return lines
+
+
+def decision_table(tests: pd.DataFrame) -> list[str]:
+    lines = [
+        "| phase | entry | formed seeds > 0 | p (> 0) | p (< 0) | floor | p above null (signed rank) | p formed > never formed (permutation) | resolved seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in tests.itertuples():
+        lines.append(
+            f"| {r.phase} | {r.entry} | {r.positive} of {r.n} | {r.p_positive:.3g} | {r.p_negative:.3g} "
+            f"| {r.floor:.3g} | {r.p_above_null:.3g} (floor {r.floor_above_null:.3g}) "
+            f"| {r.p_formed_above_unformed:.3g} (floor {r.floor_formed_above_unformed:.3g}) | {r.resolved} |"
+        )
+    return lines + [""]
+
+
+def seed_table(per_seed: pd.DataFrame) -> list[str]:
+    lines = [
+        "| seed | formed | phase | entry | value | null (control moves) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in per_seed.sort_values(["seed", "phase", "entry"]).itertuples():
+        lines.append(
+            f"| {r.seed} | {'yes' if r.formed else 'no (own rise)'} | {r.phase} | {r.entry} "
+            f"| {r.value:+.3g} ± {r.value_se:.2g} | {r.null:+.3g} ± {r.null_se:.2g} |"
+        )
+    return lines + [""]
+
+
+__all__ = ["section"]
