@@ -88,6 +88,49 @@ def stream3_matrix(
     return component_matrix(model, batches, circuit, "optimizer", update, include_rest)
 
 
+def member_matrix(
+    model: HookedTransformer,
+    probe_batches: Int[torch.Tensor, "n_batches batch pos"],
+    fresh_batches: Int[torch.Tensor, "m batch pos"],
+    members: list[str],
+    optimizer: torch.optim.Optimizer,
+    controls: list[str] | None = None,
+    groups: int = 4,
+) -> pd.DataFrame:
+    """Who reinforces whom (``interp_ext.stream3.members``): S (the mean gradient's energy), N (the
+    per-batch noise energy) and E = S + N of each member, and R^X[A, B] = grad_B X_A . u_B with u
+    the expected step of ``optimizer`` (a ``torch.optim.AdamW`` that has stepped on ``model``'s
+    parameters) per unit of lr x steps; ``fresh_batches`` (independent of ``probe_batches``) make
+    its mean gradient. Rows per ``part``, ``A``, ``B`` ("" for the level), ``value``, ``se``
+    (over ``groups`` independent groups of batches), ``n``; ``C`` is the members' union."""
+    from interp_ext.stream3.members import adam_denominator
+    from interp_ext.stream3.members import member_matrix as matrix
+
+    group = optimizer.param_groups[0]
+    params = dict(model.named_parameters())
+    states = {n: optimizer.state.get(p, {}) for n, p in params.items()}
+    if not all("exp_avg_sq" in st for st in states.values()):
+        raise ValueError(
+            "member_matrix needs an AdamW optimizer that has taken a step on every parameter of "
+            "the model (its second moment makes u's denominator)"
+        )
+    count = float(next(iter(states.values()))["step"])
+    v = {n: st["exp_avg_sq"] for n, st in states.items()}
+    denominator = adam_denominator(v, count, group["betas"][1], group["eps"])
+    rows = {m: [m] for m in members} | {c: [c] for c in controls or []}
+    unions = {"C": list(members)} | ({"CTRL": list(controls)} if controls else {})
+    return matrix(
+        model,
+        probe_batches,
+        fresh_batches,
+        rows,
+        denominator,
+        group["weight_decay"],
+        groups,
+        unions,
+    )
+
+
 def circuit_of(run, seed: int, spec: str = "cause") -> Circuit:
     """The circuit a run's seed is followed with: ``cause`` (found by key-path patching; the
     ``circuit`` family's rows, or discovered now), ``induction`` (by scores), or heads like
@@ -198,6 +241,7 @@ __all__ = [
     "llc_estimate",
     "load_sae",
     "match_features",
+    "member_matrix",
     "optimizer_update",
     "patch_heads",
     "path_patch",

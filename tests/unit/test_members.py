@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -236,3 +237,32 @@ def test_member_matrix_of_a_model_with_adamw_state(micro):
     assert c == pytest.approx(out[(out.part == "E") & (out.A == "all")].value.item(), rel=1e-12)
     with pytest.raises(ValueError, match="no denominator before its first step"):
         adam_denominator(v, count=0, beta2=0.999)
+
+
+def test_the_api_reads_u_from_a_torch_adamw(micro):
+    """api.member_matrix takes the denominator and weight decay from a stepped torch AdamW."""
+    from interp_ext import api
+
+    model, names, theta, batches, loss, masks = micro
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    with pytest.raises(ValueError, match="taken a step"):
+        api.member_matrix(model, batches, batches[:2], ["L1H0", "L0H1"], opt)
+    model(batches[0], return_type="loss").backward()
+    opt.step()
+    opt.zero_grad()
+    fresh = torch.randint(0, 7, (2, 2, 6), generator=torch.Generator().manual_seed(8))
+    out = api.member_matrix(model, batches, fresh, ["L1H0", "L0H1"], opt, groups=2)
+    params = dict(model.named_parameters())
+    v = {n: opt.state[p]["exp_avg_sq"] for n, p in params.items()}
+    d = adam_denominator(v, 1.0, 0.999)
+    want = member_matrix(
+        model,
+        batches,
+        fresh,
+        {"L1H0": ["L1H0"], "L0H1": ["L0H1"]},
+        d,
+        0.05,
+        groups=2,
+        unions={"C": ["L1H0", "L0H1"]},
+    )
+    pd.testing.assert_frame_equal(out, want)
