@@ -26,6 +26,7 @@ from _common import median_time as timed
 from circuits import Circuit
 from interp_ext.families.work import step_work
 from interp_ext.measurement.stream3 import mean_gradient, tracked_sets
+from interp_ext.stream3.work import random_draw
 
 
 def main() -> None:
@@ -50,11 +51,12 @@ def main() -> None:
         )
         shadow = {h: {n: m.double() for n, m in replay.moments().items()} for h in "AB"}
         gen = torch.Generator().manual_seed(0)
+        nulls = {k: random_draw(sets["C"], gen) for k in ("real", "drift")}
         terms = [names, probe_at, partition, sets]
         cfg_t = run.config.train
 
         def measured(rule: str, detail: bool):
-            return step_work(step, shadow, cfg_t, *terms, rule, detail, gen)
+            return step_work(step, shadow, cfg_t, *terms, rule, detail, nulls)
 
         costs = {
             rule: (

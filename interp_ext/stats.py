@@ -230,7 +230,8 @@ def permutation_p(
     """(p, floor) of the exact permutation test of mean(a) - mean(b) over every assignment of the
     pooled units to groups of the observed sizes (seed labels permuted: formed against
     never-formed). ``alternative``: "greater" (a larger), "less" or "two-sided" (|difference|).
-    The floor is 1 / C(n_a + n_b, n_a) (twice that two-sided, when the design is symmetric)."""
+    The floor is the smallest p these values can give: 1 / C(n_a + n_b, n_a) one-sided without
+    ties, twice that two-sided when the groups are of equal size."""
     x, y = np.asarray(a, float), np.asarray(b, float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if len(x) == 0 or len(y) == 0:
@@ -247,11 +248,14 @@ def permutation_p(
     tol = 1e-12 * max(1.0, abs(observed))
     if alternative == "greater":
         p = float(np.mean(diffs >= observed - tol))
+        floor = float(np.mean(diffs >= diffs.max() - tol))
     elif alternative == "less":
         p = float(np.mean(diffs <= observed + tol))
+        floor = float(np.mean(diffs <= diffs.min() + tol))
     else:
         p = float(np.mean(np.abs(diffs) >= abs(observed) - tol))
-    return p, 1 / len(diffs)
+        floor = float(np.mean(np.abs(diffs) >= np.abs(diffs).max() - tol))
+    return p, floor
 
 
 def growth_law(steps: Sequence[float], values: Sequence[float]) -> dict[str, float]:

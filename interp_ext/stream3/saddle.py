@@ -8,7 +8,9 @@ So the **curvature met by the flow**
 
 is negative exactly when the block's own flow raises its mean-gradient energy: the flow runs
 along a direction of negative curvature, away from a saddle. The denominator is the flow's own
-rate of loss decrease, positive. Both are estimated without the bias a noisy gbar puts in a
+rate of loss decrease, positive in expectation; its estimate can come out negative where the
+mean gradient is small beside the noise, which flips rho's sign, so read rho beside
+``flow_rate`` and its spread over seeds. Both are estimated without the bias a noisy gbar puts in a
 quadratic form: gbar comes from two independent halves of fresh batches, a and b, and each form
 is the symmetric cross product (gbar_a^T M gbar_b + gbar_b^T M gbar_a) / 2, unbiased for
 gbar^T M gbar.

@@ -83,12 +83,24 @@ def work_of(contribution: torch.Tensor, mask: torch.Tensor) -> float:
     return float(contribution[mask.to(contribution.device)].sum())
 
 
-def random_like(u: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_draw(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A standard Gaussian draw on the block's coordinates (float64), for :func:`random_like`."""
+    return torch.randn(int(mask.sum()), generator=generator, dtype=torch.float64)
+
+
+def random_like(
+    u: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    draw: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A Gaussian direction on the block's coordinates with the norm of u's part there: the null of
-    a K-type term (a direction with no relation to E)."""
+    a K-type term (a direction with no relation to E). ``draw`` (:func:`random_draw`) fixes the
+    direction, e.g. over the k sub-steps of one real step; otherwise it is drawn from
+    ``generator``."""
     m = mask.to(u.device)
     r = torch.zeros_like(u)
-    draw = torch.randn(int(m.sum()), generator=generator, dtype=torch.float64).to(u.device)
+    draw = (random_draw(m, generator) if draw is None else draw).to(u.device)
     norm = float(u[m].norm())
     if norm > 0:
         r[m] = (draw * norm / draw.norm()).to(u.dtype)

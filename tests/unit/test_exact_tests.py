@@ -59,6 +59,8 @@ def test_permutation_p_is_scipys_exact_permutation_test():
     )
     # a perfect separation reaches the floor and no lower
     assert permutation_p([5, 6, 7], [1, 2])[0] == pytest.approx(1 / 10)
+    # two-sided with equal groups: the mirror assignment is as extreme, so the floor doubles
+    assert permutation_p([5, 6, 7], [1, 2, 3], "two-sided") == pytest.approx((0.1, 0.1))
 
 
 def test_sign_test_and_its_floor():

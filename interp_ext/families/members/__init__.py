@@ -309,7 +309,7 @@ def saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk) -> li
     from interp_ext.stream3.members import set_masks
     from interp_ext.stream3.saddle import flow_curvature, soft_modes
 
-    names = [n for n, _ in model.named_parameters()]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # as the masks are
     theta = current_params(model, names)
     loss_fn = loss_function(model, names)
     device = next(iter(theta.values())).device

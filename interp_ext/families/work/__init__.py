@@ -92,6 +92,7 @@ from interp_ext.stream3.work import (
     line_integrands,
     on,
     own_curvature,
+    random_draw,
     random_like,
     work_of,
 )
@@ -194,7 +195,9 @@ class WorkSettings(Settings):
         self.require(
             self.drift_batches % self.scale == 0,
             "drift_batches",
-            f"must be a multiple of scale={self.scale} (each replayed step draws M / scale batches)",
+            f"must be a multiple of scale={self.scale}: M counts fresh batches per real step, "
+            "M / scale per replayed step (a plan saved when M counted per replayed step reads "
+            "M x scale now)",
         )
         if self.arm:
             try:
@@ -404,6 +407,7 @@ def window_work(
     total = (stop - plan["replay_from"]) * k
     rows: list[dict] = []
     substeps: list[list[dict]] = []  # the measured sub-steps of the current sampled real step
+    nulls: dict[str, torch.Tensor] = {}  # the random-direction null's draws of that real step
     bar = tqdm(total=total, desc=f"work seed {seed} x{k}", leave=False, disable=not progress)
     for step in replay.steps(plan["replay_from"] + total):
         bar.update(1)
@@ -421,9 +425,11 @@ def window_work(
         if not sampled(real, plan, settings.every):
             continue
         detail = (real - plan["start"]) % settings.detail_every == 0
+        if detail and sub == 0:  # one null direction per real step, for all k of its sub-steps
+            nulls = {key: random_draw(sets[WHOLE], gen) for key in ("real", "drift")}
         substeps.append(
             step_work(
-                step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, gen
+                step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, nulls
             )
         )
         if sub == k - 1:  # the real step's last sub-step: one row per term for all k of them
@@ -490,8 +496,10 @@ def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1, sub=0,
     takes its own M / k of them (draws sub M / k ..), so each sub-step's are independent and a
     real step's k sub-steps together see the M batches the real-lr measurement sees there. Half
     A takes the first half of a sub-step's draws, half B the rest: their mean is the shadow
-    moment of all of them, their difference measures the drift's own sampling error. With one
-    batch per sub-step both halves see it."""
+    moment of all of them when the halves are of equal size (an odd number of draws weighs the
+    smaller half's more), their difference measures the drift's own sampling error. With one
+    batch per sub-step both halves see it, and that error reads 0: give at least 2 per sub-step
+    (``drift_batches`` >= 2 x ``scale``) where it is read."""
     m = settings.drift_batches // k
     base = sub * m
     size = {"A": max(1, m // 2), "B": max(1, m - m // 2)}
@@ -510,7 +518,7 @@ def end_energies(probe, sets: dict, step: int) -> list[dict]:
     ]
 
 
-def step_work(step, halves, cfg, names, probe_at, partition, sets, rule, detail, gen):
+def step_work(step, halves, cfg, names, probe_at, partition, sets, rule, detail, nulls):
     """Every row of one measured step (see the module docstring).
 
     Every step: E and dE of every set, and the circuit's integrand I_C, so every part and block
@@ -561,7 +569,7 @@ def step_work(step, halves, cfg, names, probe_at, partition, sets, rule, detail,
         {"metric": "update_norm", "component": "drift", "value": float(dirs["drift"].norm())},
     ]
     if detail:
-        rows += detail_rows(i_c, dirs, partition, block, gen)
+        rows += detail_rows(i_c, dirs, partition, block, nulls)
         rows += curvature_rows(step, real, drift, names, probe_at, sets, e0)
     return rows
 
@@ -582,16 +590,18 @@ def work_terms(a: str, w: dict[str, float], d_e: float) -> list[dict]:
     return [{"metric": k, "component": a, "value": v} for k, v in terms.items()]
 
 
-def detail_rows(i_c, dirs, partition, block, gen) -> list[dict]:
+def detail_rows(i_c, dirs, partition, block, nulls) -> list[dict]:
     """The work on E_C of each block's part of the real and the drift update, and of random
-    directions with the norms of the circuit block's parts (the nulls of the K-type terms)."""
+    directions with the norms of the circuit block's parts (the nulls of the K-type terms; one
+    direction per real step, ``nulls`` its draws, scaled at each sub-step to that sub-step's
+    norm, so over a real step's k sub-steps the null adds up coherently as the K terms do)."""
     rows = []
     for b, mask in partition.items():
         for label, key in (("work_by", "real"), ("work_drift_by", "drift")):
             value = float(i_c @ on(mask, dirs[key]))
             rows.append({"metric": label, "component": f"{WHOLE}|{b}", "value": value})
     for label, key in (("work_by_random", "real"), ("work_drift_by_random", "drift")):
-        value = float(i_c @ random_like(dirs[key], block, gen))
+        value = float(i_c @ random_like(dirs[key], block, draw=nulls[key]))
         rows.append({"metric": label, "component": f"{WHOLE}|{WHOLE}", "value": value})
     return rows
 

@@ -37,15 +37,26 @@ def section(page) -> list[str]:
 
 
 def real_scale_rows(page) -> pd.DataFrame:
-    """The rows of the latest measurement of the real steps (scale 1); the replays at lr / k only
-    feed the table toward the gradient flow."""
+    """The rows of the measurement of the real steps (:func:`real_id`); the replays at lr / k and
+    the arms only feed their own tables."""
     rows = select(page.rows, family="work")
-    found = page.run.measurements()
-    found = found[found.family == "work"]
-    real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
-    if rows.empty or real.empty or set(rows.settings) <= set(real.id):
+    chosen = real_id(page.run)
+    if rows.empty or chosen is None or set(rows.settings) == {chosen}:
         return rows
     return real_rows_of(page.run)
+
+
+def real_id(run) -> str | None:
+    """The id of a run's measurement of the real steps: scale 1, no arm, over the whole window
+    (``until`` window, not a flow set's span to the rise's end) where there is one, the latest
+    used; None without any at scale 1."""
+    found = run.measurements()
+    found = found[found.family == "work"]
+    real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
+    if real.empty:
+        return None
+    whole = real[[s.get("until", "window") == "window" for s in real.settings]]
+    return str((whole if len(whole) else real).sort_values("used").id.iloc[-1])
 
 
 def cumulative_figure(rows: pd.DataFrame, out) -> list[str]:
@@ -202,7 +213,7 @@ def scale_replays(run) -> dict[str, int]:
             current = False
         if not current:
             continue
-        rest = {k: v for k, v in r.settings.items() if k != "scale"}
+        rest = {k: v for k, v in r.settings.items() if k not in ("scale", "chunk")}
         key = json.dumps(rest, sort_keys=True, default=str)
         groups.setdefault(key, {})[r.id] = int(r.settings.get("scale", 1))
         used[key] = r.used
@@ -494,14 +505,12 @@ BESIDE = (
 
 
 def real_rows_of(run) -> pd.DataFrame:
-    """A run's latest measurement of the real steps (scale 1, no arm)."""
-    found = run.measurements()
-    found = found[found.family == "work"]
-    real = found[[int(s.get("scale", 1)) == 1 and not s.get("arm") for s in found.settings]]
-    if real.empty:
+    """A run's rows of the real steps (:func:`real_id`)."""
+    chosen = real_id(run)
+    if chosen is None:
         return pd.DataFrame()
     rows = run.metrics("work", settings="all")
-    return rows[rows.settings == real.sort_values("used").id.iloc[-1]]
+    return rows[rows.settings == chosen]
 
 
 def _one_run_beside(i, name, rows, phase, where, term, legend) -> tuple[list[Trace], dict]:
