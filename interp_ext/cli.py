@@ -290,6 +290,52 @@ def import_run(
 
 
 @app.command()
+def branch(
+    run_dir: Path = typer.Argument(
+        ..., help="The run to branch (its checkpoints hold AdamW moments)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory of the branch (must not exist)."),
+    seeds: str = typer.Option(
+        ..., "--seeds", help="Seeds to continue, comma-separated, e.g. 0,1,3."
+    ),
+    start: int = typer.Option(..., "--from", help="The checkpoint step each seed continues from."),
+    steps: int = typer.Option(..., "--steps", help="Steps to train after it."),
+    lr_scale: list[str] = typer.Option(
+        [],
+        "--lr-scale",
+        help="COMPONENTS=M: multiply the AdamW update of those components' parameters by M "
+        "(0 freezes), e.g. L0H1=0 or L0H1,L0H2=0.25 (repeatable).",
+    ),
+    moments: str = typer.Option(
+        "run",
+        "--moments",
+        help="With --lr-scale: the scaled components' AdamW moments 'run' on as usual or 'freeze'.",
+    ),
+    ablate: list[str] = typer.Option(
+        [],
+        "--ablate",
+        help="COMPONENT=mean|zero: replace a head's or an MLP's output during training by its "
+        "batch mean or by zero (repeatable).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Continue some seeds of a run from a checkpoint, with or without an intervention, into a new
+    run directory that every command reads (without one it equals the run bit for bit)."""
+    from interp_ext.branch import Interventions, parse_ablate, parse_lr_scale
+    from interp_ext.branch import branch as make_branch
+
+    _setup_logging()
+    run = _open(run_dir)
+    chosen = _parse_list(seeds) or []
+    iv = Interventions(parse_lr_scale(lr_scale), moments, parse_ablate(ablate))
+    made = make_branch(run, chosen, start, steps, out, iv, progress=not quiet)
+    typer.echo(
+        f"branch of {run.path} at step {start}: seeds {made.seeds}, steps to {made.steps[-1]} in {made.path}"
+    )
+    typer.echo(f"measure it:  interp-ext measure induction {made.path}")
+
+
+@app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     beside: list[Path] = typer.Option(
@@ -321,6 +367,12 @@ def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
         f"training  {t.steps} steps, batch {t.batch_size}, AdamW lr {t.lr} wd {t.weight_decay}, bf16 {t.bf16}"
     )
     typer.echo(f"seeds     {summary['seeds']}")
+    if run.layout.branch.exists():
+        b = json.loads(run.layout.branch.read_text())
+        typer.echo(
+            f"branch    of {b['parent']} at step {b['from']} for {b['steps']} steps; "
+            f"interventions {json.dumps(b['interventions'])}"
+        )
     steps = summary["steps"]
     typer.echo(
         f"steps     {len(steps)} checkpoints: {steps if len(steps) <= 12 else steps[:6] + ['...'] + steps[-3:]}"

@@ -173,6 +173,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     n_seeds: int = 16
     first_seed: int = 0  # seeds are first_seed .. first_seed + n_seeds - 1
+    seed_list: tuple[int, ...] = ()  # other seeds than that range (a branch of some seeds of a run)
     checkpoint_every: int = 1_000
     bf16: bool = True  # bfloat16 autocast for training; every measurement is float32
     device: str = "cpu"
@@ -184,10 +185,20 @@ class TrainConfig:
 
     @property
     def seeds(self) -> list[int]:
+        if self.seed_list:
+            return list(self.seed_list)
         return list(range(self.first_seed, self.first_seed + self.n_seeds))
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.seed_list = tuple(self.seed_list)  # type: ignore[assignment]
+        _check(
+            not self.seed_list
+            or (len(self.seed_list) == self.n_seeds and len(set(self.seed_list)) == self.n_seeds),
+            "train.seed_list",
+            self.seed_list,
+            f"must hold train.n_seeds={self.n_seeds} distinct seeds (or be empty)",
+        )
         _check(
             isinstance(self.steps, int) and self.steps >= 0,
             "train.steps",

@@ -32,6 +32,13 @@ from interp_ext.config import ConfigError, RunConfig, TrainConfig
 from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
 from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsError
 from interp_ext.hooks import ActivationRecorder, validate_hooks
+from interp_ext.interventions import (
+    Interventions,
+    ablation_hooks,
+    apply_scaled_update,
+    interventions_of,
+    scaled_masks,
+)
 from interp_ext.models import build_model, param_names, share_parameters
 from interp_ext.run import Layout, Run, io
 from interp_ext.run.checkpoints import load_checkpoint, save_checkpoint
@@ -222,6 +229,7 @@ class StackedTrainer:
         data: TokenData,
         probe: dict[str, torch.Tensor],
         seeds: list[int] | None = None,
+        interventions: Interventions | None = None,
     ):
         self.cfg, self.data, self.probe = cfg, data, probe
         self.out = Path(out) if out is not None else None
@@ -246,6 +254,12 @@ class StackedTrainer:
         self.recorder = ActivationRecorder(validate_hooks(self.template, cfg.record.hooks))
         self._check_record_budget()
         self._vloss = vmap(self._loss, in_dims=(0, None, 0))
+        # a branch's interventions (interp_ext.interventions): none for a plain run
+        self.interventions = interventions or Interventions()
+        self.scaled = scaled_masks(self.interventions, self.template)
+        for model in [*self.models, self.template]:
+            for name, fn in ablation_hooks(self.interventions):
+                model.add_hook(name, fn, is_permanent=True)
 
     def _make_optimizers(self) -> list[torch.optim.AdamW]:
         """One AdamW per seed over its views of the stacked parameters.
@@ -381,7 +395,11 @@ class StackedTrainer:
         return loss.detach()
 
     def _adamw_steps(self, start: int, stop: int) -> None:
-        for opt in self.optimizers[start:stop]:
+        for i in range(start, stop):
+            opt = self.optimizers[i]
+            if self.scaled:
+                apply_scaled_update(opt, self.views[i], self.scaled, self.interventions.moments)
+                continue
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -588,7 +606,9 @@ def train(
             data, probe = _reopen(cfg, out, start, rank)
         else:
             data, probe = prepare_run(cfg, out, cache_dir)
-    trainer = StackedTrainer(cfg, out, data, probe, seeds=seeds)
+    trainer = StackedTrainer(
+        cfg, out, data, probe, seeds=seeds, interventions=interventions_of(out)
+    )
     if start is not None:
         trainer.load(start)
         log.info("resumed %s at step %d (seeds %s)", out, start, seeds)

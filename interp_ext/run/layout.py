@@ -5,6 +5,7 @@ The tree below is the README's "run directory" section (a test keeps them equal)
     <run>/config.json                                   resolved config, package versions, git sha
     <run>/run_info.json                                 vocabulary size, BOS token, corpus note
     <run>/import.json                                   imported runs: referenced checkpoints, hashes, frozen weights
+    <run>/branch.json                                   branches: parent run, seeds, step branched from, interventions
     <run>/tokenizer/                                    the run's tokenizer (local pretrained dir)
     <run>/data/{train,heldout}.npy                      token streams trained on / held out
     <run>/probe_set.safetensors                         lm [B, batch, pos], heldout, repeated ([BOS] r r)
@@ -48,6 +49,10 @@ class Layout:
     @property
     def import_index(self) -> Path:
         return self.root / "import.json"
+
+    @property
+    def branch(self) -> Path:
+        return self.root / "branch.json"
 
     @property
     def tokenizer(self) -> Path:

@@ -1,0 +1,183 @@
+"""Branches: a run's seeds continued from a checkpoint, equal to the run bit for bit without an
+intervention; a learning-rate multiplier that changes only what it names (against a hand-written
+AdamW with the mask); an ablation hook; bad input through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from circuits.circuit import Circuit
+from interp_ext import measure, open_run
+from interp_ext.branch import BranchError, Interventions, branch
+from interp_ext.families import InductionSettings
+from interp_ext.optim_step import step_batch
+from interp_ext.run.checkpoints import load_checkpoint
+from interp_ext.training import adamw, set_adamw_state, train
+from tests.conftest import micro_config
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, cache_dir):
+    cfg = micro_config(steps=8, checkpoint_every=4, n_seeds=3)
+    return train(
+        cfg, tmp_path_factory.mktemp("parent") / "run", progress=False, cache_dir=cache_dir
+    )
+
+
+def test_a_branch_without_intervention_equals_the_run_bit_for_bit(parent, tmp_path):
+    made = branch(parent, [0, 2], 4, 4, tmp_path / "b", progress=False)
+    assert made.seeds == [0, 2] and made.steps_for(2) == [4, 8]
+    for seed in (0, 2):
+        mine = load_checkpoint(made.layout.checkpoint(seed, 8))
+        theirs = load_checkpoint(parent.layout.checkpoint(seed, 8))
+        for part in ("params", "exp_avg", "exp_avg_sq"):
+            for name, t in theirs[part].items():
+                assert torch.equal(mine[part][name], t), (seed, part, name)
+        assert mine["adam_step"] == theirs["adam_step"]
+    record = json.loads(made.layout.branch.read_text())
+    assert record["from"] == 4 and record["seeds"] == [0, 2]
+    assert record["parent"] == str(parent.path.resolve())
+    # every family reads it as a run
+    rows = measure(made, InductionSettings(), progress=False)
+    assert set(rows.seed) >= {0, 2}
+
+
+def hand_written(parent, seed, start, stop, frozen_masks, moments):
+    """The seed's plain model and the run's AdamW from the checkpoint, with each step's update
+    undone on the masked coordinates (and, for ``freeze``, their moments held)."""
+    model = parent.model(seed, start)
+    model.train()
+    ckpt = parent.checkpoint(seed, start)
+    params = dict(model.named_parameters())
+    opt = adamw(params.values(), parent.config.train)
+    set_adamw_state(
+        opt, [(ckpt["adam_step"], ckpt["exp_avg"][n], ckpt["exp_avg_sq"][n]) for n in params]
+    )
+    for step in range(start, stop):
+        loss = model(step_batch(parent, seed, step), return_type="loss")
+        loss.backward()
+        old = {n: params[n].detach()[m].clone() for n, m in frozen_masks.items()}
+        st = {n: opt.state[params[n]] for n in frozen_masks}
+        held = {
+            n: (st[n]["exp_avg"][m].clone(), st[n]["exp_avg_sq"][m].clone())
+            for n, m in frozen_masks.items()
+        }
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for n, m in frozen_masks.items():
+                params[n][m] = old[n]
+                if moments == "freeze":
+                    st[n]["exp_avg"][m], st[n]["exp_avg_sq"][m] = held[n]
+    return model, opt
+
+
+@pytest.mark.parametrize("moments", ["run", "freeze"])
+def test_a_frozen_head_does_not_move_and_the_rest_follow_adamw_with_the_mask(
+    parent, tmp_path, moments
+):
+    iv = Interventions(lr_scale={"L0H1": 0.0}, moments=moments)
+    made = branch(parent, [1], 4, 4, tmp_path / moments, iv, progress=False)
+    model = parent.model(1, 4)
+    masks = Circuit("f", ["L0H1"]).masks(model)["L0H1"]
+    got = load_checkpoint(made.layout.checkpoint(1, 8))
+    start = parent.checkpoint(1, 4)
+    for name, m in masks.items():
+        assert torch.equal(got["params"][name][m], start["params"][name][m]), name
+    plain, opt = hand_written(parent, 1, 4, 8, masks, moments)
+    for name, p in plain.named_parameters():
+        assert torch.equal(got["params"][name], p.detach()), name
+        st = opt.state[p]
+        assert torch.equal(got["exp_avg"][name], st["exp_avg"]), name
+        assert torch.equal(got["exp_avg_sq"][name], st["exp_avg_sq"]), name
+    moved = load_checkpoint(parent.layout.checkpoint(1, 8))["params"]
+    other = [n for n in moved if n not in masks]
+    assert any(not torch.equal(got["params"][n], moved[n]) for n in other)  # the rest felt it
+
+
+def test_a_scaled_update_and_an_ablation_change_the_run(parent, tmp_path):
+    iv = Interventions(lr_scale={"L1H0,L1H1": 0.25}, ablate={"L0H0": "mean"})
+    made = branch(parent, [0], 4, 4, tmp_path / "scaled", iv, progress=False)
+    mine = made.state_dict(0, 8)
+    theirs = parent.state_dict(0, 8)
+    assert any(not torch.equal(mine[n], theirs[n]) for n in theirs)
+    start = parent.state_dict(0, 4)
+    w = "blocks.1.attn.W_Q"
+    # a quarter of the steps: the scaled heads moved less than in the run (same sign, roughly)
+    assert (mine[w] - start[w]).norm() < (theirs[w] - start[w]).norm()
+    # ablation alone: one step with the head's output zeroed is another step than without it
+    ablated = branch(
+        parent,
+        [0],
+        4,
+        1,
+        tmp_path / "ablate",
+        Interventions(ablate={"L0H0": "zero"}),
+        progress=False,
+    )
+    plain = branch(parent, [0], 4, 1, tmp_path / "plain", progress=False)
+    a, b = ablated.state_dict(0, 5), plain.state_dict(0, 5)
+    assert not torch.equal(a["blocks.1.attn.W_Q"], b["blocks.1.attn.W_Q"])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--seeds", "7", "--from", "4", "--steps", "2"], "seed(s) [7]"),
+        (["--seeds", "0", "--from", "3", "--steps", "2"], "no checkpoint at step 3"),
+        (["--seeds", "0", "--from", "4", "--steps", "2", "--lr-scale", "L0H9=0"], "L0H9"),
+        (
+            ["--seeds", "0", "--from", "4", "--steps", "2", "--lr-scale", "L0H1=half"],
+            "must be a number",
+        ),
+        (
+            ["--seeds", "0", "--from", "4", "--steps", "2", "--ablate", "L0H1=shuffle"],
+            "choose mean or zero",
+        ),
+        (["--seeds", "0", "--from", "4", "--steps", "2", "--ablate", "EMBED=zero"], "only a head"),
+    ],
+)
+def test_bad_branches_are_one_line(parent, tmp_path, args, words):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interp_ext.cli",
+            "branch",
+            str(parent.path),
+            "--out",
+            str(tmp_path / "x"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert words in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_branch_into_an_existing_folder_is_refused(parent, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(BranchError, match="exists and is not empty"):
+        branch(parent, [0], 4, 2, tmp_path / "taken", progress=False)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_a_branch_is_resumed_with_its_interventions(parent, tmp_path):
+    """A branch killed after its first checkpoint continues with its interventions on resume:
+    the same checkpoints as one uninterrupted."""
+    iv = Interventions(lr_scale={"L0H1": 0.0})
+    whole = branch(parent, [1], 4, 4, tmp_path / "whole", iv, progress=False)
+    part = branch(parent, [1], 4, 4, tmp_path / "part", iv, progress=False)
+    path = part.layout.checkpoint(1, 8)
+    path.unlink()  # as if it stopped at step 4
+    resumed = train(open_run(part.path).config, part.path, resume=True, progress=False)
+    for name, t in whole.state_dict(1, 8).items():
+        assert torch.equal(resumed.state_dict(1, 8)[name], t), name
