@@ -220,6 +220,13 @@ class Circuit:
             out[REST] = {k: ~m for k, m in covered.items() if (~m).any()}
         return out
 
+    def indices(self, model: HookedTransformer) -> dict[str, dict[str, tuple]]:
+        """component -> {parameter name -> index into it} (a head's slice along the head
+        dimension, ``()`` for a whole tensor): the views :meth:`masks` marks, for in-place work
+        on them without a gather."""
+        self.validate(model)
+        return {c: _params_of(model, c) for c in self.components if c != REST}
+
     def flat_masks(self, model: HookedTransformer) -> dict[str, torch.Tensor]:
         """component -> bool mask over the flattened trainable parameters (named_parameters order)."""
         masks = self.masks(model)

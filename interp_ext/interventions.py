@@ -84,10 +84,11 @@ def _ablate_fn(mode: str, head: int | None):
     return hook
 
 
-def scaled_masks(iv: Interventions, model) -> list[tuple[str, torch.Tensor, float]]:
-    """(parameter name, bool mask shaped like it, multiplier) for every component set whose
-    multiplier is not 1 (a multiplier of 1 is no intervention, and is not applied, so it stays
-    bit for bit)."""
+def scaled_masks(iv: Interventions, model) -> list[tuple[str, tuple, float]]:
+    """(parameter name, index into it, multiplier) for every component of a set whose multiplier
+    is not 1 (a multiplier of 1 is no intervention, and is not applied, so it stays bit for bit);
+    an index is a head's slice or a whole tensor (``Circuit.indices``), so the update is scaled
+    on views, without a gather."""
     out = []
     seen: set[str] = set()
     for spec, scale in iv.lr_scale.items():
@@ -100,8 +101,8 @@ def scaled_masks(iv: Interventions, model) -> list[tuple[str, torch.Tensor, floa
         seen |= set(comps)
         if scale == 1:
             continue
-        for per_param in Circuit("lr_scale", comps).masks(model).values():
-            out += [(name, mask, scale) for name, mask in per_param.items()]
+        for per_param in Circuit("lr_scale", comps).indices(model).values():
+            out += [(name, index, scale) for name, index in per_param.items()]
     return out
 
 
