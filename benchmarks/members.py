@@ -21,7 +21,8 @@ import torch
 from _common import machine, peak_rss_mib, replay_setup
 from _common import median_time as timed
 
-from interp_ext.families.members import probe_sequences
+from circuits import Circuit
+from interp_ext.families.members import MembersSettings, probe_sequences, saddle_rows
 from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.members import adam_denominator, member_matrix
@@ -58,7 +59,7 @@ def main() -> None:
         for size in (8, 32):
             probe = seqs.reshape(-1, size, seqs.shape[-1])
             costs[size], _ = timed(
-                lambda p=probe: member_matrix(
+                lambda p=probe, size=size: member_matrix(
                     model,
                     p,
                     fresh,
@@ -67,10 +68,19 @@ def main() -> None:
                     run.config.train.weight_decay,
                     args.groups,
                     unions,
-                    chunk=4,
+                    chunk=max(1, 32 // size),
                 ),
                 args.repeats,
             )
+        circuit = Circuit("c", MEMBERS)
+        settings = MembersSettings(
+            circuit="L1H0,L1H1,L0H0,L0H1", sequences=args.sequences, fresh=args.fresh
+        )
+        saddle_time, saddle = timed(
+            lambda: saddle_rows(model, settings, circuit, d, seqs, fresh, 4), args.repeats
+        )
+        hvps = next(r["value"] for r in saddle if r["metric"] == "saddle_hvps")
+        hvp_time = saddle_time / hvps
         peak = peak_rss_mib()
     print(f"machine: {machine()}")
     print(
@@ -84,8 +94,11 @@ def main() -> None:
     for size, seconds in costs.items():
         print(f"  probe batches of {size}: {seconds:.2f} s = {seconds / ge:.1f} GE")
     total = sum(costs.values())
+    print(f"both sizes: {total:.2f} s = {total / ge:.1f} GE")
     print(
-        f"one checkpoint at both sizes (the family's default): {total:.2f} s = {total / ge:.1f} GE"
+        f"saddle signature (rho of C and 4 members, 3 soft modes of C): {hvps:.0f} Hessian-vector "
+        f"products of the first {settings.saddle_sequences} sequences' mean loss, {saddle_time:.2f} s = "
+        f"{saddle_time / ge:.1f} GE ({hvp_time * 1e3:.0f} ms each)"
     )
     print(f"peak RSS growth: {peak - base:.0f} MiB")
 

@@ -18,6 +18,7 @@ SMALL = dict(
     circuit=CIRCUIT,
     probe_sizes="2,4",
     sequences=16,
+    saddle_sequences=8,
     fresh=2,
     groups=2,
     weights="raw,polyak2",
@@ -116,6 +117,7 @@ def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, m
         (dict(weights="raw,slow"), "weights"),
         (dict(weights="polyak0"), "weights"),
         (dict(modes=-1), "modes"),
+        (dict(saddle_sequences=20), "saddle_sequences"),
     ],
 )
 def test_bad_settings_are_named(change, name):

@@ -17,7 +17,7 @@ For every seed and checkpoint after the first step (AdamW has a denominator ther
 * each with ``/se``: the standard error of the mean over ``groups`` independent groups (each
   group its own probe and fresh batches);
 * the saddle signature (:mod:`interp_ext.stream3.saddle`, ``modes`` > 0) on the probe sequences'
-  mean loss: ``rho`` = gbar_A^T H_AA D_A^-1 gbar_A / (gbar_A^T D_A^-1 gbar_A) for the circuit and
+  mean loss (its first ``saddle_sequences``): ``rho`` = gbar_A^T H_AA D_A^-1 gbar_A / (gbar_A^T D_A^-1 gbar_A) for the circuit and
   each member (negative exactly when the block's own flow raises its mean-gradient energy), its
   numerator ``flow_curvature`` and denominator ``flow_rate``, gbar from the two halves of the
   fresh batches; the circuit block's lowest eigenvalues of D^-1/2 H_CC D^-1/2
@@ -92,6 +92,9 @@ class MembersSettings(Settings):
         "slow weights: the mean of the real weights over the W steps up to the checkpoint, "
         "replayed bit for bit), e.g. raw,polyak50,polyak200.",
     )
+    saddle_sequences: int = setting(
+        64, "Probe sequences (the first ones) whose mean loss's Hessian the saddle signature uses."
+    )
     modes: int = setting(
         3,
         "Lowest eigenvalues of the circuit block's preconditioned Hessian D^-1/2 H_CC D^-1/2 (and "
@@ -100,7 +103,7 @@ class MembersSettings(Settings):
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
-        "Probe batches per vmap (default: 4 up to 4,096 tokens, else 1); speed only.",
+        "Probe batches per vmap (default: 32 sequences up to a 4,096-token vocabulary, else 1); speed only.",
         key=False,
     )
 
@@ -125,6 +128,12 @@ class MembersSettings(Settings):
             self.fresh >= 2, "fresh", "needs at least 2 (two halves for the saddle signature)"
         )
         self.require(self.modes >= 0, "modes", "must be >= 0")
+        smallest = min(sizes)
+        self.require(
+            1 <= self.saddle_sequences <= self.sequences and self.saddle_sequences % smallest == 0,
+            "saddle_sequences",
+            f"must be between 1 and sequences={self.sequences} and a multiple of the smallest probe size",
+        )
         try:
             parse_weights(self.weights)
         except ValueError:
@@ -273,10 +282,10 @@ def point_rows(model, settings, circuit, controls, denominator, wd, seqs, fresh)
     if controls:
         unions["CTRL"] = list(controls.values())
     levels = {"rest": circuit.with_rest().flat_masks(model)["rest"]}
-    chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
     out = []
     for size in parse_sizes(settings.probe_sizes):
         batches = seqs.reshape(-1, size, seqs.shape[-1])
+        chunk = settings.chunk or default_chunk(model, size)
         frame = member_matrix(
             model, batches, fresh, sets, denominator, wd, settings.groups, unions, levels, chunk
         )
@@ -295,8 +304,16 @@ def point_rows(model, settings, circuit, controls, denominator, wd, seqs, fresh)
                 }
             )
     if settings.modes:
+        size = min(parse_sizes(settings.probe_sizes))
+        chunk = settings.chunk or default_chunk(model, size)
         out += saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk)
     return pd.DataFrame(out)
+
+
+def default_chunk(model, size: int) -> int:
+    """Probe batches per vmap: 32 sequences at a time up to a 4,096-token vocabulary, one batch
+    at a time above it (the tangents of every set ride along, so memory grows with both)."""
+    return max(1, 32 // size) if model.cfg.d_vocab <= 4096 else 1
 
 
 def saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk) -> list[dict]:
@@ -314,7 +331,8 @@ def saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk) -> li
     loss_fn = loss_function(model, names)
     device = next(iter(theta.values())).device
     size = min(parse_sizes(settings.probe_sizes))
-    hess = model_hessian(model, seqs.reshape(-1, size, seqs.shape[-1]), names, chunk)
+    head = seqs[: settings.saddle_sequences]
+    hess = model_hessian(model, head.reshape(-1, size, seqs.shape[-1]), names, chunk)
     half = fresh.shape[0] // 2
 
     def mean_grad(part):
