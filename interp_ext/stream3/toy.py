@@ -202,6 +202,8 @@ def toy_rows(
             lr_k, b1_k, b2_k = lr / k, 1 - (1 - b1) / k, 1 - (1 - b2) / k
             t = k * t
         substeps = []
+        # the null's direction: one per real step, scaled at each sub-step to that sub-step's norm
+        draw = noise_rng.normal(size=toy.d) * toy.C if start <= real < end else None
         for _ in range(k):
             t += 1
             idx = batches[real - 1]
@@ -233,8 +235,7 @@ def toy_rows(
                 integrand = 0.5 * sum(toy.grad_energy(w + s * step) for s in GL2)
                 e0, e1 = toy.energy(w), toy.energy(w + step)
                 block = np.where(toy.C, drift, 0.0)
-                rand = noise_rng.normal(size=toy.d) * toy.C
-                rand *= np.linalg.norm(block) / max(np.linalg.norm(rand), 1e-300)
+                rand = draw * np.linalg.norm(block) / max(np.linalg.norm(draw), 1e-300)
 
                 def curv(u, w=w, e0=e0):
                     return (toy.energy(w + u) + toy.energy(w - u) - 2 * e0) / 2
