@@ -48,13 +48,24 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"interp-ext {version('interp-ext')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(
         False, "--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1)."
     ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
-    """The options before the command (``--debug`` is read by the group itself)."""
+    """Watch circuits form during training (TransformerLens)."""
 
 
 measure_app = typer.Typer(
@@ -84,7 +95,8 @@ def train(
         ..., "--out", help="Run directory to create (or to continue with --resume)."
     ),
     preset: str = typer.Option(
-        "tiny", help="Named config: 'tiny' (CPU) or 'paper' (SPEC section 1)."
+        "tiny",
+        help="Named config: 'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (the paper's model, a GPU).",
     ),
     seeds: int | None = typer.Option(None, help="Number of seeds trained side by side."),
     first_seed: int | None = typer.Option(
@@ -123,10 +135,14 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the last checkpoint of every seed."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Train into a folder that holds other files (not a run)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train several seeds side by side, with checkpoints and hook recording.
 
+    \f
     Long because typer declares each command-line option as a parameter.
     """
     from interp_ext.config import RunConfig, get_preset, override
@@ -154,7 +170,7 @@ def train(
             record__n_batches=record_batches,
         )
     cfg = override(base, **changes)
-    run = run_training(cfg, out, resume=resume, progress=not quiet)
+    run = run_training(cfg, out, resume=resume, progress=not quiet, force=force)
     typer.echo(
         f"\nrun written to {run.path}  (seeds {run.seeds}, checkpoints at steps {run.steps})"
     )
@@ -166,7 +182,9 @@ def train(
 
 @app.command()
 def reproduce(
-    preset: str = typer.Option("tiny", help="'tiny' (CPU, minutes) or 'paper' (GPU scale)."),
+    preset: str = typer.Option(
+        "tiny", help="'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (GPU scale)."
+    ),
     out: Path = typer.Option(Path("runs/tiny"), "--out", help="Run directory."),
     data_dir: Path | None = typer.Option(
         None,
@@ -211,7 +229,7 @@ def reproduce(
 @app.command()
 def study(
     out: Path = typer.Option(Path("runs/study"), "--out", help="Run directory."),
-    preset: str = typer.Option("tiny", help="'tiny' (CPU) or another preset."),
+    preset: str = typer.Option("tiny", help="'tiny' (CPU), 'tiny_mlp' or 'paper'."),
     data_dir: Path | None = typer.Option(
         None,
         "--data-dir",

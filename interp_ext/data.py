@@ -283,6 +283,20 @@ def synthetic_corpus(n_tokens: int = 400_000, seed: int = 0) -> Corpus:
     )
 
 
+def read_corpus_file(path: Path) -> str:
+    """A corpus file's text: UTF-8 and not empty, else a one-line :class:`DataError` naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); give WikiText-2 raw as "
+            "published, or re-encode the file as UTF-8"
+        ) from err
+    if not text.strip():
+        raise DataError(f"{path} is empty; give the WikiText-2 raw file with its text")
+    return text
+
+
 def wikitext_from_dir(data_dir: str | Path) -> Corpus:
     """WikiText-2 raw from a directory holding wiki.{train,valid,test}.raw.
 
@@ -299,8 +313,8 @@ def wikitext_from_dir(data_dir: str | Path) -> Corpus:
         held = present.get("valid", present.get("test"))
         return Corpus(
             "wikitext-2-raw-v1",
-            present["train"].read_text(encoding="utf-8"),
-            held.read_text(encoding="utf-8"),
+            read_corpus_file(present["train"]),
+            read_corpus_file(held),
             f"WikiText-2 from {root}: train split, {held.name} held out",
         )
     if "valid" in present and "test" in present:
@@ -308,8 +322,8 @@ def wikitext_from_dir(data_dir: str | Path) -> Corpus:
         log.warning(note)
         return Corpus(
             "wikitext-2-raw-v1",
-            present["valid"].read_text(encoding="utf-8"),
-            present["test"].read_text(encoding="utf-8"),
+            read_corpus_file(present["valid"]),
+            read_corpus_file(present["test"]),
             note,
         )
     raise DataError(

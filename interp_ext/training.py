@@ -580,6 +580,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    force: bool = False,
 ) -> Run:
     """Train every seed of ``cfg`` into run directory ``out`` and return the opened run.
 
@@ -589,9 +590,15 @@ def train(
     Without ``resume``, an existing run directory with checkpoints is an error.
 
     Under ``torchrun`` each rank trains its share of the seeds (see
-    :mod:`interp_ext.distributed`); rank 0 prepares the run directory first.
+    :mod:`interp_ext.distributed`); rank 0 prepares the run directory first. A folder that holds
+    other files and no run is refused unless ``force``.
     """
     out = Path(out)
+    if not force and not Layout(out).config.exists() and out.is_dir() and any(out.iterdir()):
+        raise RunExistsError(
+            f"{out} holds files and is no run; choose an empty or new --out, or pass --force to "
+            "train into it beside them"
+        )
     distributed.init(cfg.train.device)
     seeds = distributed.my_seeds(cfg.train.seeds)
     rank, _ = distributed.world()

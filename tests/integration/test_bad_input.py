@@ -181,3 +181,32 @@ def test_bad_calibration_and_composition_settings(run_copy, args, fragments):
     named in one line before any sampling."""
     family, *rest = args
     one_line_error(invoke("measure", family, run_copy, *rest), *fragments)
+
+
+def test_a_corpus_file_that_is_not_utf8_or_is_empty_is_named(tmp_path):
+    data = tmp_path / "wiki"
+    data.mkdir()
+    (data / "wiki.valid.raw").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    (data / "wiki.test.raw").write_text("some text\n" * 50, encoding="utf-8")
+    args = ("train", "--out", tmp_path / "r", "--steps", "2", "--checkpoint-every", "1")
+    one_line_error(invoke(*args, "--data-dir", data), "wiki.valid.raw", "not UTF-8")
+    (data / "wiki.valid.raw").write_text("  \n", encoding="utf-8")
+    one_line_error(invoke(*args, "--data-dir", data), "wiki.valid.raw", "is empty")
+
+
+def test_training_into_a_folder_of_other_files_is_refused_unless_forced(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    one_line_error(
+        invoke("train", "--out", mine, "--steps", "2", "--checkpoint-every", "1"),
+        str(mine),
+        "--force",
+    )
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_the_version_and_help_read_as_a_user_expects():
+    assert invoke("--version").output.startswith("interp-ext ")
+    help_text = invoke("train", "--help").output
+    assert "Long because" not in help_text and "tiny_mlp" in help_text
