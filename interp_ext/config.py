@@ -303,7 +303,8 @@ def _paper_plan() -> dict[str, dict[str, Any]]:
 # ``interp-ext study``: the circuit by cause, the exact work ledger on every seed (formed seeds
 # over their window, unformed ones over the median window as the null), its replays toward the
 # gradient flow (the last 500 steps before formation and the rise, at lr, lr / 2 and lr / 4 with
-# 1, 2 and 4 steps per real batch, every other setting the same), then the first-order ledger and the counterfactual replays. A key
+# 1, 2 and 4 steps per real batch, every other setting the same), then the first-order ledger
+# and the counterfactual replays. A key
 # "name:tag" is a second entry of the family "name".
 STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
