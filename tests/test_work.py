@@ -698,3 +698,17 @@ def test_the_real_steps_tables_read_the_whole_window_not_a_flow_sets_lr_1(work_r
     chosen = work_run.measurements().set_index("id").settings[real_id(work_run)]
     assert chosen.get("until", "window") == "window" and chosen.get("scale", 1) == 1
     assert set(real_rows_of(work_run).settings) == {real_id(work_run)}
+
+
+def test_the_toy_runs_through_the_member_matrix_code():
+    """The no-circuit null of the member matrix: the toy's coordinate pairs as members, through
+    interp_ext.stream3.members; its circuit row is its members' rows summed, and every entry
+    carries a standard error over the groups."""
+    from interp_ext.stream3.toy import toy_members
+
+    f = toy_members(0, steps=250, every=250)
+    s = f[f.part == "S"].set_index(["A", "B"])
+    assert s.loc[("C", "B"), "value"] == pytest.approx(
+        s.loc[("A", "B"), "value"] + s.loc[("B", "B"), "value"], rel=1e-9
+    )
+    assert (f[f.B != ""].se > 0).all() and set(f.step) == {250}

@@ -278,10 +278,111 @@ def sign_table(seeds: int = 8, scales: tuple[int, ...] = (1, 2, 4), **kwargs) ->
     return table
 
 
+# the toy's "members": the circuit's first and second pair of coordinates, and two pairs outside
+# it as their controls
+TOY_SETS = {"A": [0, 1], "B": [2, 3], "ctrl(A)": [4, 5], "ctrl(B)": [6, 7]}
+
+
+def toy_members(
+    seed: int = 0,
+    steps: int = 2000,
+    every: int = 250,
+    lr: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
+    batch: int = 32,
+    fresh: int = 16,
+    groups: int = 4,
+) -> pd.DataFrame:
+    """The member matrix (:mod:`interp_ext.stream3.members`, the ``members`` family's own code) on
+    the toy with no circuit: at every ``every``-th step of its AdamW run, R^S, R^N and R^E among
+    two "members" (the circuit's coordinate pairs A, B) and their controls (pairs outside it),
+    u the expected step per unit of lr x steps from AdamW's v there and ``fresh`` fresh batches.
+    Rows ``step``, ``part``, ``A``, ``B``, ``value``, ``se``. Whatever sign the cross entries
+    take here, a model with no circuit gives it."""
+    import torch
+
+    from interp_ext.stream3.energy import EnergyProbe
+    from interp_ext.stream3.members import flow_direction, grouped_rates
+
+    toy = Toy(seed)
+    x, y = torch.tensor(toy.X), torch.tensor(toy.y)
+
+    def loss_fn(params, idx):
+        z = y[idx] * (x[idx] @ params["w"])
+        return torch.nn.functional.softplus(-z).mean()
+
+    b1, b2 = betas
+    w, m, v = np.zeros(toy.d), np.zeros(toy.d), np.zeros(toy.d)
+    rng = np.random.default_rng(30_000 + seed)
+    masks = {}
+    for name, coords in TOY_SETS.items():
+        mask = torch.zeros(toy.d, dtype=torch.bool)
+        mask[coords] = True
+        masks[name] = mask
+    probe = torch.tensor(np.stack(toy.probe))
+    frames = []
+    for t in range(1, steps + 1):
+        g = toy.grad(w, toy.rng.choice(toy.n, batch, replace=False))
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * weight_decay * w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
+        if t % every:
+            continue
+        d = torch.tensor(np.sqrt(v / (1 - b2**t)) + 1e-8)
+        theta = {"w": torch.tensor(w)}
+
+        def u_of(i, theta=theta, d=d, per=fresh // groups):
+            batches = [rng.choice(toy.n, batch, replace=False) for _ in range(per)]
+            gbar = np.mean([toy.grad(theta["w"].numpy(), b) for b in batches], axis=0)
+            return flow_direction(torch.tensor(gbar), d, theta["w"], weight_decay)
+
+        frame = grouped_rates(
+            lambda sub, theta=theta: EnergyProbe(loss_fn, theta, sub, chunk=16),
+            probe,
+            u_of,
+            masks,
+            groups=groups,
+            unions={"C": ["A", "B"]},
+        )
+        frames.append(frame.assign(step=t))
+    return pd.concat(frames, ignore_index=True)
+
+
+def member_sign_table(seeds: int = 8, **kwargs) -> pd.DataFrame:
+    """Per seed, the toy's cross entries R^S[A, B] and R^S[B, A] and their controls' averaged
+    over its checkpoints."""
+    rows = []
+    for s in range(seeds):
+        f = toy_members(s, **kwargs)
+        f = f[f.part == "S"]
+        for a, b in (("A", "B"), ("B", "A"), ("A", "ctrl(B)"), ("B", "ctrl(A)"), ("C", "C")):
+            rows.append(
+                {
+                    "seed": s,
+                    "entry": f"R[{a}, {b}]",
+                    "value": f[(f.A == a) & (f.B == b)].value.mean(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument(
+        "--members", action="store_true", help="The member matrix's cross entries instead."
+    )
     args = parser.parse_args()
+    if args.members:
+        table = member_sign_table(args.seeds)
+        print(
+            f"toy with no circuit, {args.seeds} seeds: R^S per unit of lr x steps, mean over checkpoints"
+        )
+        for entry, g in table.groupby("entry", sort=False):
+            values = ", ".join(f"{v:+.3g}" for v in g.value)
+            print(f"{entry:<14} {values}   ({int((g.value > 0).sum())} of {len(g)} > 0)")
+        return
     table = sign_table(args.seeds, window=WINDOW)
     print(f"toy with no circuit, {args.seeds} seeds, window {WINDOW}; sums per unit of lr x steps")
     print(f"{'term':<20}" + "".join(f"{'lr / ' + str(k):>26}" for k in (1, 2, 4)))
