@@ -302,3 +302,59 @@ def growth_law(steps: Sequence[float], values: Sequence[float]) -> dict[str, flo
 
 
 LAWS = ("exponential", "linear", "power")
+
+
+def seed_label_permutation_p(
+    pair_values: dict[tuple[int, int], float],
+    labels: dict[int, bool],
+    alternative: str = "greater",
+) -> tuple[float, float, float]:
+    """(observed, p, floor) for a quantity built from seed *pairs* (a cross-seed alignment of seeds
+    i and j), read against seed labels (formed or not), by permuting the labels over the seeds,
+    never the pairs: pairs that share a seed are not independent. The statistic is the mean over
+    pairs of two labelled seeds minus the mean over the other pairs; every assignment of the
+    observed number of labelled seeds is enumerated. ``alternative``: "greater", "less" or
+    "two-sided"."""
+    seeds = sorted(labels)
+    k = sum(bool(labels[s]) for s in seeds)
+    pairs = [(i, j, v) for (i, j), v in pair_values.items() if np.isfinite(v)]
+
+    def statistic(chosen: set[int]) -> float:
+        inside = [v for i, j, v in pairs if i in chosen and j in chosen]
+        other = [v for i, j, v in pairs if not (i in chosen and j in chosen)]
+        if not inside or not other:
+            return math.nan
+        return float(np.mean(inside) - np.mean(other))
+
+    observed = statistic({s for s in seeds if labels[s]})
+    null = np.array([statistic(set(c)) for c in itertools.combinations(seeds, k)])
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or len(null) == 0:
+        return observed, math.nan, math.nan
+    tol = 1e-12 * max(1.0, abs(observed))
+    if alternative == "greater":
+        p, floor = np.mean(null >= observed - tol), np.mean(null >= null.max() - tol)
+    elif alternative == "less":
+        p, floor = np.mean(null <= observed + tol), np.mean(null <= null.min() + tol)
+    else:
+        p = np.mean(np.abs(null) >= abs(observed) - tol)
+        floor = np.mean(np.abs(null) >= np.abs(null).max() - tol)
+    return observed, float(p), float(floor)
+
+
+def event_near_formation_p(
+    events: dict[int, Sequence[float]], formation: dict[int, float], within: float
+) -> tuple[int, float, float]:
+    """(seeds with an event within ``within`` steps of their formation, p, floor): the null draws
+    formation steps from the seeds' own, permuted across the seeds (every permutation), so a
+    clustering of every seed's events at the same stage of training is not read as a link to
+    its own formation. p = P(count >= observed) under the permutations."""
+    seeds = sorted(set(events) & set(formation))
+    steps = [formation[s] for s in seeds]
+
+    def count(assigned: Sequence[float]) -> int:
+        return sum(any(abs(e - f) <= within for e in events[s]) for s, f in zip(seeds, assigned))
+
+    observed = count(steps)
+    null = np.array([count(p) for p in itertools.permutations(steps)])
+    return observed, float(np.mean(null >= observed)), float(np.mean(null >= null.max()))

@@ -85,3 +85,34 @@ def test_growth_law_finds_the_law_a_series_grows_by(law):
     else:
         assert fit["delta_aic"] > 2
     assert np.isnan(growth_law(t[:3], y[:3])["best"])  # three points decide nothing
+
+
+def test_seed_label_permutation_permutes_seeds_not_pairs():
+    """Pairs that share a seed move together: with 5 seeds of which 2 labelled, the null is the
+    C(5, 2) = 10 assignments of the labels to seeds, whatever the number of pairs (10 here)."""
+    from interp_ext.stats import seed_label_permutation_p
+
+    seeds = range(5)
+    labels = {s: s < 2 for s in seeds}
+    values = {(i, j): (1.0 if i < 2 and j < 2 else 0.0) for i in seeds for j in seeds if i < j}
+    observed, p, floor = seed_label_permutation_p(values, labels)
+    assert observed == pytest.approx(1.0)
+    assert p == pytest.approx(1 / 10) and floor == pytest.approx(1 / 10)
+    # a pair value that only one labelled seed carries is no evidence
+    values = {(i, j): (1.0 if i == 0 else 0.0) for i in seeds for j in seeds if i < j}
+    _, p, _ = seed_label_permutation_p(values, labels)
+    assert p > 0.3
+
+
+def test_event_near_formation_uses_the_seeds_own_formation_steps():
+    """Every seed has a boundary at 2,500 and formations spread 2,375-2,625: near its own
+    formation on every seed, but so it would be under any permutation of the formation steps, so
+    p = 1; with events that follow each seed's own formation, p reaches the floor."""
+    from interp_ext.stats import event_near_formation_p
+
+    formation = {0: 2375, 1: 2625, 2: 2375, 3: 2625}
+    same = {s: [2500] for s in formation}
+    assert event_near_formation_p(same, formation, 150) == (4, 1.0, 1.0)
+    own = {0: [2375], 1: [2625], 2: [2375], 3: [2625]}
+    k, p, floor = event_near_formation_p(own, formation, 100)
+    assert k == 4 and p == pytest.approx(4 / 24) and floor == pytest.approx(4 / 24)
