@@ -127,7 +127,8 @@ def test_sampled_window_sums_are_every_times_the_sampled_steps_and_close_within_
         assert sampled.step.tolist() == [4, 6]
         each = full[(full.metric == metric) & (full.component == "C") & (full.step >= 0)]
         each = each.set_index("step").value
-        assert window[f"{metric}/sum"] == pytest.approx(2 * each[[4, 6]].sum(), rel=1e-9)
+        # float32 products batched differently at every = 1: equal to rounding, not bit for bit
+        assert window[f"{metric}/sum"] == pytest.approx(2 * each[[4, 6]].sum(), rel=1e-4)
     assert abs(window["dE/sum"] - exact) <= 3 * window["dE/sum_se"] + 1e-12
 
 
