@@ -299,7 +299,10 @@ def toy_members(
     two "members" (the circuit's coordinate pairs A, B) and their controls (pairs outside it),
     u the expected step per unit of lr x steps from AdamW's v there and ``fresh`` fresh batches.
     Rows ``step``, ``part``, ``A``, ``B``, ``value``, ``se``. Whatever sign the cross entries
-    take here, a model with no circuit gives it."""
+    take here, a model with no circuit gives it.
+
+    Long because it is the toy's own AdamW loop with the member matrix at its checkpoints.
+    """
     import torch
 
     from interp_ext.stream3.energy import EnergyProbe
