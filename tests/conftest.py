@@ -55,3 +55,49 @@ def micro_run(tmp_path_factory, cache_dir):
     ]
     out = tmp_path_factory.mktemp("runs") / "micro"
     return train(cfg, out, progress=False, cache_dir=cache_dir)
+
+
+def float64_micro(n_batches: int = 3):
+    """A float64 attention-only HookedTransformer of 2 layers x 2 heads (d_model 6, 7 tokens) with
+    ``n_batches`` token batches [n, 2, 6]: (model, names, theta, batches, loss), the reference for
+    exact checks against autograd."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp_ext.geometry.gradients import current_params, loss_function
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        n_heads=2,
+        d_model=6,
+        d_head=3,
+        n_ctx=6,
+        d_vocab=7,
+        attn_only=True,
+        normalization_type=None,
+        dtype=torch.float64,
+        seed=0,
+    )
+    model = HookedTransformer(cfg)
+    names = [n for n, _ in model.named_parameters()]
+    theta = current_params(model, names)
+    batches = torch.randint(0, 7, (n_batches, 2, 6), generator=torch.Generator().manual_seed(1))
+    return model, names, theta, batches, loss_function(model, names)
+
+
+def dense_hessian(names, theta, batches, loss):
+    """The dense autograd Hessian of the mean loss over ``batches`` at ``theta`` (numpy)."""
+    import torch
+
+    from interp_ext.geometry.gradients import flatten
+
+    def mean_loss(flat):
+        out, start = {}, 0
+        for n in names:
+            size = theta[n].numel()
+            out[n] = flat[start : start + size].reshape(theta[n].shape)
+            start += size
+        return torch.stack([loss(out, b) for b in batches]).mean()
+
+    return torch.autograd.functional.hessian(mean_loss, flatten(theta, names)).numpy()

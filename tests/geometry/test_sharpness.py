@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits.circuit import Circuit
-from interp_ext.geometry.gradients import current_params, flatten, loss_function
+from interp_ext.geometry.gradients import flatten
 from interp_ext.geometry.sharpness import (
     HessianOperator,
     adam_preconditioner,
@@ -19,40 +18,13 @@ from interp_ext.geometry.sharpness import (
     stability_threshold,
     top_eigenvalues,
 )
+from tests.conftest import dense_hessian, float64_micro
 
 
 @pytest.fixture(scope="module")
 def micro():
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        n_heads=2,
-        d_model=6,
-        d_head=3,
-        n_ctx=6,
-        d_vocab=7,
-        attn_only=True,
-        normalization_type=None,
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
-    names = [n for n, _ in model.named_parameters()]
-    theta = current_params(model, names)
-    batches = torch.randint(0, 7, (3, 2, 6), generator=torch.Generator().manual_seed(1))
-    loss = loss_function(model, names)
-
-    def mean_loss(flat):
-        out, start = {}, 0
-        for n in names:
-            size = theta[n].numel()
-            out[n] = flat[start : start + size].reshape(theta[n].shape)
-            start += size
-        return torch.stack([loss(out, b) for b in batches]).mean()
-
-    x = flatten(theta, names)
-    dense = torch.autograd.functional.hessian(mean_loss, x).numpy()
-    return model, names, theta, batches, loss, dense
+    model, names, theta, batches, loss = float64_micro()
+    return model, names, theta, batches, loss, dense_hessian(names, theta, batches, loss)
 
 
 def test_top_eigenvalues_match_the_dense_hessian(micro):

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits.circuit import Circuit
-from interp_ext.geometry.gradients import current_params, flatten, loss_function
+from interp_ext.geometry.gradients import flatten
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.members import (
     adam_denominator,
@@ -25,30 +24,14 @@ from interp_ext.stream3.members import (
     signal_noise,
     with_unions,
 )
+from tests.conftest import float64_micro
 
 HEADS = ["L1H0", "L0H1", "L0H0"]
 
 
 @pytest.fixture(scope="module")
 def micro():
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        n_heads=2,
-        d_model=6,
-        d_head=3,
-        n_ctx=6,
-        d_vocab=7,
-        attn_only=True,
-        normalization_type=None,
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
-    names = [n for n, _ in model.named_parameters()]
-    theta = current_params(model, names)
-    batches = torch.randint(0, 7, (6, 2, 6), generator=torch.Generator().manual_seed(1))
-    loss = loss_function(model, names)
+    model, names, theta, batches, loss = float64_micro(n_batches=6)
     masks = Circuit("c", HEADS).flat_masks(model)
     return model, names, theta, batches, loss, masks
 

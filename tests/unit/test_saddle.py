@@ -5,44 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuits.circuit import Circuit
-from interp_ext.geometry.gradients import current_params, flatten, loss_function
+from interp_ext.geometry.gradients import flatten
 from interp_ext.geometry.sharpness import HessianOperator
 from interp_ext.stream3.saddle import flow_curvature, soft_modes
+from tests.conftest import dense_hessian, float64_micro
 
 
 @pytest.fixture(scope="module")
 def micro():
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        n_heads=2,
-        d_model=6,
-        d_head=3,
-        n_ctx=6,
-        d_vocab=7,
-        attn_only=True,
-        normalization_type=None,
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
-    names = [n for n, _ in model.named_parameters()]
-    theta = current_params(model, names)
-    batches = torch.randint(0, 7, (3, 2, 6), generator=torch.Generator().manual_seed(1))
-    loss = loss_function(model, names)
-
-    def mean_loss(flat):
-        out, start = {}, 0
-        for n in names:
-            size = theta[n].numel()
-            out[n] = flat[start : start + size].reshape(theta[n].shape)
-            start += size
-        return torch.stack([loss(out, b) for b in batches]).mean()
-
+    model, names, theta, batches, loss = float64_micro()
+    dense = dense_hessian(names, theta, batches, loss)
     x = flatten(theta, names)
-    dense = torch.autograd.functional.hessian(mean_loss, x).numpy()
     mask = torch.stack(list(Circuit("c", ["L1H0", "L0H1"]).flat_masks(model).values())).any(0)
     gen = torch.Generator().manual_seed(2)
     inv_d = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 + 0.2
