@@ -515,9 +515,9 @@ def _reopen(
     the provenance (warning if the numerics changed), and load the saved data and probe set."""
     layout = Layout(out)
     saved = RunConfig.load(layout.config)
-    if saved.model != cfg.model or saved.data != cfg.data or saved.train.seeds != cfg.train.seeds:
+    if saved.model != cfg.model or saved.data != cfg.data or not set(saved.train.seeds) <= set(cfg.train.seeds):
         raise ConfigError(
-            f"--resume: the model, data or seeds differ from the run's saved config in {layout.config}; resume with the saved settings"
+            f"--resume: the model, data or seeds differ from the run's saved config in {layout.config}; resume with the saved settings (more seeds may be added: --seeds larger, the same --first-seed)"
         )
     provenance = io.read_json(layout.config).get("provenance") or {}
     if start is not None:
@@ -600,28 +600,41 @@ def train(
             "train into it beside them"
         )
     distributed.init(cfg.train.device)
-    seeds = distributed.my_seeds(cfg.train.seeds)
-    rank, _ = distributed.world()
+    rank, size = distributed.world()
+    layout = Layout(out)
     with distributed.rank_zero_first():
-        existing = Layout(out).config.exists()
-        start = last_complete_step(out, seeds) if existing else None
-        if start is not None and not resume:
+        existing = layout.config.exists()
+        # each seed continues from its own last checkpoint; seeds added to a run (a larger
+        # --seeds on --resume) start at step 0, training as they would have in the first run
+        starts = {s: last_complete_step(out, [s]) if existing else None for s in cfg.train.seeds}
+        done = [v for v in starts.values() if v is not None]
+        if done and not resume:
             raise RunExistsError(
-                f"{out} already holds checkpoints up to step {start}; pass --resume to continue it or choose another --out"
+                f"{out} already holds checkpoints up to step {max(done)}; pass --resume to continue it or choose another --out"
             )
         if existing:
-            data, probe = _reopen(cfg, out, start, rank)
+            data, probe = _reopen(cfg, out, min(done) if done else None, rank)
         else:
             data, probe = prepare_run(cfg, out, cache_dir)
-    trainer = StackedTrainer(
-        cfg, out, data, probe, seeds=seeds, interventions=interventions_of(out)
-    )
-    if start is not None:
-        trainer.load(start)
-        log.info("resumed %s at step %d (seeds %s)", out, start, seeds)
-    else:
-        trainer.save()
-        trainer.record()
-    trainer.run(progress=progress and rank == 0)
-    distributed.barrier()
+    groups: dict[int | None, list[int]] = {}
+    for s, start in starts.items():
+        groups.setdefault(start, []).append(s)
+    if len(groups) > 1 and size > min(len(g) for g in groups.values()):
+        log.warning("%s: seeds at different steps %s train group by group", out, groups)
+    for start, group in groups.items():
+        seeds = distributed.my_seeds(group) if size <= len(group) else distributed.share(group)
+        if seeds:
+            trainer = StackedTrainer(
+                cfg, out, data, probe, seeds=seeds, interventions=interventions_of(out)
+            )
+            if start is not None:
+                trainer.load(start)
+                log.info("resumed %s at step %d (seeds %s)", out, start, seeds)
+            else:
+                if existing:
+                    log.info("adding seeds %s to %s from step 0", seeds, out)
+                trainer.save()
+                trainer.record()
+            trainer.run(progress=progress and rank == 0)
+        distributed.barrier()
     return Run(out)

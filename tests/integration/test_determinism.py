@@ -215,3 +215,35 @@ def test_deterministic_setting_is_restored_after_training(tmp_path, cache_dir):
         cache_dir=cache_dir,
     )
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_seeds_added_to_a_run_train_as_they_would_alone(reference, tmp_path, cache_dir):
+    """``--resume`` with more seeds adds them from step 0: the run's seeds keep their files
+    untouched and the new seed equals, bit for bit, a run that trained it alone."""
+    import shutil
+
+    copy = tmp_path / "grown"
+    shutil.copytree(reference.path, copy)
+    before = {p: p.stat().st_mtime_ns for p in (copy / "checkpoints").rglob("*.safetensors")}
+    grown = train(tiny(train__n_seeds=3), copy, resume=True, progress=False, cache_dir=cache_dir)
+    assert grown.seeds == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    alone = train(
+        tiny(train__n_seeds=1, train__first_seed=2),
+        tmp_path / "alone",
+        progress=False,
+        cache_dir=cache_dir,
+    )
+    assert differing(grown, alone, 40) == []
+    assert grown.steps_for(2) == alone.steps_for(2)
+
+
+def test_a_resume_that_drops_a_seed_is_refused_in_one_line(reference, tmp_path, cache_dir):
+    import shutil
+
+    from interp_ext.errors import ConfigError
+
+    copy = tmp_path / "fewer"
+    shutil.copytree(reference.path, copy)
+    with pytest.raises(ConfigError, match="seeds differ"):
+        train(tiny(train__n_seeds=1), copy, resume=True, progress=False, cache_dir=cache_dir)
