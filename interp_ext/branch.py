@@ -100,20 +100,29 @@ def branch(
     out: str | Path,
     interventions: Interventions | None = None,
     progress: bool = True,
+    checkpoint_every: int | None = None,
 ):
     """Continue ``seeds`` of ``run`` from checkpoint ``start`` for ``steps`` steps into a new run
-    directory ``out`` (see the module docstring); returns the opened branch."""
+    directory ``out`` (see the module docstring), checkpointing every ``checkpoint_every`` steps
+    (default: the parent's; finer checkpoints time formation finer and change no step); returns
+    the opened branch."""
     from interp_ext.training import train
 
     iv = interventions or Interventions()
     out = Path(out)
-    prepare_branch(run, seeds, start, steps, out, iv)
+    prepare_branch(run, seeds, start, steps, out, iv, checkpoint_every)
     cfg = RunConfig.load(Layout(out).config)
     return train(cfg, out, resume=True, progress=progress)
 
 
 def prepare_branch(
-    run, seeds: list[int], start: int, steps: int, out: Path, iv: Interventions
+    run,
+    seeds: list[int],
+    start: int,
+    steps: int,
+    out: Path,
+    iv: Interventions,
+    checkpoint_every: int | None = None,
 ) -> None:
     """Check everything, then write the branch directory: the parent's config (steps to
     ``start + steps``, the branch's seeds), data, tokenizer and probe set, each seed's checkpoint
@@ -134,12 +143,18 @@ def prepare_branch(
         )
     if steps < 1:
         raise BranchError(f"--steps {steps}: a branch trains at least one step")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise BranchError(
+            f"--checkpoint-every {checkpoint_every}: give a positive number of steps"
+        )
     check_interventions(iv, run.model(seeds[0], start))
     cfg = run.config
     cfg.train.steps = start + steps
     cfg.train.seed_list = tuple(seeds)
     cfg.train.n_seeds = len(seeds)
     cfg.train.first_seed = min(seeds)
+    if checkpoint_every:
+        cfg.train.checkpoint_every = checkpoint_every
     if cfg.train.checkpoint_every > cfg.train.steps:
         cfg.train.checkpoint_every = cfg.train.steps
     parent, layout = Layout(run.path), Layout(out)

@@ -98,7 +98,9 @@ def train(
         "tiny",
         help="Named config: 'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (the paper's model, a GPU).",
     ),
-    seeds: int | None = typer.Option(None, help="Number of seeds trained side by side."),
+    seeds: int | None = typer.Option(
+        None, help="Number of seeds trained side by side (with --resume: more adds seeds from step 0)."
+    ),
     first_seed: int | None = typer.Option(
         None, help="First seed; seeds are first_seed .. first_seed + seeds - 1."
     ),
@@ -152,7 +154,7 @@ def train(
     _setup_logging()
     if resume and Layout(out).config.exists():
         base = RunConfig.load(Layout(out).config)
-        changes = dict(train__steps=steps, train__deterministic=deterministic)
+        changes = dict(train__steps=steps, train__n_seeds=seeds, train__deterministic=deterministic)
     else:
         base = get_preset(preset)
         changes = dict(
@@ -318,6 +320,11 @@ def branch(
     ),
     start: int = typer.Option(..., "--from", help="The checkpoint step each seed continues from."),
     steps: int = typer.Option(..., "--steps", help="Steps to train after it."),
+    checkpoint_every: int | None = typer.Option(
+        None,
+        "--checkpoint-every",
+        help="Steps between the branch's checkpoints (default: the run's); finer times formation finer.",
+    ),
     lr_scale: list[str] = typer.Option(
         [],
         "--lr-scale",
@@ -346,11 +353,52 @@ def branch(
     run = _open(run_dir)
     chosen = _parse_list(seeds) or []
     iv = Interventions(parse_lr_scale(lr_scale), moments, parse_ablate(ablate))
-    made = make_branch(run, chosen, start, steps, out, iv, progress=not quiet)
+    made = make_branch(
+        run, chosen, start, steps, out, iv, progress=not quiet, checkpoint_every=checkpoint_every
+    )
     typer.echo(
         f"branch of {run.path} at step {start}: seeds {made.seeds}, steps to {made.steps[-1]} in {made.path}"
     )
     typer.echo(f"measure it:  interp-ext measure induction {made.path}")
+
+
+@app.command()
+def causal(
+    run_dir: Path = typer.Argument(..., help="A run measured with induction and circuit."),
+    out: Path = typer.Option(..., "--out", help="Folder of the branches and tables (resumable)."),
+    arms: str = typer.Option(
+        "none,prev*0,ind*0,ctrl*0",
+        "--arms",
+        help="Comma-separated: none, prev*M / ind*M / ctrl*M (learning-rate multiplier M of the "
+        "previous-token members, the induction members or the previous-token members' control "
+        "heads), ablate:prev / ablate:ctrl (mean-ablated in training).",
+    ),
+    leads: str = typer.Option("500", "--leads", help="Steps before formation to branch at."),
+    steps: int = typer.Option(1000, "--steps", help="Steps each branch trains."),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Branch checkpoints."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds (default: the formed ones)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """The causal test: branch each formed seed before formation, freeze, slow or clamp a
+    circuit member, and time formation against the seed's own unperturbed branch."""
+    from interp_ext.causal import paired_tests, run_experiment
+
+    _setup_logging()
+    run = _open(run_dir)
+    table = run_experiment(
+        run,
+        out,
+        [a for a in arms.replace(" ", "").split(",") if a],
+        _parse_list(leads) or [500],
+        steps,
+        checkpoint_every,
+        _parse_list(seeds),
+        progress=not quiet,
+    )
+    if table.empty:
+        _fail(f"no formed seed in {run.path} to branch; measure induction and circuit first")
+    typer.echo(paired_tests(table).to_string(index=False))
+    typer.echo(f"\nper branch: {out / 'arms.csv'}; figure: {out / 'causal.png'}")
 
 
 @app.command()

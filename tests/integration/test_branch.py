@@ -181,3 +181,15 @@ def test_a_branch_is_resumed_with_its_interventions(parent, tmp_path):
     resumed = train(open_run(part.path).config, part.path, resume=True, progress=False)
     for name, t in whole.state_dict(1, 8).items():
         assert torch.equal(resumed.state_dict(1, 8)[name], t), name
+
+
+def test_finer_checkpoints_in_a_branch_change_no_step(parent, tmp_path):
+    """``checkpoint_every`` only adds checkpoints: the branch's last one equals the run's."""
+    made = branch(parent, [1], 4, 4, tmp_path / "fine", progress=False, checkpoint_every=1)
+    assert made.steps_for(1) == [4, 5, 6, 7, 8]
+    mine = load_checkpoint(made.layout.checkpoint(1, 8))
+    theirs = load_checkpoint(parent.layout.checkpoint(1, 8))
+    for name, t in theirs["params"].items():
+        assert torch.equal(mine["params"][name], t), name
+    with pytest.raises(BranchError, match="--checkpoint-every 0"):
+        branch(parent, [1], 4, 4, tmp_path / "zero", progress=False, checkpoint_every=0)

@@ -1,0 +1,323 @@
+"""The causal test of Stream 3: branch each formed seed before formation and freeze, slow or
+clamp a circuit member, then watch whether and when its induction heads form.
+
+For every formed seed of a run (induction rows with a formation step f, a circuit found by
+cause) and every ``lead`` (steps before formation), a branch starts at the seed's last
+checkpoint at or before f - lead and trains ``steps`` steps, checkpointing every
+``checkpoint_every``, once per *arm*:
+
+* ``none``: no intervention (the seed's own unperturbed branch, which every arm is paired with);
+* ``prev*M``: the AdamW update of the previous-token members (the circuit's ``prev_token``
+  role) multiplied by M (``prev*0`` freezes them; moments run on);
+* ``ind*0``: the induction members frozen;
+* ``ctrl*0``: as many layer-matched heads outside the circuit frozen (each previous-token
+  member's control head, the one the ``members`` family draws), the same parameter count;
+* ``ablate:prev`` / ``ablate:ctrl``: the previous-token members' (or their controls') outputs
+  replaced in training by their batch mean (``hook_z``).
+
+Each branch is measured with the ``induction`` family, so a branch's formation follows the
+study's rule (the steepest rise of the best induction score, a head past the detection
+threshold), censored at the branch's end when no head passes it. Units are resumable: a
+branch whose training was cut short continues (``train --resume``), one whose training ended
+is measured, a measured one is read. :func:`arm_table` gives one row per (seed, lead, arm);
+:func:`paired_tests` the exact tests of each arm against ``none`` over seeds (sign test on
+later / earlier, censored pairs ordered where the order is known) and the Kaplan-Meier median
+of formation per arm.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from interp_ext.branch import BranchError, Interventions, branch
+from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.windows import formation_of, formed_seeds
+from interp_ext.run import open_run
+from interp_ext.run.layout import Layout
+from interp_ext.stats import km_median, paired_order, sign_test, sign_test_floor
+
+log = logging.getLogger("interp_ext")
+
+DEFAULT_ARMS = ("none", "prev*0", "ind*0", "ctrl*0")
+DOSE_ARMS = ("prev*0.25", "prev*0.5", "prev*2", "prev*4")
+ABLATION_ARMS = ("ablate:prev", "ablate:ctrl")
+
+
+def parse_arm(arm: str) -> tuple[str, str, float | str]:
+    """``"prev*0.5"`` -> ("scale", "prev", 0.5); ``"ablate:ctrl"`` -> ("ablate", "ctrl", "mean");
+    ``"none"`` -> ("none", "", 1.0). Raises BranchError naming the arm otherwise."""
+    if arm == "none":
+        return "none", "", 1.0
+    if arm.startswith("ablate:") and arm[7:] in ("prev", "ind", "ctrl"):
+        return "ablate", arm[7:], "mean"
+    who, sep, value = arm.partition("*")
+    if sep and who in ("prev", "ind", "ctrl"):
+        try:
+            m = float(value)
+        except ValueError:
+            m = math.nan
+        if math.isfinite(m) and m >= 0:
+            return "scale", who, m
+    raise BranchError(
+        f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M (M >= 0), ablate:prev, "
+        "ablate:ind, ablate:ctrl"
+    )
+
+
+@dataclass(frozen=True)
+class Unit:
+    seed: int
+    lead: int
+    arm: str
+    start: int
+    formation: float
+    interventions: Interventions
+    targets: tuple[str, ...]
+    prev: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"seed={self.seed}/lead={self.lead}/arm={self.arm}"
+
+
+def seed_roles(run, seed: int) -> dict[str, list[str]]:
+    """The seed's previous-token members, induction members and the control head of each
+    previous-token member (the ``members`` family's draw)."""
+    from interp_ext.families.members import member_controls
+
+    spec = resolve_circuit(run, "cause")
+    circuit = seed_circuit(run, seed, "cause", spec["source"])
+    prev = [c for c in circuit.components if circuit.roles.get(c) == "prev_token"]
+    ind = [c for c in circuit.components if circuit.roles.get(c) == "induction"]
+    controls = member_controls(run, seed, circuit)
+    return {"prev": prev, "ind": ind, "ctrl": [controls[p] for p in prev if p in controls]}
+
+
+def arm_interventions(arm: str, roles: dict[str, list[str]]) -> tuple[Interventions, tuple]:
+    kind, who, value = parse_arm(arm)
+    if kind == "none":
+        return Interventions(), ()
+    targets = tuple(roles[who])
+    if not targets:
+        raise BranchError(f"arm {arm}: the seed has no {who} heads")
+    spec = ",".join(targets)
+    if kind == "scale":
+        return Interventions(lr_scale={spec: float(value)}), targets
+    return Interventions(ablate={t: str(value) for t in targets}), targets
+
+
+def plan(run, arms, leads, seeds=None) -> list[Unit]:
+    """Every (formed seed, lead, arm) unit; seeds without formation are skipped (logged)."""
+    for arm in arms:
+        parse_arm(arm)
+    chosen = formed_seeds(run) if seeds is None else list(seeds)
+    units = []
+    for seed in chosen:
+        f = formation_of(run, "", seed)
+        if not math.isfinite(f):
+            log.warning("seed %d never formed: no branch before its formation", seed)
+            continue
+        roles = seed_roles(run, seed)
+        for lead in leads:
+            before = [s for s in run.steps_for(seed) if s <= f - lead]
+            if not before or before[-1] == 0:
+                log.warning("seed %d: no checkpoint %d steps before formation %g", seed, lead, f)
+                continue
+            for arm in arms:
+                iv, targets = arm_interventions(arm, roles)
+                units.append(
+                    Unit(seed, lead, arm, before[-1], f, iv, targets, tuple(roles["prev"]))
+                )
+    return units
+
+
+def run_unit(run, unit: Unit, root: Path, steps: int, checkpoint_every: int, progress: bool):
+    """Train (or finish training) the unit's branch and measure its induction rows; returns the
+    branch. A folder left without a config by a crash in its preparation is made again."""
+    from interp_ext.families import InductionSettings
+    from interp_ext.measurement.runner import measure
+    from interp_ext.training import train
+
+    out = root / unit.name
+    layout = Layout(out)
+    if out.exists() and not layout.config.exists():
+        shutil.rmtree(out)
+    if not out.exists():
+        made = branch(
+            run,
+            [unit.seed],
+            unit.start,
+            steps,
+            out,
+            unit.interventions,
+            progress=progress,
+            checkpoint_every=checkpoint_every,
+        )
+    else:
+        made = open_run(out)
+        if made.steps_for(unit.seed)[-1] < unit.start + steps:
+            made = train(made.config, out, resume=True, progress=progress)
+    measure(made, InductionSettings(), progress=False)
+    return made
+
+
+def unit_row(made, unit: Unit, steps: int) -> dict:
+    """Formation (steps after the branch point; censored at ``steps``), the best induction score
+    and the previous-token members' mean previous-token score at the branch's end."""
+    rows = made.metrics("induction")
+    rows = rows[rows.seed == unit.seed]
+    form = formation_of(made, "", unit.seed)
+    end = rows.step.max()
+    last = rows[rows.step == end]
+    best = last[last.metric == "induction_score"].value.max()
+    prev = last[(last.metric == "prev_token_score") & last.component.isin(unit.prev)].value
+    return {
+        "seed": unit.seed,
+        "lead": unit.lead,
+        "arm": unit.arm,
+        "start": unit.start,
+        "parent_formation": unit.formation,
+        "formed": bool(math.isfinite(form)),
+        "time": (form - unit.start) if math.isfinite(form) else float(steps),
+        "best_induction_end": float(best),
+        "targets": ",".join(unit.targets),
+        "prev_token_end": float(prev.mean()) if len(prev) else math.nan,
+    }
+
+
+def run_experiment(
+    run,
+    root: str | Path,
+    arms=DEFAULT_ARMS,
+    leads=(500,),
+    steps: int = 1000,
+    checkpoint_every: int = 50,
+    seeds=None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every unit of :func:`plan`, resumable; writes ``root/arms.csv`` (returned),
+    ``root/tests.csv`` (:func:`paired_tests`) and the figure ``root/causal.png`` / ``.html``."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    units = plan(run, arms, leads, seeds)
+    out = []
+    for unit in tqdm(units, desc="branches", unit="branch", disable=not progress):
+        made = run_unit(run, unit, root, steps, checkpoint_every, progress=False)
+        out.append(unit_row(made, unit, steps))
+    table = pd.DataFrame(out)
+    root.mkdir(parents=True, exist_ok=True)
+    table.to_csv(root / "arms.csv", index=False)
+    if len(table):
+        paired_tests(table).to_csv(root / "tests.csv", index=False)
+        figure(table, root)
+    return table
+
+
+def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
+    """Per (lead, arm): over the seeds with both units, how many formed later / earlier than
+    their own ``reference`` branch (``stats.paired_order``: a censored branch is later than a
+    formation before its end; two censored ones are unordered), the exact one-sided sign-test p
+    of each direction over the ordered pairs with its floor, and the Kaplan-Meier medians of
+    both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
+    out = []
+    for (lead, arm), g in table.groupby(["lead", "arm"], sort=False):
+        if arm == reference:
+            continue
+        ref = table[(table.lead == lead) & (table.arm == reference)].set_index("seed")
+        g = g[g.seed.isin(ref.index)]
+        b = ref.loc[g.seed]
+        a_cens, b_cens = ~g.formed.to_numpy(bool), ~b.formed.to_numpy(bool)
+        later, known = paired_order(g.time, a_cens, b.time, b_cens)
+        earlier, _ = paired_order(b.time, b_cens, g.time, a_cens)
+        km, km_above = km_median(g.time, a_cens)
+        km_ref, ref_above = km_median(b.time, b_cens)
+        out.append(
+            {
+                "lead": lead,
+                "arm": arm,
+                "seeds": len(g),
+                "formed": int(g.formed.sum()),
+                "reference_formed": int(b.formed.sum()),
+                "later": later,
+                "earlier": earlier,
+                "ordered": known,
+                "p_later": sign_test(later, known),
+                "p_earlier": sign_test(earlier, known),
+                "floor": sign_test_floor(known),
+                "km_median": f"> {km:g}" if km_above else f"{km:g}",
+                "km_median_reference": f"> {km_ref:g}" if ref_above else f"{km_ref:g}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def figure(table: pd.DataFrame, out: Path) -> list[str]:
+    """``causal.png`` / ``.html``: per lead, formation (steps after the branch point; open
+    markers censored at the branch's end) of each seed against its arm, the partner's
+    learning-rate multiplier on the x axis for the ``prev*M`` arms (``none`` at 1), the other
+    arms beside them; lines join a seed's arms."""
+    from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
+
+    def position(arm: str) -> float:
+        kind, who, value = parse_arm(arm)
+        if kind == "none":
+            return 1.0
+        if kind == "scale" and who == "prev":
+            return float(value)
+        extra = [a for a in OTHER_ORDER if a in set(table.arm)]
+        return 5.0 + extra.index(arm) if arm in extra else 9.0
+
+    panels = []
+    for lead, g in table.groupby("lead"):
+        traces = []
+        for i, (seed, h) in enumerate(g.groupby("seed")):
+            h = h.assign(x=h.arm.map(position)).sort_values("x")
+            color = PALETTE[i % len(PALETTE)]
+            dose = h[h.x <= 4]
+            traces.append(
+                Trace(dose.x, dose.time, f"seed {seed}", color, mode="markers", alpha=0.8)
+            )
+            for formed, tag in ((True, "formed"), (False, "censored")):
+                pts = h[h.formed == formed]
+                if len(pts):
+                    traces.append(
+                        Trace(pts.x, pts.time, f"seed {seed} {tag}", color, mode="points",
+                              legend=False, alpha=1.0 if formed else 0.35)
+                    )
+        labels = ", ".join(
+            f"{a} at x={position(a):g}" for a in OTHER_ORDER if a in set(g.arm)
+        )
+        panels.append(
+            Panel(
+                f"branched {lead} steps before formation (x: partner lr multiplier; {labels})",
+                traces,
+                xlabel="previous-token partner's learning-rate multiplier",
+                ylabel="formation, steps after the branch point",
+            )
+        )
+    return save(Figure("Formation under interventions, per seed", panels), out, "causal")
+
+
+OTHER_ORDER = ("ind*0", "ctrl*0", "ablate:prev", "ablate:ctrl")
+
+
+__all__ = [
+    "ABLATION_ARMS",
+    "DEFAULT_ARMS",
+    "DOSE_ARMS",
+    "Unit",
+    "arm_interventions",
+    "paired_tests",
+    "parse_arm",
+    "figure",
+    "plan",
+    "run_experiment",
+]

@@ -1,0 +1,88 @@
+"""The causal test's units: arms parsed, branches made, resumed and read; paired tests by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from interp_ext.branch import BranchError
+from interp_ext.causal import Unit, arm_interventions, paired_tests, parse_arm, run_unit, unit_row
+from interp_ext.run.checkpoints import load_checkpoint
+from tests.conftest import micro_config
+
+ROLES = {"prev": ["L0H1"], "ind": ["L1H0"], "ctrl": ["L0H0"]}
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, cache_dir):
+    from interp_ext.training import train
+
+    cfg = micro_config(steps=8, checkpoint_every=4, n_seeds=1)
+    return train(cfg, tmp_path_factory.mktemp("causal") / "run", progress=False, cache_dir=cache_dir)
+
+
+def unit(arm: str) -> Unit:
+    iv, targets = arm_interventions(arm, ROLES)
+    return Unit(0, 4, arm, 4, 8.0, iv, targets, ("L0H1",))
+
+
+def test_arms_are_parsed_and_bad_ones_named():
+    assert parse_arm("prev*0.25") == ("scale", "prev", 0.25)
+    assert parse_arm("ablate:ctrl") == ("ablate", "ctrl", "mean")
+    assert parse_arm("none") == ("none", "", 1.0)
+    for bad in ("prev*x", "prev*-1", "partner*0", "ablate:all", "freeze"):
+        with pytest.raises(BranchError, match=bad.replace("*", r"\*")):
+            parse_arm(bad)
+    iv, targets = arm_interventions("ind*0", ROLES)
+    assert iv.lr_scale == {"L1H0": 0.0} and targets == ("L1H0",)
+    iv, _ = arm_interventions("ablate:prev", ROLES)
+    assert iv.ablate == {"L0H1": "mean"}
+    with pytest.raises(BranchError, match="no ind heads"):
+        arm_interventions("ind*0", {**ROLES, "ind": []})
+
+
+def test_a_unit_branches_freezes_only_its_target_and_resumes(parent, tmp_path):
+    frozen = run_unit(parent, unit("prev*0"), tmp_path, 4, 1, progress=False)
+    assert frozen.steps_for(0) == [4, 5, 6, 7, 8]
+    start = load_checkpoint(frozen.layout.checkpoint(0, 4))["params"]
+    end = load_checkpoint(frozen.layout.checkpoint(0, 8))["params"]
+    q0, q1 = end["blocks.0.attn.W_Q"], start["blocks.0.attn.W_Q"]
+    assert torch.equal(q0[1], q1[1])  # L0H1 frozen
+    assert not torch.equal(q0[0], q1[0])  # L0H0 moved
+    plain = run_unit(parent, unit("none"), tmp_path, 4, 1, progress=False)
+    theirs = load_checkpoint(parent.layout.checkpoint(0, 8))["params"]
+    mine = load_checkpoint(plain.layout.checkpoint(0, 8))["params"]
+    assert all(torch.equal(mine[n], t) for n, t in theirs.items())
+    # a unit cut short continues where it stopped and ends where the whole one ended
+    cut = tmp_path / "cut"
+    run_unit(parent, unit("prev*0"), cut, 4, 1, progress=False)
+    last = cut / unit("prev*0").name / "checkpoints" / "seed=0"
+    for step in (7, 8):
+        (last / f"step={step}.safetensors").unlink()
+    again = run_unit(parent, unit("prev*0"), cut, 4, 1, progress=False)
+    redone = load_checkpoint(again.layout.checkpoint(0, 8))["params"]
+    assert all(torch.equal(redone[n], t) for n, t in end.items())
+    row = unit_row(again, unit("prev*0"), 4)
+    assert row["arm"] == "prev*0" and row["targets"] == "L0H1" and row["start"] == 4
+    if not row["formed"]:
+        assert row["time"] == 4  # censored at the branch's end
+    assert math.isfinite(row["best_induction_end"]) and math.isfinite(row["prev_token_end"])
+
+
+def test_paired_tests_count_orders_as_by_hand():
+    rows = []
+    # seeds 0-4: none forms at 100; the arm later on 0-2, censored (1000) on 3, earlier on 4;
+    # seed 5: both censored (unordered)
+    for seed, (t, f) in enumerate([(300, 1), (200, 1), (150, 1), (1000, 0), (50, 1), (1000, 0)]):
+        rows.append({"seed": seed, "lead": 500, "arm": "prev*0", "time": t, "formed": bool(f)})
+        ref = (1000, False) if seed == 5 else (100, True)
+        rows.append({"seed": seed, "lead": 500, "arm": "none", "time": ref[0], "formed": ref[1]})
+    out = paired_tests(pd.DataFrame(rows)).iloc[0]
+    assert (out.later, out.earlier, out.ordered, out.seeds) == (4, 1, 5, 6)
+    assert out.p_later == pytest.approx(stats.binomtest(4, 5, 0.5, alternative="greater").pvalue)
+    assert out.floor == pytest.approx(1 / 32)
+    assert out.km_median_reference == "100" and out.km_median == "200"
