@@ -162,3 +162,22 @@ def test_the_slow_weights_and_the_saddle_signature(members, micro_run):
         overlaps = [at[("soft_overlap", f"C#{i}")] for i in range(2)]
         assert all(0 <= o <= 1 + 1e-9 for o in overlaps)
         assert at[("saddle_hvps", "C")] > 0
+
+
+def test_near_phases_keeps_the_decisions_checkpoints(micro_run, monkeypatch):
+    """``near="phases"`` measures only the checkpoints in [f - 750, f + 250] around each seed's
+    formation (or own rise), the ones the decision reads."""
+    from interp_ext.families import members as fam
+    from interp_ext.families.members import decision
+
+    settings = MembersSettings(**{**SMALL, "weights": "raw", "near": "phases"})
+    steps = list(range(0, 4001, 250))
+    monkeypatch.setattr(decision, "seed_formation", lambda run, seed: (2375.0, True))
+    got = fam.Members().seed_steps(micro_run, settings, 0, steps)
+    assert got == [1750, 2000, 2250, 2500]
+    monkeypatch.setattr(decision, "seed_formation", lambda run, seed: (float("nan"), False))
+    assert fam.Members().seed_steps(micro_run, settings, 0, steps) == []
+    all_steps = fam.Members().seed_steps(micro_run, MembersSettings(**SMALL), 0, steps)
+    assert all_steps == steps[1:]
+    # the selection is no part of the key: 'all' later extends the same rows
+    assert settings.id == MembersSettings(**{**SMALL, "weights": "raw"}).id

@@ -100,6 +100,12 @@ class MembersSettings(Settings):
         "Lowest eigenvalues of the circuit block's preconditioned Hessian D^-1/2 H_CC D^-1/2 (and "
         "the flow's overlap with each); 0: no saddle signature.",
     )
+    near: str = setting(
+        "all",
+        "Checkpoints: 'all', or 'phases': those the decision of results 3.6 reads, [f - 750, "
+        "f + 250] around each seed's formation f (a never-formed seed's own steepest rise).",
+        key=False,
+    )
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
@@ -128,6 +134,7 @@ class MembersSettings(Settings):
             self.fresh >= 2, "fresh", "needs at least 2 (two halves for the saddle signature)"
         )
         self.require(self.modes >= 0, "modes", "must be >= 0")
+        self.require(self.near in ("all", "phases"), "near", "choose all or phases")
         smallest = min(sizes)
         self.require(
             1 <= self.saddle_sequences <= self.sequences and self.saddle_sequences % smallest == 0,
@@ -166,10 +173,17 @@ class Members(Family):
 
     def seed_steps(self, run, settings: MembersSettings, seed: int, steps: list[int]) -> list[int]:
         """Checkpoints after the first step (AdamW has a denominator there) with room before them
-        for the widest Polyak average."""
+        for the widest Polyak average; with ``near="phases"`` only the decision's phases."""
+        from interp_ext.families.members.decision import PHASES, seed_formation
+
         width = max(parse_weights(settings.weights).values())
         first = run.steps_for(seed)[0]
-        return [s for s in steps if s > 0 and s - width + 1 >= first]
+        steps = [s for s in steps if s > 0 and s - width + 1 >= first]
+        if settings.near == "phases":
+            f, _ = seed_formation(run, seed)
+            lo, hi = PHASES["before"][0], PHASES["rise"][1]
+            steps = [s for s in steps if math.isfinite(f) and f + lo <= s <= f + hi]
+        return steps
 
     def start_seed(self, run, settings: MembersSettings, seed: int) -> dict:
         circuit = seed_circuit(run, seed, settings.circuit, settings.source)

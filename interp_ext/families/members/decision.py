@@ -48,6 +48,19 @@ def own_rise(scores: pd.Series) -> float:
     return float(rise.idxmax())
 
 
+def seed_formation(run, seed: int) -> tuple[float, bool]:
+    """(the step a seed's phases are read around, whether it formed): its formation step, or for
+    a seed that never formed its own steepest rise of the best induction score."""
+    from interp_ext.measurement.windows import formation_of
+
+    form = formation_of(run, "", seed)
+    if math.isfinite(form):
+        return form, True
+    rows = run.metrics("induction", seeds=[seed])
+    best = rows[(rows.seed == seed) & (rows.metric == "best_induction_score")]
+    return own_rise(best.set_index("step").value), False
+
+
 def pairs_of(rows: pd.DataFrame, seed: int) -> list[tuple[str, str]]:
     """The seed's (induction member, previous-token member) pairs, from its ``member`` rows."""
     members = rows[(rows.seed == seed) & (rows.metric == "member")]
@@ -177,4 +190,12 @@ def decide(
     return {"reading": reading, "tests": table, "disagreements": flips}
 
 
-__all__ = ["ENTRIES", "PHASES", "decide", "own_rise", "phase_steps", "seed_entries"]
+__all__ = [
+    "ENTRIES",
+    "PHASES",
+    "decide",
+    "own_rise",
+    "phase_steps",
+    "seed_entries",
+    "seed_formation",
+]

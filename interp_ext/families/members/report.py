@@ -17,28 +17,15 @@ from interp_ext.families.members.decision import (
     PHASES,
     controls_of,
     decide,
-    own_rise,
     pairs_of,
     phase_steps,
     seed_entries,
+    seed_formation,
 )
 from interp_ext.figures import Heatmap
 from interp_ext.report.draw import heatmap_figure, image, select
 
 ROLES = ("ind", "prev", "ctrl(ind)", "ctrl(prev)")
-
-
-def seed_formation(run, seed: int) -> tuple[float, bool]:
-    """(the step a seed's phases are read around, whether it formed): its formation step, or for
-    a seed that never formed its own steepest rise of the best induction score."""
-    from interp_ext.measurement.windows import formation_of
-
-    form = formation_of(run, "", seed)
-    if math.isfinite(form):
-        return form, True
-    rows = run.metrics("induction", seeds=[seed])
-    best = rows[(rows.seed == seed) & (rows.metric == "best_induction_score")]
-    return own_rise(best.set_index("step").value), False
 
 
 def role_matrix(rows: pd.DataFrame, seed: int, steps: list[int], part: str = "S") -> np.ndarray:
