@@ -144,9 +144,7 @@ def prepare_branch(
     if steps < 1:
         raise BranchError(f"--steps {steps}: a branch trains at least one step")
     if checkpoint_every is not None and checkpoint_every < 1:
-        raise BranchError(
-            f"--checkpoint-every {checkpoint_every}: give a positive number of steps"
-        )
+        raise BranchError(f"--checkpoint-every {checkpoint_every}: give a positive number of steps")
     check_interventions(iv, run.model(seeds[0], start))
     cfg = run.config
     cfg.train.steps = start + steps

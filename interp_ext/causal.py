@@ -33,7 +33,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from interp_ext.branch import BranchError, Interventions, branch
@@ -289,12 +288,17 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
                 pts = h[h.formed == formed]
                 if len(pts):
                     traces.append(
-                        Trace(pts.x, pts.time, f"seed {seed} {tag}", color, mode="points",
-                              legend=False, alpha=1.0 if formed else 0.35)
+                        Trace(
+                            pts.x,
+                            pts.time,
+                            f"seed {seed} {tag}",
+                            color,
+                            mode="points",
+                            legend=False,
+                            alpha=1.0 if formed else 0.35,
+                        )
                     )
-        labels = ", ".join(
-            f"{a} at x={position(a):g}" for a in OTHER_ORDER if a in set(g.arm)
-        )
+        labels = ", ".join(f"{a} at x={position(a):g}" for a in OTHER_ORDER if a in set(g.arm))
         panels.append(
             Panel(
                 f"branched {lead} steps before formation (x: partner lr multiplier; {labels})",

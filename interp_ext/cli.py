@@ -99,7 +99,8 @@ def train(
         help="Named config: 'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (the paper's model, a GPU).",
     ),
     seeds: int | None = typer.Option(
-        None, help="Number of seeds trained side by side (with --resume: more adds seeds from step 0)."
+        None,
+        help="Number of seeds trained side by side (with --resume: more adds seeds from step 0).",
     ),
     first_seed: int | None = typer.Option(
         None, help="First seed; seeds are first_seed .. first_seed + seeds - 1."

@@ -515,7 +515,11 @@ def _reopen(
     the provenance (warning if the numerics changed), and load the saved data and probe set."""
     layout = Layout(out)
     saved = RunConfig.load(layout.config)
-    if saved.model != cfg.model or saved.data != cfg.data or not set(saved.train.seeds) <= set(cfg.train.seeds):
+    if (
+        saved.model != cfg.model
+        or saved.data != cfg.data
+        or not set(saved.train.seeds) <= set(cfg.train.seeds)
+    ):
         raise ConfigError(
             f"--resume: the model, data or seeds differ from the run's saved config in {layout.config}; resume with the saved settings (more seeds may be added: --seeds larger, the same --first-seed)"
         )

@@ -22,7 +22,9 @@ def parent(tmp_path_factory, cache_dir):
     from interp_ext.training import train
 
     cfg = micro_config(steps=8, checkpoint_every=4, n_seeds=1)
-    return train(cfg, tmp_path_factory.mktemp("causal") / "run", progress=False, cache_dir=cache_dir)
+    return train(
+        cfg, tmp_path_factory.mktemp("causal") / "run", progress=False, cache_dir=cache_dir
+    )
 
 
 def unit(arm: str) -> Unit:
