@@ -550,7 +550,11 @@ def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: i
                 start,
             )
         return
-    changed = {k: (last.get(k), v) for k, v in now.items() if last.get(k) != v}
+    changed = {
+        k: (last.get(k), v)
+        for k, v in now.items()
+        if _same_per_rank(last.get(k)) != _same_per_rank(v)
+    }
     if changed:
         what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
         log.warning(
@@ -561,6 +565,14 @@ def _warn_numerics_changed(provenance: dict, cfg: RunConfig, out: Path, start: i
             start,
             what,
         )
+
+
+def _same_per_rank(value):
+    """A per-rank list whose ranks all agree (seeds per pass [1, 1] under torchrun) is that one
+    value: each seed then sums in the same order as in one process."""
+    if isinstance(value, list) and value and all(v == value[0] for v in value):
+        return value[0]
+    return value
 
 
 def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:

@@ -247,3 +247,19 @@ def test_a_resume_that_drops_a_seed_is_refused_in_one_line(reference, tmp_path, 
     shutil.copytree(reference.path, copy)
     with pytest.raises(ConfigError, match="seeds differ"):
         train(tiny(train__n_seeds=1), copy, resume=True, progress=False, cache_dir=cache_dir)
+
+
+def test_per_rank_seeds_per_pass_that_agree_resume_without_a_warning(tmp_path, caplog):
+    """A run trained under torchrun with one seed per pass on every rank ([1, 1]) sums each seed
+    as one process does (1): a branch or resume in one process is not warned about."""
+    from interp_ext.training import _warn_numerics_changed, numerics
+
+    cfg = tiny()
+    now = numerics(cfg)
+    assert now["seeds_per_pass"] == 1
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        _warn_numerics_changed({"numerics": {**now, "seeds_per_pass": [1, 1]}}, cfg, tmp_path, 10)
+    assert "not bit for bit" not in caplog.text
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        _warn_numerics_changed({"numerics": {**now, "seeds_per_pass": [2, 1]}}, cfg, tmp_path, 10)
+    assert "seeds_per_pass [2, 1] -> 1" in caplog.text
