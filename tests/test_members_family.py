@@ -181,3 +181,18 @@ def test_near_phases_keeps_the_decisions_checkpoints(micro_run, monkeypatch):
     assert all_steps == steps[1:]
     # the selection is no part of the key: 'all' later extends the same rows
     assert settings.id == MembersSettings(**{**SMALL, "weights": "raw"}).id
+
+
+def test_levels_alone_equal_the_matrix_runs_levels(members, micro_run):
+    """``matrix=False`` gives the same S, N, E of every set (the unions too) as the full
+    measurement, from the same probe sequences, and no rates."""
+    settings = MembersSettings(**{**SMALL, "weights": "raw", "matrix": False, "modes": 0})
+    alone = measure(micro_run, settings, seeds=[0], steps=[4], progress=False)
+    alone = alone[(alone.seed == 0) & (alone.step == 4)]
+    assert not alone.metric.str.startswith("R_").any()
+    full = members[(members.seed == 0) & (members.step == 4) & (members.weights == "raw")]
+    key = ["metric", "component", "probe"]
+    levels = full[full.metric.isin(["S", "N", "E", "S/se"])].set_index(key).value
+    got = alone[alone.metric.isin(["S", "N", "E", "S/se"])].set_index(key).value
+    assert set(got.index) == set(levels.index)
+    np.testing.assert_allclose(got.loc[levels.index], levels, rtol=1e-9, atol=1e-15)

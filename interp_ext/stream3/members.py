@@ -157,7 +157,11 @@ def grouped_rates(
     frames = []
     for i in range(groups):
         probe = probe_at(probe_batches[i * per : (i + 1) * per])
-        frame = with_unions(rates(probe, masks, u_of_group(i), columns), unions or {})
+        frame = (
+            with_unions(rates(probe, masks, u_of_group(i), columns), unions or {})
+            if masks
+            else pd.DataFrame(columns=["part", "A", "B", "value"])
+        )
         if levels:
             more = signal_noise(probe, levels)
             frame = pd.concat(
@@ -219,8 +223,10 @@ def member_matrix(
     unions: dict[str, list[str]] | None = None,
     levels: dict[str, list[str] | torch.Tensor] | None = None,
     chunk: int | None = None,
+    matrix: bool = True,
 ) -> pd.DataFrame:
-    """The member matrix of a ``HookedTransformer`` at its current parameters.
+    """The member matrix of a ``HookedTransformer`` at its current parameters (``matrix=False``:
+    S, N and E of every set alone, no rates, no fresh batches' gradients).
 
     Args:
         probe_batches: [n, batch, pos] tokens whose per-batch gradients make S, N and E; split
@@ -243,6 +249,12 @@ def member_matrix(
     theta = current_params(model, names)
     loss_fn = loss_function(model, names)
     device = next(iter(theta.values())).device
+    if not matrix:  # every set a level: S, N, E from the per-batch gradients alone
+        unions = unions or {}
+        levels = {**rows, **{k: [c for a in v for c in rows[a]] for k, v in unions.items()}} | (
+            levels or {}
+        )
+        rows, unions = {}, {}
     masks, level_masks = set_masks(model, rows), set_masks(model, levels or {})
     flat_theta = flatten(theta, names).double()
     flat_d = flatten({n: denominator[n].to(device) for n in names}, names)

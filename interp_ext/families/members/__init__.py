@@ -86,6 +86,11 @@ class MembersSettings(Settings):
         16, "Fresh training batches whose mean gradient makes the flow direction u."
     )
     groups: int = setting(4, "Independent groups of probe and fresh batches (standard errors).")
+    matrix: bool = setting(
+        True,
+        "The flow rates R (the member matrix); False: S, N and E of every set alone, at the cost "
+        "of the probe batches' gradients (dense series, the growth law).",
+    )
     weights: str = setting(
         "raw",
         "Where to measure, comma-separated: 'raw' (the checkpoint's weights) and/or polyakW (the "
@@ -301,7 +306,17 @@ def point_rows(model, settings, circuit, controls, denominator, wd, seqs, fresh)
         batches = seqs.reshape(-1, size, seqs.shape[-1])
         chunk = settings.chunk or default_chunk(model, size)
         frame = member_matrix(
-            model, batches, fresh, sets, denominator, wd, settings.groups, unions, levels, chunk
+            model,
+            batches,
+            fresh,
+            sets,
+            denominator,
+            wd,
+            settings.groups,
+            unions,
+            levels,
+            chunk,
+            matrix=settings.matrix,
         )
         for r in frame.itertuples():
             metric = r.part if r.B == "" else f"R_{r.part}"
