@@ -33,6 +33,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from interp_ext.branch import BranchError, Interventions, branch
@@ -169,7 +170,8 @@ def run_unit(run, unit: Unit, root: Path, steps: int, checkpoint_every: int, pro
 
 def unit_row(made, unit: Unit, steps: int) -> dict:
     """Formation (steps after the branch point; censored at ``steps``), the best induction score
-    and the previous-token members' mean previous-token score at the branch's end."""
+    at the branch's end and the previous-token members' mean previous-token score at its start
+    and end."""
     rows = made.metrics("induction")
     rows = rows[rows.seed == unit.seed]
     form = formation_of(made, "", unit.seed)
@@ -177,6 +179,8 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
     last = rows[rows.step == end]
     best = last[last.metric == "induction_score"].value.max()
     prev = last[(last.metric == "prev_token_score") & last.component.isin(unit.prev)].value
+    first = rows[rows.step == rows.step.min()]
+    prev0 = first[(first.metric == "prev_token_score") & first.component.isin(unit.prev)].value
     return {
         "seed": unit.seed,
         "lead": unit.lead,
@@ -187,6 +191,7 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
         "time": (form - unit.start) if math.isfinite(form) else float(steps),
         "best_induction_end": float(best),
         "targets": ",".join(unit.targets),
+        "prev_token_start": float(prev0.mean()) if len(prev0) else math.nan,
         "prev_token_end": float(prev.mean()) if len(prev) else math.nan,
     }
 
@@ -224,8 +229,9 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
     """Per (lead, arm): over the seeds with both units, how many formed later / earlier than
     their own ``reference`` branch (``stats.paired_order``: a censored branch is later than a
     formation before its end; two censored ones are unordered), the exact one-sided sign-test p
-    of each direction over the ordered pairs with its floor, and the Kaplan-Meier medians of
-    both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
+    of each direction over the ordered pairs with its floor; on how many seeds the partner's
+    previous-token score gained less over the branch than in the reference (``prev_gain_lower``
+    of ``prev_gain_n``, exact sign test); and the Kaplan-Meier medians of both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
     out = []
     for (lead, arm), g in table.groupby(["lead", "arm"], sort=False):
         if arm == reference:
@@ -236,6 +242,11 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
         a_cens, b_cens = ~g.formed.to_numpy(bool), ~b.formed.to_numpy(bool)
         later, known = paired_order(g.time, a_cens, b.time, b_cens)
         earlier, _ = paired_order(b.time, b_cens, g.time, a_cens)
+        gain = (g.prev_token_end - g.prev_token_start).to_numpy() - (
+            b.prev_token_end - b.prev_token_start
+        ).to_numpy()
+        gain = gain[np.isfinite(gain) & (gain != 0)]
+        lower = int((gain < 0).sum())
         km, km_above = km_median(g.time, a_cens)
         km_ref, ref_above = km_median(b.time, b_cens)
         out.append(
@@ -251,6 +262,9 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 "p_later": sign_test(later, known),
                 "p_earlier": sign_test(earlier, known),
                 "floor": sign_test_floor(known),
+                "prev_gain_lower": lower,
+                "prev_gain_n": len(gain),
+                "p_prev_gain_lower": sign_test(lower, len(gain)),
                 "km_median": f"> {km:g}" if km_above else f"{km:g}",
                 "km_median_reference": f"> {km_ref:g}" if ref_above else f"{km_ref:g}",
             }

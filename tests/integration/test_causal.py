@@ -72,7 +72,9 @@ def test_a_unit_branches_freezes_only_its_target_and_resumes(parent, tmp_path):
     assert row["arm"] == "prev*0" and row["targets"] == "L0H1" and row["start"] == 4
     if not row["formed"]:
         assert row["time"] == 4  # censored at the branch's end
-    assert math.isfinite(row["best_induction_end"]) and math.isfinite(row["prev_token_end"])
+    assert all(
+        math.isfinite(row[k]) for k in ("best_induction_end", "prev_token_start", "prev_token_end")
+    )
 
 
 def test_paired_tests_count_orders_as_by_hand():
@@ -80,11 +82,29 @@ def test_paired_tests_count_orders_as_by_hand():
     # seeds 0-4: none forms at 100; the arm later on 0-2, censored (1000) on 3, earlier on 4;
     # seed 5: both censored (unordered)
     for seed, (t, f) in enumerate([(300, 1), (200, 1), (150, 1), (1000, 0), (50, 1), (1000, 0)]):
-        rows.append({"seed": seed, "lead": 500, "arm": "prev*0", "time": t, "formed": bool(f)})
+        gain = {"prev_token_start": 0.1, "prev_token_end": 0.2 if seed < 4 else 0.5}
+        rows.append(
+            {"seed": seed, "lead": 500, "arm": "prev*0", "time": t, "formed": bool(f), **gain}
+        )
         ref = (1000, False) if seed == 5 else (100, True)
-        rows.append({"seed": seed, "lead": 500, "arm": "none", "time": ref[0], "formed": ref[1]})
+        rows.append(
+            {
+                "seed": seed,
+                "lead": 500,
+                "arm": "none",
+                "time": ref[0],
+                "formed": ref[1],
+                "prev_token_start": 0.1,
+                "prev_token_end": 0.4,
+            }
+        )
     out = paired_tests(pd.DataFrame(rows)).iloc[0]
     assert (out.later, out.earlier, out.ordered, out.seeds) == (4, 1, 5, 6)
     assert out.p_later == pytest.approx(stats.binomtest(4, 5, 0.5, alternative="greater").pvalue)
     assert out.floor == pytest.approx(1 / 32)
     assert out.km_median_reference == "100" and out.km_median == "200"
+    # the partner gained 0.1 against 0.3 on seeds 0-3, 0.4 against 0.3 on 4-5
+    assert (out.prev_gain_lower, out.prev_gain_n) == (4, 6)
+    assert out.p_prev_gain_lower == pytest.approx(
+        stats.binomtest(4, 6, alternative="greater").pvalue
+    )
