@@ -173,7 +173,7 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
     at the branch's end and the previous-token members' mean previous-token score at its start
     and end."""
     rows = made.metrics("induction")
-    rows = rows[rows.seed == unit.seed]
+    rows = rows[(rows.seed == unit.seed) & (rows.step >= 0)]
     form = formation_of(made, "", unit.seed)
     end = rows.step.max()
     last = rows[rows.step == end]
