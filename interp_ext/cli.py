@@ -295,6 +295,9 @@ def import_run(
         help="For a model name: comma-separated checkpoint indices (default: all).",
     ),
     probe_batches: int = typer.Option(16, "--probe-batches", help="Probe batches B."),
+    probe_batch_size: int = typer.Option(
+        8, "--probe-batch-size", help="Sequences per probe batch."
+    ),
 ) -> None:
     """Make a run directory from checkpoints trained elsewhere; every measurement then accepts it."""
     from interp_ext.importing import import_checkpoints
@@ -302,7 +305,13 @@ def import_run(
     _setup_logging()
     source = sources[0] if len(sources) == 1 else sources
     run = import_checkpoints(
-        source, out, probe_text, data_dir, _parse_list(checkpoint_index), probe_batches
+        source,
+        out,
+        probe_text,
+        data_dir,
+        _parse_list(checkpoint_index),
+        probe_batches,
+        probe_batch_size,
     )
     typer.echo(
         f"imported {len(run.seeds)} seed(s), checkpoints at steps {run.steps} into {run.path}"

@@ -41,6 +41,11 @@ def not_a_run(path: Path) -> str:
             f"{path} is a Hugging Face checkpoint folder, not a run: "
             f"make a run from it with `interp-ext import {path} --out RUN --probe-text FILE`"
         )
+    if Layout(path).config.exists():
+        return (
+            f"{path} has config.json but no {Layout(path).run_info.name}: the run was cut short "
+            f"while it was prepared; remove the folder and train it again with `interp-ext train --out {path}`"
+        )
     if Layout(path).checkpoints.is_dir() or Layout(path).metrics.is_dir():
         return f"{path} has no config.json: the run is incomplete; train it again with `interp-ext train --out {path}`"
     return f"{path} is not a run directory (no config.json); create one with `interp-ext train --out {path}`"

@@ -53,6 +53,11 @@ def test_a_corrupt_config_is_named(run_copy):
     one_line_error(invoke("info", run_copy), "config.json", "not valid JSON")
 
 
+def test_a_run_cut_short_before_its_run_info_is_named(run_copy):
+    (run_copy / "run_info.json").unlink()
+    one_line_error(invoke("info", run_copy), "no run_info.json", "remove the folder")
+
+
 def test_a_hugging_face_folder_is_not_a_run(tmp_path):
     hf = tmp_path / "trainer_out"
     (hf / "checkpoint-10").mkdir(parents=True)

@@ -400,7 +400,10 @@ def test_import_errors_through_the_command_line(tmp_path, trainer_folder):
             "0,-1",
             "--probe-batches",
             "4",
+            "--probe-batch-size",
+            "2",
         ],
     )
     assert picked.exit_code == 0, picked.output
     assert open_run(tmp_path / "r").steps == [100, 200]
+    assert open_run(tmp_path / "r").probe_set()["lm"].shape[:2] == (4, 2)
