@@ -617,6 +617,7 @@ class _FamilyGroup(typer.core.TyperGroup):
         return click.Command(
             cmd_name,
             callback=lambda: _fail(message),
+            add_help_option=False,  # `measure nosuch --help` is the same one line
             context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
         )
 

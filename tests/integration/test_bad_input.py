@@ -132,6 +132,7 @@ def test_out_of_range_and_unknown_selections(run_copy):
     one_line_error(invoke("measure", "induction", run_copy, "--seeds", "7"), "seed(s) [7]")
     one_line_error(invoke("measure", "induction", run_copy, "--steps", "5"), "step(s) [5]")
     one_line_error(invoke("measure", "indution", run_copy), "unknown measurement family")
+    one_line_error(invoke("measure", "stream1", "--help"), "unknown measurement family")
     one_line_error(invoke("measure", "geometry", run_copy, "--k", "0"), "k=0")
 
 

@@ -1,4 +1,4 @@
-"""``autocatalysis``: Stream 3, the autocatalytic condition on a fixed circuit (SPEC section 6).
+"""``autocatalysis``: Stream 3, the autocatalytic condition on a fixed circuit.
 
 Each seed follows one circuit through training (default: its induction circuit
 found by cause at its last checkpoint, ``interp_ext.families.circuit``). Per checkpoint and update direction (``sgd``:

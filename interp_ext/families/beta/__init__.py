@@ -1,4 +1,4 @@
-"""``beta``: the beta fit of subspace similarity and the transition window (SPEC section 5).
+"""``beta``: the beta fit of subspace similarity and the transition window.
 
 Formed once over the run from the ``geometry`` rows of one geometry settings id
 (default: the latest): sim(t) = sim* (1 - exp(-gamma (t - t0))) fitted to the

@@ -1,4 +1,4 @@
-"""``circuit``: the induction circuit found by cause (``circuits.discovery``).
+"""``circuit``: the induction circuit found by cause.
 
 At each selected checkpoint (default: the last) and seed: induction heads by
 score, then the earlier heads and MLPs whose key-path patch restores the

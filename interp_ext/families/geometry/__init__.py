@@ -1,4 +1,4 @@
-"""``geometry``: the gradient-geometry dashboard (SPEC section 4) and Stream 1 drift (section 5).
+"""``geometry``: the gradient-geometry dashboard and Stream 1 drift.
 
 Per checkpoint, from the B probe batches: the spectrum metrics of G, energy in
 U_t on held-out batches, gradient cosine, per-group gradient norms and G traces,

@@ -1,4 +1,4 @@
-"""``induction``: induction and previous-token heads over training (SPEC section 7).
+"""``induction``: induction and previous-token heads over training.
 
 Per checkpoint: every head's induction, previous-token, duplicate-token and copying
 scores, K-composition of every head pair, the in-context-learning score and the

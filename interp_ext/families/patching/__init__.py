@@ -1,4 +1,4 @@
-"""``patching``: activation and path patching on the induction task (SPEC section 8).
+"""``patching``: activation and path patching on the induction task.
 
 At each selected checkpoint (default: the last): the residual-stream sweep
 (``resid_pre``, component ``L{layer}P{pos}``), the head-output sweep

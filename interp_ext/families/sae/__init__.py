@@ -1,4 +1,4 @@
-"""``sae``: SAE features tracked across checkpoints with sae-lens (SPEC section 9).
+"""``sae``: SAE features tracked across checkpoints with sae-lens.
 
 Per checkpoint: one TopK SAE on the hook's activations (trained with sae-lens'
 ``SAETrainer``, saved in sae-lens' format under ``<run>/saes/<settings id>/seed=<s>/step=<t>/``),

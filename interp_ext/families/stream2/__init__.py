@@ -1,4 +1,4 @@
-"""``stream2``: cross-seed gradient alignment (SPEC section 5), basis-free and basis-dependent.
+"""``stream2``: cross-seed gradient alignment, basis-free and basis-dependent.
 
 At each checkpoint, over every selected seed:
 
