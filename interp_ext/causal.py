@@ -12,6 +12,8 @@ checkpoint at or before f - lead and trains ``steps`` steps, checkpointing every
 * ``ind*0``: the induction members frozen;
 * ``ctrl*0``: as many layer-matched heads outside the circuit frozen (each previous-token
   member's control head, the one the ``members`` family draws), the same parameter count;
+  ``ictrl*0`` the same for the induction members (on seeds whose induction layer has heads
+  outside the circuit left; other seeds have no such unit);
 * ``ablate:prev`` / ``ablate:ctrl``: the previous-token members' (or their controls') outputs
   replaced in training by their batch mean (``hook_z``).
 
@@ -46,6 +48,7 @@ from interp_ext.stats import km_median, paired_order, sign_test, sign_test_floor
 log = logging.getLogger("interp_ext")
 
 DEFAULT_ARMS = ("none", "prev*0", "ind*0", "ctrl*0")
+WHO = ("prev", "ind", "ctrl", "ictrl")
 DOSE_ARMS = ("prev*0.25", "prev*0.5", "prev*2", "prev*4")
 ABLATION_ARMS = ("ablate:prev", "ablate:ctrl")
 
@@ -55,10 +58,10 @@ def parse_arm(arm: str) -> tuple[str, str, float | str]:
     ``"none"`` -> ("none", "", 1.0). Raises BranchError naming the arm otherwise."""
     if arm == "none":
         return "none", "", 1.0
-    if arm.startswith("ablate:") and arm[7:] in ("prev", "ind", "ctrl"):
+    if arm.startswith("ablate:") and arm[7:] in WHO:
         return "ablate", arm[7:], "mean"
     who, sep, value = arm.partition("*")
-    if sep and who in ("prev", "ind", "ctrl"):
+    if sep and who in WHO:
         try:
             m = float(value)
         except ValueError:
@@ -66,8 +69,8 @@ def parse_arm(arm: str) -> tuple[str, str, float | str]:
         if math.isfinite(m) and m >= 0:
             return "scale", who, m
     raise BranchError(
-        f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M (M >= 0), ablate:prev, "
-        "ablate:ind, ablate:ctrl"
+        f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M, ictrl*M (M >= 0), ablate:prev, "
+        "ablate:ind, ablate:ctrl, ablate:ictrl"
     )
 
 
@@ -88,8 +91,9 @@ class Unit:
 
 
 def seed_roles(run, seed: int) -> dict[str, list[str]]:
-    """The seed's previous-token members, induction members and the control head of each
-    previous-token member (the ``members`` family's draw)."""
+    """The seed's previous-token members, induction members, and the control head of each
+    previous-token member (``ctrl``) and of each induction member (``ictrl``, where its layer has a
+    head outside the circuit left), as the ``members`` family draws them."""
     from interp_ext.families.members import member_controls
 
     spec = resolve_circuit(run, "cause")
@@ -97,7 +101,12 @@ def seed_roles(run, seed: int) -> dict[str, list[str]]:
     prev = [c for c in circuit.components if circuit.roles.get(c) == "prev_token"]
     ind = [c for c in circuit.components if circuit.roles.get(c) == "induction"]
     controls = member_controls(run, seed, circuit)
-    return {"prev": prev, "ind": ind, "ctrl": [controls[p] for p in prev if p in controls]}
+    return {
+        "prev": prev,
+        "ind": ind,
+        "ctrl": [controls[p] for p in prev if p in controls],
+        "ictrl": [controls[i] for i in ind if i in controls],
+    }
 
 
 def arm_interventions(arm: str, roles: dict[str, list[str]]) -> tuple[Interventions, tuple]:
@@ -131,7 +140,11 @@ def plan(run, arms, leads, seeds=None) -> list[Unit]:
                 log.warning("seed %d: no checkpoint %d steps before formation %g", seed, lead, f)
                 continue
             for arm in arms:
-                iv, targets = arm_interventions(arm, roles)
+                try:
+                    iv, targets = arm_interventions(arm, roles)
+                except BranchError as err:  # a seed without such heads has no such unit
+                    log.warning("seed %d: %s; no branch", seed, err)
+                    continue
                 units.append(
                     Unit(seed, lead, arm, before[-1], f, iv, targets, tuple(roles["prev"]))
                 )
@@ -324,7 +337,7 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
     return save(Figure("Formation under interventions, per seed", panels), out, "causal")
 
 
-OTHER_ORDER = ("ind*0", "ctrl*0", "ablate:prev", "ablate:ctrl")
+OTHER_ORDER = ("ind*0", "ictrl*0", "ctrl*0", "ablate:prev", "ablate:ctrl")
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from interp_ext.causal import Unit, arm_interventions, paired_tests, parse_arm, 
 from interp_ext.run.checkpoints import load_checkpoint
 from tests.conftest import micro_config
 
-ROLES = {"prev": ["L0H1"], "ind": ["L1H0"], "ctrl": ["L0H0"]}
+ROLES = {"prev": ["L0H1"], "ind": ["L1H0"], "ctrl": ["L0H0"], "ictrl": []}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def test_arms_are_parsed_and_bad_ones_named():
     assert parse_arm("prev*0.25") == ("scale", "prev", 0.25)
     assert parse_arm("ablate:ctrl") == ("ablate", "ctrl", "mean")
     assert parse_arm("none") == ("none", "", 1.0)
+    assert parse_arm("ictrl*0") == ("scale", "ictrl", 0.0)
     for bad in ("prev*x", "prev*-1", "partner*0", "ablate:all", "freeze"):
         with pytest.raises(BranchError, match=bad.replace("*", r"\*")):
             parse_arm(bad)
@@ -45,6 +46,8 @@ def test_arms_are_parsed_and_bad_ones_named():
     assert iv.ablate == {"L0H1": "mean"}
     with pytest.raises(BranchError, match="no ind heads"):
         arm_interventions("ind*0", {**ROLES, "ind": []})
+    with pytest.raises(BranchError, match="no ictrl heads"):
+        arm_interventions("ictrl*0", ROLES)
 
 
 def test_a_unit_branches_freezes_only_its_target_and_resumes(parent, tmp_path):
