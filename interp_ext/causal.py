@@ -289,7 +289,8 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
     """``causal.png`` / ``.html``: per lead, formation (steps after the branch point; open
     markers censored at the branch's end) of each seed against its arm, the partner's
     learning-rate multiplier on the x axis for the ``prev*M`` arms (``none`` at 1), the other
-    arms beside them; lines join a seed's arms."""
+    arms beside them; lines join a seed's arms; beside it the partner's previous-token score
+    gained over each branch."""
     from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
 
     def position(arm: str) -> float:
@@ -328,13 +329,35 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
         labels = ", ".join(f"{a} at x={position(a):g}" for a in OTHER_ORDER if a in set(g.arm))
         panels.append(
             Panel(
-                f"branched {lead} steps before formation (x: partner lr multiplier; {labels})",
+                f"formation, branched {lead} steps before it",
                 traces,
-                xlabel="previous-token partner's learning-rate multiplier",
+                xlabel=f"partner's lr multiplier; {labels}",
                 ylabel="formation, steps after the branch point",
             )
         )
-    return save(Figure("Formation under interventions, per seed", panels), out, "causal")
+        gains = []
+        for i, (seed, h) in enumerate(g.groupby("seed")):
+            h = h.assign(x=h.arm.map(position)).sort_values("x")
+            gains.append(
+                Trace(
+                    h.x,
+                    h.prev_token_end - h.prev_token_start,
+                    f"seed {seed}",
+                    PALETTE[i % len(PALETTE)],
+                    mode="points",
+                    legend=False,
+                )
+            )
+        panels.append(
+            Panel(
+                "partner's previous-token score gained",
+                gains,
+                xlabel="arm (as above)",
+                ylabel="score at end - at start",
+                zero=True,
+            )
+        )
+    return save(Figure("Formation under interventions, per seed", panels, ncols=2), out, "causal")
 
 
 OTHER_ORDER = ("ind*0", "ictrl*0", "ctrl*0", "ablate:prev", "ablate:ctrl")
