@@ -310,14 +310,14 @@ STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
     "circuit": {},
     # who reinforces whom (results 3.6): the member matrix, S and N at two probe sizes and the
-    # saddle signature at the checkpoints on the raw weights; then the decision's phases on the
-    # slow weights (Polyak averages over 50 and 200 steps) beside the raw ones
+    # saddle signature at the checkpoints on the raw weights; then the decision's deciding phase on
+    # the slow weights (Polyak averages over 50 and 200 steps) beside the raw ones
     "members": {"probe_sizes": "8,32", "weights": "raw", "modes": 3},
     "members:slow": {
         "probe_sizes": "8",
         "weights": "raw,polyak50,polyak200",
         "modes": 0,
-        "near": "phases",
+        "near": "before",
     },
     "work": {"every": 10},
     # toward the gradient flow: the same span (window start to the rise's end) replayed at lr / k,

@@ -175,6 +175,8 @@ def test_near_phases_keeps_the_decisions_checkpoints(micro_run, monkeypatch):
     monkeypatch.setattr(decision, "seed_formation", lambda run, seed: (2375.0, True))
     got = fam.Members().seed_steps(micro_run, settings, 0, steps)
     assert got == [1750, 2000, 2250, 2500]
+    before = MembersSettings(**{**SMALL, "weights": "raw", "near": "before"})
+    assert fam.Members().seed_steps(micro_run, before, 0, steps) == [1750, 2000]
     monkeypatch.setattr(decision, "seed_formation", lambda run, seed: (float("nan"), False))
     assert fam.Members().seed_steps(micro_run, settings, 0, steps) == []
     all_steps = fam.Members().seed_steps(micro_run, MembersSettings(**SMALL), 0, steps)

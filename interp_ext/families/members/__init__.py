@@ -107,8 +107,9 @@ class MembersSettings(Settings):
     )
     near: str = setting(
         "all",
-        "Checkpoints: 'all', or 'phases': those the decision of results 3.6 reads, [f - 750, "
-        "f + 250] around each seed's formation f (a never-formed seed's own steepest rise).",
+        "Checkpoints: 'all'; 'phases': those the decision of results 3.6 reads, [f - 750, "
+        "f + 250] around each seed's formation f (a never-formed seed's own steepest rise); "
+        "'before': its deciding phase alone, [f - 750, f - 250].",
         key=False,
     )
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
@@ -139,7 +140,7 @@ class MembersSettings(Settings):
             self.fresh >= 2, "fresh", "needs at least 2 (two halves for the saddle signature)"
         )
         self.require(self.modes >= 0, "modes", "must be >= 0")
-        self.require(self.near in ("all", "phases"), "near", "choose all or phases")
+        self.require(self.near in ("all", "phases", "before"), "near", "choose all, phases or before")
         smallest = min(sizes)
         self.require(
             1 <= self.saddle_sequences <= self.sequences and self.saddle_sequences % smallest == 0,
@@ -178,15 +179,16 @@ class Members(Family):
 
     def seed_steps(self, run, settings: MembersSettings, seed: int, steps: list[int]) -> list[int]:
         """Checkpoints after the first step (AdamW has a denominator there) with room before them
-        for the widest Polyak average; with ``near="phases"`` only the decision's phases."""
+        for the widest Polyak average; with ``near="phases"`` only the decision's phases, with
+        ``near="before"`` its deciding phase."""
         from interp_ext.families.members.decision import PHASES, seed_formation
 
         width = max(parse_weights(settings.weights).values())
         first = run.steps_for(seed)[0]
         steps = [s for s in steps if s > 0 and s - width + 1 >= first]
-        if settings.near == "phases":
+        if settings.near != "all":
             f, _ = seed_formation(run, seed)
-            lo, hi = PHASES["before"][0], PHASES["rise"][1]
+            lo, hi = PHASES["before"][0], PHASES[settings.near.replace("phases", "rise")][1]
             steps = [s for s in steps if math.isfinite(f) and f + lo <= s <= f + hi]
         return steps
 
