@@ -309,10 +309,11 @@ def _paper_plan() -> dict[str, dict[str, Any]]:
 STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
     "circuit": {},
-    # who reinforces whom (results 3.6): the member matrix, S and N at two probe sizes and the
-    # saddle signature at the checkpoints on the raw weights; then the decision's deciding phase on
-    # the slow weights (Polyak averages over 50 and 200 steps) beside the raw ones
-    "members": {"probe_sizes": "8,32", "weights": "raw", "modes": 3},
+    # who reinforces whom (results 3.6): S and N at two probe sizes and the saddle signature at
+    # every checkpoint on the raw weights (the growth law reads S_C); then the member matrix in
+    # the decision's deciding phase on the slow weights (Polyak averages over 50 and 200 steps)
+    # beside the raw ones
+    "members": {"probe_sizes": "8,32", "weights": "raw", "modes": 3, "matrix": False},
     "members:slow": {
         "probe_sizes": "8",
         "weights": "raw,polyak50,polyak200",
