@@ -5,16 +5,8 @@ TransformerLens) and token batches, and returns numbers or tables; nothing is
 written. A run directory adds checkpoints, the probe set and keyed rows on top
 (:func:`interp_ext.open_run`, :func:`interp_ext.measure`).
 
-::
-
-    from interp_ext import api
-    tokens = api.repeated_batch(model, n=32)                 # [BOS] r r
-    scores = api.induction_scores(model, tokens)              # one row per head
-    found = api.discover_circuit(model, tokens)               # the induction circuit by cause
-    api.gradient_dashboard(model, batches, k=4)               # batches: [n_batches, batch, pos]
-    api.stream3_matrix(model, batches, found.circuit, optimizer=opt, batch=train_batch)
-    api.llc_estimate(model, train_tokens)                     # devinterp's SGLD estimate
-    sae = api.train_sae(acts, api.SAESettings(width=256, k=8))
+The README's "Use it from a notebook" runs every function here on a fresh model, as
+written (a test extracts and runs it).
 """
 
 from __future__ import annotations

@@ -140,7 +140,9 @@ class MembersSettings(Settings):
             self.fresh >= 2, "fresh", "needs at least 2 (two halves for the saddle signature)"
         )
         self.require(self.modes >= 0, "modes", "must be >= 0")
-        self.require(self.near in ("all", "phases", "before"), "near", "choose all, phases or before")
+        self.require(
+            self.near in ("all", "phases", "before"), "near", "choose all, phases or before"
+        )
         smallest = min(sizes)
         self.require(
             1 <= self.saddle_sequences <= self.sequences and self.saddle_sequences % smallest == 0,
