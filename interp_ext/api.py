@@ -186,13 +186,24 @@ def hessian_operator(model, batches, names: list[str] | None = None):
     return model_hessian(model, batches, names)
 
 
+def default_tutorial_folder():
+    """``runs/tutorial`` beside the package's repository (an editable install), else in the
+    working folder."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return (root if (root / "pyproject.toml").exists() else Path.cwd()) / "runs" / "tutorial"
+
+
 def tutorial_run(
-    out: str = "runs/tutorial",
+    out: str | None = None,
     fast: bool = False,
     data_dir: str | None = None,
     progress: bool = True,
 ):
-    """The run the tutorials use: ``out`` opened if it holds a finished run, else trained there.
+    """The run the tutorials use: ``out`` opened if it holds a finished run, else trained there
+    (default: ``runs/tutorial`` of the repository the package is installed from, wherever the
+    notebook server started; else of the working folder).
 
     The ``tiny`` preset (2 seeds, 4,000 steps, checkpoints every 250, a few minutes on a
     laptop CPU) with three hooks recorded; ``fast`` trains 60 steps (seconds, nothing forms),
@@ -212,9 +223,16 @@ def tutorial_run(
         record__hooks=TUTORIAL_HOOKS,
         **(dict(train__steps=60, train__checkpoint_every=20) if fast else {}),
     )
+    out = str(out or default_tutorial_folder())
     exists = os.path.exists(os.path.join(out, "config.json"))
     if exists:
         run = open_run(out)
+        if run.config.train.steps != cfg.train.steps:
+            mode = "a fast-mode" if run.config.train.steps < cfg.train.steps else "a full"
+            raise ValueError(
+                f"{out} holds {mode} tutorial run ({run.config.train.steps} steps), not the "
+                f"{cfg.train.steps} steps asked for; remove the folder or give another out"
+            )
         if last_complete_step(out, run.seeds) == run.config.train.steps:
             return run
         cfg = run.config  # resume what is there, with the settings it was started with

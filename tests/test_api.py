@@ -76,3 +76,28 @@ def test_dashboard_and_discovery(model, micro_run):
     assert 1 <= metrics["effective_rank"] <= batches.shape[0]
     found = api.discover_circuit(model, api.repeated_batch(model, n=8))
     assert len(found.circuit.components) >= 1
+
+
+def test_the_tutorial_run_never_takes_a_fast_run_for_a_full_one(tmp_path, monkeypatch):
+    """A finished fast-mode tutorial run is not opened as the full run (and back), whatever
+    the working folder; the default folder is the repository's runs/tutorial."""
+    from interp_ext import api
+
+    monkeypatch.chdir(tmp_path)
+    assert api.default_tutorial_folder().parts[-2:] == ("runs", "tutorial")
+    assert (api.default_tutorial_folder().parents[1] / "pyproject.toml").exists()
+    out = tmp_path / "tut"
+    from interp_ext.config import get_preset, override
+    from interp_ext.training import train
+
+    cfg = override(
+        get_preset("tiny"),
+        data__corpus="synthetic",
+        train__steps=4,
+        train__checkpoint_every=2,
+        train__n_seeds=1,
+        model__d_model=16,
+    )
+    train(cfg, out, progress=False)
+    with pytest.raises(ValueError, match="fast-mode tutorial run"):
+        api.tutorial_run(str(out), fast=False, progress=False)
