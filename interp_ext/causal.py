@@ -13,7 +13,8 @@ checkpoint at or before f - lead and trains ``steps`` steps, checkpointing every
 * ``ctrl*0``: as many layer-matched heads outside the circuit frozen (each previous-token
   member's control head, the one the ``members`` family draws), the same parameter count;
   ``ictrl*0`` the same for the induction members (on seeds whose induction layer has heads
-  outside the circuit left; other seeds have no such unit);
+  outside the circuit left; other seeds have no such unit); ``prevlayer*0`` every head of the
+  previous-token members' layer (another head of it can take the partner's place);
 * ``ablate:prev`` / ``ablate:ctrl``: the previous-token members' (or their controls') outputs
   replaced in training by their batch mean (``hook_z``).
 
@@ -38,17 +39,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from circuits.circuit import Head
 from interp_ext.branch import BranchError, Interventions, branch
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.windows import formation_of, formed_seeds
 from interp_ext.run import open_run
 from interp_ext.run.layout import Layout
-from interp_ext.stats import km_median, paired_order, sign_test, sign_test_floor
+from interp_ext.stats import km_median, paired_order, sign_test, sign_test_floor, signed_rank_p
 
 log = logging.getLogger("interp_ext")
 
 DEFAULT_ARMS = ("none", "prev*0", "ind*0", "ctrl*0")
-WHO = ("prev", "ind", "ctrl", "ictrl")
+WHO = ("prev", "ind", "ctrl", "ictrl", "prevlayer")
 DOSE_ARMS = ("prev*0.25", "prev*0.5", "prev*2", "prev*4")
 ABLATION_ARMS = ("ablate:prev", "ablate:ctrl")
 
@@ -69,8 +71,8 @@ def parse_arm(arm: str) -> tuple[str, str, float | str]:
         if math.isfinite(m) and m >= 0:
             return "scale", who, m
     raise BranchError(
-        f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M, ictrl*M (M >= 0), ablate:prev, "
-        "ablate:ind, ablate:ctrl, ablate:ictrl"
+        f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M, ictrl*M, prevlayer*M (M >= 0), "
+        "ablate:prev, ablate:ind, ablate:ctrl, ablate:ictrl, ablate:prevlayer"
     )
 
 
@@ -93,7 +95,8 @@ class Unit:
 def seed_roles(run, seed: int) -> dict[str, list[str]]:
     """The seed's previous-token members, induction members, and the control head of each
     previous-token member (``ctrl``) and of each induction member (``ictrl``, where its layer has a
-    head outside the circuit left), as the ``members`` family draws them."""
+    head outside the circuit left), as the ``members`` family draws them; ``prevlayer``: every
+    head of the previous-token members' layer(s)."""
     from interp_ext.families.members import member_controls
 
     spec = resolve_circuit(run, "cause")
@@ -101,11 +104,15 @@ def seed_roles(run, seed: int) -> dict[str, list[str]]:
     prev = [c for c in circuit.components if circuit.roles.get(c) == "prev_token"]
     ind = [c for c in circuit.components if circuit.roles.get(c) == "induction"]
     controls = member_controls(run, seed, circuit)
+    n_heads = run.config.model.n_heads
     return {
         "prev": prev,
         "ind": ind,
         "ctrl": [controls[p] for p in prev if p in controls],
         "ictrl": [controls[i] for i in ind if i in controls],
+        "prevlayer": sorted(
+            {str(Head(Head.parse(p).layer, h)) for p in prev for h in range(n_heads)}
+        ),
     }
 
 
@@ -242,7 +249,9 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
     """Per (lead, arm): over the seeds with both units, how many formed later / earlier than
     their own ``reference`` branch (``stats.paired_order``: a censored branch is later than a
     formation before its end; two censored ones are unordered), the exact one-sided sign-test p
-    of each direction over the ordered pairs with its floor; on how many seeds the partner's
+    of each direction over the ordered pairs with its floor given the ties (``floor``) and the
+    design's (``floor_design``, every seed ordered); the exact signed-rank p of "later" on the
+    differences (a censored time at its bound, a lower bound of the difference); on how many seeds the partner's
     previous-token score gained less over the branch than in the reference (``prev_gain_lower``
     of ``prev_gain_n``, exact sign test); and the Kaplan-Meier medians of both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
     out = []
@@ -255,6 +264,12 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
         a_cens, b_cens = ~g.formed.to_numpy(bool), ~b.formed.to_numpy(bool)
         later, known = paired_order(g.time, a_cens, b.time, b_cens)
         earlier, _ = paired_order(b.time, b_cens, g.time, a_cens)
+        # magnitudes too: the exact signed-rank test of arm minus reference, a censored time at
+        # its bound (the difference is then a lower bound: conservative for "later");
+        # pairs both censored carry no difference
+        both = a_cens & b_cens
+        diff = (g.time.to_numpy() - b.time.to_numpy())[~both]
+        p_rank, floor_rank = signed_rank_p(diff)
         gain = (g.prev_token_end - g.prev_token_start).to_numpy() - (
             b.prev_token_end - b.prev_token_start
         ).to_numpy()
@@ -275,6 +290,9 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 "p_later": sign_test(later, known),
                 "p_earlier": sign_test(earlier, known),
                 "floor": sign_test_floor(known),
+                "floor_design": sign_test_floor(len(g)),
+                "p_later_signed_rank": p_rank,
+                "floor_signed_rank": floor_rank,
                 "prev_gain_lower": lower,
                 "prev_gain_n": len(gain),
                 "p_prev_gain_lower": sign_test(lower, len(gain)),

@@ -37,6 +37,7 @@ def test_arms_are_parsed_and_bad_ones_named():
     assert parse_arm("ablate:ctrl") == ("ablate", "ctrl", "mean")
     assert parse_arm("none") == ("none", "", 1.0)
     assert parse_arm("ictrl*0") == ("scale", "ictrl", 0.0)
+    assert parse_arm("prevlayer*0") == ("scale", "prevlayer", 0.0)
     for bad in ("prev*x", "prev*-1", "partner*0", "ablate:all", "freeze"):
         with pytest.raises(BranchError, match=bad.replace("*", r"\*")):
             parse_arm(bad)
@@ -104,7 +105,10 @@ def test_paired_tests_count_orders_as_by_hand():
     out = paired_tests(pd.DataFrame(rows)).iloc[0]
     assert (out.later, out.earlier, out.ordered, out.seeds) == (4, 1, 5, 6)
     assert out.p_later == pytest.approx(stats.binomtest(4, 5, 0.5, alternative="greater").pvalue)
-    assert out.floor == pytest.approx(1 / 32)
+    assert out.floor == pytest.approx(1 / 32) and out.floor_design == pytest.approx(1 / 64)
+    # magnitudes: seed 5 (both censored) drops out, seed 3's censored 1000 enters at its bound
+    wilcoxon = stats.wilcoxon([200, 100, 50, 900, -50], alternative="greater", method="exact")
+    assert out.p_later_signed_rank == pytest.approx(wilcoxon.pvalue)
     assert out.km_median_reference == "100" and out.km_median == "200"
     # the partner gained 0.1 against 0.3 on seeds 0-3, 0.4 against 0.3 on 4-5
     assert (out.prev_gain_lower, out.prev_gain_n) == (4, 6)
