@@ -47,10 +47,36 @@ def role_matrix(rows: pd.DataFrame, seed: int, steps: list[int], part: str = "S"
     return z
 
 
+def pick_rows(run, latest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rows the matrix and decision read, the rows the growth law reads) among every
+    settings id measured: the latest id with rates (one with Polyak weights first), and the id
+    with the most raw S_C checkpoints (a levels-only series is denser)."""
+    try:
+        every = run.metrics("members", settings="all")
+    except Exception:  # noqa: BLE001 - a store without ids keeps the latest rows
+        every = latest
+    if every.empty or "settings" not in every:
+        return latest, latest
+    groups = dict(list(every.groupby("settings", sort=False)))
+    rated = [g for g in groups.values() if (g.metric == "R_S").any()]
+    slow = [g for g in rated if g.weights.str.startswith("polyak").any()]
+    matrix = (slow or rated or [latest])[-1]
+
+    def dense(g):
+        return g[(g.metric == "S") & (g.component == "C") & (g.weights == "raw")].step.nunique()
+
+    return matrix, max(groups.values(), key=dense)
+
+
 def section(page) -> list[str]:
     rows = select(page.rows, family="members")
     if rows.empty:
         return []
+    rows, series = pick_rows(page.run, rows)
+    if not (rows.metric == "R_S").any():
+        return growth_lines(
+            series, {s: seed_formation(page.run, s) for s in sorted(set(series.seed) - {-1})}
+        )
     weights = (
         "polyak200" if "polyak200" in set(rows.weights) else sorted(set(rows.weights) - {""})[0]
     )
@@ -106,7 +132,7 @@ def section(page) -> list[str]:
     result = decide(per_seed, check)
     lines += [f"**Reading by the rule of results 3.6: {result['reading']}.**", ""]
     lines += decision_table(result["tests"]) + seed_table(per_seed)
-    return lines + growth_lines(rows, forms)
+    return lines + growth_lines(series, forms)
 
 
 def growth_table(rows: pd.DataFrame, forms: dict, weights: str = "raw") -> pd.DataFrame:
