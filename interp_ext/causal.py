@@ -190,8 +190,9 @@ def run_unit(run, unit: Unit, root: Path, steps: int, checkpoint_every: int, pro
 
 def unit_row(made, unit: Unit, steps: int) -> dict:
     """Formation (steps after the branch point; censored at ``steps``), the best induction score
-    at the branch's end and the previous-token members' mean previous-token score at its start
-    and end."""
+    at the branch's end, the previous-token members' mean previous-token score at its start and
+    end, and the best previous-token score among the other heads of their layer (a head that can
+    take their place) at both."""
     rows = made.metrics("induction")
     rows = rows[(rows.seed == unit.seed) & (rows.step >= 0)]
     form = formation_of(made, "", unit.seed)
@@ -201,6 +202,16 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
     prev = last[(last.metric == "prev_token_score") & last.component.isin(unit.prev)].value
     first = rows[rows.step == rows.step.min()]
     prev0 = first[(first.metric == "prev_token_score") & first.component.isin(unit.prev)].value
+    layers = {f"L{Head.parse(p).layer}H" for p in unit.prev}
+
+    def others(at):  # the best previous-token score among the partners' layer-mates
+        sel = at[
+            (at.metric == "prev_token_score")
+            & ~at.component.isin(unit.prev)
+            & at.component.str[:3].isin(layers)
+        ]
+        return float(sel.value.max()) if len(sel) else math.nan
+
     return {
         "seed": unit.seed,
         "lead": unit.lead,
@@ -213,6 +224,8 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
         "targets": ",".join(unit.targets),
         "prev_token_start": float(prev0.mean()) if len(prev0) else math.nan,
         "prev_token_end": float(prev.mean()) if len(prev) else math.nan,
+        "other_prev_token_start": others(first),
+        "other_prev_token_end": others(last),
     }
 
 

@@ -77,7 +77,14 @@ def test_a_unit_branches_freezes_only_its_target_and_resumes(parent, tmp_path):
     if not row["formed"]:
         assert row["time"] == 4  # censored at the branch's end
     assert all(
-        math.isfinite(row[k]) for k in ("best_induction_end", "prev_token_start", "prev_token_end")
+        math.isfinite(row[k])
+        for k in (
+            "best_induction_end",
+            "prev_token_start",
+            "prev_token_end",
+            "other_prev_token_start",
+            "other_prev_token_end",
+        )
     )
 
 
