@@ -93,17 +93,24 @@ def section(page) -> list[str]:
     seeds = sorted(s for s in at.seed.unique() if s >= 0)
     forms = {s: seed_formation(page.run, s) for s in seeds}
     panels = []
-    for phase in PHASES:
-        mats = [
-            role_matrix(at, s, phase_steps(sorted(at.step.unique()), f, phase))
-            for s, (f, formed) in forms.items()
-            if formed and math.isfinite(f)
-        ]
-        if mats:
-            z = np.nanmean(np.stack(mats), axis=0)
-            panels.append(
-                (f"{phase}, {len(mats)} formed seeds", Heatmap(z, list(ROLES), list(ROLES), "R^S"))
-            )
+    shown = [w for w in ("raw", "polyak50", "polyak200") if w in set(rows.weights)] or [weights]
+    for w in shown:
+        by_w = rows[rows.weights.isin([w, ""]) & (rows.probe.isin([probe, ""]) | (rows.step < 0))]
+        for phase in PHASES:
+            mats = [
+                role_matrix(by_w, s, phase_steps(sorted(by_w.step.unique()), f, phase))
+                for s, (f, formed) in forms.items()
+                if formed and math.isfinite(f)
+            ]
+            mats = [m for m in mats if np.isfinite(m).any()]
+            if mats:
+                z = np.nanmean(np.stack(mats), axis=0)
+                panels.append(
+                    (
+                        f"{w}, {phase}, {len(mats)} formed seeds",
+                        Heatmap(z, list(ROLES), list(ROLES), "R^S"),
+                    )
+                )
     if panels:
         files = heatmap_figure(
             page.out, "member_matrix", "The member matrix by role", panels, "moves", "energy of"
