@@ -91,9 +91,10 @@ def _fail(message: str) -> None:
 
 @app.command()
 def train(
-    out: Path = typer.Option(
-        ..., "--out", help="Run directory to create (or to continue with --resume)."
+    run_dir: Path | None = typer.Argument(
+        None, help="Run directory to create (or to continue with --resume); or --out."
     ),
+    out: Path | None = typer.Option(None, "--out", help="The run directory, as RUN_DIR."),
     preset: str = typer.Option(
         "tiny",
         help="Named config: 'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (the paper's model, a GPU).",
@@ -153,6 +154,7 @@ def train(
     from interp_ext.training import train as run_training
 
     _setup_logging()
+    out = _run_arg(run_dir, out, "train")
     if resume and Layout(out).config.exists():
         base = RunConfig.load(Layout(out).config)
         changes = dict(train__steps=steps, train__n_seeds=seeds, train__deterministic=deterministic)
@@ -188,7 +190,10 @@ def reproduce(
     preset: str = typer.Option(
         "tiny", help="'tiny' (CPU, minutes), 'tiny_mlp' (attention + MLP) or 'paper' (GPU scale)."
     ),
-    out: Path = typer.Option(Path("runs/tiny"), "--out", help="Run directory."),
+    run_dir: Path | None = typer.Argument(
+        None, help="Run directory (default runs/tiny); or --out."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="The run directory, as RUN_DIR."),
     data_dir: Path | None = typer.Option(
         None,
         "--data-dir",
@@ -211,7 +216,7 @@ def reproduce(
 
     _setup_logging()
     run, report, timings = run_reproduce(
-        out,
+        _run_arg(run_dir, out, "reproduce", Path("runs/tiny")),
         preset,
         str(data_dir) if data_dir else None,
         seeds,
@@ -231,7 +236,10 @@ def reproduce(
 
 @app.command()
 def study(
-    out: Path = typer.Option(Path("runs/study"), "--out", help="Run directory."),
+    run_dir: Path | None = typer.Argument(
+        None, help="Run directory (default runs/study); or --out."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="The run directory, as RUN_DIR."),
     preset: str = typer.Option("tiny", help="'tiny' (CPU), 'tiny_mlp' or 'paper'."),
     data_dir: Path | None = typer.Option(
         None,
@@ -248,14 +256,15 @@ def study(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Stream 3 decided: train the study seeds, find each seed's circuit by cause, and replay its real steps
-    through induction formation with the energy ledger (drift, noise, momentum, second order); then the report."""
+    """Stream 3: train the study seeds, find each seed's circuit by cause, measure who reinforces
+    whom (the member matrix) and replay the real steps through formation with the exact ledger;
+    then the report."""
     from interp_ext import distributed
     from interp_ext.pipeline import study as run_study
 
     _setup_logging()
     run, report, timings = run_study(
-        out,
+        _run_arg(run_dir, out, "study", Path("runs/study")),
         preset,
         str(data_dir) if data_dir else None,
         seeds,
@@ -474,6 +483,17 @@ def _parse_list(text: str | None) -> list[int] | None:
     except ValueError:
         _fail(f"expected a comma-separated list of integers, got {text!r}")
         return None
+
+
+def _run_arg(run_dir: Path | None, out: Path | None, command: str, default: Path | None = None):
+    """The run directory a command creates, given as RUN_DIR or --out (one convention with every
+    command that reads a run, --out kept as its alias)."""
+    if run_dir is not None and out is not None and Path(run_dir) != Path(out):
+        _fail(f"{command}: RUN_DIR {run_dir} and --out {out} differ; give one of them")
+    chosen = run_dir if run_dir is not None else out if out is not None else default
+    if chosen is None:
+        _fail(f"{command}: give the run directory, e.g. `interp-ext {command} runs/mine`")
+    return Path(chosen)
 
 
 def _open(run_dir: Path):

@@ -216,3 +216,15 @@ def test_the_version_and_help_read_as_a_user_expects():
     assert invoke("--version").output.startswith("interp-ext ")
     help_text = invoke("train", "--help").output
     assert "Long because" not in help_text and "tiny_mlp" in help_text
+
+
+def test_the_run_folder_is_positional_with_out_as_its_alias(tmp_path):
+    one_line_error(invoke("train"), "give the run directory")
+    one_line_error(invoke("train", tmp_path / "a", "--out", tmp_path / "b"), "differ")
+    args = ["--corpus", "synthetic", "--steps", "2", "--seeds", "1", "--checkpoint-every", "2"]
+    made = invoke("train", tmp_path / "pos", *args, "--quiet")
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "pos" / "checkpoints" / "seed=0" / "step=2.safetensors").exists()
+    again = invoke("train", "--out", tmp_path / "pos", "--resume", "--steps", "4", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "pos" / "checkpoints" / "seed=0" / "step=4.safetensors").exists()
