@@ -253,7 +253,7 @@ def run_experiment(
     root.mkdir(parents=True, exist_ok=True)
     table.to_csv(root / "arms.csv", index=False)
     if len(table):
-        paired_tests(table).to_csv(root / "tests.csv", index=False)
+        all_tests(table).to_csv(root / "tests.csv", index=False)
         figure(table, root)
     return table
 
@@ -313,7 +313,28 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 "km_median_reference": f"> {km_ref:g}" if ref_above else f"{km_ref:g}",
             }
         )
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).assign(against=reference)
+
+
+# each intervention beside the control that removes as much from outside the circuit
+MATCHED = {
+    "prev*0": "ctrl*0",
+    "ablate:prev": "ablate:ctrl",
+    "prevlayer*0": "ctrl*0",
+    "ictrl*0": "ctrl*0",
+    "ind*0": "ictrl*0",
+}
+
+
+def all_tests(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`paired_tests` of every arm against ``none``, then of each arm of :data:`MATCHED`
+    against its matched control (column ``against``): an intervention and its control can each
+    differ from ``none`` while only their difference is specific to the circuit."""
+    frames = [paired_tests(table)]
+    for arm, control in MATCHED.items():
+        if {arm, control} <= set(table.arm):
+            frames.append(paired_tests(table[table.arm.isin([arm, control])], reference=control))
+    return pd.concat(frames, ignore_index=True)
 
 
 def figure(table: pd.DataFrame, out: Path) -> list[str]:
@@ -398,7 +419,9 @@ __all__ = [
     "ABLATION_ARMS",
     "DEFAULT_ARMS",
     "DOSE_ARMS",
+    "MATCHED",
     "Unit",
+    "all_tests",
     "arm_interventions",
     "paired_tests",
     "parse_arm",

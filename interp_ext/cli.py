@@ -400,7 +400,7 @@ def causal(
 ) -> None:
     """The causal test: branch each formed seed before formation, freeze, slow or clamp a
     circuit member, and time formation against the seed's own unperturbed branch."""
-    from interp_ext.causal import paired_tests, run_experiment
+    from interp_ext.causal import all_tests, run_experiment
 
     _setup_logging()
     run = _open(run_dir)
@@ -416,7 +416,7 @@ def causal(
     )
     if table.empty:
         _fail(f"no formed seed in {run.path} to branch; measure induction and circuit first")
-    typer.echo(paired_tests(table).to_string(index=False))
+    typer.echo(all_tests(table).to_string(index=False))
     typer.echo(f"\nper branch: {out / 'arms.csv'}; figure: {out / 'causal.png'}")
 
 

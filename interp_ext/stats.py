@@ -212,14 +212,30 @@ def signed_rank_p(
     differences: Sequence[float], alternative: str = "greater"
 ) -> tuple[float, float]:
     """(p, floor) of the exact Wilcoxon signed-rank test of paired differences (per seed: arm minus
-    its pair) against 0 (``scipy.stats.wilcoxon``, ``method="exact"``); zeros dropped. The floor
+    its pair) against 0; zeros dropped. Without ties in |d|, ``scipy.stats.wilcoxon`` with
+    ``method="exact"``; with ties (differences on a grid), the exact permutation distribution
+    of the statistic over all 2^n sign flips with midranks (n <= 20; beyond, scipy's). The floor
     is 0.5^n one-sided, 2 x 0.5^n two-sided."""
     d = np.asarray(differences, float)
     d = d[np.isfinite(d) & (d != 0)]
     n = len(d)
     if n == 0:
         return math.nan, math.nan
-    p = float(stats.wilcoxon(d, alternative=alternative, method="exact").pvalue)
+    if len(np.unique(np.abs(d))) < n and n <= 20:
+        ranks = stats.rankdata(np.abs(d))  # midranks
+        observed = float(ranks[d > 0].sum())
+        signs = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        null = signs @ ranks
+        tol = 1e-9
+        if alternative == "greater":
+            p = float(np.mean(null >= observed - tol))
+        elif alternative == "less":
+            p = float(np.mean(null <= observed + tol))
+        else:
+            centre = ranks.sum() / 2
+            p = float(np.mean(np.abs(null - centre) >= abs(observed - centre) - tol))
+    else:
+        p = float(stats.wilcoxon(d, alternative=alternative, method="exact").pvalue)
     floor = sign_test_floor(n) * (2 if alternative == "two-sided" else 1)
     return p, min(1.0, floor)
 

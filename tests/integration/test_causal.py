@@ -10,7 +10,15 @@ import torch
 from scipy import stats
 
 from interp_ext.branch import BranchError
-from interp_ext.causal import Unit, arm_interventions, paired_tests, parse_arm, run_unit, unit_row
+from interp_ext.causal import (
+    Unit,
+    all_tests,
+    arm_interventions,
+    paired_tests,
+    parse_arm,
+    run_unit,
+    unit_row,
+)
 from interp_ext.run.checkpoints import load_checkpoint
 from tests.conftest import micro_config
 
@@ -122,3 +130,25 @@ def test_paired_tests_count_orders_as_by_hand():
     assert out.p_prev_gain_lower == pytest.approx(
         stats.binomtest(4, 6, alternative="greater").pvalue
     )
+
+
+def test_each_arm_is_also_tested_against_its_matched_control():
+    rows = []
+    for seed in range(4):
+        for arm, t in (("none", 600), ("ablate:prev", 700), ("ablate:ctrl", 500)):
+            rows.append(
+                {
+                    "seed": seed,
+                    "lead": 500,
+                    "arm": arm,
+                    "time": t + seed,
+                    "formed": True,
+                    "prev_token_start": 0.0,
+                    "prev_token_end": 0.1,
+                }
+            )
+    out = all_tests(pd.DataFrame(rows)).set_index(["arm", "against"])
+    assert out.loc[("ablate:prev", "none"), "later"] == 4
+    assert out.loc[("ablate:ctrl", "none"), "earlier"] == 4
+    assert out.loc[("ablate:prev", "ablate:ctrl"), "later"] == 4
+    assert ("ablate:ctrl", "ablate:prev") not in out.index

@@ -35,6 +35,31 @@ def test_signed_rank_p_is_the_enumerated_exact_test():
     assert signed_rank_p(d, "two-sided")[1] == 2 * 0.5**7
 
 
+def test_signed_rank_p_with_ties_enumerates_sign_flips_with_midranks():
+    """Shifts on a 50-step grid tie in |d|: the p-value is the enumeration with midranks (scipy's
+    exact table assumes no ties), here checked by brute force and by scipy's permutation test."""
+    d = np.array([50.0, 100.0, 100.0, -50.0, 250.0, 50.0, 100.0, -300.0, 375.0])
+    ranks = stats.rankdata(np.abs(d))
+    observed = ranks[d > 0].sum()
+    sums = [
+        sum(r for r, s in zip(ranks, signs) if s)
+        for signs in itertools.product([0, 1], repeat=len(d))
+    ]
+    for alternative, want in (
+        ("greater", np.mean(np.array(sums) >= observed - 1e-9)),
+        ("less", np.mean(np.array(sums) <= observed + 1e-9)),
+    ):
+        assert signed_rank_p(d, alternative)[0] == pytest.approx(want, rel=1e-12)
+    scipy_perm = stats.permutation_test(
+        (d,),
+        lambda x: stats.rankdata(np.abs(d))[x > 0].sum(),
+        permutation_type="samples",
+        alternative="greater",
+        n_resamples=np.inf,
+    ).pvalue
+    assert signed_rank_p(d)[0] == pytest.approx(scipy_perm, rel=1e-9)
+
+
 def test_permutation_p_is_scipys_exact_permutation_test():
     a = [0.9, 1.3, 0.7, 1.6, 1.1]
     b = [0.4, 0.8, 0.2]
