@@ -352,7 +352,7 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
         if kind == "scale" and who == "prev":
             return float(value)
         extra = [a for a in OTHER_ORDER if a in set(table.arm)]
-        return 5.0 + extra.index(arm) if arm in extra else 9.0
+        return 5.0 + extra.index(arm) if arm in extra else 5.0 + len(extra)
 
     panels = []
     for lead, g in table.groupby("lead"):
@@ -409,10 +409,10 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
                 zero=True,
             )
         )
-    return save(Figure("Formation under interventions, per seed", panels, ncols=2), out, "causal")
+    return save(Figure("Formation under interventions, per seed", panels, ncols=1), out, "causal")
 
 
-OTHER_ORDER = ("ind*0", "ictrl*0", "ctrl*0", "ablate:prev", "ablate:ctrl")
+OTHER_ORDER = ("ind*0", "ictrl*0", "ctrl*0", "prevlayer*0", "ablate:prev", "ablate:ctrl")
 
 
 __all__ = [
