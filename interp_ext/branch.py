@@ -126,7 +126,9 @@ def prepare_branch(
 ) -> None:
     """Check everything, then write the branch directory: the parent's config (steps to
     ``start + steps``, the branch's seeds), data, tokenizer and probe set, each seed's checkpoint
-    at ``start``, and ``branch.json``."""
+    at ``start``, and ``branch.json``.
+
+    Long because every check of the input comes before the first file is written."""
     if out.exists() and any(out.iterdir()):
         raise BranchError(f"{out} exists and is not empty; choose another --out for the branch")
     missing = [s for s in seeds if s not in run.seeds]

@@ -342,7 +342,9 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
     markers censored at the branch's end) of each seed against its arm, the partner's
     learning-rate multiplier on the x axis for the ``prev*M`` arms (``none`` at 1), the other
     arms beside them; lines join a seed's arms; beside it the partner's previous-token score
-    gained over each branch."""
+    gained over each branch.
+
+    Long because both panels share the arms' x positions and the seeds' colours."""
     from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
 
     def position(arm: str) -> float:

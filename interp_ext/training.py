@@ -608,6 +608,9 @@ def train(
     Under ``torchrun`` each rank trains its share of the seeds (see
     :mod:`interp_ext.distributed`); rank 0 prepares the run directory first. A folder that holds
     other files and no run is refused unless ``force``.
+
+    Long because seeds at different steps (added, or cut short) train group by group, each
+    group shared out over the torchrun ranks.
     """
     out = Path(out)
     if not force and not Layout(out).config.exists() and out.is_dir() and any(out.iterdir()):

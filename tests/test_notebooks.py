@@ -16,8 +16,8 @@ NOTEBOOKS = sorted(DEMOS.glob("[0-9][0-9]_*.ipynb"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1"
 
 
-def test_the_seven_tutorials_are_there_in_order():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+def test_the_eight_tutorials_are_there_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
     assert not list(DEMOS.glob("[0-9][0-9]_*.py")), "the notebooks are the one source"
 
 

@@ -228,6 +228,8 @@ def member_matrix(
     """The member matrix of a ``HookedTransformer`` at its current parameters (``matrix=False``:
     S, N and E of every set alone, no rates, no fresh batches' gradients).
 
+    Long because the docstring names every argument.
+
     Args:
         probe_batches: [n, batch, pos] tokens whose per-batch gradients make S, N and E; split
             into ``groups`` disjoint groups.

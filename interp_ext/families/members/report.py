@@ -69,6 +69,9 @@ def pick_rows(run, latest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def section(page) -> list[str]:
+    """The report's member-matrix section: the matrix by role, the decision, the growth law.
+
+    Long because each weights' panels and the decision's tables read the same rows."""
     rows = select(page.rows, family="members")
     if rows.empty:
         return []
