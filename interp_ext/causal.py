@@ -202,14 +202,13 @@ def unit_row(made, unit: Unit, steps: int) -> dict:
     prev = last[(last.metric == "prev_token_score") & last.component.isin(unit.prev)].value
     first = rows[rows.step == rows.step.min()]
     prev0 = first[(first.metric == "prev_token_score") & first.component.isin(unit.prev)].value
-    layers = {f"L{Head.parse(p).layer}H" for p in unit.prev}
+    layers = {Head.parse(p).layer for p in unit.prev}
+
+    def mates(c: str) -> bool:
+        return Head.is_head(c) and c not in unit.prev and Head.parse(c).layer in layers
 
     def others(at):  # the best previous-token score among the partners' layer-mates
-        sel = at[
-            (at.metric == "prev_token_score")
-            & ~at.component.isin(unit.prev)
-            & at.component.str[:3].isin(layers)
-        ]
+        sel = at[(at.metric == "prev_token_score") & at.component.map(mates)]
         return float(sel.value.max()) if len(sel) else math.nan
 
     return {
@@ -240,7 +239,7 @@ def run_experiment(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Every unit of :func:`plan`, resumable; writes ``root/arms.csv`` (returned),
-    ``root/tests.csv`` (:func:`paired_tests`) and the figure ``root/causal.png`` / ``.html``."""
+    ``root/tests.csv`` (:func:`all_tests`) and the figure ``root/causal.png`` / ``.html``."""
     from tqdm.auto import tqdm
 
     root = Path(root)
@@ -264,9 +263,10 @@ def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
     formation before its end; two censored ones are unordered), the exact one-sided sign-test p
     of each direction over the ordered pairs with its floor given the ties (``floor``) and the
     design's (``floor_design``, every seed ordered); the exact signed-rank p of "later" on the
-    differences (a censored time at its bound, a lower bound of the difference); on how many seeds the partner's
-    previous-token score gained less over the branch than in the reference (``prev_gain_lower``
-    of ``prev_gain_n``, exact sign test); and the Kaplan-Meier medians of both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
+    differences (a censored time at its bound, a lower bound of the difference); on how many
+    seeds the partner's previous-token score gained less over the branch than in the reference
+    (``prev_gain_lower`` of ``prev_gain_n``, exact sign test); and the Kaplan-Meier medians of
+    both (``stats.km_median``; "> t" when the curve never falls to 1/2)."""
     out = []
     for (lead, arm), g in table.groupby(["lead", "arm"], sort=False):
         if arm == reference:

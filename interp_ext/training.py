@@ -619,6 +619,7 @@ def train(
             "train into it beside them"
         )
     distributed.init(cfg.train.device)
+    distributed.my_seeds(cfg.train.seeds)  # at most one process per seed, as before
     rank, size = distributed.world()
     layout = Layout(out)
     with distributed.rank_zero_first():
@@ -641,7 +642,7 @@ def train(
     if len(groups) > 1 and size > min(len(g) for g in groups.values()):
         log.warning("%s: seeds at different steps %s train group by group", out, groups)
     for start, group in groups.items():
-        seeds = distributed.my_seeds(group) if size <= len(group) else distributed.share(group)
+        seeds = distributed.share(group)  # may be empty for a group smaller than the ranks
         if seeds:
             trainer = StackedTrainer(
                 cfg, out, data, probe, seeds=seeds, interventions=interventions_of(out)

@@ -86,18 +86,14 @@ def float64_micro(n_batches: int = 3):
     return model, names, theta, batches, loss_function(model, names)
 
 
-def dense_hessian(names, theta, batches, loss):
+def dense_hessian(model, names, theta, batches, loss):
     """The dense autograd Hessian of the mean loss over ``batches`` at ``theta`` (numpy)."""
     import torch
 
-    from interp_ext.geometry.gradients import flatten
+    from interp_ext.geometry.gradients import flatten, unflatten
 
     def mean_loss(flat):
-        out, start = {}, 0
-        for n in names:
-            size = theta[n].numel()
-            out[n] = flat[start : start + size].reshape(theta[n].shape)
-            start += size
+        out = unflatten(flat, model, names)
         return torch.stack([loss(out, b) for b in batches]).mean()
 
     return torch.autograd.functional.hessian(mean_loss, flatten(theta, names)).numpy()

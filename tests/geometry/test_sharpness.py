@@ -24,7 +24,7 @@ from tests.conftest import dense_hessian, float64_micro
 @pytest.fixture(scope="module")
 def micro():
     model, names, theta, batches, loss = float64_micro()
-    return model, names, theta, batches, loss, dense_hessian(names, theta, batches, loss)
+    return model, names, theta, batches, loss, dense_hessian(model, names, theta, batches, loss)
 
 
 def test_top_eigenvalues_match_the_dense_hessian(micro):

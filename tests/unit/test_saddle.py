@@ -16,7 +16,7 @@ from tests.conftest import dense_hessian, float64_micro
 @pytest.fixture(scope="module")
 def micro():
     model, names, theta, batches, loss = float64_micro()
-    dense = dense_hessian(names, theta, batches, loss)
+    dense = dense_hessian(model, names, theta, batches, loss)
     x = flatten(theta, names)
     mask = torch.stack(list(Circuit("c", ["L1H0", "L0H1"]).flat_masks(model).values())).any(0)
     gen = torch.Generator().manual_seed(2)

@@ -190,7 +190,8 @@ class Members(Family):
         steps = [s for s in steps if s > 0 and s - width + 1 >= first]
         if settings.near != "all":
             f, _ = seed_formation(run, seed)
-            lo, hi = PHASES["before"][0], PHASES[settings.near.replace("phases", "rise")][1]
+            last = "rise" if settings.near == "phases" else "before"
+            lo, hi = PHASES["before"][0], PHASES[last][1]
             steps = [s for s in steps if math.isfinite(f) and f + lo <= s <= f + hi]
         return steps
 

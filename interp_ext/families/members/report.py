@@ -51,10 +51,7 @@ def pick_rows(run, latest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the rows the matrix and decision read, the rows the growth law reads) among every
     settings id measured: the latest id with rates (one with Polyak weights first), and the id
     with the most raw S_C checkpoints (a levels-only series is denser)."""
-    try:
-        every = run.metrics("members", settings="all")
-    except Exception:  # noqa: BLE001 - a store without ids keeps the latest rows
-        every = latest
+    every = latest if run is None else run.metrics("members", settings="all")
     if every.empty or "settings" not in every:
         return latest, latest
     groups = dict(list(every.groupby("settings", sort=False)))
