@@ -229,7 +229,9 @@ def reproduce(
     if distributed.world()[0] != 0:
         return
     typer.echo("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    typer.echo(f"\nreport: {report}")
+    typer.echo(
+        f"\nreport: {report.with_suffix('.html')} (one page; the text also in {report.name})"
+    )
     typer.echo(f"figures: {report.parent}/*.png (interactive: *.html)")
     typer.echo(f"in Python: from interp_ext import open_run; run = open_run({str(run.path)!r})")
 
@@ -280,7 +282,9 @@ def study(
         + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
         + f" (total {sum(timings.values()) / 60:.1f} min)"
     )
-    typer.echo(f"\nreport: {report}")
+    typer.echo(
+        f"\nreport: {report.with_suffix('.html')} (one page; the text also in {report.name})"
+    )
 
 
 @app.command("import")
@@ -429,13 +433,14 @@ def report(
         help="Another run whose Stream 3 ledger is drawn next to this one's (repeatable).",
     ),
 ) -> None:
-    """Write RUN/report/report.md and its PNG + HTML figures from the metrics table."""
+    """Write RUN/report/report.html (one page, every figure inline), report.md and each
+    figure's PNG + HTML from the metrics table."""
     from interp_ext.report import write_report
 
     run = _open(run_dir)
     others = tuple(_open(p) for p in beside)
     path = write_report(run, beside=others)
-    typer.echo(f"report: {path}")
+    typer.echo(f"report: {path.with_suffix('.html')} (one page; the text also in {path.name})")
     _name_broken(run.info()["broken_parts"])
 
 

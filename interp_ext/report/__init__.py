@@ -1,11 +1,12 @@
-"""Figures and ``report.md`` for a run (SPEC section 10).
+"""Figures, ``report.md`` and ``report.html`` for a run (SPEC section 10).
 
 The report loops over the measurement families that have rows in the run (each
 found through the registry, :func:`interp_ext.measurement.runner.families_in`) and
 draws each family's own section (:meth:`Family.report`; a family without one gets
 the default: its summary metrics per step with intervals over seeds). It names no
 family and computes nothing. Each figure is saved as PNG and as interactive HTML
-that works offline (one ``plotly.min.js`` beside the figures).
+that works offline (one ``plotly.min.js`` beside the figures). ``report.html`` is the one
+page to open: the same text with every figure drawn inline (:mod:`interp_ext.report.webpage`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import pandas as pd
 from interp_ext.figures import Figure, save
 from interp_ext.measurement.runner import families_in
 from interp_ext.report.draw import Page, context_of, image, metric_panel, select
+from interp_ext.report.webpage import write_html
 from interp_ext.run import io
 
 
 def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
-    """Write every figure the run's rows allow and ``report.md``; returns its path.
+    """Write every figure the run's rows allow, ``report.md`` and ``report.html`` (the same
+    text as one page, figures inline); returns the path of ``report.md``.
 
     ``beside``: other runs whose rows are drawn next to this one's, by the families that
     compare runs (:meth:`Family.report_beside`; the Stream 3 ledger).
@@ -51,6 +54,7 @@ def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
             lines += fam.report_beside(runs, out)
     path = out / "report.md"
     io.write_text(path, "\n".join(lines) + "\n")
+    write_html(lines, out)
     return path
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
+from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -99,6 +101,77 @@ def test_report_html_loads_nothing_from_the_network(micro_run, tmp_path):
         html = page.read_text()
         assert not remote.search(html), page.name
         assert '<script charset="utf-8" src="plotly.min.js"></script>' in html, page.name
+
+
+class PageShape(HTMLParser):
+    """The h2 headings, the inline scripts and any misnested element of a page."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open, self.bad, self.h2, self.scripts, self.text = [], [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        self.open.append(tag)
+        if tag in ("h2", "script"):
+            self.text = []
+        if tag == "script" and dict(attrs).get("src"):
+            self.text = None
+
+    def handle_endtag(self, tag):
+        if not self.open or self.open[-1] != tag:
+            self.bad.append(f"</{tag}> closes {self.open[-1:]}")
+            return
+        self.open.pop()
+        if tag == "h2":
+            self.h2.append("".join(self.text).strip())
+        elif tag == "script" and self.text is not None:
+            self.scripts.append("".join(self.text))
+        self.text = None if tag in ("h2", "script") else self.text
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text.append(data)
+
+
+def test_report_html_is_one_page_with_every_figure_inline(micro_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(micro_run.path, run_dir)
+    assert cli.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    out = run_dir / "report"
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    headings = [
+        line[3:].replace("`", "").strip() for line in md.splitlines() if line.startswith("## ")
+    ]
+    figures = re.findall(r"\(\[interactive\]\(([^)]+)\.html\)\)", md)
+    assert headings and figures
+    shape = PageShape()
+    shape.feed(page)
+    shape.close()
+    assert shape.bad == [] and shape.open == []
+    assert shape.h2 == headings
+    assert page.count("Plotly.newPlot(") == len(figures) == page.count('class="plotly-graph-div"')
+    for name in figures:
+        assert f'href="{name}.png"' in page and f'id="figure-{name}"' in page
+    assert "<iframe" not in page.lower()
+    remote = re.compile(r"""<(script|link)[^>]+(src|href)=["']?(https?:)?//""", re.I)
+    assert not remote.search(page)
+    assert page.count("plotly.min.js") == 1
+    assert page.count('<script charset="utf-8" src="plotly.min.js"></script>') == 1
+    assert page.index("plotly.min.js") < page.index("</head>") < page.index("Plotly.newPlot(")
+    assert all(f'<a href="#{a}"' in page for a in re.findall(r'<h2 id="([^"]+)"', page))
+    assert f"<title>Report: {run_dir.name}</title>" in page
+    node = shutil.which("node")
+    if node is None:
+        return
+    for i, script in enumerate(shape.scripts):
+        js = tmp_path / f"inline_{i}.js"
+        js.write_text(script)
+        check = subprocess.run([node, "--check", str(js)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
 
 
 def test_a_family_declared_under_another_name_is_refused(installed, monkeypatch):
