@@ -22,7 +22,9 @@ Each branch is measured with the ``induction`` family, so a branch's formation f
 study's rule (the steepest rise of the best induction score, a head past the detection
 threshold), censored at the branch's end when no head passes it. Units are resumable: a
 branch whose training was cut short continues (``train --resume``), one whose training ended
-is measured, a measured one is read. :func:`arm_table` gives one row per (seed, lead, arm);
+is measured, a measured one is read. :func:`unit_row` gives one row per (seed, lead, arm), and
+the tables hold every finished unit of the folder made with the same length and checkpoint
+spacing (arms and leads added by later calls included; others are named and left out);
 :func:`paired_tests` the exact tests of each arm against ``none`` over seeds (sign test on
 later / earlier, censored pairs ordered where the order is known) and the Kaplan-Meier median
 of formation per arm.
@@ -248,13 +250,50 @@ def run_experiment(
     for unit in tqdm(units, desc="branches", unit="branch", disable=not progress):
         made = run_unit(run, unit, root, steps, checkpoint_every, progress=False)
         out.append(unit_row(made, unit, steps))
+    out += earlier_rows(run, root, {u.name for u in units}, steps, checkpoint_every)
     table = pd.DataFrame(out)
+    if len(table):
+        table = table.sort_values(["seed", "lead", "arm"], kind="stable", ignore_index=True)
     root.mkdir(parents=True, exist_ok=True)
     table.to_csv(root / "arms.csv", index=False)
     if len(table):
         all_tests(table).to_csv(root / "tests.csv", index=False)
         figure(table, root)
     return table
+
+
+def earlier_rows(run, root: Path, planned: set[str], steps: int, checkpoint_every: int) -> list:
+    """The rows of the folder's finished units that this call did not plan (arms or leads of
+    earlier calls), when made with the same ``steps`` and ``checkpoint_every``; a unit made
+    with others, or unfinished, is named and left out (its formation is not comparable)."""
+    from interp_ext.families import InductionSettings
+    from interp_ext.measurement.runner import measure
+
+    out = []
+    for folder in sorted(root.glob("seed=*/lead=*/arm=*")):
+        name = str(folder.relative_to(root))
+        if name in planned or not Layout(folder).config.exists():
+            continue
+        seed, lead, arm = (part.split("=", 1)[1] for part in folder.relative_to(root).parts)
+        units = plan(run, [arm], [int(lead)], [int(seed)])
+        if not units:
+            continue
+        made = open_run(folder)
+        if made.steps_for(int(seed))[-1] != units[
+            0
+        ].start + steps or made.config.train.checkpoint_every != min(
+            checkpoint_every, units[0].start + steps
+        ):
+            log.warning(
+                "%s: not made with %d steps, a checkpoint every %d: left out",
+                name,
+                steps,
+                checkpoint_every,
+            )
+            continue
+        measure(made, InductionSettings(), progress=False)
+        out.append(unit_row(made, units[0], steps))
+    return out
 
 
 def paired_tests(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:

@@ -96,6 +96,26 @@ def test_a_unit_branches_freezes_only_its_target_and_resumes(parent, tmp_path):
     )
 
 
+def test_the_tables_hold_every_finished_unit_made_alike(parent, tmp_path, monkeypatch, caplog):
+    """Arms added by a later call join the earlier ones in arms.csv; a unit made with another
+    checkpoint spacing is named and left out, never read as one of them."""
+    import interp_ext.causal as causal
+
+    monkeypatch.setattr(
+        causal, "plan", lambda run, arms, leads, seeds=None: [unit(a) for a in arms]
+    )
+    first = causal.run_experiment(parent, tmp_path, ["none"], [4], 4, 1, progress=False)
+    assert list(first.arm) == ["none"]
+    run_unit(parent, unit("ctrl*0"), tmp_path, 4, 2, progress=False)  # another spacing
+    with caplog.at_level("WARNING", logger="interp_ext"):
+        both = causal.run_experiment(parent, tmp_path, ["prev*0"], [4], 4, 1, progress=False)
+    assert sorted(both.arm) == ["none", "prev*0"]
+    assert "arm=ctrl*0: not made with 4 steps, a checkpoint every 1" in caplog.text
+    saved = pd.read_csv(tmp_path / "arms.csv")
+    assert sorted(saved.arm) == ["none", "prev*0"]
+    assert first.iloc[0].to_dict() == both[both.arm == "none"].iloc[0].to_dict()
+
+
 def test_paired_tests_count_orders_as_by_hand():
     rows = []
     # seeds 0-4: none forms at 100; the arm later on 0-2, censored (1000) on 3, earlier on 4;
