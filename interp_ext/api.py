@@ -3,7 +3,9 @@
 Each takes a `HookedTransformer` (any: trained here, imported, or loaded by
 TransformerLens) and token batches, and returns numbers or tables; nothing is
 written. A run directory adds checkpoints, the probe set and keyed rows on top
-(:func:`interp_ext.open_run`, :func:`interp_ext.measure`).
+(:func:`interp_ext.open_run`, :func:`interp_ext.measure`); the few run-level helpers a
+notebook needs sit here too (:func:`tutorial_run`, :func:`circuit_of`, :func:`real_update`,
+:func:`branch`), with the corpus and tokenizer helpers an imported series is built with.
 
 The README's "Use it from a notebook" runs every function here on a fresh model, as
 written (a test extracts and runs it).
@@ -22,8 +24,11 @@ from circuits.circuit import Circuit
 from circuits.discovery import discover_induction_circuit as discover_circuit
 from circuits.induction import head_scores as induction_scores
 from circuits.induction import repeated_batch
-from circuits.patching import induction_task, patch_heads, path_patch
+from circuits.patching import induction_task, patch_heads, path_patch, path_patch_attention
+from interp_ext.branch import Interventions, branch
+from interp_ext.data import build_compact_tokenizer, encode_text, gpt2_tokenizer, synthetic_corpus
 from interp_ext.geometry.dashboard import measure_checkpoint as gradient_dashboard
+from interp_ext.geometry.sharpness import adam_preconditioner
 from interp_ext.sae_tracking.matching import match_features, similarity_matrix
 from interp_ext.sae_tracking.train import SAESettings, encode, load_sae, sae_quality, train_sae
 from interp_ext.stream3.energy import component_matrix
@@ -240,10 +245,17 @@ def tutorial_run(
 
 
 __all__ = [
+    "Interventions",
     "SAESettings",
+    "adam_preconditioner",
+    "branch",
+    "build_compact_tokenizer",
     "circuit_of",
+    "default_tutorial_folder",
     "discover_circuit",
     "encode",
+    "encode_text",
+    "gpt2_tokenizer",
     "gradient_dashboard",
     "hessian_operator",
     "induction_scores",
@@ -255,11 +267,13 @@ __all__ = [
     "optimizer_update",
     "patch_heads",
     "path_patch",
+    "path_patch_attention",
     "real_update",
     "repeated_batch",
     "sae_quality",
     "similarity_matrix",
     "stream3_matrix",
+    "synthetic_corpus",
     "train_sae",
     "tutorial_run",
 ]

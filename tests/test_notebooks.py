@@ -57,6 +57,73 @@ def test_a_tutorial_is_saved_with_its_outputs(path):
     )
 
 
+# the public API the README promises the tutorials keep to
+PUBLIC = ("interp_ext", "interp_ext.api", "interp_ext.families")
+
+
+def interp_ext_imports(source: str) -> set[str]:
+    """The interp_ext modules a cell's code imports (``import``, ``from ... import``, a module
+    imported by name from the package) or reaches through an attribute (``interp_ext.x.y``)."""
+    import ast
+
+    import interp_ext
+
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    code = "\n".join(lines)
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "interp_ext":
+                found |= {
+                    f"interp_ext.{a.name}" for a in node.names if a.name not in interp_ext.__all__
+                }
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    for chain in re.findall(r"\binterp_ext\.\w+", code):
+        found.add("interp_ext" if chain.split(".")[1] in interp_ext.__all__ else chain)
+    return {m for m in found if m.split(".")[0] == "interp_ext"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_tutorial_imports_only_the_public_api_the_readme_names(path):
+    nb = nbformat.read(path, as_version=4)
+    used = set().union(*(interp_ext_imports(c.source) for c in nb.cells if c.cell_type == "code"))
+    assert used and used <= set(PUBLIC), f"{path.name} reaches {sorted(used - set(PUBLIC))}"
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert 'find_spec("interp_ext")' in first.source and "pip" in first.source, (
+        f"{path.name}: the first code cell installs the package when it is missing"
+    )
+
+
+def test_the_readme_names_the_public_api_the_tutorials_keep_to():
+    readme = (DEMOS.parent / "README.md").read_text()
+    section = readme.split("## Tutorials", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{m}`" in section for m in PUBLIC)
+    assert "interp_ext.api.__all__" in section
+
+
+def test_the_import_walk_sees_a_private_module():
+    assert interp_ext_imports("from interp_ext.data import encode_text") == {"interp_ext.data"}
+    assert interp_ext_imports("from interp_ext.families.work import W") == {
+        "interp_ext.families.work",
+        "interp_ext.families",
+    }
+    assert interp_ext_imports("import interp_ext\nx = interp_ext.geometry.sharpness.top") == {
+        "interp_ext",
+        "interp_ext.geometry",
+    }
+    assert interp_ext_imports("from interp_ext import data, measure") == {
+        "interp_ext",
+        "interp_ext.data",
+    }
+    assert interp_ext_imports("%pip install x\nfrom interp_ext import api") == {
+        "interp_ext",
+        "interp_ext.api",
+    }
+    assert interp_ext_imports("interp_ext.measure(run, s)") == {"interp_ext"}
+
+
 def test_the_tutorials_fit_in_five_megabytes():
     assert sum(p.stat().st_size for p in NOTEBOOKS) <= 5_000_000
 

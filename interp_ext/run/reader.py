@@ -76,7 +76,12 @@ class Run:
         self._imports: dict | None = None
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, seeds={self.seeds}, steps={self.steps[:3]}...{self.steps[-1:] if self.steps else []})"
+        # relative to the working folder when beneath it: a notebook's output names no machine path
+        try:
+            shown = str(self.path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            shown = str(self.path)
+        return f"Run({shown!r}, seeds={self.seeds}, steps={self.steps[:3]}...{self.steps[-1:] if self.steps else []})"
 
     # -- layout
     def checkpoint_path(self, seed: int, step: int) -> Path:
