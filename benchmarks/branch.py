@@ -3,7 +3,9 @@
 One trainer per variant over the same tiny-preset model and seeds (the embedded corpus, no
 recording): ``plain`` (no intervention), ``freeze`` (a head's learning-rate multiplier 0, moments
 running), ``freeze+moments`` (its moments held too), ``scale`` (two heads at 0.25) and
-``ablate`` (a head's output replaced by its batch mean). Single steps of the variants
+``ablate`` (a head's output replaced by its batch mean), ``project`` (a head's update stripped
+of what raises another head's signal energy: a double backward on the batch's halves every
+step) and ``project-random`` (its control). Single steps of the variants
 alternate, so slow drifts of the machine's speed hit all of them alike; the ratios are each
 variant's median step time over the plain one's, measured in one run.
 
@@ -30,6 +32,8 @@ VARIANTS = {
     "freeze+moments": Interventions(lr_scale={"L0H1": 0.0}, moments="freeze"),
     "scale": Interventions(lr_scale={"L0H1,L1H3": 0.25}),
     "ablate": Interventions(ablate={"L0H1": "mean"}),
+    "project": Interventions(project_out={"L0H1": "L1H3"}),
+    "project-random": Interventions(project_out={"L0H1": "L1H3"}, project_control="random"),
 }
 
 

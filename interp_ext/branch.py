@@ -21,6 +21,10 @@ Interventions, each on components as the circuit code names them (``L0H1``, ``L1
   (``hook_mlp_out``) replaced in every training forward pass by its mean over the batch's
   sequences (per position) or by zero, from the branch point on. Checkpoints hold the trained
   weights; measurements see the model without the hook.
+* ``project_out``: {block: members}: at every step the part of the block's update that raises
+  the members' signal energy (grad_block S_members) is removed, or, with
+  ``project_control="random"``, as much along a random direction of the block
+  (:class:`interp_ext.interventions.Projection`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from circuits.circuit import Circuit, CircuitError, Head
 from interp_ext.config import ConfigError, RunConfig
-from interp_ext.interventions import ABLATIONS, MOMENTS, BranchError, Interventions
+from interp_ext.interventions import ABLATIONS, MOMENTS, PROJECTIONS, BranchError, Interventions
 from interp_ext.run import io
 from interp_ext.run.layout import Layout
 
@@ -75,11 +79,28 @@ def parse_ablate(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_project(item: str | None) -> dict[str, str]:
+    """``"L0H1=L1H3"`` -> {"L0H1": "L1H3"} (the block whose update is projected, the members
+    whose signal energy it must not raise); empty -> no projection."""
+    if not item:
+        return {}
+    block, sep, members = item.replace(" ", "").partition("=")
+    if not sep or not block or not members or "=" in members:
+        raise BranchError(
+            f"--project-out {item!r} is not BLOCK=MEMBERS; e.g. L0H1=L1H3 or L0H1,L0H3=L1H3"
+        )
+    return {block: members}
+
+
 def check_interventions(iv: Interventions, model) -> None:
     """Every component exists in the model; ablations name heads or MLPs; one line otherwise."""
     if iv.moments not in MOMENTS:
         raise BranchError(f"moments={iv.moments!r}: choose {' or '.join(MOMENTS)}")
-    for spec in [*iv.lr_scale, *iv.ablate]:
+    if iv.project_control not in PROJECTIONS:
+        raise BranchError(
+            f"--project-control {iv.project_control}: choose {' or '.join(PROJECTIONS)}"
+        )
+    for spec in [*iv.lr_scale, *iv.ablate, *iv.project_out, *iv.project_out.values()]:
         try:
             Circuit("intervention", spec.split(",")).validate(model)
         except CircuitError as err:
@@ -194,4 +215,5 @@ __all__ = [
     "check_interventions",
     "parse_ablate",
     "parse_lr_scale",
+    "parse_project",
 ]

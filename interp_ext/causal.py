@@ -16,7 +16,11 @@ checkpoint at or before f - lead and trains ``steps`` steps, checkpointing every
   outside the circuit left; other seeds have no such unit); ``prevlayer*0`` every head of the
   previous-token members' layer (another head of it can take the partner's place);
 * ``ablate:prev`` / ``ablate:ctrl``: the previous-token members' (or their controls') outputs
-  replaced in training by their batch mean (``hook_z``).
+  replaced in training by their batch mean (``hook_z``);
+* ``proj:prev>ind``: at every step, the part of the previous-token members' update that raises
+  the induction members' signal energy removed (``project_out``, :mod:`interp_ext.interventions`);
+  ``projrand:prev>ind`` removes as much along a random direction of the same block (its matched
+  control); ``proj:ind>prev`` the other way round.
 
 Each branch is measured with the ``induction`` family, so a branch's formation follows the
 study's rule (the steepest rise of the best induction score, a head past the detection
@@ -57,13 +61,18 @@ DOSE_ARMS = ("prev*0.25", "prev*0.5", "prev*2", "prev*4")
 ABLATION_ARMS = ("ablate:prev", "ablate:ctrl")
 
 
-def parse_arm(arm: str) -> tuple[str, str, float | str]:
+def parse_arm(arm: str) -> tuple[str, str, float | str | tuple[str, str]]:
     """``"prev*0.5"`` -> ("scale", "prev", 0.5); ``"ablate:ctrl"`` -> ("ablate", "ctrl", "mean");
-    ``"none"`` -> ("none", "", 1.0). Raises BranchError naming the arm otherwise."""
+    ``"proj:prev>ind"`` -> ("project", "prev", ("ind", "signal")), ``"projrand:..."`` the same
+    with "random"; ``"none"`` -> ("none", "", 1.0). Raises BranchError naming the arm otherwise."""
     if arm == "none":
         return "none", "", 1.0
     if arm.startswith("ablate:") and arm[7:] in WHO:
         return "ablate", arm[7:], "mean"
+    for prefix, control in (("proj:", "signal"), ("projrand:", "random")):
+        block, sep, members = arm.removeprefix(prefix).partition(">")
+        if arm.startswith(prefix) and sep and block in WHO and members in WHO:
+            return "project", block, (members, control)
     who, sep, value = arm.partition("*")
     if sep and who in WHO:
         try:
@@ -74,7 +83,8 @@ def parse_arm(arm: str) -> tuple[str, str, float | str]:
             return "scale", who, m
     raise BranchError(
         f"arm {arm!r} is not one of none, prev*M, ind*M, ctrl*M, ictrl*M, prevlayer*M (M >= 0), "
-        "ablate:prev, ablate:ind, ablate:ctrl, ablate:ictrl, ablate:prevlayer"
+        "ablate:prev, ablate:ind, ablate:ctrl, ablate:ictrl, ablate:prevlayer, "
+        "proj:X>Y or projrand:X>Y (X, Y among prev, ind, ctrl, ictrl, prevlayer)"
     )
 
 
@@ -128,6 +138,14 @@ def arm_interventions(arm: str, roles: dict[str, list[str]]) -> tuple[Interventi
     spec = ",".join(targets)
     if kind == "scale":
         return Interventions(lr_scale={spec: float(value)}), targets
+    if kind == "project":
+        members, control = value
+        if not roles[members]:
+            raise BranchError(f"arm {arm}: the seed has no {members} heads")
+        return (
+            Interventions(project_out={spec: ",".join(roles[members])}, project_control=control),
+            targets,
+        )
     return Interventions(ablate={t: str(value) for t in targets}), targets
 
 
@@ -362,6 +380,8 @@ MATCHED = {
     "prevlayer*0": "ctrl*0",
     "ictrl*0": "ctrl*0",
     "ind*0": "ictrl*0",
+    "proj:prev>ind": "projrand:prev>ind",
+    "proj:ind>prev": "projrand:ind>prev",
 }
 
 
@@ -453,7 +473,18 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
     return save(Figure("Formation under interventions, per seed", panels, ncols=1), out, "causal")
 
 
-OTHER_ORDER = ("ind*0", "ictrl*0", "ctrl*0", "prevlayer*0", "ablate:prev", "ablate:ctrl")
+OTHER_ORDER = (
+    "ind*0",
+    "ictrl*0",
+    "ctrl*0",
+    "prevlayer*0",
+    "ablate:prev",
+    "ablate:ctrl",
+    "proj:prev>ind",
+    "projrand:prev>ind",
+    "proj:ind>prev",
+    "projrand:ind>prev",
+)
 
 
 __all__ = [

@@ -365,17 +365,36 @@ def branch(
         help="COMPONENT=mean|zero: replace a head's or an MLP's output during training by its "
         "batch mean or by zero (repeatable).",
     ),
+    project_out: str = typer.Option(
+        "",
+        "--project-out",
+        help="BLOCK=MEMBERS: at every step remove from BLOCK's update the component that raises "
+        "MEMBERS' signal energy S (grad_BLOCK S_MEMBERS, from the batch's two halves), e.g. "
+        "L0H1=L1H3 (one pair; each side a comma-separated set).",
+    ),
+    project_control: str = typer.Option(
+        "signal",
+        "--project-control",
+        help="With --project-out: 'signal' (remove it along grad S) or 'random' (remove as much "
+        "along a random direction of BLOCK: the control).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Continue some seeds of a run from a checkpoint, with or without an intervention, into a new
     run directory that every command reads (without one it equals the run bit for bit)."""
-    from interp_ext.branch import Interventions, parse_ablate, parse_lr_scale
+    from interp_ext.branch import Interventions, parse_ablate, parse_lr_scale, parse_project
     from interp_ext.branch import branch as make_branch
 
     _setup_logging()
     run = _open(run_dir)
     chosen = _parse_list(seeds) or []
-    iv = Interventions(parse_lr_scale(lr_scale), moments, parse_ablate(ablate))
+    iv = Interventions(
+        parse_lr_scale(lr_scale),
+        moments,
+        parse_ablate(ablate),
+        parse_project(project_out),
+        project_control,
+    )
     made = make_branch(
         run, chosen, start, steps, out, iv, progress=not quiet, checkpoint_every=checkpoint_every
     )
@@ -394,7 +413,9 @@ def causal(
         "--arms",
         help="Comma-separated: none, prev*M / ind*M / ctrl*M (learning-rate multiplier M of the "
         "previous-token members, the induction members or the previous-token members' control "
-        "heads), ablate:prev / ablate:ctrl (mean-ablated in training).",
+        "heads), ablate:prev / ablate:ctrl (mean-ablated in training), proj:prev>ind / "
+        "projrand:prev>ind (the partners' update stripped of what raises the induction heads' "
+        "signal energy, or as much along a random direction).",
     ),
     leads: str = typer.Option("500", "--leads", help="Steps before formation to branch at."),
     steps: int = typer.Option(1000, "--steps", help="Steps each branch trains."),

@@ -34,6 +34,7 @@ from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsErro
 from interp_ext.hooks import ActivationRecorder, validate_hooks
 from interp_ext.interventions import (
     Interventions,
+    Projection,
     ablation_hooks,
     apply_scaled_update,
     interventions_of,
@@ -260,6 +261,16 @@ class StackedTrainer:
         for model in [*self.models, self.template]:
             for name, fn in ablation_hooks(self.interventions):
                 model.add_hook(name, fn, is_permanent=True)
+        self.projections = (
+            [
+                Projection(
+                    self.interventions, m, s, self.out / "projection.csv" if self.out else None
+                )
+                for m, s in zip(self.models, self.seeds)
+            ]
+            if self.interventions.project_out
+            else []
+        )
 
     def _make_optimizers(self) -> list[torch.optim.AdamW]:
         """One AdamW per seed over its views of the stacked parameters.
@@ -359,6 +370,8 @@ class StackedTrainer:
     def seed_chunk(self) -> int:
         """Seeds per forward/backward (:func:`seeds_per_pass`). Either way the parameters
         stay stacked and each seed's AdamW steps its views."""
+        if self.projections:  # each seed's projection reads its own module's gradients
+            return 1
         return seeds_per_pass(self.cfg.train, len(self.seeds))
 
     def _set_seed_grads(self, start: int, grads: dict[str, torch.Tensor]) -> None:
@@ -387,11 +400,17 @@ class StackedTrainer:
 
     def _seed_step(self, i: int, tokens: torch.Tensor) -> torch.Tensor:
         """Seed ``i`` alone through its own module (``.grad`` lands on its views), then its AdamW step."""
+        if self.projections:
+            self.projections[i].prepare(
+                self.models[i], tokens, self.step, lambda: _autocast(self.cfg)
+            )
         with _autocast(self.cfg):
             loss = self.models[i](tokens, return_type="loss").float().reshape(1)
         self._check_finite(loss, i)
         loss.backward()
         self._adamw_steps(i, i + 1)
+        if self.projections:
+            self.projections[i].apply(self.models[i])
         return loss.detach()
 
     def _adamw_steps(self, start: int, stop: int) -> None:

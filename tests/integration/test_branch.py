@@ -140,6 +140,16 @@ def test_a_scaled_update_and_an_ablation_change_the_run(parent, tmp_path):
             "choose mean or zero",
         ),
         (["--seeds", "0", "--from", "4", "--steps", "2", "--ablate", "EMBED=zero"], "only a head"),
+        (
+            ["--seeds", "0", "--from", "4", "--steps", "2", "--project-out", "L0H1"],
+            "is not BLOCK=MEMBERS",
+        ),
+        (["--seeds", "0", "--from", "4", "--steps", "2", "--project-out", "L0H9=L1H0"], "L0H9"),
+        (
+            ["--seeds", "0", "--from", "4", "--steps", "2", "--project-out", "L0H1=L1H0"]
+            + ["--project-control", "sideways"],
+            "choose signal or random",
+        ),
     ],
 )
 def test_bad_branches_are_one_line(parent, tmp_path, args, words):
@@ -193,3 +203,86 @@ def test_finer_checkpoints_in_a_branch_change_no_step(parent, tmp_path):
         assert torch.equal(mine["params"][name], t), name
     with pytest.raises(BranchError, match="--checkpoint-every 0"):
         branch(parent, [1], 4, 4, tmp_path / "zero", progress=False, checkpoint_every=0)
+
+
+def signal_direction(model, tokens, a, b):
+    """grad_B (g1_A . g2_A) / its norm by torch.func (g_k the gradient of the batch's k-th half),
+    written apart from the Projection code."""
+    from torch.func import functional_call, grad
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    half = tokens.shape[0] // 2
+
+    def loss(p, t):
+        return functional_call(model, p, (t,), kwargs={"return_type": "loss"})
+
+    def energy(p):
+        g1, g2 = grad(loss)(p, tokens[:half]), grad(loss)(p, tokens[half:])
+        return sum((g1[n][i] * g2[n][i]).sum() for n, i in a)
+
+    d = grad(energy)(params)
+    parts = [d[n][i] for n, i in b]
+    norm = torch.sqrt(sum((x**2).sum() for x in parts))
+    return [x / norm for x in parts]
+
+
+def slices(spec, model):
+    return [
+        (n, i)
+        for per in Circuit("s", spec.split(",")).indices(model).values()
+        for n, i in per.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    "block, members, raises",
+    [("L1H0,L1H1", "L0H0,L0H1", True), ("L0H0,L0H1", "L1H0", False)],
+)
+def test_project_out_removes_the_update_along_the_signal_gradient_and_its_control_as_much(
+    parent, tmp_path, block, members, raises
+):
+    """One step from a checkpoint: the block's update loses max(0, Delta . d^) along d^ =
+    grad_B S_A (checked against torch.func), every other coordinate equals the plain branch;
+    the random control removes the same amount along another direction; both log it. Where the
+    step lowers S_A (the second pair, at this step) nothing is removed."""
+    import pandas as pd
+
+    plain = branch(parent, [0], 4, 1, tmp_path / "plain", progress=False)
+    made = {
+        c: branch(
+            parent,
+            [0],
+            4,
+            1,
+            tmp_path / c,
+            Interventions(project_out={block: members}, project_control=c),
+            progress=False,
+        )
+        for c in ("signal", "random")
+    }
+    model = parent.model(0, 4)
+    b = slices(block, model)
+    d = signal_direction(model, step_batch(parent, 0, 4), slices(members, model), b)
+    before, after = parent.state_dict(0, 4), plain.state_dict(0, 5)
+    delta = [after[n][i] - before[n][i] for n, i in b]
+    along = float(sum((x * y).sum() for x, y in zip(delta, d)))
+    assert (along > 0) == raises
+    removed = max(0.0, along)
+    for control, run in made.items():
+        mine = run.state_dict(0, 5)
+        moved = [mine[n][i] - after[n][i] for n, i in b]
+        size = float(torch.sqrt(sum((m**2).sum() for m in moved)))
+        assert size == pytest.approx(removed, rel=1e-4, abs=1e-9)
+        if raises:
+            cos = -float(sum((m * x).sum() for m, x in zip(moved, d))) / removed
+            assert cos == pytest.approx(1.0, abs=1e-4) if control == "signal" else abs(cos) < 0.5
+        for n, t in after.items():  # outside the block, the plain step bit for bit
+            keep = torch.ones_like(t, dtype=torch.bool)
+            for name, i in b:
+                if name == n:
+                    keep[i] = False
+            assert torch.equal(mine[n][keep], t[keep]), (control, n)
+        log = pd.read_csv(run.path / "projection.csv")
+        assert list(log.step) == [4]
+        assert log.along.iloc[0] == pytest.approx(along, rel=1e-4)
+        assert log.removed.iloc[0] == pytest.approx(removed, rel=1e-4, abs=1e-12)

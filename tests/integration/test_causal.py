@@ -46,7 +46,12 @@ def test_arms_are_parsed_and_bad_ones_named():
     assert parse_arm("none") == ("none", "", 1.0)
     assert parse_arm("ictrl*0") == ("scale", "ictrl", 0.0)
     assert parse_arm("prevlayer*0") == ("scale", "prevlayer", 0.0)
-    for bad in ("prev*x", "prev*-1", "partner*0", "ablate:all", "freeze"):
+    assert parse_arm("proj:prev>ind") == ("project", "prev", ("ind", "signal"))
+    assert parse_arm("projrand:prev>ind") == ("project", "prev", ("ind", "random"))
+    iv, targets = arm_interventions("projrand:prev>ind", ROLES)
+    assert iv.project_out == {"L0H1": "L1H0"} and iv.project_control == "random"
+    assert targets == ("L0H1",)
+    for bad in ("prev*x", "prev*-1", "partner*0", "ablate:all", "freeze", "proj:prev", "proj:a>b"):
         with pytest.raises(BranchError, match=bad.replace("*", r"\*")):
             parse_arm(bad)
     iv, targets = arm_interventions("ind*0", ROLES)
