@@ -567,6 +567,7 @@ def _settings_option(f) -> inspect.Parameter:
     shown = ",".join(default) if isinstance(default, tuple) else default
     help_text = f.metadata.get("help", "")
     help_text += "" if "default" in help_text or shown in (None, "") else f" (default: {shown})"
+    help_text = help_text.replace("[", "\\[")  # rich reads [..] as markup and would drop it
     if _cli_type(f) is bool:
         flag = f"{flag}/--no-{flag[2:]}"
     return _option(f.name, flag, help_text, _cli_type(f) | None)

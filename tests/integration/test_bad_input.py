@@ -216,6 +216,9 @@ def test_the_version_and_help_read_as_a_user_expects():
     assert invoke("--version").output.startswith("interp-ext ")
     help_text = invoke("train", "--help").output
     assert "Long because" not in help_text and "tiny_mlp" in help_text
+    # a family's help keeps its brackets (rich would read them as markup and drop them)
+    family_help = runner.invoke(app, ["measure", "members", "--help"], env={"COLUMNS": "200"})
+    assert "[f - 750, f + 250]" in " ".join(family_help.output.split())
 
 
 def test_the_run_folder_is_positional_with_out_as_its_alias(tmp_path):
