@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from pathlib import Path
 
@@ -39,10 +40,27 @@ def execute(path: Path, workdir: Path, save: bool, timeout: int = 3600) -> float
     return time.perf_counter() - start
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+BAR = re.compile(r"^(.*?):\s+\d+%\|")
+
+
 def final_frames(text: str) -> str:
-    """A progress bar's last frame per line: each line's text after its last carriage return
-    (a saved notebook shows every frame otherwise)."""
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+    """Each progress bar's last frame, at the place the bar first appeared: a line's text after
+    its last carriage return, cursor-moving escapes (nested bars) dropped, and later frames of
+    a bar with the same description replacing its earlier ones (a saved notebook shows every
+    frame otherwise)."""
+    lines: list[str] = []
+    where: dict[str, int] = {}
+    for raw in text.split("\n"):
+        line = ANSI.sub("", raw.rsplit("\r", 1)[-1])
+        bar = BAR.match(line)
+        if bar and bar.group(1) in where:
+            lines[where[bar.group(1)]] = line
+            continue
+        if bar:
+            where[bar.group(1)] = len(lines)
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def merged_streams(outputs: list) -> list:

@@ -124,6 +124,35 @@ def test_the_import_walk_sees_a_private_module():
     assert interp_ext_imports("interp_ext.measure(run, s)") == {"interp_ext"}
 
 
+def test_a_saved_progress_bar_is_its_last_frame_once():
+    """The saved outputs keep each bar's last frame where the bar first appeared, nested bars'
+    cursor escapes dropped; and no saved tutorial holds an escape or a repeated bar."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("execute", DEMOS / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    nested = (
+        "work:   0%|  | 0/17 [00:00<?, ?it/s]\n"
+        "work seed 0:   0%|  | 0/1000 [00:00<?, ?it/s]\x1b[A\n"
+        "work seed 0: 100%|##| 1000/1000 [06:04<00:00]\x1b[A\n"
+        "work: 100%|##| 17/17 [06:04<00:00]  \n"
+    )
+    assert execute.final_frames(nested) == (
+        "work: 100%|##| 17/17 [06:04<00:00]  \nwork seed 0: 100%|##| 1000/1000 [06:04<00:00]\n"
+    )
+    assert execute.final_frames("train:  10%|#| 1/10\rtrain: 100%|#| 10/10\nloss 3\n") == (
+        "train: 100%|#| 10/10\nloss 3\n"
+    )
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "stream":
+                    assert "\x1b[" not in o.text, path.name
+                    assert o.text == execute.final_frames(o.text), path.name
+
+
 def test_the_tutorials_fit_in_five_megabytes():
     assert sum(p.stat().st_size for p in NOTEBOOKS) <= 5_000_000
 
