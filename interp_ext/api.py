@@ -27,6 +27,7 @@ from circuits.induction import repeated_batch
 from circuits.patching import induction_task, patch_heads, path_patch, path_patch_attention
 from interp_ext.branch import Interventions, branch
 from interp_ext.data import build_compact_tokenizer, encode_text, gpt2_tokenizer, synthetic_corpus
+from interp_ext.exporting import export_checkpoint, export_model
 from interp_ext.geometry.dashboard import measure_checkpoint as gradient_dashboard
 from interp_ext.geometry.sharpness import adam_preconditioner
 from interp_ext.sae_tracking.matching import match_features, similarity_matrix
@@ -255,6 +256,8 @@ __all__ = [
     "discover_circuit",
     "encode",
     "encode_text",
+    "export_checkpoint",
+    "export_model",
     "gpt2_tokenizer",
     "gradient_dashboard",
     "hessian_operator",

@@ -333,6 +333,38 @@ def import_run(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="The run whose checkpoint is exported."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (default: the run's first)."),
+    step: int | None = typer.Option(
+        None, "--step", help="Checkpoint step (default: the seed's last)."
+    ),
+    to: str = typer.Option(
+        "hf", "--to", help="Format: 'hf', a Hugging Face transformers GPT2LMHeadModel folder."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write (new, or empty)."),
+    fold_unembed_bias: bool = typer.Option(
+        False,
+        "--fold-unembed-bias",
+        help="Fold a non-zero unembedding bias into lm_head (GPT-2 has no such bias; same logits).",
+    ),
+) -> None:
+    """Write one checkpoint as a Hugging Face model folder (config.json, model.safetensors, tokenizer)."""
+    from interp_ext.errors import ExportError
+    from interp_ext.exporting import export_checkpoint
+
+    _setup_logging()
+    if to != "hf":
+        raise ExportError(f"--to {to!r} is not a format here; use --to hf")
+    run = _open(run_dir)
+    seed = run.seeds[0] if seed is None else seed
+    path = export_checkpoint(run, seed, step, out, fold_unembed_bias)
+    step = run.steps_for(seed)[-1] if step is None else step
+    typer.echo(f"exported seed {seed} step {step} of {run.path} to {path} (GPT2LMHeadModel)")
+    typer.echo(f"load it:  AutoModelForCausalLM.from_pretrained({str(path)!r})")
+
+
+@app.command()
 def branch(
     run_dir: Path = typer.Argument(
         ..., help="The run to branch (its checkpoints hold AdamW moments)."
@@ -381,7 +413,9 @@ def branch(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Continue some seeds of a run from a checkpoint, with or without an intervention, into a new
-    run directory that every command reads (without one it equals the run bit for bit)."""
+    run directory that every command reads (without one it equals the run bit for bit).
+
+    Long because typer declares each intervention as its own option."""
     from interp_ext.branch import Interventions, parse_ablate, parse_lr_scale, parse_project
     from interp_ext.branch import branch as make_branch
 

@@ -46,6 +46,10 @@ class MeasureError(InterpExtError, ValueError):
     """Bad settings or selections for a measurement; names the value and the fix."""
 
 
+class ExportError(InterpExtError, ValueError):
+    """A checkpoint cannot be exported: its architecture or weights do not map, or the folder is taken."""
+
+
 class NonFiniteLossError(InterpExtError, FloatingPointError):
     """Training produced a non-finite loss (the checkpoints before it stay intact)."""
 
@@ -72,6 +76,7 @@ __all__ = [
     "CheckpointImportError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "InterpExtError",
     "MeasureError",
     "NonFiniteLossError",

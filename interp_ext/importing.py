@@ -29,7 +29,10 @@ run are unknown, so the ledger and counterfactual replays refuse imported runs.
 
 Hugging Face checkpoints are referenced, not copied: ``<run>/import.json`` records
 their paths with sizes, modification times and SHA-256 hashes; a changed or
-missing source is named when loaded. Checkpoints load lazily, one at a time.
+missing source is named when loaded. Checkpoints load lazily, one at a time. A checkpoint
+whose weight file has the same hash as the previous one's of its seed is named in a warning
+and recorded in ``import.json`` (``duplicates``, read by :meth:`Run.duplicate_steps`); the
+geometry family's step-to-step comparisons leave it out.
 """
 
 from __future__ import annotations
@@ -239,9 +242,39 @@ def _import_folders(folders: list[Path], staging: Path, indices: list[int] | Non
         staging,
         hooked,
         opt,
-        {"source": "huggingface", "checkpoints": index, "frozen": frozen_names(first, hooked)},
+        {
+            "source": "huggingface",
+            "checkpoints": index,
+            "frozen": frozen_names(first, hooked),
+            "duplicates": duplicate_steps(index),
+        },
     )
     _copy_tokenizer(first, staging / "tokenizer")
+
+
+def duplicate_steps(index: dict) -> dict[str, list[int]]:
+    """seed -> the steps whose weight file has the same SHA-256 as the previous checkpoint's of
+    that seed (a checkpoint saved twice under two steps, or training that did not move), each
+    seed named in one warning; seeds without such steps are left out."""
+    out = {}
+    for seed, steps in index.items():
+        digests = sorted((int(t), weights_digest(e)) for t, e in steps.items())
+        same = [t for (_, a), (t, b) in zip(digests, digests[1:]) if a is not None and a == b]
+        if same:
+            log.warning(
+                "steps %s of seed %s hold the same weights as the checkpoint before them; "
+                "Stream 1 drift and geometry's comparisons with the previous checkpoint leave them out",
+                same,
+                seed,
+            )
+            out[seed] = same
+    return out
+
+
+def weights_digest(entry: dict) -> str | None:
+    """The SHA-256 of a referenced checkpoint's weight file."""
+    name = next((f for f in WEIGHT_FILES if f in entry["files"]), None)
+    return entry["files"][name]["sha256"] if name else None
 
 
 def frozen_names(path: Path, hooked: dict) -> list[str]:

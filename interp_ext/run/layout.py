@@ -4,7 +4,7 @@ The tree below is the README's "run directory" section (a test keeps them equal)
 
     <run>/config.json                                   resolved config, package versions, git sha
     <run>/run_info.json                                 vocabulary size, BOS token, corpus note
-    <run>/import.json                                   imported runs: referenced checkpoints, hashes, frozen weights
+    <run>/import.json                                   imported runs: referenced checkpoints, hashes, frozen weights, duplicate steps
     <run>/branch.json                                   branches: parent run, seeds, step branched from, interventions
     <run>/tokenizer/                                    the run's tokenizer (local pretrained dir)
     <run>/data/{train,heldout}.npy                      token streams trained on / held out

@@ -138,6 +138,12 @@ class Run:
         """Parameters of an imported run's model that its source did not train (frozen at zero)."""
         return self._import_index().get("frozen", [])
 
+    def duplicate_steps(self, seed: int) -> list[int]:
+        """Steps of an imported seed whose weights equal the previous checkpoint's (the same weight
+        file hash, found at import); the geometry family's comparisons with the previous checkpoint
+        and Stream 1's drift leave them out."""
+        return [int(t) for t in self._import_index().get("duplicates", {}).get(str(seed), [])]
+
     def _import_index(self) -> dict:
         path = self.layout.import_index
         return io.read_json(path, "the imported checkpoints' index") if path.exists() else {}

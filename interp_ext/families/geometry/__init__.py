@@ -6,7 +6,9 @@ function-space alignment of the real next step, and the comparisons with other
 checkpoints of the same seed: U_t against the previous checkpoint and step 0,
 ``subspace_similarity`` against ``lag`` checkpoints back, and Stream 1's drift
 rate against the checkpoint ``drift_delta`` steps back (rows of family
-``stream1``). Those comparisons make the family stateful: a resumed measurement
+``stream1``). An imported checkpoint whose weights equal the previous one's
+(:meth:`~interp_ext.run.Run.duplicate_steps`) gets neither the ``*_prev`` rows
+nor a drift row. Those comparisons make the family stateful: a resumed measurement
 replays the checkpoints whose U_t the next one compares with.
 """
 
@@ -146,6 +148,9 @@ class Geometry(Family):
         metrics, drift = compare(geo, ctx.step, state, settings)
         if ctx.replay:
             return None
+        if ctx.step in ctx.run.duplicate_steps(ctx.seed):  # the previous checkpoint's weights again
+            metrics = {m: v for m, v in metrics.items() if not m.endswith("_prev")}
+            drift = None
         if ctx.step < ctx.run.config.train.steps:
             metrics.update(step_alignment(ctx))
         rows = [("geometry", m, "", v) for m, v in metrics.items()]
