@@ -31,7 +31,7 @@ test: install
 
 # the tutorials executed top to bottom on runs/tutorial and saved with their outputs
 notebooks: install
-	$(BIN)/python demos/execute.py
+	$(BIN)/python demos/execute.py $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 clean-venv:
 	rm -rf $(VENV)

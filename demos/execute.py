@@ -41,24 +41,26 @@ def execute(path: Path, workdir: Path, save: bool, timeout: int = 3600) -> float
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-BAR = re.compile(r"^(.*?):\s+\d+%\|")
+BAR = re.compile(r"^(.*?):\s+\d+%\|[^|]*\|\s*(\d+)/")
 
 
 def final_frames(text: str) -> str:
     """Each progress bar's last frame, at the place the bar first appeared: a line's text after
     its last carriage return, cursor-moving escapes (nested bars) dropped, and later frames of
-    a bar with the same description replacing its earlier ones (a saved notebook shows every
-    frame otherwise)."""
+    a bar replacing its earlier ones (a saved notebook shows every frame otherwise). A frame
+    whose count falls below the bar's last one starts a new bar of the same name."""
     lines: list[str] = []
-    where: dict[str, int] = {}
+    where: dict[str, tuple[int, int]] = {}
     for raw in text.split("\n"):
         line = ANSI.sub("", raw.rsplit("\r", 1)[-1])
         bar = BAR.match(line)
-        if bar and bar.group(1) in where:
-            lines[where[bar.group(1)]] = line
-            continue
         if bar:
-            where[bar.group(1)] = len(lines)
+            name, count = bar.group(1), int(bar.group(2))
+            if name in where and count >= where[name][1]:
+                lines[where[name][0]] = line
+                where[name] = (where[name][0], count)
+                continue
+            where[name] = (len(lines), count)
         lines.append(line)
     return "\n".join(lines)
 
@@ -86,7 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, default=NOTEBOOKS)
     parser.add_argument("--check", action="store_true", help="run only; do not save outputs")
+    parser.add_argument(
+        "--data-dir",
+        help="WikiText-2 raw folder the tutorial run trains on (INTERP_EXT_DATA_DIR)",
+    )
     args = parser.parse_args()
+    if args.data_dir:
+        os.environ["INTERP_EXT_DATA_DIR"] = str(Path(args.data_dir).resolve())
     for path in args.notebooks:
         seconds = execute(path.resolve(), HERE.parent, save=not args.check)
         print(f"{path.name}: {seconds:.0f} s", flush=True)

@@ -144,6 +144,9 @@ def test_a_saved_progress_bar_is_its_last_frame_once():
     assert execute.final_frames("train:  10%|#| 1/10\rtrain: 100%|#| 10/10\nloss 3\n") == (
         "train: 100%|#| 10/10\nloss 3\n"
     )
+    # two bars of one name, one after the other: both kept
+    twice = "train: 100%|#| 10/10\ntrain:  50%|#| 5/10\ntrain: 100%|#| 10/10\n"
+    assert execute.final_frames(twice) == "train: 100%|#| 10/10\ntrain: 100%|#| 10/10\n"
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
