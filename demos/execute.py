@@ -41,26 +41,27 @@ def execute(path: Path, workdir: Path, save: bool, timeout: int = 3600) -> float
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-BAR = re.compile(r"^(.*?):\s+\d+%\|[^|]*\|\s*(\d+)/")
+BAR = re.compile(r"^(.*?):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
 def final_frames(text: str) -> str:
     """Each progress bar's last frame, at the place the bar first appeared: a line's text after
     its last carriage return, cursor-moving escapes (nested bars) dropped, and later frames of
-    a bar replacing its earlier ones (a saved notebook shows every frame otherwise). A frame
-    whose count falls below the bar's last one starts a new bar of the same name."""
+    a bar replacing its earlier ones (a saved notebook shows every frame otherwise). A frame of
+    the same name after a finished bar, or with a lower count, starts a new bar."""
     lines: list[str] = []
-    where: dict[str, tuple[int, int]] = {}
+    where: dict[str, tuple[int, int, bool]] = {}
     for raw in text.split("\n"):
         line = ANSI.sub("", raw.rsplit("\r", 1)[-1])
         bar = BAR.match(line)
         if bar:
-            name, count = bar.group(1), int(bar.group(2))
-            if name in where and count >= where[name][1]:
-                lines[where[name][0]] = line
-                where[name] = (where[name][0], count)
+            name, count, total = bar.group(1), int(bar.group(2)), int(bar.group(3))
+            seen = where.get(name)
+            if seen and count >= seen[1] and not seen[2]:
+                lines[seen[0]] = line
+                where[name] = (seen[0], count, count >= total)
                 continue
-            where[name] = (len(lines), count)
+            where[name] = (len(lines), count, count >= total)
         lines.append(line)
     return "\n".join(lines)
 
@@ -93,8 +94,10 @@ def main() -> None:
         help="WikiText-2 raw folder the tutorial run trains on (INTERP_EXT_DATA_DIR)",
     )
     args = parser.parse_args()
-    if args.data_dir:
-        os.environ["INTERP_EXT_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.data_dir:  # relative to the repository root, where the notebooks run
+        os.environ["INTERP_EXT_DATA_DIR"] = os.path.relpath(
+            Path(args.data_dir).resolve(), HERE.parent
+        )
     for path in args.notebooks:
         seconds = execute(path.resolve(), HERE.parent, save=not args.check)
         print(f"{path.name}: {seconds:.0f} s", flush=True)

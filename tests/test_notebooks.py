@@ -147,6 +147,10 @@ def test_a_saved_progress_bar_is_its_last_frame_once():
     # two bars of one name, one after the other: both kept
     twice = "train: 100%|#| 10/10\ntrain:  50%|#| 5/10\ntrain: 100%|#| 10/10\n"
     assert execute.final_frames(twice) == "train: 100%|#| 10/10\ntrain: 100%|#| 10/10\n"
+    done_twice = (
+        "train:  10%|#| 1/10\rtrain: 100%|#| 10/10\ntrain:  90%|#| 9/10\rtrain: 100%|#| 10/10\n"
+    )
+    assert execute.final_frames(done_twice) == "train: 100%|#| 10/10\ntrain: 100%|#| 10/10\n"
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
