@@ -1,9 +1,40 @@
-"""Train, save and evaluate one SAE with sae-lens (its trainer and SAE classes, reused)."""
+"""Train, save and evaluate one SAE with sae-lens (its trainer, SAE classes and evals, reused).
+
+Quality, and where each number comes from:
+
+* ``ce_recovered``: ``sae_lens.evals.get_recons_loss`` runs the model clean, with the SAE spliced
+  in at the hook and with the hook zero-ablated (per-token CE each; their mean is the model's own
+  ``return_type="loss"`` when TransformerLens builds no attention mask, as with the run's
+  right-padding tokenizer), and CE recovered is (CE_zero - CE_sae) / (CE_zero - CE_clean) from
+  those three.
+* ``explained_variance``: ``sae_lens.evals.ExplainedVarianceCalculator``, the calculator behind the
+  ``explained_variance`` of ``get_sparsity_and_variance_metrics``. Its definition,
+  1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2), is ours, 1 - sum||x - x_hat||^2 / sum||x - mean(x)||^2
+  over the tokens (the token count cancels). It is fed float64 so that its E||x||^2 - ||E x||^2
+  does not cancel catastrophically when the activations have a large mean. Its
+  zero-variance answer (1.0 or 0.0) is not used: identical activation vectors give NaN, as before.
+* ``l0`` and ``dead_fraction`` stay computed here. ``get_sparsity_and_variance_metrics`` (and
+  ``run_evals`` around it) takes an ``ActivationsStore`` and the model and draws token batches
+  from the store to run the model itself, while ``sae_quality`` is given activation vectors
+  (recorded in the run, or generated without the BOS position) and no model; the library has no
+  function taking activations for L0, and none that gives the dead fraction (its
+  ``feature_density`` comes from the same store-driven function).
+
+Progress bar: ``SAETrainer.fit`` opens ``tqdm.auto.tqdm`` with no ``disable`` argument, and no
+field of ``SAETrainerConfig`` or ``LoggingConfig`` reaches it (``LoggingConfig`` only controls
+wandb). tqdm's own ``TQDM_DISABLE`` is read once, when tqdm is imported. So without ``progress``
+the training runs with ``sys.stderr`` pointed at ``os.devnull`` (``contextlib.redirect_stderr``;
+tqdm writes to ``sys.stderr`` as it is when the bar is made); warnings raised meanwhile are
+recorded and issued again afterwards, so they are not lost. The redirect is process-wide while it
+lasts, and a notebook's widget bar (not written to stderr) still shows.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +44,8 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
+from sae_lens.training.activation_scaler import ActivationScaler
 
 from interp_ext.run import io
 
@@ -50,12 +83,14 @@ def train_sae(
     settings: SAESettings,
     hook_name: str = "",
     start_from: str | Path | None = None,
+    progress: bool = False,
 ) -> TopKTrainingSAE:
     """Train a TopK SAE on activations with sae-lens' ``SAETrainer``.
 
     ``start_from``: a saved SAE (sae-lens' format) whose weights the training starts from instead of a
     fresh initialisation (warm start: each checkpoint's SAE continues the previous one's, so its
-    features keep their identities where the activations allow).
+    features keep their identities where the activations allow). ``progress``: show sae-lens'
+    progress bar (off by default: one SAE of many).
     """
     n, d_in = acts.shape
     if n < settings.min_tokens_per_latent * settings.width:
@@ -92,29 +127,23 @@ def train_sae(
             logger=LoggingConfig(log_to_wandb=False),
         )
         trainer = SAETrainer(trainer_cfg, sae, _batches(acts.float(), batch, settings.seed))
-        import tqdm as _tqdm
-
-        with _quiet_tqdm(_tqdm):
-            trainer.fit()
+        _fit(trainer, progress)
     return sae
 
 
-class _quiet_tqdm:
-    """Silence sae-lens' inner progress bar (one SAE of many)."""
+def _fit(trainer: SAETrainer, progress: bool) -> None:
+    """``trainer.fit()``; without ``progress`` its bar is written to ``os.devnull`` (module docstring).
 
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        import sae_lens.training.sae_trainer as st
-
-        self._orig = st.tqdm
-        st.tqdm = lambda *a, **k: self.module.tqdm(*a, **{**k, "disable": True})
-
-    def __exit__(self, *exc):
-        import sae_lens.training.sae_trainer as st
-
-        st.tqdm = self._orig
+    Warnings raised during the fit are recorded and issued again once stderr is restored.
+    """
+    if progress:
+        trainer.fit()
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            trainer.fit()
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def save_sae(sae: TopKTrainingSAE, path: Path) -> None:
@@ -134,29 +163,43 @@ def encode(sae, acts: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sae_quality(sae, acts: Float[torch.Tensor, "n d_in"]) -> dict[str, float]:
-    """``l0`` (active latents per vector), ``explained_variance``, ``dead_fraction`` on ``acts``."""
-    feats = sae.encode(acts.float())
+    """``l0`` (active latents per vector), ``explained_variance``, ``dead_fraction`` on ``acts``.
+
+    Explained variance by sae-lens' ``ExplainedVarianceCalculator`` (in float64); NaN when every
+    vector is the same (no variance to explain).
+    """
+    acts = acts.float()
+    feats = sae.encode(acts)
     recon = sae.decode(feats)
-    resid = (acts - recon).pow(2).sum()
-    total = (acts - acts.mean(0)).pow(2).sum()
+    ev = ExplainedVarianceCalculator()
+    ev.add_batch(sae_output=recon.double(), hidden_acts=acts.double())
+    constant = acts.shape[0] < 2 or bool((acts == acts[0]).all())
     return {
         "l0": float((feats > 0).float().sum(1).mean()),
-        "explained_variance": float(1 - resid / total) if total > 0 else math.nan,
+        "explained_variance": math.nan if constant else ev.compute(),
         "dead_fraction": float(((feats > 0).sum(0) == 0).float().mean()),
     }
 
 
 @torch.no_grad()
 def ce_recovered(model, sae, tokens: torch.Tensor, hook: str) -> float:
-    """(CE_zero - CE_sae) / (CE_zero - CE_clean) with the SAE spliced in at ``hook``."""
-    clean = float(model(tokens, return_type="loss"))
+    """(CE_zero - CE_sae) / (CE_zero - CE_clean) with the SAE spliced in at ``hook``.
 
-    def splice(act, hook):
-        return sae.decode(sae.encode(act.float().cpu())).to(act.device, act.dtype)
-
-    def zero(act, hook):
-        return torch.zeros_like(act)
-
-    with_sae = float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook, splice)]))
-    zeroed = float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook, zero)]))
+    The three CE losses from sae-lens' ``get_recons_loss`` (per token, averaged here over every
+    predicted token); the SAE sees the activations unscaled. NaN when zero-ablating the hook leaves
+    the loss unchanged.
+    """
+    losses = get_recons_loss(
+        sae,
+        model,
+        ActivationScaler(),
+        tokens,
+        compute_kl=False,
+        compute_ce_loss=True,
+        hook_name=hook,
+    )
+    clean, with_sae, zeroed = (
+        float(losses[k].mean())
+        for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation")
+    )
     return (zeroed - with_sae) / (zeroed - clean) if zeroed != clean else math.nan
