@@ -439,12 +439,14 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
                             alpha=1.0 if formed else 0.35,
                         )
                     )
-        labels = ", ".join(f"{a} at x={position(a):g}" for a in OTHER_ORDER if a in set(g.arm))
+        named = [f"{position(a):g} {a}" for a in OTHER_ORDER if a in set(g.arm)]
+        rows = [", ".join(named[i : i + 4]) for i in range(0, len(named), 4)]
+        labels = "\n".join(["x: the partner's lr multiplier (0-4); other arms at"] + rows)
         panels.append(
             Panel(
-                f"formation, branched {lead} steps before it",
+                f"formation, branched at least {lead} steps before it",
                 traces,
-                xlabel=f"partner's lr multiplier; {labels}",
+                xlabel=labels,
                 ylabel="formation, steps after the branch point",
             )
         )
@@ -470,7 +472,7 @@ def figure(table: pd.DataFrame, out: Path) -> list[str]:
                 zero=True,
             )
         )
-    return save(Figure("Formation under interventions, per seed", panels, ncols=1), out, "causal")
+    return save(Figure("Formation under interventions, per seed", panels, ncols=2), out, "causal")
 
 
 OTHER_ORDER = (

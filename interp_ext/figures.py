@@ -208,7 +208,7 @@ def _draw_plotly(html: go.Figure, panel: Panel, row: int, col: int, first: bool)
             html.add_vline(x=x, line_dash="dash", line_color="red", annotation_text=label, **at)
     if panel.zero:
         html.add_hline(y=0, line_color="black", line_width=0.6, **at)
-    html.update_xaxes(title_text=panel.xlabel, **at)
+    html.update_xaxes(title_text=panel.xlabel.replace("\n", "<br>"), **at)
     html.update_yaxes(title_text=panel.ylabel, **at)
 
 
