@@ -13,9 +13,9 @@
   the unbiased estimate of ||gbar_A||^2 from the two halves of the step's own batch (its
   expectation over batches is the mean gradient's energy; members family), and the update
   Delta_B <- Delta_B - max(0, Delta_B . d^) d^ (the component along d^ where it raises S_A;
-  nothing where it lowers it). ``project_control="random"``: the same amount max(0, Delta_B .
-  d^) is removed along a random unit direction of B instead (drawn per seed and step), the
-  control that changes the update by as much without aiming at S_A. Moments run on; each
+  nothing where it lowers it). ``project_control="random"``: a vector of the same norm max(0,
+  Delta_B . d^) is subtracted along a random unit direction of B instead (drawn per seed and
+  step): an equal-norm perturbation that changes the update by as much without aiming at S_A. Moments run on; each
   step's amount and the update's norm on B are written to ``projection.csv``.
 """
 
