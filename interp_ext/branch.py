@@ -23,8 +23,8 @@ Interventions, each on components as the circuit code names them (``L0H1``, ``L1
   weights; measurements see the model without the hook.
 * ``project_out``: {block: members}: at every step the part of the block's update that raises
   the members' signal energy (grad_block S_members) is removed, or, with
-  ``project_control="random"``, as much along a random direction of the block
-  (:class:`interp_ext.interventions.Projection`).
+  ``project_control="random"``, a vector of the same norm is subtracted along a random
+  direction of the block (:class:`interp_ext.interventions.Projection`).
 """
 
 from __future__ import annotations

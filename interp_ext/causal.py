@@ -19,8 +19,8 @@ checkpoint at or before f - lead and trains ``steps`` steps, checkpointing every
   replaced in training by their batch mean (``hook_z``);
 * ``proj:prev>ind``: at every step, the part of the previous-token members' update that raises
   the induction members' signal energy removed (``project_out``, :mod:`interp_ext.interventions`);
-  ``projrand:prev>ind`` removes as much along a random direction of the same block (its matched
-  control); ``proj:ind>prev`` the other way round.
+  ``projrand:prev>ind`` subtracts a vector of the same norm along a random direction of the same
+  block (its matched control); ``proj:ind>prev`` the other way round.
 
 Each branch is measured with the ``induction`` family, so a branch's formation follows the
 study's rule (the steepest rise of the best induction score, a head past the detection
@@ -283,34 +283,37 @@ def run_experiment(
 def earlier_rows(run, root: Path, planned: set[str], steps: int, checkpoint_every: int) -> list:
     """The rows of the folder's finished units that this call did not plan (arms or leads of
     earlier calls), when made with the same ``steps`` and ``checkpoint_every``; a unit made
-    with others, or unfinished, is named and left out (its formation is not comparable)."""
+    with others, or unfinished, is named and left out (its formation is not comparable). Each
+    seed's units are planned once (its circuit and roles resolved once), not per folder."""
     from interp_ext.families import InductionSettings
     from interp_ext.measurement.runner import measure
 
-    out = []
+    by_seed: dict[int, list[Path]] = {}
     for folder in sorted(root.glob("seed=*/lead=*/arm=*")):
-        name = str(folder.relative_to(root))
-        if name in planned or not Layout(folder).config.exists():
-            continue
-        seed, lead, arm = (part.split("=", 1)[1] for part in folder.relative_to(root).parts)
-        units = plan(run, [arm], [int(lead)], [int(seed)])
-        if not units:
-            continue
-        made = open_run(folder)
-        if made.steps_for(int(seed))[-1] != units[
-            0
-        ].start + steps or made.config.train.checkpoint_every != min(
-            checkpoint_every, units[0].start + steps
-        ):
-            log.warning(
-                "%s: not made with %d steps, a checkpoint every %d: left out",
-                name,
-                steps,
-                checkpoint_every,
-            )
-            continue
-        measure(made, InductionSettings(), progress=False)
-        out.append(unit_row(made, units[0], steps))
+        if str(folder.relative_to(root)) not in planned and Layout(folder).config.exists():
+            by_seed.setdefault(int(folder.parts[-3].split("=", 1)[1]), []).append(folder)
+    out = []
+    for seed, folders in by_seed.items():
+        arms = sorted({f.name.split("=", 1)[1] for f in folders})
+        leads = sorted({int(f.parent.name.split("=", 1)[1]) for f in folders})
+        units = {u.name: u for u in plan(run, arms, leads, [seed])}
+        for folder in folders:
+            name = str(folder.relative_to(root))
+            unit = units.get(name)
+            if unit is None:
+                continue
+            made, end = open_run(folder), unit.start + steps
+            spacing = made.config.train.checkpoint_every
+            if made.steps_for(seed)[-1] != end or spacing != min(checkpoint_every, end):
+                log.warning(
+                    "%s: not made with %d steps, a checkpoint every %d: left out",
+                    name,
+                    steps,
+                    checkpoint_every,
+                )
+                continue
+            measure(made, InductionSettings(), progress=False)
+            out.append(unit_row(made, unit, steps))
     return out
 
 

@@ -15,8 +15,9 @@
   Delta_B <- Delta_B - max(0, Delta_B . d^) d^ (the component along d^ where it raises S_A;
   nothing where it lowers it). ``project_control="random"``: a vector of the same norm max(0,
   Delta_B . d^) is subtracted along a random unit direction of B instead (drawn per seed and
-  step): an equal-norm perturbation that changes the update by as much without aiming at S_A. Moments run on; each
-  step's amount and the update's norm on B are written to ``projection.csv``.
+  step): an equal-norm perturbation that changes the update by as much without aiming at S_A.
+  Moments run on; each step's amount and the update's norm on B are written to
+  ``projection.csv``.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class Projection:
         self.aim: list[torch.Tensor] = []
         self.move: list[torch.Tensor] = []
         self.before: list[torch.Tensor] = []
+        self.step = -1
 
     def prepare(self, model, tokens: torch.Tensor, step: int, autocast) -> None:
         """Before the step: d^ = grad_B S_A / ||.|| at the current weights (S_A from the batch's
