@@ -17,6 +17,8 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# curvlinops without backpack-for-pytorch (unused here), whose torchvision pulls a newer torch
+	$(BIN)/pip install -q --no-deps "curvlinops-for-pytorch>=3,<4"
 	touch $@
 
 install: $(VENV)/.installed

@@ -11,10 +11,14 @@ lambda_1(P^-1 H) < (2 + 2 beta1) / ((1 - beta1) eta) (38 / eta for beta1 = 0.9):
 :func:`stability_threshold`.
 
 P^-1 H is not symmetric, but it is similar to D^1/2 H D^1/2 with D = P^-1, which
-is; Lanczos (scipy's ``eigsh``) runs on that operator, built from Hessian-vector
-products (``torch.func``: forward-mode ``jvp`` of the reverse-mode ``grad``),
-never a dense Hessian. ``mask`` restricts the operator to a block of coordinates
-(a circuit's parameters): the top eigenvalue of that block of H.
+is; Lanczos (scipy's ``eigsh``) runs on that operator, built from curvlinops'
+Hessian-vector products (Dangel et al.; ``HessianLinearOperator``), never a dense Hessian.
+``mask`` restricts the operator to a block of coordinates (a circuit's parameters,
+curvlinops' ``SubmatrixLinearOperator``): the top eigenvalue of that block of H. The block's
+whole spectral density comes from stochastic Lanczos quadrature (Papyan 2020; curvlinops).
+
+curvlinops is installed without its dependencies (``make install``): its ``backpack`` dependency
+brings torchvision, which pulls a CUDA build of torch; nothing here uses backpack.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-from torch.func import grad, jvp
+
+try:
+    import curvlinops
+    from curvlinops import HessianLinearOperator, SubmatrixLinearOperator
+    from curvlinops.papyan2020traces.spectrum import (
+        fast_lanczos,
+        lanczos_approximate_spectrum_from_iter,
+    )
+except ImportError as err:  # pragma: no cover - an install without the Makefile's line
+    raise ImportError(
+        "interp_ext's curvature needs curvlinops: pip install --no-deps 'curvlinops-for-pytorch>=3,<4' "
+        "(without --no-deps its backpack dependency pulls a CUDA torch)"
+    ) from err
 
 log = logging.getLogger("interp_ext")
 
@@ -89,8 +105,43 @@ def top_eigenvalues(
     return np.sort(vals)[::-1]
 
 
+class _LossModule(torch.nn.Module):
+    """``loss_fn(params, tokens)`` as the module curvlinops differentiates: its parameters are
+    ``theta``, its "prediction" the batch's mean loss itself (read through :class:`_Mean`)."""
+
+    def __init__(self, loss_fn, theta: dict[str, torch.Tensor]):
+        super().__init__()
+        self.loss_fn, self.names = loss_fn, list(theta)
+        self.params = torch.nn.ParameterList(torch.nn.Parameter(t.detach()) for t in theta.values())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(dict(zip(self.names, self.params)), tokens)
+
+
+class _Mean(torch.nn.Module):
+    """The loss curvlinops composes with :class:`_LossModule`: the prediction is already the batch's
+    mean loss; ``reduction = "mean"`` weights each batch by its share of the sequences."""
+
+    reduction = "mean"
+
+    def forward(self, prediction: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+        return prediction
+
+
+class _Counted(HessianLinearOperator):
+    """curvlinops' Hessian operator, counting the Hessian-vector products it computes."""
+
+    calls = 0
+
+    def _matmat(self, M):
+        self.calls += M[0].shape[-1]
+        return super()._matmat(M)
+
+
 class HessianOperator:
-    """Products with the Hessian of the mean loss over ``batches`` at ``theta``.
+    """The Hessian of the mean loss over ``batches`` at ``theta``: curvlinops'
+    ``HessianLinearOperator`` (forward-over-reverse products, vectorised over columns), with
+    the blocks, eigenvalues and spectra this project reads from it.
 
     Args:
         loss_fn: loss(params: dict, tokens) -> mean loss over the tokens' sequences
@@ -102,72 +153,54 @@ class HessianOperator:
     """
 
     def __init__(self, loss_fn, theta: dict[str, torch.Tensor], batches, chunk: int | None = None):
-        self.loss_fn, self.theta = loss_fn, theta
-        self.names = list(theta)
+        self.theta, self.names = theta, list(theta)
         chunk = chunk or batches.shape[0]
-        self.groups = [
-            batches[i : i + chunk].flatten(0, 1) for i in range(0, batches.shape[0], chunk)
-        ]
-        self.n = sum(t.numel() for t in theta.values())
-        self.calls = 0
+        groups = [batches[i : i + chunk].flatten(0, 1) for i in range(0, batches.shape[0], chunk)]
+        module = _LossModule(loss_fn, theta)
+        self.op = _Counted(
+            module,
+            _Mean(),
+            list(module.params),
+            [(g, torch.zeros(g.shape[0])) for g in groups],
+            check_deterministic=False,  # no dropout, no sampling: the loss is a function of theta
+            num_data=sum(g.shape[0] for g in groups),
+        )
+        self.n = self.op.shape[0]
+        self.dtype = next(iter(theta.values())).dtype
 
-    def flat(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([tensors[n].reshape(-1) for n in self.names])
+    @property
+    def calls(self) -> int:
+        """Hessian-vector products computed so far."""
+        return self.op.calls
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat [n] vector (one forward-over-reverse pass per group of batches)."""
-        self.calls += 1
-        tangent, start = {}, 0
-        for n in self.names:
-            size = self.theta[n].numel()
-            tangent[n] = v[start : start + size].reshape(self.theta[n].shape)
-            start += size
-        total = None
-        for tokens in self.groups:
-            _, hv = jvp(lambda p, t=tokens: grad(self.loss_fn)(p, t), (self.theta,), (tangent,))
-            part = self.flat(hv) * (tokens.shape[0] / sum(g.shape[0] for g in self.groups))
-            total = part if total is None else total + part
-        return total
+        """H v for a flat [n] vector."""
+        return self.op @ v.to(self.dtype)
 
     def gradient(self) -> torch.Tensor:
-        """The flat gradient [n] of the mean loss at ``theta`` (the groups weighted as in :meth:`hvp`)."""
-        total = None
-        for tokens in self.groups:
-            g = self.flat(grad(self.loss_fn)(self.theta, tokens))
-            part = g * (tokens.shape[0] / sum(t.shape[0] for t in self.groups))
-            total = part if total is None else total + part
-        return total
+        """The flat gradient [n] of the mean loss at ``theta``."""
+        grads, _ = self.op.gradient_and_loss()
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    def restrict(self, mask: torch.Tensor | None):
+        """H, or its block H[mask, mask] on the coordinates of a flat bool ``mask`` [n]
+        (curvlinops' ``SubmatrixLinearOperator``)."""
+        if mask is None:
+            return self.op
+        idx = mask.nonzero().squeeze(1).tolist()
+        return SubmatrixLinearOperator(self.op, idx, idx)
 
     def block(self, mask: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-        """The dense block H[mask, mask] (a flat bool ``mask`` [n]), one Hessian-vector product per
-        coordinate, ``chunk`` of them at a time (``torch.func.vmap``); symmetrised."""
-        from torch.func import vmap
-
-        dtype = next(iter(self.theta.values())).dtype
-        device = next(iter(self.theta.values())).device
-        idx = mask.nonzero().squeeze(1).to(device)
-        rows = []
-        for start in range(0, idx.numel(), chunk):
-            part = idx[start : start + chunk]
-            basis = torch.zeros(part.numel(), self.n, dtype=dtype, device=device)
-            basis[torch.arange(part.numel(), device=device), part] = 1
-            rows.append(vmap(self.hvp)(basis)[:, idx])
-        self.calls += idx.numel() - len(rows)  # vmap counted one call per chunk
-        dense = torch.cat(rows)
+        """The dense block H[mask, mask], ``chunk`` columns per product; symmetrised."""
+        sub = self.restrict(mask)
+        eye = torch.eye(sub.shape[0], dtype=self.dtype, device=self.op.device)
+        dense = torch.cat([sub @ eye[:, i : i + chunk] for i in range(0, sub.shape[0], chunk)], 1)
         return (dense + dense.T) / 2
 
     def block_matvec(self, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """v -> H[mask, mask] v for a flat bool ``mask`` [n] (the block's coordinates only)."""
-        dtype = next(iter(self.theta.values())).dtype
-        device = next(iter(self.theta.values())).device
-        idx = mask.nonzero().squeeze(1).to(device)
-
-        def matvec(x: torch.Tensor) -> torch.Tensor:
-            full = torch.zeros(self.n, dtype=dtype, device=device)
-            full[idx] = x.to(device, dtype)
-            return self.hvp(full)[idx]
-
-        return matvec
+        sub = self.restrict(mask)
+        return lambda x: sub @ x.to(sub.device, self.dtype)
 
     def top(
         self,
@@ -179,21 +212,32 @@ class HessianOperator:
     ) -> np.ndarray:
         """Top ``k`` eigenvalues of H, of P^-1 H (``preconditioner`` = D = P^-1 per parameter), or of
         either restricted to the coordinates ``mask`` (a flat bool [n])."""
-        dtype = next(iter(self.theta.values())).dtype
-        device = next(iter(self.theta.values())).device
-        mask = torch.ones(self.n, dtype=torch.bool) if mask is None else mask
-        block = self.block_matvec(mask)
-        size = int(mask.sum())
+        sub = self.restrict(mask)
         if preconditioner is None:
-            matvec = block
+            matvec = self.block_matvec(mask)
         else:  # D^1/2 H D^1/2 on the block: the block's coordinates of D^1/2 on either side
-            d = self.flat({n: t.to(dtype) for n, t in preconditioner.items()}).sqrt().to(device)
-            half = d[mask.to(device)]
+            d = torch.cat([preconditioner[n].reshape(-1) for n in self.names]).to(self.dtype).sqrt()
+            half = d if mask is None else d[mask.to(d.device)]
+            half = half.to(sub.device)
 
             def matvec(x: torch.Tensor) -> torch.Tensor:
-                return half * block(half * x.to(device))
+                return half * (sub @ (half * x.to(sub.device)))
 
-        return top_eigenvalues(matvec, size, k, tol, seed, dtype)
+        return top_eigenvalues(matvec, sub.shape[0], k, tol, seed, self.dtype)
+
+    def spectrum(self, mask: torch.Tensor | None, ncv: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """The spectral density of H (or of its block on ``mask``) by stochastic Lanczos quadrature
+        (Papyan 2020; curvlinops' ``fast_lanczos`` from a seeded random start): ``nodes`` (Ritz
+        values) and ``weights`` (squared first components of their eigenvectors, summing to 1),
+        so the density is sum_i weights_i delta(lambda - nodes_i) smoothed
+        (:func:`spectral_density`)."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            nodes, vecs = fast_lanczos(self.restrict(mask), ncv)
+        return {
+            "nodes": nodes.double().cpu().numpy(),
+            "weights": (vecs[0] ** 2).double().cpu().numpy(),
+        }
 
 
 def model_hessian(
@@ -295,21 +339,35 @@ def hutchinson_trace(
     op: HessianOperator, n_probes: int, mask: torch.Tensor | None = None, seed: int = 0
 ) -> tuple[float, float]:
     """(estimate, standard error) of tr(H), or of the trace of H's block on the coordinates
-    ``mask``: the mean of z^T H z over ``n_probes`` Rademacher vectors z (zero off the block),
-    an unbiased estimate (Hutchinson 1989)."""
-    dtype = next(iter(op.theta.values())).dtype
-    device = next(iter(op.theta.values())).device
-    gen = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(n_probes):
-        z = torch.randint(0, 2, (op.n,), generator=gen).to(dtype) * 2 - 1
-        if mask is not None:
-            z = z * mask.to(dtype)
-        z = z.to(device)
-        values.append(float(z @ op.hvp(z)))
-    v = np.asarray(values)
+    ``mask``: the mean of ``n_probes`` one-probe Hutchinson estimates z^T H z (curvlinops'
+    ``hutchinson_trace``, Rademacher z, from ``seed``), unbiased (Hutchinson 1989)."""
+    sub = op.restrict(mask)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        v = np.array([float(curvlinops.hutchinson_trace(sub, 1)) for _ in range(n_probes)])
     se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return float(v.mean()), se
+
+
+def spectral_density(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    lo: float,
+    hi: float,
+    points: int = 200,
+    kappa: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density) on [lo, hi] from Lanczos ``nodes`` and ``weights`` (:meth:`HessianOperator.spectrum`):
+    each node a Gaussian bump, curvlinops' ``lanczos_approximate_spectrum_from_iter`` (Papyan
+    2020's width ``kappa`` on the interval scaled to [-1, 1]; no margin added)."""
+    grid, density = lanczos_approximate_spectrum_from_iter(
+        (torch.as_tensor(nodes), torch.as_tensor(np.sqrt(weights))[None]),
+        (lo, hi),
+        points,
+        kappa,
+        0.0,
+    )
+    return grid.numpy(), density.numpy()
 
 
 __all__ = [
@@ -320,4 +378,5 @@ __all__ = [
     "adam_preconditioner",
     "stability_threshold",
     "top_eigenvalues",
+    "spectral_density",
 ]

@@ -45,8 +45,8 @@ def flow_curvature(
     a = torch.where(m, gbar_a, torch.zeros_like(gbar_a))
     b = torch.where(m, gbar_b, torch.zeros_like(gbar_b))
     inv = inv_d.to(dtype)
-    h_da = hess.hvp((inv * a).to(hess_dtype(hess)))[m].to(dtype)  # (H D^-1 gbar_a) on the block
-    h_db = hess.hvp((inv * b).to(hess_dtype(hess)))[m].to(dtype)
+    h_da = hess.hvp(inv * a)[m].to(dtype)  # (H D^-1 gbar_a) on the block
+    h_db = hess.hvp(inv * b)[m].to(dtype)
     curvature = float((b[m] @ h_da + a[m] @ h_db) / 2)
     rate = float((a[m] * inv[m]) @ b[m])
     return {
@@ -54,10 +54,6 @@ def flow_curvature(
         "flow_rate": rate,
         "rho": curvature / rate if rate != 0 else float("nan"),
     }
-
-
-def hess_dtype(hess) -> torch.dtype:
-    return next(iter(hess.theta.values())).dtype
 
 
 def soft_modes(
@@ -74,16 +70,14 @@ def soft_modes(
     the overlap of w = D^-1/2 gbar_C with each eigenvector, and ``hvps``: the Hessian-vector
     products spent. Eigenvalues that do not converge are NaN (with a warning), never a silent
     value; their overlaps too."""
-    dtype = hess_dtype(hess)
     device = gbar.device
     idx = mask.nonzero().squeeze(1).to(device)
     half = inv_d.to(device)[idx].sqrt().double()
-    calls = hess.calls
+    block, calls = hess.block_matvec(mask), hess.calls
 
     def mv(x: np.ndarray) -> np.ndarray:
-        full = torch.zeros(hess.n, dtype=dtype, device=device)
-        full[idx] = (half * torch.from_numpy(np.ascontiguousarray(x).ravel()).to(device)).to(dtype)
-        return (half * hess.hvp(full)[idx].double()).cpu().numpy()
+        x = half * torch.from_numpy(np.ascontiguousarray(x).ravel()).to(device)
+        return (half * block(x).double()).cpu().numpy()
 
     n = idx.numel()
     op = LinearOperator((n, n), matvec=mv, dtype=np.float64)

@@ -15,6 +15,7 @@ from interp_ext.geometry.sharpness import (
     hutchinson_trace,
     quadratic_gradient_term,
     quadratic_llc,
+    spectral_density,
     stability_threshold,
     top_eigenvalues,
 )
@@ -133,6 +134,32 @@ def test_hutchinson_trace_is_unbiased_for_the_dense_trace(micro):
     idx = mask.nonzero().squeeze(1).numpy()
     est, se = hutchinson_trace(op, 100, mask=mask, seed=2)
     assert abs(est - np.trace(dense[np.ix_(idx, idx)])) < 4 * se
+
+
+def test_lanczos_quadrature_reproduces_the_dense_blocks_moments(micro):
+    """Stochastic Lanczos quadrature from start v: sum_i w_i node_i^p = v' H^p v up to degree
+    2 ncv - 1 (Gauss quadrature); the weights sum to 1; the smoothed density integrates to 1."""
+    model, names, theta, batches, loss, dense = micro
+    op = HessianOperator(loss, theta, batches)
+    mask = Circuit("c", ["L1H0", "L0H1"]).flat_masks(model)
+    mask = mask["L1H0"] | mask["L0H1"]
+    idx = mask.nonzero().squeeze(1).numpy()
+    block = dense[np.ix_(idx, idx)]
+    ncv, calls = 6, op.calls
+    q = op.spectrum(mask, ncv, seed=3)
+    assert op.calls - calls == ncv
+    gen = torch.Generator().manual_seed(3)  # the start vector the seeded quadrature drew
+    v = torch.randn(len(idx), generator=gen, dtype=torch.float64).numpy()
+    v /= np.linalg.norm(v)
+    assert q["weights"].sum() == pytest.approx(1.0, rel=1e-10)
+    scale = np.abs(np.linalg.eigvalsh(block)).max()
+    for p in range(2 * ncv):
+        want = v @ np.linalg.matrix_power(block / scale, p) @ v
+        got = (q["weights"] * (q["nodes"] / scale) ** p).sum()
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), p
+    lo, hi = q["nodes"].min() - scale, q["nodes"].max() + scale
+    grid, density = spectral_density(q["nodes"], q["weights"], lo, hi, points=2000)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_adam_preconditioner_is_the_inverse_of_adamw_denominator():

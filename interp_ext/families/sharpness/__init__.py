@@ -10,12 +10,19 @@ through each seed's formation window), on the training loss averaged over the fi
   (:func:`interp_ext.geometry.sharpness.adam_preconditioner`);
 * ``edge_of_stability``: (2 + 2 beta1) / ((1 - beta1) lr), 38 / lr for beta1 = 0.9, and
   ``precond_edge_ratio`` = ``sharpness_precond`` / ``edge_of_stability``;
-* with ``--circuit``, the same two eigenvalues of the circuit's block of H (component ``C``);
+* with ``--circuit``, the same two eigenvalues of the circuit's block of H (component ``C``), and
+  the block's whole spectral density by stochastic Lanczos quadrature (Papyan 2020; ``--spectrum``
+  steps from a seeded random start): ``spectrum_node/i`` and ``spectrum_weight/i`` (Ritz values and
+  their weights, summing to 1; the density is their Gaussian-smoothed sum,
+  :func:`interp_ext.geometry.sharpness.spectral_density`) and ``spectrum_negative_mass``, the weight
+  at nodes below -1% of the largest |node| (the block's negative directions, apart from the bulk
+  at zero);
 * ``hvp_calls``: Hessian-vector products spent (each costs about two gradients).
 
-Rows at step 0 (no AdamW state yet) have no preconditioned values. Lanczos runs on
-``torch.func`` Hessian-vector products through scipy's ``eigsh``; the operator is tested against
-the dense Hessian of a micro model (``tests/geometry/test_sharpness.py``).
+Rows at step 0 (no AdamW state yet) have no preconditioned values. Lanczos runs on curvlinops'
+Hessian-vector products through scipy's ``eigsh``; the operator, the eigenvalues and the
+quadrature are tested against the dense Hessian of a micro model
+(``tests/geometry/test_sharpness.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class SharpnessSettings(Settings):
         "",
         "Also the circuit's block: 'cause', 'induction', heads like L1H2,L0H3, or a Circuit JSON file ('' for none).",
     )
+    spectrum: int = setting(
+        30,
+        "Lanczos steps for the circuit block's spectral density (with --circuit; 0: none).",
+    )
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
     window: str = setting(
         "",
@@ -69,6 +80,7 @@ class SharpnessSettings(Settings):
         self.require(self.n_batches >= 1, "n_batches", "must be >= 1")
         self.require(self.k >= 1, "k", "must be >= 1")
         self.require(0 < self.tol < 1, "tol", "must lie in (0, 1)")
+        self.require(self.spectrum >= 0, "spectrum", "must be >= 0")
         self.require(self.window_every >= 1, "window_every", "must be >= 1")
         self.require(self.margin >= 0, "margin", "must be >= 0")
         if self.window:
@@ -222,6 +234,8 @@ def measure_point(
             pre = op.top(preconditioner=precond, mask=mask, k=settings.k, tol=settings.tol)
             out += eigen_rows("sharpness_precond", comp, pre)
             out.append({"metric": "precond_edge_ratio", "component": comp, "value": pre[0] / edge})
+        if mask is not None and settings.spectrum:
+            out += spectrum_rows(comp, op.spectrum(mask, min(settings.spectrum, int(mask.sum()))))
     out.append({"metric": "edge_of_stability", "component": "", "value": edge})
     out.append({"metric": "hvp_calls", "component": "", "value": float(op.calls)})
     return pd.DataFrame(out)
@@ -237,6 +251,21 @@ def eigen_rows(metric: str, component: str, values) -> list[dict]:
     return [
         {"metric": metric if i == 0 else f"{metric}_{i + 1}", "component": component, "value": v}
         for i, v in enumerate(values)
+    ]
+
+
+def spectrum_rows(component: str, quadrature: dict[str, np.ndarray]) -> list[dict]:
+    """The Lanczos quadrature's nodes and weights as rows, and the weight below -1% of the largest
+    |node| (``spectrum_negative_mass``)."""
+    nodes, weights = quadrature["nodes"], quadrature["weights"]
+    negative = float(weights[nodes < -0.01 * np.abs(nodes).max()].sum())
+    return [
+        *(
+            {"metric": f"spectrum_{kind}/{i}", "component": component, "value": float(v)}
+            for kind, values in (("node", nodes), ("weight", weights))
+            for i, v in enumerate(values)
+        ),
+        {"metric": "spectrum_negative_mass", "component": component, "value": negative},
     ]
 
 

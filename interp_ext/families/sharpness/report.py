@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
+from interp_ext.figures import PALETTE, Figure, Heatmap, Panel, Trace, save
+from interp_ext.geometry.sharpness import spectral_density
 from interp_ext.report.draw import formation_cells, image, one, seeds_of, select
 
 
@@ -30,7 +31,70 @@ def section(page) -> list[str]:
         page.out,
         "sharpness",
     )
-    return table_lines(every, files)
+    lines = table_lines(every, files)
+    density = spectrum_panels(rows)
+    if density:
+        files = save(
+            Figure(
+                "Spectral density of the circuit block's Hessian H_CC (stochastic Lanczos quadrature), log10; one panel per seed",
+                density,
+                ncols=min(4, len(density)),
+            ),
+            page.out,
+            "sharpness_spectrum",
+        )
+        lines += [
+            "### The circuit block's spectrum",
+            "",
+            image(files, "sharpness_spectrum"),
+            "",
+            "Each column is one checkpoint's density of H_CC's eigenvalues (Lanczos nodes weighted by their share "
+            "of a random start vector, smoothed as Papyan 2020), on one grid over every seed and step. Mass below "
+            "zero is the block's negative curvature, the soft modes a saddle would show; one random start resolves "
+            "the bulk's shape, not single eigenvalues inside it (the top and the lowest are the table's Lanczos "
+            "values and the `members` family's saddle signature).",
+            "",
+        ]
+    return lines
+
+
+def spectrum_panels(rows: pd.DataFrame, bins: int = 24) -> list[Panel]:
+    """A log10 density heatmap (grid value by step) per seed, from the ``spectrum_node/i`` and
+    ``spectrum_weight/i`` rows, on one grid spanning every node."""
+    sel = rows[rows.metric.str.startswith("spectrum_") & (rows.component == "C")]
+    nodes = sel[sel.metric.str.startswith("spectrum_node/")]
+    if nodes.empty:
+        return []
+    lo, hi = float(nodes.value.min()), float(nodes.value.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    out = []
+    for seed in seeds_of(sel):
+        g = sel[sel.seed == seed]
+        steps = sorted(g.step.unique())
+        columns = []
+        for step in steps:
+            at = g[g.step == step].set_index("metric").value
+            n = sum(1 for m in at.index if m.startswith("spectrum_node/"))
+            node = np.array([at[f"spectrum_node/{i}"] for i in range(n)])
+            weight = np.array([at[f"spectrum_weight/{i}"] for i in range(n)])
+            grid, density = spectral_density(node, weight, lo, hi, bins)
+            columns.append(np.log10(np.clip(density, 1e-6 * density.max(), None)))
+        z = np.array(columns).T[::-1]  # highest eigenvalue on top
+        out.append(
+            Panel(
+                f"seed {seed}",
+                heatmap=Heatmap(
+                    z,
+                    [str(int(s)) for s in steps],
+                    [f"{v:.3g}" for v in grid[::-1]],
+                    "log10 density",
+                    False,
+                ),
+                ylabel="eigenvalue of H_CC",
+            )
+        )
+    return out
 
 
 def panels(rows: pd.DataFrame, ctx: dict) -> list[Panel]:
