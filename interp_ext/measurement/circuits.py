@@ -26,6 +26,7 @@ from circuits.circuit import Circuit, CircuitError, Head, parse_heads
 from circuits.induction import head_scores, layer_matched_controls
 from interp_ext.errors import MeasureError
 from interp_ext.measurement.probes import repeated_probe
+from interp_ext.run import parts
 
 log = logging.getLogger("interp_ext")
 
@@ -85,7 +86,11 @@ def seed_circuit(run, seed: int, circuit: str, source: str) -> Circuit:
 
 def source_folders(run, circuit: str, source: str) -> list[Path]:
     """The metrics folders a resolved spec reads (a newer part there makes summaries stale)."""
-    return [run.metrics_dir / SOURCES[circuit] / source] if circuit in SOURCES else []
+    return (
+        parts.settings_folders(run.metrics_dir, SOURCES[circuit], source)
+        if circuit in SOURCES
+        else []
+    )
 
 
 def circuit_from_rows(rows: pd.DataFrame, name: str) -> Circuit:

@@ -644,8 +644,10 @@ class _Job:
         if not has_summaries:
             return
         unit = parts.unit_name(None, None)
-        own = [self.root / f / self.settings.id for f in self.fam.families()]
-        files = [p for d in own for p in d.glob("*.parquet") if p.stem != unit]
+        own = [
+            p for f in self.fam.families() for p in parts.part_files(self.root, f, self.settings.id)
+        ]
+        files = [p for p in own if p.stem != unit]
         files += [p for d in self.fam.inputs(self.run, self.settings) for p in d.glob("*.parquet")]
         newest = max((p.stat().st_mtime for p in files), default=-1.0)
         if self._done(unit) and newest <= self._part_mtime(unit):

@@ -11,7 +11,7 @@ The tree below is the README's "run directory" section (a test keeps them equal)
     <run>/probe_set.safetensors                         lm [B, batch, pos], heldout, repeated ([BOS] r r)
     <run>/checkpoints/seed=<s>/step=<t>.safetensors     params, AdamW moments, step (= data position)
     <run>/activations/seed=<s>/step=<t>.safetensors     recorded hooks on the probe set
-    <run>/metrics/<family>/<settings>/<unit>.parquet    one row per value, an immutable part per unit of work
+    <run>/metrics/family=<f>/settings=<id>/<unit>.parquet  one row per value, an immutable part per unit of work
     <run>/metrics/.broken/                              parts that failed verification, moved aside
     <run>/measurements/<settings>.json                  the settings each measurement was made with
     <run>/grams/<settings>/seed=<s>/step=<t>.safetensors  per-block B x B gradient Grams (geometry)

@@ -2,7 +2,7 @@
 
 ::
 
-    <run>/metrics/<family>/<settings id>/<unit>.parquet
+    <run>/metrics/family=<family>/settings=<settings id>/<unit>.parquet
 
 One part holds the rows one unit of work produced: ``seed3-step250`` (one seed at
 one checkpoint), ``seed3-final`` (a seed's summary over its checkpoints),
@@ -11,8 +11,12 @@ over the run). A part is written once, atomically (temporary file + rename), and
 never rewritten except by the same unit with the same settings (a re-run after a
 crash); nothing reads and rewrites the whole table, and ranks under ``torchrun``
 write different files, so no lock is needed. The folder reads as one dataset
-with ``pyarrow.dataset`` (DuckDB's ``read_parquet('<run>/metrics/**/*.parquet',
-union_by_name=true)`` and polars read it too).
+with ``pyarrow.dataset``. The folder names are Hive-style ``key=value``, so DuckDB, polars and
+pyarrow prune by folder (DuckDB: ``read_parquet('<run>/metrics/family=*/settings=*/*.parquet',
+hive_partitioning=true, union_by_name=true)`` reads a ``WHERE family = 'geometry'`` from that
+folder alone). Runs written before keep their ``<family>/<settings id>/`` folders: every
+function here reads both, and a settings' later parts go where its first ones are, so one
+settings never has parts in two places.
 
 Every row carries the SPEC columns ``run, seed, step, family, metric, component,
 value`` plus ``settings``, the id of the settings that made it
@@ -120,7 +124,9 @@ def write_part(
 
     ``seeds``: the seeds a cross-seed part was formed over, kept in the file's metadata.
     """
-    folder = root / family / settings
+    folder = (
+        settings_folders(root, family, settings) or [settings_folder(root, family, settings)]
+    )[0]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{unit}.parquet"
     tmp = folder / f".{unit}.{uuid.uuid4().hex}.tmp"
@@ -186,8 +192,28 @@ def part_seeds(path: Path) -> list[int] | None:
     return json.loads(raw) if raw else None
 
 
+def settings_folder(root: Path, family: str, settings: str) -> Path:
+    """Where the parts of a new settings go: ``family=<family>/settings=<id>``."""
+    return root / f"family={family}" / f"settings={settings}"
+
+
+def settings_folders(root: Path, family: str, settings: str) -> list[Path]:
+    """The existing folder of a settings' parts: the Hive-style one, or the ``<family>/<id>``
+    folder of a run written before (empty when nothing is measured)."""
+    both = (settings_folder(root, family, settings), root / family / settings)
+    return [f for f in both if f.is_dir()][:1]
+
+
+def part_files(root: Path, family: str, settings: str) -> list[Path]:
+    """A settings' parts, by unit name."""
+    return sorted(p for f in settings_folders(root, family, settings) for p in f.glob("*.parquet"))
+
+
 def part_path(root: Path, family: str, settings: str, unit: str) -> Path:
-    return root / family / settings / f"{unit}.parquet"
+    folder = (
+        settings_folders(root, family, settings) or [settings_folder(root, family, settings)]
+    )[0]
+    return folder / f"{unit}.parquet"
 
 
 def has_part(root: Path, family: str, settings: str, unit: str) -> bool:
@@ -198,17 +224,21 @@ def has_part(root: Path, family: str, settings: str, unit: str) -> bool:
 def families(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != BROKEN)
+    names = {p.name.removeprefix("family=") for p in root.iterdir() if p.is_dir()}
+    return sorted(names - {BROKEN})
 
 
 def settings_ids(root: Path, family: str) -> list[str]:
-    folder = root / family
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    ids = set()
+    for folder in (root / f"family={family}", root / family):
+        if folder.is_dir():
+            ids |= {p.name.removeprefix("settings=") for p in folder.iterdir() if p.is_dir()}
+    return sorted(ids)
 
 
 def read_family(root: Path, family: str, settings: Iterable[str]) -> pd.DataFrame:
     """Rows of one family for the given settings ids, read as one ``pyarrow.dataset``."""
-    files = [str(f) for s in settings for f in sorted((root / family / s).glob("*.parquet"))]
+    files = [str(f) for s in settings for f in part_files(root, family, s)]
     try:
         return _read(files)
     except (OSError, pa.ArrowException):  # a broken part: set it aside, read the rest

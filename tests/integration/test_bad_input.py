@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from interp_ext.cli import app
 from interp_ext.errors import InterpExtError
-from interp_ext.run import open_run
+from interp_ext.run import open_run, parts
 
 runner = CliRunner()
 
@@ -85,7 +85,7 @@ def test_an_sae_on_a_pattern_hook_is_refused_before_training(run_copy):
         "not a vector activation",
     )
     assert "hook_resid_post" in line
-    assert not (run_copy / "metrics" / "sae").exists()
+    assert "sae" not in parts.families(run_copy / "metrics")
 
 
 def test_a_truncated_metrics_part_is_set_aside_and_measured_again(run_copy):
@@ -94,14 +94,16 @@ def test_a_truncated_metrics_part_is_set_aside_and_measured_again(run_copy):
     run = open_run(run_copy)
     expected = run.metrics("induction")
     (settings,) = set(expected.settings)
-    part = run_copy / "metrics" / "induction" / settings / "seed1-step4.parquet"
+    part = parts.part_path(run_copy / "metrics", "induction", settings, "seed1-step4")
+    assert part.parent == run_copy / "metrics" / "family=induction" / f"settings={settings}"
     part.write_bytes(part.read_bytes()[:200])
     for command in ("info", "report"):
         result = invoke(command, run_copy)
         assert result.exit_code == 0, result.output
         assert "set aside" in result.output and "seed1-step4.parquet" in result.output  # named
     assert not part.exists()
-    assert (run_copy / "metrics" / ".broken" / "induction" / settings / part.name).exists()
+    broken = run_copy / "metrics" / ".broken" / "family=induction" / f"settings={settings}"
+    assert (broken / part.name).exists()
     again = invoke(*args)
     assert again.exit_code == 0 and "1 units measured now" not in again.output
     assert part.exists()
@@ -119,11 +121,9 @@ def test_a_part_whose_row_count_disagrees_is_not_counted(run_copy):
     assert invoke("measure", "induction", run_copy, "--quiet").exit_code == 0
     run = open_run(run_copy)
     (settings,) = set(run.metrics("induction").settings)
-    part = run_copy / "metrics" / "induction" / settings / "seed0-step2.parquet"
+    part = parts.part_path(run_copy / "metrics", "induction", settings, "seed0-step2")
     table = pq.read_table(part)
     pq.write_table(table.slice(0, 3).replace_schema_metadata(table.schema.metadata), part)
-    from interp_ext.run import parts
-
     assert "3 rows of the" in parts.part_problem(part)
     assert not parts.has_part(run_copy / "metrics", "induction", settings, "seed0-step2")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.run import open_run
+from interp_ext.run import open_run, parts
 from tests.integration.test_store_cli import runner, small_wikitext
 
 
@@ -85,7 +85,13 @@ def test_two_process_gloo_run_equals_single_process(tmp_path, cache_dir):
     a, b = open_run(tmp_path / "dist"), open_run(tmp_path / "single")
     assert a.seeds == [0, 1, 2, 3] and a.steps == [0, 2, 4, 6]
     assert (
-        len(list((tmp_path / "dist" / "metrics" / "train" / "train").glob("seed*-step*.parquet")))
+        len(
+            [
+                p
+                for p in parts.part_files(tmp_path / "dist" / "metrics", "train", "train")
+                if p.stem.startswith("seed") and "-step" in p.stem
+            ]
+        )
         == 4 * 3
     )
     _same_checkpoints(a, b, 6)

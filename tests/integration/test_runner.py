@@ -18,6 +18,7 @@ from interp_ext import measure, open_run
 from interp_ext.cli import app
 from interp_ext.families import GeometrySettings, InductionSettings
 from interp_ext.measurement.runner import MeasureError
+from interp_ext.run import parts
 from interp_ext.training import train
 from tests.conftest import micro_config
 
@@ -52,7 +53,7 @@ def fresh_run(micro_run, tmp_path):
         micro_run.path, copy, ignore=shutil.ignore_patterns("measurements", "saes", "report")
     )
     for family in (copy / "metrics").iterdir():
-        if family.name != "train":
+        if family.name.removeprefix("family=") != "train":
             shutil.rmtree(family)
     return open_run(copy)
 
@@ -133,7 +134,7 @@ def test_sigkill_mid_measurement_then_rerun_equals_uninterrupted(tmp_path, cache
         "--quiet",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    folder = run.path / "metrics" / "geometry" / settings.id
+    folder = parts.settings_folder(run.path / "metrics", "geometry", settings.id)
     deadline = time.monotonic() + 300
     while (
         len(list(folder.glob("seed*-step*.parquet"))) < 6

@@ -155,9 +155,13 @@ class Autocatalysis(Family):
         return describe_rows(rows)
 
     def inputs(self, run, settings: AutocatalysisSettings) -> list:
-        inputs = [
-            run.metrics_dir / "induction" / i for i in run_ids(run, "induction")
-        ]  # formation steps
+        from interp_ext.run import parts
+
+        inputs = [  # formation steps
+            d
+            for i in run_ids(run, "induction")
+            for d in parts.settings_folders(run.metrics_dir, "induction", i)
+        ]
         return inputs + source_folders(run, settings.circuit, settings.source)
 
     def finish(self, run, settings: AutocatalysisSettings, rows: pd.DataFrame) -> pd.DataFrame:

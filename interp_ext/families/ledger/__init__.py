@@ -52,6 +52,7 @@ from interp_ext.measurement.windows import (
     window_problem,
 )
 from interp_ext.replay import Replay, ReplayError
+from interp_ext.run import parts
 from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.split import WHOLE, LedgerSpec, StepInputs, measure_step
 
@@ -182,7 +183,9 @@ class Ledger(Family):
     def inputs(self, run, settings: LedgerSettings) -> list:
         folders = source_folders(run, settings.circuit, settings.source)
         return folders + (
-            [run.metrics_dir / "induction" / settings.formation] if settings.formation else []
+            parts.settings_folders(run.metrics_dir, "induction", settings.formation)
+            if settings.formation
+            else []
         )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:

@@ -35,6 +35,7 @@ from interp_ext.geometry.stages import (
 from interp_ext.measurement.probes import heldout_probe
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
 from interp_ext.measurement.windows import formation_or_null
+from interp_ext.run import parts
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ class Stages(Family):
 
     def inputs(self, run, settings: StagesSettings) -> list:
         ind = run.metrics("induction")
-        return [run.metrics_dir / "induction" / str(ind.settings.iloc[0])] if len(ind) else []
+        return (
+            parts.settings_folders(run.metrics_dir, "induction", str(ind.settings.iloc[0]))
+            if len(ind)
+            else []
+        )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         b = rows[(rows.metric == "stage_boundary") & (rows.seed >= 0)]

@@ -84,6 +84,7 @@ from interp_ext.measurement.windows import (
     window_problem,
 )
 from interp_ext.replay import Replay, ReplayError, momentum_split, update_from_moment
+from interp_ext.run import parts
 from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.energy import WHOLE
 from interp_ext.stream3.split import flat
@@ -284,7 +285,9 @@ class Work(Family):
     def inputs(self, run, settings: WorkSettings) -> list:
         folders = source_folders(run, settings.circuit, settings.source)
         return folders + (
-            [run.metrics_dir / "induction" / settings.formation] if settings.formation else []
+            parts.settings_folders(run.metrics_dir, "induction", settings.formation)
+            if settings.formation
+            else []
         )
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
