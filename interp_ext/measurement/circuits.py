@@ -21,9 +21,10 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from circuits.circuit import Circuit, CircuitError, Head, parse_heads
-from circuits.induction import head_scores, layer_matched_controls
+from circuits.induction import head_scores, layer_matched_controls, quiet_heads
 from interp_ext.errors import MeasureError
 from interp_ext.measurement.probes import repeated_probe
 from interp_ext.run import parts
@@ -110,4 +111,30 @@ def layer_matched(run, seed: int, circuit: Circuit, n_random: int) -> dict[str, 
     )
     if note:
         log.warning("seed %d: %s", seed, note)
+    return out
+
+
+def member_controls(run, seed: int, circuit: Circuit) -> dict[str, str]:
+    """member head -> a random head of its layer outside the circuit, each used once, heads below
+    both induction detection thresholds (at the seed's last checkpoint) drawn first; a member
+    whose layer has no head left gets none (logged)."""
+    model = run.model(seed, run.steps_for(seed)[-1])
+    quiet = set(quiet_heads(head_scores(model, repeated_probe(run))))
+    members = [Head.parse(c) for c in circuit.components if Head.is_head(c)]
+    gen = torch.Generator().manual_seed(seed)
+    used: set[str] = set()
+    out = {}
+    for m in members:
+        pool = [
+            str(Head(m.layer, h))
+            for h in range(model.cfg.n_heads)
+            if str(Head(m.layer, h)) not in circuit.components and str(Head(m.layer, h)) not in used
+        ]
+        if not pool:
+            log.warning("seed %d: no head left in layer %d for a control of %s", seed, m.layer, m)
+            continue
+        order = torch.randperm(len(pool), generator=gen).tolist()
+        ranked = sorted((pool[i] for i in order), key=lambda h: h not in quiet)
+        out[str(m)] = ranked[0]
+        used.add(ranked[0])
     return out

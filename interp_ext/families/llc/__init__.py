@@ -54,7 +54,7 @@ from interp_ext.geometry.sharpness import (
     quadratic_gradient_term,
     quadratic_llc,
 )
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.circuits import member_controls, resolve_circuit, seed_circuit
 from interp_ext.measurement.probes import rows_by_part
 from interp_ext.measurement.runner import (
     Checkpoint,
@@ -162,6 +162,17 @@ class LLCSettings(Settings):
         "Rows sampled on: all, random (uniform random tokens) or text (corpus text); both parts carry a copied span.",
         key="if_set",
     )
+    susceptibility: bool = setting(
+        False,
+        "Instead of LLC estimates: devinterp's susceptibilities of each circuit head and a "
+        "layer-matched control head to the training mix's random rows and text rows.",
+        key="if_set",
+    )
+    observed: int = setting(
+        32,
+        "With --susceptibility: sequences of each data part whose per-token losses are observed.",
+        key="if_set",
+    )
     quadratic: bool = setting(
         False,
         "Beside each component's estimate, what the estimator reads on the loss's second-order Taylor "
@@ -223,6 +234,11 @@ class LLCSettings(Settings):
             "applies to --sampler rmsprop only",
         )
         self.require(self.accumulation >= 1, "accumulation", "must be an integer >= 1")
+        self.require(
+            self.observed >= max(2, self.batch_size),
+            "observed",
+            "need at least 2 sequences per part, and at least batch_size (devinterp evaluates whole batches)",
+        )
         self.require(
             self.drift_trace in ("batch", "paired"), "drift_trace", "choose 'batch' or 'paired'"
         )
@@ -311,6 +327,10 @@ class LLC(Family):
             except CircuitError as err:
                 raise MeasureError(f"llc setting components: {err}") from err
         p = run.config.data.random_seq_prob
+        if settings.susceptibility and not 0 < p < 1:
+            raise MeasureError(
+                f"llc --susceptibility compares the random and text rows of the training mix; this run's random_seq_prob is {p}, so it has one part only"
+            )
         if (settings.data == "random" and p <= 0) or (settings.data == "text" and p >= 1):
             raise MeasureError(
                 f"llc setting data={settings.data!r} is invalid: this run's random_seq_prob is {p}, so it has no {settings.data} rows; use data=all"
@@ -337,6 +357,16 @@ class LLC(Family):
             else None
         )
         data = llc_data(run, seed, settings)
+        if settings.susceptibility:
+            from interp_ext.families.llc.susceptibility import observed_parts
+
+            heads = {h: 1 for h in circuit.components if Head.is_head(h)}
+            heads.update({c: 0 for c in member_controls(run, seed, circuit).values()})
+            return {
+                "data": data,
+                "heads": heads,
+                "parts": observed_parts(run, seed, settings.observed),
+            }
         if settings.data == "all":
             trace_batches = None  # the run's probe batches
         else:
@@ -348,6 +378,15 @@ class LLC(Family):
     def checkpoint(self, ctx: Checkpoint, settings: LLCSettings, state) -> pd.DataFrame:
         """Long because each component's rows gather the Hessian trace, the estimate with its
         diagnostics, the chains and (when calibrated) the step size, or say it has no plateau."""
+        if settings.susceptibility:
+            from interp_ext.families.llc.susceptibility import susceptibility_rows
+
+            kwargs = sampler_kwargs(ctx.model, state["data"], None, settings)
+            return pd.DataFrame(
+                susceptibility_rows(
+                    ctx.model, state["data"], state["parts"], state["heads"], kwargs
+                )
+            )
         rows = []
         batches = state.get("trace_batches")
         batches = ctx.probe["lm"][: settings.trace_batches] if batches is None else batches
@@ -401,7 +440,9 @@ class LLC(Family):
 
 
 def _wants_circuit(settings: LLCSettings) -> bool:
-    return any(c in settings.components.split(",") for c in ("circuit", "rest"))
+    return settings.susceptibility or any(
+        c in settings.components.split(",") for c in ("circuit", "rest")
+    )
 
 
 def _resolved_circuit(run, settings: LLCSettings) -> dict:

@@ -45,10 +45,13 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from circuits.circuit import Circuit, Head
-from circuits.induction import head_scores, quiet_heads
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
-from interp_ext.measurement.probes import repeated_probe
+from circuits.circuit import Circuit
+from interp_ext.measurement.circuits import (
+    member_controls,
+    resolve_circuit,
+    seed_circuit,
+    source_folders,
+)
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
 from interp_ext.optim_step import step_batch
@@ -229,32 +232,6 @@ class Members(Family):
         return section(page)
 
 
-def member_controls(run, seed: int, circuit: Circuit) -> dict[str, str]:
-    """member head -> a random head of its layer outside the circuit, each used once, heads below
-    both induction detection thresholds (at the seed's last checkpoint) drawn first; a member
-    whose layer has no head left gets none (logged)."""
-    model = run.model(seed, run.steps_for(seed)[-1])
-    quiet = set(quiet_heads(head_scores(model, repeated_probe(run))))
-    members = [Head.parse(c) for c in circuit.components if Head.is_head(c)]
-    gen = torch.Generator().manual_seed(seed)
-    used: set[str] = set()
-    out = {}
-    for m in members:
-        pool = [
-            str(Head(m.layer, h))
-            for h in range(model.cfg.n_heads)
-            if str(Head(m.layer, h)) not in circuit.components and str(Head(m.layer, h)) not in used
-        ]
-        if not pool:
-            log.warning("seed %d: no head left in layer %d for a control of %s", seed, m.layer, m)
-            continue
-        order = torch.randperm(len(pool), generator=gen).tolist()
-        ranked = sorted((pool[i] for i in order), key=lambda h: h not in quiet)
-        out[str(m)] = ranked[0]
-        used.add(ranked[0])
-    return out
-
-
 def probe_sequences(run, seed: int, step: int, sequences: int, first: int) -> torch.Tensor:
     """``sequences`` fresh training sequences at ``step``'s data position: [sequences, pos]."""
     size = run.config.train.batch_size
@@ -404,4 +381,4 @@ def describe_members(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-__all__ = ["Members", "MembersSettings", "member_controls"]
+__all__ = ["Members", "MembersSettings"]

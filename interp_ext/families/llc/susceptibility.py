@@ -1,0 +1,116 @@
+"""Per-head susceptibilities to the two parts of the training mix (devinterp).
+
+devinterp's ``susceptibilities`` (Baker et al. 2025, "Structural inference: interpreting small
+language models with susceptibilities", appendix C.4) samples the localised, tempered posterior
+once for the whole model and once restricted to each head's weights, evaluating at every draw the
+per-token loss on fixed sequences of each observed data set. For a head C and a token x of a data
+part it returns
+
+    chi_C(x) = E_C[phi (L_train - l_x)] - E_C[phi] E_full[L_train - l_x],   phi = L_train - L_train(w*)
+
+(E_C: the draws of C's chains; L_train: the sampled data's mean loss; l_x: the token's loss): the
+covariance, under C's posterior, of the sampled loss's rise with the gap between the sampled loss
+and that token's loss, centred on the whole model's gap. Where C's mean gap is the whole model's,
+chi_C(x) = Var_C(L_train) - Cov_C(L_train, l_x): a token whose loss moves with the sampled loss
+as C's weights move has a smaller chi, one C's weights leave untouched a chi near the sampled
+loss's own variance under C. The parts are the training mix's uniform-random rows and its
+corpus-text rows (both carry the copied span): the question the data-refined LLC asked (results
+7) of which data a head specialises to.
+
+Rows (component: the head; ``susceptibility_role`` 1 for a circuit member, 0 for its
+layer-matched control, :func:`interp_ext.measurement.circuits.member_controls`):
+``susceptibility/<part>`` the mean of chi_C(x) over the part's observed tokens, and
+``susceptibility_se/<part>`` its standard error over the observed sequences (each sequence's
+mean a unit: tokens of one sequence are not independent); ``susceptibility_gap`` = text - random
+with ``susceptibility_gap_se`` (the parts hold different sequences: the two errors add in
+quadrature). The errors are over the observed sequences at fixed chains; the chains' own Monte
+Carlo error is not in them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from circuits.circuit import Head
+
+PARTS = ("random", "text")
+SUSCEPTIBILITY_DRAW = 7000  # training-distribution draws the observed sequences come from
+
+
+def observed_parts(run, seed: int, n: int) -> dict:
+    """``n`` random rows and ``n`` text rows of the training distribution (HF datasets)."""
+    import torch
+    from datasets import Dataset
+
+    from interp_ext.measurement.probes import rows_by_part
+
+    rand, text = rows_by_part(run, seed, SUSCEPTIBILITY_DRAW, n, n)
+    return {
+        part: Dataset.from_dict({"input_ids": torch.stack(rows).tolist()}).with_format("torch")
+        for part, rows in zip(PARTS, (rand, text))
+    }
+
+
+def susceptibility_rows(
+    model, data, parts: dict, heads: dict[str, int], kwargs: dict
+) -> list[dict]:
+    """The rows of one checkpoint: ``heads`` maps a head (``L1H2``) to its role (1 member, 0
+    control); ``data`` is the sampled data set, ``parts`` the observed ones, ``kwargs`` devinterp
+    ``sample`` arguments (the LLC's sampler settings; ``param_masks`` is set per head here)."""
+    from devinterp.slt.susceptibilities import susceptibilities
+    from devinterp.slt.weight_restrictions import create_param_masks
+
+    from interp_ext.families.llc import quiet_sampler
+
+    kwargs = {k: v for k, v in kwargs.items() if k != "param_masks"}
+    size = kwargs["batch_size"]
+    restrictions = {"full": None}
+    for head in heads:
+        h = Head.parse(head)
+        restrictions[head] = create_param_masks(model, f"l{h.layer}h{h.head}")
+    # each observed set whole-batch sized (devinterp evaluates batch_size x batches_per_draw rows)
+    observed = {"train": data, **parts}
+    observables = {name: (ds, len(ds) // size) for name, ds in observed.items()}
+    with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-sus-") as tmp:
+        tree = susceptibilities(
+            model,
+            data,
+            observables,
+            restrictions,
+            sampling_task="train",
+            output_path=f"{tmp}/samples.zarr",
+            **kwargs,
+        )
+    return read_rows(tree["susceptibilities"].dataset, heads)
+
+
+def read_rows(sus, heads: dict[str, int]) -> list[dict]:
+    """Mean and standard error over observed sequences of each head's per-token chi, per part."""
+    names = list(sus.attrs["dataset_id_to_name"])
+    dataset_id = np.asarray(sus["dataset_id"].values)
+    batch = np.asarray(sus["batch"].values)
+    rows = []
+    for head, role in heads.items():
+        chi = np.asarray(sus["sus"].sel(wr=head).values)
+        stats = {}
+        for part in PARTS:
+            at = dataset_id == names.index(part)
+            per_seq = np.array([chi[at & (batch == b)].mean() for b in np.unique(batch[at])])
+            stats[part] = (per_seq.mean(), per_seq.std(ddof=1) / np.sqrt(len(per_seq)))
+            rows += [
+                {"metric": f"susceptibility/{part}", "component": head, "value": stats[part][0]},
+                {"metric": f"susceptibility_se/{part}", "component": head, "value": stats[part][1]},
+            ]
+        gap = stats["text"][0] - stats["random"][0]
+        rows += [
+            {"metric": "susceptibility_gap", "component": head, "value": gap},
+            {
+                "metric": "susceptibility_gap_se",
+                "component": head,
+                "value": float(np.hypot(stats["text"][1], stats["random"][1])),
+            },
+            {"metric": "susceptibility_role", "component": head, "value": float(role)},
+        ]
+    return rows
