@@ -43,10 +43,10 @@ def test_rows_read_devinterps_susceptibilities_on_a_known_case():
     phi = rng.normal(0.3, 0.2, size=(2, 50))
     slopes = {"random": rng.uniform(0, 1, 6), "text": rng.uniform(-1, 0.5, 6)}
     tree = samples(phi, slopes)
-    out = compute_susceptibilities({"full": tree, "L1H0": tree}, "train")
-    rows = {
-        r["metric"]: r["value"] for r in read_rows(out["susceptibilities"].dataset, {"L1H0": 1})
-    }
+    control = samples(phi, {p: a / 2 for p, a in slopes.items()})
+    out = compute_susceptibilities({"full": tree, "L1H0": tree, "L1H1": control}, "train")
+    read = read_rows(out["susceptibilities"].dataset, {"L1H0": "L1H1"})
+    rows = {r["metric"]: r["value"] for r in read if r["component"] == "L1H0"}
     var = phi.var()
     for part, a in slopes.items():
         chi = (1 - a) * var  # per sequence
@@ -54,9 +54,21 @@ def test_rows_read_devinterps_susceptibilities_on_a_known_case():
         assert rows[f"susceptibility_se/{part}"] == pytest.approx(
             chi.std(ddof=1) / np.sqrt(len(chi)), rel=1e-9
         )
+        # the control's tokens move half as much, centred on the whole model's gap:
+        # chi = (1 - slope / 2) E[phi^2] - (1 - slope) E[phi]^2, so member - control = -slope / 2 E[phi^2]
+        diff = -a / 2 * (phi**2).mean()
+        assert rows[f"susceptibility_vs_control/{part}"] == pytest.approx(diff.mean(), rel=1e-9)
+        assert rows[f"susceptibility_vs_control_se/{part}"] == pytest.approx(
+            diff.std(ddof=1) / np.sqrt(len(diff)), rel=1e-9
+        )
     gap = (1 - slopes["text"]).mean() * var - (1 - slopes["random"]).mean() * var
     assert rows["susceptibility_gap"] == pytest.approx(gap, rel=1e-9)
     assert rows["susceptibility_role"] == 1.0
+    assert {r["component"] for r in read if r["metric"] == "susceptibility_role"} == {
+        "L1H0",
+        "L1H1",
+    }
+    assert not [r for r in read if r["component"] == "L1H1" and "vs_control" in r["metric"]]
 
 
 def test_susceptibility_rows_on_a_run_with_both_parts(tmp_path, cache_dir, micro_run):
@@ -83,6 +95,8 @@ def test_susceptibility_rows_on_a_run_with_both_parts(tmp_path, cache_dir, micro
         got = rows[rows.metric == metric]
         assert len(got) == 4 and np.isfinite(got.value).all(), metric
     assert (rows[rows.metric.str.startswith("susceptibility_se/")].value > 0).all()
+    paired = rows[rows.metric == "susceptibility_vs_control/text"]
+    assert set(paired.component) == {"L1H0", "L0H1"} and np.isfinite(paired.value).all()
     assert "llc" not in set(rows.metric)  # susceptibilities instead of the estimates
     assert settings.id != replace(settings, susceptibility=False).id
     with pytest.raises(MeasureError, match="random_seq_prob is 0.0"):

@@ -360,13 +360,10 @@ class LLC(Family):
         if settings.susceptibility:
             from interp_ext.families.llc.susceptibility import observed_parts
 
-            heads = {h: 1 for h in circuit.components if Head.is_head(h)}
-            heads.update({c: 0 for c in member_controls(run, seed, circuit).values()})
-            return {
-                "data": data,
-                "heads": heads,
-                "parts": observed_parts(run, seed, settings.observed),
-            }
+            pairs = member_controls(run, seed, circuit)
+            controls = {h: pairs.get(h) for h in circuit.components if Head.is_head(h)}
+            parts = observed_parts(run, seed, settings.observed)
+            return {"data": data, "controls": controls, "parts": parts}
         if settings.data == "all":
             trace_batches = None  # the run's probe batches
         else:
@@ -384,7 +381,7 @@ class LLC(Family):
             kwargs = sampler_kwargs(ctx.model, state["data"], None, settings)
             return pd.DataFrame(
                 susceptibility_rows(
-                    ctx.model, state["data"], state["parts"], state["heads"], kwargs
+                    ctx.model, state["data"], state["parts"], state["controls"], kwargs
                 )
             )
         rows = []

@@ -23,8 +23,10 @@ layer-matched control, :func:`interp_ext.measurement.circuits.member_controls`):
 ``susceptibility_se/<part>`` its standard error over the observed sequences (each sequence's
 mean a unit: tokens of one sequence are not independent); ``susceptibility_gap`` = text - random
 with ``susceptibility_gap_se`` (the parts hold different sequences: the two errors add in
-quadrature). The errors are over the observed sequences at fixed chains; the chains' own Monte
-Carlo error is not in them.
+quadrature); for each member with a control, ``susceptibility_vs_control/<part>`` (member -
+control, paired by sequence: every head reads the same observed sequences) and its
+``susceptibility_vs_control_se/<part>``. The errors are over the observed sequences at fixed
+chains; the chains' own Monte Carlo error is not in them.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ def observed_parts(run, seed: int, n: int) -> dict:
 
 
 def susceptibility_rows(
-    model, data, parts: dict, heads: dict[str, int], kwargs: dict
+    model, data, parts: dict, controls: dict[str, str | None], kwargs: dict
 ) -> list[dict]:
-    """The rows of one checkpoint: ``heads`` maps a head (``L1H2``) to its role (1 member, 0
-    control); ``data`` is the sampled data set, ``parts`` the observed ones, ``kwargs`` devinterp
-    ``sample`` arguments (the LLC's sampler settings; ``param_masks`` is set per head here)."""
+    """The rows of one checkpoint: ``controls`` maps each circuit head (``L1H2``) to its control
+    head (or None); ``data`` is the sampled data set, ``parts`` the observed ones, ``kwargs``
+    devinterp ``sample`` arguments (the LLC's sampler settings; ``param_masks`` is set per head
+    here). The sampled loss phi reads is observed on the first sequences of ``data``, as many as
+    each part has."""
     from devinterp.slt.susceptibilities import susceptibilities
     from devinterp.slt.weight_restrictions import create_param_masks
 
@@ -66,12 +70,14 @@ def susceptibility_rows(
 
     kwargs = {k: v for k, v in kwargs.items() if k != "param_masks"}
     size = kwargs["batch_size"]
+    heads = [*controls, *(c for c in controls.values() if c)]
     restrictions = {"full": None}
     for head in heads:
         h = Head.parse(head)
         restrictions[head] = create_param_masks(model, f"l{h.layer}h{h.head}")
-    # each observed set whole-batch sized (devinterp evaluates batch_size x batches_per_draw rows)
-    observed = {"train": data, **parts}
+    n = len(next(iter(parts.values())))
+    observed = {"train": data.select(range(min(n, len(data)))), **parts}
+    # each observed set whole batches (devinterp evaluates batch_size x batches_per_draw rows)
     observables = {name: (ds, len(ds) // size) for name, ds in observed.items()}
     with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-sus-") as tmp:
         tree = susceptibilities(
@@ -83,34 +89,47 @@ def susceptibility_rows(
             output_path=f"{tmp}/samples.zarr",
             **kwargs,
         )
-    return read_rows(tree["susceptibilities"].dataset, heads)
+    return read_rows(tree["susceptibilities"].dataset, controls)
 
 
-def read_rows(sus, heads: dict[str, int]) -> list[dict]:
-    """Mean and standard error over observed sequences of each head's per-token chi, per part."""
+def read_rows(sus, controls: dict[str, str | None]) -> list[dict]:
+    """Per head and part: the mean over observed sequences of the head's per-token chi and its
+    standard error; per member with a control, the same for the difference member - control,
+    paired by sequence (both read the same observed sequences)."""
     names = list(sus.attrs["dataset_id_to_name"])
     dataset_id = np.asarray(sus["dataset_id"].values)
     batch = np.asarray(sus["batch"].values)
-    rows = []
-    for head, role in heads.items():
+
+    def per_sequence(head: str, part: str) -> np.ndarray:
         chi = np.asarray(sus["sus"].sel(wr=head).values)
-        stats = {}
+        at = dataset_id == names.index(part)
+        return np.array([chi[at & (batch == b)].mean() for b in np.unique(batch[at])])
+
+    def mean_se(x: np.ndarray) -> tuple[float, float]:
+        return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+    roles = {**{c: 0.0 for c in controls.values() if c}, **{m: 1.0 for m in controls}}
+    rows = []
+    for head, role in roles.items():
+        seqs = {part: per_sequence(head, part) for part in PARTS}
         for part in PARTS:
-            at = dataset_id == names.index(part)
-            per_seq = np.array([chi[at & (batch == b)].mean() for b in np.unique(batch[at])])
-            stats[part] = (per_seq.mean(), per_seq.std(ddof=1) / np.sqrt(len(per_seq)))
+            m, se = mean_se(seqs[part])
             rows += [
-                {"metric": f"susceptibility/{part}", "component": head, "value": stats[part][0]},
-                {"metric": f"susceptibility_se/{part}", "component": head, "value": stats[part][1]},
+                {"metric": f"susceptibility/{part}", "component": head, "value": m},
+                {"metric": f"susceptibility_se/{part}", "component": head, "value": se},
             ]
-        gap = stats["text"][0] - stats["random"][0]
+        gap = seqs["text"].mean() - seqs["random"].mean()
+        gap_se = np.hypot(mean_se(seqs["text"])[1], mean_se(seqs["random"])[1])
         rows += [
-            {"metric": "susceptibility_gap", "component": head, "value": gap},
-            {
-                "metric": "susceptibility_gap_se",
-                "component": head,
-                "value": float(np.hypot(stats["text"][1], stats["random"][1])),
-            },
-            {"metric": "susceptibility_role", "component": head, "value": float(role)},
+            {"metric": "susceptibility_gap", "component": head, "value": float(gap)},
+            {"metric": "susceptibility_gap_se", "component": head, "value": float(gap_se)},
+            {"metric": "susceptibility_role", "component": head, "value": role},
         ]
+        control = controls.get(head) if role else None
+        for part in PARTS if control else ():
+            m, se = mean_se(seqs[part] - per_sequence(control, part))
+            rows += [
+                {"metric": f"susceptibility_vs_control/{part}", "component": head, "value": m},
+                {"metric": f"susceptibility_vs_control_se/{part}", "component": head, "value": se},
+            ]
     return rows
