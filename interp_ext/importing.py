@@ -32,7 +32,8 @@ their paths with sizes, modification times and SHA-256 hashes; a changed or
 missing source is named when loaded. Checkpoints load lazily, one at a time. A checkpoint
 whose weight file has the same hash as the previous one's of its seed is named in a warning
 and recorded in ``import.json`` (``duplicates``, read by :meth:`Run.duplicate_steps`); the
-geometry family's step-to-step comparisons leave it out.
+step-to-step measurements leave it out (geometry's comparisons with the previous checkpoint,
+Stream 1's drift, the SAE lineage, the real update).
 """
 
 from __future__ import annotations

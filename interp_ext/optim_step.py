@@ -92,6 +92,12 @@ def imported_update(run, seed: int, step: int, device: str) -> tuple[dict, dict,
             f"the optimizer direction of imported run {run.path} needs the real update after step {step}, and its batches are unknown: "
             f"import a checkpoint at step {step + 1} too (checkpoints: {run.steps_for(seed)}), or use the sgd direction"
         )
+    if step + 1 in run.duplicate_steps(seed):
+        raise RunError(
+            f"the checkpoint at step {step + 1} of imported run {run.path} holds the same weights as "
+            f"step {step} (a duplicate found at import), so the real update after step {step} is "
+            "unknown: use the sgd direction"
+        )
     theta = {
         n: p.detach().clone() for n, p in run.model(seed, step, device=device).named_parameters()
     }

@@ -140,8 +140,9 @@ class Run:
 
     def duplicate_steps(self, seed: int) -> list[int]:
         """Steps of an imported seed whose weights equal the previous checkpoint's (the same weight
-        file hash, found at import); the geometry family's comparisons with the previous checkpoint
-        and Stream 1's drift leave them out."""
+        file hash, found at import); the step-to-step measurements leave them out: the geometry
+        family's comparisons with the previous checkpoint, Stream 1's drift, the SAE lineage (the
+        next checkpoint is matched against the last distinct one) and the imported real update."""
         return [int(t) for t in self._import_index().get("duplicates", {}).get(str(seed), [])]
 
     def _import_index(self) -> dict:

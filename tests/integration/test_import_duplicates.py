@@ -1,6 +1,7 @@
 """Importing checkpoints of which two consecutive ones hold the same weights: named in a
-warning, recorded with the run, and left out of Stream 1's drift and geometry's comparisons
-with the previous checkpoint."""
+warning, recorded with the run, and left out of the step-to-step measurements: Stream 1's
+drift, geometry's comparisons with the previous checkpoint, the SAE lineage and the real
+update."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from tests.integration.test_import import SEQ, VOCAB, tokenizer
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, cache_dir):
-    """Trainer-style checkpoints of a tiny GPT-2 at steps 0, 10, 20 and 30, where
-    checkpoint-20 is a byte-identical copy of checkpoint-10."""
+    """Trainer-style checkpoints of a tiny GPT-2 at steps 0, 10, 20, 30 and 31, where
+    checkpoint-20 is a byte-identical copy of checkpoint-10 and checkpoint-31 of checkpoint-30."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     out = tmp_path_factory.mktemp("hf") / "trainer"
@@ -38,6 +39,7 @@ def folder(tmp_path_factory, cache_dir):
         model.save_pretrained(out / f"checkpoint-{step}")
         tok.save_pretrained(out / f"checkpoint-{step}")
     shutil.copytree(out / "checkpoint-10", out / "checkpoint-20")
+    shutil.copytree(out / "checkpoint-30", out / "checkpoint-31")
     return out
 
 
@@ -69,11 +71,11 @@ def test_the_copy_is_named_in_a_warning_and_recorded(imported):
     run, warnings = imported
     named = [w for w in warnings if "hold the same weights" in w]
     assert len(named) == 1
-    assert named[0].startswith("steps [20] of seed 0 hold the same weights as the checkpoint")
-    assert run.steps == [0, 10, 20, 30]  # still imported: other measurements see every step
-    assert run.duplicate_steps(0) == [20] and run.duplicate_steps(1) == []
+    assert named[0].startswith("steps [20, 31] of seed 0 hold the same weights as the checkpoint")
+    assert run.steps == [0, 10, 20, 30, 31]  # still imported: other measurements see every step
+    assert run.duplicate_steps(0) == [20, 31] and run.duplicate_steps(1) == []
     index = json.loads((run.path / "import.json").read_text())
-    assert index["duplicates"] == {"0": [20]}
+    assert index["duplicates"] == {"0": [20, 31]}
 
 
 def test_stream1_and_previous_checkpoint_comparisons_leave_the_copy_out(imported):
@@ -85,7 +87,31 @@ def test_stream1_and_previous_checkpoint_comparisons_leave_the_copy_out(imported
     assert sorted(drift[drift.metric == "drift_rate"].step.unique()) == [10, 30]
     geo = run.metrics("geometry")
     assert sorted(geo[geo.metric == "overlap_prev"].step.unique()) == [10, 30]
-    assert sorted(geo[geo.metric == "effective_rank"].step.unique()) == [0, 10, 20, 30]
+    assert sorted(geo[geo.metric == "effective_rank"].step.unique()) == [0, 10, 20, 30, 31]
+
+
+def test_the_sae_lineage_skips_the_copy_and_matches_the_last_distinct_checkpoint(imported):
+    import pandas as pd
+
+    from interp_ext.families import SAETrackingSettings
+
+    run, _ = imported
+    settings = SAETrackingSettings(hook="blocks.0.hook_resid_post", width=16, k=2, n_tokens=1024)
+    rows = measure(run, settings, steps=[0, 10, 20, 30], progress=False)
+    persisted = rows[(rows.metric == "n_persisted") & (rows.seed == 0)]
+    assert sorted(persisted.step) == [10, 30]  # none at the copy
+    assert set(rows[(rows.metric == "l0") & (rows.seed == 0)].step) == {0, 10, 20, 30}
+    lineage = pd.read_parquet(run.path / "saes" / settings.id / "seed=0" / "lineage.parquet")
+    assert sorted(set(zip(lineage.step_from, lineage.step_to))) == [(0, 10), (10, 30)]
+
+
+def test_the_real_update_is_refused_where_the_next_checkpoint_is_a_copy(imported):
+    from interp_ext.api import real_update
+    from interp_ext.run import RunError
+
+    run, _ = imported
+    with pytest.raises(RunError, match="step 31 .* same weights as step 30"):
+        real_update(run, 0, 30)
 
 
 def test_a_native_run_has_no_duplicates(micro_run):

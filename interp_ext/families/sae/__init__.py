@@ -175,7 +175,11 @@ class SAETracking(Family):
         sae, model = load_sae(path), ctx.model
         eval_acts = hook_activations(model, state.eval_tokens.to(model.cfg.device), settings.hook)
         f_eval, w_dec, prev = encode(sae, eval_acts), sae.W_dec.detach(), state.prev
-        state.prev = (ctx.step, w_dec, f_eval)
+        # a checkpoint holding the previous one's weights again (found at import) is no step: the
+        # lineage skips it, and the next checkpoint is matched against the last distinct one
+        duplicate = ctx.step in ctx.run.duplicate_steps(ctx.seed)
+        if not duplicate:
+            state.prev = (ctx.step, w_dec, f_eval)
         if ctx.replay:
             return None
         q = sae_quality(sae, eval_acts)
@@ -191,7 +195,7 @@ class SAETracking(Family):
         )  # every feature's, to follow one through training
         q["induction_feature_corr"] = float(corr.max())
         q["induction_feature"] = float(np.argmax(corr))
-        if prev is not None:
+        if prev is not None and not duplicate:
             q.update(lineage(prev, ctx.step, w_dec, f_eval, settings, path.parent))
         return pd.DataFrame(
             [{"metric": m, "component": settings.hook, "value": v} for m, v in q.items()]
