@@ -61,6 +61,46 @@ def bootstrap_interval(
     return (point, float(lo), float(hi), n)
 
 
+def critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> dict[str, float]:
+    """McCandlish et al. 2018's S(B) = S_min (1 + B_crit / B), the steps to a target against the
+    batch size, fitted by least squares of S on 1 / B (S is linear in 1 / B: intercept S_min,
+    slope S_min B_crit): ``S_min`` and ``B_crit`` (NaN with fewer than two batch sizes or a
+    non-positive intercept). The law assumes a learning rate tuned per batch size; at one fixed
+    learning rate B_crit is that rate's, not the optimum's."""
+    b, t = np.asarray(batch_sizes, float), np.asarray(steps, float)
+    ok = np.isfinite(b) & np.isfinite(t) & (b > 0)
+    if len(np.unique(b[ok])) < 2:
+        return {"S_min": math.nan, "B_crit": math.nan}
+    design = np.c_[np.ones(ok.sum()), 1.0 / b[ok]]
+    (a, slope), *_ = np.linalg.lstsq(design, t[ok], rcond=None)
+    return {"S_min": float(a), "B_crit": float(slope / a) if a > 0 else math.nan}
+
+
+def critical_batch_over_seeds(
+    steps: pd.DataFrame, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """B_crit of the seeds' mean S(B) (``steps``: one row per seed, one column per batch size),
+    with a percentile bootstrap interval that resamples seeds whole (a seed's arms stay together);
+    ``distinct`` is the number of distinct resamples n seeds allow, C(2n - 1, n) (35 for 4 seeds):
+    below a few hundred the interval is coarse."""
+    table = steps.dropna()
+    sizes = np.asarray(table.columns, float)
+    values = table.to_numpy(float)
+    n = len(values)
+    point = critical_batch(sizes, values.mean(0))["B_crit"] if n else math.nan
+    out = {"B_crit": point, "lo": math.nan, "hi": math.nan, "n": float(n)}
+    out["distinct"] = float(math.comb(2 * n - 1, n)) if n else 0.0
+    if n < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    boots = [
+        critical_batch(sizes, values[rng.integers(0, n, n)].mean(0))["B_crit"]
+        for _ in range(n_boot)
+    ]
+    lo, hi = np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return {**out, "lo": float(lo), "hi": float(hi)}
+
+
 def sign_count(values: Sequence[float]) -> tuple[int, int]:
     """(number of positive values, number of finite values): "k of n seeds"."""
     v = np.asarray(values, float)

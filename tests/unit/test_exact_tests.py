@@ -4,6 +4,7 @@ on series whose law is known."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -174,3 +175,42 @@ def test_event_near_formation_equals_listing_every_permutation_and_runs_at_16_se
     hit = (rng.random((16, 16)) < 0.3).astype(int)
     counts = permutation_hit_counts(hit)
     assert counts.sum() == math.factorial(16) and len(counts) == 17
+
+
+def test_critical_batch_recovers_the_law_and_the_by_hand_fits():
+    """S(B) = S_min (1 + B_crit / B) exactly recovered; the four seeds' batch arms of results 4.1
+    give the B_crit first fitted by hand (71, 57, 30, 43)."""
+    from interp_ext.stats import critical_batch
+
+    sizes = [16, 32, 64, 128]
+    exact = critical_batch(sizes, [100 * (1 + 50 / b) for b in sizes])
+    assert exact["B_crit"] == pytest.approx(50) and exact["S_min"] == pytest.approx(100)
+    table = {
+        1: [725, 375, 275, 225],
+        3: [675, 375, 275, 225],
+        4: [475, 275, 225, 225],
+        5: [725, 425, 325, 275],
+    }
+    got = [round(critical_batch(sizes, s)["B_crit"]) for s in table.values()]
+    assert got == [71, 57, 30, 43]
+    assert math.isnan(critical_batch([32, 32], [10, 12])["B_crit"])  # one batch size: no fit
+
+
+def test_critical_batch_over_seeds_resamples_seeds_whole():
+    import pandas as pd
+
+    from interp_ext.stats import critical_batch, critical_batch_over_seeds
+
+    sizes = [16, 32, 64, 128]
+    same = pd.DataFrame([[100 * (1 + 40 / b) for b in sizes]] * 4, columns=sizes)
+    fit = critical_batch_over_seeds(same)
+    assert fit["B_crit"] == pytest.approx(40) and fit["lo"] == pytest.approx(40)
+    assert fit["hi"] == pytest.approx(40) and fit["n"] == 4 and fit["distinct"] == 35
+    table = pd.DataFrame(
+        [[725, 375, 275, 225], [675, 375, 275, 225], [475, 275, 225, 225], [725, 425, 325, 275]],
+        columns=sizes,
+    )
+    fit = critical_batch_over_seeds(table, n_boot=500)
+    assert fit["B_crit"] == pytest.approx(critical_batch(sizes, table.mean().to_numpy())["B_crit"])
+    per_seed = [critical_batch(sizes, row)["B_crit"] for row in table.to_numpy()]
+    assert min(per_seed) - 1e-9 <= fit["lo"] <= fit["B_crit"] <= fit["hi"] <= max(per_seed) + 1e-9

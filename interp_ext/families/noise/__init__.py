@@ -29,8 +29,11 @@ window's start from M per-batch gradients (per sequence; |G|^2 unbiased).
 Formation: the steepest rise of the best induction score on the record grid, if
 the score ends above ``threshold``; otherwise the arm is censored at the window's
 end (formation > end) and counted as such: summaries over seeds are Kaplan-Meier
-medians and log-rank tests, and paired orders that treat censored pairs by their
-bounds. No seed is dropped. With ``stop_after`` an arm stops once it has formed
+medians and, against the reference arm, paired orders by seed that treat censored pairs
+by their bounds, with exact sign tests (arms of one seed are paired, never pooled as
+independent samples). No seed is dropped. The batch arms give each seed's critical batch
+size (``B_crit``, ``S_min``: S(B) = S_min (1 + B_crit / B), :func:`interp_ext.stats.critical_batch`)
+and, over seeds, that of the mean S(B) with a bootstrap interval resampling seeds. With ``stop_after`` an arm stops once it has formed
 (:func:`has_formed`: its steepest rise lies that many steps behind and the score has
 levelled off), so its formation step is the one the whole window would give unless
 a steeper rise came later; E_C's change and the final score are then read at the
@@ -60,7 +63,13 @@ from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, setting
 from interp_ext.measurement.stream3 import Recorder, TrajectorySettings, check_replay
 from interp_ext.replay import Replay, ReplayError
-from interp_ext.stats import km_median, logrank_p, paired_order, sign_test
+from interp_ext.stats import (
+    critical_batch,
+    critical_batch_over_seeds,
+    km_median,
+    paired_order,
+    sign_test,
+)
 
 
 @dataclass(frozen=True)
@@ -312,14 +321,25 @@ def seed_outcomes(run, rows: pd.DataFrame, settings: NoiseSettings) -> pd.DataFr
             ("last_step", float(end)),
         ):
             out.append({"metric": metric, "value": value, "variant": variant})
+    batch = {
+        r["variant"]: r["value"]
+        for r in out
+        if r["metric"] == "steps_to_formation" and r["variant"].startswith("batch")
+    }
+    censored = {r["variant"] for r in out if r["metric"] == "censored" and r["value"] > 0}
+    if len(batch) >= 2 and not censored & set(batch):  # S(B) of this seed's batch arms
+        fit = critical_batch([int(v.removeprefix("batch")) for v in batch], list(batch.values()))
+        out += [{"metric": k, "value": v, "variant": "batch"} for k, v in fit.items()]
     return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
 
 
 def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
     """Per arm over seeds, censoring kept: seeds formed, Kaplan-Meier medians of steps and tokens
     to formation (a bound when the median is censored), and against the reference arm (c = 1 with
-    the same second moment for noise arms; ``batch_reference``, the run's batch size, for batch arms): the log-rank p-value and the
-    paired order (seeds later / seeds whose order is known, with its sign-test p)."""
+    the same second moment for noise arms; ``batch_reference``, the run's batch size, for batch arms): the
+    paired order (seeds later / seeds whose order is known, with its exact one-sided sign-test p;
+    the arms are paired by seed, so no test treats them as independent samples), and the critical
+    batch size of the batch arms."""
     per = rows[(rows.seed >= 0) & (rows.step < 0) & (rows.variant != "")]
     table = per.pivot_table(index=["variant", "seed"], columns="metric", values="value")
     out = []
@@ -350,11 +370,6 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
         later, known = paired_order(a_t, cens, r_t, r_c)
         earlier, _ = paired_order(r_t, r_c, a_t, cens)
         out += [
-            {
-                "metric": "vs_reference/logrank_p",
-                "value": logrank_p(a_t, cens, r_t, r_c),
-                "variant": variant,
-            },
             {"metric": "vs_reference/seeds_later", "value": float(later), "variant": variant},
             {"metric": "vs_reference/seeds_earlier", "value": float(earlier), "variant": variant},
             {"metric": "vs_reference/seeds_known", "value": float(known), "variant": variant},
@@ -369,7 +384,40 @@ def across_seeds(rows: pd.DataFrame, batch_reference: str) -> pd.DataFrame:
                 "variant": variant,
             },
         ]
+    out += critical_batch_rows(table)
     return pd.DataFrame([{**r, "step": -1, "component": ""} for r in out])
+
+
+def batch_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """Steps to formation per seed (rows) and batch arm's size (columns); a seed with a censored
+    batch arm is left out (its S(B) is a bound there)."""
+    batches = [v for v in table.index.get_level_values("variant").unique() if v.startswith("batch")]
+    cols = {}
+    for v in batches:
+        g = table.loc[v]
+        cols[int(v.removeprefix("batch"))] = g["steps_to_formation"].where(g["censored"] == 0)
+    return pd.DataFrame(cols).sort_index(axis=1)
+
+
+def critical_batch_rows(table: pd.DataFrame) -> list[dict]:
+    """Over seeds: the B_crit of the mean S(B) with a bootstrap interval resampling seeds (needs
+    two batch sizes)."""
+    steps = batch_steps(table)
+    if steps.shape[1] < 2:
+        return []
+    out = [
+        {
+            "metric": "B_crit/seed",
+            "value": critical_batch(steps.columns, row)["B_crit"],
+            "variant": f"seed{seed}",
+        }
+        for seed, row in steps.dropna().iterrows()
+    ]
+    fit = critical_batch_over_seeds(steps)
+    names = {"B_crit": "mean_curve", "lo": "lo", "hi": "hi", "n": "seed_n", "distinct": "distinct"}
+    return out + [
+        {"metric": f"B_crit/{names[k]}", "value": v, "variant": "batch"} for k, v in fit.items()
+    ]
 
 
 __all__ = ["Noise", "NoiseSettings", "has_formed", "noise_scale", "noise_scale_of"]

@@ -217,7 +217,7 @@ def summary_lines(summary: pd.DataFrame, arms: list[str]) -> list[str]:
             med.append(
                 ("> " if one(g, metric=f"{metric}/km_median_censored") > 0 else "") + f"{v:,.0f}"
             )
-        p = one(g, metric="vs_reference/logrank_p")
+        p_later, p_earlier = (one(g, metric=f"vs_reference/p_{w}") for w in ("later", "earlier"))
         order = (
             f"{one(g, metric='vs_reference/seeds_later'):.0f} / {one(g, metric='vs_reference/seeds_earlier'):.0f} / "
             f"{one(g, metric='vs_reference/seeds_known'):.0f}"
@@ -226,7 +226,7 @@ def summary_lines(summary: pd.DataFrame, arms: list[str]) -> list[str]:
         )
         lines.append(
             f"| {arm} | {one(g, metric='formed/seeds'):.0f} of {one(g, metric='formed/seed_n'):.0f} | {med[0]} | {med[1]} | "
-            f"{p:.3f} | {order} |"
+            f"{p_later:.3g} / {p_earlier:.3g} | {order} |"
         )
     return lines
 
@@ -292,8 +292,24 @@ def _tables(
         + token_lines
         + [
             "",
-            "| arm | seeds formed | Kaplan-Meier median steps | KM median tokens | vs reference: log-rank p | seeds later / earlier / order known |",
+            "| arm | seeds formed | Kaplan-Meier median steps | KM median tokens | vs reference, paired by seed: one-sided sign test p, later / earlier | seeds later / earlier / order known |",
             "|---|---|---|---|---|---|",
         ]
     )
-    return lines + summary_lines(summary, arms)
+    return lines + summary_lines(summary, arms) + critical_batch_lines(summary)
+
+
+def critical_batch_lines(summary: pd.DataFrame) -> list[str]:
+    """B_crit of the seeds' mean S(B) with its bootstrap interval over seeds, and its caveat."""
+    point = one(summary, metric="B_crit/mean_curve")
+    if not math.isfinite(point):
+        return []
+    n, distinct = one(summary, metric="B_crit/seed_n"), one(summary, metric="B_crit/distinct")
+    lo, hi = one(summary, metric="B_crit/lo"), one(summary, metric="B_crit/hi")
+    return [
+        "",
+        f"Critical batch size (McCandlish et al. 2018, S(B) = S_min (1 + B_crit / B) fitted to the seeds' mean steps "
+        f"to formation over the batch arms): B_crit = {point:.3g} sequences, 95% bootstrap interval over seeds "
+        f"{lo:.3g}-{hi:.3g} ({n:.0f} seeds, {distinct:.0f} distinct resamples). One learning rate for every batch "
+        "size, while the law assumes a rate tuned per batch size: this is the critical batch of this rate.",
+    ]
