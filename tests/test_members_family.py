@@ -198,3 +198,38 @@ def test_levels_alone_equal_the_matrix_runs_levels(members, micro_run):
     got = alone[alone.metric.isin(["S", "N", "E", "S/se"])].set_index(key).value
     assert set(got.index) == set(levels.index)
     np.testing.assert_allclose(got.loc[levels.index], levels, rtol=1e-9, atol=1e-15)
+
+
+def test_replayed_steps_between_checkpoints_equal_a_checkpoint_there(tmp_path, cache_dir):
+    """The window's rows at a replayed step are those a run checkpointing that step measures
+    there (the trainer is bit for bit, so both runs hold the same weights and AdamW state)."""
+    import pandas as pd
+
+    from interp_ext.training import train
+    from tests.conftest import micro_config
+
+    sparse = train(micro_config(), tmp_path / "every2", progress=False, cache_dir=cache_dir)
+    dense = train(
+        micro_config(checkpoint_every=1), tmp_path / "every1", progress=False, cache_dir=cache_dir
+    )
+    settings = MembersSettings(**{**SMALL, "weights": "raw"})
+    between = measure(
+        sparse,
+        MembersSettings(**{**SMALL, "weights": "raw", "window": "2:6", "window_every": 1}),
+        seeds=[0],
+        steps=[2, 6],
+        progress=False,
+    )
+    at = measure(dense, settings, seeds=[0], steps=[3, 5], progress=False)
+    key = ["step", "metric", "component", "probe"]
+    for step in (3, 5):
+        got = between[(between.seed == 0) & (between.step == step)].sort_values(key)
+        want = at[(at.seed == 0) & (at.step == step)].sort_values(key)
+        assert len(got) == len(want) > 0
+        pd.testing.assert_frame_equal(
+            got[key].reset_index(drop=True), want[key].reset_index(drop=True)
+        )
+        np.testing.assert_allclose(
+            got.value.to_numpy(), want.value.to_numpy(), rtol=1e-9, atol=1e-12
+        )
+    assert not len(between[between.step == 4])  # a checkpoint: measured as one, not replayed

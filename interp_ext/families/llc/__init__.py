@@ -381,7 +381,12 @@ class LLC(Family):
             kwargs = sampler_kwargs(ctx.model, state["data"], None, settings)
             return pd.DataFrame(
                 susceptibility_rows(
-                    ctx.model, state["data"], state["parts"], state["controls"], kwargs
+                    ctx.model,
+                    state["data"],
+                    state["parts"],
+                    state["controls"],
+                    kwargs,
+                    quiet_sampler,
                 )
             )
         rows = []

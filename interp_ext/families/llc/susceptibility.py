@@ -56,17 +56,15 @@ def observed_parts(run, seed: int, n: int) -> dict:
 
 
 def susceptibility_rows(
-    model, data, parts: dict, controls: dict[str, str | None], kwargs: dict
+    model, data, parts: dict, controls: dict[str, str | None], kwargs: dict, quiet
 ) -> list[dict]:
     """The rows of one checkpoint: ``controls`` maps each circuit head (``L1H2``) to its control
     head (or None); ``data`` is the sampled data set, ``parts`` the observed ones, ``kwargs``
     devinterp ``sample`` arguments (the LLC's sampler settings; ``param_masks`` is set per head
-    here). The sampled loss phi reads is observed on the first sequences of ``data``, as many as
-    each part has."""
+    here), ``quiet`` the context that silences its sampler. The sampled loss phi reads is
+    observed on the first sequences of ``data``, as many as each part has."""
     from devinterp.slt.susceptibilities import susceptibilities
     from devinterp.slt.weight_restrictions import create_param_masks
-
-    from interp_ext.families.llc import quiet_sampler
 
     kwargs = {k: v for k, v in kwargs.items() if k != "param_masks"}
     size = kwargs["batch_size"]
@@ -79,7 +77,7 @@ def susceptibility_rows(
     observed = {"train": data.select(range(min(n, len(data)))), **parts}
     # each observed set whole batches (devinterp evaluates batch_size x batches_per_draw rows)
     observables = {name: (ds, len(ds) // size) for name, ds in observed.items()}
-    with quiet_sampler(), tempfile.TemporaryDirectory(prefix="interp-ext-sus-") as tmp:
+    with quiet(), tempfile.TemporaryDirectory(prefix="interp-ext-sus-") as tmp:
         tree = susceptibilities(
             model,
             data,

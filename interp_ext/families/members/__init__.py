@@ -30,6 +30,12 @@ bit from the checkpoint before (``interp_ext.replay.polyak_average``): the mean 
 noisy point carries the restoring force of its current noise displacement, which the average
 removes. D is the checkpoint's at every weights.
 
+With ``window``, the same rows also at the real steps between checkpoints, every
+``window_every`` steps through each formed seed's window, replayed bit for bit from the
+window's first checkpoint (the replay must reproduce the checkpoint at its end): raw weights,
+each point with the AdamW denominator after its own step and the probe sequences and fresh
+batches a checkpoint there would use. Polyak weights are not measured between checkpoints.
+
 The probe sequences are fresh draws of the seed's training distribution at the checkpoint's data
 position (the same sequences for every batch size), not the run's probe set, so that both batch
 sizes see the same data. Rows at step -1: ``member`` (the circuit's components, with their role)
@@ -53,7 +59,8 @@ from interp_ext.measurement.circuits import (
     source_folders,
 )
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
-from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
+from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS, check_replay
+from interp_ext.measurement.windows import seed_window, window_problem
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.members import adam_denominator, member_matrix
 
@@ -115,6 +122,23 @@ class MembersSettings(Settings):
         "'before': its deciding phase alone, [f - 750, f - 250].",
         key=False,
     )
+    window: str = setting(
+        "",
+        "Also the real steps between checkpoints, replayed bit for bit (raw weights): 'auto' (each "
+        "formed seed's formation window), START:END, or '' (checkpoints only).",
+        key="if_set",
+    )
+    window_every: int = setting(
+        50, "Real steps between measurements inside the window.", key="if_set"
+    )
+    margin: int = setting(
+        500, "Auto window: steps before and after the formation step.", key="if_set"
+    )
+    formation: str = setting(
+        "",
+        "Settings id of the induction rows giving each seed's formation step (resolved).",
+        key="if_set",
+    )
     source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
@@ -131,6 +155,11 @@ class MembersSettings(Settings):
             bool(sizes), "probe_sizes", "give positive sequences per probe batch, e.g. 8,32"
         )
         self.require(self.groups >= 1, "groups", "must be >= 1")
+        self.require(self.window_every >= 1, "window_every", "must be >= 1")
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        if self.window:
+            problem = window_problem(self.window)
+            self.require(problem is None, "window", str(problem))
         for size in sizes:
             self.require(
                 self.sequences % size == 0 and self.sequences // size >= 2 * self.groups,
@@ -178,8 +207,12 @@ class Members(Family):
     report_order = 96
     settings = MembersSettings
     columns = ("probe", "weights")
+    between_checkpoints = True
 
     def prepare(self, run, settings: MembersSettings) -> MembersSettings:
+        if settings.window:
+            formation = check_replay(run, "members", settings.window)
+            settings = replace(settings, formation=settings.formation or formation)
         return replace(settings, **resolve_circuit(run, settings.circuit, settings.source))
 
     def seed_steps(self, run, settings: MembersSettings, seed: int, steps: list[int]) -> list[int]:
@@ -196,15 +229,23 @@ class Members(Family):
             last = "rise" if settings.near == "phases" else "before"
             lo, hi = PHASES["before"][0], PHASES[last][1]
             steps = [s for s in steps if math.isfinite(f) and f + lo <= s <= f + hi]
-        return steps
+        window = window_of(run, settings, seed)
+        return sorted(set(steps) | ({window[0]} if window else set()))
 
     def start_seed(self, run, settings: MembersSettings, seed: int) -> dict:
         circuit = seed_circuit(run, seed, settings.circuit, settings.source)
         controls = member_controls(run, seed, circuit) if settings.controls else {}
-        return {"circuit": circuit, "controls": controls}
+        return {"circuit": circuit, "controls": controls, "window": window_of(run, settings, seed)}
 
     def checkpoint(self, ctx: Checkpoint, settings: MembersSettings, state: dict) -> pd.DataFrame:
-        return checkpoint_rows(ctx, settings, state["circuit"], state["controls"])
+        rows = checkpoint_rows(ctx, settings, state["circuit"], state["controls"])
+        window = state["window"]
+        if not window or ctx.step != window[0]:
+            return rows
+        between = window_rows(
+            ctx.run, ctx.seed, window, settings, state["circuit"], state["controls"]
+        )
+        return pd.concat([rows, between], ignore_index=True)
 
     def finish_seed(self, run, settings: MembersSettings, seed: int, rows: pd.DataFrame):
         state = self.start_seed(run, settings, seed)
@@ -249,10 +290,7 @@ def checkpoint_rows(
     ckpt = run.checkpoint(ctx.seed, ctx.step)
     train = run.config.train
     denominator = adam_denominator(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
-    seqs = probe_sequences(run, ctx.seed, ctx.step, settings.sequences, PROBE_DRAWS)
-    fresh = torch.stack(
-        [step_batch(run, ctx.seed, ctx.step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
-    )
+    seqs, fresh = point_data(run, ctx.seed, ctx.step, settings)
     frames = []
     for label, width in parse_weights(settings.weights).items():
         model = ctx.model if not width else slow_model(run, ctx.seed, ctx.step, width)
@@ -261,6 +299,52 @@ def checkpoint_rows(
         )
         frames.append(rows.assign(weights=label))
     return pd.concat(frames, ignore_index=True)
+
+
+def window_of(run, settings: MembersSettings, seed: int) -> tuple[int, int] | None:
+    """The seed's replayed window (start, end), or None (no ``--window``, or a seed that never formed)."""
+    if not settings.window:
+        return None
+    return seed_window(run, settings.window, settings.margin, settings.formation, seed)
+
+
+def window_rows(
+    run, seed: int, window, settings: MembersSettings, circuit, controls
+) -> pd.DataFrame:
+    """Replay the window's real steps and measure every ``window_every`` steps between checkpoints,
+    on the raw weights after each step with its own AdamW denominator, probe sequences and fresh
+    batches (those a checkpoint at that step would use); the replay must reproduce the
+    checkpoint at the window's end bit for bit."""
+    from interp_ext.replay import Replay
+
+    start, end = window
+    checkpoints, train = set(run.steps_for(seed)), run.config.train
+    replay = Replay(run, seed, start)
+    frames = []
+    for step in replay.steps(end):
+        at = step.step + 1  # the state after this step
+        if (at - start) % settings.window_every or at in checkpoints or at >= end:
+            continue
+        denominator = adam_denominator(step.new_exp_avg_sq, step.count + 1, train.betas[1])
+        seqs, fresh = point_data(run, seed, at, settings)
+        rows = point_rows(
+            replay.model, settings, circuit, controls, denominator, train.weight_decay, seqs, fresh
+        )
+        frames.append(rows.assign(step=at, weights="raw"))
+    if end in checkpoints:
+        replay.verify()
+    else:
+        log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def point_data(run, seed: int, step: int, settings: MembersSettings):
+    """(probe sequences, fresh batches) at ``step``'s data position."""
+    seqs = probe_sequences(run, seed, step, settings.sequences, PROBE_DRAWS)
+    fresh = torch.stack(
+        [step_batch(run, seed, step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
+    )
+    return seqs, fresh
 
 
 def slow_model(run, seed: int, step: int, width: int):
