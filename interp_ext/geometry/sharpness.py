@@ -64,6 +64,52 @@ def adam_preconditioner(
     return {n: 1.0 / (c1 * ((v / c2).sqrt() + eps)) for n, v in exp_avg_sq.items()}
 
 
+def lanczos(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    k: int = 1,
+    which: str = "LA",
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    vectors: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``k`` extreme eigenvalues of a symmetric operator: ``which`` "LA" the largest (largest
+    first) or "SA" the smallest (smallest first), with their eigenvectors [n, k] when ``vectors``.
+
+    ``matvec`` maps a [n] tensor of ``dtype`` to a [n] tensor; Lanczos (ARPACK via
+    ``scipy.sparse.linalg.eigsh``) from a fixed random start, to relative tolerance ``tol``,
+    with at most ``maxiter`` implicit restarts; eigenvalues that do not converge are NaN (their
+    vectors too), with a warning, never a silent value.
+    """
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        out = matvec(torch.from_numpy(np.ascontiguousarray(x).ravel()).to(dtype))
+        return out.detach().double().cpu().numpy()
+
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    kwargs = dict(k=k, which=which, tol=tol, v0=v0, maxiter=maxiter, ncv=ncv)
+    try:
+        out = eigsh(op, return_eigenvectors=vectors, **kwargs)
+        vals, vecs = out if vectors else (out, None)
+    except ArpackNoConvergence as err:
+        got = len(err.eigenvalues)
+        log.warning(
+            "Lanczos did not reach tolerance %g: %d of %d eigenvalues (%s) converged, the rest are NaN",
+            tol,
+            got,
+            k,
+            which,
+        )
+        vals = np.concatenate([np.asarray(err.eigenvalues, float), np.full(k - got, np.nan)])
+        vecs = np.c_[err.eigenvectors, np.full((n, k - got), np.nan)] if vectors else None
+    order = np.argsort(vals)[:: -1 if which == "LA" else 1]
+    return vals[order], (vecs[:, order] if vectors else None)
+
+
 def top_eigenvalues(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     n: int,
@@ -73,36 +119,9 @@ def top_eigenvalues(
     dtype: torch.dtype = torch.float32,
     maxiter: int = 30,
 ) -> np.ndarray:
-    """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, largest first.
-
-    ``matvec`` maps a [n] tensor of ``dtype`` to a [n] tensor; Lanczos (ARPACK via
-    ``scipy.sparse.linalg.eigsh``) from a fixed random start, to relative tolerance ``tol``,
-    with at most ``maxiter`` implicit restarts (a well-separated top eigenvalue needs one or
-    two); eigenvalues that do not converge are NaN, with a warning, never a silent value.
-    """
-
-    def mv(x: np.ndarray) -> np.ndarray:
-        out = matvec(torch.from_numpy(np.ascontiguousarray(x).ravel()).to(dtype))
-        return out.detach().double().cpu().numpy()
-
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    try:
-        vals = eigsh(
-            op, k=k, which="LA", tol=tol, v0=v0, maxiter=maxiter, return_eigenvectors=False
-        )
-    except ArpackNoConvergence as err:
-        log.warning(
-            "Lanczos did not reach tolerance %g within %d restarts: %d of %d eigenvalues converged, the rest are NaN",
-            tol,
-            maxiter,
-            len(err.eigenvalues),
-            k,
-        )
-        vals = np.concatenate(
-            [np.asarray(err.eigenvalues, float), np.full(k - len(err.eigenvalues), np.nan)]
-        )
-    return np.sort(vals)[::-1]
+    """The ``k`` largest eigenvalues, largest first (:func:`lanczos`; at most ``maxiter``
+    restarts: a well-separated top eigenvalue needs one or two)."""
+    return lanczos(matvec, n, k, "LA", tol, seed, dtype, maxiter)[0]
 
 
 class _LossModule(torch.nn.Module):
@@ -378,5 +397,6 @@ __all__ = [
     "adam_preconditioner",
     "stability_threshold",
     "top_eigenvalues",
+    "lanczos",
     "spectral_density",
 ]

@@ -24,13 +24,8 @@ flow in the coordinates where Hhat is symmetric) with each eigenvector q_i.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-log = logging.getLogger("interp_ext")
 
 
 def flow_curvature(
@@ -70,33 +65,24 @@ def soft_modes(
     the overlap of w = D^-1/2 gbar_C with each eigenvector, and ``hvps``: the Hessian-vector
     products spent. Eigenvalues that do not converge are NaN (with a warning), never a silent
     value; their overlaps too."""
+    from interp_ext.geometry.sharpness import lanczos
+
     device = gbar.device
     idx = mask.nonzero().squeeze(1).to(device)
     half = inv_d.to(device)[idx].sqrt().double()
     block, calls = hess.block_matvec(mask), hess.calls
-
-    def mv(x: np.ndarray) -> np.ndarray:
-        x = half * torch.from_numpy(np.ascontiguousarray(x).ravel()).to(device)
-        return (half * block(x).double()).cpu().numpy()
-
-    n = idx.numel()
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
+    vals, vecs = lanczos(
+        lambda x: half * block(half * x.to(device)).double(),
+        idx.numel(),
+        k,
+        "SA",
+        tol,
+        seed,
+        torch.float64,
+        ncv=ncv,
+        vectors=True,
+    )
     w = (half * gbar.double()[idx]).cpu().numpy()
-    try:
-        vals, vecs = eigsh(op, k=k, which="SA", tol=tol, v0=v0, ncv=ncv)
-    except ArpackNoConvergence as err:
-        log.warning(
-            "Lanczos on the block's preconditioned Hessian: %d of %d lowest eigenvalues converged",
-            len(err.eigenvalues),
-            k,
-        )
-        vals = np.concatenate([err.eigenvalues, np.full(k - len(err.eigenvalues), np.nan)])
-        vecs = np.concatenate(
-            [err.eigenvectors, np.full((n, k - len(err.eigenvalues)), np.nan)], axis=1
-        )
-    order = np.argsort(vals)
-    vals, vecs = vals[order], vecs[:, order]
     overlap = (vecs.T @ w) ** 2 / float(w @ w) if float(w @ w) > 0 else np.full(k, np.nan)
     return {"eigenvalues": vals, "overlap": overlap, "hvps": hess.calls - calls}
 
