@@ -100,6 +100,40 @@ def seed_window(run, window: str, margin: int, formation: str, seed: int) -> tup
     return (before[-1] if before else steps[0], after[0] if after else steps[-1])
 
 
+def settings_window(run, settings, seed: int) -> tuple[int, int] | None:
+    """The seed's replayed window for a family's ``window``, ``margin`` and ``formation``
+    settings, or None (no window asked, or a seed that never formed)."""
+    if not settings.window:
+        return None
+    return seed_window(run, settings.window, settings.margin, settings.formation, seed)
+
+
+def replayed_rows(run, seed: int, window: tuple[int, int], every: int, measure):
+    """Replay a seed's window (start, end) bit for bit and measure after every ``every``-th real
+    step that is not a checkpoint: ``measure(model, step, at)`` returns a frame of rows (``step``
+    the replayed step: AdamW's state after it is ``step.new_exp_avg_sq`` at count
+    ``step.count + 1``; ``at`` the step after it, written as the rows' ``step``). The replay must
+    reproduce the checkpoint at the window's end bit for bit (a warning where there is none)."""
+    import pandas as pd
+
+    from interp_ext.replay import Replay
+
+    start, end = window
+    checkpoints = set(run.steps_for(seed))
+    replay = Replay(run, seed, start)
+    frames = []
+    for step in replay.steps(end):
+        at = step.step + 1  # the state after this step
+        if (at - start) % every or at in checkpoints or at >= end:
+            continue
+        frames.append(measure(replay.model, step, at).assign(step=at))
+    if end in checkpoints:
+        replay.verify()
+    else:
+        log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
     """Each step's phase: ``before`` (earlier than formation - rise), ``rise`` (within rise of
     the formation step), ``after``; ``window`` for all when there is no formation step."""

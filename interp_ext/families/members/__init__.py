@@ -44,7 +44,6 @@ and ``control`` (``<member>|<control head>``).
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -60,11 +59,9 @@ from interp_ext.measurement.circuits import (
 )
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS, check_replay
-from interp_ext.measurement.windows import seed_window, window_problem
+from interp_ext.measurement.windows import replayed_rows, settings_window, window_problem
 from interp_ext.optim_step import step_batch
 from interp_ext.stream3.members import adam_denominator, member_matrix
-
-log = logging.getLogger("interp_ext")
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -229,13 +226,17 @@ class Members(Family):
             last = "rise" if settings.near == "phases" else "before"
             lo, hi = PHASES["before"][0], PHASES[last][1]
             steps = [s for s in steps if math.isfinite(f) and f + lo <= s <= f + hi]
-        window = window_of(run, settings, seed)
+        window = settings_window(run, settings, seed)
         return sorted(set(steps) | ({window[0]} if window else set()))
 
     def start_seed(self, run, settings: MembersSettings, seed: int) -> dict:
         circuit = seed_circuit(run, seed, settings.circuit, settings.source)
         controls = member_controls(run, seed, circuit) if settings.controls else {}
-        return {"circuit": circuit, "controls": controls, "window": window_of(run, settings, seed)}
+        return {
+            "circuit": circuit,
+            "controls": controls,
+            "window": settings_window(run, settings, seed),
+        }
 
     def checkpoint(self, ctx: Checkpoint, settings: MembersSettings, state: dict) -> pd.DataFrame:
         rows = checkpoint_rows(ctx, settings, state["circuit"], state["controls"])
@@ -301,41 +302,24 @@ def checkpoint_rows(
     return pd.concat(frames, ignore_index=True)
 
 
-def window_of(run, settings: MembersSettings, seed: int) -> tuple[int, int] | None:
-    """The seed's replayed window (start, end), or None (no ``--window``, or a seed that never formed)."""
-    if not settings.window:
-        return None
-    return seed_window(run, settings.window, settings.margin, settings.formation, seed)
-
-
 def window_rows(
     run, seed: int, window, settings: MembersSettings, circuit, controls
 ) -> pd.DataFrame:
-    """Replay the window's real steps and measure every ``window_every`` steps between checkpoints,
-    on the raw weights after each step with its own AdamW denominator, probe sequences and fresh
-    batches (those a checkpoint at that step would use); the replay must reproduce the
-    checkpoint at the window's end bit for bit."""
-    from interp_ext.replay import Replay
+    """Every ``window_every`` real steps between checkpoints through the window, replayed bit for
+    bit (:func:`interp_ext.measurement.windows.replayed_rows`): raw weights, each point with the
+    AdamW denominator after its own step and the probe sequences and fresh batches a checkpoint
+    at that step would use."""
+    train = run.config.train
 
-    start, end = window
-    checkpoints, train = set(run.steps_for(seed)), run.config.train
-    replay = Replay(run, seed, start)
-    frames = []
-    for step in replay.steps(end):
-        at = step.step + 1  # the state after this step
-        if (at - start) % settings.window_every or at in checkpoints or at >= end:
-            continue
+    def measure(model, step, at):
         denominator = adam_denominator(step.new_exp_avg_sq, step.count + 1, train.betas[1])
         seqs, fresh = point_data(run, seed, at, settings)
         rows = point_rows(
-            replay.model, settings, circuit, controls, denominator, train.weight_decay, seqs, fresh
+            model, settings, circuit, controls, denominator, train.weight_decay, seqs, fresh
         )
-        frames.append(rows.assign(step=at, weights="raw"))
-    if end in checkpoints:
-        replay.verify()
-    else:
-        log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return rows.assign(weights="raw")
+
+    return replayed_rows(run, seed, window, settings.window_every, measure)
 
 
 def point_data(run, seed: int, step: int, settings: MembersSettings):

@@ -27,7 +27,6 @@ quadrature are tested against the dense Hessian of a micro model
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -40,11 +39,13 @@ from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, sourc
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
 from interp_ext.measurement.stream3 import check_replay
-from interp_ext.measurement.windows import formation_or_null, seed_window, window_problem
-from interp_ext.replay import Replay
+from interp_ext.measurement.windows import (
+    formation_or_null,
+    replayed_rows,
+    settings_window,
+    window_problem,
+)
 from interp_ext.training import adamw
-
-log = logging.getLogger("interp_ext")
 
 METRICS = ("sharpness", "sharpness_precond", "precond_edge_ratio")
 
@@ -108,14 +109,14 @@ class Sharpness(Family):
         self, run, settings: SharpnessSettings, seed: int, steps: list[int]
     ) -> list[int]:
         """The chosen checkpoints, plus the window's first (its replay starts there)."""
-        window = window_of(run, settings, seed)
+        window = settings_window(run, settings, seed)
         return sorted(set(steps) | ({window[0]} if window else set()))
 
     def start_seed(self, run, settings: SharpnessSettings, seed: int) -> dict:
         circuit = (
             seed_circuit(run, seed, settings.circuit, settings.source) if settings.circuit else None
         )
-        return {"circuit": circuit, "window": window_of(run, settings, seed)}
+        return {"circuit": circuit, "window": settings_window(run, settings, seed)}
 
     def checkpoint(self, ctx: Checkpoint, settings: SharpnessSettings, state: dict) -> pd.DataFrame:
         run = ctx.run
@@ -203,13 +204,6 @@ class Sharpness(Family):
         return section(page)
 
 
-def window_of(run, settings: SharpnessSettings, seed: int) -> tuple[int, int] | None:
-    """The seed's replayed window (start, end), or None (no ``--window``, or a seed that never formed)."""
-    if not settings.window:
-        return None
-    return seed_window(run, settings.window, settings.margin, settings.formation, seed)
-
-
 def measure_point(
     model, run, settings: SharpnessSettings, circuit, exp_avg_sq: dict | None, count: float
 ) -> pd.DataFrame:
@@ -270,26 +264,13 @@ def spectrum_rows(component: str, quadrature: dict[str, np.ndarray]) -> list[dic
 
 
 def window_rows(run, seed: int, window, settings: SharpnessSettings, circuit) -> pd.DataFrame:
-    """Replay the window's real steps and measure every ``window_every`` steps between checkpoints;
-    the replay must reproduce the checkpoint at the window's end bit for bit."""
-    start, end = window
-    checkpoints = set(run.steps_for(seed))
-    replay = Replay(run, seed, start)
-    frames = []
-    for step in replay.steps(end):
-        at = step.step + 1  # the state after this step
-        if (at - start) % settings.window_every or at in checkpoints or at >= end:
-            continue
-        # the state after the step: its second moment and AdamW's count one past the step's
-        rows = measure_point(
-            replay.model, run, settings, circuit, step.new_exp_avg_sq, step.count + 1
-        )
-        frames.append(rows.assign(step=at))
-    if end in checkpoints:
-        replay.verify()
-    else:
-        log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """Every ``window_every`` real steps between checkpoints through the window, replayed bit for
+    bit (:func:`interp_ext.measurement.windows.replayed_rows`), with AdamW's state after each."""
+
+    def measure(model, step, at):
+        return measure_point(model, run, settings, circuit, step.new_exp_avg_sq, step.count + 1)
+
+    return replayed_rows(run, seed, window, settings.window_every, measure)
 
 
 __all__ = ["Sharpness", "SharpnessSettings", "measure_point"]
