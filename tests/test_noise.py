@@ -408,3 +408,30 @@ def test_pooled_measurements_name_an_arm_whose_formation_differs():
 
 def one_value(per):
     return float(per[per.metric == "steps_to_formation"].value.iloc[0])
+
+
+def test_the_batch_arms_give_the_critical_batch_over_seeds():
+    """B_crit of the seeds' mean S(B) from the batch arms' steps to formation, with its bootstrap
+    interval; a seed with a censored batch arm is left out of it."""
+    from interp_ext.families.noise import across_seeds
+    from interp_ext.stats import critical_batch_over_seeds
+
+    steps = {0: [725, 375, 275, 225], 1: [675, 375, 275, 225], 2: [475, 275, 225, 225]}
+    sizes = [16, 32, 64, 128]
+    rows = pd.DataFrame(
+        [
+            {"seed": seed, "step": -1, "metric": metric, "value": value, "variant": f"batch{b}"}
+            for seed, values in {**steps, 3: [750, 400, 300, 250]}.items()
+            for b, t in zip(sizes, values)
+            for metric, value in (
+                ("steps_to_formation", t),
+                ("formation_tokens", 10 * t),
+                ("censored", float(seed == 3 and b == 16)),
+            )
+        ]
+    )
+    out = across_seeds(rows, "batch32").set_index(["variant", "metric"]).value
+    want = critical_batch_over_seeds(pd.DataFrame(steps.values(), columns=sizes))
+    assert out["batch", "B_crit/mean_curve"] == pytest.approx(want["B_crit"])
+    assert out["batch", "B_crit/seed_n"] == 3 and out["batch", "B_crit/distinct"] == 10
+    assert out["batch", "B_crit/lo"] <= want["B_crit"] <= out["batch", "B_crit/hi"]

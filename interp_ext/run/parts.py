@@ -124,11 +124,9 @@ def write_part(
 
     ``seeds``: the seeds a cross-seed part was formed over, kept in the file's metadata.
     """
-    folder = (
-        settings_folders(root, family, settings) or [settings_folder(root, family, settings)]
-    )[0]
+    path = part_path(root, family, settings, unit)  # a settings' parts stay in one folder
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{unit}.parquet"
     tmp = folder / f".{unit}.{uuid.uuid4().hex}.tmp"
     schema = pa.schema(
         [

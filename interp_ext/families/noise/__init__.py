@@ -401,21 +401,13 @@ def batch_steps(table: pd.DataFrame) -> pd.DataFrame:
 
 def critical_batch_rows(table: pd.DataFrame) -> list[dict]:
     """Over seeds: the B_crit of the mean S(B) with a bootstrap interval resampling seeds (needs
-    two batch sizes)."""
+    two batch sizes; each seed's own B_crit is written with its rows, :func:`seed_outcomes`)."""
     steps = batch_steps(table)
     if steps.shape[1] < 2:
         return []
-    out = [
-        {
-            "metric": "B_crit/seed",
-            "value": critical_batch(steps.columns, row)["B_crit"],
-            "variant": f"seed{seed}",
-        }
-        for seed, row in steps.dropna().iterrows()
-    ]
     fit = critical_batch_over_seeds(steps)
     names = {"B_crit": "mean_curve", "lo": "lo", "hi": "hi", "n": "seed_n", "distinct": "distinct"}
-    return out + [
+    return [
         {"metric": f"B_crit/{names[k]}", "value": v, "variant": "batch"} for k, v in fit.items()
     ]
 
