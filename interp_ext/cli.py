@@ -500,6 +500,40 @@ def report(
 
 
 @app.command()
+def findings(
+    study: Path = typer.Option(..., "--study", help="The study run (induction, members rows)."),
+    causal_dir: Path | None = typer.Option(
+        None, "--causal", help="The causal test's folder (its arms.csv), if run."
+    ),
+    out: Path = typer.Option(Path("docs"), "--out", help="Folder of findings.json and .md."),
+    check: bool = typer.Option(
+        False, "--check", help="Only compare the runs' rows with OUT/findings.json; write nothing."
+    ),
+) -> None:
+    """Write the page of findings (OUT/findings.md) and the per-seed values it is computed from
+    (OUT/findings.json), read from the runs' rows; --check compares instead."""
+    import json
+
+    from interp_ext.findings import collect, differences, write
+
+    _open(study)
+    if causal_dir is not None and not (causal_dir / "arms.csv").is_file():
+        _fail(f"--causal {causal_dir}: no arms.csv there; run `interp-ext causal` into it first")
+    snapshot = collect(study, causal_dir)
+    if check:
+        saved = out / "findings.json"
+        if not saved.is_file():
+            _fail(f"--check: no {saved} to compare with; run without --check to write it")
+        changed = differences(json.loads(saved.read_text()), snapshot)
+        if changed:
+            _fail(f"the rows no longer give {saved} for: {', '.join(changed)}")
+        typer.echo(f"{saved}: every claim's per-seed values agree with the rows")
+        return
+    data, page = write(snapshot, out)
+    typer.echo(f"findings: {page} (from the per-seed values in {data})")
+
+
+@app.command()
 def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Seeds, steps, config summary and metric families of a run."""
     run = _open(run_dir)

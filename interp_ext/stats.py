@@ -321,7 +321,9 @@ def growth_law(steps: Sequence[float], values: Sequence[float]) -> dict[str, flo
     ``LAWS``), ``delta_aic`` exponential's AIC minus the best other law's (negative: exponential
     preferred), ``rate`` r with its 95% interval ``rate_lo``, ``rate_hi`` (per step). What
     self-reinforcement predicts, dS/dt proportional to S, is the exponential law."""
-    from scipy.optimize import curve_fit
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     t = np.asarray(steps, float)
     y = np.asarray(values, float)
@@ -340,7 +342,9 @@ def growth_law(steps: Sequence[float], values: Sequence[float]) -> dict[str, flo
     aic = {}
     for name, (f, p0) in laws.items():
         try:
-            params, cov = curve_fit(f, t, y, p0=p0, maxfev=20000)
+            with warnings.catch_warnings():  # an undetermined covariance gives a NaN interval
+                warnings.simplefilter("ignore", OptimizeWarning)
+                params, cov = curve_fit(f, t, y, p0=p0, maxfev=20000)
         except (RuntimeError, ValueError):
             aic[name] = math.inf
             continue

@@ -92,3 +92,52 @@ def test_stages_rows_on_a_run(micro_run):
     assert ((bounds > steps[0]) & (bounds < steps[-1])).all()
     with pytest.raises(MeasureError, match="smooth"):
         StagesSettings(smooth=2)
+
+
+def test_the_permuted_formation_null_counts_every_permutation():
+    """``p_permuted``: the formed seeds' formation steps permuted across them, every permutation
+    listed here by brute force; boundaries shared by every seed give a p near 1 however many
+    seeds match."""
+    import pandas as pd
+
+    from interp_ext.families.stages import permuted_formation_rows
+
+    forms = {0: 1000.0, 1: 1500.0, 2: 2000.0, 3: 3000.0}
+    bounds = {0: [1000.0, 2600.0], 1: [1400.0], 2: [2100.0, 500.0], 3: [1000.0]}
+    per = pd.DataFrame(
+        [{"seed": s, "step": -1, "metric": "formation_step", "value": f} for s, f in forms.items()]
+        + [
+            {"seed": s, "step": -1, "metric": "stage_boundary", "value": b}
+            for s, bs in bounds.items()
+            for b in bs
+        ]
+    )
+    rows = pd.DataFrame({"seed": [0, 0, 0], "step": [0, 100, 200]})  # one interval: 100 steps
+    got = {
+        r["metric"].split("/")[1]: r["value"]
+        for r in permuted_formation_rows(per, list(forms), rows)
+    }
+
+    def count(assign):
+        return sum(any(abs(b - assign[s]) <= 100 for b in bounds[s]) for s in forms)
+
+    seeds = list(forms)
+    observed = count(forms)
+    counts = [count(dict(zip(seeds, perm))) for perm in itertools.permutations(forms.values())]
+    assert observed == 3
+    assert got["p_permuted"] == pytest.approx(np.mean([c >= observed for c in counts]))
+    assert got["floor_permuted"] == pytest.approx(np.mean([c == max(counts) for c in counts]))
+    # every seed turning at the same step: any formation assignment matches as often
+    same = per[per.metric == "formation_step"].copy()
+    shared = pd.concat(
+        [same]
+        + [
+            pd.DataFrame([{"seed": s, "step": -1, "metric": "stage_boundary", "value": f}])
+            for s in forms
+            for f in forms.values()
+        ]
+    )
+    got = {
+        r["metric"].split("/")[1]: r["value"] for r in permuted_formation_rows(shared, seeds, rows)
+    }
+    assert got["p_permuted"] == 1.0

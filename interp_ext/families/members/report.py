@@ -142,12 +142,15 @@ def section(page) -> list[str]:
     return lines + growth_lines(series, forms)
 
 
-def growth_table(rows: pd.DataFrame, forms: dict, weights: str = "raw") -> pd.DataFrame:
-    """Per seed: the growth law of S_C (smallest probe size) over its checkpoints up to its
-    formation (a never-formed seed: its own steepest rise), ``stats.growth_law``."""
+def growth_table(
+    rows: pd.DataFrame, forms: dict, weights: str = "raw", metric: str = "S"
+) -> pd.DataFrame:
+    """Per seed: the growth law of S_C (``metric`` "N": of the noise energy N_C, the negative
+    control) at the smallest probe size over its checkpoints up to its formation (a never-formed
+    seed: its own steepest rise), ``stats.growth_law``."""
     from interp_ext.stats import LAWS, growth_law
 
-    sel = rows[(rows.metric == "S") & (rows.component == "C") & (rows.weights == weights)]
+    sel = rows[(rows.metric == metric) & (rows.component == "C") & (rows.weights == weights)]
     sizes = [p for p in set(sel.probe) if p.isdigit()]
     if sel.empty or not sizes:
         return pd.DataFrame()

@@ -10,7 +10,9 @@ boundaries at the turning points of the PC curves (``stage_boundary``, value = s
 Against the induction formation step (the ``induction`` family's rows, when present): per
 seed, whether a boundary lies within one checkpoint interval of formation
 (``boundary_at_formation``) and the chance of that for a formation step placed at random
-(``boundary_chance``); over seeds, k of n with the probability chance gives k or more. The
+(``boundary_chance``); over seeds, k of n with the probability chance gives k or more
+(``p_chance``, formation placed uniformly) and, the null that fits the design, with the
+formation steps permuted across the formed seeds (``p_permuted``, ``floor_permuted``). The
 seeds that never formed are read the same way at the median formation step of the others
 (``null_...``): a boundary there too means the boundary marks training, not the circuit.
 """
@@ -128,6 +130,8 @@ class Stages(Family):
                 continue
             k = int(sum(hit[s] > 0 for s in seeds))
             probs = [float(chance[s]) for s in seeds]
+            if not prefix:
+                out += permuted_formation_rows(per, seeds, rows)
             out += [
                 {
                     "step": -1,
@@ -166,8 +170,15 @@ class Stages(Family):
             if len(top):
                 n = rows[rows.metric == f"{prefix}boundary_at_formation/seed_n"].value.iloc[0]
                 p = rows[rows.metric == f"{prefix}boundary_at_formation/p_chance"].value.iloc[0]
+                perm = rows[rows.metric == f"{prefix}boundary_at_formation/p_permuted"]
+                permuted = (
+                    f"; formation steps permuted across the seeds give as many with p = "
+                    f"{perm.value.iloc[0]:.3g}"
+                    if len(perm)
+                    else ""
+                )
                 lines.append(
-                    f"a boundary within one checkpoint interval of formation: {int(top.value.iloc[0])} of {int(n)} {who} (chance gives as many with p = {p:.3g})"
+                    f"a boundary within one checkpoint interval of formation: {int(top.value.iloc[0])} of {int(n)} {who} (formation placed uniformly gives as many with p = {p:.3g}{permuted})"
                 )
         return lines
 
@@ -175,6 +186,30 @@ class Stages(Family):
         from interp_ext.families.stages.report import section
 
         return section(page)
+
+
+def permuted_formation_rows(per: pd.DataFrame, seeds: list, rows: pd.DataFrame) -> list[dict]:
+    """The formed seeds' count against the null that fits the design: formation steps permuted
+    across the formed seeds (:func:`interp_ext.stats.event_near_formation_p`), so boundaries that
+    every seed has in the same stretch of training are not read as marking its own formation
+    (``p_permuted`` with its ``floor_permuted``; the tolerance is one checkpoint interval)."""
+    from interp_ext.stats import event_near_formation_p
+
+    steps = sorted(int(x) for x in rows[(rows.seed >= 0) & (rows.step >= 0)].step.unique())
+    form = per[per.metric == "formation_step"].set_index("seed").value
+    events = {
+        s: g.value.tolist()
+        for s, g in per[per.metric == "stage_boundary"].groupby("seed")
+        if s in seeds and s in form.index
+    }
+    if len(events) < 2 or len(steps) < 2:
+        return []
+    within = float(np.median(np.diff(steps)))
+    k, p, floor = event_near_formation_p(events, {s: float(form[s]) for s in events}, within)
+    return [
+        {"step": -1, "metric": f"boundary_at_formation/{m}", "component": "", "value": float(v)}
+        for m, v in (("p_permuted", p), ("floor_permuted", floor))
+    ]
 
 
 def formation_rows(run, seed: int, steps: list[int], boundaries: list[float]) -> list[dict]:

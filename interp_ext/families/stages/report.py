@@ -144,10 +144,19 @@ def boundary_table(rows: pd.DataFrame) -> list[str]:
         n = one(rows, metric=f"{prefix}boundary_at_formation/seed_n")
         expected = one(rows, metric=f"{prefix}boundary_at_formation/expected_by_chance")
         p = one(rows, metric=f"{prefix}boundary_at_formation/p_chance")
+        perm = one(rows, metric=f"{prefix}boundary_at_formation/p_permuted")
+        floor = one(rows, metric=f"{prefix}boundary_at_formation/floor_permuted")
+        permuted = (
+            f" With the formed seeds' formation steps permuted across them (the null that keeps every "
+            f"seed's boundaries and the formation steps the seeds really have), as many or more with "
+            f"p = {perm:.3g} (floor {floor:.2g})."
+            if np.isfinite(perm)
+            else ""
+        )
         lines.append(
             f"A stage boundary within one checkpoint interval of the formation step on {k:.0f} of {n:.0f} {who}; "
-            f"boundaries placed where they are would catch a random step on {expected:.2f} seeds on average, and "
-            f"{k:.0f} or more with probability {p:.3g}."
+            f"boundaries placed where they are would catch a formation step placed uniformly on {expected:.2f} "
+            f"seeds on average, and {k:.0f} or more with probability {p:.3g}.{permuted}"
         )
     lines.append(
         "Reading: essential dynamics finds where the model's outputs change direction; it marks induction "
