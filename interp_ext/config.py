@@ -320,6 +320,18 @@ STUDY_PLAN: dict[str, dict[str, Any]] = {
         "modes": 0,
         "near": "before",
     },
+    # the saddle signature at the real steps between checkpoints through each formed seed's
+    # window (replayed bit for bit), and the growth law's series on the slow weights
+    "members:window": {
+        "probe_sizes": "8",
+        "weights": "raw",
+        "modes": 3,
+        "matrix": False,
+        "near": "before",
+        "window": "auto",
+        "window_every": 50,
+    },
+    "members:growth": {"probe_sizes": "8", "weights": "polyak200", "modes": 0, "matrix": False},
     "work": {"every": 10},
     # toward the gradient flow: the same span (window start to the rise's end) replayed at lr / k,
     # k in 1, 2, 4, every other setting the same (a replay turns one knob): every 25th real step

@@ -107,3 +107,12 @@ def test_a_bad_study_folder_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "nope" in proc.stderr
+
+
+def test_numbers_written_into_a_claim_are_quoted_from_the_log():
+    """A claim's own text (not computed from values) may quote a number only from the log."""
+    log = (DOCS / "results.md").read_text().replace(",", "")
+    for claim in F.CLAIMS:
+        for field in (claim.claim, claim.null, claim.overturn):
+            for number in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", field.replace(",", "")):
+                assert number in log, f"{claim.key}: {number} is not in docs/results.md"

@@ -51,3 +51,32 @@ def test_sharpness_rows_and_the_circuit_blocks_spectrum(micro_run):
     panels = spectrum_panels(rows)
     assert [p.title for p in panels] == ["seed 0", "seed 1"]
     assert all(p.heatmap.z.shape == (24, 2) and np.isfinite(p.heatmap.z).all() for p in panels)
+
+
+def test_the_peak_is_read_against_permuted_formation_steps():
+    """``peak_at_formation/p_permuted``: every assignment of the formed seeds' formation steps to
+    their peaks, listed here by brute force."""
+    import itertools
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from interp_ext.families.sharpness import permuted_peak_rows
+
+    forms = {0: 1000.0, 1: 2000.0, 2: 3000.0, 3: 2500.0}
+    peaks = {0: 1250.0, 1: 2000.0, 2: 2750.0, 3: 1000.0}
+    per = pd.DataFrame(
+        [{"seed": s, "metric": "formation_step", "value": f} for s, f in forms.items()]
+        + [{"seed": s, "metric": "precond_edge_ratio/argmax", "value": p} for s, p in peaks.items()]
+    )
+    run = SimpleNamespace(steps_for=lambda seed: [0, 250, 500])
+    got = {r["metric"].split("/")[1]: r["value"] for r in permuted_peak_rows(run, per)}
+
+    def hits(assign):
+        return sum(abs(peaks[s] - f) <= 250 for s, f in assign.items())
+
+    counts = [hits(dict(zip(forms, perm))) for perm in itertools.permutations(forms.values())]
+    observed = hits(forms)
+    assert observed == 3
+    assert got["p_permuted"] == pytest.approx(sum(c >= observed for c in counts) / len(counts))
+    assert got["floor_permuted"] == pytest.approx(counts.count(max(counts)) / len(counts))

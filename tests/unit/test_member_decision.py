@@ -115,3 +115,45 @@ def test_the_report_draws_the_role_matrix_and_reads_the_rule(monkeypatch, tmp_pa
     z = report.role_matrix(frame, 0, [1750, 2000])
     assert z[0, 1] == pytest.approx(0.3) and z[1, 0] == pytest.approx(0.3)
     assert z[0, 3] == pytest.approx(0.01) and z[2, 2] == 0.0
+
+
+def test_the_report_draws_the_saddle_signature_by_role(monkeypatch, tmp_path):
+    """rho of the circuit and of each member against steps from formation, one line per seed,
+    and the caption counts the values a log scale cannot draw."""
+    from interp_ext.families.members import report
+    from interp_ext.report.draw import Page
+
+    rows = []
+    for seed in range(3):
+        rows += member_rows(seed, 0.0, 0.0)
+        for step in (1750, 2000, 2100, 2250):
+            for comp, value in (("C", 0.2 + step / 1e4), ("L1H3", 0.04), ("L0H1", 0.3)):
+                rows.append(
+                    {
+                        "seed": seed,
+                        "step": step,
+                        "metric": "rho",
+                        "component": comp,
+                        "probe": "",
+                        "weights": "raw",
+                        "value": value,
+                    }
+                )
+    rows.append(
+        {
+            "seed": 0,
+            "step": 2300,
+            "metric": "rho",
+            "component": "C",
+            "probe": "",
+            "weights": "raw",
+            "value": -0.1,
+        }
+    )
+    frame = pd.DataFrame(rows).assign(family="members")
+    forms = {0: (2375.0, True), 1: (2375.0, True), 2: (2000.0, False)}
+    monkeypatch.setattr(report, "seed_formation", lambda run, seed: forms[seed])
+    lines = report.saddle_lines(Page(None, frame, tmp_path, {}), forms)
+    assert (tmp_path / "members_saddle.png").exists()
+    assert (tmp_path / "members_saddle.html").exists()
+    assert any("the 1 of 37 values at or below 0" in line for line in lines)

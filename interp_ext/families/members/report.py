@@ -22,7 +22,7 @@ from interp_ext.families.members.decision import (
     seed_entries,
     seed_formation,
 )
-from interp_ext.figures import Heatmap
+from interp_ext.figures import PALETTE, Figure, Heatmap, Panel, Trace, save
 from interp_ext.report.draw import heatmap_figure, image, select
 
 ROLES = ("ind", "prev", "ctrl(ind)", "ctrl(prev)")
@@ -74,9 +74,8 @@ def section(page) -> list[str]:
         return []
     rows, series = pick_rows(page.run, rows)
     if not (rows.metric == "R_S").any():
-        return growth_lines(
-            series, {s: seed_formation(page.run, s) for s in sorted(set(series.seed) - {-1})}
-        )
+        forms = {s: seed_formation(page.run, s) for s in sorted(set(series.seed) - {-1})}
+        return growth_lines(series, forms) + saddle_lines(page, forms)
     weights = (
         "polyak200" if "polyak200" in set(rows.weights) else sorted(set(rows.weights) - {""})[0]
     )
@@ -139,7 +138,80 @@ def section(page) -> list[str]:
     result = decide(per_seed, check)
     lines += [f"**Reading by the rule of results 3.6: {result['reading']}.**", ""]
     lines += decision_table(result["tests"]) + seed_table(per_seed)
-    return lines + growth_lines(series, forms)
+    return lines + growth_lines(series, forms) + saddle_lines(page, forms)
+
+
+def saddle_lines(page, forms: dict) -> list[str]:
+    """A figure of rho (the curvature each set's own AdamW flow meets) against steps from each
+    seed's formation (a never-formed seed: its own steepest rise), every measured point of every
+    settings id (checkpoints and replayed steps), for the circuit and its members by role."""
+    every = page.run.metrics("members", settings="all") if page.run is not None else page.rows
+    sel = every[(every.metric == "rho") & (every.seed >= 0)]
+    if sel.empty or not forms:
+        return []
+    roles = {
+        (int(s), c): r
+        for s, c, r in every[every.metric == "member"][["seed", "component", "probe"]].itertuples(
+            index=False
+        )
+    }
+    panels = []
+    for title, pick in (
+        ("the circuit C", lambda s, c: c == "C"),
+        ("induction members", lambda s, c: roles.get((s, c)) == "induction"),
+        ("previous-token members", lambda s, c: roles.get((s, c)) == "prev_token"),
+    ):
+        traces = []
+        for i, seed in enumerate(sorted(forms)):
+            f, formed = forms[seed]
+            g = sel[
+                (sel.seed == seed).to_numpy() & np.array([pick(seed, c) for c in sel.component])
+            ]
+            g = g[g.value > 0].groupby("step").value.median()
+            if g.empty or not math.isfinite(f):
+                continue
+            traces.append(
+                Trace(
+                    (g.index - f).tolist(),
+                    np.log10(g.to_numpy()).tolist(),
+                    f"seed {seed}" + ("" if formed else " (never formed)"),
+                    PALETTE[i % len(PALETTE)] if formed else "#999999",
+                    width=1.2 if formed else 0.8,
+                )
+            )
+        if traces:
+            panels.append(
+                Panel(
+                    title,
+                    traces,
+                    xlabel="steps from formation (never formed: own steepest rise)",
+                    ylabel="log10 rho",
+                    marks={"formation": 0.0},
+                )
+            )
+    if not panels:
+        return []
+    files = save(
+        Figure(
+            "The saddle signature: rho, the curvature each set's own AdamW flow meets (> 0: the flow "
+            "lowers the set's mean-gradient energy); checkpoints and replayed steps",
+            panels,
+            ncols=len(panels),
+        ),
+        page.out,
+        "members_saddle",
+    )
+    return [
+        "### The saddle signature through formation",
+        "",
+        image(files, "members saddle"),
+        "",
+        "rho = gbar' H D^-1 gbar / gbar' D^-1 gbar for each set's own block (docs/metrics.md): negative "
+        "exactly when the set's own expected AdamW flow raises its mean-gradient energy, what a "
+        "self-amplifying direction would show. Drawn on a log scale: the "
+        f"{int((sel.value <= 0).sum())} of {len(sel)} values at or below 0 in the rows are not drawn.",
+        "",
+    ]
 
 
 def growth_table(

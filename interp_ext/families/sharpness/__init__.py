@@ -181,6 +181,7 @@ class Sharpness(Family):
                         "value": float(len(hit)),
                     },
                 ]
+        out += permuted_peak_rows(run, per)
         return pd.DataFrame(out) if out else None
 
     def inputs(self, run, settings: SharpnessSettings) -> list:
@@ -274,3 +275,27 @@ def window_rows(run, seed: int, window, settings: SharpnessSettings, circuit) ->
 
 
 __all__ = ["Sharpness", "SharpnessSettings", "measure_point"]
+
+
+def permuted_peak_rows(run, per: pd.DataFrame) -> list[dict]:
+    """Whether the formed seeds' peaks sit at their own formation more often than the formation
+    steps permuted across them give (``peak_at_formation/p_permuted``, ``/floor_permuted``;
+    :func:`interp_ext.stats.event_near_formation_p`): a peak that every seed has in the same
+    stretch of training is not read as marking its own formation. Read it only where every seed
+    was measured at the same steps (a denser window on the formed seeds catches a sharp peak
+    more easily)."""
+    from interp_ext.stats import event_near_formation_p
+
+    form = per[per.metric == "formation_step"].set_index("seed").value
+    peak = per[per.metric == "precond_edge_ratio/argmax"].set_index("seed").value
+    seeds = [s for s in form.index if s in peak.index]
+    if len(seeds) < 2:
+        return []
+    interval = float(np.median(np.diff(run.steps_for(int(seeds[0])))))
+    _, p, floor = event_near_formation_p(
+        {s: [float(peak[s])] for s in seeds}, {s: float(form[s]) for s in seeds}, interval
+    )
+    return [
+        {"step": -1, "metric": f"peak_at_formation/{m}", "component": "", "value": float(v)}
+        for m, v in (("p_permuted", p), ("floor_permuted", floor))
+    ]
