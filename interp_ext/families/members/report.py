@@ -161,7 +161,7 @@ def saddle_lines(page, forms: dict) -> list[str]:
         ("induction members", lambda s, c: roles.get((s, c)) == "induction"),
         ("previous-token members", lambda s, c: roles.get((s, c)) == "prev_token"),
     ):
-        traces = []
+        traces, named = [], set()
         for i, seed in enumerate(sorted(forms)):
             f, formed = forms[seed]
             g = sel[
@@ -170,15 +170,18 @@ def saddle_lines(page, forms: dict) -> list[str]:
             g = g[g.value > 0].groupby("step").value.median()
             if g.empty or not math.isfinite(f):
                 continue
+            group = "formed seeds" if formed else "never formed (own rise)"
             traces.append(
                 Trace(
                     (g.index - f).tolist(),
                     np.log10(g.to_numpy()).tolist(),
-                    f"seed {seed}" + ("" if formed else " (never formed)"),
+                    group,
                     PALETTE[i % len(PALETTE)] if formed else "#999999",
                     width=1.2 if formed else 0.8,
+                    legend=group not in named and not panels,
                 )
             )
+            named.add(group)
         if traces:
             panels.append(
                 Panel(
