@@ -161,27 +161,7 @@ def saddle_lines(page, forms: dict) -> list[str]:
         ("induction members", lambda s, c: roles.get((s, c)) == "induction"),
         ("previous-token members", lambda s, c: roles.get((s, c)) == "prev_token"),
     ):
-        traces, named = [], set()
-        for i, seed in enumerate(sorted(forms)):
-            f, formed = forms[seed]
-            g = sel[
-                (sel.seed == seed).to_numpy() & np.array([pick(seed, c) for c in sel.component])
-            ]
-            g = g[g.value > 0].groupby("step").value.median()
-            if g.empty or not math.isfinite(f):
-                continue
-            group = "formed seeds" if formed else "never formed (own rise)"
-            traces.append(
-                Trace(
-                    (g.index - f).tolist(),
-                    np.log10(g.to_numpy()).tolist(),
-                    group,
-                    PALETTE[i % len(PALETTE)] if formed else "#999999",
-                    width=1.2 if formed else 0.8,
-                    legend=group not in named and not panels,
-                )
-            )
-            named.add(group)
+        traces = _rho_traces(sel, forms, pick, legend=not panels)
         if traces:
             panels.append(
                 Panel(
@@ -215,6 +195,32 @@ def saddle_lines(page, forms: dict) -> list[str]:
         f"{int((sel.value <= 0).sum())} of {len(sel)} values at or below 0 in the rows are not drawn.",
         "",
     ]
+
+
+def _rho_traces(sel: pd.DataFrame, forms: dict, pick, legend: bool) -> list[Trace]:
+    """One line per seed: the median rho of the sets ``pick`` keeps, positive values, against
+    steps from the seed's formation (grey for a never-formed seed); each group named once."""
+    traces, named = [], set()
+    for i, seed in enumerate(sorted(forms)):
+        f, formed = forms[seed]
+        keep = (sel.seed == seed).to_numpy() & np.array([pick(seed, c) for c in sel.component])
+        g = sel[keep]
+        g = g[g.value > 0].groupby("step").value.median()
+        if g.empty or not math.isfinite(f):
+            continue
+        group = "formed seeds" if formed else "never formed (own rise)"
+        traces.append(
+            Trace(
+                (g.index - f).tolist(),
+                np.log10(g.to_numpy()).tolist(),
+                group,
+                PALETTE[i % len(PALETTE)] if formed else "#999999",
+                width=1.2 if formed else 0.8,
+                legend=legend and group not in named,
+            )
+        )
+        named.add(group)
+    return traces
 
 
 def growth_table(
