@@ -18,6 +18,7 @@ log (docs/results.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from interp_ext import stats
+from interp_ext.errors import MeasureError
 
 HEADER = """# Findings
 
@@ -72,8 +74,6 @@ class Claim:
 def settings_with(run, family: str, **want) -> str:
     """The most recently created settings id of ``family`` in ``run`` whose settings hold every
     ``want`` value; a one-line error naming them when none does."""
-    from interp_ext.errors import MeasureError
-
     table = run.measurements()
     table = table[table.family == family].sort_values("created")
     hits = [
@@ -130,7 +130,7 @@ def collect_rho(study, causal) -> dict:
     ids = [settings_with(study, "members", near="phases", modes=3, matrix=False)]
     try:
         ids.append(settings_with(study, "members", window="auto", modes=3, matrix=False))
-    except Exception:  # noqa: BLE001 - the window run is optional
+    except MeasureError:  # the window run is optional
         pass
     out = []
     for sid in ids:
@@ -158,7 +158,7 @@ def collect_growth(study, causal) -> dict:
     for weights, want in (("raw", {"weights": "raw"}), ("polyak200", {"weights": "polyak200"})):
         try:
             sid = settings_with(study, "members", matrix=False, near="all", modes=0, **want)
-        except Exception:  # noqa: BLE001 - the slow series is optional
+        except MeasureError:  # the slow series is optional
             continue
         out["settings"].append(sid)
         rows = study.metrics("members", settings=sid)
@@ -184,8 +184,6 @@ def collect_causal(study, causal) -> dict:
 def _latest_rows(run, family: str) -> tuple[str, pd.DataFrame]:
     rows = run.metrics(family)
     if rows.empty:
-        from interp_ext.errors import MeasureError
-
         raise MeasureError(f"{run.path}: no {family} rows; run `interp-ext measure {family}` first")
     return str(rows.settings.iloc[0]), rows
 
@@ -268,6 +266,11 @@ def _p(p: float, floor: float) -> str:
     return f"p = {p:.2g} (floor {floor:.2g})"
 
 
+def _sign(k: int, n: int) -> str:
+    """The one-sided exact sign test of k of n, with its floor."""
+    return _p(stats.sign_test(k, n), stats.sign_test_floor(n))
+
+
 def _t(values) -> str:
     mean, lo, hi, n = stats.t_interval(values)
     return f"{_f(mean, 3)} [{_f(lo, 3)}, {_f(hi, 3)}]"
@@ -291,9 +294,8 @@ def _entry_tests(data: dict, direction: str) -> dict:
     for entry, g in table.groupby("entry", sort=True):
         v = g.value.to_numpy()
         k = int((v > 0).sum()) if direction == "positive" else int((v < 0).sum())
-        p = stats.sign_test(k, len(v))
         resolved = int((np.abs(v) > 2 * g.value_se.to_numpy()).sum())
-        ps.append(f"{entry}: {_p(p, stats.sign_test_floor(len(v)))}")
+        ps.append(f"{entry}: {_sign(k, len(v))}")
         parts.append(
             f"{entry} {direction} on {k} of {len(v)} formed seeds, mean {_t(v)}, "
             f"beyond 2 s.e. on {resolved}"
@@ -333,8 +335,7 @@ def summarize_rho(data: dict) -> dict:
         "effect": f"rho_C > 0 at every point before formation on {all_pos} of {n} formed seeds "
         f"({len(before)} points, {_f(before.rho.min(), 2)} to {_f(before.rho.max(), 2)})",
         "n": n,
-        "test": "exact one-sided sign test for rho_C < 0 (seed medians): "
-        + _p(stats.sign_test(median_neg, n), stats.sign_test_floor(n)),
+        "test": "exact one-sided sign test for rho_C < 0 (seed medians): " + _sign(median_neg, n),
     }
 
 
@@ -348,8 +349,7 @@ def summarize_rho_rise(data: dict) -> dict:
         "effect": f"rho_C higher 125 steps before formation than 625 before on {k} of {n} "
         f"formed seeds (ratio median {_f(float(np.median(wide[-125] / wide[-625])), 3)})",
         "n": n,
-        "test": "exact one-sided sign test, paired within seed: "
-        + _p(stats.sign_test(k, n), stats.sign_test_floor(n)),
+        "test": "exact one-sided sign test, paired within seed: " + _sign(k, n),
     }
 
 
@@ -880,14 +880,18 @@ def render(snapshot: dict) -> str:
 
 def section_anchor(number: str) -> str:
     """The GitHub anchor of docs/results.md's heading numbered ``number`` ("3.7", "5")."""
-    text = Path(__file__).resolve().parents[1].joinpath("docs", "results.md")
-    for line in text.read_text().splitlines() if text.exists() else []:
-        head = line.lstrip("#").strip()
-        if line.startswith("#") and (
-            head.startswith(number + " ") or head.startswith(number + ". ")
-        ):
+    for head in _log_headings():
+        if head.startswith(number + " ") or head.startswith(number + ". "):
             return github_anchor(head)
     return ""
+
+
+@functools.cache
+def _log_headings() -> tuple[str, ...]:
+    """docs/results.md's headings, read once (none when the package runs without its docs)."""
+    text = Path(__file__).resolve().parents[1].joinpath("docs", "results.md")
+    lines = text.read_text().splitlines() if text.exists() else []
+    return tuple(line.lstrip("#").strip() for line in lines if line.startswith("#"))
 
 
 def github_anchor(heading: str) -> str:

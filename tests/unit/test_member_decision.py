@@ -121,7 +121,6 @@ def test_the_report_draws_the_saddle_signature_by_role(monkeypatch, tmp_path):
     """rho of the circuit and of each member against steps from formation, one line per seed,
     and the caption counts the values a log scale cannot draw."""
     from interp_ext.families.members import report
-    from interp_ext.report.draw import Page
 
     rows = []
     for seed in range(3):
@@ -153,7 +152,7 @@ def test_the_report_draws_the_saddle_signature_by_role(monkeypatch, tmp_path):
     frame = pd.DataFrame(rows).assign(family="members")
     forms = {0: (2375.0, True), 1: (2375.0, True), 2: (2000.0, False)}
     monkeypatch.setattr(report, "seed_formation", lambda run, seed: forms[seed])
-    lines = report.saddle_lines(Page(None, frame, tmp_path, {}), forms)
+    lines = report.saddle_lines(frame, tmp_path, forms)
     assert (tmp_path / "members_saddle.png").exists()
     assert (tmp_path / "members_saddle.html").exists()
     assert any("the 1 of 37 values at or below 0" in line for line in lines)

@@ -47,11 +47,15 @@ def role_matrix(rows: pd.DataFrame, seed: int, steps: list[int], part: str = "S"
     return z
 
 
-def pick_rows(run, latest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the rows the matrix and decision read, the rows the growth law reads) among every
+def every_rows(run, latest: pd.DataFrame) -> pd.DataFrame:
+    """The family's rows of every settings id measured (``latest`` when there is no run)."""
+    return latest if run is None else run.metrics("members", settings="all")
+
+
+def pick_rows(every: pd.DataFrame, latest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rows the matrix and decision read, the rows the growth law reads) among ``every``
     settings id measured: the latest id with rates (one with Polyak weights first), and the id
     with the most raw S_C checkpoints (a levels-only series is denser)."""
-    every = latest if run is None else run.metrics("members", settings="all")
     if every.empty or "settings" not in every:
         return latest, latest
     groups = dict(list(every.groupby("settings", sort=False)))
@@ -72,10 +76,11 @@ def section(page) -> list[str]:
     rows = select(page.rows, family="members")
     if rows.empty:
         return []
-    rows, series = pick_rows(page.run, rows)
+    every = every_rows(page.run, rows)
+    rows, series = pick_rows(every, rows)
     if not (rows.metric == "R_S").any():
         forms = {s: seed_formation(page.run, s) for s in sorted(set(series.seed) - {-1})}
-        return growth_lines(series, forms) + saddle_lines(page, forms)
+        return growth_lines(series, forms) + saddle_lines(every, page.out, forms)
     weights = (
         "polyak200" if "polyak200" in set(rows.weights) else sorted(set(rows.weights) - {""})[0]
     )
@@ -138,14 +143,14 @@ def section(page) -> list[str]:
     result = decide(per_seed, check)
     lines += [f"**Reading by the rule of results 3.6: {result['reading']}.**", ""]
     lines += decision_table(result["tests"]) + seed_table(per_seed)
-    return lines + growth_lines(series, forms) + saddle_lines(page, forms)
+    return lines + growth_lines(series, forms) + saddle_lines(every, page.out, forms)
 
 
-def saddle_lines(page, forms: dict) -> list[str]:
+def saddle_lines(every: pd.DataFrame, out, forms: dict) -> list[str]:
     """A figure of rho (the curvature each set's own AdamW flow meets) against steps from each
     seed's formation (a never-formed seed: its own steepest rise), every measured point of every
-    settings id (checkpoints and replayed steps), for the circuit and its members by role."""
-    every = page.run.metrics("members", settings="all") if page.run is not None else page.rows
+    settings id (``every``: checkpoints and replayed steps), for the circuit and its members by
+    role; the figure is written into ``out``."""
     sel = every[(every.metric == "rho") & (every.seed >= 0)]
     if sel.empty or not forms:
         return []
@@ -181,7 +186,7 @@ def saddle_lines(page, forms: dict) -> list[str]:
             panels,
             ncols=len(panels),
         ),
-        page.out,
+        out,
         "members_saddle",
     )
     return [
