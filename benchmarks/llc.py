@@ -27,9 +27,8 @@ from dataclasses import replace
 
 from _common import machine, middle_checkpoint
 
-from interp_ext import open_run
+from interp_ext import diskio, open_run
 from interp_ext.families.llc import LLCSettings, chain_length, estimate, llc_data
-from interp_ext.run import io
 from interp_ext.stream3.energy import model_probe
 
 
@@ -57,7 +56,7 @@ def main() -> None:
         sampling_time=args.sampling_time,
         drift_trace=args.drift_trace,
     )
-    cal = io.read_json(args.calibration, "an LLC calibration") if args.calibration else None
+    cal = diskio.read_json(args.calibration, "an LLC calibration") if args.calibration else None
     if cal is not None:
         asked = run.measurements()
         asked = {r.id: r.settings for r in asked.itertuples()}

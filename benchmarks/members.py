@@ -22,10 +22,10 @@ from _common import machine, peak_rss_mib, replay_setup
 from _common import median_time as timed
 
 from circuits import Circuit
+from interp_ext.adamw import denominators
+from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
 from interp_ext.families.members import MembersSettings, probe_sequences, saddle_rows
-from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
-from interp_ext.optim_step import step_batch
-from interp_ext.stream3.members import adam_denominator, member_matrix
+from interp_ext.stream3.members import member_matrix
 
 MEMBERS = ["L1H0", "L1H1", "L0H0", "L0H1"]
 CONTROLS = ["L1H2", "L1H3", "L0H2", "L0H3"]
@@ -46,13 +46,9 @@ def main() -> None:
         model = replay.model
         ge, _ = timed(lambda: probe_at(theta0).grads, args.repeats)
         ckpt = run.checkpoint(0, step)
-        d = adam_denominator(
-            ckpt["exp_avg_sq"], float(ckpt["adam_step"]), run.config.train.betas[1]
-        )
+        d = denominators(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), run.config.train.betas[1])
         seqs = probe_sequences(run, 0, step, args.sequences, PROBE_DRAWS)
-        fresh = torch.stack(
-            [step_batch(run, 0, step, draw=FRESH_DRAWS + j) for j in range(args.fresh)]
-        )
+        fresh = torch.stack([run.batch(0, step, draw=FRESH_DRAWS + j) for j in range(args.fresh)])
         sets = {h: [h] for h in MEMBERS + CONTROLS}
         unions = {"C": MEMBERS, "CTRL": CONTROLS}
         costs = {}

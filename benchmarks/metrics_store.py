@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from _common import timed
 
-from interp_ext import get_preset
-from interp_ext.run import Run, io, parts
+from interp_ext import diskio, get_preset
+from interp_ext.run import Run, parts
 
 FAMILIES = ("geometry", "induction", "autocatalysis", "sae")
 PART_ROWS = 640
@@ -48,7 +48,7 @@ def part(
 def make_run(root: Path, n_rows: int) -> Run:
     """A run directory (config only) whose store holds ``n_rows`` rows."""
     root.mkdir(parents=True)
-    io.write_json(root / "config.json", get_preset("tiny").payload())
+    diskio.write_json(root / "config.json", get_preset("tiny").payload())
     rng = np.random.default_rng(0)
     n_parts = n_rows // PART_ROWS
     for i in range(n_parts):

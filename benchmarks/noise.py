@@ -21,10 +21,8 @@ from _common import machine, middle_checkpoint
 
 from circuits.circuit import Circuit
 from interp_ext import open_run
-from interp_ext.arms import ArmState, step_tokens
-from interp_ext.families.noise import NoiseSettings
-from interp_ext.measurement.stream3 import Recorder
-from interp_ext.replay import Replay
+from interp_ext.families.noise import NoiseSettings, Recorder
+from interp_ext.trajectory import ArmState, Replay, step_tokens
 
 
 def main() -> None:

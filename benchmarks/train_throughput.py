@@ -37,11 +37,12 @@ import time
 
 import torch
 
+from interp_ext.adamw import autocast
 from interp_ext.config import get_preset
 from interp_ext.data import TokenData
 from interp_ext.hooks import ActivationRecorder
 from interp_ext.models import build_model
-from interp_ext.training import StackedTrainer, _autocast
+from interp_ext.training import StackedTrainer
 
 
 def sync(device: str) -> None:
@@ -82,7 +83,7 @@ def make_loop(cfg, n_seeds: int, device: str, fused: bool | None = None):
     def step() -> None:
         for m, o in zip(models, opts):
             tokens = torch.randint(0, v, (b, n_ctx), generator=gen).to(device)
-            with _autocast(cfg):
+            with autocast(cfg):
                 loss = m(tokens, return_type="loss")
             loss.backward()
             o.step()

@@ -25,11 +25,11 @@ from circuits.discovery import discover_induction_circuit as discover_circuit
 from circuits.induction import head_scores as induction_scores
 from circuits.induction import repeated_batch
 from circuits.patching import induction_task, patch_heads, path_patch, path_patch_attention
+from interp_ext.adamw import preconditioner as adam_preconditioner
 from interp_ext.branch import Interventions, branch
 from interp_ext.data import build_compact_tokenizer, encode_text, gpt2_tokenizer, synthetic_corpus
 from interp_ext.exporting import export_checkpoint, export_model
 from interp_ext.geometry.dashboard import measure_checkpoint as gradient_dashboard
-from interp_ext.geometry.sharpness import adam_preconditioner
 from interp_ext.sae_tracking.matching import match_features, similarity_matrix
 from interp_ext.sae_tracking.train import SAESettings, encode, load_sae, sae_quality, train_sae
 from interp_ext.stream3.energy import component_matrix
@@ -101,7 +101,7 @@ def member_matrix(
     parameters) per unit of lr x steps; ``fresh_batches`` (independent of ``probe_batches``) make
     its mean gradient. Rows per ``part``, ``A``, ``B`` ("" for the level), ``value``, ``se``
     (over ``groups`` independent groups of batches), ``n``; ``C`` is the members' union."""
-    from interp_ext.stream3.members import adam_denominator
+    from interp_ext.adamw import denominators
     from interp_ext.stream3.members import member_matrix as matrix
 
     group = optimizer.param_groups[0]
@@ -114,7 +114,7 @@ def member_matrix(
         )
     count = float(next(iter(states.values()))["step"])
     v = {n: st["exp_avg_sq"] for n, st in states.items()}
-    denominator = adam_denominator(v, count, group["betas"][1], group["eps"])
+    denominator = denominators(v, count, group["betas"][1], group["eps"])
     rows = {m: [m] for m in members} | {c: [c] for c in controls or []}
     unions = {"C": list(members)} | ({"CTRL": list(controls)} if controls else {})
     return matrix(
@@ -142,9 +142,9 @@ def circuit_of(run, seed: int, spec: str = "cause") -> Circuit:
 def real_update(run, seed: int, step: int) -> dict[str, torch.Tensor]:
     """theta_{t+1} - theta_t of the training step a run's seed took right after checkpoint
     ``step`` (replayed exactly: the same batch, AdamW state and autocast)."""
-    from interp_ext.optim_step import optimizer_step_direction
+    from interp_ext.trajectory import real_step
 
-    return optimizer_step_direction(run, seed, step)[1]
+    return real_step(run, seed, step)[1]
 
 
 def llc_estimate(

@@ -35,9 +35,9 @@ import shutil
 from pathlib import Path
 
 from circuits.circuit import Circuit, CircuitError, Head
+from interp_ext import diskio
 from interp_ext.config import ConfigError, RunConfig
 from interp_ext.interventions import ABLATIONS, MOMENTS, PROJECTIONS, BranchError, Interventions
-from interp_ext.run import io
 from interp_ext.run.layout import Layout
 
 log = logging.getLogger("interp_ext")
@@ -188,7 +188,7 @@ def prepare_branch(
         target = layout.checkpoint(s, start)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(parent.checkpoint(s, start), target)
-    io.write_json(
+    diskio.write_json(
         layout.branch,
         {
             "parent": str(Path(run.path).resolve()),
@@ -198,10 +198,10 @@ def prepare_branch(
             "interventions": iv.to_dict(),
         },
     )
-    provenance = io.read_json(parent.config).get("provenance") or {}
+    provenance = diskio.read_json(parent.config).get("provenance") or {}
     provenance["branched_from"] = {"parent": str(Path(run.path).resolve()), "step": start}
     try:
-        io.write_json(
+        diskio.write_json(
             layout.config, cfg.payload(provenance)
         )  # last: a run exists once it has a config
     except ConfigError as err:

@@ -485,7 +485,7 @@ def report(
     beside: list[Path] = typer.Option(
         [],
         "--beside",
-        help="Another run whose Stream 3 ledger is drawn next to this one's (repeatable).",
+        help="Another run whose exact Stream 3 ledger is drawn next to this one's (repeatable).",
     ),
 ) -> None:
     """Write RUN/report/report.html (one page, every figure inline), report.md and each

@@ -303,9 +303,8 @@ def _paper_plan() -> dict[str, dict[str, Any]]:
 # ``interp-ext study``: the circuit by cause, the exact work ledger on every seed (formed seeds
 # over their window, unformed ones over the median window as the null), its replays toward the
 # gradient flow (the last 500 steps before formation and the rise, at lr, lr / 2 and lr / 4 with
-# 1, 2 and 4 steps per real batch, every other setting the same), then the first-order ledger
-# and the counterfactual replays. A key
-# "name:tag" is a second entry of the family "name".
+# 1, 2 and 4 steps per real batch, every other setting the same). A key "name:tag" is a second
+# entry of the family "name".
 STUDY_PLAN: dict[str, dict[str, Any]] = {
     "induction": {},
     "circuit": {},
@@ -347,8 +346,6 @@ STUDY_PLAN: dict[str, dict[str, Any]] = {
         }
         for k in (1, 2, 4)
     },
-    "ledger": {},
-    "counterfactual": {},
 }
 
 
@@ -369,9 +366,8 @@ class MeasureConfig:
     # ``interp-ext study``: seeds trained and the families measured (Stream 3 decided, SPEC section 6)
     study_seeds: int = 8
     study_plan: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(STUDY_PLAN))
-    study_family_seeds: dict[str, int] = field(
-        default_factory=lambda: {"counterfactual": 4}
-    )  # the first n seeds whose induction heads formed (a family not named: every seed)
+    # the first n seeds whose induction heads formed (a family not named: every seed)
+    study_family_seeds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.plan = {str(k): dict(v) for k, v in self.plan.items()}
@@ -420,7 +416,7 @@ class RunConfig:
 
     def payload(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``config.json`` holds: the config and, as ``provenance``, ``extra``
-        (written by the run package, :func:`interp_ext.run.io.write_json`)."""
+        (written by the run package, :func:`interp_ext.diskio.write_json`)."""
         payload = self.to_dict()
         if extra:
             payload["provenance"] = extra
@@ -537,7 +533,7 @@ def tiny_mlp_preset() -> RunConfig:
     Same data mix, vocabulary and probe set as ``tiny``, learning rate 3e-3 and 7,000 steps;
     tuned so induction heads form on every seed within the run (docs/tiny_preset.md, "The MLP
     preset"). ``interp-ext study`` trains 4 seeds and measures induction, the circuit and the
-    exact work ledger (no counterfactuals).
+    exact work ledger.
     """
     cfg = tiny_preset()
     cfg.preset = "tiny_mlp"

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jaxtyping import Int
 
 from circuits.induction import repeated_tokens
+from interp_ext import diskio
 from interp_ext.config import DataConfig, ModelConfig
 from interp_ext.errors import DataError
-from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 
@@ -77,7 +76,7 @@ def _offline_gpt2_dir(cache_dir: Path) -> Path:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
     )
-    io.atomic_dir(target, lambda tmp: fast.save_pretrained(str(tmp)))
+    diskio.atomic_dir(target, lambda tmp: fast.save_pretrained(str(tmp)))
     return target
 
 
@@ -176,7 +175,7 @@ def build_compact_tokenizer(base, corpus_ids: np.ndarray, vocab_size: int, out_d
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
     )
     out_dir = Path(out_dir)
-    io.atomic_dir(out_dir, lambda tmp: fast.save_pretrained(str(tmp)))
+    diskio.atomic_dir(out_dir, lambda tmp: fast.save_pretrained(str(tmp)))
     return load_tokenizer(out_dir)
 
 
@@ -451,7 +450,7 @@ def prepare_data(
             base, encode_text(base, corpus.train_text), cfg.vocab_size, tokenizer_dir
         )
     else:
-        io.atomic_dir(Path(tokenizer_dir), lambda tmp: base.save_pretrained(str(tmp)))
+        diskio.atomic_dir(Path(tokenizer_dir), lambda tmp: base.save_pretrained(str(tmp)))
         tok = load_tokenizer(tokenizer_dir)
     train, heldout = encode_text(tok, corpus.train_text), encode_text(tok, corpus.heldout_text)
     log.info(
@@ -466,25 +465,12 @@ def prepare_data(
     )
 
 
-def training_batch(
-    stream: np.ndarray,
-    seed: int,
-    step: int,
-    batch_size: int,
-    n_ctx: int,
-    bos: int,
-    data_cfg: DataConfig,
-    d_vocab: int | None = None,
-    draw: int | None = None,
-) -> Int[torch.Tensor, "batch pos"]:
-    """The training batch of one seed at one step: a pure function of (seed, step).
-
-    ``draw`` gives other batches from the same training distribution, independent
-    of the one trained on (e.g. the fresh batches the Stream 3 ledger averages to
-    separate the drift of a step from its noise).
-    """
-    seqs, _ = training_rows(stream, seed, step, batch_size, n_ctx, bos, data_cfg, d_vocab, draw)
-    return torch.from_numpy(seqs)
+# Independent training batches (``draw`` of :func:`training_rows`) are numbered by use, so no
+# two measurements that must be independent read the same batch: a mean gradient's fresh
+# batches (the noise arms' M - 1; the exact ledger's shadow moment reads draws 0 ..), the
+# member matrix's probe sequences and its flow direction's batches, a noise arm's xi.
+MEAN_DRAWS, PROBE_DRAWS, FRESH_DRAWS = 2000, 3000, 4000
+NOISE_DRAWS = 3000  # the two batches of xi: draws 3000 and 3001 of each step
 
 
 def training_rows(
@@ -498,8 +484,11 @@ def training_rows(
     d_vocab: int | None = None,
     draw: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`training_batch` as numpy, with which of its rows are uniform random tokens
-    (``random_seq_prob``; the others are corpus text; both carry the copied span)."""
+    """The training batch of one seed at one step, a pure function of (seed, step, draw), with
+    which of its rows are uniform random tokens (``random_seq_prob``; the others are corpus
+    text; both carry the copied span). ``draw`` gives other batches from the same training
+    distribution, independent of the one trained on (numbered by the ``*_DRAWS`` bases below).
+    A run's batches: :meth:`interp_ext.run.Run.batch`."""
     key = [0xDA7A, seed, step] if draw is None else [0xD81F7, seed, step, draw]
     rng = np.random.default_rng(key)
     seqs = sample_sequences(stream, batch_size, n_ctx, bos, rng)

@@ -54,8 +54,9 @@ class NonFiniteLossError(InterpExtError, FloatingPointError):
     """Training produced a non-finite loss (the checkpoints before it stay intact)."""
 
 
-class ReplayError(InterpExtError, RuntimeError):
-    """A replay of real training steps does not reproduce the saved checkpoint."""
+class ReplayError(MeasureError, RuntimeError):
+    """A replay of real training steps cannot start, or does not reproduce the saved
+    checkpoint: the measurement that replays them is refused."""
 
 
 def user_errors() -> tuple[type[Exception], ...]:

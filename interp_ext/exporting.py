@@ -36,8 +36,8 @@ from pathlib import Path
 import einops
 import torch
 
+from interp_ext import diskio
 from interp_ext.errors import ExportError
-from interp_ext.run import io
 
 # TransformerLens activation -> the name GPT2Config's activation_function gives it
 GPT2_ACT_FNS = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}
@@ -277,7 +277,7 @@ def export_model(
             if shown:
                 hf_logging.enable_progress_bar()
 
-    return io.atomic_dir(out, write)
+    return diskio.atomic_dir(out, write)
 
 
 def check_out(out: Path) -> None:

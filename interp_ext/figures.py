@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
-from interp_ext.run import io  # noqa: E402
+from interp_ext import diskio  # noqa: E402
 
 PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
 
@@ -83,7 +83,7 @@ PLOTLY_JS = "plotly.min.js"
 def save(fig: Figure, out: Path, name: str) -> list[str]:
     """Write ``name.png`` and ``name.html`` under ``out``; returns their file names."""
     mpl = to_matplotlib(fig)
-    io.atomic(
+    diskio.atomic(
         out / f"{name}.png",
         lambda tmp: mpl.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
     )
@@ -99,8 +99,10 @@ def save_plotly(fig: go.Figure, out: Path, name: str) -> str:
 
     js = out / PLOTLY_JS
     if not js.exists():
-        io.write_text(js, get_plotlyjs())
-    io.write_text(out / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
+        diskio.write_text(js, get_plotlyjs())
+    diskio.write_text(
+        out / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True)
+    )
     return f"{name}.html"
 
 

@@ -25,7 +25,7 @@ AdamW moments in ``optimizer.pt`` go through the same converter as the weights
 (the fused ``c_attn`` split into W_Q, W_K, W_V, and so on), so Stream 3's
 ``optimizer`` direction works where a checkpoint one step later exists: the real
 update is then the difference of the two checkpoints. The batches of the source
-run are unknown, so the ledger and counterfactual replays refuse imported runs.
+run are unknown, so the replays of real steps (``work``, ``noise``, windows) refuse imported runs.
 
 Hugging Face checkpoints are referenced, not copied: ``<run>/import.json`` records
 their paths with sizes, modification times and SHA-256 hashes; a changed or
@@ -47,8 +47,9 @@ from pathlib import Path
 
 import torch
 
+from interp_ext import diskio
 from interp_ext.errors import CheckpointImportError
-from interp_ext.run import io, open_run
+from interp_ext.run import open_run
 from interp_ext.run.checkpoints import save_checkpoint
 from interp_ext.run.layout import Layout
 from interp_ext.run.sources import (
@@ -318,7 +319,7 @@ def _copy_tokenizer(path: Path, target: Path) -> None:
         raise CheckpointImportError(
             f"{path} holds no tokenizer ({err}); save the tokenizer with the checkpoints (Trainer(processing_class=tokenizer))"
         ) from err
-    io.atomic_dir(target, lambda tmp: tok.save_pretrained(str(tmp)))
+    diskio.atomic_dir(target, lambda tmp: tok.save_pretrained(str(tmp)))
 
 
 def _write_config(staging: Path, hooked: dict, opt: dict, index: dict) -> None:
@@ -359,8 +360,8 @@ def _write_config(staging: Path, hooked: dict, opt: dict, index: dict) -> None:
         record=RecordConfig(),
     )
     staging.mkdir(parents=True, exist_ok=True)
-    io.write_json(Layout(staging).config, cfg.payload({"imported": True}))
-    io.write_json(Layout(staging).import_index, index)
+    diskio.write_json(Layout(staging).config, cfg.payload({"imported": True}))
+    diskio.write_json(Layout(staging).import_index, index)
 
 
 def _import_mapping(source: dict, staging: Path) -> None:
@@ -398,7 +399,7 @@ def _import_mapping(source: dict, staging: Path) -> None:
         raise CheckpointImportError(
             "the HookedTransformer has no tokenizer; set one with model.set_tokenizer(...) so probe text can be tokenised"
         )
-    io.atomic_dir(
+    diskio.atomic_dir(
         Layout(staging).tokenizer, lambda tmp: template.tokenizer.save_pretrained(str(tmp))
     )
 
@@ -486,10 +487,10 @@ def _prepare_data(
         note,
     )
     layout = Layout(staging)
-    io.write_npy(layout.tokens("train"), data.train)
-    io.write_npy(layout.tokens("heldout"), data.heldout)
-    io.write_safetensors(layout.probe_set, make_probe_set(data, cfg.data, cfg.model))
+    diskio.write_npy(layout.tokens("train"), data.train)
+    diskio.write_npy(layout.tokens("heldout"), data.heldout)
+    diskio.write_safetensors(layout.probe_set, make_probe_set(data, cfg.data, cfg.model))
     vocab = cfg.model.hooked.get("d_vocab", len(tok)) if cfg.model.hooked else len(tok)
     info = {"d_vocab": int(vocab), "bos": int(bos), "corpus": "imported", "corpus_note": note}
-    io.write_json(layout.run_info, info)
-    io.write_json(layout.config, cfg.payload(io.read_json(layout.config).get("provenance")))
+    diskio.write_json(layout.run_info, info)
+    diskio.write_json(layout.config, cfg.payload(diskio.read_json(layout.config).get("provenance")))

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from circuits.circuit import Circuit, Head
+from interp_ext import diskio
 from interp_ext.errors import InterpExtError
-from interp_ext.run import io
 from interp_ext.run.layout import Layout
 
 ABLATIONS = ("mean", "zero")
@@ -202,7 +202,7 @@ def interventions_of(out: str | Path) -> Interventions:
     """A run directory's interventions (none for a run that is no branch)."""
     path = Layout(out).branch
     return (
-        Interventions.from_dict(io.read_json(path)["interventions"])
+        Interventions.from_dict(diskio.read_json(path)["interventions"])
         if path.exists()
         else Interventions()
     )

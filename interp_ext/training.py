@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from interp_ext import distributed
+from interp_ext import diskio, distributed
 from interp_ext.config import ConfigError, RunConfig, TrainConfig
-from interp_ext.data import TokenData, make_probe_set, prepare_data, training_batch
+from interp_ext.data import TokenData, make_probe_set, prepare_data, training_rows
 from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsError
 from interp_ext.hooks import ActivationRecorder, validate_hooks
 from interp_ext.interventions import (
@@ -41,7 +42,7 @@ from interp_ext.interventions import (
     scaled_masks,
 )
 from interp_ext.models import build_model, param_names, share_parameters
-from interp_ext.run import Layout, Run, io
+from interp_ext.run import Layout, Run
 from interp_ext.run.checkpoints import load_checkpoint, save_checkpoint
 from interp_ext.run.parts import unit_name
 
@@ -143,7 +144,7 @@ def deterministic_algorithms(enabled: bool, device: str = "cpu") -> Iterator[Non
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def _autocast(cfg: RunConfig):
+def autocast(cfg: RunConfig):
     if not cfg.train.bf16:
         return nullcontext()
     return torch.autocast(device_type=torch.device(cfg.train.device).type, dtype=torch.bfloat16)
@@ -204,7 +205,7 @@ def last_complete_step(out: Path, seeds: list[int]) -> int | None:
     for step in sorted(run_steps or (), reverse=True):
         try:
             for s in seeds:
-                io.safetensors_metadata(layout.checkpoint(s, step))
+                diskio.safetensors_metadata(layout.checkpoint(s, step))
         except CheckpointError as err:
             log.warning("%s; resuming from an earlier checkpoint", str(err).splitlines()[0])
             continue
@@ -343,7 +344,7 @@ class StackedTrainer:
         for i, s in enumerate(self.seeds):
             with deterministic_algorithms(self.cfg.train.deterministic, self.cfg.train.device):
                 acts = self.recorder.record(self.seed_model(i), tokens)
-            io.write_safetensors(
+            diskio.write_safetensors(
                 Layout(self.out).activation(s, self.step),
                 acts,
                 {"step": str(self.step), "seed": str(s)},
@@ -353,7 +354,7 @@ class StackedTrainer:
     def batch(self) -> torch.Tensor:
         t, m = self.cfg.train, self.cfg.model
         toks = [
-            training_batch(
+            training_rows(
                 self.data.train,
                 s,
                 self.step,
@@ -362,10 +363,10 @@ class StackedTrainer:
                 self.data.bos,
                 self.cfg.data,
                 self.data.d_vocab,
-            )
+            )[0]
             for s in self.seeds
         ]
-        return torch.stack(toks).to(self.device)
+        return torch.from_numpy(np.stack(toks)).to(self.device)
 
     def seed_chunk(self) -> int:
         """Seeds per forward/backward (:func:`seeds_per_pass`). Either way the parameters
@@ -402,9 +403,9 @@ class StackedTrainer:
         """Seed ``i`` alone through its own module (``.grad`` lands on its views), then its AdamW step."""
         if self.projections:
             self.projections[i].prepare(
-                self.models[i], tokens, self.step, lambda: _autocast(self.cfg)
+                self.models[i], tokens, self.step, lambda: autocast(self.cfg)
             )
-        with _autocast(self.cfg):
+        with autocast(self.cfg):
             loss = self.models[i](tokens, return_type="loss").float().reshape(1)
         self._check_finite(loss, i)
         loss.backward()
@@ -446,7 +447,7 @@ class StackedTrainer:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 part = {k: v[start:stop] for k, v in self.params.items()}
-                with _autocast(self.cfg):
+                with autocast(self.cfg):
                     loss = self._vloss(part, self.buffers, tokens[start:stop]).float()
                 self._check_finite(loss, start)
                 gs = torch.autograd.grad(loss.sum(), [part[k] for k in self.names])
@@ -510,18 +511,18 @@ def prepare_run(
     layout = Layout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg.data, layout.tokenizer, cache_dir)
-    io.write_npy(layout.tokens("train"), data.train)
-    io.write_npy(layout.tokens("heldout"), data.heldout)
+    diskio.write_npy(layout.tokens("train"), data.train)
+    diskio.write_npy(layout.tokens("heldout"), data.heldout)
     probe = make_probe_set(data, cfg.data, cfg.model)
-    io.write_safetensors(layout.probe_set, probe)
+    diskio.write_safetensors(layout.probe_set, probe)
     info = {
         "d_vocab": data.d_vocab,
         "bos": data.bos,
         "corpus": data.corpus,
         "corpus_note": data.note,
     }
-    io.write_json(layout.run_info, info)
-    io.write_json(
+    diskio.write_json(layout.run_info, info)
+    diskio.write_json(
         layout.config, cfg.payload(_provenance(cfg))
     )  # last: a run exists once it has a config
     return data, probe
@@ -542,14 +543,14 @@ def _reopen(
         raise ConfigError(
             f"--resume: the model, data or seeds differ from the run's saved config in {layout.config}; resume with the saved settings (more seeds may be added: --seeds larger, the same --first-seed)"
         )
-    provenance = io.read_json(layout.config).get("provenance") or {}
+    provenance = diskio.read_json(layout.config).get("provenance") or {}
     if start is not None:
         _warn_numerics_changed(provenance, cfg, out, start)
         provenance.setdefault("resumed", []).append(
             {"step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **numerics(cfg)}
         )
     if rank == 0:
-        io.write_json(layout.config, cfg.payload(provenance))
+        diskio.write_json(layout.config, cfg.payload(provenance))
     return _load_prepared(out)
 
 
@@ -596,7 +597,7 @@ def _same_per_rank(value):
 
 def _load_prepared(out: Path) -> tuple[TokenData, dict[str, torch.Tensor]]:
     run = Run(out)
-    info = io.read_json(run.layout.run_info)
+    info = diskio.read_json(run.layout.run_info)
     data = TokenData(
         run.tokenizer(),
         run.train_tokens(),

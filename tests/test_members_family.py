@@ -81,17 +81,17 @@ def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, m
     own state and the family's documented batches."""
     import torch
 
+    from interp_ext.adamw import denominators
+    from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
     from interp_ext.families.members import probe_sequences
-    from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS
-    from interp_ext.optim_step import step_batch
-    from interp_ext.stream3.members import adam_denominator, member_matrix
+    from interp_ext.stream3.members import member_matrix
 
     step = max(micro_run.steps_for(0))
     ckpt = micro_run.checkpoint(0, step)
     train = micro_run.config.train
-    d = adam_denominator(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
+    d = denominators(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
     seqs = probe_sequences(micro_run, 0, step, 16, PROBE_DRAWS)
-    fresh = torch.stack([step_batch(micro_run, 0, step, draw=FRESH_DRAWS + j) for j in range(2)])
+    fresh = torch.stack([micro_run.batch(0, step, draw=FRESH_DRAWS + j) for j in range(2)])
     frame = member_matrix(
         micro_run.model(0, step),
         seqs.reshape(-1, 4, seqs.shape[-1]),

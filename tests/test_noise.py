@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from interp_ext import measure
-from interp_ext.arms import Arm, ArmReplay, ArmState, adamw_step, step_tokens
-from interp_ext.families.counterfactual import CounterfactualSettings
+from interp_ext.adamw import adamw_step
 from interp_ext.families.noise import NoiseSettings, noise_scale_of, seed_outcomes
 from interp_ext.measurement.runner import MeasureError
-from interp_ext.replay import Replay
 from interp_ext.training import train
+from interp_ext.trajectory import Arm, ArmReplay, ArmState, Replay, step_tokens, walk
 from tests.conftest import micro_config
 
 CIRCUIT = "L1H0,L0H1"
@@ -99,26 +98,25 @@ def test_every_arm_and_the_real_run_are_recorded_and_the_real_run_is_its_checkpo
     assert len(b_noise) == 1 and b_noise.step.iloc[0] == 4
 
 
-def test_c0_with_its_own_v_is_the_counterfactual_mean_of_m_replay(noise_run, noise_rows):
-    cf = measure(
-        noise_run,
-        CounterfactualSettings(
-            window="4:8",
-            orders=0,
-            mean_batches=2,
-            half_batch=False,
-            record_every=2,
-            circuit=CIRCUIT,
-        ),
-        seeds=[0],
-        progress=False,
-    )
-    ours = noise_rows[(noise_rows.variant == "c0/own") & (noise_rows.metric == "E_C")]
-    theirs = cf[(cf.variant == "mean2") & (cf.metric == "E_C")]
-    merged = ours.merge(theirs, on="step")
-    assert len(merged) == 3
-    # torch's fused AdamW on the mean loss vs AdamW written out on the mean of per-row losses
-    assert np.allclose(merged.value_x, merged.value_y, rtol=1e-4)
+def test_c0_with_its_own_v_is_torchs_adamw_on_the_mean_of_m_batches(noise_run):
+    """The arm c0/own steps on g_bar_M alone: torch's AdamW (the trainer's, from the same
+    checkpoint state) on the mean loss of the real batch and M - 1 fresh ones lands on the same
+    weights, to float rounding."""
+    from interp_ext.adamw import optimizer_for
+    from interp_ext.data import MEAN_DRAWS
+
+    arm = ArmReplay(noise_run, 0, 4, Arm.parse("c0/own"), mean_batches=2)
+    walk(arm, 8)
+    model = noise_run.model(0, 4)
+    opt = optimizer_for(model, noise_run.config.train, noise_run.checkpoint(0, 4))
+    for step in range(4, 8):
+        tokens = torch.cat([noise_run.batch(0, step), noise_run.batch(0, step, draw=MEAN_DRAWS)])
+        model(tokens, return_type="loss").backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    ours = dict(arm.model.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(ours[n], p, rtol=1e-4, atol=1e-6)
 
 
 def test_outcomes_carry_tokens_and_censoring(noise_rows):
@@ -216,10 +214,11 @@ def test_arm_names_parse_back_to_their_arms():
 
 
 def test_an_arm_replays_steps_whose_parts_add_up_to_its_update(noise_run):
-    from interp_ext.replay import momentum_split
+    from interp_ext.adamw import momentum_split
 
     replay = ArmReplay(noise_run, 0, 4, Arm.parse("c1/fed"), mean_batches=2)
-    steps = list(replay.steps(6))
+    steps: list = []
+    walk(replay, 6, steps.append)
     assert [s.step for s in steps] == [4, 5] and replay.step == 6
     saved_v6 = Replay(noise_run, 0, 4)
     v_real = [saved_v6.take().new_exp_avg_sq for _ in range(2)]

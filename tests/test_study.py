@@ -1,5 +1,5 @@
 """``interp-ext study``: the study plan end to end on a micro preset, and which seeds the partial
-families (the counterfactuals) run on."""
+families run on."""
 
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ def micro_study_preset():
         "circuit": {},
         "work": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
         "work:lr/2": {"scale": 2, "until": "rise", "drift_batches": 2},
-        "ledger": {"every": 2, "detail_every": 4, "drift_batches": 2, "controls": 1},
-        "counterfactual": {"orders": 1, "mean_batches": 2, "record_every": 4},
     }
-    cfg.measure.study_family_seeds = {"counterfactual": 1, "work:lr/2": 1}
+    cfg.measure.study_family_seeds = {"work:lr/2": 1}
     return cfg
 
 
@@ -45,18 +43,17 @@ def test_study_trains_its_seeds_and_runs_the_plan(studied):
         "circuit",
         "work",
         "work:lr/2",
-        "ledger",
-        "counterfactual",
         "report",
     ]
     assert all(t >= 0 for t in timings.values())
-    assert set(run.measurements().family) >= {"induction", "circuit", "ledger"}
+    assert set(run.measurements().family) >= {"induction", "circuit", "work"}
     assert report.exists()
 
 
 def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
-    """A micro model does not form induction heads in 8 steps: every seed says so, the ledger has
-    no window for it, the counterfactuals (formed seeds only) are skipped, and the report names them."""
+    """A micro model does not form induction heads in 8 steps: every seed says so, the exact
+    ledger has no window for it, the replays at lr / 2 (formed seeds only) are skipped, and the
+    report names them."""
     run, report, _ = studied
     ind = run.metrics("induction")
     per_seed = ind[(ind.seed >= 0) & (ind.step == -1)]
@@ -65,11 +62,8 @@ def test_seeds_that_never_formed_are_named_not_given_a_formation_step(studied):
     summary = ind[ind.seed < 0].set_index("metric").value
     assert summary["formed/seeds"] == 0 and summary["formed/seed_n"] == 2
     assert summary["formation_step/seed_n"] == 0
-    led = run.metrics("ledger")
-    formed = led[led.metric == "formed"].set_index("seed").value
-    assert formed.to_dict() == {0: 0.0, 1: 0.0}
-    assert not (led.metric == "dE/cumulative").any()
-    assert run.metrics("counterfactual").empty
+    # work:lr/2 runs on formed seeds only: skipped, so the plain work is the one work measured
+    assert (run.measurements().family == "work").sum() == 1
     work = run.metrics("work")  # no seed formed: no window, and no null window without formed seeds
     assert work[work.metric == "measured"].value.tolist() == [0.0, 0.0]
     text = report.read_text()
@@ -83,7 +77,7 @@ def test_partial_families_take_the_first_formed_seeds(studied, monkeypatch, capl
     monkeypatch.setattr(
         windows, "formation_of", lambda run, formation, seed: 4.0 if seed == 1 else math.nan
     )
-    assert first_formed_seeds(run, 1, "counterfactual") == [1]
+    assert first_formed_seeds(run, 1, "work:lr/2") == [1]
     with caplog.at_level(logging.WARNING, logger="interp_ext"):
-        assert first_formed_seeds(run, 2, "counterfactual") == [1]
+        assert first_formed_seeds(run, 2, "work:lr/2") == [1]
     assert "only [1] of [0, 1] did" in caplog.text

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from interp_ext import measure
+from interp_ext.adamw import momentum_split, update_from_moment
 from interp_ext.families.work import WorkSettings, momentum_horizon
-from interp_ext.replay import Replay, momentum_split, update_from_moment
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.work import RULES, line_integrands, work_of
 from interp_ext.training import train
+from interp_ext.trajectory import Replay, walk
 from tests.conftest import micro_config
 
 TOY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ledger_toy.py"
@@ -592,8 +593,8 @@ def test_the_flow_table_reads_one_set_of_replays_that_differ_in_scale_alone(work
     longer give (a scaled replay made before its sums were revised)."""
     import json
 
+    from interp_ext import diskio
     from interp_ext.families.work.report import scale_replays
-    from interp_ext.run import io
 
     chosen = scale_replays(work_run)
     found = work_run.measurements().set_index("id")
@@ -606,7 +607,7 @@ def test_the_flow_table_reads_one_set_of_replays_that_differ_in_scale_alone(work
     # a stale record: the same settings as a current scaled replay under another id
     some = next(i for i, k in chosen.items() if k == 2)
     stale = dict(found.loc[some].to_dict(), id="work-0000000000", used=1e12)
-    io.write_json(work_run.layout.measurement("work-0000000000"), stale)
+    diskio.write_json(work_run.layout.measurement("work-0000000000"), stale)
     try:
         assert scale_replays(work_run) == chosen
     finally:
@@ -667,13 +668,15 @@ def test_polyak_weights_are_the_mean_of_the_replayed_trajectory(work_run):
     """The slow weights at a checkpoint: the mean of theta over the last W steps, each replayed bit
     for bit (the replay is verified against the checkpoint); W = 1 is the checkpoint itself."""
     from interp_ext.errors import ReplayError
-    from interp_ext.replay import polyak_average
+    from interp_ext.trajectory import polyak_average
 
     ckpt = work_run.checkpoint(0, 8)["params"]
     one = polyak_average(work_run, 0, 8, 1)
     assert all(torch.equal(one[n].float(), ckpt[n]) for n in ckpt)
     replay = Replay(work_run, 0, 4)
-    thetas = [s.theta for s in replay.steps(8)][1:]  # theta_5 .. theta_7
+    taken: list = []
+    walk(replay, 8, taken.append)
+    thetas = [s.theta for s in taken][1:]  # theta_5 .. theta_7
     want = {n: (sum(t[n].double() for t in thetas) + ckpt[n].double()) / 4 for n in ckpt}
     got = polyak_average(work_run, 0, 8, 4)
     for n in ckpt:

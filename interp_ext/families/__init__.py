@@ -1,43 +1,44 @@
-"""Measurement families, one per file: a settings dataclass and the pure functions it runs,
-registered with :func:`interp_ext.measurement.runner.register` and driven by :func:`interp_ext.measurement.runner.measure`.
+"""Measurement families, one per package: a settings dataclass and the pure functions it runs,
+registered as an ``interp_ext.families`` entry point and driven by
+:func:`interp_ext.measurement.runner.measure`.
 
-See ``docs/adding_a_measurement.md`` for how a new family plugs in.
+Importing this package loads no family: ``from interp_ext.families import GeometrySettings``
+loads the geometry family alone. See ``docs/adding_a_measurement.md`` for how a new family
+plugs in.
 """
 
-from interp_ext.families.autocatalysis import AutocatalysisSettings
-from interp_ext.families.beta import BetaSettings
-from interp_ext.families.circuit import CircuitSettings, cause_circuit
-from interp_ext.families.counterfactual import CounterfactualSettings
-from interp_ext.families.geometry import GeometrySettings
-from interp_ext.families.induction import InductionSettings, induction_circuit
-from interp_ext.families.ledger import LedgerSettings
-from interp_ext.families.llc import LLCSettings
-from interp_ext.families.members import MembersSettings
-from interp_ext.families.noise import NoiseSettings
-from interp_ext.families.patching import PatchingSettings
-from interp_ext.families.sae import SAETrackingSettings
-from interp_ext.families.sharpness import SharpnessSettings
-from interp_ext.families.stages import StagesSettings
-from interp_ext.families.stream2 import Stream2Settings
-from interp_ext.families.work import WorkSettings
+from __future__ import annotations
 
-__all__ = [
-    "AutocatalysisSettings",
-    "BetaSettings",
-    "CircuitSettings",
-    "CounterfactualSettings",
-    "GeometrySettings",
-    "InductionSettings",
-    "LLCSettings",
-    "LedgerSettings",
-    "MembersSettings",
-    "NoiseSettings",
-    "PatchingSettings",
-    "SAETrackingSettings",
-    "SharpnessSettings",
-    "StagesSettings",
-    "Stream2Settings",
-    "WorkSettings",
-    "cause_circuit",
-    "induction_circuit",
-]
+import importlib
+
+# name -> the family package that defines it
+_HOMES = {
+    "AutocatalysisSettings": "autocatalysis",
+    "BetaSettings": "beta",
+    "CircuitSettings": "circuit",
+    "cause_circuit": "circuit",
+    "GeometrySettings": "geometry",
+    "InductionSettings": "induction",
+    "induction_circuit": "induction",
+    "LLCSettings": "llc",
+    "MembersSettings": "members",
+    "NoiseSettings": "noise",
+    "PatchingSettings": "patching",
+    "SAETrackingSettings": "sae",
+    "SharpnessSettings": "sharpness",
+    "StagesSettings": "stages",
+    "Stream2Settings": "stream2",
+    "WorkSettings": "work",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

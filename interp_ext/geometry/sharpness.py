@@ -52,18 +52,6 @@ def stability_threshold(lr: float, beta1: float) -> float:
     return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
 
 
-def adam_preconditioner(
-    exp_avg_sq: dict[str, torch.Tensor], count: float, betas: tuple[float, float], eps: float
-) -> dict[str, torch.Tensor]:
-    """D = P^-1 per parameter, from AdamW's second moment after ``count`` steps (bias-corrected, eps
-    included). ``count`` must be >= 1: before the first step AdamW has no preconditioner."""
-    if count < 1:
-        raise ValueError("AdamW has no preconditioner before its first step (count = 0)")
-    beta1, beta2 = betas
-    c1, c2 = 1.0 - beta1**count, 1.0 - beta2**count
-    return {n: 1.0 / (c1 * ((v / c2).sqrt() + eps)) for n, v in exp_avg_sq.items()}
-
-
 def lanczos(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     n: int,
@@ -394,7 +382,6 @@ __all__ = [
     "quadratic_llc",
     "quadratic_gradient_term",
     "hutchinson_trace",
-    "adam_preconditioner",
     "stability_threshold",
     "top_eigenvalues",
     "lanczos",

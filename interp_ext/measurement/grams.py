@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from interp_ext.run import io
+from interp_ext import diskio
 
 
 def gram_path(run, settings_id: str, seed: int, step: int):
@@ -18,10 +18,10 @@ def gram_path(run, settings_id: str, seed: int, step: int):
 
 def save_grams(run, settings_id: str, seed: int, step: int, grams: dict[str, torch.Tensor]) -> None:
     if grams:
-        io.write_safetensors(gram_path(run, settings_id, seed, step), grams)
+        diskio.write_safetensors(gram_path(run, settings_id, seed, step), grams)
 
 
 def load_grams(run, settings_id: str, seed: int, step: int) -> dict[str, torch.Tensor] | None:
     """The saved Grams, or None when that checkpoint's were not kept."""
     path = gram_path(run, settings_id, seed, step)
-    return io.load_safetensors(path) if path.exists() else None
+    return diskio.load_safetensors(path) if path.exists() else None

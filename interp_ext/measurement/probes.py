@@ -39,13 +39,12 @@ def rows_by_part(
     run, seed: int, first_draw: int, n_random: int, n_text: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """At least ``n_random`` uniform-random rows and ``n_text`` corpus-text rows of the training
-    distribution (both carry the copied span), in draw order from ``step_rows(run, seed, 0,
+    distribution (both carry the copied span), in draw order from ``run.batch_rows(seed, 0,
     draw=first_draw)`` on: (random rows, text rows), each exactly as long as asked."""
-    from interp_ext.optim_step import step_rows
 
     text, rand, draw = [], [], first_draw
     while len(text) < n_text or len(rand) < n_random:
-        seqs, random_rows = step_rows(run, seed, 0, draw=draw)
+        seqs, random_rows = run.batch_rows(seed, 0, draw=draw)
         text += list(seqs[~random_rows])
         rand += list(seqs[random_rows])
         draw += 1

@@ -40,9 +40,9 @@ from typing import Any, ClassVar
 import pandas as pd
 from tqdm.auto import tqdm
 
-from interp_ext import distributed
+from interp_ext import diskio, distributed
 from interp_ext.errors import MeasureError
-from interp_ext.run import io, parts
+from interp_ext.run import parts
 
 log = logging.getLogger("interp_ext")
 
@@ -400,8 +400,8 @@ def record_settings(run, settings: Settings) -> None:
     """``<run>/measurements/<id>.json``: the settings, when first and last used."""
     path = run.layout.measurement(settings.id)
     now = time.time()
-    first = io.read_json(path).get("created", now) if path.exists() else now
-    io.write_json(
+    first = diskio.read_json(path).get("created", now) if path.exists() else now
+    diskio.write_json(
         path,
         {
             "id": settings.id,

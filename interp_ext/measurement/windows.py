@@ -108,6 +108,30 @@ def settings_window(run, settings, seed: int) -> tuple[int, int] | None:
     return seed_window(run, settings.window, settings.margin, settings.formation, seed)
 
 
+def replay_window(
+    run,
+    seed: int,
+    start: int,
+    stop: int,
+    setup,
+    verify: bool,
+    desc: str = "",
+    progress: bool = False,
+    **kind,
+):
+    """The one place a measurement replays steps: build the trajectory from checkpoint ``start``
+    (``kind``: :func:`interp_ext.trajectory.build`'s ``scale``, ``arm``, ``arms``,
+    ``mean_batches``), hand it to ``setup``, which returns the visitor of each step, take every
+    step (every sub-step) up to ``stop`` and, with ``verify``, refuse
+    (:class:`~interp_ext.errors.ReplayError`, a measurement error) a replay that does not
+    reproduce the run's checkpoint there. Returns the trajectory at ``stop``."""
+    from interp_ext.trajectory import build, walk
+
+    trajectory = build(run, seed, start, **kind)
+    walk(trajectory, stop, setup(trajectory), verify=verify, desc=desc, progress=progress)
+    return trajectory
+
+
 def replayed_rows(run, seed: int, window: tuple[int, int], every: int, measure):
     """Replay a seed's window (start, end) bit for bit and measure after every ``every``-th real
     step that is not a checkpoint: ``measure(model, step, at)`` returns a frame of rows (``step``
@@ -116,20 +140,20 @@ def replayed_rows(run, seed: int, window: tuple[int, int], every: int, measure):
     reproduce the checkpoint at the window's end bit for bit (a warning where there is none)."""
     import pandas as pd
 
-    from interp_ext.replay import Replay
-
     start, end = window
     checkpoints = set(run.steps_for(seed))
-    replay = Replay(run, seed, start)
     frames = []
-    for step in replay.steps(end):
-        at = step.step + 1  # the state after this step
-        if (at - start) % every or at in checkpoints or at >= end:
-            continue
-        frames.append(measure(replay.model, step, at).assign(step=at))
-    if end in checkpoints:
-        replay.verify()
-    else:
+
+    def setup(replay):
+        def visit(step) -> None:
+            at = step.step + 1  # the state after this step
+            if (at - start) % every == 0 and at not in checkpoints and at < end:
+                frames.append(measure(replay.model, step, at).assign(step=at))
+
+        return visit
+
+    replay_window(run, seed, start, end, setup, verify=end in checkpoints)
+    if end not in checkpoints:
         log.warning("seed %d: no checkpoint at step %d to verify the replayed window", seed, end)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

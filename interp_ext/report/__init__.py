@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from interp_ext import diskio
 from interp_ext.figures import Figure, save
 from interp_ext.measurement.runner import families_in
 from interp_ext.report.draw import Page, context_of, image, metric_panel, select
 from interp_ext.report.webpage import write_html
-from interp_ext.run import io
 
 
 def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
@@ -53,7 +53,7 @@ def write_report(run, out: Path | None = None, beside: tuple = ()) -> Path:
         for fam in families:
             lines += fam.report_beside(runs, out)
     path = out / "report.md"
-    io.write_text(path, "\n".join(lines) + "\n")
+    diskio.write_text(path, "\n".join(lines) + "\n")
     write_html(lines, out)
     return path
 

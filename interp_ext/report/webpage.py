@@ -19,8 +19,8 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
+from interp_ext import diskio
 from interp_ext.figures import PLOTLY_JS
-from interp_ext.run import io
 
 FIGURE = re.compile(r"!\[([^\]]*)\]\(([^()\s]+)\.png\) \(\[interactive\]\(\2\.html\)\)")
 SLOT = "@@figure-{}@@"
@@ -70,7 +70,7 @@ def write_html(lines: list[str], out: Path) -> Path:
     if plotly and not (out / PLOTLY_JS).exists():
         from plotly.offline import get_plotlyjs
 
-        io.write_text(out / PLOTLY_JS, get_plotlyjs())
+        diskio.write_text(out / PLOTLY_JS, get_plotlyjs())
     scripts = (
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
         f'<script charset="utf-8" src="{PLOTLY_JS}"></script>\n'
@@ -84,7 +84,7 @@ def write_html(lines: list[str], out: Path) -> Path:
         f"<body>\n<main>\n{body}</main>\n</body>\n</html>\n"
     )
     path = out / "report.html"
-    io.write_text(path, page)
+    diskio.write_text(path, page)
     return path
 
 

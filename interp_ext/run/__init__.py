@@ -1,7 +1,6 @@
 """The run directory (SPEC section 2), one owner for all of it.
 
 * :mod:`~interp_ext.run.layout`: where every file lives (the README's tree);
-* :mod:`~interp_ext.run.io`: atomic writes and checked reads;
 * :mod:`~interp_ext.run.checkpoints` and :mod:`~interp_ext.run.sources`: native
   checkpoints, and imported ones read from where they were made;
 * :mod:`~interp_ext.run.parts`: the append-only metrics store;

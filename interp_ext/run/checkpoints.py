@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from interp_ext.diskio import load_safetensors, safetensors_metadata, write_safetensors
 from interp_ext.errors import CheckpointError
-from interp_ext.run.io import load_safetensors, safetensors_metadata, write_safetensors
 
 FORMAT = "interp-ext-checkpoint/1"
 

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interp_ext import diskio
 from interp_ext.config import RunConfig
+from interp_ext.data import training_rows
 from interp_ext.errors import CheckpointError, ConfigError, RunError
-from interp_ext.run import io, parts
+from interp_ext.run import parts
 from interp_ext.run.checkpoints import load_checkpoint
 from interp_ext.run.layout import Layout
 
@@ -68,7 +70,7 @@ class Run:
             self.config = RunConfig.load(self.layout.config)
         except ConfigError as err:
             raise RunError(f"{self.path} is not a readable run: {err}") from err
-        self._info = io.read_json(self.layout.run_info, "the run's vocabulary and corpus")
+        self._info = diskio.read_json(self.layout.run_info, "the run's vocabulary and corpus")
         self.name = self.path.name
         self._tokenizer = None
         self._probe: dict[str, torch.Tensor] | None = None
@@ -147,7 +149,7 @@ class Run:
 
     def _import_index(self) -> dict:
         path = self.layout.import_index
-        return io.read_json(path, "the imported checkpoints' index") if path.exists() else {}
+        return diskio.read_json(path, "the imported checkpoints' index") if path.exists() else {}
 
     @property
     def steps(self) -> list[int]:
@@ -255,7 +257,7 @@ class Run:
             raise RunError(
                 f"no activations recorded for seed {seed} at step {step}; recorded steps: {have}; record hooks with --record HOOK"
             )
-        return io.load_safetensors(path)
+        return diskio.load_safetensors(path)
 
     def recorded_hooks(self) -> list[str]:
         return list(self.config.record.hooks)
@@ -263,7 +265,7 @@ class Run:
     def probe_set(self) -> dict[str, torch.Tensor]:
         """The fixed probe tokens: ``lm`` [B, batch, pos], ``heldout``, ``repeated`` (read once)."""
         if self._probe is None:
-            self._probe = io.load_safetensors(self.layout.probe_set)
+            self._probe = diskio.load_safetensors(self.layout.probe_set)
         return dict(self._probe)
 
     def train_tokens(self) -> np.ndarray:
@@ -276,6 +278,31 @@ class Run:
                 )
             self._train = np.load(path)
         return self._train
+
+    def batch(self, seed: int, step: int, draw: int | None = None) -> torch.Tensor:
+        """The training batch [batch, pos] seed ``seed`` saw at ``step``; ``draw`` gives an
+        independent batch from the same distribution (how draws are numbered:
+        :mod:`interp_ext.data`, ``*_DRAWS``)."""
+        return self.batch_rows(seed, step, draw)[0]
+
+    def batch_rows(
+        self, seed: int, step: int, draw: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch` and a bool per row: True where the row is uniform random tokens, False
+        where it is corpus text (both carry the copied span)."""
+        cfg = self.config
+        seqs, random_rows = training_rows(
+            self.train_tokens(),
+            seed,
+            step,
+            cfg.train.batch_size,
+            cfg.model.n_ctx,
+            self.bos,
+            cfg.data,
+            self.d_vocab,
+            draw,
+        )
+        return torch.from_numpy(seqs), torch.from_numpy(random_rows)
 
     def heldout_tokens(self) -> np.ndarray:
         return np.load(self.layout.tokens("heldout"))
@@ -325,7 +352,7 @@ class Run:
         """Every settings object the run was measured with: ``id``, ``family``, ``settings``, ``created``, ``used``."""
         folder = self.layout.measurements
         records = (
-            [io.read_json(p, "a measurement's settings") for p in sorted(folder.glob("*.json"))]
+            [diskio.read_json(p, "a measurement's settings") for p in sorted(folder.glob("*.json"))]
             if folder.is_dir()
             else []
         )
@@ -333,7 +360,7 @@ class Run:
 
     def _last_used(self, settings_id: str) -> float:
         path = self.layout.measurement(settings_id)
-        return float(io.read_json(path).get("used", 0.0)) if path.exists() else 0.0
+        return float(diskio.read_json(path).get("used", 0.0)) if path.exists() else 0.0
 
     def write_rows(
         self, family: str, settings: str, unit: str, rows: pd.DataFrame | Iterable[dict]

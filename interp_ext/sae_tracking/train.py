@@ -47,7 +47,7 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from interp_ext.run import io
+from interp_ext import diskio
 
 log = logging.getLogger("interp_ext")
 
@@ -148,7 +148,7 @@ def _fit(trainer: SAETrainer, progress: bool) -> None:
 
 def save_sae(sae: TopKTrainingSAE, path: Path) -> None:
     """sae-lens' own inference format: cfg.json + sae_weights.safetensors (the folder written whole)."""
-    io.atomic_dir(Path(path), lambda tmp: sae.save_inference_model(tmp))
+    diskio.atomic_dir(Path(path), lambda tmp: sae.save_inference_model(tmp))
 
 
 def load_sae(path: str | Path) -> SAE:

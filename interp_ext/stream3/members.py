@@ -185,19 +185,6 @@ def grouped_rates(
     return summary.drop(columns="std")
 
 
-# torch.optim.AdamW's default eps, which the run's optimizer (interp_ext.training.adamw) keeps
-ADAMW_EPS = 1e-8
-
-
-def adam_denominator(
-    exp_avg_sq: dict[str, torch.Tensor], count: float, beta2: float, eps: float = ADAMW_EPS
-) -> dict[str, torch.Tensor]:
-    """D = sqrt(v / (1 - beta2^t)) + eps per parameter, AdamW's denominator after ``count`` steps."""
-    if count < 1:
-        raise ValueError("AdamW has no denominator before its first step (count = 0)")
-    return {n: (v.double() / (1 - beta2**count)).sqrt() + eps for n, v in exp_avg_sq.items()}
-
-
 def set_masks(model, sets: dict[str, list[str] | torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each set as one flat mask over the model's parameters: the union of its components'
     (``circuits.Circuit`` names), or a given flat mask as it is."""
@@ -237,7 +224,7 @@ def member_matrix(
             gradient makes the flow direction; split into the same number of groups (group i's
             u beside probe group i, so the groups are independent).
         rows: set name -> component names (``L1H3``, ``L0MLP``, ...): the rows and columns of R.
-        denominator: AdamW's D per parameter (:func:`adam_denominator`).
+        denominator: AdamW's D per parameter (:func:`interp_ext.adamw.denominators`).
         unions: derived sets, e.g. ``{"C": members}``; ``levels``: sets with S, N, E only
             (component names, or a flat mask such as a circuit's ``rest``).
 
@@ -282,8 +269,6 @@ def member_matrix(
 
 
 __all__ = [
-    "ADAMW_EPS",
-    "adam_denominator",
     "member_matrix",
     "with_unions",
     "PARTS",

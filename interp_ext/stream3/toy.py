@@ -37,6 +37,18 @@ import math
 import numpy as np
 import pandas as pd
 
+from interp_ext.adamw import (
+    denominator,
+    moment,
+    scaled_betas,
+    second_moment,
+    step_size,
+    update,
+)
+from interp_ext.adamw import (
+    parts as update_parts,
+)
+
 WINDOW = (500, 1000)  # steps 500-999: the loss still falling, AdamW's v settled
 GL2 = (0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3))
 TERMS = (
@@ -199,7 +211,7 @@ def toy_rows(
         if real == shadow_from:  # from here on: the shadow moment, and the scaled replay
             m_bar = m.copy()
             k = scale
-            lr_k, b1_k, b2_k = lr / k, 1 - (1 - b1) / k, 1 - (1 - b2) / k
+            lr_k, (b1_k, b2_k) = lr / k, scaled_betas((b1, b2), k)
             t = k * t
         substeps = []
         # the null's direction: one per real step, scaled at each sub-step to that sub-step's norm
@@ -210,14 +222,10 @@ def toy_rows(
             g = toy.grad(w, idx)
             cur_lr, cur_b1, cur_b2 = (lr, b1, b2) if real < shadow_from else (lr_k, b1_k, b2_k)
             m_old = m.copy()
-            m = cur_b1 * m + (1 - cur_b1) * g
-            v = cur_b2 * v + (1 - cur_b2) * g * g
-            denom = np.sqrt(v / (1 - cur_b2**t)) + 1e-8
-            sc = cur_lr / ((1 - cur_b1**t) * denom)
-            inherited, fresh_part, decay = (
-                -sc * cur_b1 * m_old,
-                -sc * (1 - cur_b1) * g,
-                -cur_lr * weight_decay * w,
+            m, v = moment(m, g, cur_b1), second_moment(v, g, cur_b2)
+            sc = step_size(v, t, cur_lr, (cur_b1, cur_b2))
+            inherited, fresh_part, decay = update_parts(
+                w, m_old, g, v, t, cur_lr, (cur_b1, cur_b2), weight_decay
             )
             step = inherited + fresh_part + decay
             if real >= shadow_from:
@@ -228,7 +236,7 @@ def toy_rows(
                     ],
                     axis=0,
                 )
-                m_bar = cur_b1 * m_bar + (1 - cur_b1) * g_bar
+                m_bar = moment(m_bar, g_bar, cur_b1)
             if start <= real < end:
                 drift = -sc * m_bar + decay
                 noise = step - drift
@@ -327,12 +335,11 @@ def toy_members(
     frames = []
     for t in range(1, steps + 1):
         g = toy.grad(w, toy.rng.choice(toy.n, batch, replace=False))
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        w = w - lr * weight_decay * w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
+        m, v = moment(m, g, b1), second_moment(v, g, b2)
+        w = w + update(w, m, v, t, lr, (b1, b2), weight_decay)
         if t % every:
             continue
-        d = torch.tensor(np.sqrt(v / (1 - b2**t)) + 1e-8)
+        d = torch.tensor(denominator(v, t, b2))
         theta = {"w": torch.tensor(w)}
 
         def u_of(i, theta=theta, d=d, per=fresh // groups):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from circuits.circuit import Circuit
+from interp_ext.adamw import preconditioner
 from interp_ext.geometry.gradients import flatten
 from interp_ext.geometry.sharpness import (
     HessianOperator,
-    adam_preconditioner,
     hutchinson_trace,
     quadratic_gradient_term,
     quadratic_llc,
@@ -43,7 +43,7 @@ def test_preconditioned_and_block_eigenvalues_match_the_dense_hessian(micro):
     v = {
         n: torch.rand(t.shape, generator=rng, dtype=torch.float64) * 1e-4 for n, t in theta.items()
     }
-    d = adam_preconditioner(v, count=3, betas=(0.9, 0.999), eps=1e-8)
+    d = preconditioner(v, count=3, betas=(0.9, 0.999), eps=1e-8)
     dvec = flatten(d, names).numpy()
     op = HessianOperator(loss, theta, batches)
     got = op.top(preconditioner=d, tol=1e-10)[0]
@@ -162,7 +162,7 @@ def test_lanczos_quadrature_reproduces_the_dense_blocks_moments(micro):
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-3)
 
 
-def test_adam_preconditioner_is_the_inverse_of_adamw_denominator():
+def test_the_preconditioner_is_the_inverse_of_adamw_denominator():
     """One AdamW step from a state with m = g: the update is -lr * D * m exactly."""
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
@@ -173,12 +173,12 @@ def test_adam_preconditioner_is_the_inverse_of_adamw_denominator():
         before = p.detach().clone()
         opt.step()
     st = opt.state[p]
-    d = adam_preconditioner({"p": st["exp_avg_sq"]}, float(st["step"]), (0.9, 0.99), 1e-3)["p"]
+    d = preconditioner({"p": st["exp_avg_sq"]}, float(st["step"]), (0.9, 0.99), 1e-3)["p"]
     np.testing.assert_allclose(
         (p.detach() - before).numpy(), (-0.1 * d * st["exp_avg"]).numpy(), rtol=1e-12
     )
     with pytest.raises(ValueError):
-        adam_preconditioner({"p": st["exp_avg_sq"]}, 0, (0.9, 0.99), 1e-3)
+        preconditioner({"p": st["exp_avg_sq"]}, 0, (0.9, 0.99), 1e-3)
 
 
 @pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])

@@ -13,11 +13,11 @@ import torch
 
 from circuits.circuit import Circuit
 from interp_ext import measure, open_run
+from interp_ext.adamw import adamw, set_adamw_state
 from interp_ext.branch import BranchError, Interventions, branch
 from interp_ext.families import InductionSettings
-from interp_ext.optim_step import step_batch
 from interp_ext.run.checkpoints import load_checkpoint
-from interp_ext.training import adamw, set_adamw_state, train
+from interp_ext.training import train
 from tests.conftest import micro_config
 
 
@@ -59,7 +59,7 @@ def hand_written(parent, seed, start, stop, frozen_masks, moments):
         opt, [(ckpt["adam_step"], ckpt["exp_avg"][n], ckpt["exp_avg_sq"][n]) for n in params]
     )
     for step in range(start, stop):
-        loss = model(step_batch(parent, seed, step), return_type="loss")
+        loss = model(parent.batch(seed, step), return_type="loss")
         loss.backward()
         old = {n: params[n].detach()[m].clone() for n, m in frozen_masks.items()}
         st = {n: opt.state[params[n]] for n in frozen_masks}
@@ -262,7 +262,7 @@ def test_project_out_removes_the_update_along_the_signal_gradient_and_its_contro
     }
     model = parent.model(0, 4)
     b = slices(block, model)
-    d = signal_direction(model, step_batch(parent, 0, 4), slices(members, model), b)
+    d = signal_direction(model, parent.batch(0, 4), slices(members, model), b)
     before, after = parent.state_dict(0, 4), plain.state_dict(0, 5)
     delta = [after[n][i] - before[n][i] for n, i in b]
     along = float(sum((x * y).sum() for x, y in zip(delta, d)))

@@ -223,12 +223,12 @@ def test_every_measurement_runs_on_the_imported_run(imported):
         )
 
 
-def test_the_ledger_refuses_an_imported_run(imported):
-    from interp_ext.families.ledger import LedgerSettings
+def test_the_exact_ledger_refuses_an_imported_run(imported):
+    from interp_ext.families.work import WorkSettings
     from interp_ext.measurement.runner import MeasureError
 
     with pytest.raises(MeasureError, match="batches of its real steps are unknown"):
-        measure(imported, LedgerSettings(window="100:200", circuit="L1H0"), progress=False)
+        measure(imported, WorkSettings(window="100:200", circuit="L1H0"), progress=False)
 
 
 def test_a_gpt_neox_model_imports_and_measures(tmp_path, cache_dir):

@@ -185,8 +185,29 @@ def test_a_family_declared_under_another_name_is_refused(installed, monkeypatch)
 
 def test_the_registry_holds_every_built_in_family_by_entry_point():
     names = runner_module.family_names()
-    assert {"induction", "circuit", "ledger", "llc", "sae", "stream2"} <= set(names)
+    assert {"induction", "circuit", "work", "llc", "sae", "stream2"} <= set(names)
+    assert not {"ledger", "counterfactual"} & set(names)  # retired: their old rows still read
     for name in names:
         fam = runner_module.get_family(name)
         assert fam.name == name and fam.settings.family == name
     assert torch.__version__  # the registry loads without a run
+
+
+def test_a_retired_familys_rows_still_read(micro_run, tmp_path):
+    """Rows of a family no longer registered (``ledger``) read back through the run, with their
+    extra column, and through pandas alone from the family's folder (docs/metrics.md)."""
+    import pandas as pd
+
+    from interp_ext import open_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(micro_run.path, copy)
+    run = open_run(copy)
+    assert "ledger" not in runner_module.family_names()
+    row = {"seed": 0, "step": 4, "metric": "L1", "component": "C", "value": 1.5}
+    run.write_rows("ledger", "ledger-0123456789", "seed0-step4", [{**row, "direction": "real"}])
+    rows = run.metrics("ledger", settings="all")
+    assert rows.value.tolist() == [1.5] and rows.direction.tolist() == ["real"]
+    assert rows.settings.tolist() == ["ledger-0123456789"]
+    (folder,) = [p for p in (copy / "metrics").iterdir() if p.name.endswith("ledger")]
+    assert pd.read_parquet(folder).value.tolist() == [1.5]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp_ext.config import ConfigError
-from interp_ext.data import training_batch
+from interp_ext.data import training_rows
 from interp_ext.models import build_model
 from interp_ext.run import CheckpointError, RunError, open_run
 from interp_ext.training import NonFiniteLossError, StackedTrainer, train
@@ -65,15 +65,17 @@ def test_each_seed_equals_plain_hooked_transformer_with_adamw(micro_run):
             )
             gmax = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
             for step in range(cfg.train.steps):
-                tokens = training_batch(
-                    train_tokens,
-                    seed,
-                    step,
-                    cfg.train.batch_size,
-                    cfg.model.n_ctx,
-                    bos,
-                    cfg.data,
-                    run.d_vocab,
+                tokens = torch.from_numpy(
+                    training_rows(
+                        train_tokens,
+                        seed,
+                        step,
+                        cfg.train.batch_size,
+                        cfg.model.n_ctx,
+                        bos,
+                        cfg.data,
+                        run.d_vocab,
+                    )[0]
                 )
                 loss = model(tokens, return_type="loss")
                 loss.backward()
@@ -180,15 +182,17 @@ def test_per_op_adamw_is_bit_exact_with_plain_default_adamw(tmp_path, cache_dir)
     )
     for step in range(4):
         loss = model(
-            training_batch(
-                run.train_tokens(),
-                0,
-                step,
-                cfg.train.batch_size,
-                cfg.model.n_ctx,
-                bos,
-                cfg.data,
-                run.d_vocab,
+            torch.from_numpy(
+                training_rows(
+                    run.train_tokens(),
+                    0,
+                    step,
+                    cfg.train.batch_size,
+                    cfg.model.n_ctx,
+                    bos,
+                    cfg.data,
+                    run.d_vocab,
+                )[0]
             ),
             return_type="loss",
         )

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from interp_ext.config import ConfigError, ModelConfig, RunConfig, TrainConfig, get_preset, override
-from interp_ext.run.io import write_json
+from interp_ext.diskio import write_json
 
 
 def test_paper_preset_matches_spec_section_1():

@@ -2,6 +2,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from interp_ext.config import DataConfig
 from interp_ext.data import (
@@ -13,7 +14,7 @@ from interp_ext.data import (
     load_corpus,
     repeated_tokens,
     synthetic_corpus,
-    training_batch,
+    training_rows,
     wikitext_from_dir,
 )
 
@@ -77,9 +78,15 @@ def test_synthetic_corpus_is_deterministic():
 def test_batches_are_a_function_of_seed_and_step():
     stream = np.arange(5000, dtype=np.int32) % 97
     cfg = DataConfig(copy_prob=1.0, copy_min_len=3, copy_max_len=6)
-    a = training_batch(stream, seed=0, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)
-    b = training_batch(stream, seed=0, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)
-    c = training_batch(stream, seed=1, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)
+    a = torch.from_numpy(
+        training_rows(stream, seed=0, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)[0]
+    )
+    b = torch.from_numpy(
+        training_rows(stream, seed=0, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)[0]
+    )
+    c = torch.from_numpy(
+        training_rows(stream, seed=1, step=7, batch_size=4, n_ctx=32, bos=99, data_cfg=cfg)[0]
+    )
     assert a.equal(b) and not a.equal(c)
     assert (a[:, 0] == 99).all()
 

@@ -4,7 +4,6 @@ data-refined LLC and Stream 2's fixed-composition batches."""
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,15 +14,13 @@ import torch
 def mixed_run(micro_run):
     """The micro run's corpus with a 3:1 mix of random and text rows and no copies, so that a text
     row is exactly a window of the training stream and a random row (almost surely) is not."""
-    cfg = micro_run.config
-    data = replace(cfg.data, random_seq_prob=0.75, copy_prob=0.0)
-    return SimpleNamespace(
-        config=replace(cfg, data=data),
-        train_tokens=micro_run.train_tokens,
-        bos=micro_run.bos,
-        d_vocab=micro_run.d_vocab,
-        seeds=micro_run.seeds,
+    from interp_ext import open_run
+
+    run = open_run(micro_run.path)  # its own object: the config changed in memory alone
+    run.config = replace(
+        run.config, data=replace(run.config.data, random_seq_prob=0.75, copy_prob=0.0)
     )
+    return run
 
 
 def is_text(row: torch.Tensor, stream: np.ndarray) -> bool:
@@ -33,16 +30,17 @@ def is_text(row: torch.Tensor, stream: np.ndarray) -> bool:
 
 
 def test_rows_equal_the_training_batch_and_say_their_part(mixed_run):
-    from interp_ext.data import training_batch, training_rows
+    from interp_ext.data import training_rows
 
     cfg, stream = mixed_run.config, mixed_run.train_tokens()
     args = (cfg.train.batch_size, cfg.model.n_ctx, mixed_run.bos, cfg.data, mixed_run.d_vocab)
     for seed, step, draw in [(0, 0, None), (1, 5, None), (0, 0, 7), (3, 2, 11)]:
-        seqs, random_rows = training_rows(stream, seed, step, *args, draw=draw)
+        seqs, random_rows = mixed_run.batch_rows(seed, step, draw)
+        assert torch.equal(seqs, mixed_run.batch(seed, step, draw))
         assert torch.equal(
-            torch.from_numpy(seqs), training_batch(stream, seed, step, *args, draw=draw)
+            seqs, torch.from_numpy(training_rows(stream, seed, step, *args, draw)[0])
         )
-        assert [not is_text(torch.from_numpy(r), stream) for r in seqs] == random_rows.tolist()
+        assert [not is_text(r, stream) for r in seqs] == random_rows.tolist()
 
 
 def test_fixed_composition_batches_hold_the_same_number_of_text_rows(mixed_run):

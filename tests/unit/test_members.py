@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from circuits.circuit import Circuit
+from interp_ext.adamw import denominators
 from interp_ext.geometry.gradients import flatten
 from interp_ext.stream3.energy import EnergyProbe
 from interp_ext.stream3.members import (
-    adam_denominator,
     flow_direction,
     grouped_rates,
     member_matrix,
@@ -196,7 +196,7 @@ def test_member_matrix_of_a_model_with_adamw_state(micro):
     model, names, theta, batches, loss, masks = micro
     params = dict(model.named_parameters())
     v = {n: torch.full_like(p, 0.01) for n, p in params.items()}
-    d = adam_denominator(v, count=10, beta2=0.999)
+    d = denominators(v, count=10, beta2=0.999)
     fresh = torch.randint(0, 7, (2, 2, 6), generator=torch.Generator().manual_seed(7))
     rows = {h: [h] for h in HEADS}
     out = member_matrix(
@@ -219,7 +219,7 @@ def test_member_matrix_of_a_model_with_adamw_state(micro):
     c = out[(out.part == "E") & (out.A == "C") & (out.B == "")].value.item()
     assert c == pytest.approx(out[(out.part == "E") & (out.A == "all")].value.item(), rel=1e-12)
     with pytest.raises(ValueError, match="no denominator before its first step"):
-        adam_denominator(v, count=0, beta2=0.999)
+        denominators(v, count=0, beta2=0.999)
 
 
 def test_the_api_reads_u_from_a_torch_adamw(micro):
@@ -237,7 +237,7 @@ def test_the_api_reads_u_from_a_torch_adamw(micro):
     out = api.member_matrix(model, batches, fresh, ["L1H0", "L0H1"], opt, groups=2)
     params = dict(model.named_parameters())
     v = {n: opt.state[p]["exp_avg_sq"] for n, p in params.items()}
-    d = adam_denominator(v, 1.0, 0.999)
+    d = denominators(v, 1.0, 0.999)
     want = member_matrix(
         model,
         batches,

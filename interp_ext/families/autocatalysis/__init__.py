@@ -194,7 +194,7 @@ def checkpoint_rows(
     ctx: Checkpoint, settings: AutocatalysisSettings, circuit: Circuit, ctrl: dict[str, Circuit]
 ) -> pd.DataFrame:
     """Every Stream 3 row of one seed at one checkpoint."""
-    from interp_ext.optim_step import optimizer_step_direction
+    from interp_ext.trajectory import real_step
 
     model = ctx.model
     batches = ctx.probe["lm"][: settings.n_batches] if settings.n_batches else ctx.probe["lm"]
@@ -206,7 +206,7 @@ def checkpoint_rows(
         if direction == "sgd":
             d = sgd_direction(probe)
         else:
-            _, update, _ = optimizer_step_direction(ctx.run, ctx.seed, ctx.step)
+            _, update, _ = real_step(ctx.run, ctx.seed, ctx.step)
             d = probe.flat({n: update[n].float() for n in probe.names})
         for tag, circ in circuits.items():
             masks = circ.with_rest().flat_masks(model)

@@ -208,10 +208,10 @@ def compare(
 
 def step_alignment(ctx: Checkpoint) -> dict[str, float]:
     """Function-space alignment of the real training step taken after this checkpoint."""
-    from interp_ext.optim_step import optimizer_step_direction
+    from interp_ext.trajectory import real_step
 
     try:
-        theta, direction, batch = optimizer_step_direction(ctx.run, ctx.seed, ctx.step)
+        theta, direction, batch = real_step(ctx.run, ctx.seed, ctx.step)
     except (
         FileNotFoundError,
         KeyError,

@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit, CircuitError, Head, all_heads
+from interp_ext import diskio
 from interp_ext.geometry.sharpness import (
     hutchinson_trace,
     model_hessian,
@@ -63,8 +64,6 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
-from interp_ext.optim_step import step_rows
-from interp_ext.run import io
 
 log = logging.getLogger("interp_ext")
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
@@ -344,7 +343,7 @@ class LLC(Family):
             return settings
         path = run.layout.calibration(settings.id)
         if path.exists():
-            saved = io.read_json(path, "an LLC calibration")
+            saved = diskio.read_json(path, "an LLC calibration")
             if saved.get("failed"):
                 raise MeasureError(saved["failed"] + f" (the sweep is saved in {path})")
             return chosen_settings(settings, saved["chosen"])
@@ -461,7 +460,7 @@ def llc_data(run, seed: int, settings: LLCSettings):
     if settings.data == "all":
         parts, j = [], 0
         while sum(len(p) for p in parts) < n:
-            parts.append(step_rows(run, seed, 0, draw=LLC_DRAW + j)[0])
+            parts.append(run.batch_rows(seed, 0, draw=LLC_DRAW + j)[0])
             j += 1
         seqs = torch.cat(parts)[:n]
     else:
@@ -916,13 +915,13 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
             else ""
         )
         failed = f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {min(t['lr'] for t in sweep['model']):g}..{LRS[0]:g}{cap} at {probes}; set --sampling-time (chains of equal SGLD time), raise --draws or --burnin, or change --localization"
-        io.write_json(run.layout.calibration(settings.id), {**saved, "failed": failed})
+        diskio.write_json(run.layout.calibration(settings.id), {**saved, "failed": failed})
         raise MeasureError(failed)
     lost = [n for n, lr in chosen.items() if lr is None]
     if lost:
         log.warning("LLC calibration: no plateau for %s; they are not estimated", ", ".join(lost))
     result = chosen_settings(settings, chosen)
-    io.write_json(run.layout.calibration(settings.id), {**saved, "chosen_id": result.id})
+    diskio.write_json(run.layout.calibration(settings.id), {**saved, "chosen_id": result.id})
     return result
 
 

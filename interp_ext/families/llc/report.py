@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from circuits.circuit import Head
+from interp_ext import diskio
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
 from interp_ext.measurement.circuits import circuit_from_rows
 from interp_ext.report.draw import (
@@ -18,7 +19,6 @@ from interp_ext.report.draw import (
     select,
     summary,
 )
-from interp_ext.run import io
 
 
 def section(page) -> list[str]:
@@ -189,7 +189,7 @@ def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
     """The plateau search behind the step sizes (when ``--calibrate`` chose them): each component's
     estimate against the step size at every probed checkpoint, the plateau it kept shaded."""
     ids = set(llc.settings)
-    sweeps = [io.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
+    sweeps = [diskio.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
     sweeps = [c for c in sweeps if c.get("chosen_id") in ids and c.get("rule") == "plateau"]
     sweeps = list({c["chosen_id"]: c for c in sweeps}.values())  # one per chosen settings
     lines = []

@@ -51,6 +51,8 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit
+from interp_ext.adamw import denominators
+from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
 from interp_ext.measurement.circuits import (
     member_controls,
     resolve_circuit,
@@ -58,10 +60,9 @@ from interp_ext.measurement.circuits import (
     source_folders,
 )
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
-from interp_ext.measurement.stream3 import FRESH_DRAWS, PROBE_DRAWS, check_replay
+from interp_ext.measurement.stream3 import check_replay
 from interp_ext.measurement.windows import replayed_rows, settings_window, window_problem
-from interp_ext.optim_step import step_batch
-from interp_ext.stream3.members import adam_denominator, member_matrix
+from interp_ext.stream3.members import member_matrix
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -277,9 +278,7 @@ class Members(Family):
 def probe_sequences(run, seed: int, step: int, sequences: int, first: int) -> torch.Tensor:
     """``sequences`` fresh training sequences at ``step``'s data position: [sequences, pos]."""
     size = run.config.train.batch_size
-    draws = [
-        step_batch(run, seed, step, draw=first + j) for j in range(math.ceil(sequences / size))
-    ]
+    draws = [run.batch(seed, step, draw=first + j) for j in range(math.ceil(sequences / size))]
     return torch.cat(draws)[:sequences]
 
 
@@ -290,7 +289,7 @@ def checkpoint_rows(
     run = ctx.run
     ckpt = run.checkpoint(ctx.seed, ctx.step)
     train = run.config.train
-    denominator = adam_denominator(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
+    denominator = denominators(ckpt["exp_avg_sq"], float(ckpt["adam_step"]), train.betas[1])
     seqs, fresh = point_data(run, ctx.seed, ctx.step, settings)
     frames = []
     for label, width in parse_weights(settings.weights).items():
@@ -312,7 +311,7 @@ def window_rows(
     train = run.config.train
 
     def measure(model, step, at):
-        denominator = adam_denominator(step.new_exp_avg_sq, step.count + 1, train.betas[1])
+        denominator = denominators(step.new_exp_avg_sq, step.count + 1, train.betas[1])
         seqs, fresh = point_data(run, seed, at, settings)
         rows = point_rows(
             model, settings, circuit, controls, denominator, train.weight_decay, seqs, fresh
@@ -326,14 +325,14 @@ def point_data(run, seed: int, step: int, settings: MembersSettings):
     """(probe sequences, fresh batches) at ``step``'s data position."""
     seqs = probe_sequences(run, seed, step, settings.sequences, PROBE_DRAWS)
     fresh = torch.stack(
-        [step_batch(run, seed, step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
+        [run.batch(seed, step, draw=FRESH_DRAWS + j) for j in range(settings.fresh)]
     )
     return seqs, fresh
 
 
 def slow_model(run, seed: int, step: int, width: int):
     """The seed's model at ``step`` carrying the Polyak-averaged weights over ``width`` steps."""
-    from interp_ext.replay import polyak_average
+    from interp_ext.trajectory import polyak_average
 
     model = run.model(seed, step)
     slow = polyak_average(run, seed, step, width)

@@ -1,15 +1,15 @@
 """``noise``: gradient noise apart from data per step, in replays that read the same data.
 
-The ``counterfactual`` family's mean-of-M and half-batch replays change the data each
-step reads along with the noise. Here every noise arm reads the same sequences per
-step. From each seed's pre-formation checkpoint (the ledger's window) the seed's
+A replay that cuts the noise by averaging more batches also changes the data each step
+reads. Here every noise arm reads the same sequences per step. From each seed's
+pre-formation checkpoint (``margin`` steps before its formation) the seed's
 training continues with its AdamW state, learning rate and numerics, but the
 update's gradient is
 
     g = g_bar_M + c xi,   xi = (g_A - g_B) / sqrt(2),
 
 with g_bar_M the mean gradient of M real-size batches (the real batch and M - 1
-fresh ones, as the ``counterfactual`` family's ``mean<M>``) and g_A, g_B two more
+fresh ones) and g_A, g_B two more
 independent real-size batches: xi has mean 0 and one minibatch's covariance, so
 c = 1 has the real minibatch's noise level (plus the mean's 1/M), c = 0 none and
 c = sqrt(2) twice its variance. The batches of a step are the same in every arm.
@@ -48,21 +48,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from circuits.induction import formation_step
-from interp_ext.arms import (
-    Arm,
-    ArmState,
-    parse_scales,
-    step_norms,
-    step_tokens,
-)
-from interp_ext.geometry.gradients import per_batch_gradients
+from circuits.circuit import Circuit
+from circuits.induction import attention_scores, formation_step
+from interp_ext.adamw import step_norms
+from interp_ext.geometry.gradients import loss_function, measure_dtype, per_batch_gradients
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
-from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, setting
-from interp_ext.measurement.stream3 import Recorder, TrajectorySettings, check_replay
-from interp_ext.replay import Replay, ReplayError
+from interp_ext.measurement.probes import repeated_probe
+from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
+from interp_ext.measurement.stream3 import check_replay
+from interp_ext.measurement.windows import replay_window, seed_window, window_problem
 from interp_ext.stats import (
     critical_batch,
     critical_batch_over_seeds,
@@ -70,10 +65,88 @@ from interp_ext.stats import (
     paired_order,
     sign_test,
 )
+from interp_ext.stream3.energy import EnergyProbe
+from interp_ext.trajectory import Arm, parse_scales, step_tokens
+
+
+class Recorder:
+    """Probe loss, E_C and the best induction score of a replay's current parameters (anything with
+    ``model`` and ``names``), one row each, with the replay's name in ``variant``."""
+
+    def __init__(self, run, replay, circuit: Circuit, n_batches: int | None = None):
+        self.replay, self.model = replay, replay.model
+        names = replay.names
+        self.loss_fn, self.names, self.dtype = (
+            loss_function(self.model, names),
+            names,
+            measure_dtype(self.model),
+        )
+        lm = run.probe_set()["lm"]
+        self.lm = (lm[:n_batches] if n_batches else lm).to(self.model.cfg.device)
+        self.repeated = repeated_probe(run)
+        self.mask = torch.stack(list(circuit.flat_masks(self.model).values())).any(0)
+        self.chunk = 4 if self.model.cfg.d_vocab <= 4096 else 1
+
+    @torch.no_grad()
+    def _loss_and_score(self) -> tuple[float, float]:
+        self.model.eval()
+        loss = float(np.mean([float(self.model(b, return_type="loss")) for b in self.lm]))
+        scores = attention_scores(self.model, self.repeated)["induction_score"][1:]
+        self.model.train()
+        return loss, float(scores.max())
+
+    def __call__(self, step: int, name: str) -> list[dict]:
+        theta = {n: p.detach().to(self.dtype) for n, p in self.model.named_parameters()}
+        energy = EnergyProbe(self.loss_fn, theta, self.lm, self.chunk).energy(self.mask)
+        loss, score = self._loss_and_score()
+        return [
+            {"step": step, "metric": m, "component": "", "value": v, "variant": name}
+            for m, v in (("loss", loss), ("E_C", energy), ("induction_score", score))
+        ]
 
 
 @dataclass(frozen=True)
-class NoiseSettings(TrajectorySettings):
+class _Window(Settings):
+    """The arms' window around
+    each seed's formation, the record grid, the formation threshold and the circuit of E_C."""
+
+    window: str = setting(
+        "auto",
+        "'auto' (checkpoints >= margin steps around each seed's formation step) or START:END.",
+    )
+    margin: int = setting(500, "Auto window: steps before and after the formation step.")
+    record_every: int = setting(
+        50, "Record loss, E_C and the induction score every that many steps."
+    )
+    threshold: float = setting(
+        0.4, "Best induction score that counts as formed at the window's end."
+    )
+    circuit: str = setting(
+        "cause",
+        "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
+    )
+    n_batches: int | None = setting(
+        None, "Probe batches (default: all of the probe set).", cli="--batches"
+    )
+    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    formation: str = setting(
+        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    )
+
+    def check(self) -> None:
+        self.require(self.record_every >= 1, "record_every", "must be >= 1")
+        self.require(0 < self.threshold < 1, "threshold", "must lie in (0, 1)")
+        self.require(self.margin >= 0, "margin", "must be >= 0")
+        self.require(
+            window_problem(self.window) is None, "window", str(window_problem(self.window))
+        )
+
+    def seed_window(self, run, seed: int) -> tuple[int, int] | None:
+        return seed_window(run, self.window, self.margin, self.formation, seed)
+
+
+@dataclass(frozen=True)
+class NoiseSettings(_Window):
     family = "noise"
 
     mean_batches: int = setting(16, "M: real-size batches whose mean gradient every arm follows.")
@@ -225,49 +298,49 @@ def replay_arms(
     steps them together and records them on one grid.
     """
     start, end = window
-    try:
-        real = Replay(run, seed, start)
-    except ReplayError as err:
-        raise MeasureError(str(err)) from err
-    arms = [ArmState(run, seed, start, arm) for arm in settings.arms()]
-    recorders = {"real": Recorder(run, real, circuit, settings.n_batches)}
-    recorders |= {a.arm.name: Recorder(run, a, circuit, settings.n_batches) for a in arms}
-    rows = [r for name, rec in recorders.items() for r in rec(start, name)]
-    scores = {name: [] for name in recorders}  # (step, best induction score) per record
-    _note_scores(scores, rows)
-    batch, m = run.config.train.batch_size, settings.mean_batches
-    for step in tqdm(
-        range(start, end), desc=f"noise arms seed {seed}", leave=False, disable=not progress
-    ):
-        v_real = real.take().new_exp_avg_sq
-        tokens = step_tokens(run, seed, step, m).to(real.device)
-        for a in arms:
-            norm, inv = step_norms(
-                a.take(a.gradient(tokens, batch, m, run.config), v_real), a.train
-            )
-            rows += [
-                {"step": step, "metric": k, "component": "", "value": v, "variant": a.arm.name}
-                for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
-            ]
-        if (step + 1 - start) % settings.record_every == 0 or step + 1 == end:
-            new = [r for name, rec in recorders.items() for r in rec(step + 1, name)]
-            rows += new
-            _note_scores(scores, new)
-            if settings.stop_after:
-                stopped = [
-                    a
-                    for a in arms
-                    if has_formed(
-                        *zip(*scores[a.arm.name]), settings.threshold, settings.stop_after
-                    )
-                ]
-                arms = [a for a in arms if a not in stopped]
-                for a in stopped:
-                    del recorders[a.arm.name]
-    try:
-        real.verify()
-    except ReplayError as err:
-        raise MeasureError(str(err)) from err
+    rows: list[dict] = []
+    scores: dict[str, list] = {}  # (step, best induction score) per record
+
+    def setup(lock):
+        recorders = {"real": Recorder(run, lock, circuit, settings.n_batches)}
+        recorders |= {
+            a.arm.name: Recorder(run, a, circuit, settings.n_batches) for a in lock.states
+        }
+        scores.update({name: [] for name in recorders})
+        rows.extend(r for name, rec in recorders.items() for r in rec(start, name))
+        _note_scores(scores, rows)
+
+        def visit(taken) -> None:
+            for name, arm_step in taken.arms.items():
+                norm, inv = step_norms(arm_step, run.config.train)
+                rows.extend(
+                    {"step": taken.step, "metric": k, "component": "", "value": v, "variant": name}
+                    for k, v in (("update_norm", norm), ("inv_sqrt_vhat", inv))
+                )
+            at = taken.step + 1
+            if (at - start) % settings.record_every == 0 or at == end:
+                new = [r for name, rec in recorders.items() for r in rec(at, name)]
+                rows.extend(new)
+                _note_scores(scores, new)
+                for name in list(taken.arms) if settings.stop_after else []:
+                    if has_formed(*zip(*scores[name]), settings.threshold, settings.stop_after):
+                        lock.drop(name)
+                        del recorders[name]
+
+        return visit
+
+    replay_window(
+        run,
+        seed,
+        start,
+        end,
+        setup,
+        verify=True,
+        desc=f"noise arms seed {seed}",
+        progress=progress,
+        arms=tuple(settings.arms()),
+        mean_batches=settings.mean_batches,
+    )
     return rows
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interp_ext import diskio
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
@@ -28,7 +29,6 @@ from interp_ext.measurement.runner import (
     closest_first,
     setting,
 )
-from interp_ext.run import io
 from interp_ext.sae_tracking.matching import (
     activation_correlation,
     decoder_cosine,
@@ -190,7 +190,7 @@ class SAETracking(Family):
             sae, hook_activations(model, state.probe.to(model.cfg.device), settings.hook)
         )
         corr = activation_correlation(f_probe, state.indicator[:, None])[:, 0]
-        io.write_npy(
+        diskio.write_npy(
             path / "induction_corr.npy", corr
         )  # every feature's, to follow one through training
         q["induction_feature_corr"] = float(corr.max())
@@ -211,7 +211,7 @@ class SAETracking(Family):
         if not parts:
             return None
         table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-        io.write_parquet(folder / "lineage.parquet", table)
+        diskio.write_parquet(folder / "lineage.parquet", table)
         best = int(
             rows[(rows.metric == "induction_feature") & (rows.step == steps[-1])].value.iloc[0]
         )
@@ -324,7 +324,7 @@ def ensure_sae(ctx: Checkpoint, settings: SAETrackingSettings, path, previous: i
         else None
     )
     save_sae(train_sae(acts, settings.training, settings.hook, start_from=start), path)
-    io.write_json(marker, origin)
+    diskio.write_json(marker, origin)
 
 
 def lineage(
@@ -341,7 +341,7 @@ def lineage(
         similarity_matrix(prev[1], w_dec, prev[2], f_eval, settings.method), settings.threshold
     )
     pairs = events.pairs.assign(step_from=prev[0], step_to=step)
-    io.write_parquet(folder / "lineage" / f"step={step}.parquet", pairs)
+    diskio.write_parquet(folder / "lineage" / f"step={step}.parquet", pairs)
     cosine = decoder_cosine(prev[1], w_dec)
     out = {name: float(v) for name, v in events.counts.items()}
     out["decoder_match_share"] = float((cosine.max(axis=0) > 0.9).mean())

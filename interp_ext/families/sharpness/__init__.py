@@ -7,7 +7,7 @@ through each seed's formation window), on the training loss averaged over the fi
 
 * ``sharpness``: lambda_1(H);
 * ``sharpness_precond``: lambda_1(P^-1 H), P built from the saved AdamW second moment
-  (:func:`interp_ext.geometry.sharpness.adam_preconditioner`);
+  (:func:`interp_ext.adamw.preconditioner`);
 * ``edge_of_stability``: (2 + 2 beta1) / ((1 - beta1) lr), 38 / lr for beta1 = 0.9, and
   ``precond_edge_ratio`` = ``sharpness_precond`` / ``edge_of_stability``;
 * with ``--circuit``, the same two eigenvalues of the circuit's block of H (component ``C``), and
@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp_ext.geometry.sharpness import adam_preconditioner, model_hessian, stability_threshold
+from interp_ext.adamw import preconditioner
+from interp_ext.geometry.sharpness import model_hessian, stability_threshold
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
@@ -45,7 +46,6 @@ from interp_ext.measurement.windows import (
     settings_window,
     window_problem,
 )
-from interp_ext.training import adamw
 
 METRICS = ("sharpness", "sharpness_precond", "precond_edge_ratio")
 
@@ -211,11 +211,7 @@ def measure_point(
     """The rows of one point: eigenvalues of H and of P^-1 H, for the model and the circuit block."""
     cfg = run.config.train
     op = model_hessian(model, run.probe_set()["lm"][: settings.n_batches], chunk=settings.chunk)
-    precond = (
-        adam_preconditioner(exp_avg_sq, count, cfg.betas, adamw_eps(cfg))
-        if exp_avg_sq and count >= 1
-        else None
-    )
+    precond = preconditioner(exp_avg_sq, count, cfg.betas) if exp_avg_sq and count >= 1 else None
     edge = stability_threshold(cfg.lr, cfg.betas[0])
     blocks = {"": None}
     if circuit is not None:
@@ -234,11 +230,6 @@ def measure_point(
     out.append({"metric": "edge_of_stability", "component": "", "value": edge})
     out.append({"metric": "hvp_calls", "component": "", "value": float(op.calls)})
     return pd.DataFrame(out)
-
-
-def adamw_eps(train_cfg) -> float:
-    """The eps of the run's AdamW (as the trainer builds it)."""
-    return float(adamw([torch.zeros(1)], train_cfg).defaults["eps"])
 
 
 def eigen_rows(metric: str, component: str, values) -> list[dict]:

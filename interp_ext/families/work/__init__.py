@@ -64,11 +64,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
-from interp_ext.arms import Arm, ArmReplay
-from interp_ext.geometry.gradients import loss_function, measure_dtype
+from interp_ext.adamw import moment, momentum_split, update_from_moment
+from interp_ext.geometry.gradients import flatten, loss_function, measure_dtype
 from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
 from interp_ext.measurement.stream3 import (
@@ -81,13 +80,12 @@ from interp_ext.measurement.windows import (
     formation_of,
     formed_seeds,
     phase_of,
+    replay_window,
     window_problem,
 )
-from interp_ext.replay import Replay, ReplayError, momentum_split, update_from_moment
 from interp_ext.run import parts
 from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.energy import WHOLE
-from interp_ext.stream3.split import flat
 from interp_ext.stream3.work import (
     RULES,
     line_integrands,
@@ -97,6 +95,7 @@ from interp_ext.stream3.work import (
     random_like,
     work_of,
 )
+from interp_ext.trajectory import Arm
 
 log = logging.getLogger("interp_ext")
 
@@ -383,69 +382,85 @@ def window_work(
     """Replay from ``plan["replay_from"]``, carry the shadow moment, measure the work terms at the
     sampled steps of [start, end); refuse (nothing returned) if the replay diverges.
 
-    Long because it is the one loop of the exact ledger: replay, shadow moment, sample, measure, verify.
+    Long because each replayed step carries the shadow moment, and a sampled one is measured
+    on every sub-step and summed per real step.
     """
     k = settings.scale
-    try:
-        replay = (
-            ArmReplay(run, seed, plan["replay_from"], Arm.parse(settings.arm), settings.arm_batches)
-            if settings.arm
-            else Replay(run, seed, plan["replay_from"], scale=k)
-        )
-    except ReplayError as err:
-        raise MeasureError(str(err)) from err
-    model, names, cfg = replay.model, replay.names, replay.train_cfg
-    loss_fn = loss_function(model, names)
-    dtype = measure_dtype(model)
-    batches = run.probe_set()["lm"]
-    batches = batches[: settings.n_batches] if settings.n_batches else batches
-    chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
-    probe_at = probe_factory(loss_fn, names, batches, dtype, model.cfg.device, chunk)
-    partition, sets = tracked_sets(run, seed, circuit, settings.controls, model)
-    halves: dict[str, dict] = {}  # the shadow moment of each half of the M batches
     shadow_from = max(plan["replay_from"], plan["start"] - settings.horizon)
     gen = torch.Generator().manual_seed(1000 + seed)
-    b1 = cfg.betas[0]
     stop = plan["end"] if plan["verify_at"] is None else plan["verify_at"]
-    total = (stop - plan["replay_from"]) * k
     rows: list[dict] = []
-    substeps: list[list[dict]] = []  # the measured sub-steps of the current sampled real step
-    nulls: dict[str, torch.Tensor] = {}  # the random-direction null's draws of that real step
-    bar = tqdm(total=total, desc=f"work seed {seed} x{k}", leave=False, disable=not progress)
-    for step in replay.steps(plan["replay_from"] + total):
-        bar.update(1)
-        offset = step.step - plan["replay_from"]
-        real, sub = plan["replay_from"] + offset // k, offset % k  # the real step, its sub-step
-        theta = {n: step.theta[n].to(dtype) for n in names}
-        if real == plan["end"] and sub == 0:  # the end of the measured span: its energies
-            rows += end_energies(probe_at(step.theta), sets, plan["end"])
-        if shadow_from <= real < plan["end"]:
-            if (
-                not halves
-            ):  # the real m here: its weight decays below 1e-3 by the first measured step
-                halves = {h: {n: m.double() for n, m in step.exp_avg.items()} for h in "AB"}
-            halves = advance_shadow(halves, run, seed, real, theta, loss_fn, settings, b1, sub, k)
-        if not sampled(real, plan, settings.every):
-            continue
-        detail = (real - plan["start"]) % settings.detail_every == 0
-        if detail and sub == 0:  # one null direction per real step, for all k of its sub-steps
-            nulls = {key: random_draw(sets[WHOLE], gen) for key in ("real", "drift")}
-        substeps.append(
-            step_work(
-                step, halves, cfg, names, probe_at, partition, sets, settings.rule, detail, nulls
+    # what the visitor measures with, made from the trajectory; the shadow moment of each half of
+    # the M batches; the measured sub-steps of the current sampled real step; the random-direction
+    # null's draws of that real step
+    state: dict = {"halves": {}, "substeps": [], "nulls": {}}
+
+    def setup(replay):
+        model, names, cfg = replay.model, replay.names, replay.train_cfg
+        loss_fn = loss_function(model, names)
+        dtype = measure_dtype(model)
+        batches = run.probe_set()["lm"]
+        batches = batches[: settings.n_batches] if settings.n_batches else batches
+        chunk = settings.chunk or (4 if model.cfg.d_vocab <= 4096 else 1)
+        probe_at = probe_factory(loss_fn, names, batches, dtype, model.cfg.device, chunk)
+        partition, sets = tracked_sets(run, seed, circuit, settings.controls, model)
+        state.update(probe_at=probe_at, sets=sets)
+
+        def visit(step) -> None:
+            offset = step.step - plan["replay_from"]
+            real, sub = plan["replay_from"] + offset // k, offset % k  # real step, its sub-step
+            theta = {n: step.theta[n].to(dtype) for n in names}
+            if real == plan["end"] and sub == 0:  # the end of the measured span: its energies
+                rows.extend(end_energies(probe_at(step.theta), sets, plan["end"]))
+            if shadow_from <= real < plan["end"]:
+                if not state["halves"]:  # the real m here: weight below 1e-3 when measuring
+                    state["halves"] = {
+                        h: {n: m.double() for n, m in step.exp_avg.items()} for h in "AB"
+                    }
+                state["halves"] = advance_shadow(
+                    state["halves"], run, seed, real, theta, loss_fn, settings, cfg.betas[0], sub, k
+                )
+            if not sampled(real, plan, settings.every):
+                return
+            detail = (real - plan["start"]) % settings.detail_every == 0
+            if detail and sub == 0:  # one null direction per real step, for all k sub-steps
+                state["nulls"] = {key: random_draw(sets[WHOLE], gen) for key in ("real", "drift")}
+            state["substeps"].append(
+                step_work(
+                    step,
+                    state["halves"],
+                    cfg,
+                    names,
+                    probe_at,
+                    partition,
+                    sets,
+                    settings.rule,
+                    detail,
+                    state["nulls"],
+                )
             )
-        )
-        if sub == k - 1:  # the real step's last sub-step: one row per term for all k of them
-            rows += [{**r, "step": real} for r in sum_substeps(substeps)]
-            substeps = []
-    bar.close()
+            if sub == k - 1:  # the real step's last sub-step: one row per term for all k
+                rows.extend({**r, "step": real} for r in sum_substeps(state["substeps"]))
+                state["substeps"] = []
+
+        return visit
+
+    replay = replay_window(
+        run,
+        seed,
+        plan["replay_from"],
+        plan["replay_from"] + (stop - plan["replay_from"]) * k,
+        setup,
+        verify=plan["verify_at"] is not None,
+        desc=f"work seed {seed} x{k}",
+        progress=progress,
+        scale=k,
+        arm=settings.arm,
+        mean_batches=settings.arm_batches,
+    )
     if not any(r["metric"] == "E_end" for r in rows):  # the span ends where the replay stopped
-        rows += end_energies(probe_at(dict(replay.model.named_parameters())), sets, plan["end"])
-    if plan["verify_at"] is not None:
-        try:
-            replay.verify()
-        except ReplayError as err:
-            raise MeasureError(str(err)) from err
+        end_theta = dict(replay.model.named_parameters())
+        rows += end_energies(state["probe_at"](end_theta), state["sets"], plan["end"])
     rows += [
         {"metric": "plan", "component": key, "value": float(plan[key]), "step": -1}
         for key in ("start", "end", "replay_from", "formation")
@@ -510,7 +525,7 @@ def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1, sub=0,
     out = {}
     for h, shadow in halves.items():
         g = mean_gradient(run, seed, step, theta, loss_fn, size[h], first=first[h])
-        out[h] = {n: b1 * shadow[n] + (1 - b1) * g[n].double() for n in shadow}
+        out[h] = {n: moment(shadow[n], g[n].double(), b1) for n in shadow}
     return out
 
 
@@ -533,13 +548,13 @@ def step_work(step, halves, cfg, names, probe_at, partition, sets, rule, detail,
     shadow = {n: (halves["A"][n] + halves["B"][n]) / 2 for n in names}
     drift = update_from_moment(step, shadow, cfg)
     drift_a, drift_b = (update_from_moment(step, halves[h], cfg) for h in "AB")
-    half_gap = flat({n: (drift_a[n] - drift_b[n]) / 2 for n in names}, names)
+    half_gap = flatten({n: (drift_a[n] - drift_b[n]) / 2 for n in names}, names).double()
     parts = momentum_split(step, cfg)
     dirs = {
-        "real": flat(real, names),
-        "drift": flat(drift, names),
-        "inherited": flat(parts["inherited"], names),
-        "fresh": flat(parts["fresh"], names),
+        "real": flatten(real, names).double(),
+        "drift": flatten(drift, names).double(),
+        "inherited": flatten(parts["inherited"], names).double(),
+        "fresh": flatten(parts["fresh"], names).double(),
     }
     block = sets[WHOLE]
     shared = {k: dirs[k] for k in ("real", "drift", "inherited", "fresh")} if detail else {}
