@@ -81,7 +81,7 @@ def replay_setup(preset: str, tmp):
 
     from interp_ext import override
     from interp_ext.geometry.gradients import loss_function
-    from interp_ext.measurement.stream3 import probe_factory
+    from interp_ext.measurement.replays import probe_factory
     from interp_ext.training import train
     from interp_ext.trajectory import Replay
 

@@ -28,7 +28,8 @@ from dataclasses import replace
 from _common import machine, middle_checkpoint
 
 from interp_ext import diskio, open_run
-from interp_ext.families.llc import LLCSettings, chain_length, estimate, llc_data
+from interp_ext.families.llc import LLCSettings, llc_data
+from interp_ext.geometry.learning_coefficient import chain_length, estimate
 from interp_ext.stream3.energy import model_probe
 
 

@@ -25,7 +25,7 @@ from circuits import Circuit
 from interp_ext.adamw import denominators
 from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
 from interp_ext.families.members import MembersSettings, probe_sequences, saddle_rows
-from interp_ext.stream3.members import member_matrix
+from interp_ext.stream3.reinforcement import member_matrix
 
 MEMBERS = ["L1H0", "L1H1", "L0H0", "L0H1"]
 CONTROLS = ["L1H2", "L1H3", "L0H2", "L0H3"]

@@ -20,9 +20,9 @@ from torch.func import grad
 
 from interp_ext import open_run
 from interp_ext.families.sharpness import SharpnessSettings, measure_point
+from interp_ext.geometry.curvature import HessianOperator
 from interp_ext.geometry.gradients import current_params, loss_function
-from interp_ext.geometry.sharpness import HessianOperator
-from interp_ext.measurement.circuits import circuit_from_spec
+from interp_ext.measurement.selection import circuit_from_spec
 
 
 def median(fn, repeats: int) -> float:

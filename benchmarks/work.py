@@ -25,8 +25,8 @@ from _common import median_time as timed
 
 from circuits import Circuit
 from interp_ext.families.work import step_work
-from interp_ext.measurement.stream3 import mean_gradient, tracked_sets
-from interp_ext.stream3.work import random_draw
+from interp_ext.measurement.replays import mean_gradient, tracked_sets
+from interp_ext.stream3.line_integrals import random_draw
 
 
 def main() -> None:

@@ -60,8 +60,8 @@ def train(cfg, out, resume=False, progress=True):
 
 
 def write_report(run, out=None, beside=()):
-    """Write ``report.md`` and its figures for a run; see :func:`interp_ext.report.write_report`."""
-    from interp_ext.report import write_report as _write_report
+    """Write ``report.md`` and its figures for a run; see :func:`interp_ext.report.compose.write_report`."""
+    from interp_ext.report.compose import write_report as _write_report
 
     return _write_report(run, out, beside)
 

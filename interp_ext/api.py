@@ -95,14 +95,14 @@ def member_matrix(
     controls: list[str] | None = None,
     groups: int = 4,
 ) -> pd.DataFrame:
-    """Who reinforces whom (``interp_ext.stream3.members``): S (the mean gradient's energy), N (the
+    """Who reinforces whom (``interp_ext.stream3.reinforcement``): S (the mean gradient's energy), N (the
     per-batch noise energy) and E = S + N of each member, and R^X[A, B] = grad_B X_A . u_B with u
     the expected step of ``optimizer`` (a ``torch.optim.AdamW`` that has stepped on ``model``'s
     parameters) per unit of lr x steps; ``fresh_batches`` (independent of ``probe_batches``) make
     its mean gradient. Rows per ``part``, ``A``, ``B`` ("" for the level), ``value``, ``se``
     (over ``groups`` independent groups of batches), ``n``; ``C`` is the members' union."""
     from interp_ext.adamw import denominators
-    from interp_ext.stream3.members import member_matrix as matrix
+    from interp_ext.stream3.reinforcement import member_matrix as matrix
 
     group = optimizer.param_groups[0]
     params = dict(model.named_parameters())
@@ -133,7 +133,7 @@ def circuit_of(run, seed: int, spec: str = "cause") -> Circuit:
     """The circuit a run's seed is followed with: ``cause`` (found by key-path patching; the
     ``circuit`` family's rows, or discovered now), ``induction`` (by scores), or heads like
     ``L1H2,L0H3``, as ``--circuit`` takes it on the command line."""
-    from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+    from interp_ext.measurement.selection import resolve_circuit, seed_circuit
 
     resolved = resolve_circuit(run, spec)
     return seed_circuit(run, seed, resolved["circuit"], resolved["source"])
@@ -164,7 +164,8 @@ def llc_estimate(
     from devinterp.slt.weight_restrictions import create_param_masks
 
     from circuits.circuit import Head
-    from interp_ext.families.llc import LLCSettings, estimate
+    from interp_ext.families.llc import LLCSettings
+    from interp_ext.geometry.learning_coefficient import estimate
 
     chosen = LLCSettings(n_sequences=len(tokens), **settings)
     data = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
@@ -186,8 +187,8 @@ def hessian_operator(model, batches, names: list[str] | None = None):
     """Hessian-vector products of the mean next-token loss over token ``batches``
     [n_batches, batch, pos] at ``model``'s parameters (all, or ``names``), and Lanczos on them:
     ``op.top()`` is lambda_1(H); ``op.top(preconditioner=adam_preconditioner(...))`` is AdamW's
-    lambda_1(P^-1 H) (:mod:`interp_ext.geometry.sharpness`)."""
-    from interp_ext.geometry.sharpness import model_hessian
+    lambda_1(P^-1 H) (:mod:`interp_ext.geometry.curvature`)."""
+    from interp_ext.geometry.curvature import model_hessian
 
     return model_hessian(model, batches, names)
 

@@ -47,7 +47,7 @@ import pandas as pd
 
 from circuits.circuit import Head
 from interp_ext.branch import BranchError, Interventions, branch
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit
 from interp_ext.measurement.windows import formation_of, formed_seeds
 from interp_ext.run import open_run
 from interp_ext.run.layout import Layout
@@ -109,7 +109,7 @@ def seed_roles(run, seed: int) -> dict[str, list[str]]:
     previous-token member (``ctrl``) and of each induction member (``ictrl``, where its layer has a
     head outside the circuit left), as the ``members`` family draws them; ``prevlayer``: every
     head of the previous-token members' layer(s)."""
-    from interp_ext.measurement.circuits import member_controls
+    from interp_ext.measurement.selection import member_controls
 
     spec = resolve_circuit(run, "cause")
     circuit = seed_circuit(run, seed, "cause", spec["source"])

@@ -126,15 +126,15 @@ def train(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Directory with wiki.{train,valid,test}.raw (WikiText-2 raw)."
     ),
-    corpus: str | None = typer.Option(None, help="auto | wikitext | synthetic."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    corpus: str | None = typer.Option(None, help="The corpus: auto, wikitext or synthetic."),
+    device: str | None = typer.Option(None, help="The device: cpu, cuda or cuda:N."),
     bf16: bool | None = typer.Option(
-        None, "--bf16/--no-bf16", help="bfloat16 autocast for training (measurements stay float32)."
+        None, "--bf16/--no-bf16", help="Train under bfloat16 autocast (measurements stay float32)."
     ),
     deterministic: bool | None = typer.Option(
         None,
         "--deterministic/--no-deterministic",
-        help="torch.use_deterministic_algorithms while training (default on): repeats and resumes are equal bit for bit on the same device type and thread count.",
+        help="Train with torch.use_deterministic_algorithms (default on): repeats and resumes are equal bit for bit on the same device type and thread count.",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the last checkpoint of every seed."
@@ -144,11 +144,8 @@ def train(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train several seeds side by side, with checkpoints and hook recording.
-
-    \f
-    Long because typer declares each command-line option as a parameter.
-    """
+    """Train several seeds side by side, with checkpoints and hook recording."""
+    # Long because typer declares each command-line option as a parameter.
     from interp_ext.config import RunConfig, get_preset, override
     from interp_ext.run import Layout
     from interp_ext.training import train as run_training
@@ -201,7 +198,7 @@ def reproduce(
     ),
     seeds: int | None = typer.Option(None, help="Number of seeds (default: the preset's)."),
     steps: int | None = typer.Option(None, help="Training steps (default: the preset's)."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    device: str | None = typer.Option(None, help="The device: cpu, cuda or cuda:N."),
     checkpoint_every: int | None = typer.Option(
         None, "--checkpoint-every", help="Steps between checkpoints (default: the preset's)."
     ),
@@ -252,7 +249,7 @@ def study(
         None, help="Number of seeds (default: the preset's measure.study_seeds, 8 for tiny)."
     ),
     steps: int | None = typer.Option(None, help="Training steps (default: the preset's)."),
-    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N."),
+    device: str | None = typer.Option(None, help="The device: cpu, cuda or cuda:N."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue a killed study; finished units are skipped."
     ),
@@ -413,9 +410,8 @@ def branch(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Continue some seeds of a run from a checkpoint, with or without an intervention, into a new
-    run directory that every command reads (without one it equals the run bit for bit).
-
-    Long because typer declares each intervention as its own option."""
+    run directory that every command reads (without one it equals the run bit for bit)."""
+    # Long because typer declares each intervention as its own option.
     from interp_ext.branch import Interventions, parse_ablate, parse_lr_scale, parse_project
     from interp_ext.branch import branch as make_branch
 
@@ -490,7 +486,7 @@ def report(
 ) -> None:
     """Write RUN/report/report.html (one page, every figure inline), report.md and each
     figure's PNG + HTML from the metrics table."""
-    from interp_ext.report import write_report
+    from interp_ext.report.compose import write_report
 
     run = _open(run_dir)
     others = tuple(_open(p) for p in beside)
@@ -663,6 +659,8 @@ def _family_command(name: str):
         ),
         _option("quiet", "--quiet", "No progress bar.", bool | None),
     ]
+    # a field the family resolves from the run is recorded with the measurement, not given
+    settings_fields = [f for f in settings_fields if not f.metadata.get("resolved")]
     params += [_settings_option(f) for f in settings_fields]
 
     def command(

@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.figure import Figure as MatplotlibFigure
+from plotly.subplots import make_subplots
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
+from interp_ext import diskio
 
-from interp_ext import diskio  # noqa: E402
-
-PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
+# the PNGs are drawn on figures of their own (no pyplot), so a notebook's backend is left alone
+PALETTE = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
 
 
 @dataclass
@@ -87,7 +86,6 @@ def save(fig: Figure, out: Path, name: str) -> list[str]:
         out / f"{name}.png",
         lambda tmp: mpl.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
     )
-    plt.close(mpl)
     save_plotly(to_plotly(fig), out, name)
     return [f"{name}.png", f"{name}.html"]
 
@@ -113,7 +111,8 @@ def _finite(window) -> bool:
 def to_matplotlib(fig: Figure):
     wide = any(p.heatmap is not None and len(p.heatmap.xlabels) > 12 for p in fig.panels)
     size = (max(4.6 * fig.ncols, 9 if wide else 0), 3.4 * fig.nrows)
-    figure, axes = plt.subplots(fig.nrows, fig.ncols, figsize=size, squeeze=False)
+    figure = MatplotlibFigure(figsize=size)
+    axes = figure.subplots(fig.nrows, fig.ncols, squeeze=False)
     for i, panel in enumerate(fig.panels):
         _draw_mpl(axes[i // fig.ncols][i % fig.ncols], panel, figure)
     for j in range(len(fig.panels), fig.nrows * fig.ncols):

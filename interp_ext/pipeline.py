@@ -144,7 +144,7 @@ def run_stage(
     """One stage of :func:`reproduce` (``every``: measure at the plan's every-n-th checkpoints); returns the run."""
     from interp_ext import distributed
     from interp_ext.measurement.runner import measure
-    from interp_ext.report import write_report
+    from interp_ext.report.compose import write_report
     from interp_ext.run import open_run
     from interp_ext.training import last_complete_step, train
 

@@ -87,7 +87,7 @@ def test_the_draws_estimate_and_its_standard_error_on_a_known_coefficient():
     checkpoint takes a good part of the burn-in: devinterp's estimate (every step averaged,
     burn-in included) reads low; the draws after burn-in read 1 within their standard error, and
     that standard error matches how far independent runs' estimates actually spread."""
-    from interp_ext.families.llc import drawn_estimate
+    from interp_ext.geometry.learning_coefficient import drawn_estimate
 
     n, burnin = 1000, 150
     steps, drawn, se = [], [], []
@@ -162,7 +162,8 @@ def test_the_preconditioned_sampler_is_devinterps_rmsprop_sgld(micro_run, monkey
     through), keyed apart from plain SGLD, and gives a finite estimate."""
     import devinterp.slt.sampling as devinterp_sampling
 
-    from interp_ext.families.llc import LLCSettings, estimate, llc_data
+    from interp_ext.families.llc import LLCSettings, llc_data
+    from interp_ext.geometry.learning_coefficient import estimate
     from interp_ext.measurement.runner import MeasureError
 
     seen = []
@@ -206,7 +207,7 @@ def test_a_diverging_setting_is_marked_and_the_rest_continues(micro_run, caplog)
 
 
 def _result(trace, init=4.0, llc=10.0, diverged=0.0):
-    from interp_ext.families.llc import trace_drift
+    from interp_ext.geometry.learning_coefficient import trace_drift
 
     trace = np.asarray(trace, dtype=float)
     return {
@@ -223,7 +224,7 @@ def _result(trace, init=4.0, llc=10.0, diverged=0.0):
 def test_calibration_criteria_on_known_traces():
     """Flat and near the checkpoint's loss: stable. Still climbing, or wandered most of the way to chance
     loss (the model forgotten), or a negative estimate: not."""
-    from interp_ext.families.llc import locality, stable
+    from interp_ext.geometry.learning_coefficient import locality, stable
 
     chance = 6.0
     steps = np.arange(40)
@@ -240,7 +241,8 @@ def test_calibration_criteria_on_known_traces():
 
 
 def test_plateau_needs_every_probe_stable_and_within_tolerance():
-    from interp_ext.families.llc import LRS, plateau, window_size
+    from interp_ext.families.llc import LRS
+    from interp_ext.geometry.learning_coefficient import plateau, window_size
 
     assert window_size(LRS, 3.0) == 3  # quarter decades: three in a row span 3.16x
     assert window_size((1e-3, 1e-4), 3.0) == 2
@@ -427,7 +429,8 @@ def test_llc_by_role_averages_heads_then_seeds():
 
 def test_a_circuit_with_an_mlp_is_restricted_to_its_heads_and_mlp_parameters():
     from circuits.circuit import Circuit
-    from interp_ext.families.llc import LLCSettings, component_masks, flat_mask
+    from interp_ext.families.llc import LLCSettings
+    from interp_ext.geometry.learning_coefficient import component_masks, flat_mask
     from tests.circuits.conftest import build_hand_built_mlp
 
     model = build_hand_built_mlp()
@@ -440,7 +443,8 @@ def test_a_circuit_with_an_mlp_is_restricted_to_its_heads_and_mlp_parameters():
 def test_rmsprop_eps_and_accumulation_reach_devinterp_and_key_only_when_set(monkeypatch):
     import devinterp.slt.sampling as devinterp_sampling
 
-    from interp_ext.families.llc import LLCSettings, estimate
+    from interp_ext.families.llc import LLCSettings
+    from interp_ext.geometry.learning_coefficient import estimate
     from tests.circuits.conftest import build_hand_built_mlp
 
     seen = {}
@@ -479,7 +483,7 @@ def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
 
     from devinterp.slt.sampling import sample
 
-    from interp_ext.families.llc import estimate, paired_trace
+    from interp_ext.geometry.learning_coefficient import estimate, paired_trace
 
     settings, model, data = _paired(micro_run, lr=1e-14, num_draws=24, num_burnin_steps=4)
     with tempfile.TemporaryDirectory() as tmp:
@@ -509,7 +513,8 @@ def test_the_paired_trace_pairs_each_sequence_with_itself(micro_run):
 def test_the_paired_drift_reads_the_chain_and_keys_only_when_set(micro_run):
     """At a sampling step size the paired trace's estimate agrees with devinterp's (the same
     expectation, the minibatch noise removed); the setting keys only when set; a bad value is named."""
-    from interp_ext.families.llc import LLCSettings, estimate
+    from interp_ext.families.llc import LLCSettings
+    from interp_ext.geometry.learning_coefficient import estimate
     from interp_ext.measurement.runner import MeasureError
 
     settings, model, data = _paired(
@@ -527,7 +532,8 @@ def test_estimate_from_draws_makes_the_draws_estimate_the_llc(micro_run):
     """``--estimate-from draws``: ``llc`` and its chains are read from the draws after burn-in of the
     trace the criterion reads (by default devinterp's, every step averaged, stays ``llc`` and the
     draws' estimate is written beside it); the setting keys only when set; a bad value is named."""
-    from interp_ext.families.llc import LLCSettings, estimate
+    from interp_ext.families.llc import LLCSettings
+    from interp_ext.geometry.learning_coefficient import estimate
     from interp_ext.measurement.runner import MeasureError
 
     settings, model, data = _paired(micro_run, lr=1e-4, localization=100.0, num_draws=40)
@@ -589,7 +595,7 @@ def test_the_report_states_the_chains_standard_error_when_rows_have_it():
 def test_the_drift_standard_error_matches_the_spread_of_flat_traces():
     """On stationary AR(1) traces (no trend; correlated like a chain) the drift divided by its
     standard error spreads like a standard normal, and a trace with a trend stands out of it."""
-    from interp_ext.families.llc import trace_drift, trace_drift_se
+    from interp_ext.geometry.learning_coefficient import trace_drift, trace_drift_se
 
     rng = np.random.default_rng(0)
 
@@ -616,8 +622,9 @@ def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
     """``quadratic``: each head's Hessian block and gradient on the estimate's own data, against
     torch.autograd's dense Hessian of the same loss over the head's coordinates."""
     from interp_ext import measure
-    from interp_ext.families.llc import LLCSettings, component_masks, llc_data
-    from interp_ext.geometry.sharpness import quadratic_llc
+    from interp_ext.families.llc import LLCSettings, llc_data
+    from interp_ext.geometry.curvature import quadratic_llc
+    from interp_ext.geometry.learning_coefficient import component_masks
 
     settings = LLCSettings(
         num_chains=1,
@@ -666,7 +673,7 @@ def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
     assert "llc" in got.index  # the SGLD estimate beside it
     assert settings.id != replace(settings, quadratic=False).id
     # above the dense limit (here set below a head's size) the gradient term alone, by CG
-    monkeypatch.setattr("interp_ext.families.llc.DENSE_LIMIT", 10)
+    monkeypatch.setattr("interp_ext.geometry.learning_coefficient.DENSE_LIMIT", 10)
     wide = measure(micro_run, replace(settings, seed=101), seeds=[1], steps=[6], progress=False)
     wide = wide[wide.seed == 1].set_index("metric").value
     assert "llc_quadratic_count" not in wide.index

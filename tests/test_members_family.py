@@ -77,14 +77,14 @@ def test_the_member_matrix_has_every_pair_with_its_error(members):
 
 
 def test_the_family_reads_the_same_matrix_as_the_model_level_function(members, micro_run):
-    """One entry recomputed through interp_ext.stream3.members.member_matrix from the checkpoint's
+    """One entry recomputed through interp_ext.stream3.reinforcement.member_matrix from the checkpoint's
     own state and the family's documented batches."""
     import torch
 
     from interp_ext.adamw import denominators
     from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
     from interp_ext.families.members import probe_sequences
-    from interp_ext.stream3.members import member_matrix
+    from interp_ext.stream3.reinforcement import member_matrix
 
     step = max(micro_run.steps_for(0))
     ckpt = micro_run.checkpoint(0, step)

@@ -116,7 +116,9 @@ def test_c0_with_its_own_v_is_torchs_adamw_on_the_mean_of_m_batches(noise_run):
         opt.zero_grad(set_to_none=True)
     ours = dict(arm.model.named_parameters())
     for n, p in model.named_parameters():
-        torch.testing.assert_close(ours[n], p, rtol=1e-4, atol=1e-6)
+        if n.endswith("b_K"):  # no true gradient: AdamW scales its rounding noise up to lr
+            continue
+        torch.testing.assert_close(ours[n], p, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_outcomes_carry_tokens_and_censoring(noise_rows):

@@ -109,7 +109,7 @@ def test_the_import_walk_sees_a_private_module():
         "interp_ext.families.work",
         "interp_ext.families",
     }
-    assert interp_ext_imports("import interp_ext\nx = interp_ext.geometry.sharpness.top") == {
+    assert interp_ext_imports("import interp_ext\nx = interp_ext.geometry.curvature.top") == {
         "interp_ext",
         "interp_ext.geometry",
     }

@@ -12,7 +12,7 @@ from circuits.circuit import Circuit
 from interp_ext import measure
 from interp_ext.families import SharpnessSettings
 from interp_ext.families.sharpness.report import spectrum_panels
-from interp_ext.geometry.sharpness import model_hessian
+from interp_ext.geometry.curvature import model_hessian
 
 
 def test_sharpness_rows_and_the_circuit_blocks_spectrum(micro_run):

@@ -16,7 +16,7 @@ from interp_ext import measure
 from interp_ext.adamw import momentum_split, update_from_moment
 from interp_ext.families.work import WorkSettings, momentum_horizon
 from interp_ext.stream3.energy import EnergyProbe
-from interp_ext.stream3.work import RULES, line_integrands, work_of
+from interp_ext.stream3.line_integrals import RULES, line_integrands, work_of
 from interp_ext.training import train
 from interp_ext.trajectory import Replay, walk
 from tests.conftest import micro_config
@@ -705,7 +705,7 @@ def test_the_real_steps_tables_read_the_whole_window_not_a_flow_sets_lr_1(work_r
 
 def test_the_toy_runs_through_the_member_matrix_code():
     """The no-circuit null of the member matrix: the toy's coordinate pairs as members, through
-    interp_ext.stream3.members; its circuit row is its members' rows summed, and every entry
+    interp_ext.stream3.reinforcement; its circuit row is its members' rows summed, and every entry
     carries a standard error over the groups."""
     from interp_ext.stream3.toy import toy_members
 

@@ -107,6 +107,10 @@ class Settings:
         text = json.dumps({**head, **self.keyed()}, sort_keys=True, default=str)
         return f"{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
+    def resolved_id(self, run) -> str:
+        """The id this settings' rows carry in ``run`` (:func:`settings_id`)."""
+        return settings_id(run, self)
+
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(cls)}
@@ -132,6 +136,18 @@ def setting(default: Any, help: str, key: bool | str = True, **kwargs: Any) -> A
     """A settings field with its command-line help (``key=False``: not part of the id;
     ``key="if_set"``: part of it only when it differs from its default)."""
     return field(default=default, metadata={"help": help, "key": key, **kwargs})
+
+
+def resolved(help: str) -> Any:
+    """A settings field the family fills in from the run (e.g. the settings id of the rows a
+    circuit or the formation steps are read from): part of the id and of the measurement's
+    record, not a command-line option."""
+    return field(default="", metadata={"help": help, "key": True, "resolved": True})
+
+
+def resolved_if_set(help: str) -> Any:
+    """:func:`resolved`, keyed only when set (a field added after rows were made without it)."""
+    return field(default="", metadata={"help": help, "key": "if_set", "resolved": True})
 
 
 # --------------------------------------------------------------------------- families

@@ -329,10 +329,8 @@ class Run:
             list(families) if families is not None else [family] if family else parts.families(root)
         )
         wanted = settings
-        if hasattr(settings, "family"):
-            from interp_ext.measurement.runner import settings_id
-
-            wanted = settings_id(self, settings)
+        if hasattr(settings, "resolved_id"):  # a settings object: the id its rows carry here
+            wanted = settings.resolved_id(self)
         frames = []
         for name in names:
             ids = parts.settings_ids(root, name)

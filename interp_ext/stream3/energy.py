@@ -355,7 +355,7 @@ def component_matrix(
     elif direction == "optimizer":
         if update is None:
             raise ValueError(
-                "direction='optimizer' needs update= (theta_{t+1} - theta_t per parameter); from a run use interp_ext.optim_step.optimizer_step_direction"
+                "direction='optimizer' needs update= (theta_{t+1} - theta_t per parameter); from a run use interp_ext.api.real_update"
             )
         d = probe.flat({n: update[n].to(probe.theta[n].dtype) for n in probe.names})
     else:

@@ -15,11 +15,9 @@ quadratic form: gbar comes from two independent halves of fresh batches, a and b
 is the symmetric cross product (gbar_a^T M gbar_b + gbar_b^T M gbar_a) / 2, unbiased for
 gbar^T M gbar.
 
-The **soft modes**: the lowest eigenvalues of the block's preconditioned Hessian
-Hhat = D_C^-1/2 H_CC D_C^-1/2 (symmetric, similar to D^-1 H_CC, whose eigenvalues set how AdamW's
-flow moves along each mode) by Lanczos on Hessian-vector products (scipy's ``eigsh``), and the
-share of the flow direction in each: the overlap (q_i . w)^2 / |w|^2 of w = D_C^-1/2 gbar_C (the
-flow in the coordinates where Hhat is symmetric) with each eigenvector q_i.
+The **soft modes**: the lowest eigenvalues of Hhat = D_C^-1/2 H_CC D_C^-1/2 (symmetric, similar
+to D^-1 H_CC, whose eigenvalues set how AdamW's flow moves along each mode) by Lanczos, and the
+flow's share (q_i . w)^2 / |w|^2 in each eigenvector q_i, w = D_C^-1/2 gbar_C.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ def flow_curvature(
     hess, mask: torch.Tensor, inv_d: torch.Tensor, gbar_a: torch.Tensor, gbar_b: torch.Tensor
 ) -> dict[str, float]:
     """``rho``, its numerator ``flow_curvature`` (gbar^T H_CC D^-1 gbar) and denominator
-    ``flow_rate`` (gbar^T D^-1 gbar) on the block ``mask``, each the symmetric cross product of
-    two independent gradient estimates. ``hess``: a
-    :class:`~interp_ext.geometry.sharpness.HessianOperator`; ``inv_d``: 1 / D, flat."""
+    ``flow_rate`` (gbar^T D^-1 gbar) on the block ``mask``, each the symmetric cross product of two
+    independent gradient estimates (``hess``: a ``HessianOperator``; ``inv_d``: 1 / D, flat)."""
     dtype = gbar_a.dtype
     m = mask.to(gbar_a.device)
     a = torch.where(m, gbar_a, torch.zeros_like(gbar_a))
@@ -65,26 +62,15 @@ def soft_modes(
     the overlap of w = D^-1/2 gbar_C with each eigenvector, and ``hvps``: the Hessian-vector
     products spent. Eigenvalues that do not converge are NaN (with a warning), never a silent
     value; their overlaps too."""
-    from interp_ext.geometry.sharpness import lanczos
+    from interp_ext.geometry.curvature import lanczos
 
     device = gbar.device
     idx = mask.nonzero().squeeze(1).to(device)
-    half = inv_d.to(device)[idx].sqrt().double()
-    block, calls = hess.block_matvec(mask), hess.calls
+    half, calls = inv_d.to(device)[idx].sqrt().double(), hess.calls
+    matvec = hess.preconditioned(mask, half)
     vals, vecs = lanczos(
-        lambda x: half * block(half * x.to(device)).double(),
-        idx.numel(),
-        k,
-        "SA",
-        tol,
-        seed,
-        torch.float64,
-        ncv=ncv,
-        vectors=True,
+        matvec, idx.numel(), k, "SA", tol, seed, torch.float64, ncv=ncv, vectors=True
     )
     w = (half * gbar.double()[idx]).cpu().numpy()
     overlap = (vecs.T @ w) ** 2 / float(w @ w) if float(w @ w) > 0 else np.full(k, np.nan)
     return {"eigenvalues": vals, "overlap": overlap, "hvps": hess.calls - calls}
-
-
-__all__ = ["flow_curvature", "soft_modes"]

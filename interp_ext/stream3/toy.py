@@ -20,7 +20,7 @@ bias-correction count by k, the shadow's M fresh batches of a real step shared o
 sub-steps), reporting sums per unit of lr x steps, as ``Replay(scale=k)`` does.
 
 Each real step's k sub-steps are summed into one row per term by the ``work`` family's own
-:func:`~interp_ext.families.work.sum_substeps`; :func:`family_sums` then samples and sums those
+:func:`~interp_ext.stream3.line_integrals.sum_substeps`; :func:`family_sums` then samples and sums those
 rows by the family's own rule (:func:`~interp_ext.families.work.sampled`,
 :func:`~interp_ext.families.work.window_sums`), so the family's sums can be checked against the
 toy's every-sub-step totals at any ``every`` and scale.
@@ -189,11 +189,11 @@ def toy_rows(
 ) -> pd.DataFrame:
     """One row per real step of the window and term (``step``, ``metric``, ``component``,
     ``value``, named as the ``work`` family names them), its k sub-steps summed by the family's
-    :func:`~interp_ext.families.work.sum_substeps`.
+    :func:`~interp_ext.stream3.line_integrals.sum_substeps`.
 
     Long because it is the toy's one loop: train, switch to the replay, carry the shadow, measure.
     """
-    from interp_ext.families.work import sum_substeps
+    from interp_ext.stream3.line_integrals import sum_substeps
 
     if drift_batches % scale:
         raise ValueError(f"drift_batches={drift_batches} must be a multiple of scale={scale}")
@@ -302,7 +302,7 @@ def toy_members(
     fresh: int = 16,
     groups: int = 4,
 ) -> pd.DataFrame:
-    """The member matrix (:mod:`interp_ext.stream3.members`, the ``members`` family's own code) on
+    """The member matrix (:mod:`interp_ext.stream3.reinforcement`, the ``members`` family's own code) on
     the toy with no circuit: at every ``every``-th step of its AdamW run, R^S, R^N and R^E among
     two "members" (the circuit's coordinate pairs A, B) and their controls (pairs outside it),
     u the expected step per unit of lr x steps from AdamW's v there and ``fresh`` fresh batches.
@@ -314,7 +314,7 @@ def toy_members(
     import torch
 
     from interp_ext.stream3.energy import EnergyProbe
-    from interp_ext.stream3.members import flow_direction, grouped_rates
+    from interp_ext.stream3.reinforcement import flow_direction, grouped_rates
 
     toy = Toy(seed)
     x, y = torch.tensor(toy.X), torch.tensor(toy.y)

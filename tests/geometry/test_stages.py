@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from interp_ext.geometry.stages import (
+from interp_ext.geometry.essential_dynamics import (
     boundary_match,
     essential_dynamics,
     poisson_binomial_tail,

@@ -140,7 +140,7 @@ def test_sae_tracking_on_a_run(micro_run):
 
 
 def test_report_writes_figures(micro_run):
-    from interp_ext.report import write_report
+    from interp_ext.report.compose import write_report
 
     path = write_report(micro_run)
     text = path.read_text()

@@ -15,7 +15,7 @@ from circuits.circuit import Circuit
 from interp_ext.adamw import denominators
 from interp_ext.geometry.gradients import flatten
 from interp_ext.stream3.energy import EnergyProbe
-from interp_ext.stream3.members import (
+from interp_ext.stream3.reinforcement import (
     flow_direction,
     grouped_rates,
     member_matrix,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from circuits.circuit import Circuit
+from interp_ext.geometry.curvature import HessianOperator
 from interp_ext.geometry.gradients import flatten
-from interp_ext.geometry.sharpness import HessianOperator
 from interp_ext.stream3.saddle import flow_curvature, soft_modes
 from tests.conftest import dense_hessian, float64_micro
 

@@ -27,18 +27,19 @@ import pandas as pd
 import torch
 
 from circuits.circuit import Circuit
-from interp_ext.measurement.circuits import (
-    layer_matched,
-    resolve_circuit,
-    seed_circuit,
-    source_folders,
-)
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     Settings,
+    resolved,
     setting,
+)
+from interp_ext.measurement.selection import (
+    layer_matched,
+    resolve_circuit,
+    seed_circuit,
+    source_folders,
 )
 from interp_ext.stats import over_seeds, t_interval
 from interp_ext.stream3.energy import (
@@ -75,9 +76,8 @@ class AutocatalysisSettings(Settings):
     )
     rows: int = setting(32, "Sampled rows of dG_ii/dtheta_j.")
     controls: int = setting(3, "Random-head control circuits per checkpoint.")
-    source: str = setting(
-        "",
-        "Settings id of the circuit or induction rows the circuit is read from (resolved for 'cause' and 'induction').",
+    source: str = resolved(
+        "Settings id of the circuit or induction rows the circuit is read from (resolved for 'cause' and 'induction')."
     )
     chunk: int | None = setting(
         None, "Batches per vmap (default: 1 on a CPU, 8 on a GPU); speed only.", key=False

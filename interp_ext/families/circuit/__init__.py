@@ -20,7 +20,6 @@ import pandas as pd
 from circuits.circuit import Circuit
 from circuits.discovery import DEFAULT_MAX_SIZE, DEFAULT_TOGETHER, discover_induction_circuit
 from circuits.induction import DEFAULT_THRESHOLD
-from interp_ext.measurement.circuits import circuit_from_rows
 from interp_ext.measurement.probes import repeated_probe
 from interp_ext.measurement.runner import (
     Checkpoint,
@@ -29,6 +28,7 @@ from interp_ext.measurement.runner import (
     Settings,
     setting,
 )
+from interp_ext.measurement.selection import circuit_from_rows
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,14 @@ def induction_table(ind: pd.DataFrame) -> list[str]:
     mean, lo, hi, n = (
         one(ind, metric=f"formation_step/seed_{s}") for s in ("mean", "lo", "hi", "n")
     )
+    formed = ind[(ind.metric == "formed") & (ind.seed >= 0)]
+    never = sorted(int(s) for s in formed[formed.value == 0].seed)
+    if never:
+        lines += [
+            "",
+            "Seeds whose induction heads never passed the detection threshold (no formation "
+            f"step, so no window around it): {never}.",
+        ]
     return lines + [
         "",
         f"Formation step over seeds: {mean:.0f} (95% t-interval over {n:.0f} seeds: {lo:.0f} .. {hi:.0f}). "

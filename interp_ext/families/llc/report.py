@@ -12,7 +12,7 @@ import pandas as pd
 from circuits.circuit import Head
 from interp_ext import diskio
 from interp_ext.figures import PALETTE, Figure, Panel, Trace, save
-from interp_ext.measurement.circuits import circuit_from_rows
+from interp_ext.measurement.selection import circuit_from_rows
 from interp_ext.report.draw import (
     image,
     metric_panel,

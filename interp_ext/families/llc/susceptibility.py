@@ -18,7 +18,7 @@ corpus-text rows (both carry the copied span): the question the data-refined LLC
 7) of which data a head specialises to.
 
 Rows (component: the head; ``susceptibility_role`` 1 for a circuit member, 0 for its
-layer-matched control, :func:`interp_ext.measurement.circuits.member_controls`):
+layer-matched control, :func:`interp_ext.measurement.selection.member_controls`):
 ``susceptibility/<part>`` the mean of chi_C(x) over the part's observed tokens, and
 ``susceptibility_se/<part>`` its standard error over the observed sequences (each sequence's
 mean a unit: tokens of one sequence are not independent); ``susceptibility_gap`` = text - random

@@ -7,7 +7,7 @@ For every seed and checkpoint after the first step (AdamW has a denominator ther
   circuit ``C``, the controls' union ``CTRL``, ``rest``): E_A = S_A + N_A, S_A the unbiased
   energy of the mean gradient (U-statistic over distinct pairs of probe batches), N_A the
   unbiased variance of one probe batch's gradient on A
-  (:mod:`interp_ext.stream3.members`), at each probe batch size (``probe``: sequences per
+  (:mod:`interp_ext.stream3.reinforcement`), at each probe batch size (``probe``: sequences per
   batch; N_A falls like 1 / size for independent sequences, S_A does not);
 * ``R_S``, ``R_N``, ``R_E`` with component ``A|B``: R^X[A, B] = grad_{theta_B} X_A . u_B, u the
   expected AdamW step per unit of lr x steps, -(gbar / D + wd theta), D from the checkpoint's
@@ -26,7 +26,7 @@ For every seed and checkpoint after the first step (AdamW has a denominator ther
 
 Every row carries ``weights``: ``raw`` (the checkpoint's) or ``polyakW``, the slow weights, the
 mean of the real trajectory's weights over the W steps up to the checkpoint, replayed bit for
-bit from the checkpoint before (``interp_ext.replay.polyak_average``): the mean gradient at a
+bit from the checkpoint before (``interp_ext.trajectory.polyak_average``): the mean gradient at a
 noisy point carries the restoring force of its current noise displacement, which the average
 removes. D is the checkpoint's at every weights.
 
@@ -53,16 +53,23 @@ import torch
 from circuits.circuit import Circuit
 from interp_ext.adamw import denominators
 from interp_ext.data import FRESH_DRAWS, PROBE_DRAWS
-from interp_ext.measurement.circuits import (
+from interp_ext.measurement.replays import check_replay
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    Settings,
+    resolved,
+    resolved_if_set,
+    setting,
+)
+from interp_ext.measurement.selection import (
     member_controls,
     resolve_circuit,
     seed_circuit,
     source_folders,
 )
-from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
-from interp_ext.measurement.stream3 import check_replay
 from interp_ext.measurement.windows import replayed_rows, settings_window, window_problem
-from interp_ext.stream3.members import member_matrix
+from interp_ext.stream3.reinforcement import member_matrix
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -132,12 +139,10 @@ class MembersSettings(Settings):
     margin: int = setting(
         500, "Auto window: steps before and after the formation step.", key="if_set"
     )
-    formation: str = setting(
-        "",
-        "Settings id of the induction rows giving each seed's formation step (resolved).",
-        key="if_set",
+    formation: str = resolved_if_set(
+        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
         "Probe batches per vmap (default: 32 sequences up to a 4,096-token vocabulary, else 1); speed only.",
@@ -399,9 +404,9 @@ def saddle_rows(model, settings, circuit, denominator, seqs, fresh, chunk) -> li
     rho, its numerator and denominator for the circuit and each member (gbar from the two halves
     of the fresh batches), and the circuit block's ``modes`` softest modes with the flow's
     overlap; ``saddle_hvps`` counts the Hessian-vector products spent."""
+    from interp_ext.geometry.curvature import model_hessian
     from interp_ext.geometry.gradients import current_params, flatten, loss_function
-    from interp_ext.geometry.sharpness import model_hessian
-    from interp_ext.stream3.members import set_masks
+    from interp_ext.stream3.reinforcement import set_masks
     from interp_ext.stream3.saddle import flow_curvature, soft_modes
 
     names = [n for n, p in model.named_parameters() if p.requires_grad]  # as the masks are

@@ -53,10 +53,17 @@ from circuits.circuit import Circuit
 from circuits.induction import attention_scores, formation_step
 from interp_ext.adamw import step_norms
 from interp_ext.geometry.gradients import loss_function, measure_dtype, per_batch_gradients
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit
 from interp_ext.measurement.probes import repeated_probe
-from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
-from interp_ext.measurement.stream3 import check_replay
+from interp_ext.measurement.replays import check_replay
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    resolved,
+    setting,
+)
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit
 from interp_ext.measurement.windows import replay_window, seed_window, window_problem
 from interp_ext.stats import (
     critical_batch,
@@ -128,9 +135,9 @@ class _Window(Settings):
     n_batches: int | None = setting(
         None, "Probe batches (default: all of the probe set).", cli="--batches"
     )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
-    formation: str = setting(
-        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
+    formation: str = resolved(
+        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
 
     def check(self) -> None:

@@ -68,7 +68,8 @@ class SAETrackingSettings(Settings):
     epochs: int = setting(8, "Passes over the activations.")
     source: str = setting(
         "auto",
-        "recorded (the run's recordings only), generate (run the checkpoint on corpus text) or auto.",
+        "Where activations come from: recorded (the run's recordings only), generate (run the "
+        "checkpoint on corpus text) or auto.",
     )
     n_tokens: int = setting(
         32_768, "Activation vectors generated per checkpoint (source generate/auto)."

@@ -14,7 +14,7 @@ through each seed's formation window), on the training loss averaged over the fi
   the block's whole spectral density by stochastic Lanczos quadrature (Papyan 2020; ``--spectrum``
   steps from a seeded random start): ``spectrum_node/i`` and ``spectrum_weight/i`` (Ritz values and
   their weights, summing to 1; the density is their Gaussian-smoothed sum,
-  :func:`interp_ext.geometry.sharpness.spectral_density`) and ``spectrum_negative_mass``, the weight
+  :func:`interp_ext.geometry.curvature.spectral_density`) and ``spectrum_negative_mass``, the weight
   at nodes below -1% of the largest |node| (the block's negative directions, apart from the bulk
   at zero);
 * ``hvp_calls``: Hessian-vector products spent (each costs about two gradients).
@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 
 from interp_ext.adamw import preconditioner
-from interp_ext.geometry.sharpness import model_hessian, stability_threshold
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
+from interp_ext.geometry.curvature import model_hessian, stability_threshold
 from interp_ext.measurement.probes import probe_batches
-from interp_ext.measurement.runner import Checkpoint, Family, Settings, setting
-from interp_ext.measurement.stream3 import check_replay
+from interp_ext.measurement.replays import check_replay
+from interp_ext.measurement.runner import Checkpoint, Family, Settings, resolved, setting
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.windows import (
     formation_or_null,
     replayed_rows,
@@ -65,15 +65,15 @@ class SharpnessSettings(Settings):
         30,
         "Lanczos steps for the circuit block's spectral density (with --circuit; 0: none).",
     )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
+    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
     window: str = setting(
         "",
         "Real steps replayed and measured between checkpoints: 'auto' (each formed seed's window), START:END, or '' (checkpoints only).",
     )
     window_every: int = setting(50, "Real steps between measurements inside the window.")
     margin: int = setting(500, "Auto window: steps before and after the formation step.")
-    formation: str = setting(
-        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    formation: str = resolved(
+        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
     chunk: int | None = setting(None, "Probe batches per vmap call; speed only.", key=False)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from interp_ext.figures import PALETTE, Figure, Heatmap, Panel, Trace, save
-from interp_ext.geometry.sharpness import spectral_density
+from interp_ext.geometry.curvature import spectral_density
 from interp_ext.report.draw import formation_cells, image, one, seeds_of, select
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from circuits.induction import frequent_tokens, icl_from_loss
-from interp_ext.geometry.stages import (
+from interp_ext.geometry.essential_dynamics import (
     boundary_match,
     essential_dynamics,
     output_features,

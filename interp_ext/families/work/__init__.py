@@ -1,10 +1,10 @@
 """``work``: Stream 3 exactly: the work each part of the real step does on a circuit's gradient energy.
 
 For every seed, the real training steps around its induction formation are
-replayed bit for bit from a checkpoint (``interp_ext.replay``; a replay that does
+replayed bit for bit from a checkpoint (``interp_ext.trajectory``; a replay that does
 not reproduce the checkpoint after its window is refused). At every ``every``-th
 step the change of the circuit's gradient energy E_C on the fixed probe set is
-split into the exact work of each part of the step (``interp_ext.stream3.work``:
+split into the exact work of each part of the step (``interp_ext.stream3.line_integrals``:
 the line integral of grad E along the step by 2-point Gauss-Legendre, which splits
 linearly over any split of the step):
 
@@ -31,7 +31,7 @@ each part's own curvature term (``curv_drift``, ``curv_noise``: u^T Hess(E) u / 
 central differences; the noise's is the "entropic" term whose mean is
 tr(H_E Cov(d_noise)) / 2).
 
-``arm`` measures a replay of the ``noise`` family (``interp_ext.arms``: the mean gradient of M
+``arm`` measures a replay of the ``noise`` family (``interp_ext.trajectory``: the mean gradient of M
 batches plus c times a minibatch's noise, own or fed second moment) over the seed's window:
 it starts at the window's first checkpoint, so the measured steps begin ``horizon`` steps
 later; it has no checkpoint to reproduce.
@@ -68,14 +68,21 @@ import torch
 from circuits.circuit import Circuit
 from interp_ext.adamw import moment, momentum_split, update_from_moment
 from interp_ext.geometry.gradients import flatten, loss_function, measure_dtype
-from interp_ext.measurement.circuits import resolve_circuit, seed_circuit, source_folders
-from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
-from interp_ext.measurement.stream3 import (
+from interp_ext.measurement.replays import (
     check_replay,
     mean_gradient,
     probe_factory,
     tracked_sets,
 )
+from interp_ext.measurement.runner import (
+    Checkpoint,
+    Family,
+    MeasureError,
+    Settings,
+    resolved,
+    setting,
+)
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_folders
 from interp_ext.measurement.windows import (
     formation_of,
     formed_seeds,
@@ -86,13 +93,14 @@ from interp_ext.measurement.windows import (
 from interp_ext.run import parts
 from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.energy import WHOLE
-from interp_ext.stream3.work import (
+from interp_ext.stream3.line_integrals import (
     RULES,
     line_integrands,
     on,
     own_curvature,
     random_draw,
     random_like,
+    sum_substeps,
     work_of,
 )
 from interp_ext.trajectory import Arm
@@ -171,9 +179,9 @@ class WorkSettings(Settings):
     n_batches: int | None = setting(
         None, "Probe batches (default: all of the probe set).", cli="--batches"
     )
-    source: str = setting("", "Settings id of the rows the circuit is read from (resolved).")
-    formation: str = setting(
-        "", "Settings id of the induction rows giving each seed's formation step (resolved)."
+    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
+    formation: str = resolved(
+        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
     chunk: int | None = setting(
         None,
@@ -481,30 +489,6 @@ def sampled(real: int, plan: dict, every: int) -> bool:
     measured (:func:`sum_substeps`), so a row always stands for one whole real step and a window's
     sum is ``every`` x the sum of its rows (``interp_ext.stats.sampled_sum``)."""
     return (real - plan["replay_from"]) % every == 0 and plan["start"] <= real < plan["end"]
-
-
-# the rows of a measured step that are a state before it, not a change along it: a real step's
-# value is its first sub-step's
-STATE_METRICS = frozenset({"E"})
-
-
-def sum_substeps(substeps: list[list[dict]]) -> list[dict]:
-    """The rows of one real step from the rows of its k measured sub-steps (at k = 1, unchanged):
-    every change along the step (dE, work and its parts, the curvature terms, the length of the
-    path ``update_norm``) is the sum over the sub-steps, a state (``E``) is the first sub-step's;
-    for k > 1 a ``substeps`` row says how many were summed."""
-    if len(substeps) == 1:
-        return substeps[0]
-    out: dict[tuple[str, str], float] = {}
-    for rows in substeps:
-        for r in rows:
-            key = (r["metric"], r["component"])
-            if key not in out:
-                out[key] = r["value"]
-            elif r["metric"] not in STATE_METRICS:
-                out[key] += r["value"]
-    rows = [{"metric": m, "component": c, "value": v} for (m, c), v in out.items()]
-    return rows + [{"metric": "substeps", "component": "", "value": float(len(substeps))}]
 
 
 def advance_shadow(halves, run, seed, step, theta, loss_fn, settings, b1, sub=0, k=1) -> dict:

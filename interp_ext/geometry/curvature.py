@@ -17,8 +17,8 @@ Hessian-vector products (Dangel et al.; ``HessianLinearOperator``), never a dens
 curvlinops' ``SubmatrixLinearOperator``): the top eigenvalue of that block of H. The block's
 whole spectral density comes from stochastic Lanczos quadrature (Papyan 2020; curvlinops).
 
-curvlinops is installed without its dependencies (``make install``): its ``backpack`` dependency
-brings torchvision, which pulls a CUDA build of torch; nothing here uses backpack.
+curvlinops is installed without its dependencies (``make install``: ``pip install --no-deps
+curvlinops-for-pytorch``): its ``backpack`` brings torchvision, which pulls a CUDA build of torch.
 """
 
 from __future__ import annotations
@@ -26,22 +26,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import curvlinops
 import numpy as np
 import torch
+from curvlinops import HessianLinearOperator, SubmatrixLinearOperator
+from curvlinops.papyan2020traces.spectrum import (
+    fast_lanczos,
+    lanczos_approximate_spectrum_from_iter,
+)
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-try:
-    import curvlinops
-    from curvlinops import HessianLinearOperator, SubmatrixLinearOperator
-    from curvlinops.papyan2020traces.spectrum import (
-        fast_lanczos,
-        lanczos_approximate_spectrum_from_iter,
-    )
-except ImportError as err:  # pragma: no cover - an install without the Makefile's line
-    raise ImportError(
-        "interp_ext's curvature needs curvlinops: pip install --no-deps 'curvlinops-for-pytorch>=3,<4' "
-        "(without --no-deps its backpack dependency pulls a CUDA torch)"
-    ) from err
 
 log = logging.getLogger("interp_ext")
 
@@ -96,20 +89,6 @@ def lanczos(
         vecs = np.c_[err.eigenvectors, np.full((n, k - got), np.nan)] if vectors else None
     order = np.argsort(vals)[:: -1 if which == "LA" else 1]
     return vals[order], (vecs[:, order] if vectors else None)
-
-
-def top_eigenvalues(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    n: int,
-    k: int = 1,
-    tol: float = 1e-3,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    maxiter: int = 30,
-) -> np.ndarray:
-    """The ``k`` largest eigenvalues, largest first (:func:`lanczos`; at most ``maxiter``
-    restarts: a well-separated top eigenvalue needs one or two)."""
-    return lanczos(matvec, n, k, "LA", tol, seed, dtype, maxiter)[0]
 
 
 class _LossModule(torch.nn.Module):
@@ -190,8 +169,7 @@ class HessianOperator:
         return torch.cat([g.reshape(-1) for g in grads])
 
     def restrict(self, mask: torch.Tensor | None):
-        """H, or its block H[mask, mask] on the coordinates of a flat bool ``mask`` [n]
-        (curvlinops' ``SubmatrixLinearOperator``)."""
+        """H, or its block H[mask, mask] on a flat bool ``mask`` [n] (a ``SubmatrixLinearOperator``)."""
         if mask is None:
             return self.op
         idx = mask.nonzero().squeeze(1).tolist()
@@ -209,6 +187,13 @@ class HessianOperator:
         sub = self.restrict(mask)
         return lambda x: sub @ x.to(sub.device, self.dtype)
 
+    def preconditioned(self, mask: torch.Tensor | None, half: torch.Tensor) -> Callable:
+        """v -> D^1/2 H D^1/2 v on the block ``mask``, ``half`` = D^1/2 on the block's coordinates:
+        symmetric, and similar to D H (AdamW's P^-1 H with D = P^-1)."""
+        sub = self.restrict(mask)
+        half = half.to(sub.device)
+        return lambda x: half * (sub @ (half * x.to(sub.device)).to(self.dtype)).to(half.dtype)
+
     def top(
         self,
         preconditioner: dict[str, torch.Tensor] | None = None,
@@ -218,19 +203,14 @@ class HessianOperator:
         seed: int = 0,
     ) -> np.ndarray:
         """Top ``k`` eigenvalues of H, of P^-1 H (``preconditioner`` = D = P^-1 per parameter), or of
-        either restricted to the coordinates ``mask`` (a flat bool [n])."""
-        sub = self.restrict(mask)
-        if preconditioner is None:
-            matvec = self.block_matvec(mask)
-        else:  # D^1/2 H D^1/2 on the block: the block's coordinates of D^1/2 on either side
+        either restricted to the coordinates ``mask`` (a flat bool [n]); at most 30 restarts (a
+        well-separated top eigenvalue needs one or two)."""
+        n = self.restrict(mask).shape[0]
+        matvec = self.block_matvec(mask)
+        if preconditioner is not None:
             d = torch.cat([preconditioner[n].reshape(-1) for n in self.names]).to(self.dtype).sqrt()
-            half = d if mask is None else d[mask.to(d.device)]
-            half = half.to(sub.device)
-
-            def matvec(x: torch.Tensor) -> torch.Tensor:
-                return half * (sub @ (half * x.to(sub.device)))
-
-        return top_eigenvalues(matvec, sub.shape[0], k, tol, seed, self.dtype)
+            matvec = self.preconditioned(mask, d if mask is None else d[mask.to(d.device)])
+        return lanczos(matvec, n, k, "LA", tol, seed, self.dtype, maxiter=30)[0]
 
     def spectrum(self, mask: torch.Tensor | None, ncv: int, seed: int = 0) -> dict[str, np.ndarray]:
         """The spectral density of H (or of its block on ``mask``) by stochastic Lanczos quadrature
@@ -345,9 +325,8 @@ def quadratic_gradient_term(
 def hutchinson_trace(
     op: HessianOperator, n_probes: int, mask: torch.Tensor | None = None, seed: int = 0
 ) -> tuple[float, float]:
-    """(estimate, standard error) of tr(H), or of the trace of H's block on the coordinates
-    ``mask``: the mean of ``n_probes`` one-probe Hutchinson estimates z^T H z (curvlinops'
-    ``hutchinson_trace``, Rademacher z, from ``seed``), unbiased (Hutchinson 1989)."""
+    """(estimate, standard error) of tr(H) or of its block's on ``mask``: the mean of ``n_probes``
+    curvlinops Hutchinson estimates z^T H z (Rademacher z from ``seed``; unbiased, Hutchinson 1989)."""
     sub = op.restrict(mask)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -375,15 +354,3 @@ def spectral_density(
         0.0,
     )
     return grid.numpy(), density.numpy()
-
-
-__all__ = [
-    "HessianOperator",
-    "quadratic_llc",
-    "quadratic_gradient_term",
-    "hutchinson_trace",
-    "stability_threshold",
-    "top_eigenvalues",
-    "lanczos",
-    "spectral_density",
-]

@@ -117,3 +117,27 @@ def own_curvature(
     (E(theta + u) + E(theta - u) - 2 E(theta)) / 2, exact to fourth order in |u|."""
     plus, minus = energies_at(moved(theta, u, 1.0)), energies_at(moved(theta, u, -1.0))
     return {a: (plus[a] + minus[a] - 2 * e0[a]) / 2 for a in e0}
+
+
+# the rows of a measured step that are a state before it, not a change along it: a real step's
+# value is its first sub-step's
+STATE_METRICS = frozenset({"E"})
+
+
+def sum_substeps(substeps: list[list[dict]]) -> list[dict]:
+    """The rows of one real step from the rows of its k measured sub-steps (at k = 1, unchanged):
+    every change along the step (dE, work and its parts, the curvature terms, the length of the
+    path ``update_norm``) is the sum over the sub-steps, a state (``E``) is the first sub-step's;
+    for k > 1 a ``substeps`` row says how many were summed."""
+    if len(substeps) == 1:
+        return substeps[0]
+    out: dict[tuple[str, str], float] = {}
+    for rows in substeps:
+        for r in rows:
+            key = (r["metric"], r["component"])
+            if key not in out:
+                out[key] = r["value"]
+            elif r["metric"] not in STATE_METRICS:
+                out[key] += r["value"]
+    rows = [{"metric": m, "component": c, "value": v} for (m, c), v in out.items()]
+    return rows + [{"metric": "substeps", "component": "", "value": float(len(substeps))}]

@@ -10,8 +10,8 @@ import torch
 
 from circuits.circuit import Circuit
 from interp_ext.errors import MeasureError
-from interp_ext.measurement.circuits import layer_matched
 from interp_ext.measurement.probes import probe_batches
+from interp_ext.measurement.selection import layer_matched
 from interp_ext.measurement.windows import (
     check_window_checkpoints,
     formation_settings,
