@@ -311,7 +311,7 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
     assert lrs["model"] == 1.78e-4 and chosen.lr == lrs["model"]
     assert lrs["L0H0"] == 5.62e-4  # 1e-3, 5.6e-4, 3.2e-4: its middle
     assert all(lrs[h] is None for h in lrs if h not in ("model", "L0H0"))
-    cal = json.loads(micro_run.layout.calibration(settings.id).read_text())
+    cal = json.loads(llc_family.calibration_path(micro_run, settings.id).read_text())
     assert cal["chosen_id"] == chosen.id and cal["rule"] == "plateau"
     steps_run = micro_run.steps_for(0)
     assert cal["probes"] == [[0, steps_run[len(steps_run) // 2]], [0, steps_run[-1]]]
@@ -341,17 +341,17 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
     )
     assert sorted(seen) == sorted([lrs["model"], lrs["L0H0"]])
     # no plateau for the whole model: an error, the sweep kept, and asking again repeats nothing
-    micro_run.layout.calibration(settings.id).unlink()
+    llc_family.calibration_path(micro_run, settings.id).unlink()
     monkeypatch.setattr(llc_family, "LRS", (1e-3, 5e-4))
     with pytest.raises(MeasureError, match="no plateau of the whole model"):
         family.resolve(micro_run, settings)
-    failed = json.loads(micro_run.layout.calibration(settings.id).read_text())
+    failed = json.loads(llc_family.calibration_path(micro_run, settings.id).read_text())
     assert [t["lr"] for t in failed["sweep"]["model"]] == [1e-3, 5e-4]
     n = len(seen)
     with pytest.raises(MeasureError, match="the sweep is saved"):
         family.resolve(micro_run, settings)
     assert len(seen) == n
-    micro_run.layout.calibration(settings.id).unlink()
+    llc_family.calibration_path(micro_run, settings.id).unlink()
     # the walk stops where chains of equal SGLD time would need more than max_draws
     capped = family.prepare(micro_run, replace(settings, sampling_time=0.01, max_draws=50))
     monkeypatch.setattr(llc_family, "LRS", (1e-3, 5.62e-4, 3.16e-4, 1.78e-4, 1e-4))
@@ -359,7 +359,7 @@ def test_calibration_finds_each_components_plateau(micro_run, monkeypatch):
     with pytest.raises(MeasureError, match="more than --max-draws 50"):
         family.resolve(micro_run, capped)
     assert max(seen) == 1e-3 and min(seen) == 3.16e-4  # 0.01 / 1.78e-4 = 56 draws > 50
-    micro_run.layout.calibration(capped.id).unlink()
+    llc_family.calibration_path(micro_run, capped.id).unlink()
 
 
 def test_calibration_settings_key_the_request_not_the_result():

@@ -13,7 +13,7 @@ from interp_ext import diskio
 
 
 def gram_path(run, settings_id: str, seed: int, step: int):
-    return run.layout.grams(settings_id, seed, step)
+    return run.layout.artifact("grams", settings_id, seed, step, ".safetensors")
 
 
 def save_grams(run, settings_id: str, seed: int, step: int, grams: dict[str, torch.Tensor]) -> None:

@@ -186,10 +186,18 @@ class Family:
     checkpoint to the next (in step order) and say which earlier checkpoints a
     resumed measurement must replay to rebuild it. ``row_families`` lists every
     ``family`` value its rows may carry (default: its name); ``columns`` the extra
-    string columns of its rows.
+    string columns of its rows. ``requires`` declares the families whose rows or files it
+    may read (by settings id, through the run: :meth:`inputs`, ``run.metrics``); it names no
+    other family anywhere else.
     """
 
     name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    # what other families read of this one's rows, found by role rather than by name: the
+    # ``--circuit`` spec whose per-seed circuit its rows hold, and whether its rows hold each
+    # seed's formation step (``formation_step``, ``detected_induction_head``)
+    circuit_spec: ClassVar[str] = ""
+    gives_formation: ClassVar[bool] = False
     settings: ClassVar[type[Settings]] = Settings
     scope: ClassVar[str] = "checkpoint"
     stateful: ClassVar[bool] = False
@@ -252,8 +260,9 @@ class Family:
         """A few lines the command line prints after measuring (override)."""
         return []
 
-    def inputs(self, run, settings: Settings) -> list:
-        """Metrics-store folders of other families that :meth:`finish` reads (a newer part there re-runs it)."""
+    def inputs(self, run, settings: Settings) -> list[tuple[str, str]]:
+        """(family, settings id) of the rows of other families that :meth:`finish` reads (a newer
+        part there re-runs it); each family named must be in :attr:`requires`."""
         return []
 
     def resolve(self, run, settings: Settings, compute: bool = True) -> Settings | None:
@@ -323,6 +332,19 @@ def _entry_points() -> dict:
 def family_names() -> list[str]:
     """Every family: those installed (entry points ``interp_ext.families``) and those registered here."""
     return sorted(set(_entry_points()) | set(_REGISTRY))
+
+
+def circuit_sources() -> dict[str, str]:
+    """``--circuit`` spec -> the family whose rows hold each seed's circuit under it."""
+    return {f.circuit_spec: n for n in family_names() if (f := get_family(n)).circuit_spec}
+
+
+def formation_family() -> Family:
+    """The family whose rows hold each seed's formation step."""
+    found = [get_family(n) for n in family_names() if get_family(n).gives_formation]
+    if not found:
+        raise MeasureError("no installed family gives formation steps (the induction family does)")
+    return found[0]
 
 
 def get_family(name: str) -> Family:
@@ -664,7 +686,12 @@ class _Job:
             p for f in self.fam.families() for p in parts.part_files(self.root, f, self.settings.id)
         ]
         files = [p for p in own if p.stem != unit]
-        files += [p for d in self.fam.inputs(self.run, self.settings) for p in d.glob("*.parquet")]
+        files += [
+            p
+            for family, settings_id in self.fam.inputs(self.run, self.settings)
+            for d in parts.settings_folders(self.root, family, settings_id)
+            for p in d.glob("*.parquet")
+        ]
         newest = max((p.stat().st_mtime for p in files), default=-1.0)
         if self._done(unit) and newest <= self._part_mtime(unit):
             return

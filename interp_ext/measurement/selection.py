@@ -27,12 +27,8 @@ from circuits.circuit import Circuit, CircuitError, Head, parse_heads
 from circuits.induction import head_scores, layer_matched_controls, quiet_heads
 from interp_ext.errors import MeasureError
 from interp_ext.measurement.probes import repeated_probe
-from interp_ext.run import parts
 
 log = logging.getLogger("interp_ext")
-
-# circuit spec -> the family whose rows hold each seed's circuit
-SOURCES = {"cause": "circuit", "induction": "induction"}
 
 
 def circuit_from_spec(spec: str, model) -> Circuit:
@@ -51,16 +47,16 @@ def circuit_from_spec(spec: str, model) -> Circuit:
 
 
 def _source_family(spec: str):
-    from interp_ext.measurement.runner import get_family
+    from interp_ext.measurement.runner import circuit_sources, get_family
 
-    return get_family(SOURCES[spec])
+    return get_family(circuit_sources()[spec])
 
 
 def resolve_circuit(run, circuit: str, source: str = "") -> dict[str, str]:
     """``{"circuit": ..., "source": ...}`` as the settings id keys them: for a source family, the
     settings id of its rows (given, else the latest measured, else its defaults'); otherwise the
     circuit as JSON, checked against the run's model."""
-    if circuit in SOURCES:
+    if circuit in _specs():
         if source:
             return {"circuit": circuit, "source": source}
         fam = _source_family(circuit)
@@ -74,7 +70,7 @@ def resolve_circuit(run, circuit: str, source: str = "") -> dict[str, str]:
 
 def seed_circuit(run, seed: int, circuit: str, source: str) -> Circuit:
     """The circuit one seed is followed with (fixed over its checkpoints), from a resolved spec."""
-    if circuit not in SOURCES:
+    if circuit not in _specs():
         return Circuit.from_json(circuit)
     fam = _source_family(circuit)
     recorded = run.measurements()
@@ -85,13 +81,16 @@ def seed_circuit(run, seed: int, circuit: str, source: str) -> Circuit:
     return fam.circuit_of(run, seed, settings)
 
 
-def source_folders(run, circuit: str, source: str) -> list[Path]:
-    """The metrics folders a resolved spec reads (a newer part there makes summaries stale)."""
-    return (
-        parts.settings_folders(run.metrics_dir, SOURCES[circuit], source)
-        if circuit in SOURCES
-        else []
-    )
+def source_inputs(circuit: str, source: str) -> list[tuple[str, str]]:
+    """(family, settings id) of the rows a resolved circuit spec reads (a newer part there
+    makes summaries stale); none for heads or a file."""
+    return [(_source_family(circuit).name, source)] if circuit in _specs() and source else []
+
+
+def _specs() -> set[str]:
+    from interp_ext.measurement.runner import circuit_sources
+
+    return set(circuit_sources())
 
 
 def circuit_from_rows(rows: pd.DataFrame, name: str) -> Circuit:

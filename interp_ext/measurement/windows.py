@@ -44,10 +44,10 @@ def check_window_checkpoints(run, window: str, family: str) -> None:
 
 def formation_settings(run) -> str:
     """The settings id of the run's latest induction rows that hold formation steps."""
-    rows = run.metrics("induction")
+    rows = run.metrics(_formation().name)
     if rows.empty or "formation_step" not in set(rows.metric):
         raise MeasureError(
-            f"the auto window needs each seed's formation step: run `interp-ext measure induction {run.path}` first, or pass --window START:END"
+            f"the auto window needs each seed's formation step: run `interp-ext measure {_formation().name} {run.path}` first, or pass --window START:END"
         )
     return str(rows.settings.iloc[0])
 
@@ -55,7 +55,7 @@ def formation_settings(run) -> str:
 def formation_of(run, formation: str, seed: int) -> float:
     """The seed's formation step in the induction rows ``formation`` (a settings id; "" for the
     latest); NaN when its heads never pass the detection threshold."""
-    rows = run.metrics("induction", settings=formation or "latest", seeds=[seed])
+    rows = run.metrics(_formation().name, settings=formation or "latest", seeds=[seed])
     rows = rows[rows.seed == seed]
     if rows.empty or rows[rows.metric == "detected_induction_head"].empty:
         return math.nan
@@ -73,7 +73,7 @@ def formation_or_null(run, seed: int) -> tuple[float, str]:
     """(the seed's formation step, ""), or, for a seed that never formed, (the median formation step
     of the seeds that did, "null_"): where a per-seed signal is read against formation, and its
     null. NaN when the run has no induction rows or no seed formed."""
-    if run.metrics("induction").empty:
+    if run.metrics(_formation().name).empty:
         return math.nan, ""
     form = formation_of(run, "", seed)
     if math.isfinite(form):
@@ -164,3 +164,9 @@ def phase_of(steps: np.ndarray, form: float, rise: int) -> np.ndarray:
     if not math.isfinite(form):
         return np.full(len(steps), "window", dtype=object)
     return np.where(steps < form - rise, "before", np.where(steps < form + rise, "rise", "after"))
+
+
+def _formation():
+    from interp_ext.measurement.runner import formation_family
+
+    return formation_family()

@@ -104,19 +104,19 @@ class Layout:
     def measurement(self, settings_id: str) -> Path:
         return self.measurements / f"{settings_id}.json"
 
-    def grams(self, settings_id: str, seed: int, step: int) -> Path:
-        return self.root / "grams" / settings_id / f"seed={seed}" / f"step={step}.safetensors"
+    def artifacts(self, kind: str, settings_id: str = "") -> Path:
+        """The folder of a family's own files of one kind made with ``settings_id`` (``kind``
+        names it: the geometry family's ``grams``, the sae family's ``saes``, the llc family's
+        ``calibration``): ``<run>/<kind>/<settings_id>``; the kind's folder for ``""``."""
+        return self.root / kind / settings_id if settings_id else self.root / kind
 
-    def saes(self, settings_id: str, seed: int, step: int | None = None) -> Path:
-        folder = self.root / "saes" / settings_id / f"seed={seed}"
-        return folder if step is None else folder / f"step={step}"
-
-    @property
-    def calibrations(self) -> Path:
-        return self.root / "calibration"
-
-    def calibration(self, settings_id: str) -> Path:
-        return self.calibrations / f"{settings_id}.json"
+    def artifact(
+        self, kind: str, settings_id: str, seed: int, step: int | None = None, suffix: str = ""
+    ) -> Path:
+        """One seed's (and step's) file or folder under :meth:`artifacts`:
+        ``.../seed=<s>[/step=<t><suffix>]``."""
+        folder = self.artifacts(kind, settings_id) / f"seed={seed}"
+        return folder if step is None else folder / f"step={step}{suffix}"
 
     @property
     def report(self) -> Path:

@@ -312,3 +312,23 @@ def test_no_word_names_two_modules_on_different_floors():
                 seen.setdefault(stem, set()).add((floor_of(prefix, table) or 0, prefix))
     shared = {w: sorted(v) for w, v in seen.items() if len({f for f, _ in v}) > 1 and len(v) > 1}
     assert shared == {}
+
+
+def test_a_family_names_another_only_when_it_declares_it():
+    """The plugin bar extends to strings: a family's code names another family (as a string: rows
+    it reads, a settings id it resolves) only when that family is in its ``requires``."""
+    from interp_ext.measurement.runner import family_names, get_family
+
+    names = set(family_names())
+    bad = []
+    for name in sorted(names):
+        fam = get_family(name)
+        own = {name, *fam.families()}
+        folder = ROOT / "interp_ext" / "families" / name
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in names - own:
+                    if node.value not in fam.requires:
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names {node.value!r}")
+        assert set(fam.requires) <= names, name
+    assert bad == []

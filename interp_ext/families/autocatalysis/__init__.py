@@ -31,7 +31,6 @@ from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
-    Settings,
     resolved,
     setting,
 )
@@ -39,8 +38,9 @@ from interp_ext.measurement.selection import (
     layer_matched,
     resolve_circuit,
     seed_circuit,
-    source_folders,
+    source_inputs,
 )
+from interp_ext.measurement.shared_settings import ProbeBatches
 from interp_ext.stats import over_seeds, t_interval
 from interp_ext.stream3.energy import (
     WHOLE,
@@ -58,7 +58,7 @@ DIRECTIONS = ("sgd", "optimizer")
 
 
 @dataclass(frozen=True)
-class AutocatalysisSettings(Settings):
+class AutocatalysisSettings(ProbeBatches):
     family = "autocatalysis"
 
     circuit: str = setting(
@@ -70,9 +70,6 @@ class AutocatalysisSettings(Settings):
         "Update directions: sgd, optimizer or both (default: both).",
         cli="--direction",
         parse=lambda v: parse_directions(v),
-    )
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
     )
     rows: int = setting(32, "Sampled rows of dG_ii/dtheta_j.")
     controls: int = setting(3, "Random-head control circuits per checkpoint.")
@@ -115,6 +112,7 @@ def parse_directions(value) -> tuple[str, ...]:
 
 class Autocatalysis(Family):
     name = "autocatalysis"
+    requires = ("circuit", "induction")
     report_order = 80
     settings = AutocatalysisSettings
     columns = ("direction", "circuit")
@@ -155,14 +153,8 @@ class Autocatalysis(Family):
         return describe_rows(rows)
 
     def inputs(self, run, settings: AutocatalysisSettings) -> list:
-        from interp_ext.run import parts
-
-        inputs = [  # formation steps
-            d
-            for i in run_ids(run, "induction")
-            for d in parts.settings_folders(run.metrics_dir, "induction", i)
-        ]
-        return inputs + source_folders(run, settings.circuit, settings.source)
+        formation = [("induction", i) for i in run_ids(run, "induction")]
+        return formation + source_inputs(settings.circuit, settings.source)
 
     def finish(self, run, settings: AutocatalysisSettings, rows: pd.DataFrame) -> pd.DataFrame:
         return seed_level_summaries(run, rows)

@@ -15,7 +15,6 @@ import pandas as pd
 
 from interp_ext.geometry.streams import beta_fit, detect_transition
 from interp_ext.measurement.runner import Family, MeasureError, Settings, setting
-from interp_ext.run import parts
 
 TRANSITION_METRICS = (
     "effective_rank",
@@ -53,6 +52,7 @@ class BetaSettings(Settings):
 
 class Beta(Family):
     name = "beta"
+    requires = ("geometry",)
     report_order = 70
     settings = BetaSettings
     scope = "run"
@@ -75,7 +75,7 @@ class Beta(Family):
         return replace(settings, geometry=str(geo.settings.iloc[0]))
 
     def inputs(self, run, settings: BetaSettings) -> list:
-        return parts.settings_folders(run.metrics_dir, "geometry", settings.geometry)
+        return [("geometry", settings.geometry)]
 
     def finish(self, run, settings: BetaSettings, rows: pd.DataFrame) -> pd.DataFrame:
         geo = run.metrics("geometry", settings=settings.geometry)

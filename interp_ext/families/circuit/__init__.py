@@ -62,6 +62,8 @@ class CircuitSettings(Settings):
 
 class CircuitByCause(Family):
     name = "circuit"
+    requires = ("induction",)
+    circuit_spec = "cause"
     report_order = 20
     settings = CircuitSettings
     columns = ("role", "method")

@@ -66,6 +66,8 @@ class InductionSettings(Settings):
 
 class Induction(Family):
     name = "induction"
+    circuit_spec = "induction"
+    gives_formation = True
     report_order = 10
     settings = InductionSettings
     summary_metrics = ("best_induction_score",)

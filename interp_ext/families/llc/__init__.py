@@ -70,13 +70,13 @@ from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     MeasureError,
-    Settings,
-    resolved,
     setting,
 )
 from interp_ext.measurement.selection import member_controls, resolve_circuit, seed_circuit
+from interp_ext.measurement.shared_settings import CircuitSource
 
 log = logging.getLogger("interp_ext")
+CALIBRATION = "calibration"  # the run's folder of calibration sweeps, one file per settings id
 LLC_DRAW = 5000  # training-distribution draws the LLC data set is made of (independent of the batches trained on)
 # the calibration's step sizes: quarter decades from 1e-3 down to 1e-9 (three in a row span 3.2x;
 # RMSProp-preconditioned SGLD with devinterp's eps plateaus about ten times lower than plain SGLD,
@@ -93,7 +93,7 @@ CALIBRATION_FIELDS = (
 
 
 @dataclass(frozen=True)
-class LLCSettings(Settings):
+class LLCSettings(CircuitSource):
     family = "llc"
 
     lr: float = setting(1e-4, "SGLD step size (epsilon).")
@@ -121,7 +121,6 @@ class LLCSettings(Settings):
         "Find each component's plateau in the SGLD step size first (at this localisation) and use it.",
     )
     seed: int = setting(100, "SGLD seed.")
-    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
     trace_probes: int = setting(
         16,
         "Rademacher probes of the Hutchinson estimate of each component's Hessian trace beside its LLC (0: none).",
@@ -317,6 +316,7 @@ def _ints(text: str) -> list[int]:
 
 class LLC(Family):
     name = "llc"
+    requires = ("circuit", "induction")
     report_order = 60
     settings = LLCSettings
     summary_metrics = ("llc",)
@@ -349,7 +349,7 @@ class LLC(Family):
         sweep of these settings (``<run>/calibration/<id>.json``), sweeping once when there is none."""
         if not settings.calibrate:
             return settings
-        path = run.layout.calibration(settings.id)
+        path = calibration_path(run, settings.id)
         if path.exists():
             saved = diskio.read_json(path, "an LLC calibration")
             if saved.get("failed"):
@@ -581,13 +581,13 @@ def calibrate(run, settings: LLCSettings) -> LLCSettings:
             else ""
         )
         failed = f"LLC calibration found no plateau of the whole model's estimate (within {settings.plateau_tolerance:.0%} over {settings.plateau_range:g}x in step size, every chain stable) in {min(t['lr'] for t in sweep['model']):g}..{LRS[0]:g}{cap} at {probes}; set --sampling-time (chains of equal SGLD time), raise --draws or --burnin, or change --localization"
-        diskio.write_json(run.layout.calibration(settings.id), {**saved, "failed": failed})
+        diskio.write_json(calibration_path(run, settings.id), {**saved, "failed": failed})
         raise MeasureError(failed)
     lost = [n for n, lr in chosen.items() if lr is None]
     if lost:
         log.warning("LLC calibration: no plateau for %s; they are not estimated", ", ".join(lost))
     result = chosen_settings(settings, chosen)
-    diskio.write_json(run.layout.calibration(settings.id), {**saved, "chosen_id": result.id})
+    diskio.write_json(calibration_path(run, settings.id), {**saved, "chosen_id": result.id})
     return result
 
 
@@ -601,3 +601,8 @@ def chosen_settings(settings: LLCSettings, chosen: dict[str, float | None]) -> L
 
 
 __all__ = ["LLC", "LLCSettings"]
+
+
+def calibration_path(run, settings_id: str):
+    """``<run>/calibration/<settings_id>.json``: a calibration sweep and the settings it chose."""
+    return run.layout.artifacts(CALIBRATION).joinpath(f"{settings_id}.json")

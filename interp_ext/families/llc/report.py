@@ -189,7 +189,9 @@ def calibration_lines(llc: pd.DataFrame, out: Path, run) -> list[str]:
     """The plateau search behind the step sizes (when ``--calibrate`` chose them): each component's
     estimate against the step size at every probed checkpoint, the plateau it kept shaded."""
     ids = set(llc.settings)
-    sweeps = [diskio.read_json(p) for p in sorted(run.layout.calibrations.glob("*.json"))]
+    sweeps = [
+        diskio.read_json(p) for p in sorted(run.layout.artifacts("calibration").glob("*.json"))
+    ]
     sweeps = [c for c in sweeps if c.get("chosen_id") in ids and c.get("rule") == "plateau"]
     sweeps = list({c["chosen_id"]: c for c in sweeps}.values())  # one per chosen settings
     lines = []

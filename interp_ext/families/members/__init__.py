@@ -57,8 +57,6 @@ from interp_ext.measurement.replays import check_replay
 from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
-    Settings,
-    resolved,
     resolved_if_set,
     setting,
 )
@@ -66,8 +64,9 @@ from interp_ext.measurement.selection import (
     member_controls,
     resolve_circuit,
     seed_circuit,
-    source_folders,
+    source_inputs,
 )
+from interp_ext.measurement.shared_settings import CircuitSource
 from interp_ext.measurement.windows import replayed_rows, settings_window, window_problem
 from interp_ext.stream3.reinforcement import member_matrix
 
@@ -81,7 +80,7 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class MembersSettings(Settings):
+class MembersSettings(CircuitSource):
     family = "members"
 
     circuit: str = setting(
@@ -142,7 +141,6 @@ class MembersSettings(Settings):
     formation: str = resolved_if_set(
         "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
-    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
     chunk: int | None = setting(
         None,
         "Probe batches per vmap (default: 32 sequences up to a 4,096-token vocabulary, else 1); speed only.",
@@ -207,6 +205,7 @@ def parse_weights(text: str) -> dict[str, int]:
 
 class Members(Family):
     name = "members"
+    requires = ("circuit", "induction")
     report_order = 96
     settings = MembersSettings
     columns = ("probe", "weights")
@@ -269,7 +268,7 @@ class Members(Family):
         return pd.DataFrame([{**r, "step": -1} for r in out])
 
     def inputs(self, run, settings: MembersSettings) -> list:
-        return source_folders(run, settings.circuit, settings.source)
+        return source_inputs(settings.circuit, settings.source)
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         return describe_members(rows)

@@ -59,11 +59,10 @@ from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     MeasureError,
-    Settings,
-    resolved,
     setting,
 )
 from interp_ext.measurement.selection import resolve_circuit, seed_circuit
+from interp_ext.measurement.shared_settings import CircuitSource, FormationSource, ProbeBatches
 from interp_ext.measurement.windows import replay_window, seed_window, window_problem
 from interp_ext.stats import (
     critical_batch,
@@ -113,7 +112,7 @@ class Recorder:
 
 
 @dataclass(frozen=True)
-class _Window(Settings):
+class _Window(ProbeBatches, CircuitSource, FormationSource):
     """The arms' window around
     each seed's formation, the record grid, the formation threshold and the circuit of E_C."""
 
@@ -131,13 +130,6 @@ class _Window(Settings):
     circuit: str = setting(
         "cause",
         "The circuit whose E_C is recorded ('cause', 'induction', heads, or a Circuit JSON file).",
-    )
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
-    )
-    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
-    formation: str = resolved(
-        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
 
     def check(self) -> None:
@@ -241,6 +233,7 @@ def noise_scale_of(grads: torch.Tensor, batch: int) -> dict[str, float]:
 
 class Noise(Family):
     name = "noise"
+    requires = ("circuit", "induction")
     report_order = 101
     settings = NoiseSettings
     columns = ("variant",)

@@ -54,6 +54,7 @@ QUALITY = (
     "decoder_match_share",
 )
 SOURCES = ("auto", "recorded", "generate")
+SAES = "saes"  # the run's folder of trained SAEs: saes/<settings>/seed=<s>/step=<t>/
 METHODS = ("both", "decoder", "activation")
 
 
@@ -171,7 +172,7 @@ class SAETracking(Family):
     ) -> pd.DataFrame | None:
         from interp_ext.sae_tracking.train import ce_recovered, encode, load_sae, sae_quality
 
-        path = ctx.run.layout.saes(settings.id, ctx.seed, ctx.step)
+        path = ctx.run.layout.artifact(SAES, settings.id, ctx.seed, ctx.step)
         ensure_sae(ctx, settings, path, state.prev[0] if state.prev else None)
         sae, model = load_sae(path), ctx.model
         eval_acts = hook_activations(model, state.eval_tokens.to(model.cfg.device), settings.hook)
@@ -205,7 +206,7 @@ class SAETracking(Family):
     def finish_seed(
         self, run, settings: SAETrackingSettings, seed: int, rows: pd.DataFrame
     ) -> pd.DataFrame | None:
-        folder = run.layout.saes(settings.id, seed)
+        folder = run.layout.artifact(SAES, settings.id, seed)
         steps = sorted(rows[rows.metric == "l0"].step.unique())
         parts = [folder / "lineage" / f"step={t}.parquet" for t in steps[1:]]
         parts = [p for p in parts if p.exists()]
@@ -264,11 +265,18 @@ class SAETracking(Family):
 
         eval_tokens = token_set(run, 4096, seed=1)
         present = [
-            s for s in seeds if (run.layout.saes(settings.id, s, step) / "cfg.json").exists()
+            s
+            for s in seeds
+            if (run.layout.artifact(SAES, settings.id, s, step) / "cfg.json").exists()
         ]
         feats = {
             s: eval_features(
-                run, run.layout.saes(settings.id, s, step), s, step, settings.hook, eval_tokens
+                run,
+                run.layout.artifact(SAES, settings.id, s, step),
+                s,
+                step,
+                settings.hook,
+                eval_tokens,
             )
             for s in present
         }
@@ -320,7 +328,7 @@ def ensure_sae(ctx: Checkpoint, settings: SAETrackingSettings, path, previous: i
         settings.training,
     )
     start = (
-        ctx.run.layout.saes(settings.id, ctx.seed, previous)
+        ctx.run.layout.artifact(SAES, settings.id, ctx.seed, previous)
         if settings.warm_start and previous is not None
         else None
     )

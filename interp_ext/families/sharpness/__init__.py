@@ -38,8 +38,9 @@ from interp_ext.adamw import preconditioner
 from interp_ext.geometry.curvature import model_hessian, stability_threshold
 from interp_ext.measurement.probes import probe_batches
 from interp_ext.measurement.replays import check_replay
-from interp_ext.measurement.runner import Checkpoint, Family, Settings, resolved, setting
-from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_folders
+from interp_ext.measurement.runner import Checkpoint, Family, setting
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_inputs
+from interp_ext.measurement.shared_settings import CircuitSource, FormationSource
 from interp_ext.measurement.windows import (
     formation_or_null,
     replayed_rows,
@@ -51,7 +52,7 @@ METRICS = ("sharpness", "sharpness_precond", "precond_edge_ratio")
 
 
 @dataclass(frozen=True)
-class SharpnessSettings(Settings):
+class SharpnessSettings(CircuitSource, FormationSource):
     family = "sharpness"
 
     n_batches: int = setting(4, "Probe batches the Hessian's loss averages over.", cli="--batches")
@@ -65,16 +66,12 @@ class SharpnessSettings(Settings):
         30,
         "Lanczos steps for the circuit block's spectral density (with --circuit; 0: none).",
     )
-    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
     window: str = setting(
         "",
         "Real steps replayed and measured between checkpoints: 'auto' (each formed seed's window), START:END, or '' (checkpoints only).",
     )
     window_every: int = setting(50, "Real steps between measurements inside the window.")
     margin: int = setting(500, "Auto window: steps before and after the formation step.")
-    formation: str = resolved(
-        "Settings id of the induction rows giving each seed's formation step (resolved)."
-    )
     chunk: int | None = setting(None, "Probe batches per vmap call; speed only.", key=False)
 
     def check(self) -> None:
@@ -91,6 +88,7 @@ class SharpnessSettings(Settings):
 
 class Sharpness(Family):
     name = "sharpness"
+    requires = ("circuit", "induction")
     report_order = 88
     settings = SharpnessSettings
     summary_metrics = METRICS
@@ -185,7 +183,7 @@ class Sharpness(Family):
         return pd.DataFrame(out) if out else None
 
     def inputs(self, run, settings: SharpnessSettings) -> list:
-        return source_folders(run, settings.circuit, settings.source) if settings.circuit else []
+        return source_inputs(settings.circuit, settings.source)
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         sel = rows[

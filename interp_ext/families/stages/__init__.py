@@ -37,7 +37,6 @@ from interp_ext.geometry.essential_dynamics import (
 from interp_ext.measurement.probes import heldout_probe
 from interp_ext.measurement.runner import Checkpoint, Family, MeasureError, Settings, setting
 from interp_ext.measurement.windows import formation_or_null
-from interp_ext.run import parts
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class StagesSettings(Settings):
 
 class Stages(Family):
     name = "stages"
+    requires = ("induction",)
     report_order = 15
     settings = StagesSettings
     summary_metrics = ("icl_score",)
@@ -150,11 +150,7 @@ class Stages(Family):
 
     def inputs(self, run, settings: StagesSettings) -> list:
         ind = run.metrics("induction")
-        return (
-            parts.settings_folders(run.metrics_dir, "induction", str(ind.settings.iloc[0]))
-            if len(ind)
-            else []
-        )
+        return [("induction", str(ind.settings.iloc[0]))] if len(ind) else []
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         b = rows[(rows.metric == "stage_boundary") & (rows.seed >= 0)]

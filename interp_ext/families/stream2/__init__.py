@@ -49,20 +49,18 @@ from interp_ext.geometry.streams import (
 )
 from interp_ext.measurement.grams import load_grams
 from interp_ext.measurement.probes import fixed_composition_batches, probe_batches
-from interp_ext.measurement.runner import Family, Settings, setting
+from interp_ext.measurement.runner import Family, setting
+from interp_ext.measurement.shared_settings import ProbeBatches
 
 NULL_SEED = 10_000
 
 
 @dataclass(frozen=True)
-class Stream2Settings(Settings):
+class Stream2Settings(ProbeBatches):
     family = "stream2"
     # 1: the seed-level rows (per pair, per seed); 2: the unbiased-HSIC CKA beside the biased one
     revision = 2
 
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
-    )
     params: str = setting("all", "'all', 'blocks' or comma-separated groups.")
     geometry: str = setting(
         "",
@@ -99,6 +97,7 @@ class Stream2Settings(Settings):
 
 class Stream2(Family):
     name = "stream2"
+    requires = ("geometry",)
     report_order = 50
     settings = Stream2Settings
     scope = "cross_seed"

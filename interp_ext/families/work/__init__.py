@@ -78,11 +78,10 @@ from interp_ext.measurement.runner import (
     Checkpoint,
     Family,
     MeasureError,
-    Settings,
-    resolved,
     setting,
 )
-from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_folders
+from interp_ext.measurement.selection import resolve_circuit, seed_circuit, source_inputs
+from interp_ext.measurement.shared_settings import CircuitSource, FormationSource, ProbeBatches
 from interp_ext.measurement.windows import (
     formation_of,
     formed_seeds,
@@ -90,7 +89,6 @@ from interp_ext.measurement.windows import (
     replay_window,
     window_problem,
 )
-from interp_ext.run import parts
 from interp_ext.stats import sampled_sum, sums_over_seeds
 from interp_ext.stream3.energy import WHOLE
 from interp_ext.stream3.line_integrals import (
@@ -124,7 +122,7 @@ PHASES = ("window", "before", "rise", "after")
 
 
 @dataclass(frozen=True)
-class WorkSettings(Settings):
+class WorkSettings(ProbeBatches, CircuitSource, FormationSource):
     family = "work"
 
     window: str = setting(
@@ -175,13 +173,6 @@ class WorkSettings(Settings):
     controls: int = setting(2, "Layer-matched random-head control sets.")
     nulls: bool = setting(
         True, "Measure seeds that never formed over the median window of those that did."
-    )
-    n_batches: int | None = setting(
-        None, "Probe batches (default: all of the probe set).", cli="--batches"
-    )
-    source: str = resolved("Settings id of the rows the circuit is read from (resolved).")
-    formation: str = resolved(
-        "Settings id of the induction rows giving each seed's formation step (resolved)."
     )
     chunk: int | None = setting(
         None,
@@ -244,6 +235,7 @@ def momentum_horizon(beta1: float) -> int:
 
 class Work(Family):
     name = "work"
+    requires = ("circuit", "induction", "noise")
     report_order = 95
     settings = WorkSettings
     between_checkpoints = True
@@ -290,12 +282,8 @@ class Work(Family):
         return pd.concat(out, ignore_index=True) if out else None
 
     def inputs(self, run, settings: WorkSettings) -> list:
-        folders = source_folders(run, settings.circuit, settings.source)
-        return folders + (
-            parts.settings_folders(run.metrics_dir, "induction", settings.formation)
-            if settings.formation
-            else []
-        )
+        formation = [("induction", settings.formation)] if settings.formation else []
+        return source_inputs(settings.circuit, settings.source) + formation
 
     def describe(self, rows: pd.DataFrame) -> list[str]:
         return describe_work(rows)
