@@ -14,6 +14,7 @@ written (a test extracts and runs it).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -127,6 +128,14 @@ def member_matrix(
         groups,
         unions,
     )
+
+
+def sae_folder(run, settings, seed: int, step: int) -> Path:
+    """The folder of the SAE the ``sae`` family trained with ``settings`` for one seed and
+    checkpoint (``load_sae`` reads it)."""
+    from interp_ext.families.sae import SAES
+
+    return run.layout.artifact(SAES, settings.id, seed, step)
 
 
 def circuit_of(run, seed: int, spec: str = "cause") -> Circuit:
@@ -266,6 +275,7 @@ __all__ = [
     "induction_task",
     "llc_estimate",
     "load_sae",
+    "sae_folder",
     "match_features",
     "member_matrix",
     "optimizer_update",

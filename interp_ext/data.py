@@ -465,10 +465,12 @@ def prepare_data(
     )
 
 
-# Independent training batches (``draw`` of :func:`training_rows`) are numbered by use, so no
-# two measurements that must be independent read the same batch: a mean gradient's fresh
-# batches (the noise arms' M - 1; the exact ledger's shadow moment reads draws 0 ..), the
-# member matrix's probe sequences and its flow direction's batches, a noise arm's xi.
+# Independent training batches (``draw`` of :func:`training_rows`) are numbered by use: a mean
+# gradient's fresh batches (the noise arms' M - 1; the exact ledger's shadow moment reads draws
+# 0 ..), the member matrix's probe sequences and its flow direction's batches, a noise arm's xi.
+# Within one measurement no two of its uses share a draw; the member matrix and the noise arms
+# both start at 3000 (kept: their rows were made so), which matters only if one measurement
+# ever read both.
 MEAN_DRAWS, PROBE_DRAWS, FRESH_DRAWS = 2000, 3000, 4000
 NOISE_DRAWS = 3000  # the two batches of xi: draws 3000 and 3001 of each step
 

@@ -23,12 +23,28 @@ from interp_ext.run.layout import Layout
 log = logging.getLogger("interp_ext")
 
 
+# families a plan saved before their retirement may still name: why each went
+RETIRED = {
+    "ledger": "results 3.5 withdrew its reading; the exact ledger, work, answers Stream 3",
+    "counterfactual": "results 4.3 withdrew its reading; noise turns the noise alone",
+}
+
+
 def plan_settings(plan: MeasureConfig, which: str = "plan") -> dict:
     """family -> its settings object, built (and validated) from ``plan.plan`` (or ``plan.study_plan``)."""
     from interp_ext.measurement.runner import MeasureError, get_family
 
     out = {}
     for name, values in getattr(plan, which).items():
+        if stage_family(name) in RETIRED:
+            log.warning(
+                "measure.%s[%r]: the %s family is retired (%s): skipped; its rows still read",
+                which,
+                name,
+                stage_family(name),
+                RETIRED[stage_family(name)],
+            )
+            continue
         try:
             out[name] = get_family(stage_family(name)).settings.from_dict(values)
         except MeasureError as err:

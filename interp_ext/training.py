@@ -16,11 +16,8 @@ Read top to bottom: :func:`train` prepares the run directory, then
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from interp_ext import diskio, distributed
+from interp_ext.adamw import adamw, autocast, deterministic_algorithms, set_adamw_state
 from interp_ext.config import ConfigError, RunConfig, TrainConfig
 from interp_ext.data import TokenData, make_probe_set, prepare_data, training_rows
 from interp_ext.errors import CheckpointError, NonFiniteLossError, RunExistsError
@@ -118,75 +116,6 @@ def ranks_seeds_per_pass(train: TrainConfig) -> int | list[int]:
         for r in range(size)
     ]
     return per_rank[0] if size == 1 else per_rank
-
-
-@contextmanager
-def deterministic_algorithms(enabled: bool, device: str = "cpu") -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(enabled)`` inside the block, the caller's setting restored after.
-
-    On a CPU the only nondeterministic operation of a `HookedTransformer` step is the
-    embedding backward (its parallel accumulation sums in thread order); the
-    deterministic path costs about 1% of a tiny-preset step (docs/benchmarks.md).
-    On CUDA, cuBLAS is deterministic only with a fixed workspace:
-    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` is set here if the environment has no value
-    (it must be set before the process's first cuBLAS call to take effect).
-    """
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    if enabled and device.startswith("cuda") and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-
-
-def autocast(cfg: RunConfig):
-    if not cfg.train.bf16:
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(cfg.train.device).type, dtype=torch.bfloat16)
-
-
-def adamw(params, train: TrainConfig) -> torch.optim.AdamW:
-    """The run's optimizer: `torch.optim.AdamW` with the run's hyper-parameters.
-
-    With ``train.fused_adamw`` (default) on a CPU or CUDA device it uses torch's fused
-    kernels, one pass over each tensor instead of one per arithmetic op (on a 2-core
-    CPU 8 ms instead of 57 ms per step of one paper-preset model); the update is
-    AdamW's to float rounding.
-    """
-    params = list(params)
-    fused = train.fused_adamw and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(
-        params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused or None
-    )
-
-
-def set_adamw_state(
-    opt: torch.optim.AdamW, states: list[tuple[float, torch.Tensor, torch.Tensor]]
-) -> None:
-    """Give ``opt`` saved state: one ``(step, exp_avg, exp_avg_sq)`` per parameter, in its order.
-
-    The moments are copied, so stepping never changes the tensors passed in.
-    """
-    params = [p for group in opt.param_groups for p in group["params"]]
-    if len(states) != len(params):
-        raise ValueError(
-            f"{len(states)} saved AdamW states for an optimizer over {len(params)} parameters"
-        )
-    sd = opt.state_dict()
-    sd["state"] = {
-        i: {
-            "step": torch.tensor(float(step), dtype=torch.float32),
-            "exp_avg": m.to(p.device, copy=True),
-            "exp_avg_sq": v.to(p.device, copy=True),
-        }
-        for i, (p, (step, m, v)) in enumerate(zip(params, states))
-    }
-    opt.load_state_dict(sd)
 
 
 def last_complete_step(out: Path, seeds: list[int]) -> int | None:

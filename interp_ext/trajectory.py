@@ -214,32 +214,6 @@ class Replay:
             )
 
 
-def polyak_average(run, seed: int, step: int, width: int) -> dict[str, torch.Tensor]:
-    """The slow weights at checkpoint ``step``: the mean (float64) of the real trajectory's
-    parameters theta_tau over the ``width`` steps tau = step - width + 1 .. step, replayed bit for
-    bit from the last checkpoint at or before the first of them and verified against the saved
-    checkpoint at ``step`` (:class:`ReplayError` when it does not reproduce it)."""
-    first = step - width + 1
-    earlier = [s for s in run.steps_for(seed) if s <= first]
-    if width < 1 or not earlier or step not in run.steps_for(seed):
-        raise ReplayError(
-            f"seed {seed}: no checkpoint at or before step {first} to average the {width} steps "
-            f"up to checkpoint {step} (width must be >= 1 and fit after the run's first checkpoint)"
-        )
-    replay = Replay(run, seed, earlier[-1])
-    total: dict[str, torch.Tensor] = {}
-
-    def add(taken: Step) -> None:
-        if taken.step >= first:
-            for n, t in taken.theta.items():
-                total[n] = total.get(n, 0) + t.double()
-
-    walk(replay, step, add, verify=True)
-    for n, p in replay.model.named_parameters():
-        total[n] = total.get(n, 0) + p.detach().double()
-    return {n: t / width for n, t in total.items()}
-
-
 def real_step(
     run, seed: int, step: int, device: str | None = None
 ) -> tuple[dict, dict, torch.Tensor]:
@@ -438,7 +412,8 @@ class ArmState:
 
 class ArmReplay:
     """One arm's steps from checkpoint ``start``, read like :class:`Replay`'s
-    (``model``, ``names``, ``train_cfg``, ``steps``); a fed arm runs the real replay in lockstep.
+    (``model``, ``names``, ``train_cfg``, ``step``, ``take``); a fed arm runs the real replay in
+    lockstep.
     An arm has no checkpoint to reproduce: :meth:`verify` refuses."""
 
     def __init__(self, run, seed: int, start: int, arm: Arm, mean_batches: int):

@@ -623,8 +623,7 @@ def test_quadratic_rows_are_the_closed_form_on_the_heads_dense_autograd_hessian(
     torch.autograd's dense Hessian of the same loss over the head's coordinates."""
     from interp_ext import measure
     from interp_ext.families.llc import LLCSettings, llc_data
-    from interp_ext.geometry.curvature import quadratic_llc
-    from interp_ext.geometry.learning_coefficient import component_masks
+    from interp_ext.geometry.learning_coefficient import component_masks, quadratic_llc
 
     settings = LLCSettings(
         num_chains=1,

@@ -81,3 +81,17 @@ def test_partial_families_take_the_first_formed_seeds(studied, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="interp_ext"):
         assert first_formed_seeds(run, 2, "work:lr/2") == [1]
     assert "only [1] of [0, 1] did" in caplog.text
+
+
+def test_a_plan_saved_before_a_family_retired_still_runs(caplog):
+    """A study's saved plan that names a retired family (ledger, counterfactual) resumes: the
+    entry is skipped with a warning that says why, the rest is built as before."""
+    from interp_ext.config import MeasureConfig
+    from interp_ext.pipeline import plan_settings
+
+    plan = MeasureConfig(study_plan={"induction": {}, "ledger": {"every": 2}, "counterfactual": {}})
+    with caplog.at_level(logging.WARNING, logger="interp_ext"):
+        out = plan_settings(plan, "study_plan")
+    assert list(out) == ["induction"]
+    assert "the ledger family is retired" in caplog.text
+    assert "the counterfactual family is retired" in caplog.text

@@ -668,7 +668,7 @@ def test_polyak_weights_are_the_mean_of_the_replayed_trajectory(work_run):
     """The slow weights at a checkpoint: the mean of theta over the last W steps, each replayed bit
     for bit (the replay is verified against the checkpoint); W = 1 is the checkpoint itself."""
     from interp_ext.errors import ReplayError
-    from interp_ext.trajectory import polyak_average
+    from interp_ext.measurement.windows import polyak_average
 
     ckpt = work_run.checkpoint(0, 8)["params"]
     one = polyak_average(work_run, 0, 8, 1)

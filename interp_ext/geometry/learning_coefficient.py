@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from circuits.circuit import Circuit, Head, all_heads
 from interp_ext.errors import MeasureError
-from interp_ext.geometry.curvature import model_hessian, quadratic_gradient_term, quadratic_llc
+from interp_ext.geometry.curvature import model_hessian
 
 log = logging.getLogger("interp_ext")
 SAMPLERS = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}  # devinterp's sampling methods
@@ -362,3 +363,84 @@ def plateau(trials: list[dict], tolerance: float) -> bool:
         return False
     per_probe = np.array([t["llc"] for t in trials], dtype=float)  # [trial, probe]
     return bool((per_probe.max(0) / per_probe.min(0) - 1 <= tolerance).all())
+
+
+def quadratic_llc(
+    hessian: np.ndarray, gradient: np.ndarray, n_beta: float, localization: float
+) -> dict[str, float]:
+    """What the LLC's estimator reads if the loss were its second-order Taylor expansion about the
+    checkpoint, in closed form: ``hessian`` [k, k] and ``gradient`` [k] of the loss on the sampled
+    coordinates.
+
+    The localised, tempered posterior exp(-n_beta L(w) - gamma / 2 |w - w0|^2) of the quadratic
+    L(w0 + d) = L(w0) + g.d + d'Hd / 2 is Gaussian with precision A = n_beta H + gamma I and mean
+    mu = -n_beta A^-1 g, so n_beta E[L(w) - L(w0)] splits over H's eigendirections (h_i, g_i the
+    gradient's component) into
+
+        count    = sum_i n_beta h_i / (2 a_i)                       (a_i = n_beta h_i + gamma)
+        gradient = -sum_i n_beta^2 g_i^2 (n_beta h_i + 2 gamma) / (2 a_i^2)
+
+    the first a soft count of the directions curved beyond gamma / n_beta, the second negative
+    wherever the checkpoint is not a stationary point. Where a_i <= 0 (curvature below
+    -gamma / n_beta: ``improper`` directions) the quadratic posterior does not exist, a chain
+    leaves along them until the higher-order terms stop it, and ``llc`` is NaN.
+    """
+    h, q = np.linalg.eigh(np.asarray(hessian, dtype=np.float64))
+    g = q.T @ np.asarray(gradient, dtype=np.float64)
+    a = n_beta * h + localization
+    improper = a <= 0
+    ok = ~improper
+    count = float(np.sum(n_beta * h[ok] / (2 * a[ok])))
+    grad_term = float(
+        -np.sum(n_beta**2 * g[ok] ** 2 * (n_beta * h[ok] + 2 * localization) / (2 * a[ok] ** 2))
+    )
+    return {
+        "llc": count + grad_term if not improper.any() else float("nan"),
+        "count": count,
+        "gradient_term": grad_term,
+        "improper": int(improper.sum()),
+        "hessian_min": float(h[0]),
+        "hessian_max": float(h[-1]),
+        "gradient_norm": float(np.linalg.norm(g)),
+    }
+
+
+def quadratic_gradient_term(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    gradient: torch.Tensor,
+    n_beta: float,
+    localization: float,
+    tol: float = 1e-6,
+    maxiter: int = 500,
+) -> dict[str, float]:
+    """The gradient term of :func:`quadratic_llc` without a dense Hessian, for blocks too large
+    to hold one: with x = A^-1 g (A = n_beta H + gamma I, ``matvec`` the block's H v),
+
+        gradient term = -n_beta^2 (g.x + gamma |x|^2) / 2,
+
+    x by conjugate gradients. Where CG meets a direction with p'Ap <= 0, A is not positive
+    definite and the quadratic posterior does not exist: the term is then NaN and ``improper`` 1
+    (a negative direction CG never meets, one orthogonal to the Krylov space of g, goes
+    unseen). ``iterations``: CG steps to a residual below ``tol`` |g|."""
+    g = gradient.double()
+    x = torch.zeros_like(g)
+    r, p = g.clone(), g.clone()
+    rr = float(r @ r)
+    stop = tol**2 * rr
+    for it in range(1, maxiter + 1):
+        ap = n_beta * matvec(p.to(gradient.dtype)).double() + localization * p
+        curv = float(p @ ap)
+        if curv <= 0:
+            return {"gradient_term": float("nan"), "improper": 1, "iterations": it}
+        alpha = rr / curv
+        x += alpha * p
+        r -= alpha * ap
+        new = float(r @ r)
+        if new <= stop:
+            break
+        p = r + (new / rr) * p
+        rr = new
+    else:
+        log.warning("CG did not reach residual %g |g| in %d steps", tol, maxiter)
+    term = -(n_beta**2) * (float(g @ x) + localization * float(x @ x)) / 2
+    return {"gradient_term": term, "improper": 0, "iterations": it}

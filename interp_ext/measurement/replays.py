@@ -1,6 +1,6 @@
 """What Stream 3's replays of real steps share: the sets whose gradient energy they follow, the
-mean gradient of fresh training batches, the probe at a parameter point, and the recorder of a
-replay's loss, E_C and induction score."""
+check that a run's steps can be replayed, the mean gradient of fresh training batches, and the
+probe at a parameter point."""
 
 from __future__ import annotations
 

@@ -334,14 +334,26 @@ def family_names() -> list[str]:
     return sorted(set(_entry_points()) | set(_REGISTRY))
 
 
+def _loadable() -> list[Family]:
+    """Every family that loads (one that cannot, e.g. a plugin missing a dependency, is left
+    out here: it fails by name when it is itself measured)."""
+    out = []
+    for name in family_names():
+        try:
+            out.append(get_family(name))
+        except Exception as err:  # noqa: BLE001 - any import error of a third-party plugin
+            log.debug("family %s does not load: %s", name, err)
+    return out
+
+
 def circuit_sources() -> dict[str, str]:
     """``--circuit`` spec -> the family whose rows hold each seed's circuit under it."""
-    return {f.circuit_spec: n for n in family_names() if (f := get_family(n)).circuit_spec}
+    return {f.circuit_spec: f.name for f in _loadable() if f.circuit_spec}
 
 
 def formation_family() -> Family:
     """The family whose rows hold each seed's formation step."""
-    found = [get_family(n) for n in family_names() if get_family(n).gives_formation]
+    found = [f for f in _loadable() if f.gives_formation]
     if not found:
         raise MeasureError("no installed family gives formation steps (the induction family does)")
     return found[0]

@@ -132,6 +132,36 @@ def replay_window(
     return trajectory
 
 
+def polyak_average(run, seed: int, step: int, width: int) -> dict:
+    """The slow weights at checkpoint ``step``: the mean (float64) of the real trajectory's
+    parameters theta_tau over the ``width`` steps tau = step - width + 1 .. step, replayed bit for
+    bit from the last checkpoint at or before the first of them and verified against the saved
+    checkpoint at ``step`` (:class:`~interp_ext.errors.ReplayError` when it does not reproduce it)."""
+    from interp_ext.errors import ReplayError
+
+    first = step - width + 1
+    earlier = [s for s in run.steps_for(seed) if s <= first]
+    if width < 1 or not earlier or step not in run.steps_for(seed):
+        raise ReplayError(
+            f"seed {seed}: no checkpoint at or before step {first} to average the {width} steps "
+            f"up to checkpoint {step} (width must be >= 1 and fit after the run's first checkpoint)"
+        )
+    total: dict = {}
+
+    def setup(_replay):
+        def add(taken) -> None:
+            if taken.step >= first:
+                for n, t in taken.theta.items():
+                    total[n] = total.get(n, 0) + t.double()
+
+        return add
+
+    replay = replay_window(run, seed, earlier[-1], step, setup, verify=True)
+    for n, p in replay.model.named_parameters():
+        total[n] = total.get(n, 0) + p.detach().double()
+    return {n: t / width for n, t in total.items()}
+
+
 def replayed_rows(run, seed: int, window: tuple[int, int], every: int, measure):
     """Replay a seed's window (start, end) bit for bit and measure after every ``every``-th real
     step that is not a checkpoint: ``measure(model, step, at)`` returns a frame of rows (``step``

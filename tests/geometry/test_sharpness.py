@@ -13,12 +13,11 @@ from interp_ext.geometry.curvature import (
     HessianOperator,
     hutchinson_trace,
     lanczos,
-    quadratic_gradient_term,
-    quadratic_llc,
     spectral_density,
     stability_threshold,
 )
 from interp_ext.geometry.gradients import flatten
+from interp_ext.geometry.learning_coefficient import quadratic_gradient_term, quadratic_llc
 from tests.conftest import dense_hessian, float64_micro
 
 

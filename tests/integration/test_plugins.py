@@ -212,3 +212,11 @@ def test_a_retired_familys_rows_still_read(micro_run, tmp_path):
     (folder,) = [p for p in (copy / "metrics").iterdir() if p.name.endswith("ledger")]
     # the folders are Hive-style (family=, settings=) and the parts hold those columns too
     assert pd.read_parquet(folder, partitioning=None).value.tolist() == [1.5]
+    # a run written before the Hive layout: metrics/ledger/<id>/, read by default (latest)
+    (part,) = folder.rglob("*.parquet")
+    legacy = copy / "metrics" / "ledger" / "ledger-0123456789"
+    legacy.mkdir(parents=True)
+    part.rename(legacy / part.name)
+    shutil.rmtree(folder)
+    rows = open_run(copy).metrics("ledger")
+    assert rows.value.tolist() == [1.5] and rows.direction.tolist() == ["real"]

@@ -26,7 +26,7 @@ For every seed and checkpoint after the first step (AdamW has a denominator ther
 
 Every row carries ``weights``: ``raw`` (the checkpoint's) or ``polyakW``, the slow weights, the
 mean of the real trajectory's weights over the W steps up to the checkpoint, replayed bit for
-bit from the checkpoint before (``interp_ext.trajectory.polyak_average``): the mean gradient at a
+bit from the checkpoint before (``interp_ext.measurement.windows.polyak_average``): the mean gradient at a
 noisy point carries the restoring force of its current noise displacement, which the average
 removes. D is the checkpoint's at every weights.
 
@@ -336,7 +336,7 @@ def point_data(run, seed: int, step: int, settings: MembersSettings):
 
 def slow_model(run, seed: int, step: int, width: int):
     """The seed's model at ``step`` carrying the Polyak-averaged weights over ``width`` steps."""
-    from interp_ext.trajectory import polyak_average
+    from interp_ext.measurement.windows import polyak_average
 
     model = run.model(seed, step)
     slow = polyak_average(run, seed, step, width)
