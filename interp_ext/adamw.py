@@ -4,7 +4,7 @@ under, and its update written out for the measurements that take it apart.
 Everything that steps, replays or splits an AdamW update reads it from here: the optimizer
 (:func:`adamw`, :func:`set_adamw_state`, :func:`optimizer_for`), the numerics of a step
 (:func:`autocast`, :func:`deterministic_algorithms`), eps (:data:`EPS`), and the formula
-(:func:`denominator`, :func:`moment`, :func:`adamw_step`, :func:`update_from_moment`,
+(:func:`denominator`, :func:`moment`, :func:`stepped`, :func:`adamw_step`, :func:`update_from_moment`,
 :func:`momentum_split`, :func:`adamw_update`, :func:`scaled_train`). With t the step count
 after the step, m and v the moments after it:
 
@@ -170,9 +170,13 @@ def second_moment(v, g, beta2: float):
     return beta2 * v + (1 - beta2) * g * g
 
 
-def update(theta, m, v, t: float, lr: float, betas: tuple[float, float], weight_decay: float):
-    """The update -lr wd theta - lr (m / (1 - beta1^t)) / D from the moments after step t."""
-    return -lr * weight_decay * theta - lr * (m / (1 - betas[0] ** t)) / denominator(v, t, betas[1])
+def stepped(theta, m, v, t: float, lr: float, betas: tuple[float, float], weight_decay: float):
+    """theta after the step: theta - lr wd theta - lr (m / (1 - beta1^t)) / D, in that order."""
+    return (
+        theta
+        - lr * weight_decay * theta
+        - lr * (m / (1 - betas[0] ** t)) / denominator(v, t, betas[1])
+    )
 
 
 def parts(theta, m_prev, g, v, t: float, lr: float, betas: tuple[float, float], wd: float):

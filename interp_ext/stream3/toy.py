@@ -43,7 +43,7 @@ from interp_ext.adamw import (
     scaled_betas,
     second_moment,
     step_size,
-    update,
+    stepped,
 )
 from interp_ext.adamw import (
     parts as update_parts,
@@ -336,7 +336,7 @@ def toy_members(
     for t in range(1, steps + 1):
         g = toy.grad(w, toy.rng.choice(toy.n, batch, replace=False))
         m, v = moment(m, g, b1), second_moment(v, g, b2)
-        w = w + update(w, m, v, t, lr, (b1, b2), weight_decay)
+        w = stepped(w, m, v, t, lr, (b1, b2), weight_decay)
         if t % every:
             continue
         d = torch.tensor(denominator(v, t, b2))
