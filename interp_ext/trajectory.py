@@ -6,7 +6,8 @@ and after, the count, the update). Three kinds:
 
 * :class:`Replay`: the seed's real steps, rebuilt exactly as the trainer took them (the same
   batch, a pure function of seed and step; the same autocast, deterministic algorithms and
-  AdamW). :meth:`Replay.verify` compares the replayed state with the saved checkpoint,
+  AdamW; for a branch, the same interventions: ablations, scaled or frozen updates, a
+  projection). :meth:`Replay.verify` compares the replayed state with the saved checkpoint,
   tensor by tensor, and refuses (:class:`~interp_ext.errors.ReplayError`) on any difference.
   With ``scale`` = k it replays the same batches at lr / k, k steps per real batch.
 * :class:`ArmReplay`: an arm of the ``noise`` family, whose gradient is the mean of M
@@ -45,6 +46,13 @@ from interp_ext.adamw import (
 )
 from interp_ext.data import MEAN_DRAWS, NOISE_DRAWS
 from interp_ext.errors import ReplayError, RunError
+from interp_ext.interventions import (
+    Projection,
+    ablation_hooks,
+    apply_scaled_update,
+    interventions_of,
+    scaled_masks,
+)
 
 
 @dataclass
@@ -125,6 +133,10 @@ class Replay:
         device: where to replay (default: the run's measurement device).
         scale: k > 1 replays the same batches at lr / k, k steps per real batch
             (:func:`~interp_ext.adamw.scaled_train`); it has no checkpoint to verify.
+
+    A branch (``interp-ext branch``) replays with its interventions, so it verifies against its
+    own checkpoints; a step's ``update`` is then the intervened one (a frozen member's part is
+    zero), and AdamW's momentum split describes its unscaled part only.
     """
 
     def __init__(self, run, seed: int, start: int, device: str | None = None, scale: int = 1):
@@ -136,6 +148,16 @@ class Replay:
         self.model.train()
         self.names = [n for n, _ in self.model.named_parameters()]
         self.train_cfg = scaled_train(run.config.train, scale)
+        # a branch's interventions, applied as its training applied them (none for a plain run)
+        self.interventions = interventions_of(run.path)
+        self.scaled = scaled_masks(self.interventions, self.model)
+        for name, fn in ablation_hooks(self.interventions):
+            self.model.add_hook(name, fn, is_permanent=True)
+        self.projection = (
+            Projection(self.interventions, self.model, seed, None)
+            if self.interventions.project_out
+            else None
+        )
         if scale == 1:
             self.optimizer = optimizer_for(self.model, self.train_cfg, ckpt)
         else:
@@ -180,12 +202,19 @@ class Replay:
         count, m, v = self._state()
         batch = self.batch_of(self.step).to(self.device)
         with deterministic_algorithms(cfg.train.deterministic, self.device):
+            if self.projection is not None:
+                self.projection.prepare(self.model, batch, self.step, lambda: autocast(cfg))
             with autocast(cfg):
                 loss = self.model(batch, return_type="loss")
             loss.float().backward()
             grad = {n: params[n].grad.detach().clone() for n in self.names}
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaled:
+                apply_scaled_update(self.optimizer, params, self.scaled, self.interventions.moments)
+            else:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if self.projection is not None:
+                self.projection.apply(self.model)
         _, _, v_new = self._state()
         update = {n: params[n].detach() - theta[n] for n in self.names}
         out = Step(self.step, theta, grad, m, v, count, v_new, update)

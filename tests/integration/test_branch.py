@@ -286,3 +286,28 @@ def test_project_out_removes_the_update_along_the_signal_gradient_and_its_contro
         assert list(log.step) == [4]
         assert log.along.iloc[0] == pytest.approx(along, rel=1e-4)
         assert log.removed.iloc[0] == pytest.approx(removed, rel=1e-4, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "iv",
+    [
+        Interventions(lr_scale={"L0H1": 0.0}, moments="freeze"),
+        Interventions(lr_scale={"L1H0,L1H1": 0.25}, ablate={"L0H0": "mean"}),
+        Interventions(project_out={"L1H0,L1H1": "L0H0,L0H1"}),
+    ],
+    ids=["frozen", "scaled-and-ablated", "projected"],
+)
+def test_a_branch_replays_bit_for_bit_with_its_interventions(parent, tmp_path, iv):
+    """A branch is a trajectory like any run: its steps replay with its interventions applied as
+    its training applied them, and reproduce its checkpoint; the same replay without them
+    (the parent's dynamics from the branch's state) does not, and is refused."""
+    from interp_ext.errors import ReplayError
+    from interp_ext.trajectory import Replay, walk
+
+    made = branch(parent, [1], 4, 4, tmp_path / "b", iv, progress=False)
+    walk(Replay(made, 1, 4), 8, verify=True)
+    bare = Replay(made, 1, 4)
+    bare.scaled, bare.projection = [], None
+    bare.model.reset_hooks(including_permanent=True)
+    with pytest.raises(ReplayError, match="does not reproduce its checkpoint at step 8"):
+        walk(bare, 8, verify=True)
