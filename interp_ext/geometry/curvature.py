@@ -16,9 +16,6 @@ Hessian-vector products (Dangel et al.; ``HessianLinearOperator``), never a dens
 ``mask`` restricts the operator to a block of coordinates (a circuit's parameters,
 curvlinops' ``SubmatrixLinearOperator``): the top eigenvalue of that block of H. The block's
 whole spectral density comes from stochastic Lanczos quadrature (Papyan 2020; curvlinops).
-
-curvlinops is installed without its dependencies (``make install``: ``pip install --no-deps
-curvlinops-for-pytorch``): its ``backpack`` brings torchvision, which pulls a CUDA build of torch.
 """
 
 from __future__ import annotations
@@ -26,15 +23,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import curvlinops
 import numpy as np
 import torch
-from curvlinops import HessianLinearOperator, SubmatrixLinearOperator
-from curvlinops.papyan2020traces.spectrum import (
-    fast_lanczos,
-    lanczos_approximate_spectrum_from_iter,
-)
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+try:  # installed without its dependencies (make install): backpack's torchvision pulls CUDA torch
+    import curvlinops
+    from curvlinops.papyan2020traces import spectrum
+except ImportError as err:  # pragma: no cover - an install without the Makefile's line
+    raise ImportError(
+        "curvature needs: pip install --no-deps 'curvlinops-for-pytorch>=3,<4'"
+    ) from err
 
 log = logging.getLogger("interp_ext")
 
@@ -114,7 +113,7 @@ class _Mean(torch.nn.Module):
         return prediction
 
 
-class _Counted(HessianLinearOperator):
+class _Counted(curvlinops.HessianLinearOperator):
     """curvlinops' Hessian operator, counting the Hessian-vector products it computes."""
 
     calls = 0
@@ -173,7 +172,7 @@ class HessianOperator:
         if mask is None:
             return self.op
         idx = mask.nonzero().squeeze(1).tolist()
-        return SubmatrixLinearOperator(self.op, idx, idx)
+        return curvlinops.SubmatrixLinearOperator(self.op, idx, idx)
 
     def block(self, mask: torch.Tensor, chunk: int = 16) -> torch.Tensor:
         """The dense block H[mask, mask], ``chunk`` columns per product; symmetrised."""
@@ -220,7 +219,7 @@ class HessianOperator:
         (:func:`spectral_density`)."""
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            nodes, vecs = fast_lanczos(self.restrict(mask), ncv)
+            nodes, vecs = spectrum.fast_lanczos(self.restrict(mask), ncv)
         return {
             "nodes": nodes.double().cpu().numpy(),
             "weights": (vecs[0] ** 2).double().cpu().numpy(),
@@ -265,7 +264,7 @@ def spectral_density(
     """(grid, density) on [lo, hi] from Lanczos ``nodes`` and ``weights`` (:meth:`HessianOperator.spectrum`):
     each node a Gaussian bump, curvlinops' ``lanczos_approximate_spectrum_from_iter`` (Papyan
     2020's width ``kappa`` on the interval scaled to [-1, 1]; no margin added)."""
-    grid, density = lanczos_approximate_spectrum_from_iter(
+    grid, density = spectrum.lanczos_approximate_spectrum_from_iter(
         (torch.as_tensor(nodes), torch.as_tensor(np.sqrt(weights))[None]),
         (lo, hi),
         points,
