@@ -188,7 +188,8 @@ class StackedTrainer:
         # a branch's interventions (interp_ext.interventions): none for a plain run
         self.interventions = interventions or Interventions()
         self.scaled = scaled_masks(self.interventions, self.template)
-        for model in [*self.models, self.template]:
+        # once per model: the template is the first seed's module on the per-seed path
+        for model in {id(m): m for m in [*self.models, self.template]}.values():
             for name, fn in ablation_hooks(self.interventions):
                 model.add_hook(name, fn, is_permanent=True)
         self.projections = (

@@ -151,13 +151,19 @@ class Replay:
         # a branch's interventions, applied as its training applied them (none for a plain run)
         self.interventions = interventions_of(run.path)
         self.scaled = scaled_masks(self.interventions, self.model)
-        for name, fn in ablation_hooks(self.interventions):
-            self.model.add_hook(name, fn, is_permanent=True)
+        # on during the step's own passes only: a measurement of the replayed weights sees the
+        # network without them, as it does at the branch's checkpoints
+        self.ablations = ablation_hooks(self.interventions)
         self.projection = (
             Projection(self.interventions, self.model, seed, None)
             if self.interventions.project_out
             else None
         )
+        if self.interventions and scale != 1:
+            raise ReplayError(
+                f"{run.path} is a branch with interventions: its steps replay at their own "
+                "learning rate only (scale 1)"
+            )
         if scale == 1:
             self.optimizer = optimizer_for(self.model, self.train_cfg, ckpt)
         else:
@@ -201,7 +207,10 @@ class Replay:
         theta = {n: p.detach().clone() for n, p in params.items()}
         count, m, v = self._state()
         batch = self.batch_of(self.step).to(self.device)
-        with deterministic_algorithms(cfg.train.deterministic, self.device):
+        with (
+            deterministic_algorithms(cfg.train.deterministic, self.device),
+            self.model.hooks(fwd_hooks=self.ablations),
+        ):
             if self.projection is not None:
                 self.projection.prepare(self.model, batch, self.step, lambda: autocast(cfg))
             with autocast(cfg):
@@ -257,6 +266,9 @@ def real_step(
     device = device or run.device
     if run.imported:
         return imported_update(run, seed, step, device)
+    if interventions_of(run.path):  # a branch's step, its interventions applied
+        taken = Replay(run, seed, step, device).take()
+        return taken.theta, taken.update, run.batch(seed, step).to(device)
     model = run.model(seed, step, device=device)
     opt = optimizer_for(model, run.config.train, run.checkpoint(seed, step))
     batch = run.batch(seed, step).to(device)
@@ -358,6 +370,11 @@ class ArmState:
 
     def __init__(self, run, seed: int, start: int, arm: Arm):
         ckpt = _start(run, seed, start, "no arm can start there")
+        if interventions_of(run.path):
+            raise ReplayError(
+                f"{run.path} is a branch with interventions, which the noise arms do not apply: "
+                "measure the arms on the run it branched from"
+            )
         self.arm, self.model = arm, run.model(seed, start)
         self.model.train()
         self.names = [n for n, _ in self.model.named_parameters()]

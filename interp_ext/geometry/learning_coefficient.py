@@ -231,7 +231,7 @@ DENSE_LIMIT = 8192  # coordinates: above it a dense Hessian block costs more tha
 
 
 def quadratic_rows(model, data, masks: dict | None, settings) -> dict[str, float]:
-    """:func:`interp_ext.geometry.curvature.quadratic_llc` for one component (devinterp ``masks``,
+    """:func:`quadratic_llc` for one component (devinterp ``masks``,
     None: the whole model) on the estimate's own data, n_beta and localisation: the dense Hessian
     block of the mean loss over the data's sequences and its gradient, differentiated only through
     the tensors the masks name. Above ``DENSE_LIMIT`` coordinates (a circuit, the model) only the

@@ -342,7 +342,7 @@ def _loadable() -> list[Family]:
         try:
             out.append(get_family(name))
         except Exception as err:  # noqa: BLE001 - any import error of a third-party plugin
-            log.debug("family %s does not load: %s", name, err)
+            log.warning("family %s does not load (%s): left out", name, err)
     return out
 
 

@@ -305,9 +305,45 @@ def test_a_branch_replays_bit_for_bit_with_its_interventions(parent, tmp_path, i
     from interp_ext.trajectory import Replay, walk
 
     made = branch(parent, [1], 4, 4, tmp_path / "b", iv, progress=False)
-    walk(Replay(made, 1, 4), 8, verify=True)
+    replay = Replay(made, 1, 4)
+    walk(replay, 8, verify=True)
+    # the ablations act in the step's own passes only: the replayed weights are measured bare
+    assert not any(h.fwd_hooks for h in replay.model.hook_dict.values())
     bare = Replay(made, 1, 4)
-    bare.scaled, bare.projection = [], None
-    bare.model.reset_hooks(including_permanent=True)
+    bare.scaled, bare.projection, bare.ablations = [], None, []
     with pytest.raises(ReplayError, match="does not reproduce its checkpoint at step 8"):
         walk(bare, 8, verify=True)
+
+
+def test_a_branch_with_a_mean_ablation_replays_at_a_batch_size_not_a_power_of_two(
+    tmp_path, cache_dir
+):
+    """The mean over a batch of 3 rounds, so the ablation must be applied once per pass, in
+    training (the first seed's module is also the trainer's template: its hooks are not added
+    twice) as in the replay."""
+    from interp_ext.training import StackedTrainer, prepare_run
+    from interp_ext.trajectory import Replay, walk
+
+    cfg = micro_config(steps=4, checkpoint_every=2, n_seeds=2, batch_size=3)
+    iv = Interventions(ablate={"L0H0": "mean", "L1MLP": "mean"})
+    trainer = StackedTrainer(cfg, None, *prepare_run(cfg, tmp_path / "t", cache_dir), None, iv)
+    for model in {id(m): m for m in [*trainer.models, trainer.template]}.values():
+        assert len(model.hook_dict["blocks.0.attn.hook_z"].fwd_hooks) == 1
+    run = train(cfg, tmp_path / "run", progress=False, cache_dir=cache_dir)
+    made = branch(run, [0, 1], 2, 2, tmp_path / "b", iv, progress=False)
+    for seed in (0, 1):
+        walk(Replay(made, seed, 2), 4, verify=True)
+
+
+def test_a_branchs_own_step_and_its_arms(parent, tmp_path):
+    """The optimizer direction at a branch's checkpoint is its intervened step (a frozen head
+    does not move); the noise arms, which do not apply interventions, refuse a branch."""
+    from interp_ext.errors import ReplayError
+    from interp_ext.trajectory import Arm, ArmState, real_step
+
+    made = branch(parent, [1], 4, 4, tmp_path / "f", Interventions(lr_scale={"L0H1": 0.0}))
+    _, update, _ = real_step(made, 1, 4)
+    assert update["blocks.0.attn.W_Q"][1].abs().max() == 0
+    assert update["blocks.0.attn.W_Q"][0].abs().max() > 0
+    with pytest.raises(ReplayError, match="noise arms do not apply"):
+        ArmState(made, 1, 4, Arm.parse("c0/own"))

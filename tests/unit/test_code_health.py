@@ -183,7 +183,10 @@ def test_adamw_is_written_in_one_module():
         r"1\.?0? - (b1|b2|beta1|beta2|cur_b1|cur_b2|betas\[[01]\])\s*\*\*"
         r"|1e-8|\(1 - (b1|b2|beta1|beta2|cur_b1|cur_b2)\) \*"
     )
-    built = re.compile(r"torch\.optim\.AdamW\(|torch\.autocast\(|use_deterministic_algorithms\(")
+    built = re.compile(
+        r"optim\.AdamW\(|(torch|amp)\.autocast\(|from torch(\.amp)? import .*autocast"
+        r"|use_deterministic_algorithms\("
+    )
     bad = []
     for mod, path in source_files().items():
         if mod == "interp_ext.adamw":
