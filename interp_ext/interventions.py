@@ -170,7 +170,13 @@ class Projection:
         self.move = self.aim
         if self.control == "random":
             gen = torch.Generator().manual_seed(1_000_003 * self.seed + step)
-            self.move = _unit([torch.randn(v.shape, generator=gen) for v in self.aim])
+            # drawn on the CPU (the same draws on any device), used where the parameters live
+            self.move = [
+                v.to(a.device)
+                for v, a in zip(
+                    _unit([torch.randn(v.shape, generator=gen) for v in self.aim]), self.aim
+                )
+            ]
         self.before = [params[n].detach()[i].clone() for n, i in self.b]
         self.step = step
 

@@ -339,7 +339,7 @@ def test_a_branchs_own_step_and_its_arms(parent, tmp_path):
     """The optimizer direction at a branch's checkpoint is its intervened step (a frozen head
     does not move); the noise arms, which do not apply interventions, refuse a branch."""
     from interp_ext.errors import ReplayError
-    from interp_ext.trajectory import Arm, ArmState, real_step
+    from interp_ext.trajectory import Arm, ArmState, Replay, real_step
 
     made = branch(parent, [1], 4, 4, tmp_path / "f", Interventions(lr_scale={"L0H1": 0.0}))
     _, update, _ = real_step(made, 1, 4)
@@ -347,3 +347,5 @@ def test_a_branchs_own_step_and_its_arms(parent, tmp_path):
     assert update["blocks.0.attn.W_Q"][0].abs().max() > 0
     with pytest.raises(ReplayError, match="noise arms do not apply"):
         ArmState(made, 1, 4, Arm.parse("c0/own"))
+    with pytest.raises(ReplayError, match="scale 1"):  # its interventions are per real step
+        Replay(made, 1, 4, scale=2)
